@@ -1,0 +1,32 @@
+# lmpipe: `make demo` and `make test` each set up .venv when missing, then run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lmpipe-installed
+
+# The environment tests and CI run with (see DESIGN.md).
+TEST_ENV := DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 TRITON_INTERPRET=1
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 $(VENV)/bin/lmpipe demo
+
+test: $(STAMP)
+	home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
+	$(TEST_ENV) PREFECT_HOME=$$home $(PY) -m pytest -q -m "not gpu" tests
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

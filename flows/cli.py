@@ -1,0 +1,112 @@
+"""The ``lmpipe`` command: run flows, the demo, the local server, deployments, inspection.
+
+    lmpipe run data --config configs/data-demo.yaml --set min_text_chars=200
+    lmpipe demo
+    lmpipe inspect outputs/extract/<fingerprint>
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Every flow lmpipe can run: name -> "module:function". A flow takes one argument,
+# ``config``, a pydantic model (the same model is the Prefect UI form).
+FLOWS: dict[str, str] = {
+    "data": "flows.data:data_flow",
+}
+
+
+def load_flow(name: str):
+    if name not in FLOWS:
+        raise SystemExit(f"unknown flow {name!r}; choose one of: {', '.join(sorted(FLOWS))}")
+    module, func = FLOWS[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def config_model(flow) -> type:
+    """The pydantic model of a flow's ``config`` parameter."""
+    fn = getattr(flow, "fn", flow)
+    return fn.__annotations__["config"] if isinstance(fn.__annotations__["config"], type) else eval(
+        fn.__annotations__["config"], fn.__globals__
+    )
+
+
+def set_path(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+def build_config(model: type, config_file: str | None, overrides: list[str]) -> Any:
+    """Load YAML (if any), apply ``key=value`` overrides (values parsed as YAML), validate."""
+    data: dict = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.exists():
+            raise SystemExit(f"config file {config_file!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise SystemExit(f"config file {config_file!r} must hold a mapping of field: value")
+    for item in overrides:
+        if "=" not in item:
+            raise SystemExit(f"--set takes key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        set_path(data, key.strip(), yaml.safe_load(raw))
+    return model.model_validate(data)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    flow = load_flow(args.flow)
+    cfg = build_config(config_model(flow), args.config, args.set or [])
+    result = flow(config=cfg)
+    if result is not None:
+        print(result)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from lm.data.shards import describe
+
+    print(describe(args.stage_dir, num_samples=args.samples))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    return run_demo(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lmpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run one flow with a config")
+    p.add_argument("flow", help=f"one of: {', '.join(sorted(FLOWS))}")
+    p.add_argument("--config", help="YAML file with the flow's config (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable; dotted keys for nested fields)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("inspect", help="print a stage's manifest summary and sample rows")
+    p.add_argument("stage_dir")
+    p.add_argument("--samples", type=int, default=3)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo", help="run the demo pipeline on sample Common Crawl data")
+    p.add_argument("--root", default="outputs", help="artifact root (default: ./outputs)")
+    p.add_argument("--source", action="append", help="WARC/WET path, glob or URL instead of the bundled sample")
+    p.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

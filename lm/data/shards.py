@@ -1,0 +1,504 @@
+"""The stage contract: Parquet shards, per-shard completion, and the stage manifest.
+
+Every stage writes one directory::
+
+    <root>/<stage>/<fingerprint>/part-00000.parquet … part-NNNNN.parquet
+                                /rejects-00000.parquet …   (rows dropped, with a reason)
+                                /part-00000.done.json …    (per-shard stats: the completion marker)
+                                /_manifest.json            (written last, atomically)
+
+A shard is written to a hidden temporary file and renamed into place only when finished,
+then its ``.done.json`` marker is renamed into place; so a killed run never leaves a half
+shard and a retry redoes only the shards without a marker. ``commit()`` aggregates the
+markers into ``_manifest.json``; a stage with a manifest is complete and is skipped.
+
+The fingerprint is a hash of (stage name, stage code version, config, input fingerprints):
+same inputs + same config + same code → same directory → nothing to do on rerun.
+
+Usage (what a task does, one shard at a time)::
+
+    stage = Stage(root, "extract", version="1", config=cfg.model_dump(), inputs=[upstream])
+    if not stage.is_complete():
+        for i, shard in enumerate(upstream_shards):
+            if stage.shard_done(i):
+                continue
+            with stage.open_shard(i, schema=SCHEMA) as w:
+                for row in rows:
+                    w.count_in()
+                    w.write(row)          # or w.reject(row, "too_short") / w.fail("decode", row_id)
+        manifest_path = stage.commit()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST_NAME = "_manifest.json"
+COMPRESSION = "zstd"
+# Rows buffered before a Parquet row group is flushed: bounds memory per open shard.
+ROW_GROUP_ROWS = 2048
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_FAILED_IDS_KEPT = 100  # per shard, in the marker: enough to find the records, bounded
+
+
+class ShardCorruptError(RuntimeError):
+    """A shard or manifest does not match the checksum or structure recorded for it."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def validate_name(name: str, what: str = "stage name") -> str:
+    """Stage names become path components: refuse anything that could leave the root."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise ValueError(
+            f"invalid {what} {name!r}: use 1-64 lowercase letters, digits, '_', '-', '.', "
+            "starting with a letter or digit (it becomes a directory name under the root)"
+        )
+    return name
+
+
+def fingerprint(stage: str, version: str, config: Mapping[str, Any], inputs: Sequence[str]) -> str:
+    """Hash of (stage, code version, config, input fingerprints); 16 hex chars."""
+    payload = _canonical_json(
+        {"stage": stage, "version": str(version), "config": config, "inputs": list(inputs)}
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def source_fingerprint(source: str) -> str:
+    """Identity of a raw input (file or URL) for fingerprints: local files by size and mtime."""
+    p = Path(source)
+    if p.exists():
+        st = p.stat()
+        return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return source
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """Read a stage manifest (the file or its stage directory). Raises on a broken manifest."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no stage manifest at {path}: the stage has not finished there")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ShardCorruptError(f"manifest {path} is not valid JSON ({e}); delete it and rerun the stage") from e
+    missing = {"stage", "fingerprint", "shards", "counts"} - set(manifest)
+    if missing:
+        raise ShardCorruptError(f"manifest {path} lacks {sorted(missing)}; delete it and rerun the stage")
+    digest = manifest.get("manifest_sha256")
+    if digest is not None:
+        body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+        if hashlib.sha256(_canonical_json(body).encode()).hexdigest() != digest:
+            raise ShardCorruptError(f"manifest {path} does not match its checksum; delete it and rerun the stage")
+    manifest["_path"] = str(path)
+    return manifest
+
+
+def manifest_dir(manifest: Mapping | str | os.PathLike) -> Path:
+    if isinstance(manifest, Mapping):
+        return Path(manifest["_path"]).parent
+    p = Path(manifest)
+    return p if p.is_dir() else p.parent
+
+
+def shard_paths(manifest: Mapping | str | os.PathLike, kind: str = "shards") -> list[Path]:
+    """Paths of a finished stage's output shards (``kind="rejects"`` for the rejects)."""
+    m = manifest if isinstance(manifest, Mapping) else read_manifest(manifest)
+    d = manifest_dir(m)
+    return [d / s["name"] for s in m.get(kind, [])]
+
+
+def read_shard(path: str | os.PathLike, expected_sha256: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Read one Parquet shard, verifying its checksum when one is given."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"shard {path} does not exist")
+    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
+        raise ShardCorruptError(
+            f"shard {path} does not match the checksum in its manifest (corrupted or changed "
+            "after the stage finished); delete the stage directory and rerun the stage"
+        )
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ShardCorruptError(f"shard {path} is not readable Parquet ({e})") from e
+
+
+def iter_stage_tables(manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None, verify: bool = True) -> Iterator[pa.Table]:
+    m = manifest if isinstance(manifest, Mapping) else read_manifest(manifest)
+    d = manifest_dir(m)
+    for s in m.get(kind, []):
+        yield read_shard(d / s["name"], s.get("sha256") if verify else None, columns)
+
+
+def iter_rows(manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None) -> Iterator[dict]:
+    for table in iter_stage_tables(manifest, kind, columns):
+        yield from table.to_pylist()
+
+
+def read_stage_table(manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None) -> pa.Table:
+    tables = list(iter_stage_tables(manifest, kind, columns))
+    if not tables:
+        return pa.table({})
+    return pa.concat_tables(tables, promote_options="default")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass
+class ShardStats:
+    index: int
+    rows_in: int = 0
+    kept: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    failed: Counter = field(default_factory=Counter)
+    failed_ids: list = field(default_factory=list)
+    extra: Counter = field(default_factory=Counter)  # stage-specific counters (e.g. emails masked)
+
+
+class _ParquetSink:
+    """Buffers rows and writes them to a temporary Parquet file; ``finish`` renames it into place."""
+
+    def __init__(self, final: Path, schema: pa.Schema | None):
+        self.final = final
+        self.tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        self.schema = schema
+        self.rows: list[dict] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.count = 0
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.count += 1
+        if len(self.rows) >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.rows and self.writer is not None:
+            return
+        table = pa.Table.from_pylist(self.rows, schema=self.schema)
+        if self.writer is None:
+            self.schema = table.schema
+            self.writer = pq.ParquetWriter(self.tmp, table.schema, compression=COMPRESSION)
+        self.writer.write_table(table)
+        self.rows = []
+
+    def finish(self) -> dict:
+        self._flush()  # also creates an empty shard when nothing was written
+        self.writer.close()
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        digest = file_sha256(self.tmp)
+        size = self.tmp.stat().st_size
+        os.replace(self.tmp, self.final)
+        return {"name": self.final.name, "rows": self.count, "bytes": size, "sha256": digest}
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
+class ShardWriter:
+    """Writes one output shard (and its rejects) of a stage. Use through ``Stage.open_shard``."""
+
+    def __init__(self, stage: "Stage", index: int, schema: pa.Schema | None, source: str | None):
+        self.stage = stage
+        self.index = index
+        self.source = source
+        self.stats = ShardStats(index)
+        self._out = _ParquetSink(stage.path / f"part-{index:05d}.parquet", schema)
+        reject_schema = schema.append(pa.field("reason", pa.string())) if schema is not None else None
+        self._rejects = _ParquetSink(stage.path / f"rejects-{index:05d}.parquet", reject_schema)
+        self._started = time.time()
+
+    def count_in(self, n: int = 1) -> None:
+        """Count ``n`` input records read (every one must end kept, rejected or failed)."""
+        self.stats.rows_in += n
+
+    def write(self, row: dict) -> None:
+        self.stats.kept += 1
+        self._out.add(row)
+
+    def reject(self, row: dict, reason: str) -> None:
+        self.stats.rejected[reason] += 1
+        self._rejects.add({**row, "reason": reason})
+
+    def fail(self, kind: str, record_id: str | None = None) -> None:
+        """Count a record that could not be processed (e.g. undecodable), with its id for the log."""
+        self.stats.failed[kind] += 1
+        if record_id is not None and len(self.stats.failed_ids) < _FAILED_IDS_KEPT:
+            self.stats.failed_ids.append({"id": record_id, "kind": kind})
+
+    def add_count(self, key: str, n: int = 1) -> None:
+        self.stats.extra[key] += n
+
+    def _finish(self) -> dict:
+        out = self._out.finish()
+        rej = self._rejects.finish()
+        s = self.stats
+        marker = {
+            "index": self.index,
+            "source": self.source,
+            "shard": out,
+            "rejects": rej,
+            "rows_in": s.rows_in,
+            "kept": s.kept,
+            "rejected": dict(s.rejected),
+            "failed": dict(s.failed),
+            "failed_ids": s.failed_ids,
+            "extra": dict(s.extra),
+            "seconds": round(time.time() - self._started, 4),
+            "finished_at": _now(),
+        }
+        atomic_write_json(self.stage.marker_path(self.index), marker)
+        return marker
+
+    def _abort(self) -> None:
+        self._out.abort()
+        self._rejects.abort()
+
+
+class Stage:
+    """One stage's output directory under ``root``, identified by its fingerprint."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        name: str,
+        *,
+        version: str,
+        config: Mapping[str, Any],
+        inputs: Sequence[str | os.PathLike] = (),
+        sources: Sequence[str] = (),
+    ):
+        """``inputs``: upstream manifest paths (lineage); ``sources``: raw inputs (files, URLs)."""
+        self.root = Path(root)
+        self.name = validate_name(name)
+        self.version = str(version)
+        self.config = json.loads(_canonical_json(dict(config)))
+        self.inputs = []
+        for p in inputs:
+            m = read_manifest(p)
+            self.inputs.append({"stage": m["stage"], "fingerprint": m["fingerprint"], "path": m["_path"]})
+        self.sources = [str(s) for s in sources]
+        upstream = [i["fingerprint"] for i in self.inputs] + [source_fingerprint(s) for s in self.sources]
+        self.fingerprint = fingerprint(name, self.version, self.config, upstream)
+        self.path = self.root / name / self.fingerprint
+        self.manifest_path = self.path / MANIFEST_NAME
+
+    # -- state
+    def is_complete(self) -> bool:
+        if not self.manifest_path.exists():
+            return False
+        try:
+            read_manifest(self.manifest_path)
+        except ShardCorruptError:
+            return False  # a broken manifest is recomputed, not trusted
+        return True
+
+    def marker_path(self, index: int) -> Path:
+        return self.path / f"part-{index:05d}.done.json"
+
+    def shard_done(self, index: int) -> bool:
+        """True if shard ``index`` finished (marker present and its files intact)."""
+        marker = self.marker_path(index)
+        if not marker.exists():
+            return False
+        try:
+            m = json.loads(marker.read_text())
+            for key in ("shard", "rejects"):
+                f = self.path / m[key]["name"]
+                if not f.exists() or f.stat().st_size != m[key]["bytes"]:
+                    return False
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+            return False
+        return True
+
+    # -- writing
+    @contextlib.contextmanager
+    def open_shard(self, index: int, schema: pa.Schema | None = None, source: str | None = None) -> Iterator[ShardWriter]:
+        """Write shard ``index``; it becomes visible (with its marker) only if the block succeeds."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        w = ShardWriter(self, index, schema, source)
+        try:
+            yield w
+        except BaseException:
+            w._abort()
+            raise
+        w._finish()
+
+    def commit(self, num_shards: int | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+        """Aggregate the shard markers into ``_manifest.json`` (written last). Returns its path.
+
+        ``num_shards`` makes commit refuse when a shard is missing; ``extra`` adds stage-specific
+        fields (e.g. a summary) to the manifest.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        markers = []
+        for p in sorted(self.path.glob("part-*.done.json")):
+            markers.append(json.loads(p.read_text()))
+        markers.sort(key=lambda m: m["index"])
+        if num_shards is not None:
+            have = {m["index"] for m in markers}
+            missing = sorted(set(range(num_shards)) - have)
+            if missing:
+                raise RuntimeError(f"stage {self.name} at {self.path}: shards {missing} not finished; rerun to complete them")
+        counts = {"in": 0, "kept": 0, "rejected": Counter(), "failed": Counter()}
+        extra_counts: Counter = Counter()
+        failed_ids = []
+        for m in markers:
+            counts["in"] += m["rows_in"]
+            counts["kept"] += m["kept"]
+            counts["rejected"].update(m["rejected"])
+            counts["failed"].update(m["failed"])
+            extra_counts.update(m.get("extra", {}))
+            failed_ids.extend(m.get("failed_ids", []))
+        schema = None
+        if markers:
+            first = self.path / markers[0]["shard"]["name"]
+            schema = {f.name: str(f.type) for f in pq.read_schema(first)}
+        manifest = {
+            "stage": self.name,
+            "fingerprint": self.fingerprint,
+            "version": self.version,
+            "config": self.config,
+            "inputs": self.inputs,
+            "sources": self.sources,
+            "schema": schema,
+            "shards": [{**m["shard"], "index": m["index"], "source": m["source"]} for m in markers],
+            "rejects": [{**m["rejects"], "index": m["index"]} for m in markers if m["rejects"]["rows"]],
+            "counts": {
+                "in": counts["in"],
+                "kept": counts["kept"],
+                "rejected": dict(sorted(counts["rejected"].items())),
+                "failed": dict(sorted(counts["failed"].items())),
+                **{k: v for k, v in sorted(extra_counts.items())},
+            },
+            "failed_ids": failed_ids[:1000],
+            "timings": {
+                "shard_seconds": {str(m["index"]): m["seconds"] for m in markers},
+                "total_shard_seconds": round(sum(m["seconds"] for m in markers), 4),
+                "committed_at": _now(),
+            },
+            **(dict(extra) if extra else {}),
+        }
+        # Rejected shards' parquet files with zero rows are not listed; remove them to keep the dir tidy.
+        for m in markers:
+            if not m["rejects"]["rows"]:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / m["rejects"]["name"]).unlink()
+        manifest["manifest_sha256"] = hashlib.sha256(_canonical_json(manifest).encode()).hexdigest()
+        atomic_write_json(self.manifest_path, manifest)
+        return self.manifest_path
+
+
+def accounted(manifest: Mapping) -> bool:
+    """Every input record is kept, rejected or failed (the 'nothing lost' invariant)."""
+    c = manifest["counts"]
+    return c["in"] == c["kept"] + sum(c["rejected"].values()) + sum(c["failed"].values())
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+def describe(stage_dir: str | os.PathLike, num_samples: int = 3, width: int = 300) -> str:
+    """A human summary of a finished stage: counts, lineage, shards and a few sample rows."""
+    m = read_manifest(stage_dir)
+    c = m["counts"]
+    lines = [
+        f"stage       {m['stage']}  (fingerprint {m['fingerprint']}, version {m.get('version')})",
+        f"directory   {manifest_dir(m)}",
+        f"committed   {m.get('timings', {}).get('committed_at')}",
+        f"records     in {c['in']:,}  kept {c['kept']:,}  rejected {sum(c['rejected'].values()):,}  "
+        f"failed {sum(c['failed'].values()):,}",
+    ]
+    for reason, n in c["rejected"].items():
+        lines.append(f"  rejected  {reason}: {n:,}")
+    for kind, n in c["failed"].items():
+        lines.append(f"  failed    {kind}: {n:,}")
+    for k, v in c.items():
+        if k not in {"in", "kept", "rejected", "failed"}:
+            lines.append(f"  {k}: {v}")
+    for i in m.get("inputs", []):
+        lines.append(f"input       {i['stage']} {i['fingerprint']}  {i['path']}")
+    for s in m.get("sources", [])[:5]:
+        lines.append(f"source      {s}")
+    total_bytes = sum(s["bytes"] for s in m["shards"])
+    lines.append(f"shards      {len(m['shards'])} ({total_bytes:,} bytes)")
+    if m.get("config"):
+        lines.append(f"config      {json.dumps(m['config'], sort_keys=True)[:width]}")
+    shown = 0
+    for table in iter_stage_tables(m):
+        for row in table.slice(0, num_samples - shown).to_pylist():
+            shown += 1
+            text = {k: (v[:width] + "…" if isinstance(v, str) and len(v) > width else v) for k, v in row.items()}
+            lines.append(f"sample {shown}:  {json.dumps(text, ensure_ascii=False, default=str)}")
+        if shown >= num_samples:
+            break
+    return "\n".join(lines)
+
+
+def table_from_rows(rows: Iterable[Mapping], schema: pa.Schema | None = None) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=schema)

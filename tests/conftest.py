@@ -1,0 +1,36 @@
+"""Test-wide environment: a private Prefect home, no telemetry, Triton's CPU interpreter."""
+
+import os
+import tempfile
+from pathlib import Path
+
+# These must be set before prefect or triton is imported anywhere.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="lmpipe-prefect-"))
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("LMPIPE_REFERENCE", REPO.parent / "shared" / "reference"))
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    """../shared/reference: real CS336 fixtures and Common Crawl samples (read in place)."""
+    if not REFERENCE.is_dir():
+        raise FileNotFoundError(
+            f"reference fixtures not found at {REFERENCE}; set LMPIPE_REFERENCE to the shared/reference folder"
+        )
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (SQLite) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
