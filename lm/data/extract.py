@@ -39,9 +39,10 @@ def decode_html(html: bytes) -> str | None:
         return None
     enc = detect_encoding(html)
     try:
-        return html.decode(enc)
+        text = html.decode(enc)
     except (UnicodeDecodeError, LookupError):
-        return bytes_to_str(html, enc)  # falls back to other encodings, replaces what is left
+        text = bytes_to_str(html, enc)  # falls back to other encodings, replaces what is left
+    return text.removeprefix("\ufeff")  # a byte-order mark is not page text
 
 
 def html_to_text(html: bytes, *, main_content: bool = False) -> str | None:

@@ -135,7 +135,9 @@ class HttpFile(io.RawIOBase):
             return b""
         for attempt in range(self.opts.retries + 1):
             try:
-                data = self.resp.read(size)
+                # read1: return what has arrived, so bytes before a reset are kept and the
+                # resume starts exactly after them.
+                data = self.resp.read1(size)
                 if data or self.expected_end is None or self.pos >= self.expected_end:
                     self.pos += len(data)
                     return data

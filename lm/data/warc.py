@@ -122,6 +122,9 @@ class _Stream:
         start = self.raw_read
         self.raw_read += len(chunk)
         if self.gzip is None:
+            while 0 < len(chunk) < 2 and (more := self.raw.read(self.chunk_size)):
+                chunk += more  # need two bytes to see the gzip magic
+                self.raw_read += len(more)
             if not chunk:
                 self.eof = True
                 return False
