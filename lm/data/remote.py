@@ -257,6 +257,8 @@ def expand_sources(specs, http: HttpOptions | None = None) -> list[str]:
             out += spec.locations(http)
             continue
         spec = str(spec)
+        if spec.startswith("~"):
+            spec = str(Path(spec).expanduser())
         if spec.startswith("cc://"):
             out += CCListing.parse(spec).locations(http)
         elif is_url(spec):
