@@ -182,3 +182,27 @@ def test_split_http_chunked_and_gzip():
 def test_record_mime():
     r = Record(id="x", url="u", source="s:0", record_type="response", content_type="Text/HTML; charset=utf-8", date="", payload=b"")
     assert r.mime == "text/html"
+
+
+def test_pywb_sample_archives_arc_and_quirks():
+    """The sample archives in the pywb wheel (real captures; ARC, plain WARC, broken files)."""
+    from flows.demo import demo_sources
+
+    warcs = demo_sources()[0]
+    from pathlib import Path
+
+    d = Path(warcs)
+    arc = list(iter_records(str(d / "example.arc")))
+    arcgz = list(iter_records(str(d / "example.arc.gz")))
+    assert [r.record_type for r in arc] == ["warcinfo", "response"]
+    assert [(r.url, r.payload) for r in arc] == [(r.url, r.payload) for r in arcgz]
+    assert arc[1].url == "http://example.com/" and arc[1].http_status == 200 and arc[1].mime == "text/html"
+    assert arc[1].date == "20140216050221"
+    bad = list(iter_records(str(d / "bad.arc")))
+    assert [r.error for r in bad] == ["bad_content_length", None, None, "bad_header"]
+    # pywb's example.warc declares a request 3 bytes short: flagged, the next record still read
+    ex = list(iter_records(str(d / "example.warc")))
+    assert [r.record_type for r in ex] == ["warcinfo", "response", "request", "revisit", "request", "response"]
+    assert [r.error for r in ex] == [None, None, None, None, "bad_content_length", None]
+    total = sum(1 for f in sorted(d.iterdir()) if not f.name.startswith(".") for _ in iter_records(str(f)))
+    assert total == 425
