@@ -79,12 +79,15 @@ def count_records(path: Path) -> int:
     """All WARC records in the input, counted by gzip members (each CC record is one member)."""
     import zlib
 
-    data, pos, n = path.read_bytes(), 0, 0
-    while pos < len(data):
-        d = zlib.decompressobj(31)
-        d.decompress(data[pos:])
-        n += 1
-        pos = len(data) - len(d.unused_data)
+    n, d = 0, None
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            while chunk:  # a chunk may hold the ends and starts of several members
+                d = d or zlib.decompressobj(31)
+                d.decompress(chunk)
+                chunk = d.unused_data if d.eof else b""
+                if d.eof:
+                    n, d = n + 1, None
     return n
 
 

@@ -30,3 +30,25 @@ def test_unreachable_source_is_retried_then_counted(prefect_harness, tmp_path, f
     m = json.loads(open(marker).read())
     assert m["failed"] == {"source_error": 1} and m["rows_in"] == 1
     assert len(fault_server.log) == 3 * 2  # 3 task attempts x (1 + 1 HTTP retries)
+
+
+def test_long_input_gets_a_progress_artifact(prefect_harness, reference, tmp_path, monkeypatch):
+    import asyncio
+
+    import tasks.extract as te
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterTaskRunId
+
+    monkeypatch.setattr(te, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(te, "PROGRESS_EVERY_S", 0.0)
+    cfg = ExtractConfig()
+    shards = plan_shards([str(reference / CC / "clueweb-quirk.warc.gz")], 0)
+    state = extract_shard(str(tmp_path), cfg, shards, 0, return_state=True)
+    task_run_id = state.state_details.task_run_id
+
+    async def _read():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[task_run_id])))
+
+    (art,) = [a for a in asyncio.run(_read()) if a.type == "progress"]
+    assert art.data == 100.0 and "clueweb-quirk" in art.description
