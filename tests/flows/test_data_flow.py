@@ -158,3 +158,18 @@ def test_bad_inputs_are_counted_not_fatal(prefect_harness, reference, tmp_path, 
     assert [r for p, r in fault_server.log if p == "/flaky.warc.gz"] == [None, None, "bytes=9000-"]
     shard0 = pq.read_table(read_manifest(out["extract"])["_path"].rsplit("/", 1)[0] + "/part-00000.parquet")
     assert shard0.num_rows == 0  # the empty file: an empty shard, the stage still finishes
+
+
+def test_plan_slices_only_per_record_gzip(reference, tmp_path):
+    from lm.data.ingest import plan_shards
+
+    w = reference / CC / "warcfile.warc.gz"
+    one = tmp_path / "one.warc.gz"  # the same records in one gzip stream: cannot be sliced
+    one.write_bytes(gzip.compress(gzip.decompress(w.read_bytes())))
+    plain = tmp_path / "plain.warc"
+    plain.write_bytes(gzip.decompress(w.read_bytes()))
+    shards = plan_shards([str(w), str(one), str(plain)], 40_000)
+    assert [(s["location"], s["start"], s["end"]) for s in shards] == [
+        (str(w), 0, 40_000), (str(w), 40_000, 80_000), (str(w), 80_000, 120_000), (str(w), 120_000, 135_896),
+        (str(one), 0, None), (str(plain), 0, None),
+    ]
