@@ -18,7 +18,12 @@ Nothing is dropped silently. A record that cannot be read completely is still yi
 - ``corrupt_gzip``: the compressed data is invalid;
 - ``not_warc``: the input does not start with a WARC/ARC record (the only record of that input);
 - ``bad_header``: a header block we cannot delimit (missing or invalid Content-Length); the
-  reader skips to the next ``WARC/`` line and goes on.
+  reader skips to the next ``WARC/`` line and goes on;
+- ``bad_content_length``: the block does not end where Content-Length says (the next line is
+  not a record start); the record is yielded flagged and the reader resynchronises.
+
+Blocks longer than ``max_block_bytes`` (if given) are skipped without being held in memory:
+the record comes with an empty payload and ``oversized=True``.
 
 Format quirks handled on purpose: ClueWeb09 (``WARC/0.18``, HTTP headers ending in bare LF, a
 ``Content-Encoding: gzip`` header on bodies stored decoded), records whose size is a multiple of
