@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from lm.data import remote
 from lm.data.extract import decode_text, html_to_text
@@ -49,6 +49,8 @@ _HTML_SNIFF = (b"<!doctype html", b"<html", b"<head", b"<body")
 
 class ExtractConfig(BaseModel):
     """Settings of the extract stage (all of them change its output, so all are fingerprinted)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     html_types: list[str] = Field(
         default=["text/html", "application/xhtml+xml"],
