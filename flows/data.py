@@ -35,7 +35,7 @@ class HttpConfig(BaseModel):
     retries: int = Field(default=5, ge=0, description="attempts after the first per request (5xx, resets, timeouts)")
     backoff_s: float = Field(default=0.5, gt=0, description="first wait between attempts; doubles each time")
     timeout_s: float = Field(default=60.0, gt=0, description="socket timeout per connect/read, seconds")
-    cc_base_url: str = Field(default=CC_BASE_URL, description="base URL for cc:// listings without &base=")
+    cc_base_url: str = Field(default=CC_BASE_URL, description="base URL for cc:// listings without &base= and for relative filenames in index: files")
 
     def options(self) -> HttpOptions:
         return HttpOptions(retries=self.retries, backoff_s=self.backoff_s, timeout_s=self.timeout_s)
@@ -48,8 +48,9 @@ class DataConfig(BaseModel):
 
     sources: list[str] = Field(
         min_length=1,
-        description="inputs: WARC/WET/ARC paths, globs, directories, http(s) URLs, or "
-        "cc://CC-MAIN-2024-22?kind=wet&files=2 (first N files of a Common Crawl listing)",
+        description="inputs: WARC/WET/ARC paths, globs, directories, http(s) URLs, "
+        "cc://CC-MAIN-2024-22?kind=wet&files=2 (first N files of a Common Crawl listing), or "
+        "index:<file> (JSON/CDXJ lines with filename, offset, length: one Range request per record)",
     )
     root: str = Field(default="outputs", description="artifact root: stages write <root>/<stage>/<fingerprint>/")
     extract: ExtractConfig = Field(default_factory=ExtractConfig, description="extract stage settings")
@@ -78,7 +79,7 @@ def data_flow(config: DataConfig) -> dict[str, str]:
     """Run the data stages; returns {stage: manifest path}."""
     log = get_run_logger()
     locations = config.locations()  # fails here, before any work, on a missing path
-    shards = plan_shards(locations, config.extract.slice_bytes)
+    shards = plan_shards(locations, config.extract.slice_bytes, config.http.cc_base_url)
     root = str(Path(config.root).resolve())
     plan = plan_digest(shards)
     stage = extract_stage(root, config.extract, plan)
