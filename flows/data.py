@@ -12,6 +12,7 @@ A stage whose manifest exists is skipped; a rerun after a crash redoes only miss
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -70,7 +71,11 @@ class DataConfig(BaseModel):
 
     def locations(self) -> list[str]:
         """Concrete input files/URLs. FileNotFoundError names a missing local path (before any work)."""
-        specs = [s if not s.startswith("cc://") or "base=" in s else f"{s}{'&' if '?' in s else '?'}base={self.http.cc_base_url}" for s in self.sources]
+        specs = []
+        for s in self.sources:
+            if s.startswith("cc://") and "base=" not in s:  # listings default to the configured base URL
+                s += f"{'&' if '?' in s else '?'}base={self.http.cc_base_url}"
+            specs.append(s)
         return expand_sources(specs, self.http.options())
 
 
@@ -111,13 +116,12 @@ def _run_shards(config: DataConfig, root: str, plan: str, shards: list[dict]) ->
 
 def _counts_line(m: dict) -> str:
     c = m["counts"]
-    return f"in {c['in']}, kept {c['kept']}, rejected {sum(c['rejected'].values())} {c['rejected']}, failed {sum(c['failed'].values())} {c['failed']}"
+    rejected, failed = sum(c["rejected"].values()), sum(c["failed"].values())
+    return f"in {c['in']}, kept {c['kept']}, rejected {rejected} {c['rejected']}, failed {failed} {c['failed']}"
 
 
 def _per_source_md(manifest_path: str) -> str:
     """A per-shard table for the summary artifact: which input produced what."""
-    import json
-
     m = read_manifest(manifest_path)
     d = Path(manifest_path).parent
     rows = []

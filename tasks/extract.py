@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from lm.data.ingest import DOC_SCHEMA, ExtractConfig, extract_documents, max_block_bytes, shard_label
@@ -33,8 +33,10 @@ PROGRESS_EVERY_S = 5.0
 def plan_digest(shards: list[dict]) -> str:
     """Identity of a shard plan: each shard's location and byte range, and each input's
     identity (local files by size and mtime). Tasks get this short digest, not the plan."""
-    plan = [[s["location"], s["start"], s["end"], s.get("base_url"), source_fingerprint(s["location"].removeprefix(INDEX_PREFIX))]
-            for s in shards]
+    plan = [
+        [s["location"], s["start"], s["end"], s.get("base_url"), source_fingerprint(s["location"].removeprefix(INDEX_PREFIX))]
+        for s in shards
+    ]
     return hashlib.sha256(json.dumps(plan, separators=(",", ":")).encode()).hexdigest()
 
 
