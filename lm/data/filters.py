@@ -130,3 +130,56 @@ class HarmfulContentFilter:
         score = p if label == self.kind else 1.0 - p
         doc[f"{self.kind}_score"] = round(score, 4)
         return (False, self.kind) if score >= self.max_score else (True, None)
+
+
+# --------------------------------------------------------------------------- stages
+
+# Columns a stage adds to the documents it keeps (name, Arrow type name).
+ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "langid": [("language", "string"), ("language_score", "float64")],
+    "quality": [("quality_score", "float64")],
+    "harmful": [("nsfw_score", "float64"), ("toxic_score", "float64")],
+}
+
+
+def build_stage_filters(stage: str, cfg: dict) -> list:
+    """The filters of a funnel stage, from its config dict (see ``flows/funnel.py``)."""
+    if stage == "langid":
+        return [LanguageFilter(cfg["languages"], cfg["min_score"])]
+    if stage == "pii":
+        return [PIIFormatter(cfg["emails"], cfg["phone_numbers"], cfg["ips"])]
+    if stage == "rules":
+        out: list = []
+        if cfg["gopher"]:
+            out.append(GopherQualityFilter(**cfg["gopher_thresholds"]))
+        if cfg["c4"]:
+            out.append(C4QualityFilter(**cfg["c4_options"]))
+        if cfg["bad_words"]:
+            out.append(BadWordsFilter(cfg["bad_words_language"]))
+        return out
+    if stage == "quality":
+        return [QualityClassifierFilter(cfg["model_path"], cfg["min_score"])]
+    if stage == "harmful":
+        out = []
+        if cfg["nsfw"]:
+            out.append(HarmfulContentFilter("nsfw", cfg["nsfw_model_path"], cfg["nsfw_max_score"]))
+        if cfg["toxic"]:
+            out.append(HarmfulContentFilter("toxic", cfg["toxic_model_path"], cfg["toxic_max_score"]))
+        return out
+    raise ValueError(f"unknown filter stage {stage!r}; choose one of langid, pii, rules, quality, harmful")
+
+
+def apply_filters(filters: Sequence, doc: Doc) -> tuple[bool, str | None, dict[str, int]]:
+    """Run ``filters`` in order on ``doc`` (modified in place): (keep, reason, counts)."""
+    counts: dict[str, int] = {}
+    if not isinstance(doc.get("text"), str):
+        return False, "no_text", counts
+    for f in filters:
+        if hasattr(f, "format"):
+            for k, v in f.format(doc).items():
+                counts[k] = counts.get(k, 0) + v
+            continue
+        keep, reason = f.filter(doc)
+        if not keep:
+            return False, reason, counts
+    return True, None, counts

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -125,13 +126,16 @@ def find_bad_word(text: str, language: str = "en") -> str | None:
 # --------------------------------------------------------------------------- classifier
 
 QUALITY_LABELS = ("wiki", "cc")
+# Bump when the default training recipe changes, so a stale cached model is not reused.
+DEFAULT_MODEL_VERSION = "1"
+_train_lock = threading.Lock()
 
 
 def default_model_path(kind: str) -> Path:
     """Where the default ``kind`` model (quality, nsfw, toxic) lives: ``$LMPIPE_CACHE/classifiers``."""
     from lm.cache import cache_dir
 
-    return cache_dir() / "classifiers" / f"{kind}.bin"
+    return cache_dir() / "classifiers" / f"{kind}-v{DEFAULT_MODEL_VERSION}.bin"
 
 
 def resolve_model(kind: str, model_path: str | os.PathLike | None):
@@ -142,7 +146,9 @@ def resolve_model(kind: str, model_path: str | os.PathLike | None):
     if not path.exists():
         from lm.data.classifier_data import train_default_model
 
-        train_default_model(kind, path)
+        with _train_lock:  # shard tasks run in threads: train once
+            if not path.exists():
+                train_default_model(kind, path)
     return load_classifier(path)
 
 
