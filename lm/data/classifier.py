@@ -187,10 +187,22 @@ def train_classifier(
         train_file = f.name
     try:
         with _lock:  # fastText training is not reentrant-safe with shared stderr; keep it serial
-            model = ft.train_supervised(
-                input=train_file, epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim,
-                minCount=min_count, bucket=buckets, minn=minn, maxn=maxn, thread=1, seed=seed, verbose=0,
-            )
+            for attempt in range(4):
+                try:
+                    model = ft.train_supervised(
+                        input=train_file, epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim,
+                        minCount=min_count, bucket=buckets, minn=minn, maxn=maxn, thread=1, seed=seed, verbose=0,
+                    )
+                    break
+                except RuntimeError as e:
+                    # fastText diverges ("Encountered NaN") on small data with unigrams only
+                    # or too high an lr: add bigrams first, then halve lr, as one would by hand.
+                    if "NaN" not in str(e) or attempt == 3:
+                        raise
+                    if word_ngrams == 1:
+                        word_ngrams = 2
+                    else:
+                        lr /= 2
     finally:
         os.unlink(train_file)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
