@@ -106,12 +106,25 @@ class TrainResult:
     metrics: dict  # label -> {precision, recall, f1, support}; "accuracy"
 
 
-def split_holdout(examples: Sequence[tuple[str, str]], holdout: float, seed: int) -> tuple[list, list]:
-    """Shuffle deterministically and hold out a fraction of each label (stratified)."""
+def split_holdout(examples: Sequence[tuple], holdout: float, seed: int) -> tuple[list, list]:
+    """Shuffle deterministically and hold out a fraction of each label (stratified).
+
+    Examples given as ``(text, label, group)`` are split by group instead: examples that
+    share a group (e.g. a passage and its altered copy) land on the same side, so the
+    held-out figures are not inflated by near-copies seen in training.
+    """
+    rng = random.Random(seed)
+    if examples and len(examples[0]) == 3:
+        groups = sorted({g for _, _, g in examples})
+        rng.shuffle(groups)
+        held = set(groups[: round(len(groups) * holdout)])
+        train = [(t, lab) for t, lab, g in examples if g not in held]
+        test = [(t, lab) for t, lab, g in examples if g in held]
+        rng.shuffle(train)
+        return train, test
     by_label: dict[str, list] = {}
     for text, label in examples:
         by_label.setdefault(label, []).append((text, label))
-    rng = random.Random(seed)
     train, test = [], []
     for label in sorted(by_label):
         rows = by_label[label]
@@ -169,7 +182,7 @@ def train_classifier(
     Single-threaded with a fixed seed so the same data gives the same model. ``buckets``
     (hashed n-gram rows) is kept small: fastText's default of 2M makes a 400 MB file.
     """
-    labels = sorted({label for _, label in examples})
+    labels = sorted({ex[1] for ex in examples})
     if len(labels) < 2:
         raise ValueError(f"training needs at least two labels, got {labels}; check the label column of the data")
     for label in labels:

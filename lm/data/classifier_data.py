@@ -140,7 +140,7 @@ def _lexicon(kind: str) -> list[str]:
     return sorted(w for w in words if re.fullmatch(r"[a-z][a-z ]{2,}", w))
 
 
-def harmful_examples(kind: str, crawl_paths: Sequence[str] | None = None) -> list[tuple[str, str]]:
+def harmful_examples(kind: str, crawl_paths: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
     """Weak labels: clean passages (negative) and the same passages with lexicon terms (positive)."""
     pos_label, neg_label = LABELS[kind]
     clean = [p for t in reference_texts() for p in passages(t, 60)]
@@ -152,11 +152,12 @@ def harmful_examples(kind: str, crawl_paths: Sequence[str] | None = None) -> lis
     words = sorted(rng.sample(words, min(len(words), 300)))
     # Each passage appears once clean and once with a word spliced in: the pair differs only
     # by the word, and the classes are balanced, so ordinary words carry no class prior.
-    out = [(p, neg_label) for p in clean]
+    # The pair shares a group so the held-out split keeps it together.
+    out = [(p, neg_label, i) for i, p in enumerate(clean)]
     for i, p in enumerate(clean):
         toks = p.split()
         toks.insert(rng.randrange(len(toks) + 1), words[i % len(words)])
-        out.append((" ".join(toks), pos_label))
+        out.append((" ".join(toks), pos_label, i))
     return out
 
 
