@@ -8,6 +8,8 @@ from lm.data.shards import Stage, read_manifest  # noqa: F401
 
 # name -> module that defines it; resolved on first attribute access (PEP 562).
 _LAZY = {
+    "iter_records": "lm.data.warc",
+    "html_to_text": "lm.data.extract",
     "identify_language": "lm.data.langid",
     "mask_emails": "lm.data.pii",
     "mask_phone_numbers": "lm.data.pii",
