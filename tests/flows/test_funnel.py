@@ -119,3 +119,14 @@ def test_bad_config_names_the_field(bad, field):
     with pytest.raises(ValidationError) as e:
         FunnelConfig.model_validate(bad)
     assert field in str(e.value)
+
+
+def test_data_flow_runs_extract_then_funnel(reference, tmp_path, prefect_harness):
+    from flows.data import DataConfig, data_flow
+
+    src = [str(reference / "commoncrawl" / "warcfile.warc.gz")]
+    off = {k: {"enabled": False} for k in ["quality", "harmful", "exact_dedup", "minhash"]}
+    out = data_flow(config=DataConfig(sources=src, root=str(tmp_path / "a"), filters=off))
+    assert list(out) == ["extract", "langid", "pii", "rules"]
+    assert read_manifest(out["langid"])["inputs"][0]["path"] == out["extract"]
+    assert list(data_flow(config=DataConfig(sources=src, root=str(tmp_path / "b"), filters=None))) == ["extract"]
