@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
 from flows.funnel_config import FunnelConfig
-from lm.data.shards import atomic_write_json, iter_stage_tables, read_manifest
+from lm.data.shards import atomic_write_json, iter_stage_tables, read_manifest, source_fingerprint
 from tasks import dedup
 from tasks.artifacts import artifact_key, image_markdown, markdown_table, publish_stage
 from tasks.filters import filter_shard, filter_stage
@@ -78,6 +78,29 @@ def _minhash(root: str, cfg: dict, docs: str) -> str:
     return str(st.manifest_path)
 
 
+def _model_identity(kind: str, path: str | None) -> str:
+    """Which model file a classifier stage uses (path, size, mtime), for its fingerprint:
+    a retrained or replaced model makes a new stage directory. The default model is trained
+    here first if missing, so its identity is known before the stage starts."""
+    from lm.data.quality import default_model_path, resolve_model
+
+    if path is None:
+        resolve_model(kind, None)
+        path = str(default_model_path(kind))
+    return source_fingerprint(path)
+
+
+def stage_config(name: str, section) -> dict:
+    cfg = section.stage_config()
+    if name == "quality":
+        cfg["model"] = _model_identity("quality", cfg["model_path"])
+    if name == "harmful":
+        for kind in ("nsfw", "toxic"):
+            if cfg[kind]:
+                cfg[f"{kind}_model"] = _model_identity(kind, cfg[f"{kind}_model_path"])
+    return cfg
+
+
 def run_funnel(extract_manifest: str, root: str, config: FunnelConfig) -> dict[str, str]:
     """Run the enabled stages in order; returns stage name → manifest path (last = final corpus)."""
     logger = get_run_logger()
@@ -87,7 +110,7 @@ def run_funnel(extract_manifest: str, root: str, config: FunnelConfig) -> dict[s
     for name in FILTER_STAGES:
         cfg = getattr(config, name)
         if cfg.enabled:
-            docs = stages[name] = _filter(root, name, cfg.stage_config(), docs)
+            docs = stages[name] = _filter(root, name, stage_config(name, cfg), docs)
             publish_stage(docs)
             logger.info("%s: %s", name, docs)
     if config.exact_dedup.enabled:

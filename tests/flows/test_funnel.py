@@ -130,3 +130,16 @@ def test_data_flow_runs_extract_then_funnel(reference, tmp_path, prefect_harness
     assert list(out) == ["extract", "langid", "pii", "rules"]
     assert read_manifest(out["langid"])["inputs"][0]["path"] == out["extract"]
     assert list(data_flow(config=DataConfig(sources=src, root=str(tmp_path / "b"), filters=None))) == ["extract"]
+
+
+def test_replacing_a_classifier_model_changes_the_stage_fingerprint(tmp_path):
+    from flows.funnel import stage_config
+    from flows.funnel_config import QualityConfig
+    from lm.data.classifier import train_classifier
+
+    rows = [("good prose sentence here", "wiki")] * 10 + [("menu home login", "cc")] * 10
+    path = tmp_path / "q.bin"
+    train_classifier(rows, path, epoch=5)
+    first = stage_config("quality", QualityConfig(model_path=str(path)))
+    os.utime(path, ns=(1, 1))  # a retrained/replaced file: new mtime (and usually size)
+    assert stage_config("quality", QualityConfig(model_path=str(path))) != first
