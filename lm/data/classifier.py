@@ -23,15 +23,14 @@ from pathlib import Path
 
 MAX_CHARS = 100_000
 _WS = re.compile(r"\s+")
+_CTRL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _lock = threading.Lock()
 
 
 def one_line(text: str, max_chars: int = MAX_CHARS) -> str:
     """fastText input: whitespace (newlines, control characters' neighbours) collapsed to spaces."""
-    text = text[:max_chars]
-    # Control characters other than whitespace carry no meaning for a bag of n-grams.
-    text = "".join(ch if ch.isprintable() or ch.isspace() else " " for ch in text) if not text.isprintable() else text
-    return _WS.sub(" ", text).strip()
+    # Control characters carry no meaning for a bag of n-grams; fastText splits on spaces.
+    return _WS.sub(" ", _CTRL.sub(" ", text[:max_chars])).strip()
 
 
 def _quiet_fasttext():
