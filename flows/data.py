@@ -29,7 +29,7 @@ from lm.data.remote import CC_BASE_URL, HttpOptions, expand_sources
 from lm.data.shards import read_manifest
 from flows.funnel_config import FunnelConfig
 from tasks.artifacts import artifact_key, markdown_table, publish_stage
-from tasks.extract import commit_extract, extract_shard, extract_stage
+from tasks.extract import commit_extract, extract_shard, extract_stage, plan_digest
 
 
 class HttpConfig(BaseModel):
@@ -82,12 +82,13 @@ def data_flow(config: DataConfig) -> dict[str, str]:
     locations = config.locations()  # fails here, before any work, on a missing path
     shards = plan_shards(locations, config.extract.slice_bytes)
     root = str(Path(config.root).resolve())
-    stage = extract_stage(root, config.extract, shards)
+    plan = plan_digest(shards)
+    stage = extract_stage(root, config.extract, plan)
     if stage.is_complete():
         log.info("extract: complete at %s (same inputs and config): skipped", stage.path)
     else:
         log.info("extract: %d source(s) → %d shard(s) → %s", len(locations), len(shards), stage.path)
-        _run_shards(config, root, shards)
+        _run_shards(config, root, plan, shards)
         commit_extract(root, config.extract, shards)
     manifest = str(stage.manifest_path)
     publish_stage(manifest, samples=config.num_samples, extra_md=_per_source_md(manifest))
@@ -100,14 +101,14 @@ def data_flow(config: DataConfig) -> dict[str, str]:
     return stages
 
 
-def _run_shards(config: DataConfig, root: str, shards: list[dict]) -> None:
+def _run_shards(config: DataConfig, root: str, plan: str, shards: list[dict]) -> None:
     """Map extract_shard over the shards on a thread pool; a progress artifact tracks them."""
     progress = create_progress_artifact(0.0, key=artifact_key("extract", "progress"), description="extract: shards finished")
     http = config.http.options()
     with ThreadPoolTaskRunner(max_workers=config.max_workers) as runner:
         futures = [
-            runner.submit(extract_shard, {"root": root, "cfg": config.extract, "shards": shards, "index": i, "http": http})
-            for i in range(len(shards))
+            runner.submit(extract_shard, {"root": root, "cfg": config.extract, "plan": plan, "index": i, "shard": shard, "http": http})
+            for i, shard in enumerate(shards)
         ]
         for done, fut in enumerate(as_completed(futures), 1):
             fut.result()  # a shard that failed after its retries fails the flow; a rerun resumes

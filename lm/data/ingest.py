@@ -108,6 +108,8 @@ def classify(rec: Record, cfg: ExtractConfig) -> Outcome:
         return Outcome("kept", _row(rec, text)) if text.strip() else Outcome("rejected", _row(rec), "empty_extraction")
     if rec.record_type not in ("response", "resource"):
         return Outcome("rejected", _row(rec), f"record_type_{rec.record_type}")
+    if rec.oversized:  # the reader skipped a block far over the cap without reading it
+        return Outcome("rejected", _row(rec), "over_size_cap")
     if rec.http_status is not None and not 200 <= rec.http_status < 300:
         return Outcome("rejected", _row(rec), "http_status")
     if not _is_html(rec, cfg.html_types):
@@ -120,6 +122,11 @@ def classify(rec: Record, cfg: ExtractConfig) -> Outcome:
     if not text.strip():
         return Outcome("rejected", _row(rec), "empty_extraction")
     return Outcome("kept", _row(rec, text))
+
+
+def max_block_bytes(cfg: ExtractConfig) -> int:
+    """Blocks bigger than this are surely over the payload cap: the reader skips them unread."""
+    return cfg.max_payload_bytes + (1 << 20)  # room for HTTP headers
 
 
 def extract_documents(records: Iterable[Record], cfg: ExtractConfig) -> Iterator[Outcome]:

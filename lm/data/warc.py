@@ -40,6 +40,7 @@ from lm.data import remote
 
 CHUNK_SIZE = 1 << 16
 MAX_HEADER_LINE = 1 << 16  # a longer "header line" means we are reading binary garbage
+MAX_DECODED = 64 << 20  # cap on a Content-Encoding-decoded body (a gzip bomb stops here)
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -65,6 +66,7 @@ class Record:
     http_status: int | None = None
     http_headers: dict[str, str] = field(default_factory=dict)
     error: str | None = None  # set when the record could not be read completely (see module doc)
+    oversized: bool = False  # block over the reader's max_block_bytes: payload left empty
     error_detail: str = ""
 
     @property
@@ -180,6 +182,18 @@ class _Stream:
                 self.pos += n
                 return line
 
+    def skip(self, n: int) -> int:
+        """Discard ``n`` bytes without holding them (huge blocks); returns how many were there."""
+        left = n
+        while left:
+            have = len(self.buf) - self.pos
+            if have == 0 and not self._fill():
+                break
+            take = min(left, len(self.buf) - self.pos)
+            self.pos += take
+            left -= take
+        return n - left
+
     def read(self, n: int) -> bytes:
         while len(self.buf) - self.pos < n and self._fill():
             pass
@@ -263,12 +277,12 @@ def _decode_content(body: bytes, encoding: str) -> bytes:
     enc = encoding.strip().lower()
     try:
         if enc in ("gzip", "x-gzip") and body[:2] == GZIP_MAGIC:
-            return zlib.decompressobj(31).decompress(body)
+            return zlib.decompressobj(31).decompress(body, MAX_DECODED)
         if enc == "deflate" and body:
             try:
-                return zlib.decompress(body)
+                return zlib.decompressobj().decompress(body, MAX_DECODED)
             except zlib.error:
-                return zlib.decompress(body, -15)
+                return zlib.decompressobj(-15).decompress(body, MAX_DECODED)
         if enc == "br" and body:
             import brotli  # optional: only WARCs written without decoding need it
 
@@ -377,9 +391,20 @@ def _next_line(stream: _Stream) -> bytes:
     return line
 
 
-def parse_stream(stream: _Stream, location: str, *, end: int | None = None, max_records: int | None = None) -> Iterator[Record]:
+def _read_block(stream: _Stream, length: int, max_block: int | None) -> tuple[bytes, int]:
+    """The record block, or b"" when it is over ``max_block`` (skipped, never held in memory).
+    Returns (block, bytes present in the input)."""
+    if max_block is not None and length > max_block:
+        return b"", stream.skip(length)
+    block = stream.read(length)
+    return block, len(block)
+
+
+def parse_stream(stream: _Stream, location: str, *, end: int | None = None, max_records: int | None = None,
+                 max_block_bytes: int | None = None) -> Iterator[Record]:
     """Yield the records of one decompressed stream; ``end``: stop at records starting at or
-    after this file offset (slices); ``max_records``: stop after that many."""
+    after this file offset (slices); ``max_records``: stop after that many; ``max_block_bytes``:
+    records with a bigger block come with an empty payload and ``oversized=True``."""
     n, arc = 0, False
     line = _next_line(stream)
     first = True
@@ -405,7 +430,8 @@ def parse_stream(stream: _Stream, location: str, *, end: int | None = None, max_
                 yield _failure(location, offset, "bad_header", f"Content-Length {_get(headers, 'Content-Length')!r}", headers)
                 line, first = _resync(stream, arc), False
                 continue
-            rec = _make_record(location, offset, headers, block := stream.read(length))
+            block, got = _read_block(stream, length, max_block_bytes)
+            rec = _make_record(location, offset, headers, block)
         elif (arc or first) and (h := _arc_header(line)) is not None:
             arc = True
             if h["length"] == "invalid":
@@ -413,16 +439,18 @@ def parse_stream(stream: _Stream, location: str, *, end: int | None = None, max_
                 line, first = _resync(stream, arc), False
                 continue
             length = int(h["length"])
-            rec = _make_record(location, offset, h, block := stream.read(length), arc=True)
+            block, got = _read_block(stream, length, max_block_bytes)
+            rec = _make_record(location, offset, h, block, arc=True)
         elif first:
             yield _failure(location, offset, stream.error or "not_warc", f"input starts with {line[:60]!r}, not a WARC/ARC record")
             return
         else:  # unreachable: lines are only handed on when they start a record
             raise AssertionError(line[:60])
         first = False
-        if len(block) < length:
+        rec.oversized = got > len(block)
+        if got < length:
             rec.error = stream.error or "truncated_record"
-            rec.error_detail = f"{len(block)} of {length} bytes before the input ends"
+            rec.error_detail = f"{got} of {length} bytes before the input ends"
             yield rec
             return
         line = _next_line(stream)
@@ -453,6 +481,7 @@ def iter_file(
     max_records: int | None = None,
     http: remote.HttpOptions | None = None,
     chunk_size: int = CHUNK_SIZE,
+    max_block_bytes: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[Record]:
     """Records of one file or URL. ``start``/``end`` read a slice of a gzip file: the records
@@ -468,7 +497,7 @@ def iter_file(
         if on_progress:
             reader = _Progress(reader, on_progress)
         stream = _Stream(reader, base=start, chunk_size=chunk_size)
-        yield from parse_stream(stream, location, end=end, max_records=max_records)
+        yield from parse_stream(stream, location, end=end, max_records=max_records, max_block_bytes=max_block_bytes)
     finally:
         raw.close()
 
