@@ -20,7 +20,6 @@ from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import task
 
 from lm.data.dedup.exact import drop_lines, duplicate_hashes, line_hash_counts
@@ -228,6 +227,3 @@ def minhash_filter_shard(root: str, cfg: dict, docs: str, clusters_manifest: str
                 w.add_count("text_bytes_kept", len((row.get("text") or "").encode("utf-8", "surrogatepass")))
                 w.write(row)
 
-
-def commit(stage: Stage, n: int) -> str:
-    return str(stage.commit(num_shards=n))
