@@ -48,6 +48,16 @@ def default_crawl_paths() -> list[str]:
     paths = sorted(glob.glob(str(ref / "commoncrawl" / "*.warc*.gz"))) if ref else []
     paths = [p for p in paths if not p.endswith((".wat.gz", ".paths.gz"))]
     if not paths:
+        # Without the shared samples (an installed package, say): the sample web archives
+        # that ship in the pywb wheel (the same ones `lmpipe demo` reads).
+        from lm.cache import fetch_from_package
+
+        try:
+            warcs = fetch_from_package("pywb", "2.10.0", "*sample_archive/warcs/*", "pywb-warcs")
+            paths = sorted(str(p) for p in warcs.iterdir() if ".warc" in p.name and not p.name.endswith(".bad"))
+        except RuntimeError:
+            paths = []
+    if not paths:
         raise FileNotFoundError(
             "no Common Crawl samples found for the default classifiers' 'cc' examples; set "
             "LMPIPE_REFERENCE to the shared/reference folder or give crawl paths explicitly"
