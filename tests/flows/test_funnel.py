@@ -143,3 +143,14 @@ def test_replacing_a_classifier_model_changes_the_stage_fingerprint(tmp_path):
     first = stage_config("quality", QualityConfig(model_path=str(path)))
     os.utime(path, ns=(1, 1))  # a retrained/replaced file: new mtime (and usually size)
     assert stage_config("quality", QualityConfig(model_path=str(path))) != first
+
+
+def test_named_configs_validate():
+    import yaml
+
+    from flows.classifiers import TrainClassifierConfig
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = FiltersFlowConfig.model_validate(yaml.safe_load((repo / "configs/filters.yaml").read_text()))
+    assert cfg.filters == FunnelConfig()  # the file spells out the defaults
+    TrainClassifierConfig.model_validate(yaml.safe_load((repo / "configs/train-quality-classifier.yaml").read_text()))
