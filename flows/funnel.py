@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger, unmapped
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
 from pydantic import BaseModel, Field
 
 from flows.funnel_config import FunnelConfig
@@ -30,16 +31,20 @@ from tasks.filters import filter_shard, filter_stage
 FILTER_STAGES = ("langid", "pii", "rules", "quality", "harmful")
 
 
-def _wait(futures) -> None:
-    for f in futures:
+def _wait(futures, stage: str) -> None:
+    """Wait for a stage's shard tasks; a progress artifact shows how many have finished."""
+    futures = list(futures)
+    progress = create_progress_artifact(0.0, key=artifact_key(stage, "progress"), description=f"{stage}: shards finished")
+    for done, f in enumerate(as_completed(futures), 1):
         f.result()  # re-raises a shard's error after its retries
+        update_progress_artifact(progress, 100.0 * done / len(futures))
 
 
 def _filter(root: str, name: str, cfg: dict, docs: str) -> str:
     st = filter_stage(root, name, cfg, docs)
     if not st.is_complete():
         n = dedup.num_shards(docs)
-        _wait(filter_shard.map(unmapped(root), unmapped(name), unmapped(cfg), unmapped(docs), list(range(n))))
+        _wait(filter_shard.map(unmapped(root), unmapped(name), unmapped(cfg), unmapped(docs), list(range(n))), name)
         st.commit(num_shards=n)
     return str(st.manifest_path)
 
@@ -48,12 +53,12 @@ def _exact_dedup(root: str, cfg: dict, docs: str) -> str:
     n = dedup.num_shards(docs)
     counts = dedup.line_counts_stage(root, docs)
     if not counts.is_complete():
-        _wait(dedup.line_counts_shard.map(unmapped(root), unmapped(docs), list(range(n))))
+        _wait(dedup.line_counts_shard.map(unmapped(root), unmapped(docs), list(range(n))), "line_counts")
         counts.commit(num_shards=n)
     dups = dedup.line_duplicates(root, str(counts.manifest_path))
     st = dedup.exact_dedup_stage(root, cfg, docs, dups)
     if not st.is_complete():
-        _wait(dedup.exact_dedup_shard.map(unmapped(root), unmapped(cfg), unmapped(docs), unmapped(dups), list(range(n))))
+        _wait(dedup.exact_dedup_shard.map(unmapped(root), unmapped(cfg), unmapped(docs), unmapped(dups), list(range(n))), "exact_dedup")
         st.commit(num_shards=n)
     return str(st.manifest_path)
 
@@ -62,18 +67,18 @@ def _minhash(root: str, cfg: dict, docs: str) -> str:
     n = dedup.num_shards(docs)
     sigs = dedup.signatures_stage(root, cfg, docs)
     if not sigs.is_complete():
-        _wait(dedup.signatures_shard.map(unmapped(root), unmapped(cfg), unmapped(docs), list(range(n))))
+        _wait(dedup.signatures_shard.map(unmapped(root), unmapped(cfg), unmapped(docs), list(range(n))), "minhash_signatures")
         sigs.commit(num_shards=n)
     sigs_path = str(sigs.manifest_path)
     buckets = dedup.buckets_stage(root, cfg, sigs_path)
     groups = min(cfg["num_bucket_tasks"], cfg["num_bands"])
     if not buckets.is_complete():
-        _wait(dedup.buckets_group.map(unmapped(root), unmapped(cfg), unmapped(sigs_path), list(range(groups))))
+        _wait(dedup.buckets_group.map(unmapped(root), unmapped(cfg), unmapped(sigs_path), list(range(groups))), "minhash_buckets")
         buckets.commit(num_shards=groups)
     clusters = dedup.clusters(root, cfg, str(buckets.manifest_path), docs)
     st = dedup.minhash_stage(root, cfg, docs, clusters)
     if not st.is_complete():
-        _wait(dedup.minhash_filter_shard.map(unmapped(root), unmapped(cfg), unmapped(docs), unmapped(clusters), list(range(n))))
+        _wait(dedup.minhash_filter_shard.map(unmapped(root), unmapped(cfg), unmapped(docs), unmapped(clusters), list(range(n))), "minhash")
         st.commit(num_shards=n)
     return str(st.manifest_path)
 
