@@ -40,18 +40,18 @@ def line_hash_counts(texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def duplicate_hashes(parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Merge per-shard (hashes, counts) and return the sorted hashes seen more than once."""
-    hs, ns = [], []
+    """Merge per-shard (hashes, counts) and return the sorted hashes seen more than once.
+
+    Shards are folded in one at a time, so memory holds the corpus' distinct hashes plus one
+    shard's, however many shards there are. Counts saturate at 2: only "more than once" matters.
+    """
+    acc_h = np.empty(0, dtype=np.uint64)
+    acc_n = np.empty(0, dtype=np.int64)
     for h, n in parts:
-        hs.append(h)
-        ns.append(n)
-    if not hs:
-        return np.empty(0, dtype=np.uint64)
-    h = np.concatenate(hs)
-    n = np.concatenate(ns)
-    uniq, inverse = np.unique(h, return_inverse=True)
-    total = np.bincount(inverse, weights=n, minlength=len(uniq))
-    return uniq[total > 1]
+        uniq, inverse = np.unique(np.concatenate([acc_h, h]), return_inverse=True)
+        total = np.bincount(inverse, weights=np.concatenate([acc_n, n]), minlength=len(uniq))
+        acc_h, acc_n = uniq, np.minimum(total, 2).astype(np.int64)
+    return acc_h[acc_n > 1]
 
 
 def drop_lines(text: str, duplicates: np.ndarray) -> tuple[str, int]:

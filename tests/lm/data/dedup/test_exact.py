@@ -36,3 +36,17 @@ def test_line_endings_and_control_characters(tmp_path):
 def test_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError):
         exact_line_dedup([tmp_path / "missing.txt"], tmp_path / "out")
+
+
+def test_fold_matches_a_global_count():
+    import random
+    from collections import Counter
+
+    from lm.data.dedup.exact import line_hash
+
+    rng = random.Random(0)
+    shards = [[" ".join(rng.choice("abcdefgh") for _ in range(2)) for _ in range(rng.randint(0, 30))] for _ in range(7)]
+    counts = Counter(line_hash(line) for shard in shards for line in shard)
+    expected = sorted(h for h, c in counts.items() if c > 1)
+    got = duplicate_hashes(line_hash_counts(["\n".join(s)]) for s in shards)
+    assert got.tolist() == expected
