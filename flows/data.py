@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lm.data.ingest import ExtractConfig, plan_shards
 from lm.data.remote import CC_BASE_URL, HttpOptions, expand_sources
@@ -35,6 +35,8 @@ from tasks.extract import commit_extract, extract_shard, extract_stage, plan_dig
 class HttpConfig(BaseModel):
     """How remote sources are fetched (does not change the output, so not fingerprinted)."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt key fails, naming it
+
     retries: int = Field(default=5, ge=0, description="attempts after the first per request (5xx, resets, timeouts)")
     backoff_s: float = Field(default=0.5, gt=0, description="first wait between attempts; doubles each time")
     timeout_s: float = Field(default=60.0, gt=0, description="socket timeout per connect/read, seconds")
@@ -46,6 +48,8 @@ class HttpConfig(BaseModel):
 
 class DataConfig(BaseModel):
     """Configuration of the data flow (the Prefect UI shows it as the run form)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key fails, naming it
 
     sources: list[str] = Field(
         min_length=1,
