@@ -1,4 +1,4 @@
-"""The ``data`` flow: web archives → extracted text (→ filters, dedup: added by later issues).
+"""The ``data`` flow: web archives → extracted text → filtering funnel → final corpus.
 
     lmpipe run data --config configs/data-demo.yaml
     lmpipe run data --set 'sources=["crawl/*.warc.gz"]' --set root=outputs
@@ -8,6 +8,10 @@ one Prefect task per file (or per ``extract.slice_bytes`` slice of a big local g
 and writes ``<root>/extract/<fingerprint>/`` (Parquet: id, url, source, text, …). Every record
 ends kept, rejected with a reason or failed with a kind; the manifest holds the counts.
 A stage whose manifest exists is skipped; a rerun after a crash redoes only missing shards.
+
+Then the funnel (``flows/funnel.py``, config ``filters``): langid → PII → rules → quality →
+harmful → exact line dedup → MinHash, each stage its own directory; ``filters: null`` stops
+after extract.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from lm.data.ingest import ExtractConfig, plan_shards
 from lm.data.remote import CC_BASE_URL, HttpOptions, expand_sources
 from lm.data.shards import read_manifest
+from flows.funnel_config import FunnelConfig
 from tasks.artifacts import artifact_key, markdown_table, publish_stage
 from tasks.extract import commit_extract, extract_shard, extract_stage, plan_digest
 
@@ -58,9 +63,10 @@ class DataConfig(BaseModel):
     http: HttpConfig = Field(default_factory=HttpConfig, description="remote fetching: retries, backoff, timeouts")
     max_workers: int = Field(default=4, ge=1, le=256, description="shards processed at once (threads)")
     num_samples: int = Field(default=3, ge=0, le=50, description="sample documents shown in each stage's summary artifact")
-    # Later stages plug in here as nested configs, e.g. (filters helper, flows/funnel.py):
-    #     filters: FunnelConfig | None = Field(default=None, description="quality/language/PII funnel")
-    # The flow runs a stage only when its config is set, reading the previous stage's manifest.
+    filters: FunnelConfig | None = Field(
+        default_factory=FunnelConfig,
+        description="filtering funnel after extract (langid, PII, rules, quality, harmful, exact and MinHash dedup); null = stop after extract",
+    )
 
     @field_validator("sources")
     @classmethod
@@ -97,7 +103,12 @@ def data_flow(config: DataConfig) -> dict[str, str]:
     manifest = str(stage.manifest_path)
     publish_stage(manifest, samples=config.num_samples, extra_md=_per_source_md(manifest))
     log.info("extract: %s", _counts_line(read_manifest(manifest)))
-    return {"extract": manifest}
+    stages = {"extract": manifest}
+    if config.filters is not None:
+        from flows.funnel import run_funnel
+
+        stages.update(run_funnel(manifest, root, config.filters))
+    return stages
 
 
 def _run_shards(config: DataConfig, root: str, plan: str, shards: list[dict]) -> None:
