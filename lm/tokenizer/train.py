@@ -17,6 +17,8 @@ Where the time goes and what we do about it:
 from __future__ import annotations
 
 import heapq
+from collections import defaultdict
+from array import array
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -44,81 +46,101 @@ def _inverse_key(token: bytes) -> str:
 
 def merge_counts(word_counts: Mapping[bytes, int], vocab_size: int, special_tokens: list[str]) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """The BPE merge loop over distinct pre-tokens and their counts."""
-    vocab: dict[int, bytes] = {i: bytes([i]) for i in range(256)}
-    for s in special_tokens:
-        vocab[len(vocab)] = s.encode("utf-8")
-    inv = {i: _inverse_key(t) for i, t in vocab.items()}
-
     words: list[list[int]] = []  # distinct pre-tokens as token ids
     counts: list[int] = []
     for w, c in word_counts.items():
         if len(w) > 1:  # a single byte has no pair to merge
             words.append(list(w))
             counts.append(c)
+    return merge_words(words, counts, vocab_size, special_tokens)
 
+
+def merge_words(words: list[list[int]], counts: list[int], vocab_size: int, special_tokens: list[str]) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """The merge loop; ``words`` (pre-tokens as byte ids) are rewritten in place."""
+    vocab: dict[int, bytes] = {i: bytes([i]) for i in range(256)}
+    for s in special_tokens:
+        vocab[len(vocab)] = s.encode("utf-8")
+    inv = {i: _inverse_key(t) for i, t in vocab.items()}
+
+    # pair -> total count, and pair -> indices of words that contain (or once contained) it.
+    # The index is append-only (uint32 arrays: 4 bytes an entry); a word that lost the pair
+    # is found stale when the pair is merged and skipped, which is cheaper than deleting.
     pair_counts: dict[tuple[int, int], int] = {}
-    pair_words: dict[tuple[int, int], set[int]] = {}
+    pair_words: dict[tuple[int, int], array] = {}
     for wi, (w, c) in enumerate(zip(words, counts)):
         for p in zip(w, w[1:]):
             pair_counts[p] = pair_counts.get(p, 0) + c
-            s = pair_words.get(p)
-            if s is None:
-                pair_words[p] = {wi}
+        for p in set(zip(w, w[1:])):
+            idx = pair_words.get(p)
+            if idx is None:
+                pair_words[p] = array("I", (wi,))
             else:
-                s.add(wi)
+                idx.append(wi)
     heap = [(-c, inv[a], inv[b], a, b) for (a, b), c in pair_counts.items()]
     heapq.heapify(heap)
 
     merges: list[tuple[bytes, bytes]] = []
     while len(vocab) < vocab_size and heap:
         neg, _, _, a, b = heapq.heappop(heap)
-        if pair_counts.get((a, b), 0) != -neg or neg == 0:
+        if pair_counts.get((a, b), 0) != -neg:
             continue  # stale entry: the pair's count changed after it was pushed
-        new_id = len(vocab)
-        vocab[new_id] = vocab[a] + vocab[b]
-        inv[new_id] = _inverse_key(vocab[new_id])
+        c_new = len(vocab)
+        vocab[c_new] = vocab[a] + vocab[b]
+        inv[c_new] = _inverse_key(vocab[c_new])
         merges.append((vocab[a], vocab[b]))
 
-        changed: dict[tuple[int, int], int] = {}
-        for wi in pair_words.pop((a, b)):
+        delta: defaultdict[tuple[int, int], int] = defaultdict(int)
+        for wi in set(pair_words.pop((a, b))):
             w = words[wi]
+            n = len(w)
+            # Occurrences of (a, b), left to right and non-overlapping ("a a a" -> "aa a").
+            # list.index scans in C; most words hold the pair once.
+            pos: list[int] = []
+            i = 0
+            try:
+                while True:
+                    i = w.index(a, i)
+                    if i + 1 < n and w[i + 1] == b:
+                        pos.append(i)
+                        i += 2
+                    else:
+                        i += 1
+            except ValueError:
+                pass
+            if not pos:
+                continue  # stale index entry: the word lost the pair to an earlier merge
             c = counts[wi]
-            # Merge left to right (non-overlapping, as in "aaa" -> "aa" "a").
-            out: list[int] = []
-            i, n = 0, len(w)
-            while i < n:
-                if i + 1 < n and w[i] == a and w[i + 1] == b:
-                    out.append(new_id)
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            for p in zip(w, w[1:]):
-                changed[p] = changed.get(p, 0) - c
-            for p in zip(out, out[1:]):
-                changed[p] = changed.get(p, 0) + c
-            old_pairs = set(zip(w, w[1:]))
-            new_pairs = set(zip(out, out[1:]))
-            for p in old_pairs - new_pairs:
-                s = pair_words.get(p)
-                if s is not None:
-                    s.discard(wi)
-            for p in new_pairs - old_pairs:
-                s = pair_words.get(p)
-                if s is None:
-                    pair_words[p] = {wi}
-                else:
-                    s.add(wi)
-            words[wi] = out
+            # Only the pairs next to each merge change: (x, a) -> (x, ab), (b, y) -> (ab, y).
+            last = len(pos) - 1
+            for k, i in enumerate(pos):
+                if i > 0:
+                    if k and pos[k - 1] == i - 2:
+                        delta[(c_new, c_new)] += c  # (b, a) was removed by the previous merge
+                    else:
+                        x = w[i - 1]
+                        delta[(x, a)] -= c
+                        delta[(x, c_new)] += c
+                        _index_add(pair_words, (x, c_new), wi)
+                if i + 2 < n:
+                    y = w[i + 2]
+                    delta[(b, y)] -= c
+                    if not (k < last and pos[k + 1] == i + 2):
+                        delta[(c_new, y)] += c
+                        _index_add(pair_words, (c_new, y), wi)
+            if last and (c_new, c_new) in delta:
+                _index_add(pair_words, (c_new, c_new), wi)
+            for i in reversed(pos):  # right to left so earlier positions stay valid
+                w[i : i + 2] = (c_new,)
         pair_counts.pop((a, b), None)
-        changed.pop((a, b), None)
-        for p, d in changed.items():
+        delta.pop((a, b), None)
+        push = heapq.heappush
+        for p, d in delta.items():
             if d == 0:
                 continue
             c = pair_counts.get(p, 0) + d
             if c > 0:
                 pair_counts[p] = c
-                heapq.heappush(heap, (-c, inv[p[0]], inv[p[1]], p[0], p[1]))
+                push(heap, (-c, inv[p[0]], inv[p[1]], p[0], p[1]))
             else:
                 pair_counts.pop(p, None)
                 pair_words.pop(p, None)
@@ -127,6 +149,14 @@ def merge_counts(word_counts: Mapping[bytes, int], vocab_size: int, special_toke
             heap = [(-c, inv[x], inv[y], x, y) for (x, y), c in pair_counts.items()]
             heapq.heapify(heap)
     return vocab, merges
+
+
+def _index_add(pair_words: dict, p: tuple[int, int], wi: int) -> None:
+    idx = pair_words.get(p)
+    if idx is None:
+        pair_words[p] = array("I", (wi,))
+    elif idx[-1] != wi:  # cheap de-duplication: the same word is usually added twice in a row
+        idx.append(wi)
 
 
 def train_bpe(
@@ -149,7 +179,10 @@ def train_bpe(
     t0 = time.perf_counter()
     word_counts, pre_stats = count_pretokens(input_path, special_tokens, num_workers=num_workers, chunk_bytes=chunk_bytes)
     t1 = time.perf_counter()
-    vocab, merges = merge_counts(word_counts, vocab_size, special_tokens)
+    words = [list(w) for w in word_counts if len(w) > 1]  # single bytes have no pair to merge
+    counts = [c for w, c in word_counts.items() if len(w) > 1]
+    del word_counts  # the merge loop's own structures replace it: keep the peak down
+    vocab, merges = merge_words(words, counts, vocab_size, special_tokens)
     if stats is not None:
         stats.update(pre_stats)
         stats.update(pretokenize_seconds=round(t1 - t0, 3), merge_seconds=round(time.perf_counter() - t1, 3), num_merges=len(merges))
