@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -22,7 +23,9 @@ import regex
 from lm.tokenizer.gpt2 import GPT2_PATTERN
 
 _PRETOKEN_RE = regex.compile(GPT2_PATTERN)
-_WINDOW = 1 << 16  # bytes scanned past a target offset to find a cut point
+_WINDOW = 1 << 16
+# A printable non-space ASCII byte, then a space or newline: a cut point (see above).
+_WS_CUT_RE = re.compile(rb"[\x21-\x7e][ \n]")  # bytes scanned past a target offset to find a cut point
 
 # Decoding with this handler replaces each bad byte run by U+FFFD and counts the runs.
 _replaced = 0
@@ -65,17 +68,12 @@ def _cut_after(window: bytes, specials: Sequence[bytes]) -> int | None:
         i = window.find(s)
         if i >= 0 and (best is None or i + len(s) < best):
             best = i + len(s)
-    if best is not None:
-        # Specials are removed before pre-tokenization, so cutting after one is exact unless
-        # a longer special (an overlap such as "ab" inside "abc") runs across the cut.
-        if not any(_straddles(window, s, best) for s in specials):
-            return best
+    if best is not None and any(_straddles(window, s, best) for s in specials):
+        best = None  # a longer special (an overlap such as "ab" inside "abc") runs across the cut
     if any(c in s for s in specials for c in b" \n"):
-        return None  # a special with whitespace could straddle a whitespace cut: only cut at specials
-    for i in range(1, len(window)):
-        if window[i] in b" \n" and 0x21 <= window[i - 1] <= 0x7E:
-            return i
-    return None
+        return best  # a special holding whitespace could straddle a whitespace cut
+    m = _WS_CUT_RE.search(window, 0, best if best is not None else len(window))
+    return m.start() + 1 if m else best
 
 
 def chunk_boundaries(path: str | os.PathLike, chunk_bytes: int, special_tokens: Sequence[str] = ()) -> list[int]:

@@ -45,7 +45,8 @@ def sanitize(text: str) -> str:
 class Tokenizer:
     """A byte-level BPE tokenizer from a vocab (id -> bytes), merges in order and special tokens."""
 
-    def __init__(self, vocab: dict[int, bytes], merges: Sequence[tuple[bytes, bytes]], special_tokens: Sequence[str] | None = None):
+    def __init__(self, vocab: dict[int, bytes], merges: Sequence[tuple[bytes, bytes]], special_tokens: Sequence[str] | None = None, *, use_fast: bool = True):
+        """``use_fast=False`` keeps every call on the pure-Python encoder (for tests and checks)."""
         self.vocab: dict[int, bytes] = dict(vocab)
         self.merges: list[tuple[bytes, bytes]] = [(bytes(a), bytes(b)) for a, b in merges]
         self.special_tokens: list[str] = list(dict.fromkeys(special_tokens or []))
@@ -75,8 +76,8 @@ class Tokenizer:
         self._spaced_specials = [s for s in self.special_tokens if regex.search(r"\s", s)]
         self._cache: dict[str, tuple[int, ...]] = {}
         self._fast = None
-        self.fast_path_reason = ""  # why the fast path is off, if it is
-        self._fast_checked = False
+        self.fast_path_reason = "" if use_fast else "disabled (use_fast=False)"  # why the fast path is off
+        self._fast_checked = not use_fast
 
     # ------------------------------------------------------------------ properties
     @property

@@ -1,0 +1,36 @@
+"""Shared fixtures: the CS336 fixture folder, GPT-2 tokenizers (ours and tiktoken's), real text."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lm.tokenizer import Tokenizer
+from lm.tokenizer.gpt2 import EOT, GPT2_PATTERN, decode_token
+
+
+@pytest.fixture(scope="session")
+def fixtures(reference) -> Path:
+    return reference / "assignment1-basics" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def gpt2(fixtures) -> Tokenizer:
+    return Tokenizer.from_files(fixtures / "gpt2_vocab.json", fixtures / "gpt2_merges.txt", [EOT], use_fast=False)
+
+
+@pytest.fixture(scope="session")
+def tiktoken_gpt2(fixtures):
+    """tiktoken's GPT-2 encoding, built from the local files (tiktoken cannot download here)."""
+    import tiktoken
+
+    raw = json.loads((fixtures / "gpt2_vocab.json").read_text(encoding="utf-8"))
+    ranks = {decode_token(k): v for k, v in raw.items() if k != EOT}
+    return tiktoken.Encoding("gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256})
+
+
+@pytest.fixture(scope="session")
+def gsm8k_text(reference) -> str:
+    """~4 MB of real English (GSM8K train questions and answers)."""
+    rows = [json.loads(line) for line in (reference / "assignment5-alignment/data/gsm8k/train.jsonl").open(encoding="utf-8")]
+    return "\n\n".join(r["question"] + "\n" + r["answer"] for r in rows)
