@@ -80,21 +80,21 @@ def read_merges(path: str | os.PathLike, special_tokens: Sequence[str] = ()) -> 
     path = _check_file(path, "merges")
     specials = set(special_tokens)
     merges = []
-    with open(path, encoding="utf-8") as f:
-        try:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if lineno == 1 and (line.startswith("#version") or line.startswith("#lmpipe-bpe")):
-                    continue
-                if not line:
-                    continue
-                parts = line.split(" ")
-                if len(parts) != 2 or not parts[0] or not parts[1]:
-                    raise ValueError(f"{path}:{lineno}: expected two tokens separated by one space, got {line!r}")
-                where = f"{path}:{lineno}"
-                merges.append((_decode(parts[0], specials, where), _decode(parts[1], specials, where)))
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}:{lineno + 1}: merges file is not UTF-8 ({e.reason})") from None
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: merges file is not UTF-8 ({err.reason} at byte {err.start})") from None
+            if lineno == 1 and (line.startswith("#version") or line.startswith("#lmpipe-bpe")):
+                continue
+            if not line:
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2 or not parts[0] or not parts[1]:
+                raise ValueError(f"{path}:{lineno}: expected two tokens separated by one space, got {line!r}")
+            where = f"{path}:{lineno}"
+            merges.append((_decode(parts[0], specials, where), _decode(parts[1], specials, where)))
     return merges
 
 

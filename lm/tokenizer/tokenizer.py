@@ -30,7 +30,7 @@ _PRETOKEN_RE = regex.compile(GPT2_PATTERN)
 # The last non-whitespace character followed by a space or newline: no GPT-2 pre-token
 # spans that point and the regex never looks behind, so text can be cut there exactly.
 _BOUNDARY_RE = regex.compile(r"(?r)\S(?=[ \n])")
-_CACHE_MAX = 1 << 16  # pre-token -> ids cache entries; cleared when full to bound memory
+_STREAM_BLOCK = 1 << 16  # characters encode_iterable gathers before encoding a block
 
 
 def sanitize(text: str) -> str:
@@ -74,7 +74,8 @@ class Tokenizer:
             self.ranks.setdefault((self.encoder[a], self.encoder[b]), (rank, self.encoder[a + b]))
         self._split_re = special_split_pattern(self.special_tokens)
         self._spaced_specials = [s for s in self.special_tokens if regex.search(r"\s", s)]
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self._cache: dict[str, tuple[int, ...]] = {}  # pre-token -> ids (pure-Python path)
+        self.cache_size = 1 << 16  # entries; the cache is cleared when full, bounding memory
         self._fast = None
         self.fast_path_reason = "" if use_fast else "disabled (use_fast=False)"  # why the fast path is off
         self._fast_checked = not use_fast
@@ -115,7 +116,7 @@ class Tokenizer:
                     i += 1
             parts = out
         ids = tuple(parts)
-        if len(self._cache) >= _CACHE_MAX:
+        if len(self._cache) >= self.cache_size:
             self._cache.clear()
         self._cache[piece] = ids
         return ids
@@ -214,15 +215,21 @@ class Tokenizer:
         where no pre-token or special token can continue (a non-space character followed
         by a space or newline), so memory stays flat on ordinary text.
         """
-        buf = ""
+        parts: list[str] = []
+        held = 0
         for chunk in iterable:
-            buf += chunk
+            parts.append(chunk)
+            held += len(chunk)
+            if held < _STREAM_BLOCK:  # encode in blocks: per-call overhead, not per line
+                continue
+            buf = "".join(parts)
             cut = self._safe_cut(buf)
             if cut > 0:
                 yield from self.encode(buf[:cut])
                 buf = buf[cut:]
-        if buf:
-            yield from self.encode(buf)
+            parts, held = [buf], len(buf)
+        if parts:
+            yield from self.encode("".join(parts))
 
     def _safe_cut(self, buf: str) -> int:
         """The last offset where ``buf`` can be cut without changing its encoding (0: none)."""
@@ -259,10 +266,10 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ files
     @classmethod
-    def from_files(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, special_tokens: Sequence[str] | None = None) -> Tokenizer:
+    def from_files(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, special_tokens: Sequence[str] | None = None, *, use_fast: bool = True) -> Tokenizer:
         """Read GPT-2's vocab.json/merges.txt or our saved files."""
         specials = list(special_tokens or [])
-        return cls(read_vocab(vocab_path, specials), read_merges(merges_path, specials), specials)
+        return cls(read_vocab(vocab_path, specials), read_merges(merges_path, specials), specials, use_fast=use_fast)
 
     def save(self, directory: str | os.PathLike, **config_extra) -> Path:
         """Write ``vocab.json``, ``merges.txt``, ``tokenizer_config.json`` into ``directory``."""
@@ -274,13 +281,13 @@ class Tokenizer:
         return d
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> Tokenizer:
+    def load(cls, directory: str | os.PathLike, *, use_fast: bool = True) -> Tokenizer:
         """Load a tokenizer directory written by ``save`` (or the tokenizer stage)."""
         d = Path(directory)
         if not d.is_dir():
             raise FileNotFoundError(f"tokenizer directory {d} does not exist (write one with Tokenizer.save or the tokenizer flow)")
         specials = read_config(d / CONFIG_FILE).get("special_tokens", [])
-        return cls.from_files(d / VOCAB_FILE, d / MERGES_FILE, specials)
+        return cls.from_files(d / VOCAB_FILE, d / MERGES_FILE, specials, use_fast=use_fast)
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, special_tokens={self.special_tokens})"
