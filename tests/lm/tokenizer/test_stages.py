@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lm.data.shards import read_manifest, read_stage_table
+from lm.data.shards import describe, read_manifest, read_stage_table
 from lm.tokenizer import Tokenizer
 from lm.tokenizer.gpt2 import EOT
 from lm.tokenizer.stages import commit_tokenize, doc_fraction, token_dtype, tokenize_shard, tokenize_stage, train_tokenizer_stage
@@ -66,6 +66,9 @@ def test_tokenize_stage_bins_decode_to_documents(corpus, tmp_path, gpt2):
     c = m["counts"]
     assert c["tokens_train"] + c["tokens_val"] == sum(s["tokens"] for s in m["shards"])
     assert c["kept"] == len(docs) and c["rejected"] == {"empty": 1} and c["failed"] == {"not_text": 1}
+    # `lmpipe inspect` summarizes a token stage too (no Parquet rows to sample).
+    text = describe(stage.path)
+    assert "stage       tokenize" in text and "tokens_train: " + str(c["tokens_train"]) in text
 
 
 def test_token_dtype_by_vocab_size():
