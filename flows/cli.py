@@ -21,6 +21,8 @@ FLOWS: dict[str, str] = {
     "data": "flows.data:data_flow",
     "filters": "flows.funnel:filters_flow",
     "train-quality-classifier": "flows.classifiers:train_classifier_flow",
+    "tokenizer": "flows.tokenizer:tokenizer_flow",
+    "tokenize": "flows.tokenize:tokenize_flow",
 }
 
 
