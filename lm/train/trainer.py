@@ -291,6 +291,9 @@ def train(config: TrainConfig | dict) -> dict:
     except ValueError:
         warnings.warn(f"no 'val' shards in {cfg.data}: validation loss is not computed", stacklevel=2)
         val_data = None
+    # what generation needs to turn ids back into text, recorded in every checkpoint
+    data_info = {key: train_data.manifest.get(key) for key in ("tokenizer", "eot_id", "vocab_size")}
+    data_info["manifest"] = str(train_data.dir)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -340,6 +343,7 @@ def train(config: TrainConfig | dict) -> dict:
                 model, optimizer, at, out / "checkpoints" / f"step-{at:07d}",
                 model_config=cfg.model.model_dump(), train_config=cfg.model_dump(),
                 data_state={"rng_by_rank": {str(strategy.rank): data_rng.bit_generator.state}, "tokens_seen": tokens_seen},
+                extra={"data": data_info},
             )
             for old in list_checkpoints(out)[: -cfg.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
