@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-STRATEGIES = ("none", "ddp", "ddp_bucketed", "zero1", "fsdp")
+STRATEGY_NAMES = ("none", "ddp", "ddp_bucketed", "zero1", "fsdp")
 
 
 # ----------------------------------------------------------------------------- process group
@@ -157,6 +157,9 @@ class _DataParallel(nn.Module):
         self.rank, self.world_size = _world()
         broadcast_module(module)
         self.params = unique_parameters(module)
+        # False during gradient accumulation's inner micro-steps: gradients keep summing
+        # locally and only the last backward communicates.
+        self.require_sync = True
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -171,7 +174,7 @@ class DDPNaive(_DataParallel):
     Nothing overlaps with compute; kept for the benchmark (bench/ddp.py)."""
 
     def finish_gradient_synchronization(self) -> None:
-        if self.world_size == 1:
+        if self.world_size == 1 or not self.require_sync:
             return
         for p in self.params:
             if p.grad is not None:
@@ -195,6 +198,8 @@ class DDPIndividualParameters(_DataParallel):
                 p.register_post_accumulate_grad_hook(self._on_grad_ready)
 
     def _on_grad_ready(self, p: torch.Tensor) -> None:
+        if not self.require_sync:
+            return
         p.grad.div_(self.world_size)
         self._handles.append(dist.all_reduce(p.grad, async_op=True))
 
@@ -268,13 +273,15 @@ class DDPBucketed(_DataParallel):
                 p.register_post_accumulate_grad_hook(self._on_grad_ready)
 
     def _on_grad_ready(self, p: torch.Tensor) -> None:
+        if not self.require_sync:
+            return
         bucket = self._bucket_of[id(p)]
         bucket.num_ready += 1
         if bucket.num_ready == len(bucket.params):
             bucket.launch(self.world_size)
 
     def finish_gradient_synchronization(self) -> None:
-        if self.world_size == 1:
+        if self.world_size == 1 or not self.require_sync:
             return
         for b in self.buckets:
             if b.handle is None:  # some parameter got no gradient this step
@@ -440,8 +447,8 @@ def wrap_model(model: nn.Module, strategy: str, *, bucket_size_mb: float = 25.0,
     The result always has `finish_gradient_synchronization()` (a no-op where the engine
     syncs by itself), so the training loop need not branch on the strategy.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy not in STRATEGY_NAMES:
+        raise ValueError(f"strategy must be one of {STRATEGY_NAMES}, got {strategy!r}")
     if strategy == "ddp":
         return DDPIndividualParameters(model)
     if strategy in ("ddp_bucketed", "zero1"):
@@ -461,67 +468,11 @@ def build_optimizer(params: Iterable, strategy: str, optimizer_cls: type[torch.o
     return optimizer_cls(params, **kwargs)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside our DDP wrappers (FSDP2 shards in place: no wrapper)."""
-    return model.module if isinstance(model, _DataParallel) else model
+def __getattr__(name: str):
+    # The trainer looks strategies up here (lm.train.trainer.strategies); they live in
+    # lm.train.dist_strategy, which imports this module, hence the lazy attribute.
+    if name == "STRATEGIES":
+        from lm.train.dist_strategy import STRATEGIES
 
-
-def _is_fsdp(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
-def _param_names(model: nn.Module) -> list[str]:
-    # named_parameters() dedups tied weights, in the same order as parameters(), which is
-    # the order the optimizer saw them in.
-    return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
-def consolidated_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """(model state dict, optimizer state dict) as one unsharded process would have them,
-    on CPU; keys are the plain module's names and the optimizer's integer indices, so a
-    checkpoint written at one world size loads at any other. Collective: all ranks call it.
-    """
-    inner = unwrap(model)
-    if _is_fsdp(inner):
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
-
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=False)
-        msd = {k: v.detach().cpu() for k, v in get_model_state_dict(inner, options=opts).items()}
-        osd = get_optimizer_state_dict(inner, optimizer, options=opts)
-        index = {n: i for i, n in enumerate(_param_names(inner))}
-        state = {index[n]: {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in s.items()}
-                 for n, s in osd["state"].items()}
-        groups = [g | {"params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]
-        return msd, {"state": dict(sorted(state.items())), "param_groups": groups}
-    msd = {k: v.detach().cpu() for k, v in inner.state_dict().items()}
-    osd = optimizer.state_dict()  # ShardedOptimizer consolidates here
-    osd = {"state": {i: {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in s.items()}
-                     for i, s in osd["state"].items()},
-           "param_groups": osd["param_groups"]}
-    return msd, osd
-
-
-def load_consolidated_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                                  model_sd: dict, optimizer_sd: dict | None) -> None:
-    """Inverse of consolidated_state_dicts, at this run's world size (every rank passes the
-    full dicts, read from the same checkpoint)."""
-    inner = unwrap(model)
-    if _is_fsdp(inner):
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
-
-        opts = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(inner, model_sd, options=opts)
-        if optimizer is not None and optimizer_sd is not None:
-            names = _param_names(inner)
-            osd = {"state": {names[i]: s for i, s in optimizer_sd["state"].items()},
-                   "param_groups": [g | {"params": [names[i] for i in g["params"]]}
-                                    for g in optimizer_sd["param_groups"]]}
-            set_optimizer_state_dict(inner, optimizer, osd, options=opts)
-        return
-    inner.load_state_dict(model_sd)
-    if optimizer is not None and optimizer_sd is not None:
-        optimizer.load_state_dict(optimizer_sd)
+        return STRATEGIES
+    raise AttributeError(name)

@@ -19,12 +19,11 @@ from lm.train.distributed import (
     ShardedOptimizer,
     apply_fsdp,
     build_optimizer,
-    consolidated_state_dicts,
-    load_consolidated_state_dicts,
     optimizer_state_bytes,
     run_local,
     wrap_model,
 )
+from lm.train.dist_checkpoint import consolidated_state_dicts, load_consolidated_state_dicts
 
 FIXTURES = "assignment2-systems/fixtures"
 
@@ -244,3 +243,41 @@ def test_bad_strategy_and_bucket_size_fail_early():
         wrap_model(MLP(), "ddp2")
     with pytest.raises(ValueError, match="bucket_size_mb"):
         DDPBucketed(MLP(), bucket_size_mb=0)
+
+
+# ----------------------------------------------------------------------------- TransformerLM
+
+
+def _lm_worker(env):
+    from lm.model import ModelConfig, TransformerLM
+    from lm.train import AdamW, cross_entropy
+
+    cfg = ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64,
+                      tie_embeddings=True, attention="reference", norm="torch")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 64, (8, 17), generator=g)  # (B, T+1): the same global batch on every rank
+    x, y = ids[:, :-1], ids[:, 1:]
+    n = x.shape[0] // env.world_size
+    mine = slice(env.rank * n, (env.rank + 1) * n)
+    for strategy in ("ddp", "ddp_bucketed", "zero1", "fsdp"):
+        torch.manual_seed(0)
+        model = TransformerLM(cfg)
+        assert model.lm_head.weight is model.token_embeddings.weight
+        reference = copy.deepcopy(model)
+        wrapped = wrap_model(model, strategy, bucket_size_mb=0.01, fsdp_param_dtype="fp32")
+        opt = build_optimizer(model.parameters(), strategy, AdamW, lr=1e-2, weight_decay=0.1)
+        ref_opt = AdamW(reference.parameters(), lr=1e-2, weight_decay=0.1)
+        for _ in range(5):
+            for m, o, xb, yb in ((wrapped, opt, x[mine], y[mine]), (reference, ref_opt, x, y)):
+                o.zero_grad(set_to_none=True)
+                cross_entropy(m(xb), yb).backward()
+                if hasattr(m, "finish_gradient_synchronization"):
+                    m.finish_gradient_synchronization()
+                o.step()
+        msd, _ = consolidated_state_dicts(wrapped, opt)
+        for k, v in reference.state_dict().items():
+            assert torch.allclose(msd[k], v, atol=1e-5), f"TransformerLM {strategy}: {k} differs by {(msd[k] - v).abs().max():.3g}"
+
+
+def test_tied_transformer_matches_single_process():
+    run_local(_lm_worker, 2)
