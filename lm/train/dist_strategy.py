@@ -27,7 +27,9 @@ import torch.distributed as dist
 from torch import nn
 
 from lm.train.dist_checkpoint import load_consolidated_state_dicts, save_distributed_checkpoint
-from lm.train.distributed import ShardedOptimizer, destroy_distributed, init_distributed, wrap_model
+from lm.train.distributed import (ShardedOptimizer, destroy_distributed, init_distributed, optimizer_hyperparameters,
+                                  wrap_model)
+from lm.train.optim import clip_grad_norm_
 
 
 class DataParallelStrategy:
@@ -59,12 +61,12 @@ class DataParallelStrategy:
         """Rebuild `optimizer` (already holding any resumed state) for this strategy: sharded
         under zero1; over the sharded parameters under fsdp (which replaced them)."""
         if self.name == "zero1":
-            sharded = ShardedOptimizer(model.parameters(), type(optimizer), **optimizer.defaults)
+            sharded = ShardedOptimizer(model.parameters(), type(optimizer), **optimizer_hyperparameters(optimizer))
             sharded.load_state_dict(optimizer.state_dict())
             return sharded
         if self.name == "fsdp":
             full = optimizer.state_dict()
-            rebuilt = type(optimizer)(model.parameters(), **optimizer.defaults)
+            rebuilt = type(optimizer)(model.parameters(), **optimizer_hyperparameters(optimizer))
             if full["state"]:
                 load_consolidated_state_dicts(model, rebuilt, None, full)
             for group, saved in zip(rebuilt.param_groups, full["param_groups"]):
@@ -102,8 +104,11 @@ class DataParallelStrategy:
         return t.item() / self.world_size
 
     def clip_grad_norm_(self, model: nn.Module, max_norm: float) -> torch.Tensor:
-        """Global gradient norm (and clipping); FSDP's gradients are DTensor shards, which
-        torch's clip_grad_norm_ reduces across ranks."""
+        """Global gradient norm (and clipping). After DDP every rank holds the full averaged
+        gradients; FSDP's are DTensor shards, whose norm torch's clip_grad_norm_ reduces
+        across ranks."""
+        if self.name != "fsdp":
+            return clip_grad_norm_(model.parameters(), max_norm)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float("inf"))
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 

@@ -313,7 +313,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
         self.owner: dict[int, int] = {}  # id(param) -> rank that steps it
         self._load = [0] * self.world_size
         self.local: torch.optim.Optimizer | None = None
-        super().__init__(params, kwargs)  # calls add_param_group per group
+        super().__init__(params, dict(kwargs))  # calls add_param_group per group
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -405,6 +405,17 @@ class ShardedOptimizer(torch.optim.Optimizer):
     def local_state_bytes(self) -> int:
         """Bytes of optimizer state this rank holds (for memory reports)."""
         return optimizer_state_bytes(self.local)
+
+
+def optimizer_hyperparameters(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The keyword arguments that rebuild `optimizer`'s class with its defaults (torch adds
+    entries such as `differentiable` to `defaults` that not every class accepts)."""
+    import inspect
+
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        return dict(optimizer.defaults)
+    return {k: v for k, v in optimizer.defaults.items() if k in accepted}
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
