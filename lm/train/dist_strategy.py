@@ -40,7 +40,7 @@ class DataParallelStrategy:
     def __init__(self, cfg, device: torch.device):
         if device.type == "cuda":  # one GPU per rank: LOCAL_RANK picks it
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        self.env = init_distributed(device=str(device))
+        self.env = init_distributed(device=str(device), always=self.name == "fsdp")
         self.rank, self.world_size, self.device = self.env.rank, self.env.world_size, self.env.device
         self.is_main = self.env.is_main
         if cfg.batch_size % self.world_size:

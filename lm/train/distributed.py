@@ -61,12 +61,13 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(backend: str | None = None, device: str | None = None) -> DistEnv:
+def init_distributed(backend: str | None = None, device: str | None = None, *, always: bool = False) -> DistEnv:
     """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun) and join the process group.
 
     Without those variables (plain `python -m lm.train`) this is a world of one and no
-    process group is created. `device` overrides the default choice (cuda:LOCAL_RANK when
-    CUDA is available, else cpu).
+    process group is created, unless `always` (FSDP needs one even alone): then a group
+    of one on a free local port. `device` overrides the default choice (cuda:LOCAL_RANK
+    when CUDA is available, else cpu).
     """
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -77,7 +78,9 @@ def init_distributed(backend: str | None = None, device: str | None = None) -> D
     if dev.type == "cuda":
         # Each rank owns one GPU; collectives on the wrong device deadlock under nccl.
         torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
+    if always and world_size == 1 and "MASTER_ADDR" not in os.environ:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    if (world_size > 1 or always) and not dist.is_initialized():
         backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
