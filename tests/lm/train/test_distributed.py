@@ -112,6 +112,22 @@ def _ddp_worker(env, reference_dir):
             _assert_same_params(ddp.module, reference, case)
             moved = max((p - q).abs().max().item() for p, q in zip(reference.parameters(), start.parameters()))
             assert moved > 1e-3, f"{case}: training did not move the parameters"
+    # Gradient accumulation: two micro-batches, only the second backward communicates.
+    for name, wrap in wrappers[1:]:
+        torch.manual_seed(0)
+        ddp = wrap(MLP())
+        reference = copy.deepcopy(ddp.module)
+        for micro, last in ((slice(0, 5), False), (slice(5, 10), True)):
+            ddp.require_sync = last
+            (nn.functional.mse_loss(ddp(x[micro]), y[micro]) / 2).backward()
+        ddp.finish_gradient_synchronization()
+        halves = [(slice(0, 5), slice(10, 15)), (slice(5, 10), slice(15, 20))]
+        for first, second in halves:  # the same 20 rows, as the two ranks' micro-batches
+            rows = torch.cat([data[first], data[second]]), torch.cat([labels[first], labels[second]])
+            (nn.functional.mse_loss(reference(rows[0]), rows[1]) / 2).backward()
+        for (pname, p), q in zip(ddp.module.named_parameters(), reference.parameters()):
+            assert torch.allclose(p.grad, q.grad, atol=1e-7), f"accumulation {name}: grad of {pname} differs"
+
     # 0.0001 MB = 104 bytes: each weight matrix (≥ 400 bytes) gets a bucket of its own, the
     # LayerNorm's weight and bias (40 bytes each) share one; 0.01 MB holds the whole MLP
     # (3,480 bytes). Reverse order puts the output layer first.
