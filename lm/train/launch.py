@@ -62,6 +62,13 @@ class LaunchConfig(BaseModel):
     kill_grace_s: float = Field(10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping a run.")
     omp_num_threads: int | None = Field(None, gt=0, description="OMP_NUM_THREADS for each rank (CPU runs: cores / processes).")
 
+    @field_validator("nproc_per_node")
+    @classmethod
+    def _nproc(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError(f"nproc_per_node={v} must be ≥ 1 or 'auto'")
+        return v
+
     @field_validator("nnodes")
     @classmethod
     def _nnodes(cls, v: str) -> str:
@@ -73,9 +80,17 @@ class LaunchConfig(BaseModel):
     def processes_per_node(self) -> int:
         if self.nproc_per_node == "auto":
             return max(1, torch.cuda.device_count())
-        if self.nproc_per_node < 1:
-            raise ValueError(f"nproc_per_node={self.nproc_per_node} must be ≥ 1 or 'auto'")
         return self.nproc_per_node
+
+    def check_batch(self, batch_size: int) -> None:
+        """The global batch must split evenly over the ranks (checked when the world size is
+        fixed by the config; 'auto' and elastic node counts are checked by the trainer)."""
+        if self.nproc_per_node == "auto" or ":" in self.nnodes:
+            return
+        world = self.nproc_per_node * int(self.nnodes)
+        if batch_size % world:
+            raise ValueError(f"train.batch_size={batch_size} must be divisible by the world size "
+                             f"{world} (nproc_per_node × nnodes); each rank takes batch_size / world_size sequences")
 
     def max_world_size(self) -> int:
         return int(self.nnodes.split(":")[-1]) * self.processes_per_node()
@@ -88,8 +103,10 @@ def torchrun_command(launch: LaunchConfig, module: str, args: list[str]) -> list
     """The command line that runs `python -m <module> <args>` under torchrun."""
     if launch.multi_node() and not launch.rdzv_endpoint:
         raise ValueError(f"nnodes={launch.nnodes!r} needs rdzv_endpoint (host:port of the rendezvous, e.g. node0:29400)")
+    # --local-ranks-filter=0: only local rank 0 reaches our stdout. The trainer's other ranks
+    # are quiet anyway, but warnings would otherwise arrive once per rank.
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.processes_per_node()}",
-           f"--max-restarts={launch.max_restarts}"]
+           f"--max-restarts={launch.max_restarts}", "--local-ranks-filter=0"]
     if launch.rdzv_endpoint:
         cmd += [f"--nnodes={launch.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={launch.rdzv_endpoint}",
                 f"--rdzv-id={launch.rdzv_id}"]
@@ -219,10 +236,7 @@ def run_torchrun(launch: LaunchConfig, args: list[str], *, module: str = "lm.tra
     env = dict(os.environ)
     if launch.omp_num_threads:
         env["OMP_NUM_THREADS"] = str(launch.omp_num_threads)
-    # Only local rank 0 reaches our stdout: the trainer's other ranks stay quiet anyway,
-    # but warnings and tracebacks would otherwise arrive once per rank.
     cmd = torchrun_command(launch, module, args)
-    cmd.insert(3, "--local-ranks-filter=0")
     tail = run_supervised(cmd, on_line=on_line, timeout_s=launch.timeout_s, kill_grace_s=launch.kill_grace_s,
                           env=env, cwd=cwd)
     for line in reversed(tail):

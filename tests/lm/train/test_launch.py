@@ -39,7 +39,8 @@ def _pids_with(marker: str) -> set[int]:
 
 def test_single_node_and_multi_node_commands():
     cmd = torchrun_command(LaunchConfig(nproc_per_node=2), "lm.train", ["--config", "c.yaml"])
-    assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--max-restarts=0", "--standalone",
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--max-restarts=0", "--local-ranks-filter=0",
+                       "--standalone",
                        "-m", "lm.train", "--config", "c.yaml"]
     multi = LaunchConfig(nproc_per_node=8, nnodes="2", rdzv_endpoint="node0:29400", rdzv_id="run-42")
     cmd = torchrun_command(multi, "lm.train", [])
@@ -49,6 +50,8 @@ def test_single_node_and_multi_node_commands():
         torchrun_command(LaunchConfig(nproc_per_node=8, nnodes="2"), "lm.train", [])
     with pytest.raises(ValueError, match="nnodes"):
         LaunchConfig(nnodes="two")
+    with pytest.raises(ValueError, match="batch_size=6 must be divisible by the world size 4"):
+        LaunchConfig(nproc_per_node=2, nnodes="2").check_batch(6)
 
 
 # A stand-in for torchrun's process layout: a parent whose workers each sit in a session of
