@@ -105,7 +105,7 @@ def test_torchrun_timeout_leaves_no_rank_alive(byte_shards, tmp_path):
         if line.startswith("step 2/") and not seen:
             seen.extend(_pids_with(marker))
 
-    launch = LaunchConfig(nproc_per_node=2, timeout_s=25, kill_grace_s=3, omp_num_threads=1)
+    launch = LaunchConfig(nproc_per_node=2, timeout_s=20, kill_grace_s=3, omp_num_threads=1)
     with pytest.raises(LaunchTimeout):
         run_torchrun(launch, ["--config", str(cfg_path)], on_line=on_line, cwd=str(REPO))
     assert len(seen) >= 3, f"torchrun and 2 ranks should have been training; log:\n" + "\n".join(lines[-20:])
