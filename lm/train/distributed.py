@@ -101,10 +101,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_rank(rank: int, fn, world_size: int, port: int, args: tuple) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    env = init_distributed()
+def _run_rank(rank: int, fn, world_size: int, store_file: str, args: tuple) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    device = f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
+    # A file rendezvous: no TCP port to pick, so no race with other programs for it.
+    dist.init_process_group(backend="nccl" if device != "cpu" else "gloo", init_method=f"file://{store_file}",
+                            rank=rank, world_size=world_size)
+    env = init_distributed(device=device)  # the group exists: this only describes the rank
     try:
         fn(env, *args)
     finally:
@@ -115,9 +118,12 @@ def run_local(fn, world_size: int, *args: Any) -> None:
     """Run `fn(env: DistEnv, *args)` in `world_size` fresh local processes joined in one
     process group (tests, notebooks, benchmarks; training proper goes through torchrun).
     `fn` must be importable (module level). An exception in any rank is raised here."""
+    import tempfile
+
     import torch.multiprocessing as mp
 
-    mp.spawn(_run_rank, args=(fn, world_size, free_port(), args), nprocs=world_size, join=True)
+    with tempfile.TemporaryDirectory(prefix="lmpipe-dist-") as tmp:
+        mp.spawn(_run_rank, args=(fn, world_size, os.path.join(tmp, "store"), args), nprocs=world_size, join=True)
 
 
 def _world() -> tuple[int, int]:

@@ -83,6 +83,27 @@ def test_timeout_kills_workers_in_their_own_sessions(tmp_path):
     assert _pids_with(marker) == set()
 
 
+def test_cancellation_kills_the_tree(tmp_path):
+    """A cancelled flow run reaches the task as an exception in the waiting thread (here a
+    KeyboardInterrupt); the tree must go down with it."""
+    import _thread
+
+    marker = f"lmpipe-cancel-{tmp_path.name}"
+    script = tmp_path / "tree.py"
+    script.write_text(TREE)
+    seen = []
+
+    def on_line(line):
+        if line == "workers up":
+            seen.extend(_pids_with(marker))
+            _thread.interrupt_main()
+
+    with pytest.raises(KeyboardInterrupt):
+        run_supervised([sys.executable, str(script), marker], on_line=on_line, timeout_s=120, kill_grace_s=1)
+    assert len(seen) >= 3
+    assert _pids_with(marker) == set()
+
+
 def test_nonzero_exit_raises_with_the_log_tail():
     with pytest.raises(LaunchFailed, match="boom") as err:
         run_supervised([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], on_line=lambda line: None)
