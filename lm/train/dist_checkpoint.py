@@ -47,19 +47,21 @@ def consolidated_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer)
     """(model state dict, optimizer state dict) as one unsharded process would have them,
     on CPU; keys are the plain module's names and the optimizer's integer indices, so a
     checkpoint written at one world size loads at any other. Collective: all ranks call it.
+    Under FSDP only rank 0 receives the tensors (others get empty dicts): the full model is
+    gathered into CPU memory, never onto one GPU.
     """
     inner = unwrap(model)
     if _is_fsdp(inner):
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
 
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=False)
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         msd = {k: v.detach().cpu() for k, v in get_model_state_dict(inner, options=opts).items()}
         osd = get_optimizer_state_dict(inner, optimizer, options=opts)
         index = {n: i for i, n in enumerate(_param_names(inner))}
         state = {index[n]: {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in s.items()}
-                 for n, s in osd["state"].items()}
-        groups = [g | {"params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]
+                 for n, s in osd.get("state", {}).items()}
+        groups = [g | {"params": [index[n] for n in g["params"]]} for g in osd.get("param_groups", [])]
         return msd, {"state": dict(sorted(state.items())), "param_groups": groups}
     msd = {k: v.detach().cpu() for k, v in inner.state_dict().items()}
     osd = optimizer.state_dict()  # ShardedOptimizer consolidates here
