@@ -12,7 +12,7 @@ def as_positive(name: str, values, *, allow_nan: bool = False) -> np.ndarray:
     bad = (~finite & ~(allow_nan & np.isnan(a))) | (finite & (a <= 0))
     if bad.any():
         idx = np.flatnonzero(bad)
-        shown = ", ".join(f"[{i}]={a[i]!r}" for i in idx[:5]) + (" …" if len(idx) > 5 else "")
+        shown = ", ".join(f"[{i}]={float(a[i])!r}" for i in idx[:5]) + (" …" if len(idx) > 5 else "")
         raise ValueError(f"{name} must be positive and finite; {len(idx)} value(s) are not: {shown}")
     return a
 

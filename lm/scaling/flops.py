@@ -111,6 +111,17 @@ def tokens_for_budget(shape: ModelShape, budget: float, context_length: int, voc
     return int(budget // flops_per_token(shape, context_length, vocab_size))
 
 
+def family_flops_per_token(n: float, context_length: int, vocab_size: int, aspect_ratio: float = 64.0) -> float:
+    """flops_per_token of the shape family as a smooth function of N (for frontier searches).
+
+    With d_ff = 8/3·d and num_layers = d/aspect, N = 12·d³/aspect, so d = (N·aspect/12)^(1/3)
+    and the per-token cost is 6·N + 6·d·V + 12·(d/aspect)·T·d, without the rounding of
+    ``shape_for_params`` (which makes the exact cost a step function of N).
+    """
+    d = (n * aspect_ratio / 12) ** (1 / 3)
+    return 6 * n + 6 * d * vocab_size + 12 * (d / aspect_ratio) * context_length * d
+
+
 def d_ff_for(d_model: int, multiple: int = 64) -> int:
     """8/3·d_model rounded up to a multiple of ``multiple``."""
     return multiple * math.ceil(8 * d_model / 3 / multiple)

@@ -9,7 +9,8 @@ with L-BFGS (scipy, analytic gradient) started from points of a grid — by defa
 paper's: α, β ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1}, a, b ∈ {0, 5, …, 25} (4,500 points) —
 keeping the best optimum. The paper starts from every grid point; that takes minutes here, so
 by default the objective is evaluated at all 4,500 points at once and L-BFGS starts from
-the 128 best (``num_starts=None`` restores the full search). Huber in log space makes the fit robust to the odd outlier run.
+the 128 best (``num_starts=None`` restores the full search). Huber in log space makes the
+fit robust to the odd outlier run.
 
 Uncertainty: runs are resampled with replacement and refitted (warm-started at the full-data
 optimum); standard errors are the replicates' standard deviations, intervals their
