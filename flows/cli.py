@@ -19,6 +19,7 @@ import yaml
 # ``config``, a pydantic model (the same model is the Prefect UI form).
 FLOWS: dict[str, str] = {
     "data": "flows.data:data_flow",
+    "scaling": "flows.scaling:scaling_flow",
 }
 
 

@@ -175,7 +175,8 @@ def _minimize(start: np.ndarray, log_n, log_d, log_l, delta) -> tuple[float, np.
 
 def _theta_to_params(theta: np.ndarray) -> np.ndarray:
     a, b, e, alpha, beta = theta
-    return np.array([math.exp(e), math.exp(a), math.exp(b), alpha, beta])
+    with np.errstate(over="ignore"):  # a runaway replicate gives inf, dropped by the caller
+        return np.array([np.exp(e), np.exp(a), np.exp(b), alpha, beta])
 
 
 def fit_parametric(
@@ -228,6 +229,10 @@ def fit_parametric(
         _, t = _minimize(theta, log_n[take], log_d[take], log_l[take], delta)
         reps.append(_theta_to_params(t))
     boot = np.array(reps).reshape(-1, 5)
+    finite = np.isfinite(boot).all(axis=1)
+    if not finite.all():
+        notes.append(f"{int((~finite).sum())} of {num_bootstrap} bootstrap replicates ran off to infinity and were dropped")
+        boot = boot[finite]
     E, A, B, alpha, beta = _theta_to_params(theta)
     if alpha <= 0 or beta <= 0:
         notes.append(f"fitted exponents alpha={alpha:.3g}, beta={beta:.3g} are not both positive: "
