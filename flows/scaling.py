@@ -17,7 +17,7 @@ import json
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from lm.scaling.sweep import ScalingConfig, corpus_info, plan_runs
+from lm.scaling.sweep import ScalingConfig, byte_corpus, corpus_info, plan_runs
 from tasks.artifacts import artifact_key, image_markdown, markdown_table, publish_stage
 from tasks.scaling import finite_or_none, fit_scaling, stage_dir, train_scaling_run
 
@@ -25,7 +25,8 @@ from tasks.scaling import finite_or_none, fit_scaling, stage_dir, train_scaling_
 @flow(name="scaling")
 def scaling_flow(config: ScalingConfig) -> dict:
     log = get_run_logger()
-    corpus = corpus_info(config.corpus)  # bad corpus fails here, before any training
+    # a bad corpus fails here, before any training
+    corpus = corpus_info(config.corpus or byte_corpus(config.text, config.root))
     runs, plan_notes = plan_runs(config, corpus)
     for note in plan_notes:
         log.warning(note)

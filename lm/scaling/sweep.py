@@ -13,6 +13,7 @@ next sweep; a run whose loss went NaN ("diverged") is kept, and left out of the 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import traceback
@@ -51,7 +52,8 @@ class ScalingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    corpus: str = Field(description="Token-shard directory (with _manifest.json) from the tokenize stage; needs train and val shards.")
+    corpus: str | None = Field(None, description="Token-shard directory (with _manifest.json) from the tokenize stage; needs train and val shards.")
+    text: str | None = Field(None, description="Instead of corpus: a UTF-8 text file, byte-tokenized (vocab 257, 10% val) into <root>/scaling-bytes/<fp>/ (for demos).")
     root: str = Field("outputs", description="Output root: runs go to <root>/scaling-runs/<fp>/, the fits to <root>/scaling/<fp>/.")
     budgets: list[float] = Field(description="Compute budgets in training FLOPs; each model size is trained to spend each budget.")
     model_sizes: list[int] = Field(default_factory=list, description="Target non-embedding parameter counts N; each is mapped to a shape of the family (lm.scaling.flops.shape_for_params).")
@@ -97,9 +99,28 @@ class ScalingConfig(BaseModel):
 
     @model_validator(mode="after")
     def _grid(self) -> "ScalingConfig":
+        if (self.corpus is None) == (self.text is None):
+            raise ValueError("give exactly one of corpus (a token-shard directory) and text (a text file to byte-tokenize)")
         if len(self.model_sizes) + len(self.shapes) < 3:
             raise ValueError("model_sizes + shapes must give ≥ 3 models per budget (a parabola needs 3 points)")
         return self
+
+
+def byte_corpus(text_path: str | Path, root: str | Path, val_fraction: float = 0.1) -> Path:
+    """Byte-level token shards of a text file (ids 0-255, <|endoftext|> = 256), made once."""
+    from lm.train.data import byte_tokens, write_token_shards
+
+    path = Path(text_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file {text_path} does not exist (config field 'text')")
+    fp = fingerprint("scaling-bytes", "1", {"val_fraction": val_fraction}, [file_sha256(path)])
+    out = Path(root) / "scaling-bytes" / fp
+    if not (out / "_manifest.json").exists():
+        ids = byte_tokens(path.read_text(encoding="utf-8", errors="replace"))
+        cut = int(len(ids) * (1 - val_fraction))
+        write_token_shards(out, {"train": [ids[:cut]], "val": [ids[cut:]]}, vocab_size=257, eot_id=256,
+                           tokenizer="bytes", stage="scaling-bytes", fingerprint=fp)
+    return out
 
 
 def corpus_info(corpus: str | Path) -> dict:
@@ -190,8 +211,6 @@ def run_dir(root: str | Path, run_id: str) -> Path:
 def cached_result(root: str | Path, run: dict) -> dict | None:
     path = run_dir(root, run["run_id"]) / RESULT_NAME
     if path.exists():
-        import json
-
         return json.loads(path.read_text())
     return None
 
