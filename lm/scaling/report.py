@@ -224,8 +224,9 @@ def plot_isoflop(rows: list[dict], fits: SweepFits, path: str | Path, fit_on: st
     rec_par = fits.recommendation.get("parametric") or {}
     if fits.parametric is not None and "error" not in rec_par and rec_par:
         p = fits.parametric
-        ns = [p.frontier(c, fits.flops_per_token)[0] for c in cs[::5]]
-        right.plot(cs[::5], ns, "C3--", label=f"approach 3: α={p.alpha:.2f}, β={p.beta:.2f}")
+        few = cs[::-5][::-1]  # 20 budgets ending at the target: each is a numeric search
+        ns = [p.frontier(c, fits.flops_per_token)[0] for c in few]
+        right.plot(few, ns, "C3--", label=f"approach 3: α={p.alpha:.2f}, β={p.beta:.2f}")
     for key, marker in (("isoflop", "ks"), ("parametric", "C3s")):
         r = fits.recommendation.get(key) or {}
         if "n_opt" in r:

@@ -31,7 +31,7 @@ def config(corpus, root, budgets):
 def test_scaling_flow_caches_runs_and_extends(prefect_harness, corpus, tmp_path):
     from prefect.artifacts import Artifact
 
-    first = scaling_flow(config=config(corpus, tmp_path, [1.5e9, 3e9]))
+    first = scaling_flow(config=config(corpus, tmp_path, [1e9, 2e9]))
     assert (first["runs"], first["trained"], first["cached"], first["failed"]) == (6, 6, 0, 0)
     m = read_manifest(first["manifest"])
     assert m["stage"] == "scaling" and m["counts"]["runs_completed"] == 6
@@ -48,12 +48,12 @@ def test_scaling_flow_caches_runs_and_extends(prefect_harness, corpus, tmp_path)
         assert Artifact.get(key) is not None, key
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "scaling-runs").glob("*/result.json")}
 
-    again = scaling_flow(config=config(corpus, tmp_path, [1.5e9, 3e9]))
+    again = scaling_flow(config=config(corpus, tmp_path, [1e9, 2e9]))
     assert (again["trained"], again["cached"]) == (0, 6)
     assert again["manifest"] == first["manifest"]
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # nothing retrained or rewritten
 
-    extended = scaling_flow(config=config(corpus, tmp_path, [1.5e9, 3e9, 6e9]))
+    extended = scaling_flow(config=config(corpus, tmp_path, [1e9, 2e9, 4e9]))
     assert (extended["runs"], extended["trained"], extended["cached"]) == (9, 3, 6)
     assert extended["manifest"] != first["manifest"]
     assert len(list((tmp_path / "scaling-runs").glob("*/result.json"))) == 9
