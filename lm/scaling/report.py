@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lm.scaling.flops import family_flops_per_token, flops_per_token, non_embedding_params, shape_for_params, tokens_for_budget
-from lm.scaling.isoflop import IsoFlopFit, fit_isoflop
+from lm.scaling.isoflop import IsoFlopFit, fit_budget, fit_isoflop
 from lm.scaling.parametric import ParametricFit, fit_parametric
 
 
@@ -187,7 +187,14 @@ def plot_isoflop(rows: list[dict], fits: SweepFits, path: str | Path, fit_on: st
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     budgets = sorted({r["budget"] for r in rows})
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(budgets), 1)))
-    per_budget = {b.budget: b for b in (fits.isoflop.budgets if fits.isoflop else [])}
+    if fits.isoflop is not None:
+        per_budget = {b.budget: b for b in fits.isoflop.budgets}
+    else:  # no law, but each profile's parabola still shows where its minimum lies
+        per_budget = {}
+        for budget in budgets:
+            pts = [r for r in fits.used_runs if r["budget"] == budget]
+            if pts:
+                per_budget[budget] = fit_budget(budget, np.log([r["params"] for r in pts]), np.array([r["loss"] for r in pts]), None)
     used_ids = {r.get("run_id") for r in fits.used_runs}
     for color, budget in zip(colors, budgets):
         pts = sorted((r for r in fits.used_runs if r["budget"] == budget), key=lambda r: r["params"])
