@@ -127,7 +127,8 @@ class ParametricFit:
 
 def law_loss(p: np.ndarray, n: np.ndarray, d: np.ndarray) -> np.ndarray:
     E, A, B, alpha, beta = p
-    return E + A / n**alpha + B / d**beta
+    with np.errstate(over="ignore"):  # a wild bootstrap replicate may overflow: inf loss, never chosen
+        return E + A / np.power(n, alpha) + B / np.power(d, beta)
 
 
 def frontier(p: np.ndarray, budget: float, flops_per_token: Callable[[float], float] | None = None) -> tuple[float, float, float]:
