@@ -117,3 +117,18 @@ def generate_text(model: TransformerLM, tokenizer, prompt: str, eot_id: int | No
     """Decode(generate(encode(prompt))): the continuation only."""
     ids = tokenizer.encode(prompt) or ([eot_id] if eot_id is not None else [])
     return tokenizer.decode(generate(model, ids, eot_id=eot_id, **kw))
+
+
+def generate_from_checkpoint(checkpoint: str | Path, prompt: str, *, max_new_tokens: int = 100, temperature: float = 0.8,
+                             top_p: float = 0.95, seed: int = 0, device: str = "cpu") -> str:
+    """Prompt + continuation from a checkpoint directory or a pretrain stage directory (its manifest's checkpoint)."""
+    from lm.model import load_model
+
+    path = Path(checkpoint)
+    if not (path / "meta.json").exists() and (path / "_manifest.json").exists():
+        path = Path(json.loads((path / "_manifest.json").read_text())["checkpoint"])
+    model = load_model(path, device)
+    tok_dir, eot_id = checkpoint_tokenizer(path)
+    g = torch.Generator(device=device).manual_seed(seed)
+    return prompt + generate_text(model, load_tokenizer(tok_dir), prompt, eot_id=eot_id, max_new_tokens=max_new_tokens,
+                                  temperature=temperature, top_p=top_p, generator=g)

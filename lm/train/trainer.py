@@ -59,8 +59,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: ModelConfig = Field(description="Shape of the Transformer to train.")
-    data: str = Field(description="Token-shard directory (holding _manifest.json) from the tokenize stage.")
-    out_dir: str = Field(description="Run directory: checkpoints/, metrics.jsonl, summary.json.")
+    data: str | None = Field(None, description="Token-shard directory (holding _manifest.json) from the tokenize stage.")
+    out_dir: str | None = Field(None, description="Run directory: checkpoints/, metrics.jsonl, summary.json.")
     batch_size: int = Field(16, gt=0, description="Sequences per micro-batch (per rank).")
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps to run (give this or max_tokens).")
@@ -279,6 +279,9 @@ def _log(msg: str) -> None:
 def train(config: TrainConfig | dict) -> dict:
     """Run (or resume) training; returns the summary also written to ``out_dir/summary.json``."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
+    for field in ("data", "out_dir"):
+        if not getattr(cfg, field):
+            raise ValueError(f"{field} is not set: give the token-shard directory (data) and the run directory (out_dir)")
     device = resolve_device(cfg.device)
     strategy = strategies()[cfg.strategy](cfg, device)
     device = getattr(strategy, "device", device)
