@@ -38,6 +38,7 @@ def tokenize_prompt_and_output(
     *,
     pad_id: int | None = None,
     max_length: int | None = None,
+    eot_id: int | None = None,
 ) -> TokenizedBatch:
     """Tokenize prompt+response pairs into a right-padded batch with a response mask.
 
@@ -45,7 +46,8 @@ def tokenize_prompt_and_output(
     ``input_ids = row[:-1]`` and ``labels = row[1:]``, so both are (B, L - 1) where L is the
     longest prompt+response. ``response_mask`` is True where the label is a response token.
 
-    ``max_length`` caps L (the model's context + 1): a longer row keeps its prompt and the
+    ``eot_id``, when given, ends every response (a response token, so the model learns to
+    stop). ``max_length`` caps L (the model's context + 1): a longer row keeps its prompt and the
     start of its response (the response is cut, counted in ``counts["truncated_responses"]``);
     if the prompt alone does not fit, its beginning is dropped so the response's first token
     is still a label (counted in ``counts["truncated_prompts"]``).
@@ -62,7 +64,9 @@ def tokenize_prompt_and_output(
     rows: list[tuple[list[int], list[int]]] = []
     for prompt, output in zip(prompt_strs, output_strs):
         p, o = list(tokenizer.encode(prompt)), list(tokenizer.encode(output))
-        if not o:
+        if eot_id is not None:
+            o.append(eot_id)
+        if not output:
             counts["empty_responses"] += 1
         if max_length is not None and len(p) + len(o) > max_length:
             if len(p) >= max_length:
@@ -156,3 +160,20 @@ class HFTokenizerAdapter:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)
+
+
+def batch_from_ids(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int) -> TokenizedBatch:
+    """Like :func:`tokenize_prompt_and_output` for text already in token ids (sampled rollouts).
+
+    Using the sampled ids directly (not decode→encode) scores exactly the tokens the policy
+    chose, which a re-tokenization could split differently.
+    """
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError(f"got {len(prompts)} prompts and {len(responses)} responses; need equal, non-zero counts")
+    length = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    full = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        full[i, : len(p) + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)
+        mask[i, len(p): len(p) + len(r)] = True
+    return TokenizedBatch(full[:, :-1], full[:, 1:], mask[:, 1:])
