@@ -19,6 +19,11 @@ import yaml
 # ``config``, a pydantic model (the same model is the Prefect UI form).
 FLOWS: dict[str, str] = {
     "data": "flows.data:data_flow",
+    "sft": "flows.sft:sft_flow",
+    "dpo": "flows.dpo:dpo_flow",
+    "grpo": "flows.grpo:grpo_flow",
+    "evaluate": "flows.evaluate:evaluate_flow",
+    "align-demo": "flows.align_demo:align_demo_flow",
 }
 
 
