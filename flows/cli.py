@@ -19,6 +19,7 @@ import yaml
 # ``config``, a pydantic model (the same model is the Prefect UI form).
 FLOWS: dict[str, str] = {
     "data": "flows.data:data_flow",
+    "pretrain": "flows.pretrain:pretrain_flow",
     "sft": "flows.sft:sft_flow",
     "dpo": "flows.dpo:dpo_flow",
     "grpo": "flows.grpo:grpo_flow",
@@ -89,6 +90,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from lm.model.generate import generate_from_checkpoint
+
+    print(generate_from_checkpoint(args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens,
+                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lmpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="outputs", help="artifact root (default: ./outputs)")
     p.add_argument("--source", action="append", help="WARC/WET path, glob or URL instead of the bundled sample")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("generate", help="sample text from a checkpoint (or a pretrain stage directory)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or outputs/pretrain/<fingerprint>")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -114,3 +114,50 @@ class TokenShards:
 def sampler(seed: int, rank: int = 0) -> np.random.Generator:
     """The data RNG of one rank: independent streams per rank from one seed."""
     return np.random.default_rng([seed, rank])
+
+
+def write_token_shards(
+    out_dir: str | Path,
+    splits: dict[str, list[np.ndarray]],
+    *,
+    vocab_size: int,
+    eot_id: int | None = None,
+    tokenizer: str | None = None,
+    stage: str = "tokenize",
+    fingerprint: str = "manual",
+) -> Path:
+    """Write token arrays as a token-shard directory (the tokenize stage's layout); returns the manifest path.
+
+    ``splits`` maps "train"/"val" to a list of 1-D int arrays, one shard each. For tests and
+    byte-level demos; real pipelines get these directories from the tokenize stage.
+    """
+    from lm.data.shards import atomic_write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = "uint16" if vocab_size <= 65536 else "uint32"
+    shards = []
+    for split, arrays in splits.items():
+        for i, arr in enumerate(arrays):
+            name = f"{split}-{i:05d}.bin"
+            np.asarray(arr).astype(np.dtype(dtype).newbyteorder("<")).tofile(out / name)
+            shards.append({"name": name, "split": split, "tokens": int(len(arr)), "bytes": (out / name).stat().st_size})
+    total = sum(s["tokens"] for s in shards)
+    manifest = {
+        "stage": stage, "fingerprint": fingerprint, "config": {}, "inputs": [], "shards": shards,
+        "counts": {"in": total, "kept": total, "rejected": {}, "failed": {}},
+        "dtype": dtype, "vocab_size": vocab_size, "eot_id": eot_id, "tokenizer": tokenizer,
+    }
+    atomic_write_json(out / "_manifest.json", manifest)
+    return out / "_manifest.json"
+
+
+def byte_tokens(text: str, eot: str = "<|endoftext|>", eot_id: int = 256) -> np.ndarray:
+    """UTF-8 bytes as ids 0..255 with ``eot`` markers mapped to ``eot_id`` (a 257-token vocabulary)."""
+    parts = [np.frombuffer(p.encode("utf-8"), dtype=np.uint8).astype(np.int64) for p in text.split(eot)]
+    out = []
+    for i, p in enumerate(parts):
+        if i:
+            out.append(np.array([eot_id]))
+        out.append(p)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
