@@ -142,9 +142,8 @@ def read_split(data_manifest: str | Path, split: str) -> list[dict]:
 def load_policy(model_manifest: str | Path):
     """(model, tokenizer, manifest) of a model manifest (see the module docstring)."""
     m = read_manifest(model_manifest)
-    for key in ("checkpoint", "tokenizer"):
-        if not m.get(key):
-            raise ValueError(f"manifest {m['_path']} has no {key!r}: pass a pretrain/sft/dpo/grpo/align-base manifest")
+    if not m.get("checkpoint"):
+        raise ValueError(f"manifest {m['_path']} has no 'checkpoint': pass a pretrain/sft/dpo/grpo/align-base manifest")
     ckpt = Path(m["checkpoint"])
     if (ckpt / "meta.json").exists():
         from lm.model import load_model
@@ -156,7 +155,7 @@ def load_policy(model_manifest: str | Path):
         model = AutoModelForCausalLM.from_pretrained(str(ckpt))
     else:
         raise FileNotFoundError(f"{ckpt} is neither our checkpoint (meta.json) nor a Hugging Face model dir (config.json)")
-    return model, load_tokenizer(m["tokenizer"]), m
+    return model, load_tokenizer(m.get("tokenizer")), m  # no tokenizer recorded = byte-level
 
 
 def save_policy(model, out: Path, step: int, extra: dict) -> dict:
@@ -247,7 +246,7 @@ def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, o
         metrics["accuracy_after"] = sum(x for x in r_after if x is not None) / len(scored)
     (stage.path / "history.json").write_text(json.dumps({k: v for k, v in hist.items() if k != "eval_samples"}, default=str))
     return stage.commit(num_shards=1, extra={"checkpoint": str(stage.path / "checkpoint"), "model_config": mcfg,
-                                             "tokenizer": upstream["tokenizer"], "metrics": metrics, "plot": str(stage.path / "curves.png")})
+                                             "tokenizer": upstream.get("tokenizer"), "metrics": metrics, "plot": str(stage.path / "curves.png")})
 
 
 def run_sft(root, model_manifest, data_manifest, cfg: SFTConfig, opts: StageOptions) -> Path:

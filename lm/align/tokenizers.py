@@ -1,5 +1,7 @@
 """Load the tokenizer a checkpoint was trained with, whatever kind it is.
 
+    "bytes" (or empty)            lm.model.generate.ByteTokenizer: bytes 0..255 + end-of-text 256
+                                  (what byte-tokenized pretraining records)
     <dir>/char_tokenizer.json     CharTokenizer: one id per character (the demo's arithmetic task)
     <dir>/tokenizer.json          a Hugging Face tokenizer (optional ``hf`` extra)
     anything else                 our BPE tokenizer, ``lm.tokenizer.Tokenizer.load(dir)``
@@ -54,8 +56,12 @@ class CharTokenizer:
         return cls(json.loads((Path(directory) / CHAR_FILE).read_text())["alphabet"])
 
 
-def load_tokenizer(directory: str | os.PathLike):
+def load_tokenizer(directory: str | os.PathLike | None):
     """The tokenizer saved in ``directory`` (see the module docstring for the kinds)."""
+    if directory in (None, "", "bytes"):
+        from lm.model.generate import ByteTokenizer
+
+        return ByteTokenizer()
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"tokenizer directory {d} does not exist")
