@@ -54,7 +54,7 @@ def template_fields(template: str) -> set[str]:
 
 
 def render(template: str, **fields: str) -> str:
-    """Fill a template; a missing field is a ValueError naming it (not a bare KeyError)."""
+    """Fill a template; a missing field is a ValueError naming it (not a bare KeyError); extra fields are unused."""
     missing = template_fields(template) - set(fields)
     if missing:
         raise ValueError(f"template needs fields {sorted(missing)}; got {sorted(fields)}")

@@ -25,7 +25,7 @@ from lm.align.batches import batch_from_ids
 from lm.align.losses import LossType, compute_group_normalized_rewards, grpo_microbatch_train_step
 from lm.align.ops import get_response_log_probs, masked_mean
 from lm.align.rewards import RewardFn, score_responses
-from lm.align.rollout import generate
+from lm.align.rollout import context_length, generate
 
 Problem = tuple[str, str]  # (prompt, ground-truth answer)
 
@@ -93,6 +93,7 @@ def train_grpo(
     hist: dict = {"step": [], "train_reward": [], "loss": [], "clip_fraction": [], "entropy": [], "response_tokens": [],
                   "eval_step": [], "eval_reward": [], "eval_format": []}
     need_old = cfg.loss_type == "grpo_clip" or cfg.epochs_per_rollout > 1
+    ctx = context_length(policy)
     t0 = time.time()
 
     def evaluate(step: int) -> None:
@@ -116,6 +117,9 @@ def train_grpo(
                 rng.shuffle(order)
             picks.append(train_problems[order.pop()])
         prompt_ids = [tokenizer.encode(p) for p, _ in picks for _ in range(cfg.group_size)]
+        if ctx is not None:  # keep each prompt's tail, as generate does, so the scored rows match the rollouts
+            counts["truncated_prompts"] += sum(len(p) >= ctx for p in prompt_ids)
+            prompt_ids = [p[len(p) - (ctx - 1):] if len(p) >= ctx else p for p in prompt_ids]
         truths = [a for _, a in picks for _ in range(cfg.group_size)]
         ro = generate(policy, prompt_ids, max_new_tokens=cfg.max_new_tokens, stop_ids=[eot], temperature=cfg.temperature, generator=gen)
         counts.update(ro.counts)

@@ -27,7 +27,8 @@ class Rollouts:
     counts: Counter = field(default_factory=Counter)
 
 
-def _context_length(model) -> int | None:
+def context_length(model) -> int | None:
+    """The longest sequence ``model`` takes (our config, or a Hugging Face config), or None if unknown."""
     cfg = getattr(model, "config", None)
     for name in ("context_length", "max_position_embeddings", "n_positions"):
         v = getattr(cfg, name, None)
@@ -60,7 +61,7 @@ def generate(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    ctx = _context_length(model)
+    ctx = context_length(model)
     counts: Counter = Counter()
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     completions: list[list[int]] = [[] for _ in prompts]

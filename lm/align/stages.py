@@ -74,6 +74,25 @@ class BaseModelConfig(BaseModel):
 # --------------------------------------------------------------------------- data
 
 
+def _split(loader, cfg: AlignDataConfig) -> tuple[list[dict], list[dict]]:
+    """Train rows and held-out rows: from eval_path, or else the last rows of the training file
+    (at most a fifth of it, so a small file still leaves most rows for training)."""
+    if cfg.eval_path:
+        return loader(cfg.train_path, limit=cfg.num_train)[0], loader(cfg.eval_path, limit=cfg.num_eval)[0]
+    rows, _ = loader(cfg.train_path, limit=cfg.num_train + cfg.num_eval)
+    n_eval = min(cfg.num_eval, max(1, len(rows) // 5)) if len(rows) > 1 else 0
+    return rows[: len(rows) - n_eval][: cfg.num_train], rows[len(rows) - n_eval:]
+
+
+def _prompt(template: str, text: str) -> str:
+    """Fill a question-style ({question}) or instruction-style ({instruction}, {response}) template.
+
+    An instruction template's prompt is everything before ``{response}`` (the response is
+    what the model writes; the rest of the template, e.g. a trailing newline, is not prompt).
+    """
+    return render(template.split("{response}", 1)[0], question=text, instruction=text)
+
+
 def _rows(cfg: AlignDataConfig, kind: Kind) -> tuple[list[dict], list[dict]]:
     rng = random.Random(cfg.seed)
     tmpl = load_template(cfg.template, cfg.prompts_dir)
@@ -84,22 +103,18 @@ def _rows(cfg: AlignDataConfig, kind: Kind) -> tuple[list[dict], list[dict]]:
     elif cfg.source == "gsm8k":
         if not cfg.train_path:
             raise ValueError("data.source='gsm8k' needs data.train_path (a GSM8K jsonl)")
-        tr, _ = load_gsm8k(cfg.train_path, limit=cfg.num_train + (0 if cfg.eval_path else cfg.num_eval))
-        ev = load_gsm8k(cfg.eval_path, limit=cfg.num_eval)[0] if cfg.eval_path else tr[cfg.num_train:]
-        tr = tr[: cfg.num_train]
+        tr, ev = _split(load_gsm8k, cfg)
     else:
         if kind != "instruction":
             raise ValueError(f"data.source='sft_jsonl' has no answers to verify or rank; it only gives kind='instruction', not {kind!r}")
         if not cfg.train_path:
             raise ValueError("data.source='sft_jsonl' needs data.train_path")
-        tr, _ = load_sft_jsonl(cfg.train_path, limit=cfg.num_train + (0 if cfg.eval_path else cfg.num_eval))
-        ev = load_sft_jsonl(cfg.eval_path, limit=cfg.num_eval)[0] if cfg.eval_path else tr[cfg.num_train:]
-        tr = tr[: cfg.num_train]
-        conv = lambda rs: [{"id": r["id"], "prompt": render(tmpl, question=r["prompt"]) if "{question}" in tmpl else r["prompt"], "response": r["response"]} for r in rs]  # noqa: E731
+        tr, ev = _split(load_sft_jsonl, cfg)
+        conv = lambda rs: [{"id": r["id"], "prompt": _prompt(tmpl, r["prompt"]), "response": r["response"]} for r in rs]  # noqa: E731
         return conv(tr), conv(ev)
 
     def convert(r: dict) -> dict:
-        prompt = render(tmpl, question=r["question"])
+        prompt = _prompt(tmpl, r["question"])
         if kind == "problem":
             return {"id": r["id"], "prompt": prompt, "answer": r["answer"]}
         if kind == "instruction":

@@ -41,7 +41,7 @@ TASKS = ("gsm8k", "mmlu", "arithmetic")
 
 def mmlu_question(row: dict) -> str:
     opts = "\n".join(f"{letter}. {text}" for letter, text in zip("ABCD", row["options"]))
-    return f"Answer the following multiple choice question about {row['subject'].replace('_', ' ')}.\n\n{row['question']}\n{opts}\nAnswer:"
+    return f"Answer the following multiple choice question about {row['subject'].replace('_', ' ')}.\n\n{row['question']}\n{opts}"
 
 
 def _grade(task: str, row: dict, generation: str) -> tuple[str | None, bool]:
