@@ -170,7 +170,11 @@ def load_policy(model_manifest: str | Path):
         model = AutoModelForCausalLM.from_pretrained(str(ckpt))
     else:
         raise FileNotFoundError(f"{ckpt} is neither our checkpoint (meta.json) nor a Hugging Face model dir (config.json)")
-    return model, load_tokenizer(m.get("tokenizer")), m  # no tokenizer recorded = byte-level
+    tok = load_tokenizer(m.get("tokenizer"))  # no tokenizer recorded = byte-level
+    if getattr(tok, "eot_id", None) is None:
+        raise ValueError(f"tokenizer {m.get('tokenizer')} has no <|endoftext|> token: alignment needs it to end responses "
+                         "(train the tokenizer with special_tokens=['<|endoftext|>'])")
+    return model, tok, m
 
 
 def save_policy(model, out: Path, step: int, extra: dict) -> dict:

@@ -68,3 +68,17 @@ def test_grpo_dpo_and_evaluate_on_gsm8k_and_mmlu(reference, tmp_path, pretrained
     assert 200 < ev["metrics"]["perplexity"]["perplexity"] < 400  # an untrained byte model: about uniform over 257
     with pytest.raises(ValueError, match="gsm8k_path"):
         run_evaluate(tmp_path, g["_path"], EvalConfig(tasks=["gsm8k"]))
+
+
+def test_our_bpe_tokenizer_through_load_tokenizer(reference, tmp_path):
+    from lm.align.batches import tokenize_prompt_and_output
+    from lm.align.tokenizers import load_tokenizer
+    from lm.tokenizer import Tokenizer, train_bpe
+
+    vocab, merges = train_bpe(str(reference / "assignment1-basics/fixtures/tinystories_sample.txt"), 300, ["<|endoftext|>"])
+    Tokenizer(vocab, merges, ["<|endoftext|>"]).save(tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
+    assert tok.eot_id is not None and tok.decode(tok.encode("Once upon a time")) == "Once upon a time"
+    b = tokenize_prompt_and_output(["Once upon"], [" a time"], tok, eot_id=tok.eot_id)
+    n = len(tok.encode(" a time")) + 1
+    assert b.response_mask.sum().item() == n and b.labels[0, -1].item() == tok.eot_id
