@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from lm.align.stages import AlignDataConfig, BaseModelConfig, EvalConfig
+from lm.align.stages import BaseModelConfig, EvalConfig
 from lm.data.shards import read_manifest
 from tasks.align import evaluate_task, model_manifest_or_demo
 from tasks.artifacts import artifact_key, markdown_table, publish_stage, sample_rows

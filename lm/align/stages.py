@@ -22,6 +22,7 @@ import random
 from pathlib import Path
 from typing import Literal
 
+import pyarrow as pa
 import torch
 from pydantic import BaseModel, Field
 
@@ -210,7 +211,7 @@ def make_demo_base(root: str | Path, data: AlignDataConfig, cfg: BaseModelConfig
 
 # --------------------------------------------------------------------------- training stages
 
-SAMPLE_SCHEMA = __import__("pyarrow").schema(
+SAMPLE_SCHEMA = pa.schema(
     [("id", "string"), ("prompt", "string"), ("reference", "string"), ("generation_before", "string"),
      ("generation_after", "string"), ("reward_before", "float64"), ("reward_after", "float64")]
 )

@@ -62,7 +62,7 @@ def test_flows_end_to_end(prefect_harness, tmp_path):
 
 
 def test_flow_bad_arguments_fail_before_work(prefect_harness, tmp_path):
-    from flows.grpo import GRPOFlowConfig, grpo_flow
+    from flows.grpo import GRPOFlowConfig
     from flows.sft import SFTFlowConfig, sft_flow
 
     with pytest.raises(FileNotFoundError, match="model_manifest"):

@@ -1,9 +1,6 @@
 """Tokenization with a response mask, packing, templates, schemas, verifiers."""
 
-import json
-
 import pytest
-import torch
 
 from lm.align.batches import iterate_batches, pack_examples, tokenize_prompt_and_output
 from lm.align.data import INSTRUCTION_SCHEMA, PREFERENCE_SCHEMA, PROBLEM_SCHEMA, load_template, render

@@ -7,7 +7,7 @@ import torch
 
 from lm.align.batches import tokenize_prompt_and_output
 from lm.align.demo import demo_tokenizer, split_problems
-from lm.align.dpo import DPOConfig, likelihood_accuracy, per_instance_dpo_loss, train_dpo
+from lm.align.dpo import DPOConfig, per_instance_dpo_loss, train_dpo
 from lm.align.grpo import GRPOConfig, evaluate_rewards, train_grpo
 from lm.align.ops import compute_entropy, get_response_log_probs
 from lm.align.rewards import arithmetic_reward
