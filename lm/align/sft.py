@@ -43,6 +43,7 @@ class SFTConfig(BaseModel):
     normalize_constant: float = Field(1.0, gt=0, description="Divisor of the summed NLL when normalize='constant'.")
     max_length: int | None = Field(None, ge=2, description="Cap on prompt+response tokens (default: model context + 1); longer responses are truncated and counted.")
     eval_every: int = Field(50, ge=1, description="Measure held-out NLL every this many steps.")
+    stop_at_reward: float | None = Field(None, ge=0, le=1, description="Stop once the verifier reward (greedy) on a sample of training prompts reaches this, checked every eval_every steps; the demo uses it to leave GRPO room. Null = train all steps.")
     seed: int = Field(0, description="Seed for batch order.")
 
 
@@ -78,8 +79,14 @@ def train_sft(
     cfg: SFTConfig,
     *,
     log: Callable[[dict], None] | None = None,
+    probe_reward: Callable[[torch.nn.Module], float] | None = None,
 ) -> dict:
-    """Fine-tune ``model`` in place. Returns a history: steps, losses, held-out NLL, counts."""
+    """Fine-tune ``model`` in place. Returns a history: steps, losses, held-out NLL, counts.
+
+    ``probe_reward(model)`` (e.g. greedy accuracy under a verifier on some training prompts)
+    is recorded at each evaluation; with ``cfg.stop_at_reward`` training stops once it
+    reaches that value.
+    """
     from lm.train import AdamW, clip_grad_norm_
 
     if not train_pairs:
@@ -94,10 +101,12 @@ def train_sft(
     rng = random.Random(cfg.seed)
     order: list[int] = []
     counts: Counter = Counter()
-    hist: dict = {"step": [], "loss": [], "eval_step": [], "eval_nll": [], "seconds": 0.0}
+    hist: dict = {"step": [], "loss": [], "eval_step": [], "eval_nll": [], "probe_reward": [], "seconds": 0.0}
     t0 = time.time()
     hist["eval_step"].append(0)
     hist["eval_nll"].append(response_nll(model, tokenizer, eval_pairs, max_length=max_length) if eval_pairs else math.nan)
+    if probe_reward is not None:
+        hist["probe_reward"].append(probe_reward(model))
     model.train()
     for step in range(1, cfg.num_steps + 1):
         lr = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
@@ -131,8 +140,13 @@ def train_sft(
         if eval_pairs and (step % cfg.eval_every == 0 or step == cfg.num_steps):
             hist["eval_step"].append(step)
             hist["eval_nll"].append(response_nll(model, tokenizer, eval_pairs, max_length=max_length))
+            if probe_reward is not None:
+                hist["probe_reward"].append(probe_reward(model))
             if log:
                 log({"step": step, "loss": step_loss, "eval_nll": hist["eval_nll"][-1]})
+            if cfg.stop_at_reward is not None and hist["probe_reward"] and hist["probe_reward"][-1] >= cfg.stop_at_reward:
+                hist["stopped_at_step"] = step
+                break
     hist["seconds"] = round(time.time() - t0, 2)
     hist["counts"] = dict(counts)
     hist["nll_before"], hist["nll_after"] = hist["eval_nll"][0], hist["eval_nll"][-1]

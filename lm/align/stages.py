@@ -270,11 +270,23 @@ def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, o
 
 
 def run_sft(root, model_manifest, data_manifest, cfg: SFTConfig, opts: StageOptions) -> Path:
+    if cfg.stop_at_reward is not None and not opts.verifier:
+        raise ValueError("sft.stop_at_reward needs options.verifier to score held-out answers")
+
     def train(model, tok, tr, ev):
         pair = lambda rs: [(r["prompt"], r["response"]) for r in rs]  # noqa: E731
-        return train_sft(model, tok, pair(tr), pair(ev), cfg)
+        # the stop rule looks at training problems only: the held-out ones stay unseen by every choice
+        probe = [(r["prompt"], r["response"]) for r in tr[: opts.num_samples]]
+        reward = None
+        if opts.verifier:
+            fn = get_reward_fn(opts.verifier)
+            reward = lambda m: evaluate_rewards(m, tok, probe, fn, max_new_tokens=opts.max_new_tokens)["reward_mean"]  # noqa: E731
+        return train_sft(model, tok, pair(tr), pair(ev), cfg, probe_reward=reward)
 
-    curves = lambda h: [("loss", [("train NLL/token", h["step"], h["loss"])]), ("held-out NLL", [("response NLL/token", h["eval_step"], h["eval_nll"])])]  # noqa: E731
+    curves = lambda h: [  # noqa: E731
+        ("loss", [("train NLL/token", h["step"], h["loss"])]),
+        ("held-out", [("response NLL/token", h["eval_step"], h["eval_nll"])] + ([("verifier reward, train sample (greedy)", h["eval_step"], h["probe_reward"])] if h["probe_reward"] else [])),
+    ]
     return _train_stage("sft", root, model_manifest, data_manifest, {"sft": cfg.model_dump()}, opts, "response", train, curves)
 
 

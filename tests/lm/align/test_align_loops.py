@@ -159,3 +159,16 @@ def test_response_nll_of_exact_answer():
     lp = get_response_log_probs(model, b.input_ids, b.labels)["log_probs"]
     assert nll == pytest.approx(-(lp * b.response_mask).sum().item() / 2, rel=1e-6)
     assert arithmetic_reward(" 2", "2")["reward"] == 1.0
+
+
+def test_sft_stops_when_the_probe_reward_is_reached():
+    model, tok = tiny_model()
+    train, evals = split_problems(50, 5, 1, 0)
+    calls = []
+
+    def probe(m):
+        calls.append(1)
+        return 0.0 if len(calls) < 3 else 0.5  # before training, step 3, then step 6
+
+    hist = train_sft(model, tok, train, evals, SFTConfig(num_steps=50, batch_size=4, eval_every=3, stop_at_reward=0.4), probe_reward=probe)
+    assert hist["stopped_at_step"] == 6 and len(hist["loss"]) == 6 and hist["probe_reward"] == [0.0, 0.0, 0.5]
