@@ -285,7 +285,7 @@ def run_sft(root, model_manifest, data_manifest, cfg: SFTConfig, opts: StageOpti
 
     curves = lambda h: [  # noqa: E731
         ("loss", [("train NLL/token", h["step"], h["loss"])]),
-        ("held-out", [("response NLL/token", h["eval_step"], h["eval_nll"])] + ([("verifier reward, train sample (greedy)", h["eval_step"], h["probe_reward"])] if h["probe_reward"] else [])),
+        ("NLL / reward", [("held-out response NLL/token", h["eval_step"], h["eval_nll"])] + ([("verifier reward, train sample (greedy)", h["eval_step"], h["probe_reward"])] if h["probe_reward"] else [])),
     ]
     return _train_stage("sft", root, model_manifest, data_manifest, {"sft": cfg.model_dump()}, opts, "response", train, curves)
 
