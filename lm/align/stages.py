@@ -29,11 +29,11 @@ from pydantic import BaseModel, Field
 
 from lm.align import demo
 from lm.align.data import INSTRUCTION_SCHEMA, PREFERENCE_SCHEMA, PROBLEM_SCHEMA, load_template, render
-from lm.align.dpo import DPOConfig, likelihood_accuracy, train_dpo
+from lm.align.dpo import DPOConfig, train_dpo
 from lm.align.grpo import GRPOConfig, evaluate_rewards, train_grpo
 from lm.align.plots import plot_curves
 from lm.align.rewards import get_reward_fn
-from lm.align.sft import SFTConfig, response_nll, train_sft
+from lm.align.sft import SFTConfig, train_sft
 from lm.align.tokenizers import load_tokenizer
 from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard
 from lm.eval.datasets import load_gsm8k, load_mmlu, load_sft_jsonl
@@ -409,5 +409,5 @@ def _evaluate_into(stage: Stage, model, tok, cfg: EvalConfig, metrics: dict) -> 
 
 __all__ = [
     "AlignDataConfig", "BaseModelConfig", "EvalConfig", "StageOptions", "build_align_data", "load_policy", "make_demo_base",
-    "read_split", "run_dpo", "run_evaluate", "run_grpo", "run_sft", "response_nll", "likelihood_accuracy",
+    "read_split", "run_dpo", "run_evaluate", "run_grpo", "run_sft",
 ]
