@@ -48,10 +48,41 @@ def config_model(flow) -> type:
     )
 
 
-def set_path(d: dict, dotted: str, value: Any) -> None:
+def _field_default(model: type | None, key: str) -> Any:
+    """The default of ``model.key`` as plain data, or {} when there is none to start from."""
+    from pydantic import BaseModel
+    from pydantic_core import PydanticUndefined
+
+    field = getattr(model, "model_fields", {}).get(key)
+    if field is None:
+        return {}
+    value = field.get_default(call_default_factory=True)
+    if value is PydanticUndefined or value is None:
+        return {}
+    return value.model_dump() if isinstance(value, BaseModel) else value
+
+
+def _field_model(model: type | None, key: str) -> type | None:
+    from pydantic import BaseModel
+
+    field = getattr(model, "model_fields", {}).get(key)
+    ann = getattr(field, "annotation", None)
+    for cand in (ann, *getattr(ann, "__args__", ())):  # X or Optional[X]
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
+
+
+def set_path(d: dict, dotted: str, value: Any, model: type | None = None) -> None:
+    """Set ``a.b.c = value`` in ``d``. A section missing from ``d`` starts from the parent
+    model's default for it (so ``--set sft.seed=1`` keeps the flow's own ``sft`` defaults)."""
     keys = dotted.split(".")
     for k in keys[:-1]:
-        d = d.setdefault(k, {})
+        if not isinstance(d.get(k), dict):
+            d[k] = _field_default(model, k) if k not in d else {}
+            if not isinstance(d[k], dict):
+                d[k] = {}
+        d, model = d[k], _field_model(model, k)
     d[keys[-1]] = value
 
 
@@ -69,7 +100,7 @@ def build_config(model: type, config_file: str | None, overrides: list[str]) -> 
         if "=" not in item:
             raise SystemExit(f"--set takes key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        set_path(data, key.strip(), yaml.safe_load(raw))
+        set_path(data, key.strip(), yaml.safe_load(raw), model)
     return model.model_validate(data)
 
 

@@ -381,6 +381,9 @@ class Stage:
     def open_shard(self, index: int, schema: pa.Schema | None = None, source: str | None = None) -> Iterator[ShardWriter]:
         """Write shard ``index``; it becomes visible (with its marker) only if the block succeeds."""
         self.path.mkdir(parents=True, exist_ok=True)
+        # A run killed mid-shard leaves hidden temporaries; one writer per shard, so clear them.
+        for stale in self.path.glob(f".*-{index:05d}.parquet.*.tmp"):
+            stale.unlink(missing_ok=True)
         w = ShardWriter(self, index, schema, source)
         try:
             yield w

@@ -77,6 +77,16 @@ def test_failed_shard_leaves_nothing_visible(tmp_path):
         stage.commit(num_shards=1)
 
 
+def test_stale_temporaries_of_a_killed_run_are_cleared(tmp_path):
+    stage = Stage(tmp_path, "s", version="1", config={})
+    stage.path.mkdir(parents=True)
+    stale = stage.path / ".part-00000.parquet.4242.tmp"
+    stale.write_bytes(b"half a shard")
+    _write(stage, 0, [{"id": "1", "text": "t"}])
+    assert not stale.exists()
+    assert stage.shard_done(0)
+
+
 def test_corruption_is_detected(tmp_path):
     stage = Stage(tmp_path, "s", version="1", config={})
     _write(stage, 0, [{"id": str(i), "text": "x" * 50} for i in range(100)])
