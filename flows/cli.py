@@ -19,6 +19,7 @@ import yaml
 # ``config``, a pydantic model (the same model is the Prefect UI form).
 FLOWS: dict[str, str] = {
     "data": "flows.data:data_flow",
+    "pipeline": "flows.pipeline:pipeline_flow",
 }
 
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("deploy", help="register the deployments in deployments/prefect.yaml with the server")
     p.add_argument("--api-url", help="Prefect API (default: $PREFECT_API_URL, else http://127.0.0.1:4200/api)")
-    p.add_argument("--name", action="append", help="only this deployment, e.g. data/data (repeatable; default: all)")
+    p.add_argument("--name", action="append", help="only this deployment, e.g. data (repeatable; default: every one whose flow is in this checkout)")
     p.set_defaults(func=cmd_deploy)
 
     args = parser.parse_args(argv)

@@ -181,16 +181,38 @@ class LocalPrefect:
         self.stop()
 
 
+def deployment_entries(prefect_file: Path = PREFECT_YAML) -> list[dict]:
+    """The ``deployments`` of a prefect.yaml, each with ``exists``: its entrypoint is in the repo."""
+    import yaml
+
+    entries = yaml.safe_load(Path(prefect_file).read_text()).get("deployments", [])
+    for d in entries:
+        path, _, func = d["entrypoint"].partition(":")
+        src = REPO / path
+        d["exists"] = src.is_file() and f"def {func}(" in src.read_text()
+    return entries
+
+
 def deploy(api: str, names: Sequence[str] = (), prefect_file: Path = PREFECT_YAML, env: Mapping[str, str] | None = None) -> str:
-    """Register deployments from ``prefect.yaml`` (all, or ``names`` like ``data/data``).
+    """Register deployments from ``prefect.yaml``: ``names``, or every one whose flow exists.
 
     Runs ``prefect deploy`` from the repo root, the directory the entrypoints are relative to.
     Returns its output; raises with that output when it fails.
     """
     if not is_healthy(api):
         raise RuntimeError(f"no Prefect API at {api}: start one with `lmpipe server` (or set PREFECT_API_URL)")
+    entries = deployment_entries(prefect_file)
+    if not names:
+        missing = [d["name"] for d in entries if not d["exists"]]
+        if missing:
+            print(f"warning: not registering {missing}: their flows are not in this checkout", file=sys.stderr)
+        names = [d["name"] for d in entries if d["exists"]]
+    unknown = sorted(set(names) - {d["name"] for d in entries})
+    if unknown:
+        raise ValueError(f"no deployment named {unknown} in {prefect_file}; it has {[d['name'] for d in entries]}")
     cmd = prefect_cmd("--no-prompt", "deploy", "--prefect-file", str(prefect_file))
-    cmd += [a for n in names for a in ("--name", n)] if names else ["--all"]
+    for n in names:
+        cmd += ["--name", n]
     r = subprocess.run(cmd, cwd=REPO, env=child_env(api, env), capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"prefect deploy failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
