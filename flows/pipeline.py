@@ -127,6 +127,10 @@ def stage_config(spec: StageSpec, config: PipelineConfig, manifests: Mapping[str
     placeholder and only errors in the other fields count.
     """
     data = dict(config.stages.get(spec.name, {}))
+    # A misspelt field must not be dropped silently, whatever the stage model's `extra` says.
+    unknown = sorted(set(data) - set(model.model_fields))
+    if unknown:
+        raise ValueError(f"stages.{spec.name}: {model.__name__} has no field(s) {unknown}; its fields are {sorted(model.model_fields)}")
     if spec.root_field and spec.root_field in model.model_fields and spec.root_field not in data:
         data[spec.root_field] = config.root
     for fld, upstream in spec.inputs.items():

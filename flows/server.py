@@ -17,6 +17,7 @@ so exposing it is a decision a person makes explicitly.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -83,6 +84,29 @@ def wait_healthy(api: str, proc: subprocess.Popen | None = None, timeout: float 
     raise TimeoutError(f"Prefect API at {api} not healthy after {timeout:.0f} s")
 
 
+def _api_request(url: str, body: dict | None = None) -> dict | None:
+    """GET (or POST ``body``) JSON; None on 404."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise RuntimeError(f"{req.method} {url} failed: {e.code} {e.read().decode(errors='replace')[:500]}") from e
+
+
+def default_job_template(kind: str) -> dict:
+    """The base job template Prefect gives a new pool of this worker type."""
+    if kind != "process":
+        raise ValueError(f"pool type {kind!r}: lmpipe server starts process workers only; create other pools with "
+                         "`prefect work-pool create --type ...` (see deployments/k8s-gpu-job-template.json)")
+    from prefect.workers.process import ProcessWorker
+
+    return ProcessWorker.get_default_base_job_template()
+
+
 @dataclass
 class LocalPrefect:
     """A Prefect server and its workers as child processes (see the module docstring)."""
@@ -130,15 +154,16 @@ class LocalPrefect:
         wait_healthy(self.api, proc, timeout)
 
     def create_pools(self) -> None:
-        """Create each work pool unless it exists (an existing pool's template is kept)."""
-        env = child_env(self.api, self.env)
+        """Create each work pool unless it exists (an existing pool's template is kept).
+
+        Through the REST API rather than ``prefect work-pool create``: each CLI call is a new
+        interpreter importing Prefect, seconds apiece on a busy machine.
+        """
         for name, kind in self.pools.items():
-            exists = subprocess.run(prefect_cmd("work-pool", "inspect", name), env=env, capture_output=True)
-            if exists.returncode == 0:
+            if _api_request(f"{self.api}/work_pools/{name}") is not None:
                 continue
-            r = subprocess.run(prefect_cmd("work-pool", "create", name, "--type", kind), env=env, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise RuntimeError(f"could not create work pool {name!r} ({kind}): {r.stdout}{r.stderr}")
+            body = {"name": name, "type": kind, "base_job_template": default_job_template(kind)}
+            _api_request(f"{self.api}/work_pools/", body)
 
     def start_workers(self) -> None:
         env = child_env(self.api, self.env)
