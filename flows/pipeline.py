@@ -212,14 +212,14 @@ def lineage_plot(rows: list[dict], png: Path) -> Path | None:
 
     labels = [f"{r['stage']} ({r['status']})" for r in rows]
     y = range(len(rows))
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.6))
     ax.barh([i + 0.2 for i in y], [r["in"] for r in rows], height=0.4, label="in", color="#9db4d6")
     ax.barh([i - 0.2 for i in y], [r["kept"] for r in rows], height=0.4, label="kept", color="#2c6fbb")
     ax.set_yticks(list(y), labels)
     ax.invert_yaxis()  # upstream at the top, like reading the pipeline
     ax.set_xlabel("records")
     ax.set_title("Records through the pipeline")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(png, dpi=80)
     plt.close(fig)

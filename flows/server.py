@@ -84,6 +84,16 @@ def wait_healthy(api: str, proc: subprocess.Popen | None = None, timeout: float 
     raise TimeoutError(f"Prefect API at {api} not healthy after {timeout:.0f} s")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if lmpipe dies (even by SIGKILL), so a killed
+    ``lmpipe server`` leaves no orphaned server or workers (Linux only; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _api_request(url: str, body: dict | None = None) -> dict | None:
     """GET (or POST ``body``) JSON; None on 404."""
     data = json.dumps(body).encode() if body is not None else None
@@ -135,7 +145,8 @@ class LocalPrefect:
         # A new session = a new process group: killpg reaches the child's own children
         # (the worker's flow-run processes, the server's services), and the terminal's
         # Ctrl-C reaches only us, so we decide the order things stop in.
-        proc = subprocess.Popen(cmd, env=dict(env), cwd=REPO, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=dict(env), cwd=REPO, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                start_new_session=True, preexec_fn=_die_with_parent)
         self.procs[name] = proc
         return proc
 

@@ -39,7 +39,7 @@ def test_every_existing_flow_is_deployed_to_its_pool(local_prefect, deployed):
 
 def test_data_deployment_runs_on_a_worker(local_prefect, deployed, reference, tmp_path):
     run = run_by_name(local_prefect.api, "data/data", {"config": data_config(tmp_path, reference)})
-    assert run.state is not None and run.state.is_completed(), f"{run.state}; worker log: {local_prefect.log_dir}/worker-cpu.log"
+    assert run.state is not None and run.state.is_completed(), f"{run.state}; workers log to {local_prefect.log_dir}/lmpipe-server.log"
     manifests = sorted(tmp_path.glob("*/*/_manifest.json"))
     assert manifests, f"the run completed but wrote no stage under {tmp_path}"
     keys = set(run_artifacts(local_prefect.api, run.id))
