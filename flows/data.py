@@ -1,0 +1,123 @@
+"""The ``data`` flow: web archives → extracted text (→ filters, dedup: added by later issues).
+
+    lmpipe run data --config configs/data-demo.yaml
+    lmpipe run data --set 'sources=["crawl/*.warc.gz"]' --set root=outputs
+
+Stage 1, ``extract``: reads every source (paths, globs, http(s) URLs, ``cc://`` listings),
+one Prefect task per file (or per ``extract.slice_bytes`` slice of a big local gzip file),
+and writes ``<root>/extract/<fingerprint>/`` (Parquet: id, url, source, text, …). Every record
+ends kept, rejected with a reason or failed with a kind; the manifest holds the counts.
+A stage whose manifest exists is skipped; a rerun after a crash redoes only missing shards.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field, field_validator
+
+from lm.data.ingest import ExtractConfig, plan_shards
+from lm.data.remote import CC_BASE_URL, HttpOptions, expand_sources
+from lm.data.shards import read_manifest
+from tasks.artifacts import artifact_key, markdown_table, publish_stage
+from tasks.extract import commit_extract, extract_shard, extract_stage
+
+
+class HttpConfig(BaseModel):
+    """How remote sources are fetched (does not change the output, so not fingerprinted)."""
+
+    retries: int = Field(default=5, ge=0, description="attempts after the first per request (5xx, resets, timeouts)")
+    backoff_s: float = Field(default=0.5, gt=0, description="first wait between attempts; doubles each time")
+    timeout_s: float = Field(default=60.0, gt=0, description="socket timeout per connect/read, seconds")
+    cc_base_url: str = Field(default=CC_BASE_URL, description="base URL for cc:// listings without &base=")
+
+    def options(self) -> HttpOptions:
+        return HttpOptions(retries=self.retries, backoff_s=self.backoff_s, timeout_s=self.timeout_s)
+
+
+class DataConfig(BaseModel):
+    """Configuration of the data flow (the Prefect UI shows it as the run form)."""
+
+    sources: list[str] = Field(
+        min_length=1,
+        description="inputs: WARC/WET/ARC paths, globs, directories, http(s) URLs, or "
+        "cc://CC-MAIN-2024-22?kind=wet&files=2 (first N files of a Common Crawl listing)",
+    )
+    root: str = Field(default="outputs", description="artifact root: stages write <root>/<stage>/<fingerprint>/")
+    extract: ExtractConfig = Field(default_factory=ExtractConfig, description="extract stage settings")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="remote fetching: retries, backoff, timeouts")
+    max_workers: int = Field(default=4, ge=1, le=256, description="shards processed at once (threads)")
+    num_samples: int = Field(default=3, ge=0, le=50, description="sample documents shown in each stage's summary artifact")
+    # Later stages plug in here as nested configs, e.g. (filters helper, flows/funnel.py):
+    #     filters: FunnelConfig | None = Field(default=None, description="quality/language/PII funnel")
+    # The flow runs a stage only when its config is set, reading the previous stage's manifest.
+
+    @field_validator("sources")
+    @classmethod
+    def _no_blank(cls, v: list[str]) -> list[str]:
+        if any(not s.strip() for s in v):
+            raise ValueError("sources: an entry is blank; give a path, glob, URL or cc:// listing")
+        return v
+
+    def locations(self) -> list[str]:
+        """Concrete input files/URLs. FileNotFoundError names a missing local path (before any work)."""
+        specs = [s if not s.startswith("cc://") or "base=" in s else f"{s}{'&' if '?' in s else '?'}base={self.http.cc_base_url}" for s in self.sources]
+        return expand_sources(specs, self.http.options())
+
+
+@flow(name="data", log_prints=True)
+def data_flow(config: DataConfig) -> dict[str, str]:
+    """Run the data stages; returns {stage: manifest path}."""
+    log = get_run_logger()
+    locations = config.locations()  # fails here, before any work, on a missing path
+    shards = plan_shards(locations, config.extract.slice_bytes)
+    root = str(Path(config.root).resolve())
+    stage = extract_stage(root, config.extract, shards)
+    if stage.is_complete():
+        log.info("extract: complete at %s (same inputs and config): skipped", stage.path)
+    else:
+        log.info("extract: %d source(s) → %d shard(s) → %s", len(locations), len(shards), stage.path)
+        _run_shards(config, root, shards)
+        commit_extract(root, config.extract, shards)
+    manifest = str(stage.manifest_path)
+    publish_stage(manifest, samples=config.num_samples, extra_md=_per_source_md(manifest))
+    log.info("extract: %s", _counts_line(read_manifest(manifest)))
+    return {"extract": manifest}
+
+
+def _run_shards(config: DataConfig, root: str, shards: list[dict]) -> None:
+    """Map extract_shard over the shards on a thread pool; a progress artifact tracks them."""
+    progress = create_progress_artifact(0.0, key=artifact_key("extract", "progress"), description="extract: shards finished")
+    http = config.http.options()
+    with ThreadPoolTaskRunner(max_workers=config.max_workers) as runner:
+        futures = [
+            runner.submit(extract_shard, {"root": root, "cfg": config.extract, "shards": shards, "index": i, "http": http})
+            for i in range(len(shards))
+        ]
+        for done, fut in enumerate(as_completed(futures), 1):
+            fut.result()  # a shard that failed after its retries fails the flow; a rerun resumes
+            update_progress_artifact(progress, 100.0 * done / len(shards))
+
+
+def _counts_line(m: dict) -> str:
+    c = m["counts"]
+    return f"in {c['in']}, kept {c['kept']}, rejected {sum(c['rejected'].values())} {c['rejected']}, failed {sum(c['failed'].values())} {c['failed']}"
+
+
+def _per_source_md(manifest_path: str) -> str:
+    """A per-shard table for the summary artifact: which input produced what."""
+    import json
+
+    m = read_manifest(manifest_path)
+    d = Path(manifest_path).parent
+    rows = []
+    for s in m["shards"]:
+        mk = json.loads((d / f"part-{s['index']:05d}.done.json").read_text())
+        rows.append({"shard": s["index"], "source": mk["source"], "in": mk["rows_in"], "kept": mk["kept"],
+                     "rejected": sum(mk["rejected"].values()), "failed": sum(mk["failed"].values()),
+                     "failed kinds": ", ".join(f"{k}: {v}" for k, v in mk["failed"].items())})
+    return "## Per shard\n\n" + markdown_table(rows[:200])

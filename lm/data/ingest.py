@@ -1,0 +1,154 @@
+"""The extract stage's logic: archive records in, text documents out, every record accounted for.
+
+Reads: WARC/WET/ARC files or URLs (one shard = one file, or one byte slice of a big gzip file).
+Writes (through the stage contract, ``lm.data.shards``): Parquet rows with :data:`DOC_SCHEMA`
+(``id``, ``url``, ``source``, ``text`` and a few provenance columns) for kept documents, and the
+same columns plus ``reason`` for rejected records.
+
+Each record ends as exactly one of:
+
+- kept: an HTML response (or WET conversion) with non-empty extracted text;
+- rejected, with a reason: ``record_type_<type>`` (warcinfo, request, metadata, revisit…),
+  ``http_status`` (not 2xx), ``non_html`` (images, PDFs, JSON…), ``over_size_cap``,
+  ``empty_extraction`` (no visible text);
+- failed, with a kind: the reader's errors (``truncated_gzip``, ``corrupt_gzip``, ``not_warc``,
+  ``truncated_record``, ``bad_header``, ``bad_content_length``), ``undecodable`` (binary bytes
+  where text was announced), or ``source_error`` (the file could not be read at all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from lm.data import remote
+from lm.data.extract import decode_text, html_to_text
+from lm.data.warc import Record
+
+DOC_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("url", pa.string()),
+        ("source", pa.string()),  # "<file>:<offset>": where to find the record again
+        ("text", pa.string()),
+        ("date", pa.string()),  # WARC-Date (ISO 8601 as written by the crawler)
+        ("record_type", pa.string()),
+        ("content_type", pa.string()),
+        ("num_bytes", pa.int64()),  # payload size before extraction
+    ]
+)
+
+# Sniffed when a response has no Content-Type (old ARCs, some crawlers).
+_HTML_SNIFF = (b"<!doctype html", b"<html", b"<head", b"<body")
+
+
+class ExtractConfig(BaseModel):
+    """Settings of the extract stage (all of them change its output, so all are fingerprinted)."""
+
+    html_types: list[str] = Field(
+        default=["text/html", "application/xhtml+xml"],
+        description="media types sent to the HTML extractor; other responses are rejected as non_html",
+    )
+    max_payload_bytes: int = Field(
+        default=2_000_000, gt=0, description="responses larger than this are rejected (over_size_cap) without extraction"
+    )
+    main_content: bool = Field(
+        default=False, description="keep only the main content (resiliparse heuristic: drops menus, headers, footers)"
+    )
+    slice_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="split local gzip files bigger than this into slices of this many bytes, one task each (0: one task per file)",
+    )
+
+
+@dataclass
+class Outcome:
+    """What became of one record: ``status`` is kept | rejected | failed; ``why`` the reason or kind."""
+
+    status: str
+    row: dict
+    why: str = ""
+
+
+def _row(rec: Record, text: str = "") -> dict:
+    return {
+        "id": rec.id,
+        "url": rec.url,
+        "source": rec.source,
+        "text": text,
+        "date": rec.date,
+        "record_type": rec.record_type,
+        "content_type": rec.content_type,
+        "num_bytes": len(rec.payload),
+    }
+
+
+def _is_html(rec: Record, html_types: Iterable[str]) -> bool:
+    mime = rec.mime
+    if mime in html_types:
+        return True
+    return not mime and rec.payload[:200].lstrip().lower().startswith(_HTML_SNIFF)
+
+
+def classify(rec: Record, cfg: ExtractConfig) -> Outcome:
+    """Decide what one record becomes (the whole stage policy, in one place)."""
+    if rec.error:
+        return Outcome("failed", _row(rec), rec.error)
+    if rec.record_type == "conversion":  # WET: already text
+        if len(rec.payload) > cfg.max_payload_bytes:
+            return Outcome("rejected", _row(rec), "over_size_cap")
+        text = decode_text(rec.payload)
+        if text is None:
+            return Outcome("failed", _row(rec), "undecodable")
+        return Outcome("kept", _row(rec, text)) if text.strip() else Outcome("rejected", _row(rec), "empty_extraction")
+    if rec.record_type not in ("response", "resource"):
+        return Outcome("rejected", _row(rec), f"record_type_{rec.record_type}")
+    if rec.http_status is not None and not 200 <= rec.http_status < 300:
+        return Outcome("rejected", _row(rec), "http_status")
+    if not _is_html(rec, cfg.html_types):
+        return Outcome("rejected", _row(rec), "non_html")
+    if len(rec.payload) > cfg.max_payload_bytes:
+        return Outcome("rejected", _row(rec), "over_size_cap")
+    text = html_to_text(rec.payload, main_content=cfg.main_content)
+    if text is None:
+        return Outcome("failed", _row(rec), "undecodable")
+    if not text.strip():
+        return Outcome("rejected", _row(rec), "empty_extraction")
+    return Outcome("kept", _row(rec, text))
+
+
+def extract_documents(records: Iterable[Record], cfg: ExtractConfig) -> Iterator[Outcome]:
+    for rec in records:
+        yield classify(rec, cfg)
+
+
+def plan_shards(locations: list[str], slice_bytes: int) -> list[dict]:
+    """One shard per location, or per ``slice_bytes`` of a local gzip file bigger than that.
+
+    Slices cut at byte offsets; the reader assigns each record to the slice where its gzip
+    member starts, so the slices partition the records without reading the file here.
+    """
+    shards = []
+    for loc in locations:
+        size, gz = None, False
+        if not remote.is_url(loc):
+            size = Path(loc).stat().st_size
+            with open(loc, "rb") as f:
+                gz = f.read(2) == b"\x1f\x8b"
+        if slice_bytes and gz and size > slice_bytes:
+            for start in range(0, size, slice_bytes):
+                shards.append({"location": loc, "start": start, "end": min(start + slice_bytes, size), "size": size})
+        else:
+            shards.append({"location": loc, "start": 0, "end": None, "size": size})
+    return shards
+
+
+def shard_label(shard: dict) -> str:
+    if shard["start"] == 0 and shard["end"] is None:
+        return shard["location"]
+    return f"{shard['location']}[{shard['start']}:{shard['end']}]"

@@ -1,0 +1,581 @@
+"""Read web archives: WARC (0.18-1.1), WET, WAT and ARC, gzip or plain, local or remote.
+
+``iter_records(source)`` yields one :class:`Record` per archive record. ``source`` is a local
+path or glob, an http(s) URL, a Common Crawl listing (``cc://CC-MAIN-2024-22?kind=wet&files=2``
+or :class:`~lm.data.remote.CCListing`), or a list of ``(file, offset, length)`` pointers as the
+Common Crawl index returns them (one HTTP Range request, or one seek, per record).
+
+Gzip files are read member by member (Common Crawl writes one gzip member per record), so each
+record's ``source`` is ``"<file>:<offset>"`` with the *compressed* offset of the member where it
+starts: exactly the offset the CC index gives, usable to fetch the record again with one Range
+request. For plain files it is the byte offset of the record.
+
+Nothing is dropped silently. A record that cannot be read completely is still yielded, with
+``error`` set to its kind, so a stage can count it as failed:
+
+- ``truncated_gzip``: the gzip stream ends in the middle of a member (a clipped download);
+- ``truncated_record``: a plain file ends before the record's Content-Length;
+- ``corrupt_gzip``: the compressed data is invalid;
+- ``not_warc``: the input does not start with a WARC/ARC record (the only record of that input);
+- ``bad_header``: a header block we cannot delimit (missing or invalid Content-Length); the
+  reader skips to the next ``WARC/`` line and goes on.
+
+Format quirks handled on purpose: ClueWeb09 (``WARC/0.18``, HTTP headers ending in bare LF, a
+``Content-Encoding: gzip`` header on bodies stored decoded), records whose size is a multiple of
+the read block size, chunked HTTP bodies, gzip/deflate/brotli HTTP content encodings.
+"""
+
+from __future__ import annotations
+
+import bisect
+import glob as _glob
+import hashlib
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from lm.data import remote
+
+CHUNK_SIZE = 1 << 16
+MAX_HEADER_LINE = 1 << 16  # a longer "header line" means we are reading binary garbage
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def record_id(key: str) -> str:
+    """Stable document id: 16 hex chars of sha256 of the WARC-Record-ID (or url + offset)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+@dataclass
+class Record:
+    """One archive record. ``payload`` is the HTTP body for responses (de-chunked, decoded),
+    else the record block. ``content_type`` is the payload's type: the HTTP Content-Type for
+    responses, the WARC Content-Type otherwise."""
+
+    id: str
+    url: str
+    source: str  # "<file>:<offset>"
+    record_type: str  # response, request, metadata, warcinfo, conversion, resource, revisit, ...
+    content_type: str
+    date: str
+    payload: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # WARC headers (or ARC fields)
+    http_status: int | None = None
+    http_headers: dict[str, str] = field(default_factory=dict)
+    error: str | None = None  # set when the record could not be read completely (see module doc)
+    error_detail: str = ""
+
+    @property
+    def mime(self) -> str:
+        """The bare media type, lowercase: ``text/html`` for ``text/html; charset=UTF-8``."""
+        return self.content_type.split(";", 1)[0].strip().lower()
+
+
+class WarcFormatError(ValueError):
+    """Raised by ``iter_records(..., errors="raise")`` for an unreadable record."""
+
+
+# --------------------------------------------------------------------------- byte stream
+
+
+class _Stream:
+    """The decompressed bytes of a plain or multi-member gzip file, read in chunks.
+
+    Remembers where each gzip member starts (compressed offset) so a record found at a given
+    decompressed position can be located in the file. ``base`` is the file offset the raw stream
+    starts at (non-zero when reading a slice or a Range).
+    """
+
+    def __init__(self, raw: BinaryIO, base: int = 0, chunk_size: int = CHUNK_SIZE):
+        self.raw = raw
+        self.base = base
+        self.chunk_size = chunk_size
+        self.buf = bytearray()
+        self.pos = 0  # read position in buf
+        self.buf_abs = 0  # absolute decompressed position of buf[0]
+        self.raw_read = 0  # raw bytes consumed
+        self.gzip: bool | None = None  # unknown until the first bytes arrive
+        self.members: list[tuple[int, int]] = []  # (decompressed start, compressed offset)
+        self._d = None
+        self._d_fed = False  # the current member has received input
+        self.eof = False
+        self.error: str | None = None  # truncated_gzip | corrupt_gzip
+        self.error_detail = ""
+
+    # -- filling
+    def _new_member(self, comp_offset: int) -> None:
+        self._d = zlib.decompressobj(31)
+        self._d_fed = False
+        self.members.append((self.buf_abs + len(self.buf), comp_offset))
+
+    def _fill(self) -> bool:
+        """Append more decompressed bytes to buf. False at end of input."""
+        if self.eof:
+            return False
+        if self.pos > (1 << 20) and self.pos > len(self.buf) // 2:
+            del self.buf[: self.pos]
+            self.buf_abs += self.pos
+            self.pos = 0
+        chunk = self.raw.read(self.chunk_size)
+        start = self.raw_read
+        self.raw_read += len(chunk)
+        if self.gzip is None:
+            while 0 < len(chunk) < 2 and (more := self.raw.read(self.chunk_size)):
+                chunk += more  # need two bytes to see the gzip magic
+                self.raw_read += len(more)
+            if not chunk:
+                self.eof = True
+                return False
+            self.gzip = chunk[:2] == GZIP_MAGIC
+            if self.gzip:
+                self._new_member(self.base)
+            else:
+                self.members.append((0, self.base))
+        if not chunk:
+            self.eof = True
+            if self.gzip and self._d is not None and self._d_fed:
+                self.error, self.error_detail = "truncated_gzip", "gzip stream ends inside a member"
+                self.buf += self._d.flush()
+            return False
+        if not self.gzip:
+            self.buf += chunk
+            return True
+        data = chunk
+        while data:
+            if self._d is None:
+                if data.strip(b"\x00\r\n\t ") == b"":  # padding after the last member
+                    break
+                if not data.startswith(GZIP_MAGIC[: len(data)]):
+                    self.error, self.error_detail = "corrupt_gzip", "data after a gzip member is not gzip"
+                    self.eof = True
+                    return bool(data)
+                self._new_member(self.base + start + (len(chunk) - len(data)))
+            try:
+                self.buf += self._d.decompress(data)
+            except zlib.error as e:
+                self.error, self.error_detail = "corrupt_gzip", str(e)
+                self.eof = True
+                return True
+            self._d_fed = True
+            if self._d.eof:
+                data = self._d.unused_data
+                self._d = None
+            else:
+                data = b""
+        return True
+
+    # -- reading
+    def readline(self, limit: int = MAX_HEADER_LINE) -> bytes:
+        while True:
+            i = self.buf.find(b"\n", self.pos, self.pos + limit)
+            if i >= 0:
+                line = bytes(self.buf[self.pos : i + 1])
+                self.pos = i + 1
+                return line
+            if len(self.buf) - self.pos >= limit or not self._fill():
+                n = min(limit, len(self.buf) - self.pos)
+                line = bytes(self.buf[self.pos : self.pos + n])
+                self.pos += n
+                return line
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) - self.pos < n and self._fill():
+            pass
+        out = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += len(out)
+        return out
+
+    def tell(self) -> int:
+        return self.buf_abs + self.pos
+
+    def offset_of(self, abs_pos: int) -> int:
+        """File offset of the record starting at decompressed position ``abs_pos``."""
+        if not self.gzip:
+            return self.base + abs_pos
+        # Records come in file order: members wholly before this record are no longer needed.
+        k = bisect.bisect_right(self.members, (abs_pos, float("inf"))) - 1
+        if k < 0:
+            return self.base
+        del self.members[:k]
+        return self.members[0][1]
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _parse_header_lines(lines: list[bytes]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    last = None
+    for raw in lines:
+        if raw[:1] in (b" ", b"\t") and last is not None:  # folded continuation line
+            headers[last] += " " + raw.strip().decode("utf-8", "replace")
+            continue
+        name, sep, value = raw.partition(b":")
+        if not sep:
+            continue
+        last = name.strip().decode("latin-1")
+        headers.setdefault(last, value.strip().decode("utf-8", "replace"))
+    return headers
+
+
+def _get(headers: dict[str, str], name: str, default: str = "") -> str:
+    """Case-insensitive header lookup (writers disagree on capitalisation)."""
+    v = headers.get(name)
+    if v is not None:
+        return v
+    low = name.lower()
+    for k, v in headers.items():
+        if k.lower() == low:
+            return v
+    return default
+
+
+def _dechunk(body: bytes) -> bytes | None:
+    """Decode a chunked HTTP body; None if it is not valid chunked encoding."""
+    out, pos = bytearray(), 0
+    while True:
+        eol = body.find(b"\n", pos)
+        if eol < 0:
+            return None
+        size_s = body[pos:eol].split(b";", 1)[0].strip()
+        try:
+            size = int(size_s, 16)
+        except ValueError:
+            return None
+        pos = eol + 1
+        if size == 0:
+            return bytes(out)
+        if pos + size > len(body):
+            return None
+        out += body[pos : pos + size]
+        pos += size
+        if body[pos : pos + 2] == b"\r\n":
+            pos += 2
+        elif body[pos : pos + 1] == b"\n":
+            pos += 1
+
+
+def _decode_content(body: bytes, encoding: str) -> bytes:
+    """Undo an HTTP Content-Encoding when the body really is encoded (ClueWeb stores decoded
+    bodies under ``Content-Encoding: gzip``; Common Crawl renames the header)."""
+    enc = encoding.strip().lower()
+    try:
+        if enc in ("gzip", "x-gzip") and body[:2] == GZIP_MAGIC:
+            return zlib.decompressobj(31).decompress(body)
+        if enc == "deflate" and body:
+            try:
+                return zlib.decompress(body)
+            except zlib.error:
+                return zlib.decompress(body, -15)
+        if enc == "br" and body:
+            import brotli  # optional: only WARCs written without decoding need it
+
+            return brotli.decompress(body)
+    except Exception:  # noqa: BLE001 - a body we cannot decode stays as stored; extraction judges it
+        return body
+    return body
+
+
+def split_http(block: bytes) -> tuple[int | None, dict[str, str], bytes]:
+    """Split an HTTP response block into (status, headers, body), accepting CRLF or bare LF."""
+    cands = [(i, n) for i, n in ((block.find(b"\r\n\r\n"), 4), (block.find(b"\n\n"), 2)) if i >= 0]
+    if not cands:
+        head, body = block, b""
+    else:
+        i, n = min(cands)
+        head, body = block[:i], block[i + n :]
+    lines = head.split(b"\n")
+    status = None
+    parts = lines[0].split(None, 2)
+    if len(parts) >= 2 and parts[0].startswith(b"HTTP/"):
+        try:
+            status = int(parts[1])
+        except ValueError:
+            status = None
+    headers = _parse_header_lines([ln.rstrip(b"\r") for ln in lines[1:]])
+    if "chunked" in _get(headers, "Transfer-Encoding").lower():
+        body = _dechunk(body) or body
+    ce = _get(headers, "Content-Encoding")
+    if ce:
+        body = _decode_content(body, ce)
+    return status, headers, body
+
+
+def _make_record(location: str, offset: int, headers: dict[str, str], block: bytes, *, arc: bool = False) -> Record:
+    if arc:
+        rtype = headers.get("_type", "response")
+        url, date, ctype = headers.get("url", ""), headers.get("archive-date", ""), headers.get("content-type", "")
+        wid = ""
+    else:
+        rtype = _get(headers, "WARC-Type", "unknown").lower()
+        url, date, ctype = _get(headers, "WARC-Target-URI"), _get(headers, "WARC-Date"), _get(headers, "Content-Type")
+        wid = _get(headers, "WARC-Record-ID")
+    url = url.strip("<>")
+    status, http_headers, payload = None, {}, block
+    if (rtype in ("response", "revisit") and "application/http" in ctype.lower()) or (arc and block[:5] == b"HTTP/"):
+        status, http_headers, payload = split_http(block)
+        ctype = _get(http_headers, "Content-Type")
+    key = wid or f"{url} {Path(location).name}:{offset}"
+    return Record(
+        id=record_id(key), url=url, source=f"{location}:{offset}", record_type=rtype, content_type=ctype,
+        date=date, payload=payload, headers=headers, http_status=status, http_headers=http_headers,
+    )
+
+
+def _failure(location: str, offset: int, kind: str, detail: str, headers: dict | None = None, block: bytes = b"") -> Record:
+    headers = headers or {}
+    rec = _make_record(location, offset, headers, block) if headers else Record(
+        id=record_id(f" {Path(location).name}:{offset}"), url="", source=f"{location}:{offset}",
+        record_type="unknown", content_type="", date="", payload=block,
+    )
+    rec.error, rec.error_detail = kind, detail
+    return rec
+
+
+def _arc_header(line: bytes) -> dict[str, str] | None:
+    """An ARC v1/v2 record header line: ``URL IP date content-type [...] length``."""
+    parts = line.split()
+    if len(parts) < 5 or b"://" not in parts[0] and not parts[0].startswith(b"filedesc:"):
+        return None
+    try:
+        length = int(parts[-1])
+    except ValueError:
+        return {"url": parts[0].decode("utf-8", "replace"), "length": "invalid"}
+    return {
+        "url": parts[0].decode("utf-8", "replace"),
+        "ip": parts[1].decode("latin-1"),
+        "archive-date": parts[2].decode("latin-1"),
+        "content-type": parts[3].decode("latin-1"),
+        "length": str(max(length, 0)),  # some writers use -1 for "no content"
+        "_type": "warcinfo" if parts[0].startswith(b"filedesc:") else "response",
+    }
+
+
+def _read_warc_headers(stream: _Stream) -> tuple[dict[str, str], bool]:
+    """Header lines up to the blank line; False if the input ended first."""
+    lines = []
+    while True:
+        hl = stream.readline()
+        if not hl:
+            return _parse_header_lines(lines), False
+        if not hl.strip():
+            return _parse_header_lines(lines), True
+        lines.append(hl.rstrip(b"\r\n"))
+
+
+def _is_start(line: bytes, arc: bool) -> bool:
+    return line.startswith(b"WARC/") or (arc and _arc_header(line) is not None)
+
+
+def _next_line(stream: _Stream) -> bytes:
+    """The next non-blank line (records are separated by blank lines)."""
+    line = stream.readline()
+    while line and not line.strip():
+        line = stream.readline()
+    return line
+
+
+def parse_stream(stream: _Stream, location: str, *, end: int | None = None, max_records: int | None = None) -> Iterator[Record]:
+    """Yield the records of one decompressed stream; ``end``: stop at records starting at or
+    after this file offset (slices); ``max_records``: stop after that many."""
+    n, arc = 0, False
+    line = _next_line(stream)
+    first = True
+    while True:
+        if not line:
+            if stream.error:  # the input broke between records: count what was lost as one record
+                yield _failure(location, stream.offset_of(stream.tell()), stream.error, stream.error_detail)
+            return
+        offset = stream.offset_of(stream.tell() - len(line))
+        if (end is not None and offset >= end) or (max_records is not None and n >= max_records):
+            return
+        n += 1
+        if line.startswith(b"WARC/"):
+            headers, complete = _read_warc_headers(stream)
+            if not complete:
+                yield _failure(location, offset, stream.error or "truncated_record", "input ends inside the WARC header", headers)
+                return
+            try:
+                length = int(_get(headers, "Content-Length"))
+                if length < 0:
+                    raise ValueError
+            except ValueError:
+                yield _failure(location, offset, "bad_header", f"Content-Length {_get(headers, 'Content-Length')!r}", headers)
+                line, first = _resync(stream, arc), False
+                continue
+            rec = _make_record(location, offset, headers, block := stream.read(length))
+        elif (arc or first) and (h := _arc_header(line)) is not None:
+            arc = True
+            if h["length"] == "invalid":
+                yield _failure(location, offset, "bad_header", f"ARC header {line[:200]!r}")
+                line, first = _resync(stream, arc), False
+                continue
+            length = int(h["length"])
+            rec = _make_record(location, offset, h, block := stream.read(length), arc=True)
+        elif first:
+            yield _failure(location, offset, stream.error or "not_warc", f"input starts with {line[:60]!r}, not a WARC/ARC record")
+            return
+        else:  # unreachable: lines are only handed on when they start a record
+            raise AssertionError(line[:60])
+        first = False
+        if len(block) < length:
+            rec.error = stream.error or "truncated_record"
+            rec.error_detail = f"{len(block)} of {length} bytes before the input ends"
+            yield rec
+            return
+        line = _next_line(stream)
+        if line and not _is_start(line, arc):
+            # The block did not end where Content-Length said: the record is damaged. Skip to
+            # the next record start rather than reading the rest of the block as headers.
+            rec.error, rec.error_detail = "bad_content_length", f"{line[:60]!r} follows the declared {length} bytes"
+            line = _resync(stream, arc)
+        yield rec
+
+
+def _resync(stream: _Stream, arc: bool) -> bytes:
+    """Skip to the next line that starts a record."""
+    while True:
+        line = stream.readline()
+        if not line or _is_start(line, arc):
+            return line
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def iter_file(
+    location: str,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    max_records: int | None = None,
+    http: remote.HttpOptions | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    on_progress: Callable[[int], None] | None = None,
+) -> Iterator[Record]:
+    """Records of one file or URL. ``start``/``end`` read a slice of a gzip file: the records
+    whose member starts in [start, end) (``start`` need not be on a member boundary)."""
+    raw = remote.open_location(location, offset=start, http=http)
+    try:
+        reader: BinaryIO = raw
+        if start > 0:
+            found = _seek_member(raw, start, chunk_size)
+            if found is None or (end is not None and found[0] >= end):
+                return
+            start, reader = found[0], _Prefixed(found[1], raw)
+        if on_progress:
+            reader = _Progress(reader, on_progress)
+        stream = _Stream(reader, base=start, chunk_size=chunk_size)
+        yield from parse_stream(stream, location, end=end, max_records=max_records)
+    finally:
+        raw.close()
+
+
+class _Progress:
+    """Wraps a raw stream to report bytes read (for progress artifacts on long inputs)."""
+
+    def __init__(self, raw: BinaryIO, callback: Callable[[int], None]):
+        self.raw, self.callback, self.n = raw, callback, 0
+
+    def read(self, size: int = -1) -> bytes:
+        b = self.raw.read(size)
+        self.n += len(b)
+        self.callback(self.n)
+        return b
+
+
+def _seek_member(raw: BinaryIO, start: int, chunk_size: int) -> tuple[int, bytes] | None:
+    """Find the first gzip member at or after ``start`` (``raw`` is positioned there) whose
+    content begins with ``WARC/``: return its offset and the bytes already read from it."""
+    window = bytearray()
+    pos = start  # file offset of window[0]
+    while True:
+        chunk = raw.read(chunk_size)
+        window += chunk
+        i = 0
+        while True:
+            i = window.find(GZIP_MAGIC + b"\x08", i)
+            if i < 0 or (len(window) - i < 512 and chunk):
+                break
+            try:
+                head = zlib.decompressobj(31).decompress(bytes(window[i : i + 4096]), 16)
+            except zlib.error:
+                head = b""
+            if head.startswith(b"WARC/"):
+                return pos + i, bytes(window[i:])
+            i += 1
+        if not chunk:
+            return None
+        keep = max(len(window) - 4096, i if i >= 0 else 0)
+        pos += keep
+        del window[:keep]
+
+
+class _Prefixed:
+    """``raw`` with ``prefix`` (bytes already read from it) put back in front."""
+
+    def __init__(self, prefix: bytes, raw: BinaryIO):
+        self.prefix, self.raw = prefix, raw
+
+    def read(self, size: int = -1) -> bytes:
+        if self.prefix:
+            n = len(self.prefix) if size < 0 else size
+            out, self.prefix = self.prefix[:n], self.prefix[n:]
+            return out
+        return self.raw.read(size)
+
+
+def iter_pointers(pointers: Iterable, *, http: remote.HttpOptions | None = None, base_url: str = remote.CC_BASE_URL) -> Iterator[Record]:
+    """Records at ``(file, offset, length)`` pointers (tuples or dicts with filename/offset/length,
+    as the CC index returns them): one Range request (or seek) per record."""
+    for p in pointers:
+        if isinstance(p, dict):
+            file, offset, length = p["filename"], int(p["offset"]), int(p["length"])
+        else:
+            file, offset, length = p[0], int(p[1]), int(p[2])
+        location = remote.resolve_location(file, base_url)
+        raw = remote.open_location(location, offset=offset, length=length, http=http)
+        try:
+            yield from parse_stream(_Stream(raw, base=offset), location, max_records=1)
+        finally:
+            raw.close()
+
+
+def iter_records(source, *, errors: str = "record", http: remote.HttpOptions | None = None, **kwargs) -> Iterator[Record]:
+    """Yield every record of ``source`` (see the module docstring for the accepted forms).
+
+    ``errors="record"`` (default) yields unreadable records with ``error`` set;
+    ``errors="raise"`` raises :class:`WarcFormatError` at the first one.
+    Raises FileNotFoundError for a missing path or a glob that matches nothing (before reading).
+    """
+    if errors not in ("record", "raise"):
+        raise ValueError(f"errors={errors!r}: use 'record' or 'raise'")
+    if isinstance(source, (list, tuple)) and source and not isinstance(source[0], (str, Path)):
+        it = iter_pointers(source, http=http)
+    else:
+        locations = remote.expand_sources(source if isinstance(source, (list, tuple)) else [source], http=http)
+        it = (r for loc in locations for r in iter_file(loc, http=http, **kwargs))
+    for rec in it:
+        if rec.error and errors == "raise":
+            raise WarcFormatError(f"{rec.source}: {rec.error} ({rec.error_detail})")
+        yield rec
+
+
+def count_gzip_members(path: str | Path) -> int:
+    """Number of complete gzip members in a file (an independent record count for CC files)."""
+    data = Path(path).read_bytes()
+    n, pos = 0, 0
+    while pos < len(data):
+        d = zlib.decompressobj(31)
+        d.decompress(data[pos:])
+        if not d.eof:
+            break
+        n += 1
+        pos = len(data) - len(d.unused_data)
+    return n
+
+
+def glob_paths(pattern: str) -> list[str]:
+    return sorted(_glob.glob(pattern, recursive=True))

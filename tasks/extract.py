@@ -1,0 +1,114 @@
+"""Prefect tasks of the extract stage: one archive file (or slice) → one Parquet shard.
+
+Reads: a WARC/WET/ARC file or URL (``shard["location"]``, bytes ``[start, end)``).
+Writes: ``<root>/extract/<fingerprint>/part-NNNNN.parquet`` (+ rejects, + ``.done.json``
+marker) through the stage contract; ``commit_extract`` writes ``_manifest.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import TaskRunContext
+
+from lm.data.ingest import DOC_SCHEMA, ExtractConfig, extract_documents, shard_label
+from lm.data.remote import HttpOptions, RemoteError
+from lm.data.shards import Stage
+from lm.data.warc import iter_file
+
+STAGE = "extract"
+VERSION = "1"  # bump when the code changes what the stage writes
+TASK_RETRIES = 2
+PROGRESS_MIN_BYTES = 64 * 1024 * 1024  # inputs at least this big get a progress artifact
+PROGRESS_EVERY_S = 5.0
+
+
+def extract_stage(root: str | Path, cfg: ExtractConfig, shards: list[dict]) -> Stage:
+    """The stage directory for these shards and settings (same arguments → same fingerprint)."""
+    plan = [{k: s[k] for k in ("location", "start", "end")} for s in shards]
+    return Stage(root, STAGE, version=VERSION, config={**cfg.model_dump(), "shards": plan},
+                 sources=sorted({s["location"] for s in shards}))
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    """Retry network trouble, not missing files or bugs."""
+    try:
+        state.result()
+    except FileNotFoundError:
+        return False
+    except (RemoteError, OSError, TimeoutError):
+        return True
+    except Exception:  # noqa: BLE001 - a bug reruns the same way: do not retry it
+        return False
+    return False
+
+
+def _last_attempt() -> bool:
+    ctx = TaskRunContext.get()
+    return ctx is None or ctx.task_run.run_count > TASK_RETRIES
+
+
+# NO_CACHE: the stage contract (markers, manifest, fingerprint) decides what is already done.
+@task(retries=TASK_RETRIES, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient,
+      task_run_name="extract-{index:05d}", cache_policy=NO_CACHE)
+def extract_shard(root: str, cfg: ExtractConfig, shards: list[dict], index: int, http: HttpOptions | None = None) -> str:
+    """Extract shard ``index``; skip it if its marker exists. Returns the marker path."""
+    log = get_run_logger()
+    stage = extract_stage(root, cfg, shards)
+    if stage.shard_done(index):
+        log.info("shard %d already done: %s", index, stage.marker_path(index))
+        return str(stage.marker_path(index))
+    shard = shards[index]
+    on_progress = _progress_reporter(shard) if (shard["size"] or 0) >= PROGRESS_MIN_BYTES else None
+    with stage.open_shard(index, schema=DOC_SCHEMA, source=shard_label(shard)) as w:
+        records = iter_file(shard["location"], start=shard["start"], end=shard["end"], http=http, on_progress=on_progress)
+        try:
+            for out in extract_documents(records, cfg):
+                w.count_in()
+                if out.status == "kept":
+                    w.write(out.row)
+                elif out.status == "rejected":
+                    w.reject(out.row, out.why)
+                else:
+                    w.fail(out.why, out.row["source"])
+        except FileNotFoundError as e:  # a remote 404: nothing to retry, count the file as lost
+            log.error("%s", e)
+            w.count_in()
+            w.fail("source_not_found", shard["location"])
+        except (RemoteError, OSError) as e:
+            if not _last_attempt():
+                raise  # let Prefect retry the shard from scratch
+            log.error("giving up on %s after %d attempts: %s", shard["location"], TASK_RETRIES + 1, e)
+            w.count_in()
+            w.fail("source_error", shard["location"])
+    # Test hook: slow shards down so a test can kill the flow between two of them.
+    if delay := float(os.environ.get("LMPIPE_TEST_SHARD_DELAY_S", "0")):
+        time.sleep(delay)
+    return str(stage.marker_path(index))
+
+
+def _progress_reporter(shard: dict):
+    """A callback for the reader that keeps a progress artifact (bytes read / slice size)."""
+    total = (shard["end"] or shard["size"]) - shard["start"]
+    artifact_id = create_progress_artifact(0.0, description=f"extract: {shard_label(shard)}")
+    last = [0.0]
+
+    def report(nbytes: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            update_progress_artifact(artifact_id, min(100.0, 100.0 * nbytes / max(total, 1)))
+
+    return report
+
+
+@task(task_run_name="commit-extract", cache_policy=NO_CACHE)
+def commit_extract(root: str, cfg: ExtractConfig, shards: list[dict]) -> str:
+    """Write the stage manifest from the shard markers (refuses if a shard is missing)."""
+    stage = extract_stage(root, cfg, shards)
+    return str(stage.commit(num_shards=len(shards)))
