@@ -18,9 +18,10 @@ Writes: every stage's own directory, and ``<root>/pipeline/<fingerprint>/lineage
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,18 +37,35 @@ VERSION = "1"
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One pipeline stage: which flow, and where its upstream manifests go in its config."""
+    """One pipeline stage: which flow, and how upstream outputs enter its config.
+
+    ``inputs`` maps a (dotted) config field to the upstream stage whose manifest path fills it;
+    ``fixed`` sets fields whenever the stage runs in the pipeline (e.g. clear an alternative
+    input); ``derive`` computes fields from the upstream manifests (e.g. the model's vocab size
+    from the token shards).
+    """
 
     name: str  # key in flows.cli.FLOWS and in PipelineConfig.stages
-    inputs: Mapping[str, str] = field(default_factory=dict)  # config field -> upstream stage name
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    derive: Callable[[Mapping[str, str]], dict[str, Any]] | None = None
     optional: bool = False  # runs only when named in PipelineConfig.optional_stages
     root_field: str | None = "root"  # config field that takes PipelineConfig.root, if the model has it
 
 
-# The order stages run in. A stage's inputs must name stages earlier in the list.
-STAGES: list[StageSpec] = [
+def _vocab_from_tokens(manifests: Mapping[str, str]) -> dict[str, Any]:
+    return {"train.model.vocab_size": int(read_manifest(manifests["tokenize"])["vocab_size"])}
+
+
+# Every stage the pipeline knows, in the order they run; a stage's inputs name earlier stages.
+# Only those whose flow is registered in flows.cli.FLOWS take part (see STAGES).
+ALL_STAGES: list[StageSpec] = [
     StageSpec("data"),
+    StageSpec("tokenizer", inputs={"input": "data"}),
+    StageSpec("tokenize", inputs={"input": "data", "tokenizer": "tokenizer"}),
+    StageSpec("pretrain", inputs={"tokens": "tokenize"}, fixed={"text_file": None}, derive=_vocab_from_tokens),
 ]
+STAGES: list[StageSpec] = [s for s in ALL_STAGES if s.name in FLOWS]
 
 
 def stage_names(stages: list[StageSpec] | None = None) -> list[str]:
@@ -120,29 +138,44 @@ def _is_list_field(model: type[BaseModel], name: str) -> bool:
     return typing.get_origin(ann) in (list, tuple) or any(typing.get_origin(a) in (list, tuple) for a in typing.get_args(ann))
 
 
-def stage_config(spec: StageSpec, config: PipelineConfig, manifests: Mapping[str, str], model: type[BaseModel]) -> BaseModel:
-    """Validate a stage's config: its section of ``config.stages`` + root + upstream manifest paths.
+def _set(d: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for k in parents:
+        d = d.setdefault(k, {})
+    d[last] = value
 
-    With upstream manifests not yet produced (a dry check before any work), input fields hold a
+
+def stage_config(spec: StageSpec, config: PipelineConfig, manifests: Mapping[str, str], model: type[BaseModel]) -> BaseModel:
+    """Validate a stage's config: its section of ``config.stages``, root, fixed and derived
+    fields, upstream manifest paths.
+
+    Before the upstream stages have run (the check before any work), input fields hold a
     placeholder and only errors in the other fields count.
     """
-    data = dict(config.stages.get(spec.name, {}))
+    data = json.loads(json.dumps(config.stages.get(spec.name, {})))  # a deep copy to fill in
     # A misspelt field must not be dropped silently, whatever the stage model's `extra` says.
     unknown = sorted(set(data) - set(model.model_fields))
     if unknown:
         raise ValueError(f"stages.{spec.name}: {model.__name__} has no field(s) {unknown}; its fields are {sorted(model.model_fields)}")
     if spec.root_field and spec.root_field in model.model_fields and spec.root_field not in data:
         data[spec.root_field] = config.root
-    for fld, upstream in spec.inputs.items():
-        if fld not in model.model_fields:
-            raise ValueError(f"stage {spec.name!r}: {model.__name__} has no field {fld!r} for the {upstream} manifest (fix STAGES)")
-        path = manifests.get(upstream, _PLACEHOLDER)
-        data[fld] = [path] if _is_list_field(model, fld) else path
+    for dotted, value in spec.fixed.items():
+        _set(data, dotted, value)
     dry = upstream_missing(spec, manifests)
+    if spec.derive is not None and not dry:
+        for dotted, value in spec.derive(manifests).items():
+            _set(data, dotted, value)
+    for dotted, upstream in spec.inputs.items():
+        top = dotted.split(".")[0]
+        if top not in model.model_fields:
+            raise ValueError(f"stage {spec.name!r}: {model.__name__} has no field {top!r} for the {upstream} manifest (fix STAGES)")
+        path = manifests.get(upstream, _PLACEHOLDER)
+        _set(data, dotted, [path] if "." not in dotted and _is_list_field(model, dotted) else path)
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        errors = [err for err in e.errors() if not (dry and err["loc"] and err["loc"][0] in spec.inputs)]
+        inputs = {d.split(".")[0] for d in spec.inputs}
+        errors = [err for err in e.errors() if not (dry and err["loc"] and err["loc"][0] in inputs)]
         if errors:
             raise ValueError(f"config of stage {spec.name!r} ({model.__name__}) is invalid:\n{e}") from e
         return model.model_construct(**data)
@@ -153,9 +186,10 @@ def upstream_missing(spec: StageSpec, manifests: Mapping[str, str]) -> bool:
 
 
 def result_manifest(name: str, result: Any) -> str:
-    """A stage flow returns its manifest path (str/Path), or a mapping with a ``manifest`` key."""
-    if isinstance(result, Mapping) and "manifest" in result:
-        result = result["manifest"]
+    """A stage flow returns its manifest path, or ``{stage: manifest path}`` in the order its
+    stages ran (the data flow), whose last entry is the stage's output."""
+    if isinstance(result, Mapping) and result:
+        result = list(result.values())[-1]
     if isinstance(result, (str, os.PathLike)):
         return str(read_manifest(result)["_path"])
     raise TypeError(f"stage {name!r} returned {type(result).__name__}; a stage flow must return its manifest path")

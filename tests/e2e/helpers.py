@@ -33,6 +33,6 @@ def api_client(api: str):
 
 
 def data_config(root: Path, reference: Path) -> dict:
-    return {"root": str(root), "sources": [str(reference / DATA_SOURCE)]}
+    return {"root": str(root), "sources": [str(reference / DATA_SOURCE)], "max_workers": 1}
 
 
