@@ -19,6 +19,8 @@ import yaml
 # ``config``, a pydantic model (the same model is the Prefect UI form).
 FLOWS: dict[str, str] = {
     "data": "flows.data:data_flow",
+    "tokenizer": "flows.tokenizer:tokenizer_flow",
+    "tokenize": "flows.tokenize:tokenize_flow",
     "pipeline": "flows.pipeline:pipeline_flow",
 }
 

@@ -490,7 +490,9 @@ def describe(stage_dir: str | os.PathLike, num_samples: int = 3, width: int = 30
     if m.get("config"):
         lines.append(f"config      {json.dumps(m['config'], sort_keys=True)[:width]}")
     shown = 0
-    for table in iter_stage_tables(m):
+    # Sample rows from Parquet shards only (a token stage's shards are raw .bin arrays).
+    parquet_only = {**m, "shards": [s for s in m["shards"] if s["name"].endswith(".parquet")]}
+    for table in iter_stage_tables(parquet_only):
         for row in table.slice(0, num_samples - shown).to_pylist():
             shown += 1
             text = {k: (v[:width] + "…" if isinstance(v, str) and len(v) > width else v) for k, v in row.items()}

@@ -1,0 +1,88 @@
+"""Flow ``tokenize``: turn a corpus stage into token shards for pretraining.
+
+Reads a corpus stage manifest and a tokenizer directory (from the ``tokenizer`` flow);
+writes ``<root>/tokenize/<fingerprint>/train-NNNNN.bin`` and ``val-NNNNN.bin`` per corpus
+shard (one mapped task each): little-endian uint16 ids (uint32 for vocabs over 65,536),
+every document followed by ``<|endoftext|>``, split train/val by a hash of the document.
+The manifest lists each file with its split, tokens, docs, bytes and sha256, plus dtype,
+vocab_size, eot_id and the tokenizer path. Rerunning with the same inputs skips.
+
+    lmpipe run tokenize --config configs/tokenize-demo.yaml --set input=... --set tokenizer=...
+
+    import numpy as np; np.memmap("train-00000.bin", dtype=manifest["dtype"], mode="r")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import BaseModel, Field
+
+from lm.data.shards import MANIFEST_NAME, manifest_dir, read_manifest
+from lm.tokenizer.stages import load_stage_tokenizer, tokenize_stage
+from tasks.artifacts import artifact_key, counts_rows, markdown_table
+from tasks.tokenize import commit_tokenize_task, tokenize_shard_task
+
+
+class TokenizeConfig(BaseModel):
+    """Tokenize a corpus stage into memory-mappable token shards."""
+
+    input: str = Field(description="Corpus stage manifest (or its directory): Parquet shards with a text column")
+    tokenizer: str = Field(description="Tokenizer directory (or its _manifest.json) written by the tokenizer flow or Tokenizer.save")
+    root: str = Field("outputs", description="Artifact root; shards go to <root>/tokenize/<fingerprint>/")
+    val_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Fraction of documents (by hash of id or text) written to val-*.bin")
+    text_field: str = Field("text", min_length=1, description="Column of the corpus shards that holds the document text")
+    num_threads: int = Field(2, ge=1, le=64, description="tiktoken encoding threads per shard task")
+
+
+def tokenize_markdown(manifest_path: str | Path) -> str:
+    m = read_manifest(manifest_path)
+    d = manifest_dir(m)
+    md = [
+        f"# tokenize\nFingerprint `{m['fingerprint']}` · directory `{d}` · dtype `{m['dtype']}` · vocab {m['vocab_size']} · eot {m['eot_id']}",
+        f"Tokenizer: `{m['tokenizer']}`",
+        "",
+        markdown_table(counts_rows(m)),
+        "## Shards",
+        markdown_table([{k: s[k] for k in ("name", "split", "docs", "tokens", "bytes")} for s in m["shards"]]),
+    ]
+    train = [s for s in m["shards"] if s["split"] == "train"]
+    if train:
+        from lm.tokenizer import Tokenizer
+
+        ids = np.memmap(d / train[0]["name"], dtype=m["dtype"], mode="r")[:200]
+        text = Tokenizer.load(m["tokenizer"]).decode(ids.tolist())
+        md += ["## First tokens of " + train[0]["name"], "> " + text.replace("\n", "\n> ")]
+    return "\n".join(md)
+
+
+def _tokenizer_dir(path: str) -> str:
+    p = Path(path)
+    return str(p.parent if p.name == MANIFEST_NAME else p)
+
+
+@flow(name="tokenize", log_prints=True)
+def tokenize_flow(config: TokenizeConfig) -> str:
+    """Tokenize every corpus shard (in parallel); returns the token stage's manifest path."""
+    corpus = read_manifest(config.input)  # bad inputs fail before any work
+    tok_dir = _tokenizer_dir(config.tokenizer)
+    load_stage_tokenizer(tok_dir)
+    manifest_path = corpus["_path"]
+    stage = tokenize_stage(config.root, manifest_path, tok_dir, val_fraction=config.val_fraction, text_field=config.text_field)
+    if not stage.is_complete():
+        n = len(corpus["shards"])
+        futures = tokenize_shard_task.map(
+            unmapped(config.root), unmapped(manifest_path), unmapped(tok_dir), list(range(n)),
+            unmapped(config.val_fraction), unmapped(config.text_field), unmapped(config.num_threads),
+        )
+        futures.result()  # raises if a shard failed (after its retries)
+        commit_tokenize_task(config.root, manifest_path, tok_dir, n, config.val_fraction, config.text_field)
+    path = str(stage.manifest_path)
+    m = read_manifest(path)
+    create_table_artifact(table=counts_rows(m), key=artifact_key("tokenize", "counts"), description="tokenize: documents in / kept / rejected / failed, tokens")
+    create_markdown_artifact(markdown=tokenize_markdown(path), key=artifact_key("tokenize", "summary"), description="tokenize: shards and a decoded sample")
+    print(f"tokenize: {stage.path} ({m['counts']['tokens_train']:,} train / {m['counts']['tokens_val']:,} val tokens)")
+    return path
