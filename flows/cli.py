@@ -21,6 +21,7 @@ FLOWS: dict[str, str] = {
     "data": "flows.data:data_flow",
     "tokenizer": "flows.tokenizer:tokenizer_flow",
     "tokenize": "flows.tokenize:tokenize_flow",
+    "pretrain": "flows.pretrain:pretrain_flow",
     "pipeline": "flows.pipeline:pipeline_flow",
 }
 
@@ -103,6 +104,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from lm.model.generate import generate_from_checkpoint
+
+    print(generate_from_checkpoint(args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens,
+                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lmpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-url", help="Prefect API (default: $PREFECT_API_URL, else http://127.0.0.1:4200/api)")
     p.add_argument("--name", action="append", help="only this deployment, e.g. data (repeatable; default: every one whose flow is in this checkout)")
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("generate", help="sample text from a checkpoint (or a pretrain stage directory)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or outputs/pretrain/<fingerprint>")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
 
     args = parser.parse_args(argv)
     return args.func(args)
