@@ -41,20 +41,20 @@ class StageSpec:
 
     ``inputs`` maps a (dotted) config field to the upstream stage whose manifest path fills it;
     ``fixed`` sets fields whenever the stage runs in the pipeline (e.g. clear an alternative
-    input); ``derive`` computes fields from the upstream manifests (e.g. the model's vocab size
-    from the token shards).
+    input); ``derive`` maps a dotted field to a function of the upstream manifests that
+    computes it (e.g. the model's vocab size from the token shards).
     """
 
     name: str  # key in flows.cli.FLOWS and in PipelineConfig.stages
     inputs: Mapping[str, str] = field(default_factory=dict)
     fixed: Mapping[str, Any] = field(default_factory=dict)
-    derive: Callable[[Mapping[str, str]], dict[str, Any]] | None = None
+    derive: Mapping[str, Callable[[Mapping[str, str]], Any]] = field(default_factory=dict)
     optional: bool = False  # runs only when named in PipelineConfig.optional_stages
     root_field: str | None = "root"  # config field that takes PipelineConfig.root, if the model has it
 
 
-def _vocab_from_tokens(manifests: Mapping[str, str]) -> dict[str, Any]:
-    return {"train.model.vocab_size": int(read_manifest(manifests["tokenize"])["vocab_size"])}
+def _vocab_from_tokens(manifests: Mapping[str, str]) -> int:
+    return int(read_manifest(manifests["tokenize"])["vocab_size"])
 
 
 # Every stage the pipeline knows, in the order they run; a stage's inputs name earlier stages.
@@ -63,7 +63,8 @@ ALL_STAGES: list[StageSpec] = [
     StageSpec("data"),
     StageSpec("tokenizer", inputs={"input": "data"}),
     StageSpec("tokenize", inputs={"input": "data", "tokenizer": "tokenizer"}),
-    StageSpec("pretrain", inputs={"tokens": "tokenize"}, fixed={"text_file": None}, derive=_vocab_from_tokens),
+    StageSpec("pretrain", inputs={"tokens": "tokenize"}, fixed={"text_file": None},
+              derive={"train.model.vocab_size": _vocab_from_tokens}),
 ]
 STAGES: list[StageSpec] = [s for s in ALL_STAGES if s.name in FLOWS]
 
@@ -162,9 +163,9 @@ def stage_config(spec: StageSpec, config: PipelineConfig, manifests: Mapping[str
     for dotted, value in spec.fixed.items():
         _set(data, dotted, value)
     dry = upstream_missing(spec, manifests)
-    if spec.derive is not None and not dry:
-        for dotted, value in spec.derive(manifests).items():
-            _set(data, dotted, value)
+    if not dry:
+        for dotted, fn in spec.derive.items():
+            _set(data, dotted, fn(manifests))
     for dotted, upstream in spec.inputs.items():
         top = dotted.split(".")[0]
         if top not in model.model_fields:
@@ -174,8 +175,9 @@ def stage_config(spec: StageSpec, config: PipelineConfig, manifests: Mapping[str
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        inputs = {d.split(".")[0] for d in spec.inputs}
-        errors = [err for err in e.errors() if not (dry and err["loc"] and err["loc"][0] in inputs)]
+        # Before upstream stages ran, their outputs (and what derives from them) are unknown.
+        filled_later = [tuple(d.split(".")) for d in (*spec.inputs, *spec.derive)]
+        errors = [err for err in e.errors() if not (dry and any(tuple(err["loc"][: len(f)]) == f for f in filled_later))]
         if errors:
             raise ValueError(f"config of stage {spec.name!r} ({model.__name__}) is invalid:\n{e}") from e
         return model.model_construct(**data)
@@ -289,7 +291,9 @@ def write_lineage(root: str, final: Mapping[str, str], started_at: str) -> tuple
     fp = fingerprint("pipeline", VERSION, {}, [r["fingerprint"] for r in rows])
     out = Path(root) / "pipeline" / fp
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "lineage.json", {"stages": final, "lineage": rows, "started_at": started_at})
+    # A list, not a mapping: the JSON is written with sorted keys and the run order matters.
+    stages = [{"stage": name, "manifest": path} for name, path in final.items()]
+    atomic_write_json(out / "lineage.json", {"stages": stages, "lineage": rows, "started_at": started_at})
     png = lineage_plot(rows, out / "lineage.png")
     return out, rows, png
 

@@ -99,6 +99,6 @@ def deployed(local_prefect) -> str:
 def pipeline_run(local_prefect, deployed, reference, tmp_path_factory):
     """The `pipeline` deployment run once (data stage on the tiny input), for the UI tests."""
     root = tmp_path_factory.mktemp("pipeline-outputs")
-    params = {"config": {"root": str(root), "stages": {"data": data_config(root, reference)}}}
+    params = {"config": {"root": str(root), "stages": {"data": data_config(root, reference)}, "stop_after": "data"}}
     run = run_by_name(local_prefect.api, "pipeline/pipeline", params)
     return run, root

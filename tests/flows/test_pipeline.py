@@ -12,7 +12,19 @@ from tests.e2e.helpers import data_config
 
 
 def smallest(root, reference, **kw) -> PipelineConfig:
-    return PipelineConfig(root=str(root), stages={"data": data_config(root, reference)}, **kw)
+    """Every stage at its smallest: 46 crawl documents, 300 tokens, a 1-layer model, 4 steps."""
+    stages = {
+        "data": {"sources": [str(reference / "commoncrawl" / "*.warc.gz")], "max_workers": 1},
+        "tokenizer": {"vocab_size": 300},
+        "tokenize": {"val_fraction": 0.2, "num_threads": 1},
+        "pretrain": {
+            "retries": 0, "timeout_s": 300, "sample_prompts": ["The "], "sample_tokens": 4,
+            "train": {"model": {"context_length": 16, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64},
+                      "batch_size": 4, "max_steps": 4, "eval_interval": 2, "eval_batches": 1,
+                      "checkpoint_interval": 4, "log_interval": 1, "device": "cpu"},
+        },
+    }
+    return PipelineConfig(root=str(root), stages=stages, **kw)
 
 
 def artifact(key: str):
@@ -29,20 +41,36 @@ def test_pipeline_runs_stages_and_reuses_them_by_fingerprint(prefect_harness, re
     out = pipeline_flow(config=cfg)
     first = json.loads(open(out).read())
     rows = first["lineage"]
-    assert set(first["stages"]) == {"data"}
-    final = read_manifest(first["stages"]["data"])
-    # The lineage ends with the data stage's output and walks back through its inputs.
-    assert rows[-1]["fingerprint"] == final["fingerprint"] and rows[-1]["stage"] == final["stage"]
+    ran = {s["stage"]: s["manifest"] for s in first["stages"]}
+    assert list(ran) == ["data", "tokenizer", "tokenize", "pretrain"]
+    final = {name: read_manifest(p) for name, p in ran.items()}
+    # Each stage read the manifest of the one before: the lineage is the chain.
+    assert final["tokenize"]["vocab_size"] == 300
+    assert [i["fingerprint"] for i in final["tokenizer"]["inputs"]] == [final["data"]["fingerprint"]]
+    assert {i["fingerprint"] for i in final["pretrain"]["inputs"]} >= {final["tokenize"]["fingerprint"]}
+    assert [r["stage"] for r in rows] == ["extract", "tokenizer", "tokenize", "pretrain"]
+    assert [r["fingerprint"] for r in rows] == [final[s]["fingerprint"] for s in ("data", "tokenizer", "tokenize", "pretrain")]
     assert {r["status"] for r in rows} == {"ran"}
+    assert rows[0]["in"] == 88 and rows[0]["kept"] == 46  # the reference WARCs: 46 HTML pages
     assert all(r["directory"].startswith(str(tmp_path)) for r in rows)
-    assert (tmp_path / "pipeline").is_dir() and list((tmp_path / "pipeline").glob("*/lineage.png"))
+    assert list((tmp_path / "pipeline").glob("*/lineage.png"))
     md = artifact("pipeline-summary").data
-    assert final["fingerprint"] in md and "data:image/png;base64," in md
+    assert all(r["fingerprint"] in md for r in rows) and "data:image/png;base64," in md
 
     # Same config again: every stage finds its manifest, nothing is recomputed.
     again = json.loads(open(pipeline_flow(config=cfg)).read())
     assert [r["fingerprint"] for r in again["lineage"]] == [r["fingerprint"] for r in rows]
     assert {r["status"] for r in again["lineage"]} == {"reused"}
+
+    # Start from tokenize with the upstream manifests given: only tokenize and pretrain run,
+    # on the same inputs, so they too are reused; a changed pretrain config re-runs pretrain only.
+    late = smallest(tmp_path, reference, start_from="tokenize",
+                    manifests={"data": ran["data"], "tokenizer": ran["tokenizer"]})
+    late.stages["pretrain"]["train"]["max_steps"] = 5
+    third = json.loads(open(pipeline_flow(config=late)).read())
+    assert [s["stage"] for s in third["stages"]] == ["tokenize", "pretrain"]
+    status = {r["stage"]: r["status"] for r in third["lineage"]}
+    assert status == {"extract": "reused", "tokenizer": "reused", "tokenize": "reused", "pretrain": "ran"}
 
 
 def test_bad_stage_config_fails_before_any_work(prefect_harness, reference, tmp_path):
