@@ -301,7 +301,12 @@ def write_lineage(root: str, final: Mapping[str, str], started_at: str) -> tuple
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(config: PipelineConfig) -> str:
     """Run the stages in order as subflows, passing manifest paths; publish the lineage."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.artifacts import (
+        create_markdown_artifact,
+        create_progress_artifact,
+        create_table_artifact,
+        update_progress_artifact,
+    )
 
     log = get_run_logger()
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -314,15 +319,17 @@ def pipeline_flow(config: PipelineConfig) -> str:
 
     manifests = {k: str(read_manifest(v)["_path"]) for k, v in config.manifests.items()}
     produced: dict[str, str] = {}
-    for s in todo:
+    progress = create_progress_artifact(0.0, key="pipeline-progress", description=f"stages finished of {[s.name for s in todo]}")
+    for i, s in enumerate(todo, 1):
         cfg = stage_config(s, config, manifests, models[s.name])
         log.info("stage %s: %s", s.name, FLOWS[s.name])
         manifests[s.name] = produced[s.name] = result_manifest(s.name, load_flow(s.name)(config=cfg))
         log.info("stage %s -> %s", s.name, manifests[s.name])
+        update_progress_artifact(progress, 100.0 * i / len(todo))
 
     out, rows, png = write_lineage(config.root, produced, started_at)
     create_table_artifact(
-        table=[{k: v for k, v in r.items()} for r in rows],
+        table=rows,
         key="pipeline-lineage",
         description="Every stage output this run used: fingerprint, counts, directory",
     )
