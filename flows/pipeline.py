@@ -65,6 +65,12 @@ ALL_STAGES: list[StageSpec] = [
     StageSpec("tokenize", inputs={"input": "data", "tokenizer": "tokenizer"}),
     StageSpec("pretrain", inputs={"tokens": "tokenize"}, fixed={"text_file": None},
               derive={"train.model.vocab_size": _vocab_from_tokens}),
+    # A side branch: fits scaling laws on the same token shards; nothing downstream reads it.
+    StageSpec("scaling", inputs={"corpus": "tokenize"}, fixed={"text": None}, optional=True),
+    StageSpec("sft", inputs={"model_manifest": "pretrain"}),
+    StageSpec("dpo", inputs={"model_manifest": "sft"}),
+    StageSpec("grpo", inputs={"model_manifest": "dpo"}),
+    StageSpec("evaluate", inputs={"model_manifest": "grpo"}),
 ]
 STAGES: list[StageSpec] = [s for s in ALL_STAGES if s.name in FLOWS]
 
@@ -188,9 +194,11 @@ def upstream_missing(spec: StageSpec, manifests: Mapping[str, str]) -> bool:
 
 
 def result_manifest(name: str, result: Any) -> str:
-    """A stage flow returns its manifest path, or ``{stage: manifest path}`` in the order its
-    stages ran (the data flow), whose last entry is the stage's output."""
-    if isinstance(result, Mapping) and result:
+    """A stage flow returns its manifest path, a mapping with a ``manifest`` key, or
+    ``{stage: manifest path}`` in the order its stages ran (the data flow: the last is its output)."""
+    if isinstance(result, Mapping) and "manifest" in result:  # e.g. scaling: {"manifest": …, "runs": …}
+        result = result["manifest"]
+    elif isinstance(result, Mapping) and result:
         result = list(result.values())[-1]
     if isinstance(result, (str, os.PathLike)):
         return str(read_manifest(result)["_path"])
