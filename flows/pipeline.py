@@ -97,6 +97,12 @@ class PipelineConfig(BaseModel):
         description="Manifest path (or stage directory) of stages that already ran, by stage name; needed for stages before start_from.",
     )
     optional_stages: list[str] = Field(default_factory=list, description="Optional stages to run too (e.g. scaling).")
+    use_deployments: bool = Field(
+        False,
+        description="Run each stage through its deployment (on that deployment's work pool: data stages on cpu, "
+        "training on gpu) instead of in this process. Needs `lmpipe deploy`, workers that share `root`, and "
+        "persisted results (lmpipe server sets PREFECT_RESULTS_PERSIST_BY_DEFAULT for its workers).",
+    )
 
     @model_validator(mode="after")
     def _known_stages(self) -> PipelineConfig:
@@ -203,6 +209,24 @@ def result_manifest(name: str, result: Any) -> str:
     if isinstance(result, (str, os.PathLike)):
         return str(read_manifest(result)["_path"])
     raise TypeError(f"stage {name!r} returned {type(result).__name__}; a stage flow must return its manifest path")
+
+
+def run_stage_deployment(name: str, cfg: BaseModel) -> Any:
+    """Run a stage as its deployment ``<flow name>/<stage name>`` (deployments/prefect.yaml),
+    linked to this run as a subflow; wait for it and return its (persisted) result."""
+    from prefect.deployments import run_deployment
+
+    flow_name = load_flow(name).name
+    run = run_deployment(name=f"{flow_name}/{name}", parameters={"config": cfg.model_dump(mode="json")}, as_subflow=True)
+    if run.state is None or not run.state.is_completed():
+        raise RuntimeError(f"stage {name!r} (deployment {flow_name}/{name}, flow run {run.id}) ended {run.state}; see its logs in the UI")
+    try:
+        return run.state.result()
+    except Exception as e:  # MissingResult and storage errors: say what to configure
+        raise RuntimeError(
+            f"stage {name!r} finished but its result (the manifest path) is not readable here ({e}); workers must run "
+            "with PREFECT_RESULTS_PERSIST_BY_DEFAULT=true and a PREFECT_LOCAL_STORAGE_PATH this worker can read"
+        ) from e
 
 
 # --------------------------------------------------------------------------- lineage
@@ -331,7 +355,11 @@ def pipeline_flow(config: PipelineConfig) -> str:
     for i, s in enumerate(todo, 1):
         cfg = stage_config(s, config, manifests, models[s.name])
         log.info("stage %s: %s", s.name, FLOWS[s.name])
-        manifests[s.name] = produced[s.name] = result_manifest(s.name, load_flow(s.name)(config=cfg))
+        if config.use_deployments:
+            result = run_stage_deployment(s.name, cfg)
+        else:
+            result = load_flow(s.name)(config=cfg)
+        manifests[s.name] = produced[s.name] = result_manifest(s.name, result)
         log.info("stage %s -> %s", s.name, manifests[s.name])
         update_progress_artifact(progress, 100.0 * i / len(todo))
 

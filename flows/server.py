@@ -177,7 +177,9 @@ class LocalPrefect:
             _api_request(f"{self.api}/work_pools/", body)
 
     def start_workers(self) -> None:
-        env = child_env(self.api, self.env)
+        # Flow results persisted (to $PREFECT_HOME/storage), so a pipeline running stages
+        # through their deployments can read each stage's returned manifest path.
+        env = child_env(self.api, {"PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", **self.env})
         for name in self.pools:
             self._spawn(f"worker-{name}", prefect_cmd("worker", "start", "--pool", name, "--name", f"lmpipe-{name}"), env)
 

@@ -97,8 +97,9 @@ def deployed(local_prefect) -> str:
 
 @pytest.fixture(scope="session")
 def pipeline_run(local_prefect, deployed, reference, tmp_path_factory):
-    """The `pipeline` deployment run once (data stage on the tiny input), for the UI tests."""
+    """The `pipeline` deployment run once on the gpu pool, its data stage through the `data`
+    deployment on the cpu pool (tiny input), for the UI tests."""
     root = tmp_path_factory.mktemp("pipeline-outputs")
-    params = {"config": {"root": str(root), "stages": {"data": data_config(root, reference)}, "stop_after": "data"}}
+    params = {"config": {"root": str(root), "stages": {"data": data_config(root, reference)}, "stop_after": "data", "use_deployments": True}}
     run = run_by_name(local_prefect.api, "pipeline/pipeline", params)
     return run, root

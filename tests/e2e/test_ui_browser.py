@@ -110,6 +110,12 @@ def test_pipeline_run_and_stage_artifacts_are_visible(browser, local_prefect, pi
         what="a subflow run link",
     )[0]
     sub_id = link.get_attribute("href").rstrip("/").rsplit("/", 1)[1]
+    # The pipeline ran on the gpu pool and its data stage, through the `data` deployment, on cpu.
+    from tests.e2e.helpers import api_client
+
+    with api_client(local_prefect.api) as client:
+        pools = (client.read_flow_run(run.id).work_pool_name, client.read_flow_run(sub_id).work_pool_name)
+    assert pools == ("gpu", "cpu"), pools
     stage_cards = open_artifacts_tab(browser, ui, sub_id)
     counts = sorted(k for k in stage_cards if k.endswith("-counts"))
     summaries = sorted(k for k in stage_cards if k.endswith("-summary"))
