@@ -84,7 +84,8 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    root: str = Field("outputs", description="Directory every stage writes under (<root>/<stage>/<fingerprint>/).")
+    # Descriptions are markdown in the UI: no angle brackets (`<root>` renders as an HTML tag).
+    root: str = Field("outputs", description="Directory every stage writes under, as `root/stage/fingerprint/`.")
     stages: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Config of each stage by stage name: fields of that stage's config model (see configs/). "
