@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from flows.server import REPO, api_url, child_env, deploy
-from tests.e2e.helpers import data_config, free_port, run_by_name
+from tests.e2e.helpers import free_port
 
 
 @dataclass
@@ -93,13 +93,3 @@ def local_prefect(tmp_path_factory) -> Server:
 def deployed(local_prefect) -> str:
     """Register the deployments of deployments/prefect.yaml; returns `prefect deploy`'s output."""
     return deploy(local_prefect.api)
-
-
-@pytest.fixture(scope="session")
-def pipeline_run(local_prefect, deployed, reference, tmp_path_factory):
-    """The `pipeline` deployment run once on the gpu pool, its data stage through the `data`
-    deployment on the cpu pool (tiny input), for the UI tests."""
-    root = tmp_path_factory.mktemp("pipeline-outputs")
-    params = {"config": {"root": str(root), "stages": {"data": data_config(root, reference)}, "stop_after": "data", "use_deployments": True}}
-    run = run_by_name(local_prefect.api, "pipeline/pipeline", params)
-    return run, root

@@ -76,10 +76,69 @@ def shown_images(driver) -> list[dict]:
     )
 
 
-def test_pipeline_run_and_stage_artifacts_are_visible(browser, local_prefect, pipeline_run, tmp_path):
+def submit_run_form(driver, ui: str, deployment_id, parameters: dict) -> None:
+    """Open a deployment's Run form prefilled with ``parameters`` and press Submit."""
+    import json
+    import urllib.parse
+
     from selenium.webdriver.common.by import By
 
-    run, root = pipeline_run
+    driver.get(f"{ui}/deployments/deployment/{deployment_id}/run?parameters={urllib.parse.quote(json.dumps(parameters))}")
+    button = wait_for(driver, lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button[type=submit]") if b.text.strip() == "Submit"],
+                      what="the form's Submit button")[0]
+    driver.execute_script("arguments[0].scrollIntoView()", button)
+    button.click()
+
+
+@pytest.fixture(scope="module")
+def ui_pipeline_run(browser, local_prefect, deployed, reference, tmp_path_factory):
+    """A `pipeline` run started from the UI's Run form (as a person would), waited for.
+
+    The pipeline runs on the gpu pool and its data stage through the `data` deployment on
+    the cpu pool (use_deployments), on a tiny input.
+    """
+    from selenium.webdriver.common.by import By
+
+    from tests.e2e.helpers import api_client, data_config
+
+    root = tmp_path_factory.mktemp("pipeline-outputs")
+    shots = tmp_path_factory.mktemp("screenshots")
+    params = {"config": {"root": str(root), "stages": {"data": data_config(root, reference)}, "stop_after": "data", "use_deployments": True}}
+    with api_client(local_prefect.api) as client:
+        dep = client.read_deployment_by_name("pipeline/pipeline")
+
+    def ours():
+        with api_client(local_prefect.api) as client:
+            runs = client.read_flow_runs(limit=50)
+        return [r for r in runs if r.deployment_id == dep.id and r.parameters.get("config", {}).get("root") == str(root)]
+
+    submit_run_form(browser, local_prefect.ui, dep.id, params)
+    # The form documents itself: PipelineConfig's field descriptions are on the page.
+    page = browser.find_element(By.TAG_NAME, "body").text
+    assert "First stage to run" in page and "Run each stage through its deployment" in page
+    browser.save_screenshot(str(shots / "0-run-form.png"))
+    # Submitting creates the run and leaves the form; on a busy machine the UI's first
+    # request can fail (SQLite locked), so press Submit once more if no run appeared.
+    try:
+        wait_for(browser, lambda d: ours(), timeout=30, what="the run created by Submit")
+    except AssertionError:
+        submit_run_form(browser, local_prefect.ui, dep.id, params)
+        wait_for(browser, lambda d: ours(), timeout=30, what="the run created by a second Submit")
+    run_id = ours()[0].id
+
+    def finished(_):
+        with api_client(local_prefect.api) as client:
+            r = client.read_flow_run(run_id)
+        return r if r.state is not None and r.state.is_final() else None
+
+    run = wait_for(browser, finished, timeout=240, what="the pipeline run to finish")
+    return run, root, shots
+
+
+def test_run_started_from_the_ui_shows_its_stages_artifacts(browser, local_prefect, ui_pipeline_run):
+    from selenium.webdriver.common.by import By
+
+    run, root, tmp_path = ui_pipeline_run
     assert run.state.is_completed(), f"pipeline run ended {run.state}; see {local_prefect.log_dir}"
     ui = local_prefect.ui
 
