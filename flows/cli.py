@@ -19,6 +19,8 @@ import yaml
 # ``config``, a pydantic model (the same model is the Prefect UI form).
 FLOWS: dict[str, str] = {
     "data": "flows.data:data_flow",
+    "filters": "flows.funnel:filters_flow",
+    "train-quality-classifier": "flows.classifiers:train_classifier_flow",
     "tokenizer": "flows.tokenizer:tokenizer_flow",
     "tokenize": "flows.tokenize:tokenize_flow",
     "pretrain": "flows.pretrain:pretrain_flow",

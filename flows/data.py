@@ -1,4 +1,4 @@
-"""The ``data`` flow: web archives → extracted text (→ filters, dedup: added by later issues).
+"""The ``data`` flow: web archives → extracted text → filtering funnel → final corpus.
 
     lmpipe run data --config configs/data-demo.yaml
     lmpipe run data --set 'sources=["crawl/*.warc.gz"]' --set root=outputs
@@ -8,6 +8,10 @@ one Prefect task per file (or per ``extract.slice_bytes`` slice of a big local g
 and writes ``<root>/extract/<fingerprint>/`` (Parquet: id, url, source, text, …). Every record
 ends kept, rejected with a reason or failed with a kind; the manifest holds the counts.
 A stage whose manifest exists is skipped; a rerun after a crash redoes only missing shards.
+
+Then the funnel (``flows/funnel.py``, config ``filters``): langid → PII → rules → quality →
+harmful → exact line dedup → MinHash, each stage its own directory; ``filters: null`` stops
+after extract.
 """
 
 from __future__ import annotations
@@ -18,17 +22,20 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lm.data.ingest import ExtractConfig, plan_shards
 from lm.data.remote import CC_BASE_URL, HttpOptions, expand_sources
 from lm.data.shards import read_manifest
+from flows.funnel_config import FunnelConfig
 from tasks.artifacts import artifact_key, markdown_table, publish_stage
-from tasks.extract import commit_extract, extract_shard, extract_stage
+from tasks.extract import commit_extract, extract_shard, extract_stage, plan_digest
 
 
 class HttpConfig(BaseModel):
     """How remote sources are fetched (does not change the output, so not fingerprinted)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key fails, naming it
 
     retries: int = Field(default=5, ge=0, description="attempts after the first per request (5xx, resets, timeouts)")
     backoff_s: float = Field(default=0.5, gt=0, description="first wait between attempts; doubles each time")
@@ -42,6 +49,8 @@ class HttpConfig(BaseModel):
 class DataConfig(BaseModel):
     """Configuration of the data flow (the Prefect UI shows it as the run form)."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt key fails, naming it
+
     sources: list[str] = Field(
         min_length=1,
         description="inputs: WARC/WET/ARC paths, globs, directories, http(s) URLs, or "
@@ -52,9 +61,10 @@ class DataConfig(BaseModel):
     http: HttpConfig = Field(default_factory=HttpConfig, description="remote fetching: retries, backoff, timeouts")
     max_workers: int = Field(default=4, ge=1, le=256, description="shards processed at once (threads)")
     num_samples: int = Field(default=3, ge=0, le=50, description="sample documents shown in each stage's summary artifact")
-    # Later stages plug in here as nested configs, e.g. (filters helper, flows/funnel.py):
-    #     filters: FunnelConfig | None = Field(default=None, description="quality/language/PII funnel")
-    # The flow runs a stage only when its config is set, reading the previous stage's manifest.
+    filters: FunnelConfig | None = Field(
+        default_factory=FunnelConfig,
+        description="filtering funnel after extract (langid, PII, rules, quality, harmful, exact and MinHash dedup); null = stop after extract",
+    )
 
     @field_validator("sources")
     @classmethod
@@ -76,27 +86,33 @@ def data_flow(config: DataConfig) -> dict[str, str]:
     locations = config.locations()  # fails here, before any work, on a missing path
     shards = plan_shards(locations, config.extract.slice_bytes)
     root = str(Path(config.root).resolve())
-    stage = extract_stage(root, config.extract, shards)
+    plan = plan_digest(shards)
+    stage = extract_stage(root, config.extract, plan)
     if stage.is_complete():
         log.info("extract: complete at %s (same inputs and config): skipped", stage.path)
     else:
         log.info("extract: %d source(s) → %d shard(s) → %s", len(locations), len(shards), stage.path)
-        _run_shards(config, root, shards)
+        _run_shards(config, root, plan, shards)
         commit_extract(root, config.extract, shards)
     manifest = str(stage.manifest_path)
     publish_stage(manifest, samples=config.num_samples, extra_md=_per_source_md(manifest))
     log.info("extract: %s", _counts_line(read_manifest(manifest)))
-    return {"extract": manifest}
+    stages = {"extract": manifest}
+    if config.filters is not None:
+        from flows.funnel import run_funnel
+
+        stages.update(run_funnel(manifest, root, config.filters))
+    return stages
 
 
-def _run_shards(config: DataConfig, root: str, shards: list[dict]) -> None:
+def _run_shards(config: DataConfig, root: str, plan: str, shards: list[dict]) -> None:
     """Map extract_shard over the shards on a thread pool; a progress artifact tracks them."""
     progress = create_progress_artifact(0.0, key=artifact_key("extract", "progress"), description="extract: shards finished")
     http = config.http.options()
     with ThreadPoolTaskRunner(max_workers=config.max_workers) as runner:
         futures = [
-            runner.submit(extract_shard, {"root": root, "cfg": config.extract, "shards": shards, "index": i, "http": http})
-            for i in range(len(shards))
+            runner.submit(extract_shard, {"root": root, "cfg": config.extract, "plan": plan, "index": i, "shard": shard, "http": http})
+            for i, shard in enumerate(shards)
         ]
         for done, fut in enumerate(as_completed(futures), 1):
             fut.result()  # a shard that failed after its retries fails the flow; a rerun resumes

@@ -7,6 +7,8 @@ marker) through the stage contract; ``commit_extract`` writes ``_manifest.json``
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -16,9 +18,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 
-from lm.data.ingest import DOC_SCHEMA, ExtractConfig, extract_documents, shard_label
+from lm.data.ingest import DOC_SCHEMA, ExtractConfig, extract_documents, max_block_bytes, shard_label
 from lm.data.remote import HttpOptions, RemoteError
-from lm.data.shards import Stage
+from lm.data.shards import Stage, source_fingerprint
 from lm.data.warc import iter_file
 
 STAGE = "extract"
@@ -28,11 +30,16 @@ PROGRESS_MIN_BYTES = 64 * 1024 * 1024  # inputs at least this big get a progress
 PROGRESS_EVERY_S = 5.0
 
 
-def extract_stage(root: str | Path, cfg: ExtractConfig, shards: list[dict]) -> Stage:
-    """The stage directory for these shards and settings (same arguments → same fingerprint)."""
-    plan = [{k: s[k] for k in ("location", "start", "end")} for s in shards]
-    return Stage(root, STAGE, version=VERSION, config={**cfg.model_dump(), "shards": plan},
-                 sources=sorted({s["location"] for s in shards}))
+def plan_digest(shards: list[dict]) -> str:
+    """Identity of a shard plan: each shard's location and byte range, and each input's
+    identity (local files by size and mtime). Tasks get this short digest, not the plan."""
+    plan = [[s["location"], s["start"], s["end"], source_fingerprint(s["location"])] for s in shards]
+    return hashlib.sha256(json.dumps(plan, separators=(",", ":")).encode()).hexdigest()
+
+
+def extract_stage(root: str | Path, cfg: ExtractConfig, plan: str) -> Stage:
+    """The stage directory for a plan digest and settings (same arguments → same fingerprint)."""
+    return Stage(root, STAGE, version=VERSION, config={**cfg.model_dump(), "plan": plan})
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -56,17 +63,18 @@ def _last_attempt() -> bool:
 # NO_CACHE: the stage contract (markers, manifest, fingerprint) decides what is already done.
 @task(retries=TASK_RETRIES, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient,
       task_run_name="extract-{index:05d}", cache_policy=NO_CACHE)
-def extract_shard(root: str, cfg: ExtractConfig, shards: list[dict], index: int, http: HttpOptions | None = None) -> str:
-    """Extract shard ``index``; skip it if its marker exists. Returns the marker path."""
+def extract_shard(root: str, cfg: ExtractConfig, plan: str, index: int, shard: dict, http: HttpOptions | None = None) -> str:
+    """Extract ``shard`` (number ``index`` of the plan with digest ``plan``); skip it if its
+    marker exists. Returns the marker path."""
     log = get_run_logger()
-    stage = extract_stage(root, cfg, shards)
+    stage = extract_stage(root, cfg, plan)
     if stage.shard_done(index):
         log.info("shard %d already done: %s", index, stage.marker_path(index))
         return str(stage.marker_path(index))
-    shard = shards[index]
     on_progress = _progress_reporter(shard) if (shard["size"] or 0) >= PROGRESS_MIN_BYTES else None
     with stage.open_shard(index, schema=DOC_SCHEMA, source=shard_label(shard)) as w:
-        records = iter_file(shard["location"], start=shard["start"], end=shard["end"], http=http, on_progress=on_progress)
+        records = iter_file(shard["location"], start=shard["start"], end=shard["end"], http=http,
+                            max_block_bytes=max_block_bytes(cfg), on_progress=on_progress)
         try:
             for out in extract_documents(records, cfg):
                 w.count_in()
@@ -110,5 +118,6 @@ def _progress_reporter(shard: dict):
 @task(task_run_name="commit-extract", cache_policy=NO_CACHE)
 def commit_extract(root: str, cfg: ExtractConfig, shards: list[dict]) -> str:
     """Write the stage manifest from the shard markers (refuses if a shard is missing)."""
-    stage = extract_stage(root, cfg, shards)
-    return str(stage.commit(num_shards=len(shards)))
+    stage = extract_stage(root, cfg, plan_digest(shards))
+    sources = sorted({s["location"] for s in shards})
+    return str(stage.commit(num_shards=len(shards), extra={"sources": sources}))

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from lm.data import remote
 from lm.data.extract import decode_text, html_to_text
@@ -48,6 +49,8 @@ _HTML_SNIFF = (b"<!doctype html", b"<html", b"<head", b"<body")
 
 class ExtractConfig(BaseModel):
     """Settings of the extract stage (all of them change its output, so all are fingerprinted)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     html_types: list[str] = Field(
         default=["text/html", "application/xhtml+xml"],
@@ -108,6 +111,8 @@ def classify(rec: Record, cfg: ExtractConfig) -> Outcome:
         return Outcome("kept", _row(rec, text)) if text.strip() else Outcome("rejected", _row(rec), "empty_extraction")
     if rec.record_type not in ("response", "resource"):
         return Outcome("rejected", _row(rec), f"record_type_{rec.record_type}")
+    if rec.oversized:  # the reader skipped a block far over the cap without reading it
+        return Outcome("rejected", _row(rec), "over_size_cap")
     if rec.http_status is not None and not 200 <= rec.http_status < 300:
         return Outcome("rejected", _row(rec), "http_status")
     if not _is_html(rec, cfg.html_types):
@@ -120,6 +125,11 @@ def classify(rec: Record, cfg: ExtractConfig) -> Outcome:
     if not text.strip():
         return Outcome("rejected", _row(rec), "empty_extraction")
     return Outcome("kept", _row(rec, text))
+
+
+def max_block_bytes(cfg: ExtractConfig) -> int:
+    """Blocks bigger than this are surely over the payload cap: the reader skips them unread."""
+    return cfg.max_payload_bytes + (1 << 20)  # room for HTTP headers
 
 
 def extract_documents(records: Iterable[Record], cfg: ExtractConfig) -> Iterator[Outcome]:
@@ -135,17 +145,35 @@ def plan_shards(locations: list[str], slice_bytes: int) -> list[dict]:
     """
     shards = []
     for loc in locations:
-        size, gz = None, False
-        if not remote.is_url(loc):
-            size = Path(loc).stat().st_size
-            with open(loc, "rb") as f:
-                gz = f.read(2) == b"\x1f\x8b"
-        if slice_bytes and gz and size > slice_bytes:
+        size = None if remote.is_url(loc) else Path(loc).stat().st_size
+        if slice_bytes and size is not None and size > slice_bytes and _per_record_gzip(loc):
             for start in range(0, size, slice_bytes):
                 shards.append({"location": loc, "start": start, "end": min(start + slice_bytes, size), "size": size})
         else:
             shards.append({"location": loc, "start": 0, "end": None, "size": size})
     return shards
+
+
+def _per_record_gzip(path: str, probe: int = 8 << 20) -> bool:
+    """True if ``path`` is gzip whose first member ends within ``probe`` bytes: many members,
+    so a slice can find record starts. A whole-file gzip stream cannot be sliced."""
+    d = zlib.decompressobj(31)
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            return False
+        f.seek(0)
+        left = probe
+        while left > 0 and (chunk := f.read(min(1 << 20, left))):
+            left -= len(chunk)
+            try:
+                d.decompress(chunk, 1)  # output is not needed: only where the member ends
+                while d.unconsumed_tail and not d.eof:
+                    d.decompress(d.unconsumed_tail, 1 << 20)
+            except zlib.error:
+                return False
+            if d.eof:  # the first member ended: are there more after it?
+                return bool(d.unused_data or f.read(1))
+    return False
 
 
 def shard_label(shard: dict) -> str:

@@ -18,7 +18,12 @@ Nothing is dropped silently. A record that cannot be read completely is still yi
 - ``corrupt_gzip``: the compressed data is invalid;
 - ``not_warc``: the input does not start with a WARC/ARC record (the only record of that input);
 - ``bad_header``: a header block we cannot delimit (missing or invalid Content-Length); the
-  reader skips to the next ``WARC/`` line and goes on.
+  reader skips to the next ``WARC/`` line and goes on;
+- ``bad_content_length``: the block does not end where Content-Length says (the next line is
+  not a record start); the record is yielded flagged and the reader resynchronises.
+
+Blocks longer than ``max_block_bytes`` (if given) are skipped without being held in memory:
+the record comes with an empty payload and ``oversized=True``.
 
 Format quirks handled on purpose: ClueWeb09 (``WARC/0.18``, HTTP headers ending in bare LF, a
 ``Content-Encoding: gzip`` header on bodies stored decoded), records whose size is a multiple of
@@ -27,8 +32,6 @@ the read block size, chunked HTTP bodies, gzip/deflate/brotli HTTP content encod
 
 from __future__ import annotations
 
-import bisect
-import glob as _glob
 import hashlib
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -37,10 +40,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lm.data import remote
+from lm.data.gzstream import CHUNK_SIZE, GZIP_MAGIC, MemberStream
 
-CHUNK_SIZE = 1 << 16
-MAX_HEADER_LINE = 1 << 16  # a longer "header line" means we are reading binary garbage
-GZIP_MAGIC = b"\x1f\x8b"
+MAX_DECODED = 64 << 20  # cap on a Content-Encoding-decoded body (a gzip bomb stops here)
 
 
 def record_id(key: str) -> str:
@@ -65,6 +67,7 @@ class Record:
     http_status: int | None = None
     http_headers: dict[str, str] = field(default_factory=dict)
     error: str | None = None  # set when the record could not be read completely (see module doc)
+    oversized: bool = False  # block over the reader's max_block_bytes: payload left empty
     error_detail: str = ""
 
     @property
@@ -75,131 +78,6 @@ class Record:
 
 class WarcFormatError(ValueError):
     """Raised by ``iter_records(..., errors="raise")`` for an unreadable record."""
-
-
-# --------------------------------------------------------------------------- byte stream
-
-
-class _Stream:
-    """The decompressed bytes of a plain or multi-member gzip file, read in chunks.
-
-    Remembers where each gzip member starts (compressed offset) so a record found at a given
-    decompressed position can be located in the file. ``base`` is the file offset the raw stream
-    starts at (non-zero when reading a slice or a Range).
-    """
-
-    def __init__(self, raw: BinaryIO, base: int = 0, chunk_size: int = CHUNK_SIZE):
-        self.raw = raw
-        self.base = base
-        self.chunk_size = chunk_size
-        self.buf = bytearray()
-        self.pos = 0  # read position in buf
-        self.buf_abs = 0  # absolute decompressed position of buf[0]
-        self.raw_read = 0  # raw bytes consumed
-        self.gzip: bool | None = None  # unknown until the first bytes arrive
-        self.members: list[tuple[int, int]] = []  # (decompressed start, compressed offset)
-        self._d = None
-        self._d_fed = False  # the current member has received input
-        self.eof = False
-        self.error: str | None = None  # truncated_gzip | corrupt_gzip
-        self.error_detail = ""
-
-    # -- filling
-    def _new_member(self, comp_offset: int) -> None:
-        self._d = zlib.decompressobj(31)
-        self._d_fed = False
-        self.members.append((self.buf_abs + len(self.buf), comp_offset))
-
-    def _fill(self) -> bool:
-        """Append more decompressed bytes to buf. False at end of input."""
-        if self.eof:
-            return False
-        if self.pos > (1 << 20) and self.pos > len(self.buf) // 2:
-            del self.buf[: self.pos]
-            self.buf_abs += self.pos
-            self.pos = 0
-        chunk = self.raw.read(self.chunk_size)
-        start = self.raw_read
-        self.raw_read += len(chunk)
-        if self.gzip is None:
-            while 0 < len(chunk) < 2 and (more := self.raw.read(self.chunk_size)):
-                chunk += more  # need two bytes to see the gzip magic
-                self.raw_read += len(more)
-            if not chunk:
-                self.eof = True
-                return False
-            self.gzip = chunk[:2] == GZIP_MAGIC
-            if self.gzip:
-                self._new_member(self.base)
-            else:
-                self.members.append((0, self.base))
-        if not chunk:
-            self.eof = True
-            if self.gzip and self._d is not None and self._d_fed:
-                self.error, self.error_detail = "truncated_gzip", "gzip stream ends inside a member"
-                self.buf += self._d.flush()
-            return False
-        if not self.gzip:
-            self.buf += chunk
-            return True
-        data = chunk
-        while data:
-            if self._d is None:
-                if data.strip(b"\x00\r\n\t ") == b"":  # padding after the last member
-                    break
-                if not data.startswith(GZIP_MAGIC[: len(data)]):
-                    self.error, self.error_detail = "corrupt_gzip", "data after a gzip member is not gzip"
-                    self.eof = True
-                    return bool(data)
-                self._new_member(self.base + start + (len(chunk) - len(data)))
-            try:
-                self.buf += self._d.decompress(data)
-            except zlib.error as e:
-                self.error, self.error_detail = "corrupt_gzip", str(e)
-                self.eof = True
-                return True
-            self._d_fed = True
-            if self._d.eof:
-                data = self._d.unused_data
-                self._d = None
-            else:
-                data = b""
-        return True
-
-    # -- reading
-    def readline(self, limit: int = MAX_HEADER_LINE) -> bytes:
-        while True:
-            i = self.buf.find(b"\n", self.pos, self.pos + limit)
-            if i >= 0:
-                line = bytes(self.buf[self.pos : i + 1])
-                self.pos = i + 1
-                return line
-            if len(self.buf) - self.pos >= limit or not self._fill():
-                n = min(limit, len(self.buf) - self.pos)
-                line = bytes(self.buf[self.pos : self.pos + n])
-                self.pos += n
-                return line
-
-    def read(self, n: int) -> bytes:
-        while len(self.buf) - self.pos < n and self._fill():
-            pass
-        out = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += len(out)
-        return out
-
-    def tell(self) -> int:
-        return self.buf_abs + self.pos
-
-    def offset_of(self, abs_pos: int) -> int:
-        """File offset of the record starting at decompressed position ``abs_pos``."""
-        if not self.gzip:
-            return self.base + abs_pos
-        # Records come in file order: members wholly before this record are no longer needed.
-        k = bisect.bisect_right(self.members, (abs_pos, float("inf"))) - 1
-        if k < 0:
-            return self.base
-        del self.members[:k]
-        return self.members[0][1]
 
 
 # --------------------------------------------------------------------------- parsing
@@ -263,12 +141,12 @@ def _decode_content(body: bytes, encoding: str) -> bytes:
     enc = encoding.strip().lower()
     try:
         if enc in ("gzip", "x-gzip") and body[:2] == GZIP_MAGIC:
-            return zlib.decompressobj(31).decompress(body)
+            return zlib.decompressobj(31).decompress(body, MAX_DECODED)
         if enc == "deflate" and body:
             try:
-                return zlib.decompress(body)
+                return zlib.decompressobj().decompress(body, MAX_DECODED)
             except zlib.error:
-                return zlib.decompress(body, -15)
+                return zlib.decompressobj(-15).decompress(body, MAX_DECODED)
         if enc == "br" and body:
             import brotli  # optional: only WARCs written without decoding need it
 
@@ -353,7 +231,7 @@ def _arc_header(line: bytes) -> dict[str, str] | None:
     }
 
 
-def _read_warc_headers(stream: _Stream) -> tuple[dict[str, str], bool]:
+def _read_warc_headers(stream: MemberStream) -> tuple[dict[str, str], bool]:
     """Header lines up to the blank line; False if the input ended first."""
     lines = []
     while True:
@@ -369,7 +247,7 @@ def _is_start(line: bytes, arc: bool) -> bool:
     return line.startswith(b"WARC/") or (arc and _arc_header(line) is not None)
 
 
-def _next_line(stream: _Stream) -> bytes:
+def _next_line(stream: MemberStream) -> bytes:
     """The next non-blank line (records are separated by blank lines)."""
     line = stream.readline()
     while line and not line.strip():
@@ -377,9 +255,20 @@ def _next_line(stream: _Stream) -> bytes:
     return line
 
 
-def parse_stream(stream: _Stream, location: str, *, end: int | None = None, max_records: int | None = None) -> Iterator[Record]:
+def _read_block(stream: MemberStream, length: int, max_block: int | None) -> tuple[bytes, int]:
+    """The record block, or b"" when it is over ``max_block`` (skipped, never held in memory).
+    Returns (block, bytes present in the input)."""
+    if max_block is not None and length > max_block:
+        return b"", stream.skip(length)
+    block = stream.read(length)
+    return block, len(block)
+
+
+def parse_stream(stream: MemberStream, location: str, *, end: int | None = None, max_records: int | None = None,
+                 max_block_bytes: int | None = None) -> Iterator[Record]:
     """Yield the records of one decompressed stream; ``end``: stop at records starting at or
-    after this file offset (slices); ``max_records``: stop after that many."""
+    after this file offset (slices); ``max_records``: stop after that many; ``max_block_bytes``:
+    records with a bigger block come with an empty payload and ``oversized=True``."""
     n, arc = 0, False
     line = _next_line(stream)
     first = True
@@ -405,7 +294,8 @@ def parse_stream(stream: _Stream, location: str, *, end: int | None = None, max_
                 yield _failure(location, offset, "bad_header", f"Content-Length {_get(headers, 'Content-Length')!r}", headers)
                 line, first = _resync(stream, arc), False
                 continue
-            rec = _make_record(location, offset, headers, block := stream.read(length))
+            block, got = _read_block(stream, length, max_block_bytes)
+            rec = _make_record(location, offset, headers, block)
         elif (arc or first) and (h := _arc_header(line)) is not None:
             arc = True
             if h["length"] == "invalid":
@@ -413,16 +303,18 @@ def parse_stream(stream: _Stream, location: str, *, end: int | None = None, max_
                 line, first = _resync(stream, arc), False
                 continue
             length = int(h["length"])
-            rec = _make_record(location, offset, h, block := stream.read(length), arc=True)
+            block, got = _read_block(stream, length, max_block_bytes)
+            rec = _make_record(location, offset, h, block, arc=True)
         elif first:
             yield _failure(location, offset, stream.error or "not_warc", f"input starts with {line[:60]!r}, not a WARC/ARC record")
             return
         else:  # unreachable: lines are only handed on when they start a record
             raise AssertionError(line[:60])
         first = False
-        if len(block) < length:
+        rec.oversized = got > len(block)
+        if got < length:
             rec.error = stream.error or "truncated_record"
-            rec.error_detail = f"{len(block)} of {length} bytes before the input ends"
+            rec.error_detail = f"{got} of {length} bytes before the input ends"
             yield rec
             return
         line = _next_line(stream)
@@ -434,7 +326,7 @@ def parse_stream(stream: _Stream, location: str, *, end: int | None = None, max_
         yield rec
 
 
-def _resync(stream: _Stream, arc: bool) -> bytes:
+def _resync(stream: MemberStream, arc: bool) -> bytes:
     """Skip to the next line that starts a record."""
     while True:
         line = stream.readline()
@@ -453,6 +345,7 @@ def iter_file(
     max_records: int | None = None,
     http: remote.HttpOptions | None = None,
     chunk_size: int = CHUNK_SIZE,
+    max_block_bytes: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[Record]:
     """Records of one file or URL. ``start``/``end`` read a slice of a gzip file: the records
@@ -467,8 +360,8 @@ def iter_file(
             start, reader = found[0], _Prefixed(found[1], raw)
         if on_progress:
             reader = _Progress(reader, on_progress)
-        stream = _Stream(reader, base=start, chunk_size=chunk_size)
-        yield from parse_stream(stream, location, end=end, max_records=max_records)
+        stream = MemberStream(reader, base=start, chunk_size=chunk_size)
+        yield from parse_stream(stream, location, end=end, max_records=max_records, max_block_bytes=max_block_bytes)
     finally:
         raw.close()
 
@@ -538,7 +431,7 @@ def iter_pointers(pointers: Iterable, *, http: remote.HttpOptions | None = None,
         location = remote.resolve_location(file, base_url)
         raw = remote.open_location(location, offset=offset, length=length, http=http)
         try:
-            yield from parse_stream(_Stream(raw, base=offset), location, max_records=1)
+            yield from parse_stream(MemberStream(raw, base=offset), location, max_records=1)
         finally:
             raw.close()
 
@@ -561,21 +454,3 @@ def iter_records(source, *, errors: str = "record", http: remote.HttpOptions | N
         if rec.error and errors == "raise":
             raise WarcFormatError(f"{rec.source}: {rec.error} ({rec.error_detail})")
         yield rec
-
-
-def count_gzip_members(path: str | Path) -> int:
-    """Number of complete gzip members in a file (an independent record count for CC files)."""
-    data = Path(path).read_bytes()
-    n, pos = 0, 0
-    while pos < len(data):
-        d = zlib.decompressobj(31)
-        d.decompress(data[pos:])
-        if not d.eof:
-            break
-        n += 1
-        pos = len(data) - len(d.unused_data)
-    return n
-
-
-def glob_paths(pattern: str) -> list[str]:
-    return sorted(_glob.glob(pattern, recursive=True))

@@ -18,12 +18,15 @@ CC = "commoncrawl"
 
 
 def _config(reference, root) -> dict:
-    return {
+    cfg = {
         "sources": [str(reference / CC / "warcfile.warc.gz"), str(reference / CC / "clueweb-quirk.warc.gz")],
         "root": str(root),
         "max_workers": 1,
         "extract": {"slice_bytes": 20_000},  # 7 + 14 = 21 shards
     }
+    if "filters" in DataConfig.model_fields:  # this test is about the extract stage
+        cfg["filters"] = None
+    return cfg
 
 
 def _outputs(stage_dir: Path) -> dict[str, bytes]:

@@ -206,3 +206,14 @@ def test_pywb_sample_archives_arc_and_quirks():
     assert [r.error for r in ex] == [None, None, None, None, "bad_content_length", None]
     total = sum(1 for f in sorted(d.iterdir()) if not f.name.startswith(".") for _ in iter_records(str(f)))
     assert total == 425
+
+
+def test_huge_blocks_are_skipped_unread(reference):
+    path = reference / CC / "warcfile.warc.gz"
+    full = list(iter_file(str(path)))
+    capped = list(iter_file(str(path), max_block_bytes=20_000))
+    assert [r.source for r in capped] == [r.source for r in full]
+    big = [int(r.headers["Content-Length"]) > 20_000 for r in full]
+    assert [r.oversized for r in capped] == big and sum(big) == 8
+    assert all(r.payload == b"" for r in capped if r.oversized)
+    assert [r.payload for r in capped if not r.oversized] == [r.payload for r, b in zip(full, big) if not b]

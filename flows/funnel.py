@@ -1,0 +1,224 @@
+"""The filtering funnel: extracted text → langid → PII → rules → quality → harmful →
+exact line dedup → MinHash → final corpus.
+
+``run_funnel`` is called inside a flow (the ``data`` flow, or ``filters`` below on an
+existing extract stage). Every stage is its own directory under ``root`` with its own
+fingerprint (its config + its input's fingerprint), so changing one threshold recomputes
+that stage and the ones after it, and nothing before. It publishes each stage's counts,
+a funnel table (documents and text bytes kept after each stage), sample rejects per
+reason, and a funnel plot (``<root>/funnel/<final fingerprint>/funnel.png``).
+
+    lmpipe run filters --set extract_manifest=outputs/extract/<fp>/_manifest.json --set filters.quality.min_score=0.3
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.compute as pc
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from pydantic import BaseModel, Field
+
+from flows.funnel_config import FunnelConfig
+from lm.data.shards import atomic_write_json, iter_stage_tables, read_manifest, source_fingerprint
+from tasks import dedup
+from tasks.artifacts import artifact_key, image_markdown, markdown_table, publish_stage
+from tasks.filters import filter_shard, filter_stage
+
+FILTER_STAGES = ("langid", "pii", "rules", "quality", "harmful")
+
+
+def _wait(futures, stage: str) -> None:
+    """Wait for a stage's shard tasks; a progress artifact shows how many have finished."""
+    futures = list(futures)
+    progress = create_progress_artifact(0.0, key=artifact_key(stage, "progress"), description=f"{stage}: shards finished")
+    for done, f in enumerate(as_completed(futures), 1):
+        f.result()  # re-raises a shard's error after its retries
+        update_progress_artifact(progress, 100.0 * done / len(futures))
+
+
+def _filter(root: str, name: str, cfg: dict, docs: str) -> str:
+    st = filter_stage(root, name, cfg, docs)
+    if not st.is_complete():
+        n = dedup.num_shards(docs)
+        _wait(filter_shard.map(unmapped(root), unmapped(name), unmapped(cfg), unmapped(docs), list(range(n))), name)
+        st.commit(num_shards=n)
+    return str(st.manifest_path)
+
+
+def _exact_dedup(root: str, cfg: dict, docs: str) -> str:
+    n = dedup.num_shards(docs)
+    counts = dedup.line_counts_stage(root, docs)
+    if not counts.is_complete():
+        _wait(dedup.line_counts_shard.map(unmapped(root), unmapped(docs), list(range(n))), "line_counts")
+        counts.commit(num_shards=n)
+    dups = dedup.line_duplicates(root, str(counts.manifest_path))
+    st = dedup.exact_dedup_stage(root, cfg, docs, dups)
+    if not st.is_complete():
+        _wait(dedup.exact_dedup_shard.map(unmapped(root), unmapped(cfg), unmapped(docs), unmapped(dups), list(range(n))), "exact_dedup")
+        st.commit(num_shards=n)
+    return str(st.manifest_path)
+
+
+def _minhash(root: str, cfg: dict, docs: str) -> str:
+    n = dedup.num_shards(docs)
+    sigs = dedup.signatures_stage(root, cfg, docs)
+    if not sigs.is_complete():
+        _wait(dedup.signatures_shard.map(unmapped(root), unmapped(cfg), unmapped(docs), list(range(n))), "minhash_signatures")
+        sigs.commit(num_shards=n)
+    sigs_path = str(sigs.manifest_path)
+    buckets = dedup.buckets_stage(root, cfg, sigs_path)
+    groups = min(cfg["num_bucket_tasks"], cfg["num_bands"])
+    if not buckets.is_complete():
+        _wait(dedup.buckets_group.map(unmapped(root), unmapped(cfg), unmapped(sigs_path), list(range(groups))), "minhash_buckets")
+        buckets.commit(num_shards=groups)
+    clusters = dedup.clusters(root, cfg, str(buckets.manifest_path), docs)
+    st = dedup.minhash_stage(root, cfg, docs, clusters)
+    if not st.is_complete():
+        _wait(dedup.minhash_filter_shard.map(unmapped(root), unmapped(cfg), unmapped(docs), unmapped(clusters), list(range(n))), "minhash")
+        st.commit(num_shards=n)
+    return str(st.manifest_path)
+
+
+def _model_identity(kind: str, path: str | None) -> str:
+    """Which model file a classifier stage uses (path, size, mtime), for its fingerprint:
+    a retrained or replaced model makes a new stage directory. The default model is trained
+    here first if missing, so its identity is known before the stage starts."""
+    from lm.data.quality import default_model_path, resolve_model
+
+    if path is None:
+        resolve_model(kind, None)
+        path = str(default_model_path(kind))
+    return source_fingerprint(path)
+
+
+def stage_config(name: str, section) -> dict:
+    cfg = section.stage_config()
+    if name == "quality":
+        cfg["model"] = _model_identity("quality", cfg["model_path"])
+    if name == "harmful":
+        for kind in ("nsfw", "toxic"):
+            if cfg[kind]:
+                cfg[f"{kind}_model"] = _model_identity(kind, cfg[f"{kind}_model_path"])
+    return cfg
+
+
+def run_funnel(extract_manifest: str, root: str, config: FunnelConfig) -> dict[str, str]:
+    """Run the enabled stages in order; returns stage name → manifest path (last = final corpus)."""
+    logger = get_run_logger()
+    read_manifest(extract_manifest)  # fail early on a missing or broken input
+    stages: dict[str, str] = {}
+    docs = str(extract_manifest)
+    for name in FILTER_STAGES:
+        cfg = getattr(config, name)
+        if cfg.enabled:
+            docs = stages[name] = _filter(root, name, stage_config(name, cfg), docs)
+            publish_stage(docs)
+            logger.info("%s: %s", name, docs)
+    if config.exact_dedup.enabled:
+        docs = stages["exact_dedup"] = _exact_dedup(root, config.exact_dedup.stage_config(), docs)
+        publish_stage(docs)
+    if config.minhash.enabled:
+        docs = stages["minhash"] = _minhash(root, config.minhash.stage_config(), docs)
+        publish_stage(docs)
+    publish_funnel(extract_manifest, stages, root)
+    return stages
+
+
+# --------------------------------------------------------------------------- funnel report
+
+
+def text_bytes(manifest: dict) -> int:
+    if "text_bytes_kept" in manifest["counts"]:
+        return int(manifest["counts"]["text_bytes_kept"])
+    total = 0
+    for table in iter_stage_tables(manifest, columns=["text"]):
+        total += pc.sum(pc.binary_length(pc.cast(table.column("text"), "binary"))).as_py() or 0
+    return total
+
+
+def funnel_rows(extract_manifest: str, stages: dict[str, str]) -> list[dict]:
+    first = read_manifest(extract_manifest)
+    docs0, bytes0 = first["counts"]["kept"], text_bytes(first)
+    rows = []
+    for name, path in [("input", extract_manifest), *stages.items()]:
+        m = read_manifest(path)
+        d, b = m["counts"]["kept"], text_bytes(m)
+        rows.append({
+            "stage": name, "docs": d, "bytes": b,
+            "docs_%": round(100 * d / docs0, 1) if docs0 else 0.0,
+            "bytes_%": round(100 * b / bytes0, 1) if bytes0 else 0.0,
+            "rejected": sum(m["counts"]["rejected"].values()) if name != "input" else 0,
+            "failed": sum(m["counts"]["failed"].values()) if name != "input" else 0,
+        })
+    return rows
+
+
+def reject_samples(stages: dict[str, str], per_reason: int = 2, width: int = 300) -> list[dict]:
+    out = []
+    for name, path in stages.items():
+        seen: dict[str, int] = {}
+        for table in iter_stage_tables(read_manifest(path), kind="rejects"):
+            for row in table.to_pylist():
+                r = row.get("reason")
+                if seen.get(r, 0) < per_reason:
+                    seen[r] = seen.get(r, 0) + 1
+                    text = (row.get("text") or "")[:width]
+                    out.append({"stage": name, "reason": r, "id": row.get("id"), "url": row.get("url"), "text": text})
+    return out
+
+
+def plot_funnel(rows: list[dict], png: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["stage"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, key, title in ((axes[0], "docs", "documents kept"), (axes[1], "bytes", "text bytes kept")):
+        vals = [r[key] for r in rows]
+        ax.bar(range(len(rows)), vals, color="#4c72b0")
+        ax.set_xticks(range(len(rows)), names, rotation=30, ha="right")
+        ax.set_title(title)
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:,}", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def publish_funnel(extract_manifest: str, stages: dict[str, str], root: str) -> Path:
+    rows = funnel_rows(extract_manifest, stages)
+    final = read_manifest(list(stages.values())[-1] if stages else extract_manifest)
+    out = Path(root) / "funnel" / final["fingerprint"]
+    out.mkdir(parents=True, exist_ok=True)
+    samples = reject_samples(stages)
+    atomic_write_json(out / "funnel.json", {"input": str(extract_manifest), "stages": stages, "rows": rows, "reject_samples": samples})
+    png = plot_funnel(rows, out / "funnel.png")
+    create_table_artifact(table=rows, key=artifact_key("funnel"), description="documents and text bytes kept after each stage")
+    md = ["# Filtering funnel", "", markdown_table(rows), image_markdown(png, "funnel"), "## Sample rejects per reason", "", markdown_table(samples)]
+    create_markdown_artifact(markdown="\n".join(md), key=artifact_key("funnel", "summary"), description="funnel, plot and sample rejects")
+    return out
+
+
+# --------------------------------------------------------------------------- flow
+
+
+class FiltersFlowConfig(BaseModel):
+    """Run the funnel on an existing extract stage (the ``data`` flow runs it after extract)."""
+
+    extract_manifest: str = Field(description="_manifest.json (or directory) of the stage whose documents to filter")
+    root: str = Field("outputs", description="artifact root: each stage writes <root>/<stage>/<fingerprint>/")
+    filters: FunnelConfig = Field(default_factory=FunnelConfig, description="which stages run and their thresholds")
+
+
+@flow(name="filters", log_prints=True)
+def filters_flow(config: FiltersFlowConfig) -> dict[str, str]:
+    stages = run_funnel(config.extract_manifest, config.root, config.filters)
+    print(json.dumps(stages, indent=2))
+    return stages

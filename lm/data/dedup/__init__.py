@@ -1,0 +1,1 @@
+"""Deduplication: exact line dedup (two passes over hashed lines) and MinHash near-dup dedup."""

@@ -1,0 +1,153 @@
+"""A byte stream over a plain or multi-member gzip file that knows where each member starts.
+
+Common Crawl writes one gzip member per WARC record, so the compressed offset of the member
+a record starts in is the address of that record (what the CC index stores). ``MemberStream``
+decompresses member after member in fixed-size chunks (memory stays bounded whatever the file
+size), offers ``readline``/``read``/``skip`` on the decompressed bytes, maps a decompressed
+position back to its member's offset, and reports how the input ended: cleanly, inside a
+member (``truncated_gzip``) or on invalid data (``corrupt_gzip``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import zlib
+from typing import BinaryIO
+
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK_SIZE = 1 << 16
+MAX_LINE = 1 << 16  # a longer "header line" means we are reading binary garbage
+
+
+class MemberStream:
+    """The decompressed bytes of a plain or multi-member gzip file, read in chunks.
+
+    Remembers where each gzip member starts (compressed offset) so a record found at a given
+    decompressed position can be located in the file. ``base`` is the file offset the raw stream
+    starts at (non-zero when reading a slice or a Range).
+    """
+
+    def __init__(self, raw: BinaryIO, base: int = 0, chunk_size: int = CHUNK_SIZE):
+        self.raw = raw
+        self.base = base
+        self.chunk_size = chunk_size
+        self.buf = bytearray()
+        self.pos = 0  # read position in buf
+        self.buf_abs = 0  # absolute decompressed position of buf[0]
+        self.raw_read = 0  # raw bytes consumed
+        self.gzip: bool | None = None  # unknown until the first bytes arrive
+        self.members: list[tuple[int, int]] = []  # (decompressed start, compressed offset)
+        self._d = None
+        self._d_fed = False  # the current member has received input
+        self.eof = False
+        self.error: str | None = None  # truncated_gzip | corrupt_gzip
+        self.error_detail = ""
+
+    # -- filling
+    def _new_member(self, comp_offset: int) -> None:
+        self._d = zlib.decompressobj(31)
+        self._d_fed = False
+        self.members.append((self.buf_abs + len(self.buf), comp_offset))
+
+    def _fill(self) -> bool:
+        """Append more decompressed bytes to buf. False at end of input."""
+        if self.eof:
+            return False
+        if self.pos > (1 << 20) and self.pos > len(self.buf) // 2:
+            del self.buf[: self.pos]
+            self.buf_abs += self.pos
+            self.pos = 0
+        chunk = self.raw.read(self.chunk_size)
+        start = self.raw_read
+        self.raw_read += len(chunk)
+        if self.gzip is None:
+            while 0 < len(chunk) < 2 and (more := self.raw.read(self.chunk_size)):
+                chunk += more  # need two bytes to see the gzip magic
+                self.raw_read += len(more)
+            if not chunk:
+                self.eof = True
+                return False
+            self.gzip = chunk[:2] == GZIP_MAGIC
+            if self.gzip:
+                self._new_member(self.base)
+            else:
+                self.members.append((0, self.base))
+        if not chunk:
+            self.eof = True
+            if self.gzip and self._d is not None and self._d_fed:
+                self.error, self.error_detail = "truncated_gzip", "gzip stream ends inside a member"
+                self.buf += self._d.flush()
+            return False
+        if not self.gzip:
+            self.buf += chunk
+            return True
+        data = chunk
+        while data:
+            if self._d is None:
+                if data.strip(b"\x00\r\n\t ") == b"":  # padding after the last member
+                    break
+                if not data.startswith(GZIP_MAGIC[: len(data)]):
+                    self.error, self.error_detail = "corrupt_gzip", "data after a gzip member is not gzip"
+                    self.eof = True
+                    return bool(data)
+                self._new_member(self.base + start + (len(chunk) - len(data)))
+            try:
+                self.buf += self._d.decompress(data)
+            except zlib.error as e:
+                self.error, self.error_detail = "corrupt_gzip", str(e)
+                self.eof = True
+                return True
+            self._d_fed = True
+            if self._d.eof:
+                data = self._d.unused_data
+                self._d = None
+            else:
+                data = b""
+        return True
+
+    # -- reading
+    def readline(self, limit: int = MAX_LINE) -> bytes:
+        while True:
+            i = self.buf.find(b"\n", self.pos, self.pos + limit)
+            if i >= 0:
+                line = bytes(self.buf[self.pos : i + 1])
+                self.pos = i + 1
+                return line
+            if len(self.buf) - self.pos >= limit or not self._fill():
+                n = min(limit, len(self.buf) - self.pos)
+                line = bytes(self.buf[self.pos : self.pos + n])
+                self.pos += n
+                return line
+
+    def skip(self, n: int) -> int:
+        """Discard ``n`` bytes without holding them (huge blocks); returns how many were there."""
+        left = n
+        while left:
+            have = len(self.buf) - self.pos
+            if have == 0 and not self._fill():
+                break
+            take = min(left, len(self.buf) - self.pos)
+            self.pos += take
+            left -= take
+        return n - left
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) - self.pos < n and self._fill():
+            pass
+        out = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += len(out)
+        return out
+
+    def tell(self) -> int:
+        return self.buf_abs + self.pos
+
+    def offset_of(self, abs_pos: int) -> int:
+        """File offset of the record starting at decompressed position ``abs_pos``."""
+        if not self.gzip:
+            return self.base + abs_pos
+        # Records come in file order: members wholly before this record are no longer needed.
+        k = bisect.bisect_right(self.members, (abs_pos, float("inf"))) - 1
+        if k < 0:
+            return self.base
+        del self.members[:k]
+        return self.members[0][1]

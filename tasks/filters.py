@@ -1,0 +1,69 @@
+"""Filter stages (langid, pii, rules, quality, harmful), one Prefect task per shard.
+
+Reads: the upstream stage's Parquet shards (``id``, ``url``, ``source``, ``text``, ...).
+Writes: ``<root>/<stage>/<fingerprint>/part-NNNNN.parquet`` (kept documents, plus the
+columns the stage adds, e.g. ``language``), ``rejects-NNNNN.parquet`` (with ``reason``) and
+``_manifest.json`` with counts (kept, rejected by reason, failed by error kind, PII masked,
+text bytes in and kept).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+
+from lm.data.filters import ADDED_COLUMNS, apply_filters, build_stage_filters
+from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard
+
+VERSION = "1"  # bump when a filter's behaviour changes: it changes every fingerprint downstream
+
+
+def filter_stage(root: str, stage: str, config: dict, input_manifest: str) -> Stage:
+    return Stage(root, stage, version=VERSION, config=config, inputs=[input_manifest])
+
+
+def output_schema(input_schema: pa.Schema, stage: str) -> pa.Schema:
+    schema = input_schema
+    for name, type_name in ADDED_COLUMNS.get(stage, []):
+        if schema.get_field_index(name) < 0:
+            schema = schema.append(pa.field(name, pa.type_for_alias(type_name)))
+    return schema
+
+
+@task(name="filter-shard", retries=2, retry_delay_seconds=2, task_run_name="{stage}-shard-{index}")
+def filter_shard(root: str, stage: str, config: dict, input_manifest: str, index: int) -> int:
+    """Filter shard ``index`` of ``input_manifest`` into the stage directory; returns rows kept."""
+    st = filter_stage(root, stage, config, input_manifest)
+    if st.shard_done(index):
+        return -1
+    m = read_manifest(input_manifest)
+    info = m["shards"][index]
+    path = manifest_dir(m) / info["name"]
+    table = read_shard(path, info.get("sha256"))
+    filters = build_stage_filters(stage, config)
+    schema = output_schema(pq.read_schema(path), stage)
+    kept = 0
+    with st.open_shard(index, schema=schema, source=str(path)) as w:
+        for row in table.to_pylist():
+            w.count_in()
+            w.add_count("text_bytes_in", len((row.get("text") or "").encode("utf-8", "surrogatepass")))
+            try:
+                keep, reason, counts = apply_filters(filters, row)
+            except Exception as e:  # a bad record never kills the shard
+                w.fail(type(e).__name__, row.get("id"))
+                continue
+            for k, v in counts.items():
+                w.add_count(k, v)
+            if keep:
+                kept += 1
+                w.add_count("text_bytes_kept", len(row["text"].encode("utf-8", "surrogatepass")))
+                w.write(row)
+            else:
+                w.reject(row, reason)
+    return kept
+
+
+@task(name="commit-stage")
+def commit_stage(root: str, stage: str, config: dict, input_manifest: str, num_shards: int) -> str:
+    return str(filter_stage(root, stage, config, input_manifest).commit(num_shards=num_shards))
