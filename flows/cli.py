@@ -24,6 +24,7 @@ FLOWS: dict[str, str] = {
     "tokenizer": "flows.tokenizer:tokenizer_flow",
     "tokenize": "flows.tokenize:tokenize_flow",
     "pretrain": "flows.pretrain:pretrain_flow",
+    "scaling": "flows.scaling:scaling_flow",
     "pipeline": "flows.pipeline:pipeline_flow",
 }
 

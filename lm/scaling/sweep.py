@@ -1,0 +1,261 @@
+"""An IsoFLOP sweep: its config, the plan (budget × model size → one training run), and one run.
+
+Each planned run is identified by a fingerprint of (its training config, the corpus); its
+results live in ``<root>/scaling-runs/<fingerprint>/``::
+
+    result.json        the run's row of the runs table (written last: the completion marker)
+    metrics.jsonl, summary.json, checkpoints/   what lm.train.trainer writes (a killed run resumes)
+
+so rerunning a sweep trains nothing, and extending it (one more budget, one more size) trains
+only the new points. A run that raises is reported with status "failed" and is retried on the
+next sweep; a run whose loss went NaN ("diverged") is kept, and left out of the fits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lm.data.shards import atomic_write_json, file_sha256, fingerprint, read_manifest
+from lm.scaling.flops import (
+    ModelShape,
+    flops_per_token,
+    non_embedding_params,
+    num_params,
+    shape_for_params,
+)
+
+RUN_STAGE = "scaling-runs"
+RUN_VERSION = "1"
+RESULT_NAME = "result.json"
+
+
+class ShapeSpec(BaseModel):
+    """One explicit model shape of the grid."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    d_model: int = Field(gt=0, description="Width of the residual stream.")
+    num_layers: int = Field(gt=0, description="Number of Transformer blocks.")
+    num_heads: int = Field(gt=0, description="Attention heads; must divide d_model.")
+    d_ff: int = Field(gt=0, description="SwiGLU hidden width.")
+
+
+class ScalingConfig(BaseModel):
+    """An IsoFLOP sweep and the scaling-law fits on its results (the `scaling` flow's form)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    corpus: str | None = Field(None, description="Token-shard directory (with _manifest.json) from the tokenize stage; needs train and val shards.")
+    text: str | None = Field(None, description="Instead of corpus: a UTF-8 text file, byte-tokenized (vocab 257, 10% val) into <root>/scaling-bytes/<fp>/ (for demos).")
+    root: str = Field("outputs", description="Output root: runs go to <root>/scaling-runs/<fp>/, the fits to <root>/scaling/<fp>/.")
+    budgets: list[float] = Field(description="Compute budgets in training FLOPs; each model size is trained to spend each budget.")
+    model_sizes: list[int] = Field(default_factory=list, description="Target non-embedding parameter counts N; each is mapped to a shape of the family (lm.scaling.flops.shape_for_params).")
+    shapes: list[ShapeSpec] = Field(default_factory=list, description="Explicit model shapes, in addition to (or instead of) model_sizes.")
+    aspect_ratio: float = Field(32.0, gt=0, description="Target d_model / num_layers of the shape family.")
+    context_length: int = Field(64, gt=0, description="Tokens per training sequence.")
+    batch_size: int = Field(8, gt=0, description="Sequences per optimizer step.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate at lr_reference_width.")
+    lr_rule: Literal["constant", "inverse_width"] = Field(
+        "inverse_width", description="constant: every run uses lr; inverse_width: lr · lr_reference_width / d_model (wider models take smaller steps, as in μP for Adam)."
+    )
+    lr_reference_width: int = Field(64, gt=0, description="The d_model at which lr applies unchanged (inverse_width rule).")
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of each run's steps spent in linear warmup.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate of the cosine as a fraction of the peak.")
+    min_steps: int = Field(10, gt=0, description="Runs whose budget buys fewer optimizer steps are skipped (with a note).")
+    eval_batches: int = Field(8, gt=0, description="Validation batches for each run's final val loss.")
+    fit_on: Literal["val", "train"] = Field("val", description="Which final loss the fits use.")
+    target_budget: float = Field(gt=0, description="The compute budget (FLOPs) to recommend a model size and token count for.")
+    num_bootstrap: int = Field(200, ge=0, description="Bootstrap replicates for the intervals (both approaches).")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the reported intervals.")
+    seed: int = Field(0, description="Seed of every run (weights and data order) and of the bootstrap.")
+    device: str = Field("auto", description="Training device: auto (cuda if present), cpu, cuda, cuda:N.")
+    cpu_threads: int = Field(1, gt=0, description="torch threads for CPU runs (1 is fastest for tiny models on a shared machine).")
+    max_parallel_runs: int = Field(1, gt=0, description="Training runs in flight at once (1 per GPU; on CPU, per spare core).")
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: list[float]) -> list[float]:
+        bad = [b for b in v if not (math.isfinite(b) and b > 0)]
+        if bad:
+            raise ValueError(f"budgets must be positive FLOP counts, got {bad}")
+        if len(set(v)) < 2:
+            raise ValueError(f"give ≥ 2 distinct budgets for a power-law fit, got {v}")
+        return sorted(set(v))
+
+    @field_validator("model_sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        bad = [n for n in v if n <= 0]
+        if bad:
+            raise ValueError(f"model_sizes must be positive parameter counts, got {bad}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _grid(self) -> "ScalingConfig":
+        if (self.corpus is None) == (self.text is None):
+            raise ValueError("give exactly one of corpus (a token-shard directory) and text (a text file to byte-tokenize)")
+        if len(self.model_sizes) + len(self.shapes) < 3:
+            raise ValueError("model_sizes + shapes must give ≥ 3 models per budget (a parabola needs 3 points)")
+        return self
+
+
+def byte_corpus(text_path: str | Path, root: str | Path, val_fraction: float = 0.1) -> Path:
+    """Byte-level token shards of a text file (ids 0-255, <|endoftext|> = 256), made once."""
+    from lm.train.data import byte_tokens, write_token_shards
+
+    path = Path(text_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file {text_path} does not exist (config field 'text')")
+    fp = fingerprint("scaling-bytes", "1", {"val_fraction": val_fraction}, [file_sha256(path)])
+    out = Path(root) / "scaling-bytes" / fp
+    if not (out / "_manifest.json").exists():
+        ids = byte_tokens(path.read_text(encoding="utf-8", errors="replace"))
+        cut = int(len(ids) * (1 - val_fraction))
+        write_token_shards(out, {"train": [ids[:cut]], "val": [ids[cut:]]}, vocab_size=257, eot_id=256,
+                           tokenizer="bytes", stage="scaling-bytes", fingerprint=fp)
+    return out
+
+
+def corpus_info(corpus: str | Path) -> dict:
+    """Vocab size and identity of a token-shard directory; FileNotFoundError/ValueError if unusable."""
+    m = read_manifest(corpus)
+    splits = {s.get("split", "train") for s in m["shards"]}
+    if not {"train", "val"} <= splits:
+        raise ValueError(f"corpus {corpus}: needs 'train' and 'val' shards for the fits, has splits {sorted(splits)}")
+    if not m.get("vocab_size"):
+        raise ValueError(f"corpus {corpus}: its manifest has no vocab_size")
+    path = Path(m["_path"])
+    return {
+        "dir": str(path.parent),
+        "manifest": str(path),
+        "vocab_size": int(m["vocab_size"]),
+        "tokens": {sp: sum(s["tokens"] for s in m["shards"] if s.get("split", "train") == sp) for sp in ("train", "val")},
+        # the stage fingerprint alone is not enough: hand-written corpora all say "manual"
+        "fingerprint": f"{m['fingerprint']}:{file_sha256(path)[:16]}",
+    }
+
+
+def grid_shapes(cfg: ScalingConfig) -> list[tuple[int | None, ModelShape]]:
+    """(target N or None, shape) for every model of the grid, deduplicated, smallest first."""
+    seen, out = set(), []
+    for target in cfg.model_sizes:
+        shape = shape_for_params(target, aspect_ratio=cfg.aspect_ratio)
+        if shape not in seen:
+            seen.add(shape)
+            out.append((target, shape))
+    for s in cfg.shapes:
+        shape = ModelShape(**s.model_dump())
+        if shape not in seen:
+            seen.add(shape)
+            out.append((None, shape))
+    return sorted(out, key=lambda t: non_embedding_params(t[1]))
+
+
+def learning_rate(cfg: ScalingConfig, shape: ModelShape) -> float:
+    if cfg.lr_rule == "inverse_width":
+        return cfg.lr * cfg.lr_reference_width / shape.d_model
+    return cfg.lr
+
+
+def plan_runs(cfg: ScalingConfig, corpus: dict) -> tuple[list[dict], list[str]]:
+    """Every (budget, shape) run of the sweep, and notes on the ones skipped."""
+    vocab, ctx, tokens_per_step = corpus["vocab_size"], cfg.context_length, cfg.batch_size * cfg.context_length
+    runs, notes = [], []
+    for budget in cfg.budgets:
+        for target, shape in grid_shapes(cfg):
+            fpt = flops_per_token(shape, ctx, vocab)
+            steps = int(budget // (fpt * tokens_per_step))
+            if steps < cfg.min_steps:
+                notes.append(f"skipped budget {budget:.3g} × N={non_embedding_params(shape):,} ({shape.d_model}×{shape.num_layers}): "
+                             f"{steps} step(s) < min_steps={cfg.min_steps}")
+                continue
+            tokens = steps * tokens_per_step
+            lr = learning_rate(cfg, shape)
+            train = {
+                "model": {**shape.to_dict(), "vocab_size": vocab, "context_length": ctx},
+                "batch_size": cfg.batch_size,
+                "max_steps": steps,
+                "lr": lr,
+                "min_lr": lr * cfg.min_lr_ratio,
+                "warmup_steps": int(cfg.warmup_fraction * steps),
+                "eval_batches": cfg.eval_batches,
+                "seed": cfg.seed,
+            }
+            runs.append({
+                "run_id": fingerprint(RUN_STAGE, RUN_VERSION, train, [corpus["fingerprint"]]),
+                "budget": float(budget),
+                "target_params": target,
+                **shape.to_dict(),
+                "params": non_embedding_params(shape),
+                "total_params": num_params(shape, vocab),
+                "tokens": tokens,
+                "compute": float(tokens * fpt),
+                "steps": steps,
+                "lr": lr,
+                "train": train,
+            })
+    return runs, notes
+
+
+def run_dir(root: str | Path, run_id: str) -> Path:
+    return Path(root) / RUN_STAGE / run_id
+
+
+def cached_result(root: str | Path, run: dict) -> dict | None:
+    path = run_dir(root, run["run_id"]) / RESULT_NAME
+    if path.exists():
+        return json.loads(path.read_text())
+    return None
+
+
+def execute_run(run: dict, corpus: dict, *, root: str | Path, device: str = "auto", cpu_threads: int = 1) -> dict:
+    """Train one planned run (or read its cached result); returns its runs-table row + ``cached``."""
+    done = cached_result(root, run)
+    if done is not None:
+        return {**done, "cached": True}
+    import torch
+
+    from lm.train.trainer import TrainConfig, train
+
+    out = run_dir(root, run["run_id"])
+    row = {k: v for k, v in run.items() if k != "train"}
+    started = time.time()
+    threads = torch.get_num_threads()
+    try:
+        cfg = TrainConfig(
+            **run["train"], data=corpus["dir"], out_dir=str(out), device=device,
+            eval_interval=run["steps"], checkpoint_interval=run["steps"], keep_last=1, log_interval=max(1, run["steps"] // 5),
+        )
+        if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+            torch.set_num_threads(cpu_threads)  # tiny matmuls: more threads only contend
+        summary = train(cfg)
+    except Exception as e:  # one bad run must not sink the sweep; it is retried next time
+        return {**row, "final_train_loss": math.nan, "final_val_loss": math.nan, "wall_time_s": round(time.time() - started, 3),
+                "status": "failed", "note": f"{type(e).__name__}: {e}"[:500], "trace": traceback.format_exc()[-2000:], "cached": False}
+    finally:
+        torch.set_num_threads(threads)
+    status = summary["status"]
+    result = {
+        **row,
+        "final_train_loss": _loss(summary["final_train_loss"], status),
+        "final_val_loss": _loss(summary["final_val_loss"], status),
+        "wall_time_s": summary["wall_time_s"],
+        "status": status,
+        "note": "loss went non-finite: excluded from the fits" if status == "diverged" else "",
+    }
+    if status in ("completed", "diverged"):  # deterministic outcomes are cached; a time limit is not
+        atomic_write_json(out / RESULT_NAME, result)
+    return {**result, "cached": False}
+
+
+def _loss(value, status: str) -> float:
+    if status == "diverged" or value is None:
+        return math.nan
+    return float(value)
