@@ -25,6 +25,11 @@ FLOWS: dict[str, str] = {
     "tokenize": "flows.tokenize:tokenize_flow",
     "pretrain": "flows.pretrain:pretrain_flow",
     "scaling": "flows.scaling:scaling_flow",
+    "sft": "flows.sft:sft_flow",
+    "dpo": "flows.dpo:dpo_flow",
+    "grpo": "flows.grpo:grpo_flow",
+    "evaluate": "flows.evaluate:evaluate_flow",
+    "align-demo": "flows.align_demo:align_demo_flow",
     "pipeline": "flows.pipeline:pipeline_flow",
 }
 

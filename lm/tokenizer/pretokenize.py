@@ -129,6 +129,8 @@ def iter_chunk_counts(path: str | os.PathLike, special_tokens: Sequence[str], nu
         return
     import multiprocessing as mp
 
+    # fork: workers start at once and need no importable __main__ (spawn would re-run an
+    # unguarded calling script). The workers only read the file and run the regex.
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     with ctx.Pool(min(num_workers, len(jobs))) as pool:
         # imap keeps at most a few chunks' results in flight; order does not matter for counts.
