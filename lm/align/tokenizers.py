@@ -67,7 +67,10 @@ def load_tokenizer(directory: str | os.PathLike | None):
         raise FileNotFoundError(f"tokenizer directory {d} does not exist")
     if (d / CHAR_FILE).exists():
         return CharTokenizer.load(d)
-    if (d / "tokenizer.json").exists() and (d / "tokenizer_config.json").exists():
+    # lm.tokenizer writes vocab.json + merges.txt and also exports tokenizer.json for HF
+    # users: a directory with our own files is ours, whatever else it holds.
+    ours = (d / "vocab.json").exists() and (d / "merges.txt").exists()
+    if not ours and (d / "tokenizer.json").exists() and (d / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer  # optional hf extra
 
         from lm.align.batches import HFTokenizerAdapter

@@ -14,7 +14,7 @@ from flows.pipeline import PipelineConfig, STAGES, plan, stage_config
 from flows.server import REPO, deployment_entries
 from deployments.sync_parameters import named_config, synced
 
-GPU_STAGES = {"pretrain", "scaling", "sft", "dpo", "grpo", "evaluate", "pipeline"}
+GPU_STAGES = {"pretrain", "scaling", "sft", "dpo", "grpo", "evaluate", "align-demo", "pipeline"}
 ENTRIES = deployment_entries()
 
 

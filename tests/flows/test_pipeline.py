@@ -11,10 +11,15 @@ from lm.data.shards import read_manifest
 from tests.e2e.helpers import data_config
 
 
+ALIGN_SMALL = {"data": {"num_train": 32, "num_eval": 8}, "options": {"num_samples": 4, "max_new_tokens": 4, "num_threads": 1}}
+
+
 def smallest(root, reference, **kw) -> PipelineConfig:
-    """Every stage at its smallest: 46 crawl documents, 300 tokens, a 1-layer model, 4 steps."""
+    """Every stage at its smallest: 46 crawl pages, 300 tokens, a 1-layer model, a few steps each."""
     stages = {
-        "data": {"sources": [str(reference / "commoncrawl" / "*.warc.gz")], "max_workers": 1},
+        # Only PII masking and dedup: the language, rule and quality filters would leave 1 page.
+        "data": {"sources": [str(reference / "commoncrawl" / "*.warc.gz")], "max_workers": 1,
+                 "filters": {"langid": {"enabled": False}, "rules": {"enabled": False}, "quality": {"enabled": False}}},
         "tokenizer": {"vocab_size": 300},
         "tokenize": {"val_fraction": 0.2, "num_threads": 1},
         "pretrain": {
@@ -23,6 +28,12 @@ def smallest(root, reference, **kw) -> PipelineConfig:
                       "batch_size": 4, "max_steps": 4, "eval_interval": 2, "eval_batches": 1,
                       "checkpoint_interval": 4, "log_interval": 1, "device": "cpu"},
         },
+        "sft": {**ALIGN_SMALL, "sft": {"num_steps": 3, "batch_size": 8, "eval_every": 3, "warmup_steps": 0}},
+        "dpo": {**ALIGN_SMALL, "dpo": {"num_steps": 3, "batch_size": 8, "eval_every": 3}},
+        "grpo": {**ALIGN_SMALL, "grpo": {"num_steps": 2, "num_prompts_per_step": 4, "group_size": 2, "max_new_tokens": 4,
+                                         "microbatch_size": 8, "eval_every": 2}},
+        "evaluate": {"eval": {"tasks": ["arithmetic"], "arithmetic": {"num_train": 32, "num_eval": 8}, "limit": 8,
+                              "max_new_tokens": 4, "num_threads": 1}},
     }
     return PipelineConfig(root=str(root), stages=stages, **kw)
 
@@ -36,41 +47,42 @@ def artifact(key: str):
         return client.read_artifacts(limit=1, sort=ArtifactSort.CREATED_DESC, artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))[0]
 
 
-def test_pipeline_runs_stages_and_reuses_them_by_fingerprint(prefect_harness, reference, tmp_path):
-    cfg = smallest(tmp_path, reference)
-    out = pipeline_flow(config=cfg)
-    first = json.loads(open(out).read())
+CHAIN = ["data", "tokenizer", "tokenize", "pretrain", "sft", "dpo", "grpo", "evaluate"]
+
+
+def test_pipeline_runs_the_chain_and_reuses_stages_by_fingerprint(prefect_harness, reference, tmp_path):
+    first = json.loads(open(pipeline_flow(config=smallest(tmp_path, reference))).read())
     rows = first["lineage"]
     ran = {s["stage"]: s["manifest"] for s in first["stages"]}
-    assert list(ran) == ["data", "tokenizer", "tokenize", "pretrain"]
+    assert list(ran) == CHAIN
     final = {name: read_manifest(p) for name, p in ran.items()}
-    # Each stage read the manifest of the one before: the lineage is the chain.
+    # Each stage read the manifest of the one before it: the lineage is the chain.
     assert final["tokenize"]["vocab_size"] == 300
+    assert final["data"]["stage"] == "minhash"
     assert [i["fingerprint"] for i in final["tokenizer"]["inputs"]] == [final["data"]["fingerprint"]]
-    assert {i["fingerprint"] for i in final["pretrain"]["inputs"]} >= {final["tokenize"]["fingerprint"]}
-    assert [r["stage"] for r in rows] == ["extract", "tokenizer", "tokenize", "pretrain"]
-    assert [r["fingerprint"] for r in rows] == [final[s]["fingerprint"] for s in ("data", "tokenizer", "tokenize", "pretrain")]
+    for up, down in [("tokenize", "pretrain"), ("pretrain", "sft"), ("sft", "dpo"), ("dpo", "grpo"), ("grpo", "evaluate")]:
+        assert final[up]["fingerprint"] in {i["fingerprint"] for i in final[down]["inputs"]}, (up, down)
+    by_fp = {r["fingerprint"]: r for r in rows}
+    assert all(by_fp[m["fingerprint"]]["pipeline_stage"] == name for name, m in final.items())
+    assert rows[0]["stage"] == "extract" and (rows[0]["in"], rows[0]["kept"]) == (88, 46)  # the reference WARCs: 46 pages
     assert {r["status"] for r in rows} == {"ran"}
-    assert rows[0]["in"] == 88 and rows[0]["kept"] == 46  # the reference WARCs: 46 HTML pages
     assert all(r["directory"].startswith(str(tmp_path)) for r in rows)
     assert list((tmp_path / "pipeline").glob("*/lineage.png"))
     md = artifact("pipeline-summary").data
     assert all(r["fingerprint"] in md for r in rows) and "data:image/png;base64," in md
 
-    # Same config again: every stage finds its manifest, nothing is recomputed.
-    again = json.loads(open(pipeline_flow(config=cfg)).read())
-    assert [r["fingerprint"] for r in again["lineage"]] == [r["fingerprint"] for r in rows]
-    assert {r["status"] for r in again["lineage"]} == {"reused"}
-
-    # Start from tokenize with the upstream manifests given: only tokenize and pretrain run,
-    # on the same inputs, so they too are reused; a changed pretrain config re-runs pretrain only.
-    late = smallest(tmp_path, reference, start_from="tokenize",
-                    manifests={"data": ran["data"], "tokenizer": ran["tokenizer"]})
+    # Start at tokenize from the manifests that exist, with a longer pretraining: tokenize
+    # finds its fingerprint (reused, as is everything upstream); pretrain and every stage
+    # after it run again, because their input changed.
+    late = smallest(tmp_path, reference, start_from="tokenize", manifests={"data": ran["data"], "tokenizer": ran["tokenizer"]})
     late.stages["pretrain"]["train"]["max_steps"] = 5
-    third = json.loads(open(pipeline_flow(config=late)).read())
-    assert [s["stage"] for s in third["stages"]] == ["tokenize", "pretrain"]
-    status = {r["stage"]: r["status"] for r in third["lineage"]}
-    assert status == {"extract": "reused", "tokenizer": "reused", "tokenize": "reused", "pretrain": "ran"}
+    second = json.loads(open(pipeline_flow(config=late)).read())
+    assert [s["stage"] for s in second["stages"]] == CHAIN[2:]
+    status = {r["fingerprint"]: r["status"] for r in second["lineage"]}
+    outputs = {s["stage"]: read_manifest(s["manifest"])["fingerprint"] for s in second["stages"]}
+    assert status[outputs["tokenize"]] == "reused"
+    assert {s: status[outputs[s]] for s in CHAIN[3:]} == {s: "ran" for s in CHAIN[3:]}
+    assert {r["status"] for r in second["lineage"] if r["stage"] in ("extract", "minhash", "tokenizer")} == {"reused"}
 
 
 def test_bad_stage_config_fails_before_any_work(prefect_harness, reference, tmp_path):
