@@ -32,7 +32,12 @@ def api_client(api: str):
         return get_client(sync_client=True)
 
 
+# The model-based filters fetch or train models on first use (slow on a fresh machine); these
+# tests are about deployments and the UI, so the data stage runs extract, PII and dedup only.
+LEAN_FILTERS = {"langid": {"enabled": False}, "rules": {"enabled": False}, "quality": {"enabled": False}}
+
+
 def data_config(root: Path, reference: Path) -> dict:
-    return {"root": str(root), "sources": [str(reference / DATA_SOURCE)], "max_workers": 1}
+    return {"root": str(root), "sources": [str(reference / DATA_SOURCE)], "max_workers": 1, "filters": LEAN_FILTERS}
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from flows.pipeline import PipelineConfig, StageSpec, lineage, pipeline_flow, plan
 from lm.data.shards import read_manifest
-from tests.e2e.helpers import data_config
+from tests.e2e.helpers import LEAN_FILTERS, data_config
 
 
 ALIGN_SMALL = {"data": {"num_train": 32, "num_eval": 8}, "options": {"num_samples": 4, "max_new_tokens": 4, "num_threads": 1}}
@@ -18,8 +18,7 @@ def smallest(root, reference, **kw) -> PipelineConfig:
     """Every stage at its smallest: 46 crawl pages, 300 tokens, a 1-layer model, a few steps each."""
     stages = {
         # Only PII masking and dedup: the language, rule and quality filters would leave 1 page.
-        "data": {"sources": [str(reference / "commoncrawl" / "*.warc.gz")], "max_workers": 1,
-                 "filters": {"langid": {"enabled": False}, "rules": {"enabled": False}, "quality": {"enabled": False}}},
+        "data": {"sources": [str(reference / "commoncrawl" / "*.warc.gz")], "max_workers": 1, "filters": LEAN_FILTERS},
         "tokenizer": {"vocab_size": 300},
         "tokenize": {"val_fraction": 0.2, "num_threads": 1},
         "pretrain": {
