@@ -8,6 +8,9 @@ import pytest
 from flows.server import deployment_entries
 from tests.e2e.helpers import api_client, data_config, run_by_name
 
+# A real server and workers: tens of seconds; deselect with -m 'not slow'.
+pytestmark = pytest.mark.slow
+
 
 def run_artifacts(api: str, flow_run_id) -> dict:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId

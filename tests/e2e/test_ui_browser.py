@@ -20,6 +20,9 @@ FLAGS = [
     "--window-size=1400,1600",
 ]
 
+# A real server, workers and a browser: tens of seconds; deselect with -m 'not slow'.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):

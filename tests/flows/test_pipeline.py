@@ -49,6 +49,7 @@ def artifact(key: str):
 CHAIN = ["data", "tokenizer", "tokenize", "pretrain", "sft", "dpo", "grpo", "evaluate"]
 
 
+@pytest.mark.slow
 def test_pipeline_runs_the_chain_and_reuses_stages_by_fingerprint(prefect_harness, reference, tmp_path):
     first = json.loads(open(pipeline_flow(config=smallest(tmp_path, reference))).read())
     rows = first["lineage"]
