@@ -233,11 +233,13 @@ def run_stage_deployment(name: str, cfg: BaseModel) -> Any:
 # --------------------------------------------------------------------------- lineage
 
 
-def lineage(final: Mapping[str, str], started_at: str) -> list[dict]:
+def lineage(final: Mapping[str, str], started_at: str, given: Mapping[str, str] | None = None) -> list[dict]:
     """Every manifest the given stage outputs descend from, upstream first.
 
-    ``final``: pipeline stage name -> manifest path. Each row says which pipeline stage it
-    belongs to, whether it was written during this run (``ran``) or found (``reused``).
+    ``final``: pipeline stage name -> manifest path; ``given``: the same for stages that ran
+    before this pipeline started (``manifests``), so their rows carry their own stage name.
+    Each row says which pipeline stage it belongs to, whether it was written during this run
+    (``ran``) or found (``reused``).
     """
     rows: dict[str, dict] = {}
 
@@ -264,14 +266,18 @@ def lineage(final: Mapping[str, str], started_at: str) -> list[dict]:
             "directory": str(manifest_dir(m).resolve()),
         }
 
-    for owner, path in final.items():
+    for owner, path in [*(given or {}).items(), *final.items()]:
         visit(path, owner)
     return list(rows.values())
 
 
 def lineage_plot(rows: list[dict], png: Path) -> Path | None:
-    """Records in and kept per stage (the funnel through the whole pipeline), as a PNG."""
-    rows = [r for r in rows if r["in"] or r["kept"]]
+    """Documents in and kept per data stage (the funnel from crawl to corpus), as a PNG.
+
+    Only the data stages: later stages count other things (tokens, steps, examples), which
+    would share an axis with documents and mislead.
+    """
+    rows = [r for r in rows if r["pipeline_stage"] == "data" and (r["in"] or r["kept"])]
     if not rows:
         return None
     import matplotlib
@@ -286,9 +292,9 @@ def lineage_plot(rows: list[dict], png: Path) -> Path | None:
     ax.barh([i - 0.2 for i in y], [r["kept"] for r in rows], height=0.4, label="kept", color="#2c6fbb")
     ax.set_yticks(list(y), labels)
     ax.invert_yaxis()  # upstream at the top, like reading the pipeline
-    ax.set_xlabel("records")
-    ax.set_title("Records through the pipeline")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, frameon=False)
+    ax.set_xlabel("documents")
+    ax.set_title("Documents through the data stages")
+    ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(png, dpi=80)
     plt.close(fig)
@@ -314,13 +320,13 @@ def lineage_markdown(rows: list[dict], png: Path | None, out_dir: Path) -> str:
     ]
     md = ["# Pipeline lineage", "", f"{len(rows)} stage output(s); lineage written to `{out_dir / 'lineage.json'}`.", "", markdown_table(table)]
     if png is not None:
-        md += ["", image_markdown(png, "records in and kept per stage")]
+        md += ["", image_markdown(png, "documents in and kept per data stage")]
     md += ["", "Inspect a stage: `lmpipe inspect <directory>`."]
     return "\n".join(md)
 
 
-def write_lineage(root: str, final: Mapping[str, str], started_at: str) -> tuple[Path, list[dict], Path | None]:
-    rows = lineage(final, started_at)
+def write_lineage(root: str, final: Mapping[str, str], started_at: str, given: Mapping[str, str] | None = None) -> tuple[Path, list[dict], Path | None]:
+    rows = lineage(final, started_at, given)
     fp = fingerprint("pipeline", VERSION, {}, [r["fingerprint"] for r in rows])
     out = Path(root) / "pipeline" / fp
     out.mkdir(parents=True, exist_ok=True)
@@ -364,11 +370,12 @@ def pipeline_flow(config: PipelineConfig) -> str:
         log.info("stage %s -> %s", s.name, manifests[s.name])
         update_progress_artifact(progress, 100.0 * i / len(todo))
 
-    out, rows, png = write_lineage(config.root, produced, started_at)
+    given = {k: v for k, v in manifests.items() if k not in produced}
+    out, rows, png = write_lineage(config.root, produced, started_at, given)
     create_table_artifact(
         table=rows,
         key="pipeline-lineage",
         description="Every stage output this run used: fingerprint, counts, directory",
     )
-    create_markdown_artifact(markdown=lineage_markdown(rows, png, out), key="pipeline-summary", description="Pipeline lineage with the records funnel")
+    create_markdown_artifact(markdown=lineage_markdown(rows, png, out), key="pipeline-summary", description="Pipeline lineage with the documents funnel of the data stages")
     return str(out / "lineage.json")

@@ -83,6 +83,9 @@ def test_pipeline_runs_the_chain_and_reuses_stages_by_fingerprint(prefect_harnes
     assert status[outputs["tokenize"]] == "reused"
     assert {s: status[outputs[s]] for s in CHAIN[3:]} == {s: "ran" for s in CHAIN[3:]}
     assert {r["status"] for r in second["lineage"] if r["stage"] in ("extract", "minhash", "tokenizer")} == {"reused"}
+    # Stages given as manifests keep their own names in the lineage.
+    owner = {r["stage"]: r["pipeline_stage"] for r in second["lineage"]}
+    assert (owner["extract"], owner["minhash"], owner["tokenizer"]) == ("data", "data", "tokenizer")
 
 
 def test_bad_stage_config_fails_before_any_work(prefect_harness, reference, tmp_path):
