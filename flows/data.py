@@ -16,6 +16,7 @@ after extract.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -40,7 +41,7 @@ class HttpConfig(BaseModel):
     retries: int = Field(default=5, ge=0, description="attempts after the first per request (5xx, resets, timeouts)")
     backoff_s: float = Field(default=0.5, gt=0, description="first wait between attempts; doubles each time")
     timeout_s: float = Field(default=60.0, gt=0, description="socket timeout per connect/read, seconds")
-    cc_base_url: str = Field(default=CC_BASE_URL, description="base URL for cc:// listings without &base=")
+    cc_base_url: str = Field(default=CC_BASE_URL, description="base URL for cc:// listings without &base= and for relative filenames in index: files")
 
     def options(self) -> HttpOptions:
         return HttpOptions(retries=self.retries, backoff_s=self.backoff_s, timeout_s=self.timeout_s)
@@ -53,8 +54,9 @@ class DataConfig(BaseModel):
 
     sources: list[str] = Field(
         min_length=1,
-        description="inputs: WARC/WET/ARC paths, globs, directories, http(s) URLs, or "
-        "cc://CC-MAIN-2024-22?kind=wet&files=2 (first N files of a Common Crawl listing)",
+        description="inputs: WARC/WET/ARC paths, globs, directories, http(s) URLs, "
+        "cc://CC-MAIN-2024-22?kind=wet&files=2 (first N files of a Common Crawl listing), or "
+        "index:<file> (JSON/CDXJ lines with filename, offset, length: one Range request per record)",
     )
     root: str = Field(default="outputs", description="artifact root: stages write <root>/<stage>/<fingerprint>/")
     extract: ExtractConfig = Field(default_factory=ExtractConfig, description="extract stage settings")
@@ -75,7 +77,11 @@ class DataConfig(BaseModel):
 
     def locations(self) -> list[str]:
         """Concrete input files/URLs. FileNotFoundError names a missing local path (before any work)."""
-        specs = [s if not s.startswith("cc://") or "base=" in s else f"{s}{'&' if '?' in s else '?'}base={self.http.cc_base_url}" for s in self.sources]
+        specs = []
+        for s in self.sources:
+            if s.startswith("cc://") and "base=" not in s:  # listings default to the configured base URL
+                s += f"{'&' if '?' in s else '?'}base={self.http.cc_base_url}"
+            specs.append(s)
         return expand_sources(specs, self.http.options())
 
 
@@ -84,7 +90,7 @@ def data_flow(config: DataConfig) -> dict[str, str]:
     """Run the data stages; returns {stage: manifest path}."""
     log = get_run_logger()
     locations = config.locations()  # fails here, before any work, on a missing path
-    shards = plan_shards(locations, config.extract.slice_bytes)
+    shards = plan_shards(locations, config.extract.slice_bytes, config.http.cc_base_url)
     root = str(Path(config.root).resolve())
     plan = plan_digest(shards)
     stage = extract_stage(root, config.extract, plan)
@@ -121,13 +127,12 @@ def _run_shards(config: DataConfig, root: str, plan: str, shards: list[dict]) ->
 
 def _counts_line(m: dict) -> str:
     c = m["counts"]
-    return f"in {c['in']}, kept {c['kept']}, rejected {sum(c['rejected'].values())} {c['rejected']}, failed {sum(c['failed'].values())} {c['failed']}"
+    rejected, failed = sum(c["rejected"].values()), sum(c["failed"].values())
+    return f"in {c['in']}, kept {c['kept']}, rejected {rejected} {c['rejected']}, failed {failed} {c['failed']}"
 
 
 def _per_source_md(manifest_path: str) -> str:
     """A per-shard table for the summary artifact: which input produced what."""
-    import json
-
     m = read_manifest(manifest_path)
     d = Path(manifest_path).parent
     rows = []

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from lm.data.ingest import DOC_SCHEMA, ExtractConfig, extract_documents, max_block_bytes, shard_label
-from lm.data.remote import HttpOptions, RemoteError
+from lm.data.remote import CC_BASE_URL, INDEX_PREFIX, HttpOptions, RemoteError
 from lm.data.shards import Stage, source_fingerprint
 from lm.data.warc import iter_file
 
@@ -33,7 +33,10 @@ PROGRESS_EVERY_S = 5.0
 def plan_digest(shards: list[dict]) -> str:
     """Identity of a shard plan: each shard's location and byte range, and each input's
     identity (local files by size and mtime). Tasks get this short digest, not the plan."""
-    plan = [[s["location"], s["start"], s["end"], source_fingerprint(s["location"])] for s in shards]
+    plan = [
+        [s["location"], s["start"], s["end"], s.get("base_url"), source_fingerprint(s["location"].removeprefix(INDEX_PREFIX))]
+        for s in shards
+    ]
     return hashlib.sha256(json.dumps(plan, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -74,7 +77,8 @@ def extract_shard(root: str, cfg: ExtractConfig, plan: str, index: int, shard: d
     on_progress = _progress_reporter(shard) if (shard["size"] or 0) >= PROGRESS_MIN_BYTES else None
     with stage.open_shard(index, schema=DOC_SCHEMA, source=shard_label(shard)) as w:
         records = iter_file(shard["location"], start=shard["start"], end=shard["end"], http=http,
-                            max_block_bytes=max_block_bytes(cfg), on_progress=on_progress)
+                            max_block_bytes=max_block_bytes(cfg), base_url=shard.get("base_url") or CC_BASE_URL,
+                            on_progress=on_progress)
         try:
             for out in extract_documents(records, cfg):
                 w.count_in()

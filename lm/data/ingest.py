@@ -137,14 +137,18 @@ def extract_documents(records: Iterable[Record], cfg: ExtractConfig) -> Iterator
         yield classify(rec, cfg)
 
 
-def plan_shards(locations: list[str], slice_bytes: int) -> list[dict]:
+def plan_shards(locations: list[str], slice_bytes: int, base_url: str = remote.CC_BASE_URL) -> list[dict]:
     """One shard per location, or per ``slice_bytes`` of a local gzip file bigger than that.
+    ``index:`` locations (records named by an index file) resolve filenames under ``base_url``.
 
     Slices cut at byte offsets; the reader assigns each record to the slice where its gzip
     member starts, so the slices partition the records without reading the file here.
     """
     shards = []
     for loc in locations:
+        if loc.startswith(remote.INDEX_PREFIX):
+            shards.append({"location": loc, "start": 0, "end": None, "size": None, "base_url": base_url})
+            continue
         size = None if remote.is_url(loc) else Path(loc).stat().st_size
         if slice_bytes and size is not None and size > slice_bytes and _per_record_gzip(loc):
             for start in range(0, size, slice_bytes):

@@ -10,6 +10,9 @@ restarted from zero. A 404 is not retried: it raises FileNotFoundError naming th
 work starts on a path or glob that does not exist:
 
 - ``data/x.warc.gz``, ``data/*.warc.gz``, ``data/`` (every file inside), ``https://…/x.warc.gz``
+- ``index:hits.jsonl`` — the records a Common Crawl index query returned: JSON lines (or CDXJ
+  lines ``<surt> <timestamp> {json}``) with ``filename``, ``offset``, ``length``; each record is
+  fetched with one Range request (relative filenames resolve under the CC base URL);
 - ``cc://CC-MAIN-2024-22?kind=wet&files=2`` — the first ``files`` paths of the crawl's
   ``crawl-data/<CRAWL>/<kind>.paths.gz`` listing under the base URL (``&base=`` or the default
   ``https://data.commoncrawl.org/``).
@@ -21,6 +24,7 @@ import glob
 import gzip
 import http.client
 import io
+import json
 import re
 import socket
 import time
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 CC_BASE_URL = "https://data.commoncrawl.org/"
+INDEX_PREFIX = "index:"  # "index:<file>": the records listed (filename, offset, length) in that file
 _CRAWL_RE = re.compile(r"^CC-MAIN-\d{4}-\d{2}$")
 _KINDS = ("warc", "wet", "wat")
 _TRANSIENT = (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException, urllib.error.URLError)
@@ -248,6 +253,24 @@ def read_paths_listing(location: str, http: HttpOptions | None = None) -> list[s
     return [ln.strip() for ln in data.decode("utf-8").splitlines() if ln.strip()]
 
 
+def read_index(location: str, http: HttpOptions | None = None) -> list[dict]:
+    """Pointer rows of an index file (JSON lines or CDXJ, optionally gzip), in file order."""
+    with open_location(location, http=http) as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    rows = []
+    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line[line.index("{"):])
+            rows.append({"filename": row["filename"], "offset": int(row["offset"]), "length": int(row["length"])})
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{location} line {n}: expected a JSON object with filename, offset, length ({e})") from None
+    return rows
+
+
 def expand_sources(specs, http: HttpOptions | None = None) -> list[str]:
     """Concrete locations (paths or URLs) for source specs; FileNotFoundError for a local
     path or glob that matches nothing (raised before anything is read)."""
@@ -261,6 +284,11 @@ def expand_sources(specs, http: HttpOptions | None = None) -> list[str]:
             spec = str(Path(spec).expanduser())
         if spec.startswith("cc://"):
             out += CCListing.parse(spec).locations(http)
+        elif spec.startswith(INDEX_PREFIX):  # records named by an index file: one source
+            target = str(Path(spec[len(INDEX_PREFIX):]).expanduser()) if not is_url(spec[len(INDEX_PREFIX):]) else spec[len(INDEX_PREFIX):]
+            if not is_url(target) and not Path(target).is_file():
+                raise FileNotFoundError(f"index file {target!r} (source {spec!r}) does not exist")
+            out.append(INDEX_PREFIX + target)
         elif is_url(spec):
             out.append(spec)
         elif any(c in spec for c in "*?["):

@@ -346,10 +346,16 @@ def iter_file(
     http: remote.HttpOptions | None = None,
     chunk_size: int = CHUNK_SIZE,
     max_block_bytes: int | None = None,
+    base_url: str = remote.CC_BASE_URL,
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[Record]:
     """Records of one file or URL. ``start``/``end`` read a slice of a gzip file: the records
-    whose member starts in [start, end) (``start`` need not be on a member boundary)."""
+    whose member starts in [start, end) (``start`` need not be on a member boundary).
+    ``index:<file>`` reads the records that index file points to (see ``remote.read_index``)."""
+    if location.startswith(remote.INDEX_PREFIX):
+        rows = remote.read_index(location[len(remote.INDEX_PREFIX):], http)
+        yield from iter_pointers(rows[:max_records], http=http, base_url=base_url, max_block_bytes=max_block_bytes)
+        return
     raw = remote.open_location(location, offset=start, http=http)
     try:
         reader: BinaryIO = raw
@@ -420,7 +426,8 @@ class _Prefixed:
         return self.raw.read(size)
 
 
-def iter_pointers(pointers: Iterable, *, http: remote.HttpOptions | None = None, base_url: str = remote.CC_BASE_URL) -> Iterator[Record]:
+def iter_pointers(pointers: Iterable, *, http: remote.HttpOptions | None = None, base_url: str = remote.CC_BASE_URL,
+                  max_block_bytes: int | None = None) -> Iterator[Record]:
     """Records at ``(file, offset, length)`` pointers (tuples or dicts with filename/offset/length,
     as the CC index returns them): one Range request (or seek) per record."""
     for p in pointers:
@@ -429,9 +436,16 @@ def iter_pointers(pointers: Iterable, *, http: remote.HttpOptions | None = None,
         else:
             file, offset, length = p[0], int(p[1]), int(p[2])
         location = remote.resolve_location(file, base_url)
-        raw = remote.open_location(location, offset=offset, length=length, http=http)
         try:
-            yield from parse_stream(MemberStream(raw, base=offset), location, max_records=1)
+            raw = remote.open_location(location, offset=offset, length=length, http=http)
+        except FileNotFoundError as e:  # one bad pointer is one lost record, not a lost shard
+            yield _failure(location, offset, "source_not_found", str(e))
+            continue
+        except OSError as e:
+            yield _failure(location, offset, "source_error", str(e))
+            continue
+        try:
+            yield from parse_stream(MemberStream(raw, base=offset), location, max_records=1, max_block_bytes=max_block_bytes)
         finally:
             raw.close()
 

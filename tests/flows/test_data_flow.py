@@ -190,3 +190,15 @@ def test_demo_config_is_valid():
     raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "data-demo.yaml").read_text())
     cfg = DataConfig.model_validate(raw)
     assert cfg.sources == ["~/.cache/lmpipe/pywb-warcs"] and cfg.max_workers == 2
+
+
+def test_index_source_in_the_flow(prefect_harness, reference, tmp_path):
+    w = reference / CC / "warcfile.warc.gz"
+    index = tmp_path / "hits.jsonl"
+    rows = [(940, 10905), (12685, 18808), (11845, 420), (5, 100)]  # two pages, a metadata record, a bad offset
+    index.write_text("".join(f'{{"filename": "{w}", "offset": {o}, "length": {n}}}\n' for o, n in rows))
+    _, out = run(tmp_path, [f"index:{index}"])
+    m = read_manifest(out["extract"])
+    assert m["counts"]["in"] == 4 and accounted(m)
+    assert m["counts"]["rejected"] == {"record_type_metadata": 1} and m["counts"]["failed"] == {"not_warc": 1}
+    assert read_stage_table(out["extract"]).column("source").to_pylist() == [f"{w}:940", f"{w}:12685"]

@@ -120,3 +120,26 @@ def test_cc_listing_rejects_bad_values():
         CCListing("CC-MAIN-2024-22", kind="html")
     with pytest.raises(ValueError, match="unknown parameter"):
         CCListing.parse("cc://CC-MAIN-2024-22?segments=2")
+
+
+def test_index_file_of_pointers(reference, fault_server, tmp_path):
+    """CC index rows (JSON lines and CDXJ) fetched with one Range request each; a pointer into
+    a missing file is one failed record, the others are still read."""
+    path = reference / CC / "warcfile.warc.gz"
+    fault_server.add("/crawl-data/x/warcfile.warc.gz", path.read_bytes())
+    index = tmp_path / "hits.cdxj"
+    index.write_text(
+        '{"url": "http://003338.cn/l41/481397.html", "filename": "crawl-data/x/warcfile.warc.gz", "offset": "940", "length": "10905"}\n'
+        'ru,01spb)/company 20200804 {"filename": "crawl-data/x/warcfile.warc.gz", "offset": "12685", "length": "18808"}\n'
+        '{"filename": "crawl-data/x/gone.warc.gz", "offset": "0", "length": "100"}\n'
+    )
+    recs = list(iter_records(f"index:{index}", http=FAST, base_url=fault_server.url + "/"))
+    assert [(r.url, r.error) for r in recs] == [
+        ("http://003338.cn/l41/481397.html", None), ("http://01spb.ru/company/", None), ("", "source_not_found")]
+    assert recs[2].source == fault_server.url + "/crawl-data/x/gone.warc.gz:0"
+    with pytest.raises(FileNotFoundError, match="nope.cdxj"):
+        expand_sources([f"index:{tmp_path / 'nope.cdxj'}"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"filename": "x"}\n')
+    with pytest.raises(ValueError, match="line 1"):
+        list(iter_records(f"index:{bad}"))
