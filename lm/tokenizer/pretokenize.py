@@ -16,16 +16,16 @@ import codecs
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import regex
 
 from lm.tokenizer.gpt2 import GPT2_PATTERN
 
 _PRETOKEN_RE = regex.compile(GPT2_PATTERN)
-_WINDOW = 1 << 16
+_WINDOW = 1 << 16  # bytes scanned past a target offset to find a cut point
 # A printable non-space ASCII byte, then a space or newline: a cut point (see above).
-_WS_CUT_RE = re.compile(rb"[\x21-\x7e][ \n]")  # bytes scanned past a target offset to find a cut point
+_WS_CUT_RE = re.compile(rb"[\x21-\x7e][ \n]")
 
 # Decoding with this handler replaces each bad byte run by U+FFFD and counts the runs.
 _replaced = 0
@@ -155,13 +155,4 @@ def count_pretokens(path: str | os.PathLike, special_tokens: Sequence[str] = (),
         stats["replaced"] += bad
         stats["chunks"] += 1
     stats["distinct_pretokens"] = len(total)
-    return dict(total), stats
-
-
-def iter_texts_pretokens(texts: Iterable[str], special_tokens: Sequence[str] = ()) -> Counter:
-    """Pre-token counts (bytes) of in-memory texts (used by small tests and samples)."""
-    split_re = special_split_pattern(special_tokens)
-    total: Counter = Counter()
-    for t in texts:
-        total.update(count_text(t, split_re))
-    return Counter({k.encode("utf-8", "surrogatepass"): v for k, v in total.items()})
+    return total, stats  # a Counter is a dict: no copy (it is the biggest object at this point)

@@ -160,9 +160,11 @@ class Tokenizer:
         except ImportError:
             self.fast_path_reason = "tiktoken is not installed"
             return None
-        # tiktoken merges by the rank of the merged token's bytes and uses ranks as ids. That
-        # is our encoder exactly when every multi-byte token is a merge result and merged ids
-        # grow with merge order (true for train_bpe and GPT-2 vocabs).
+        # tiktoken merges by the rank of the merged token's bytes and uses ranks as ids; we
+        # merge by the rank of the pair. They agree when every multi-byte token is a merge
+        # result and merged ids grow with merge order (train_bpe and GPT-2 vocabs), except in
+        # contrived cases (a token reachable by two different splits): tests compare the two
+        # on megabytes of real text, and encode_python stays the reference.
         special_bytes = {s.encode() for s in self.special_tokens}
         ranks = {t: i for t, i in self.encoder.items() if t not in special_bytes}
         if len(self.encoder) != len(self.vocab):

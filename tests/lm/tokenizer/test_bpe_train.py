@@ -4,11 +4,13 @@ import json
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lm.tokenizer import train_bpe
 from lm.tokenizer.gpt2 import EOT, decode_token
 from lm.tokenizer.pretokenize import chunk_boundaries, count_pretokens
-from lm.tokenizer.train import merge_words
+from lm.tokenizer.train import _inverse_key, merge_words
 
 
 def _reference(fixtures):
@@ -63,9 +65,18 @@ def test_ties_go_to_the_lexicographically_greater_pair():
     a, b, c, d = b"a"[0], b"b"[0], b"c"[0], b"d"[0]
     vocab, merges = merge_words([[a, b], [c, d], [b, c]], [3, 3, 3], 259, [])
     assert merges == [(b"c", b"d"), (b"b", b"c"), (b"a", b"b")]
-    # A longer token beats its own prefix: (b"ab", b"c") > (b"a", b"bc")... compared on the left first.
-    vocab, merges = merge_words([[a, b, a], [a, b]], [1, 1], 258, [])
-    assert merges == [(b"a", b"b"), (b"ab", b"a")]
+    # Equal counts, left tokens b"ab" vs b"a" (a prefix): b"ab" is greater, so (ab, x) wins.
+    vocab, merges = merge_words([[a, b, c], [a, b, c], [a, d], [a, d], [a, b]], [1, 1, 1, 1, 1], 259, [])
+    assert merges == [(b"a", b"b"), (b"ab", b"c"), (b"a", b"d")]
+    # Bytes, not ids: b"b" (id 98) beats b"ab" (id 256) as a left token.
+    vocab, merges = merge_words([[a, b, c], [a, b, c], [b, d], [b, d], [a, b]], [1, 1, 1, 1, 1], 259, [])
+    assert merges == [(b"a", b"b"), (b"b", b"d"), (b"ab", b"c")]
+
+
+@given(st.binary(max_size=6), st.binary(max_size=6))
+def test_heap_key_reverses_byte_order(x, y):
+    # heapq pops the smallest key; the key must order tokens as descending bytes.
+    assert (_inverse_key(x) < _inverse_key(y)) == (x > y)
 
 
 def test_non_utf8_input_is_replaced_and_counted(tmp_path):
