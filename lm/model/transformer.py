@@ -18,7 +18,7 @@ Attention implementations (``ModelConfig.attention``): ``reference`` (ours, belo
 FlashAttention-2 in plain PyTorch), ``triton`` (our FlashAttention-2 Triton kernel; CUDA, or CPU
 under ``TRITON_INTERPRET=1``), ``auto`` (sdpa: torch's fused kernels were the fastest on both
 CPU and GPU in bench/kernels.py). ``norm``: ``torch``, ``triton`` (fused RMSNorm) or ``auto``
-(triton on CUDA when importable, else torch).
+(triton on CUDA when importable and not under torch.compile, else torch).
 """
 
 from __future__ import annotations
@@ -116,7 +116,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.impl == "triton" or (self.impl == "auto" and x.is_cuda and _triton_available()):
+        # auto: our fused kernel on CUDA, except under torch.compile, whose generated kernel fuses it anyway
+        auto_triton = self.impl == "auto" and x.is_cuda and not torch.compiler.is_compiling() and _triton_available()
+        if self.impl == "triton" or auto_triton:
             from lm.model.kernels.rmsnorm import rmsnorm_triton
 
             return rmsnorm_triton(x, self.weight, self.eps)

@@ -79,3 +79,13 @@ def test_get_batch_bad_device():
         get_batch(np.arange(100), 2, 4, "cuda:99")
     with pytest.raises(ValueError, match="banana"):
         get_batch(np.arange(100), 2, 4, "banana")
+
+
+def test_cross_entropy_gradient_matches_torch():
+    torch.manual_seed(0)
+    logits = (torch.randn(4, 6, 13) * 30).requires_grad_()
+    targets = torch.randint(0, 13, (4, 6))
+    ours = torch.autograd.grad(cross_entropy(logits, targets) * 3.0, logits)[0]
+    ref = torch.autograd.grad(torch.nn.functional.cross_entropy(logits.view(-1, 13), targets.view(-1)) * 3.0, logits)[0]
+    torch.testing.assert_close(ours, ref)
+    assert torch.autograd.gradcheck(lambda x: cross_entropy(x, targets[:1, :3]), logits[:1, :3].detach().double().requires_grad_())

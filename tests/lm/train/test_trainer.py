@@ -121,3 +121,13 @@ def test_config_errors_name_the_field(byte_shards, tmp_path):
     with pytest.raises(FileNotFoundError, match="no stage manifest"):
         train(_cfg(tmp_path / "nowhere", tmp_path / "run"))
     assert _cfg(byte_shards, tmp_path, max_steps=None, max_tokens=10_000).total_steps() == 40  # ceil(10000 / 256)
+
+
+def test_cli_rejects_bad_config_with_status_2(byte_shards, tmp_path, capsys):
+    from lm.train.__main__ import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_cfg(byte_shards, tmp_path / "run").model_dump()))
+    assert main(["--config", str(cfg), "--set", "model.num_heads=5"]) == 2
+    assert "num_heads" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2

@@ -97,3 +97,13 @@ def test_model_with_triton_attention_matches_reference_model():
     torch.testing.assert_close(tri(ids), ref(ids), rtol=1e-3, atol=1e-3)
     tri(ids).sum().backward()  # gradients flow through both kernels
     assert all(p.grad is not None for p in tri.parameters())
+
+
+@pytest.mark.parametrize("tiles, d, causal", [((128, 64, 64, 64), 64, True), ((128, 32, 64, 32), 128, False)])
+def test_flash_triton_gpu_tile_shapes_under_interpreter(tiles, d, causal, monkeypatch):
+    """The tile sizes used on CUDA (query tile ≠ key tile; 200 is no multiple of either) are exact too."""
+    pytest.importorskip("triton")
+    import lm.model.kernels.flash_triton as ft
+
+    monkeypatch.setattr(ft, "_tiles", lambda device, dd: tiles)
+    _check(ft.flash_attention_triton, ft.flash_forward_triton, causal, B=1, H=1, Tq=200, Tk=200, d=d)
