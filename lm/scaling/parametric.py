@@ -92,7 +92,11 @@ class ParametricFit:
         return law_loss(self.params, np.asarray(n, float), np.asarray(d, float))
 
     def standard_errors(self) -> dict[str, float]:
-        return {k: float(s) for k, s in zip(PARAM_NAMES, self.boot.std(axis=0, ddof=1) if len(self.boot) > 1 else [math.nan] * 5)}
+        """Bootstrap SE of each parameter (inf when a replicate ran off: A or B unconstrained)."""
+        if len(self.boot) < 2:
+            return {k: math.nan for k in PARAM_NAMES}
+        with np.errstate(over="ignore", invalid="ignore"):
+            return {k: float(s) for k, s in zip(PARAM_NAMES, self.boot.std(axis=0, ddof=1))}
 
     def frontier(self, budget: float, flops_per_token: Callable[[float], float] | None = None) -> tuple[float, float, float]:
         """(N_opt, D_opt, loss) at ``budget`` FLOPs."""

@@ -68,3 +68,21 @@ def test_bad_configs_fail_naming_the_field(tmp_path):
     write_token_shards(tmp_path / "t", {"train": [np.arange(100)]}, vocab_size=257)
     with pytest.raises(ValueError, match="needs 'train' and 'val' shards"):
         corpus_info(tmp_path / "t")
+
+
+def test_a_diverged_run_is_cached_with_nan_losses_and_a_failed_run_is_not(corpus, tmp_path):
+    import math
+
+    from lm.scaling.sweep import execute_run
+
+    cfg = config(budgets=[1e9, 2e9], lr=1e8, lr_rule="constant", batch_size=4, context_length=32, min_steps=5, eval_batches=2)
+    run = plan_runs(cfg, corpus)[0][0]
+    row = execute_run(run, corpus, root=tmp_path, device="cpu")
+    assert row["status"] == "diverged" and math.isnan(row["final_train_loss"]) and math.isnan(row["final_val_loss"])
+    assert row["note"] == "loss went non-finite: excluded from the fits" and not row["cached"]
+    assert execute_run(run, corpus, root=tmp_path, device="cpu")["cached"]  # deterministic: not retrained
+
+    broken = {**corpus, "dir": str(tmp_path / "missing")}
+    failed = execute_run(plan_runs(config(), corpus)[0][0], broken, root=tmp_path, device="cpu")
+    assert failed["status"] == "failed" and "missing" in failed["note"]
+    assert not (tmp_path / "scaling-runs" / failed["run_id"] / "result.json").exists()  # retried next time
