@@ -37,7 +37,7 @@ class AlignDemoConfig(BaseModel):
     data: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Addition problems.")
     base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Tiny base model.")
     sft: SFTConfig = Field(default_factory=lambda: SFTConfig(num_steps=800, batch_size=64, lr=3e-3, eval_every=25, stop_at_reward=0.3), description="SFT, stopped once the model is right on 30% of a sample of training problems, leaving GRPO room.")
-    dpo: DPOConfig = Field(default_factory=lambda: DPOConfig(num_steps=100, batch_size=32, lr=1e-3, beta=0.5, eval_every=10), description="DPO on right-vs-wrong answers.")
+    dpo: DPOConfig = Field(default_factory=lambda: DPOConfig(num_steps=300, batch_size=32, lr=1e-3, beta=0.5, eval_every=30), description="DPO on right-vs-wrong answers.")
     grpo: GRPOConfig = Field(default_factory=lambda: GRPOConfig(num_steps=200, num_prompts_per_step=16, group_size=8, lr=5e-4, max_new_tokens=5, microbatch_size=128, eval_every=20), description="GRPO with the exact-arithmetic verifier.")
     options: StageOptions = Field(default_factory=lambda: StageOptions(verifier="arithmetic", max_new_tokens=5, num_threads=1), description="Verifier, sampling, threads.")
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from lm.align.batches import tokenize_prompt_and_output
 from lm.align.losses import dpo_loss
 from lm.align.ops import sequence_log_probs
+from lm.align.sft import max_length_for
 
 Triple = tuple[str, str, str]  # (prompt, chosen, rejected)
 
@@ -121,15 +122,13 @@ def train_dpo(
     """Train ``model`` in place with DPO against the frozen ``ref``. Returns a history."""
     from lm.train import AdamW, clip_grad_norm_
 
-    from lm.align.sft import _max_length
-
     train, skipped_train = split_identical(train_triples)
     evals, skipped_eval = split_identical(eval_triples)
     if not train:
         raise ValueError(f"no usable preference pairs: all {len(train_triples)} have chosen == rejected")
     for p in ref.parameters():
         p.requires_grad_(False)
-    max_length = _max_length(model, cfg.max_length)
+    max_length = max_length_for(model, cfg.max_length)
     t0 = time.time()
     ref_c, ref_r = reference_logps(ref, tokenizer, train, max_length)
     ev_c, ev_r = reference_logps(ref, tokenizer, evals, max_length) if evals else (torch.empty(0), torch.empty(0))

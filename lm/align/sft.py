@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from lm.align.batches import tokenize_prompt_and_output
 from lm.align.losses import sft_microbatch_train_step
 from lm.align.ops import get_response_log_probs
+from lm.align.rollout import context_length
 
 
 class SFTConfig(BaseModel):
@@ -47,8 +48,9 @@ class SFTConfig(BaseModel):
     seed: int = Field(0, description="Seed for batch order.")
 
 
-def _max_length(model, cfg_max: int | None) -> int | None:
-    ctx = getattr(getattr(model, "config", None), "context_length", None)
+def max_length_for(model, cfg_max: int | None) -> int | None:
+    """Longest prompt+response row the model takes: its context + 1 (inputs are one shorter), capped by ``cfg_max``."""
+    ctx = context_length(model)
     if cfg_max is not None:
         return cfg_max if ctx is None else min(cfg_max, ctx + 1)
     return None if ctx is None else ctx + 1  # input_ids are one shorter than the row
@@ -60,7 +62,7 @@ def response_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_si
     was = model.training
     model.eval()
     total, n = 0.0, 0
-    max_length = _max_length(model, max_length)
+    max_length = max_length_for(model, max_length)
     for s in range(0, len(pairs), batch_size):
         chunk = pairs[s: s + batch_size]
         b = tokenize_prompt_and_output([p for p, _ in chunk], [r for _, r in chunk], tokenizer, max_length=max_length, eot_id=tokenizer.eot_id)
@@ -96,7 +98,7 @@ def train_sft(
             f"batch_size={cfg.batch_size} is not divisible by gradient_accumulation_steps={cfg.gradient_accumulation_steps}"
         )
     micro = cfg.batch_size // cfg.gradient_accumulation_steps
-    max_length = _max_length(model, cfg.max_length)
+    max_length = max_length_for(model, cfg.max_length)
     opt = AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed)
     order: list[int] = []

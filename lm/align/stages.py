@@ -16,6 +16,7 @@ stage's, or one of these. Same inputs + config → same fingerprint → the stag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -28,11 +29,11 @@ from pydantic import BaseModel, Field
 
 from lm.align import demo
 from lm.align.data import INSTRUCTION_SCHEMA, PREFERENCE_SCHEMA, PROBLEM_SCHEMA, load_template, render
-from lm.align.dpo import DPOConfig, likelihood_accuracy, train_dpo
+from lm.align.dpo import DPOConfig, train_dpo
 from lm.align.grpo import GRPOConfig, evaluate_rewards, train_grpo
 from lm.align.plots import plot_curves
 from lm.align.rewards import get_reward_fn
-from lm.align.sft import SFTConfig, response_nll, train_sft
+from lm.align.sft import SFTConfig, train_sft
 from lm.align.tokenizers import load_tokenizer
 from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard
 from lm.eval.datasets import load_gsm8k, load_mmlu, load_sft_jsonl
@@ -70,6 +71,19 @@ class BaseModelConfig(BaseModel):
     lr: float = Field(3e-3, gt=0, description="Pretraining learning rate.")
     seed: int = Field(0, description="Initialization and batch seed.")
     num_threads: int | None = Field(1, ge=1, description="torch CPU threads (1 is fastest for this tiny model); null = torch default.")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run with ``n`` torch CPU threads, then restore the previous count (a stage must not
+    change the process for whatever runs next in it)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- data
@@ -195,12 +209,11 @@ def make_demo_base(root: str | Path, data: AlignDataConfig, cfg: BaseModelConfig
     stage = Stage(root, "align-base", version=VERSION, config={"data": data.model_dump(), "model": cfg.model_dump()})
     if stage.is_complete():
         return stage.manifest_path
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     train, _ = demo.split_problems(data.num_train, data.num_eval, data.digits, data.seed)
     mc = cfg.model_dump(include={"context_length", "d_model", "num_layers", "num_heads", "d_ff"})
-    model, tok, info = demo.make_base_model(train, model_config=mc, num_steps=cfg.num_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    with torch_threads(cfg.num_threads):
+        model, tok, info = demo.make_base_model(train, model_config=mc, num_steps=cfg.num_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     stage.path.mkdir(parents=True, exist_ok=True)
     tok.save(stage.path / "tokenizer")
     mcfg = save_policy(model, stage.path / "checkpoint", cfg.num_steps, {"stage": "align-base"})
@@ -240,16 +253,15 @@ def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, o
     stage = Stage(root, name, version=VERSION, config={**config, "options": opts.model_dump()}, inputs=[model_manifest, data_manifest])
     if stage.is_complete():
         return stage.manifest_path
-    if opts.num_threads:
-        torch.set_num_threads(opts.num_threads)
     torch.manual_seed(opts.seed)
     model, tok, upstream = load_policy(model_manifest)
     train_rows, eval_rows = read_split(data_manifest, "train"), read_split(data_manifest, "eval")
     sample_rows = eval_rows[: opts.num_samples]
     prompts, refs = [r["prompt"] for r in sample_rows], [r[ref_key] for r in sample_rows]
-    before, r_before = _generate_scores(model, tok, prompts, refs, opts)
-    hist = train_fn(model, tok, train_rows, eval_rows)
-    after, r_after = _generate_scores(model, tok, prompts, refs, opts)
+    with torch_threads(opts.num_threads):
+        before, r_before = _generate_scores(model, tok, prompts, refs, opts)
+        hist = train_fn(model, tok, train_rows, eval_rows)
+        after, r_after = _generate_scores(model, tok, prompts, refs, opts)
     stage.path.mkdir(parents=True, exist_ok=True)
     mcfg = save_policy(model, stage.path / "checkpoint", len(hist.get("step", [])), {"stage": name, "upstream": upstream["_path"]})
     plot_curves(stage.path / "curves.png", f"{name}", curves(hist))
@@ -285,7 +297,7 @@ def run_sft(root, model_manifest, data_manifest, cfg: SFTConfig, opts: StageOpti
 
     curves = lambda h: [  # noqa: E731
         ("loss", [("train NLL/token", h["step"], h["loss"])]),
-        ("held-out", [("response NLL/token", h["eval_step"], h["eval_nll"])] + ([("verifier reward, train sample (greedy)", h["eval_step"], h["probe_reward"])] if h["probe_reward"] else [])),
+        ("NLL / reward", [("held-out response NLL/token", h["eval_step"], h["eval_nll"])] + ([("verifier reward, train sample (greedy)", h["eval_step"], h["probe_reward"])] if h["probe_reward"] else [])),
     ]
     return _train_stage("sft", root, model_manifest, data_manifest, {"sft": cfg.model_dump()}, opts, "response", train, curves)
 
@@ -369,10 +381,14 @@ def run_evaluate(root, model_manifest, cfg: EvalConfig) -> Path:
     stage = Stage(root, "evaluate", version=VERSION, config=cfg.model_dump(), inputs=[model_manifest])
     if stage.is_complete():
         return stage.manifest_path
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     model, tok, _ = load_policy(model_manifest)
     metrics: dict = {}
+    with torch_threads(cfg.num_threads):
+        _evaluate_into(stage, model, tok, cfg, metrics)
+    return stage.commit(num_shards=len(cfg.tasks), extra={"metrics": metrics})
+
+
+def _evaluate_into(stage: Stage, model, tok, cfg: EvalConfig, metrics: dict) -> None:
     for i, task in enumerate(cfg.tasks):
         rows = _eval_rows(cfg, task)
         tmpl = "{question}" if task == "arithmetic" else load_template(cfg.template, cfg.prompts_dir)
@@ -389,10 +405,9 @@ def run_evaluate(root, model_manifest, cfg: EvalConfig) -> Path:
         metrics[f"{task}_accuracy"] = counts["correct"] / max(len(out), 1)
     if cfg.perplexity_path:
         metrics["perplexity"] = perplexity(model, tok, _perplexity_texts(cfg.perplexity_path))
-    return stage.commit(num_shards=len(cfg.tasks), extra={"metrics": metrics})
 
 
 __all__ = [
     "AlignDataConfig", "BaseModelConfig", "EvalConfig", "StageOptions", "build_align_data", "load_policy", "make_demo_base",
-    "read_split", "run_dpo", "run_evaluate", "run_grpo", "run_sft", "response_nll", "likelihood_accuracy",
+    "read_split", "run_dpo", "run_evaluate", "run_grpo", "run_sft",
 ]

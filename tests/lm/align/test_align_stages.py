@@ -33,7 +33,9 @@ def test_sft_on_real_sample_with_alpaca_template(reference, tmp_path, pretrained
     train, evals = read_split(data, "train"), read_split(data, "eval")
     assert (len(train), len(evals)) == (4, 1)  # 5 rows: a fifth held out
     assert evals[0]["prompt"].startswith("Below is an instruction") and evals[0]["prompt"].endswith("### Response:\n")
+    threads = torch.get_num_threads()
     out = run_sft(tmp_path, pretrained, data, SFTConfig(num_steps=4, batch_size=2, eval_every=2), OPTS)
+    assert torch.get_num_threads() == threads  # the stage ran single-threaded, then restored the count
     m = read_manifest(out)
     assert m["counts"]["truncated_responses"] > 0  # the documents are far longer than 48 bytes
     assert 0 < m["metrics"]["nll_after"] < 10 and m["counts"]["truncated_prompts"] > 0
