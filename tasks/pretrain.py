@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Literal
@@ -34,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lm.data.shards import Stage, atomic_write_json, read_manifest
 from lm.train.data import TokenShards, byte_tokens, write_token_shards
+from lm.train.launch import LaunchConfig, LaunchFailed, LaunchTimeout, run_supervised, torchrun_command
 from lm.train.trainer import EXIT_DIVERGED, TrainConfig
 
 STAGE_VERSION = "1"
@@ -53,7 +51,10 @@ class PretrainConfig(BaseModel):
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of text_file's bytes held out for validation.")
     train: TrainConfig = Field(description="The training run (data and out_dir are filled in by the flow).")
     launcher: Literal["python", "torchrun"] = Field("python", description="python -m lm.train, or torchrun for several GPUs.")
-    nproc_per_node: int = Field(1, gt=0, description="Processes per node when launcher is torchrun.")
+    nproc_per_node: int | Literal["auto"] = Field(1, description="Processes per node when launcher is torchrun: a number, or 'auto' = one per visible GPU.")
+    nnodes: str = Field("1", description="torchrun nodes: a number or 'MIN:MAX'; above 1 needs rdzv_endpoint (see docs/dist.md).")
+    rdzv_endpoint: str | None = Field(None, description="host:port of torchrun's c10d rendezvous for multi-node runs (unset: single node).")
+    rdzv_id: str = Field("lmpipe", description="Rendezvous id: the same on every node of one job, unique per job.")
     timeout_s: float = Field(6 * 3600, gt=0, description="Kill the training process group after this many seconds (per attempt).")
     retries: int = Field(2, ge=0, description="Attempts after a failure or timeout; each resumes from the last checkpoint.")
     sample_prompts: list[str] = Field(["Once upon a time", "The "], description="Prompts for the sample generations.")
@@ -67,7 +68,13 @@ class PretrainConfig(BaseModel):
             raise ValueError("give exactly one of tokens (a token-shard directory) or text_file (byte-level demo)")
         if self.train.strategy != "none" and self.launcher != "torchrun":
             raise ValueError(f"train.strategy={self.train.strategy!r} needs launcher='torchrun'")
+        if self.launcher == "torchrun":
+            self.launch_config().check_batch(self.train.batch_size)
         return self
+
+    def launch_config(self) -> LaunchConfig:
+        return LaunchConfig(nproc_per_node=self.nproc_per_node, nnodes=self.nnodes, rdzv_endpoint=self.rdzv_endpoint,
+                            rdzv_id=self.rdzv_id, timeout_s=self.timeout_s)
 
 
 @task(name="byte-tokenize")
@@ -94,21 +101,8 @@ def pretrain_stage(config: PretrainConfig, tokens_manifest: str) -> Stage:
 
 def _command(config: PretrainConfig, cfg_path: Path) -> list[str]:
     if config.launcher == "torchrun":
-        return ["torchrun", "--standalone", f"--nproc_per_node={config.nproc_per_node}", "-m", "lm.train", "--config", str(cfg_path)]
+        return torchrun_command(config.launch_config(), "lm.train", ["--config", str(cfg_path)])
     return [sys.executable, "-m", "lm.train", "--config", str(cfg_path)]
-
-
-def _kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def run_training(config: PretrainConfig, tokens_manifest: str, run_dir: str, log=print) -> dict:
@@ -121,29 +115,19 @@ def run_training(config: PretrainConfig, tokens_manifest: str, run_dir: str, log
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     cmd = _command(config, cfg_path)
     log(f"launching: {' '.join(cmd)}")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    tail: list[str] = []
-
-    def pump():
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail[:] = (tail + [line])[-20:]
-            log(line)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    started = time.time()
     try:
-        proc.wait(timeout=config.timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        reader.join(5)
-        raise TimeoutError(f"training exceeded timeout_s={config.timeout_s}; killed (a retry resumes from the last checkpoint in {run})")
-    except BaseException:
-        _kill_group(proc)  # the flow was cancelled: take the trainer down with it
-        raise
-    reader.join(5)
-    if proc.returncode not in (0, EXIT_DIVERGED):
-        raise RuntimeError(f"training exited with status {proc.returncode}; last lines:\n" + "\n".join(tail))
+        # Every process of the tree (torchrun puts each rank in a session of its own) is
+        # stopped on timeout, error or cancellation.
+        run_supervised(cmd, on_line=log, timeout_s=config.timeout_s, env=env, cwd=str(REPO))
+    except LaunchTimeout:
+        raise TimeoutError(f"training exceeded timeout_s={config.timeout_s}; killed (a retry resumes from the last checkpoint in {run})") from None
+    except LaunchFailed as e:
+        # A diverged run exits 3 (torchrun reports any failed rank as 1): it is a result, not an error.
+        summary = run / "summary.json"
+        fresh = summary.exists() and summary.stat().st_mtime >= started
+        if not (e.returncode == EXIT_DIVERGED or (fresh and json.loads(summary.read_text())["status"] == "diverged")):
+            raise RuntimeError(f"training exited with status {e.returncode}; {e}") from None
     return json.loads((run / "summary.json").read_text())
 
 

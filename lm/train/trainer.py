@@ -61,7 +61,7 @@ class TrainConfig(BaseModel):
     model: ModelConfig = Field(description="Shape of the Transformer to train.")
     data: str | None = Field(None, description="Token-shard directory (holding _manifest.json) from the tokenize stage.")
     out_dir: str | None = Field(None, description="Run directory: checkpoints/, metrics.jsonl, summary.json.")
-    batch_size: int = Field(16, gt=0, description="Sequences per micro-batch (per rank).")
+    batch_size: int = Field(16, gt=0, description="Sequences per micro-batch, all ranks together (each rank takes batch_size / world_size).")
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps to run (give this or max_tokens).")
     max_tokens: int | None = Field(None, gt=0, description="Training tokens to consume; converted to steps.")
@@ -87,6 +87,7 @@ class TrainConfig(BaseModel):
     resume: bool = Field(True, description="Resume from the newest checkpoint in out_dir when there is one.")
     peak_flops: float | None = Field(None, gt=0, description="Device peak FLOP/s for MFU (default: looked up for known GPUs).")
     strategy: str = Field("none", description="Parallelism: 'none' (one device) or a name from lm.train.distributed.")
+    bucket_size_mb: float = Field(25.0, gt=0, description="Gradient bucket size (MB) of strategies ddp_bucketed and zero1.")
 
     @field_validator("strategy")
     @classmethod
@@ -107,10 +108,10 @@ class TrainConfig(BaseModel):
     def tokens_per_step(self) -> int:
         return self.batch_size * self.grad_accum * self.model.context_length
 
-    def total_steps(self, world_size: int = 1) -> int:
+    def total_steps(self) -> int:
         if self.max_steps is not None:
             return self.max_steps
-        return max(1, math.ceil(self.max_tokens / (self.tokens_per_step * world_size)))
+        return max(1, math.ceil(self.max_tokens / self.tokens_per_step))
 
 
 # --------------------------------------------------------------------------- strategies (the distributed seam)
@@ -136,6 +137,21 @@ class SingleDevice:
     def mean(self, x: float) -> float:
         """Average a scalar over ranks (losses for logging)."""
         return x
+
+    def wrap_optimizer(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """The optimizer to step (ZeRO-1 shards it; FSDP rebuilds it over sharded parameters)."""
+        return optimizer
+
+    def get_batch(self, shards: TokenShards, batch_size: int, context_length: int, device, rng):
+        """This rank's rows of the global batch; every rank advances ``rng`` alike."""
+        return shards.get_batch(batch_size, context_length, device, rng)
+
+    def clip_grad_norm_(self, model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+        return clip_grad_norm_(model.parameters(), max_norm)
+
+    def save_checkpoint(self, model, optimizer, iteration: int, out, **kwargs) -> Path:
+        """Called on every rank (sharded states are gathered collectively); the main rank writes."""
+        return save_checkpoint(model, optimizer, iteration, out, **kwargs)
 
     def barrier(self) -> None:
         pass
@@ -250,13 +266,14 @@ def _step_of(line: str) -> int:
 
 
 @torch.no_grad()
-def evaluate(model, shards: TokenShards, cfg: TrainConfig, device, amp_dtype, rank: int = 0) -> float:
+def evaluate(model, shards: TokenShards, cfg: TrainConfig, device, amp_dtype, strategy=None) -> float:
     """Mean loss over the same ``eval_batches`` validation windows every time (fixed sampler)."""
     model.eval()
-    rng = np.random.default_rng([cfg.seed, 1_000_003, rank])  # separate from the training stream
+    strategy = strategy or SingleDevice(cfg, device)
+    rng = np.random.default_rng([cfg.seed, 1_000_003])  # separate from the training stream
     total = 0.0
     for _ in range(cfg.eval_batches):
-        x, y = shards.get_batch(cfg.batch_size, cfg.model.context_length, device, rng)
+        x, y = strategy.get_batch(shards, cfg.batch_size, cfg.model.context_length, device, rng)
         with _autocast(device, amp_dtype):
             total += cross_entropy(model(x), y).item()
     model.train()
@@ -285,6 +302,7 @@ def train(config: TrainConfig | dict) -> dict:
     device = resolve_device(cfg.device)
     strategy = strategies()[cfg.strategy](cfg, device)
     device = getattr(strategy, "device", device)
+    log = _log if strategy.is_main else (lambda msg: None)  # one rank speaks for all
     out = Path(cfg.out_dir)
     if strategy.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -304,7 +322,7 @@ def train(config: TrainConfig | dict) -> dict:
     torch.manual_seed(cfg.seed)
     model = TransformerLM(cfg.model).to(device)
     optimizer = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    data_rng = sampler(cfg.seed, strategy.rank)
+    data_rng = sampler(cfg.seed)  # one stream: every rank draws the global batch and keeps its rows
     step, tokens_seen = 0, 0
     checkpoints = list_checkpoints(out) if cfg.resume else []
     if checkpoints:
@@ -312,14 +330,15 @@ def train(config: TrainConfig | dict) -> dict:
         step = load_checkpoint(latest, model, optimizer)
         data_state = read_checkpoint_meta(latest).get("data") or {}
         ranks = data_state.get("rng_by_rank", {})
-        if str(strategy.rank) in ranks:
-            set_numpy_rng_state(data_rng, ranks[str(strategy.rank)])
+        if "0" in ranks:
+            set_numpy_rng_state(data_rng, ranks["0"])
         tokens_seen = int(data_state.get("tokens_seen", 0))
-        _log(f"resumed from {latest} at step {step}")
+        log(f"resumed from {latest} at step {step}")
 
     run_model = strategy.wrap(torch.compile(model) if cfg.compile else model)
+    optimizer = strategy.wrap_optimizer(model, optimizer)
     amp_dtype = autocast_dtype(cfg, device)
-    total_steps = cfg.total_steps(strategy.world_size)
+    total_steps = cfg.total_steps()
     cosine_steps = cfg.cosine_steps or total_steps
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
     flops_per_token = model.flops_per_token()
@@ -328,9 +347,9 @@ def train(config: TrainConfig | dict) -> dict:
     ctx = cfg.model.context_length
     status, last_loss, val_loss = "completed", None, None
     started = time.time()
-    _log(
+    log(
         f"training {model.num_params():,} non-embedding params on {device} ({amp_dtype or torch.float32}) "
-        f"for {total_steps} steps × {cfg.tokens_per_step * strategy.world_size:,} tokens; data {train_data.num_tokens:,} tokens"
+        f"for {total_steps} steps × {cfg.tokens_per_step:,} tokens; data {train_data.num_tokens:,} tokens"
     )
     progress = None
     if sys.stderr.isatty() and strategy.is_main:
@@ -340,14 +359,13 @@ def train(config: TrainConfig | dict) -> dict:
 
     def save(at: int) -> Path | None:
         strategy.barrier()
-        path = None
+        path = strategy.save_checkpoint(
+            model, optimizer, at, out / "checkpoints" / f"step-{at:07d}",
+            model_config=cfg.model.model_dump(), train_config=cfg.model_dump(),
+            data_state={"rng_by_rank": {"0": data_rng.bit_generator.state}, "tokens_seen": tokens_seen},
+            extra={"data": data_info},
+        )
         if strategy.is_main:
-            path = save_checkpoint(
-                model, optimizer, at, out / "checkpoints" / f"step-{at:07d}",
-                model_config=cfg.model.model_dump(), train_config=cfg.model_dump(),
-                data_state={"rng_by_rank": {str(strategy.rank): data_rng.bit_generator.state}, "tokens_seen": tokens_seen},
-                extra={"data": data_info},
-            )
             for old in list_checkpoints(out)[: -cfg.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         strategy.barrier()
@@ -361,29 +379,29 @@ def train(config: TrainConfig | dict) -> dict:
                 group["lr"] = lr
             loss_sum = 0.0
             for micro in range(cfg.grad_accum):
-                x, y = train_data.get_batch(cfg.batch_size, ctx, device, data_rng)  # (B, T) each
+                x, y = strategy.get_batch(train_data, cfg.batch_size, ctx, device, data_rng)  # (B/world, T) each
                 with strategy.sync_grads(run_model, micro == cfg.grad_accum - 1):
                     with _autocast(device, amp_dtype):
                         loss = cross_entropy(run_model(x), y)
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item()
-            grad_norm = clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+            grad_norm = strategy.clip_grad_norm_(model, cfg.grad_clip).item()
             train_loss = strategy.mean(loss_sum / cfg.grad_accum)
             if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
                 status = "diverged"
                 metrics.write({"kind": "diverged", "step": step + 1, "loss": str(train_loss), "grad_norm": str(grad_norm)})
-                _log(f"step {step + 1}: loss {train_loss} grad_norm {grad_norm} is not finite; stopping, last good checkpoint kept")
+                log(f"step {step + 1}: loss {train_loss} grad_norm {grad_norm} is not finite; stopping, last good checkpoint kept")
                 optimizer.zero_grad(set_to_none=True)
                 break
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens_seen += cfg.tokens_per_step * strategy.world_size
+            tokens_seen += cfg.tokens_per_step
             last_loss = train_loss
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             dt = max(time.time() - t0, 1e-9)
-            tps = cfg.tokens_per_step * strategy.world_size / dt
+            tps = cfg.tokens_per_step / dt
             mfu = flops_per_token * tps / (peak * strategy.world_size) if peak else None
             metrics.write({"kind": "train", "step": step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
                            "tokens": tokens_seen, "tokens_per_s": round(tps, 1), "mfu": mfu, "time": round(time.time() - started, 3)})
@@ -391,18 +409,18 @@ def train(config: TrainConfig | dict) -> dict:
                 progress.update(1)
                 progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
             if step % cfg.log_interval == 0 or step == total_steps:
-                _log(f"step {step}/{total_steps} loss {train_loss:.4f} lr {lr:.3e} grad_norm {grad_norm:.3f} "
+                log(f"step {step}/{total_steps} loss {train_loss:.4f} lr {lr:.3e} grad_norm {grad_norm:.3f} "
                      f"tok/s {tps:,.0f}" + (f" mfu {mfu:.1%}" if mfu is not None else ""))
             out_of_time = cfg.max_seconds is not None and time.time() - started > cfg.max_seconds
             if val_data is not None and (step % cfg.eval_interval == 0 or step == total_steps or out_of_time):
-                val_loss = strategy.mean(evaluate(run_model, val_data, cfg, device, amp_dtype, strategy.rank))
+                val_loss = strategy.mean(evaluate(run_model, val_data, cfg, device, amp_dtype, strategy))
                 metrics.write({"kind": "eval", "step": step, "val_loss": val_loss})
-                _log(f"step {step}: val_loss {val_loss:.4f}")
+                log(f"step {step}: val_loss {val_loss:.4f}")
             if step % cfg.checkpoint_interval == 0 or step == total_steps or out_of_time:
                 save(step)
             if out_of_time:
                 status = "time_limit"
-                _log(f"max_seconds={cfg.max_seconds} reached at step {step}; stopping with a checkpoint")
+                log(f"max_seconds={cfg.max_seconds} reached at step {step}; stopping with a checkpoint")
                 break
     finally:
         if progress is not None:
