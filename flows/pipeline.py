@@ -264,6 +264,7 @@ def lineage(final: Mapping[str, str], started_at: str, given: Mapping[str, str] 
             "shards": len(m.get("shards", [])),
             "bytes": sum(s.get("bytes", 0) for s in m.get("shards", [])),
             "directory": str(manifest_dir(m).resolve()),
+            "documents": "text" in (m.get("schema") or {}),  # rows are documents (not lines, hashes, tokens)
         }
 
     for owner, path in [*(given or {}).items(), *final.items()]:
@@ -274,10 +275,11 @@ def lineage(final: Mapping[str, str], started_at: str, given: Mapping[str, str] 
 def lineage_plot(rows: list[dict], png: Path) -> Path | None:
     """Documents in and kept per data stage (the funnel from crawl to corpus), as a PNG.
 
-    Only the data stages: later stages count other things (tokens, steps, examples), which
-    would share an axis with documents and mislead.
+    Only the data stages whose rows are documents: helper stages (line hashes, MinHash
+    signatures) and later stages (tokens, steps, examples) count other things, which would
+    share an axis with documents and mislead.
     """
-    rows = [r for r in rows if r["pipeline_stage"] == "data" and (r["in"] or r["kept"])]
+    rows = [r for r in rows if r["pipeline_stage"] == "data" and r["documents"] and (r["in"] or r["kept"])]
     if not rows:
         return None
     import matplotlib
