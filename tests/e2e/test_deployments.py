@@ -56,3 +56,22 @@ def test_bad_parameters_are_refused_before_a_run_starts(local_prefect, deployed,
     with pytest.raises(PrefectHTTPStatusError) as e:
         run_by_name(local_prefect.api, "data/data", {"config": {"root": str(tmp_path), "sources": "not-a-list"}}, timeout=0)
     assert "sources" in str(e.value.response.text)
+
+
+def test_server_accepts_the_k8s_gpu_job_template(local_prefect):
+    """The Kubernetes example is a base job template the server takes for a new pool
+    (it checks that every placeholder is a declared variable)."""
+    import json
+
+    from flows.server import REPO, _api_request
+
+    template = json.loads((REPO / "deployments" / "k8s-gpu-job-template.json").read_text())
+    _api_request(f"{local_prefect.api}/work_pools/", {"name": "gpu-k8s", "type": "kubernetes", "base_job_template": template})
+    pool = _api_request(f"{local_prefect.api}/work_pools/gpu-k8s")
+    assert pool["type"] == "kubernetes"
+    assert pool["base_job_template"]["variables"]["properties"]["gpu_count"]["default"] == 1
+    # A template with an undeclared placeholder is refused: the check above is real.
+    bad = json.loads(json.dumps(template))
+    bad["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["priorityClassName"] = "{{ no_such_variable }}"
+    with pytest.raises(RuntimeError, match="no_such_variable"):
+        _api_request(f"{local_prefect.api}/work_pools/", {"name": "gpu-k8s-bad", "type": "kubernetes", "base_job_template": bad})
