@@ -2,7 +2,7 @@
 
     lmpipe run pipeline --config configs/pipeline-demo.yaml
     lmpipe run pipeline --config configs/pipeline-demo.yaml \\
-        --set start_from=tokenizer --set manifests.data=outputs/dedup/<fp>/_manifest.json
+        --set start_from=tokenizer --set manifests.data=outputs/minhash/<fp>/_manifest.json
 
 Each stage is the flow registered under its name in ``flows.cli.FLOWS``; it takes one
 ``config`` and returns the path of the manifest it wrote. The pipeline fills each stage's
