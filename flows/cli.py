@@ -30,6 +30,7 @@ FLOWS: dict[str, str] = {
     "grpo": "flows.grpo:grpo_flow",
     "evaluate": "flows.evaluate:evaluate_flow",
     "align-demo": "flows.align_demo:align_demo_flow",
+    "pipeline": "flows.pipeline:pipeline_flow",
 }
 
 
@@ -126,6 +127,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    from flows.server import LocalPrefect, serve_forever
+
+    return serve_forever(LocalPrefect(host=args.host, port=args.port, database_url=args.database_url))
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    import os
+
+    from flows.server import api_url, deploy
+
+    api = args.api_url or os.environ.get("PREFECT_API_URL") or api_url("127.0.0.1", 4200)
+    print(deploy(api, args.name or []))
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from lm.model.generate import generate_from_checkpoint
 
@@ -153,6 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="outputs", help="artifact root (default: ./outputs)")
     p.add_argument("--source", action="append", help="WARC/WET path, glob or URL instead of the bundled sample")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("server", help="start a local Prefect server (UI) and one worker per work pool")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else exposes an unauthenticated API)")
+    p.add_argument("--port", type=int, default=4200)
+    p.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql+asyncpg://user:pw@host/db (default: SQLite under PREFECT_HOME)")
+    p.set_defaults(func=cmd_server)
+
+    p = sub.add_parser("deploy", help="register the deployments in deployments/prefect.yaml with the server")
+    p.add_argument("--api-url", help="Prefect API (default: $PREFECT_API_URL, else http://127.0.0.1:4200/api)")
+    p.add_argument("--name", action="append", help="only this deployment, e.g. data (repeatable; default: every one whose flow is in this checkout)")
+    p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("generate", help="sample text from a checkpoint (or a pretrain stage directory)")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, or outputs/pretrain/<fingerprint>")

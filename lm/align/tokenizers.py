@@ -56,6 +56,13 @@ class CharTokenizer:
         return cls(json.loads((Path(directory) / CHAR_FILE).read_text())["alphabet"])
 
 
+def _is_lmpipe_bpe(d: Path) -> bool:
+    try:
+        return json.loads((d / "tokenizer_config.json").read_text()).get("format") == "lmpipe-bpe"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def load_tokenizer(directory: str | os.PathLike | None):
     """The tokenizer saved in ``directory`` (see the module docstring for the kinds)."""
     if directory in (None, "", "bytes"):
@@ -67,7 +74,9 @@ def load_tokenizer(directory: str | os.PathLike | None):
         raise FileNotFoundError(f"tokenizer directory {d} does not exist")
     if (d / CHAR_FILE).exists():
         return CharTokenizer.load(d)
-    if (d / "tokenizer.json").exists() and (d / "tokenizer_config.json").exists():
+    # lm.tokenizer also exports tokenizer.json for HF users; its own tokenizer_config.json
+    # says "format": "lmpipe-bpe", and then the directory is ours, whatever else it holds.
+    if not _is_lmpipe_bpe(d) and (d / "tokenizer.json").exists() and (d / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer  # optional hf extra
 
         from lm.align.batches import HFTokenizerAdapter

@@ -1,0 +1,383 @@
+"""The ``pipeline`` flow: the stages from crawl to aligned model as subflows, with lineage.
+
+    lmpipe run pipeline --config configs/pipeline-demo.yaml
+    lmpipe run pipeline --config configs/pipeline-demo.yaml \\
+        --set start_from=tokenizer --set manifests.data=outputs/minhash/<fp>/_manifest.json
+
+Each stage is the flow registered under its name in ``flows.cli.FLOWS``; it takes one
+``config`` and returns the path of the manifest it wrote. The pipeline fills each stage's
+input fields with the manifest paths of the stages it depends on (``STAGES`` says which
+field takes which), so stages talk only through manifests. A stage whose fingerprint
+already exists finds its manifest and does no work; the lineage marks it ``reused``.
+
+Reads:  ``config.manifests`` (outputs of stages before ``start_from``), the stages' inputs.
+Writes: every stage's own directory, and ``<root>/pipeline/<fingerprint>/lineage.json`` +
+        ``lineage.png``; artifacts ``pipeline-lineage`` (table) and ``pipeline-summary``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lm.data.shards import atomic_write_json, fingerprint, manifest_dir, read_manifest
+from flows.cli import FLOWS, config_model, load_flow
+
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One pipeline stage: which flow, and how upstream outputs enter its config.
+
+    ``inputs`` maps a (dotted) config field to the upstream stage whose manifest path fills it;
+    ``fixed`` sets fields whenever the stage runs in the pipeline (e.g. clear an alternative
+    input); ``derive`` maps a dotted field to a function of the upstream manifests that
+    computes it (e.g. the model's vocab size from the token shards).
+    """
+
+    name: str  # key in flows.cli.FLOWS and in PipelineConfig.stages
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    derive: Mapping[str, Callable[[Mapping[str, str]], Any]] = field(default_factory=dict)
+    optional: bool = False  # runs only when named in PipelineConfig.optional_stages
+    root_field: str | None = "root"  # config field that takes PipelineConfig.root, if the model has it
+
+
+def _vocab_from_tokens(manifests: Mapping[str, str]) -> int:
+    return int(read_manifest(manifests["tokenize"])["vocab_size"])
+
+
+# Every stage the pipeline knows, in the order they run; a stage's inputs name earlier stages.
+# Only those whose flow is registered in flows.cli.FLOWS take part (see STAGES).
+ALL_STAGES: list[StageSpec] = [
+    StageSpec("data"),
+    StageSpec("tokenizer", inputs={"input": "data"}),
+    StageSpec("tokenize", inputs={"input": "data", "tokenizer": "tokenizer"}),
+    StageSpec("pretrain", inputs={"tokens": "tokenize"}, fixed={"text_file": None},
+              derive={"train.model.vocab_size": _vocab_from_tokens}),
+    # A side branch: fits scaling laws on the same token shards; nothing downstream reads it.
+    StageSpec("scaling", inputs={"corpus": "tokenize"}, fixed={"text": None}, optional=True),
+    StageSpec("sft", inputs={"model_manifest": "pretrain"}),
+    StageSpec("dpo", inputs={"model_manifest": "sft"}),
+    StageSpec("grpo", inputs={"model_manifest": "dpo"}),
+    StageSpec("evaluate", inputs={"model_manifest": "grpo"}),
+]
+STAGES: list[StageSpec] = [s for s in ALL_STAGES if s.name in FLOWS]
+
+
+def stage_names(stages: list[StageSpec] | None = None) -> list[str]:
+    return [s.name for s in (stages if stages is not None else STAGES)]
+
+
+class PipelineConfig(BaseModel):
+    """What the pipeline runs and with which stage configs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Descriptions are markdown in the UI: no angle brackets (`<root>` renders as an HTML tag).
+    root: str = Field("outputs", description="Directory every stage writes under, as `root/stage/fingerprint/`.")
+    stages: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Config of each stage by stage name: fields of that stage's config model (see configs/). "
+        "Fields left out take the model's defaults; input manifest fields are filled by the pipeline.",
+    )
+    start_from: str | None = Field(None, description="First stage to run (default: the first stage). Stages before it must be given in `manifests`.")
+    stop_after: str | None = Field(None, description="Last stage to run (default: the last stage).")
+    manifests: dict[str, str] = Field(
+        default_factory=dict,
+        description="Manifest path (or stage directory) of stages that already ran, by stage name; needed for stages before start_from.",
+    )
+    optional_stages: list[str] = Field(default_factory=list, description="Optional stages to run too (e.g. scaling).")
+    use_deployments: bool = Field(
+        False,
+        description="Run each stage through its deployment (on that deployment's work pool: data stages on cpu, "
+        "training on gpu) instead of in this process. Needs `lmpipe deploy`, workers that share `root`, and "
+        "persisted results (lmpipe server sets PREFECT_RESULTS_PERSIST_BY_DEFAULT for its workers).",
+    )
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> PipelineConfig:
+        names = stage_names()
+        for what, values in (
+            ("start_from", [self.start_from] if self.start_from else []),
+            ("stop_after", [self.stop_after] if self.stop_after else []),
+            ("stages", list(self.stages)),
+            ("manifests", list(self.manifests)),
+            ("optional_stages", self.optional_stages),
+        ):
+            bad = [v for v in values if v not in names]
+            if bad:
+                raise ValueError(f"{what}: unknown stage(s) {bad}; the pipeline's stages are {names}")
+        if self.start_from and self.stop_after and names.index(self.start_from) > names.index(self.stop_after):
+            raise ValueError(f"start_from={self.start_from!r} comes after stop_after={self.stop_after!r} (order: {names})")
+        return self
+
+
+def plan(config: PipelineConfig, stages: list[StageSpec] | None = None) -> list[StageSpec]:
+    """The stages to run, in order; fails (before any work) if a needed manifest is missing."""
+    stages = STAGES if stages is None else stages
+    names = stage_names(stages)
+    lo = names.index(config.start_from) if config.start_from else 0
+    hi = names.index(config.stop_after) if config.stop_after else len(names) - 1
+    run = [s for s in stages[lo : hi + 1] if not s.optional or s.name in config.optional_stages]
+    available = set(config.manifests)
+    for s in run:
+        missing = sorted({up for up in s.inputs.values() if up not in available})
+        if missing:
+            raise ValueError(
+                f"stage {s.name!r} needs the manifest of {missing}: run from an earlier stage or "
+                f"give manifests.{missing[0]}=<path to its _manifest.json>"
+            )
+        available.add(s.name)
+    for name, path in config.manifests.items():
+        read_manifest(path)  # FileNotFoundError/ShardCorruptError now, not halfway through
+    return run
+
+
+_PLACEHOLDER = "<manifest from upstream stage>"
+
+
+def _is_list_field(model: type[BaseModel], name: str) -> bool:
+    ann = model.model_fields[name].annotation
+    return typing.get_origin(ann) in (list, tuple) or any(typing.get_origin(a) in (list, tuple) for a in typing.get_args(ann))
+
+
+def _set(d: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for k in parents:
+        d = d.setdefault(k, {})
+    d[last] = value
+
+
+def stage_config(spec: StageSpec, config: PipelineConfig, manifests: Mapping[str, str], model: type[BaseModel]) -> BaseModel:
+    """Validate a stage's config: its section of ``config.stages``, root, fixed and derived
+    fields, upstream manifest paths.
+
+    Before the upstream stages have run (the check before any work), input fields hold a
+    placeholder and only errors in the other fields count.
+    """
+    data = json.loads(json.dumps(config.stages.get(spec.name, {})))  # a deep copy to fill in
+    # A misspelt field must not be dropped silently, whatever the stage model's `extra` says.
+    unknown = sorted(set(data) - set(model.model_fields))
+    if unknown:
+        raise ValueError(f"stages.{spec.name}: {model.__name__} has no field(s) {unknown}; its fields are {sorted(model.model_fields)}")
+    if spec.root_field and spec.root_field in model.model_fields and spec.root_field not in data:
+        data[spec.root_field] = config.root
+    for dotted, value in spec.fixed.items():
+        _set(data, dotted, value)
+    dry = upstream_missing(spec, manifests)
+    if not dry:
+        for dotted, fn in spec.derive.items():
+            _set(data, dotted, fn(manifests))
+    for dotted, upstream in spec.inputs.items():
+        top = dotted.split(".")[0]
+        if top not in model.model_fields:
+            raise ValueError(f"stage {spec.name!r}: {model.__name__} has no field {top!r} for the {upstream} manifest (fix STAGES)")
+        path = manifests.get(upstream, _PLACEHOLDER)
+        _set(data, dotted, [path] if "." not in dotted and _is_list_field(model, dotted) else path)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        # Before upstream stages ran, their outputs (and what derives from them) are unknown.
+        filled_later = [tuple(d.split(".")) for d in (*spec.inputs, *spec.derive)]
+        errors = [err for err in e.errors() if not (dry and any(tuple(err["loc"][: len(f)]) == f for f in filled_later))]
+        if errors:
+            raise ValueError(f"config of stage {spec.name!r} ({model.__name__}) is invalid:\n{e}") from e
+        return model.model_construct(**data)
+
+
+def upstream_missing(spec: StageSpec, manifests: Mapping[str, str]) -> bool:
+    return any(up not in manifests for up in spec.inputs.values())
+
+
+def result_manifest(name: str, result: Any) -> str:
+    """A stage flow returns its manifest path, a mapping with a ``manifest`` key, or
+    ``{stage: manifest path}`` in the order its stages ran (the data flow: the last is its output)."""
+    if isinstance(result, Mapping) and "manifest" in result:  # e.g. scaling: {"manifest": …, "runs": …}
+        result = result["manifest"]
+    elif isinstance(result, Mapping) and result:
+        result = list(result.values())[-1]
+    if isinstance(result, (str, os.PathLike)):
+        return str(read_manifest(result)["_path"])
+    raise TypeError(f"stage {name!r} returned {type(result).__name__}; a stage flow must return its manifest path")
+
+
+def run_stage_deployment(name: str, cfg: BaseModel) -> Any:
+    """Run a stage as its deployment ``<flow name>/<stage name>`` (deployments/prefect.yaml),
+    linked to this run as a subflow; wait for it and return its (persisted) result."""
+    from prefect.deployments import run_deployment
+
+    flow_name = load_flow(name).name
+    run = run_deployment(name=f"{flow_name}/{name}", parameters={"config": cfg.model_dump(mode="json")}, as_subflow=True)
+    if run.state is None or not run.state.is_completed():
+        raise RuntimeError(f"stage {name!r} (deployment {flow_name}/{name}, flow run {run.id}) ended {run.state}; see its logs in the UI")
+    try:
+        return run.state.result()
+    except Exception as e:  # MissingResult and storage errors: say what to configure
+        raise RuntimeError(
+            f"stage {name!r} finished but its result (the manifest path) is not readable here ({e}); workers must run "
+            "with PREFECT_RESULTS_PERSIST_BY_DEFAULT=true and a PREFECT_LOCAL_STORAGE_PATH this worker can read"
+        ) from e
+
+
+# --------------------------------------------------------------------------- lineage
+
+
+def lineage(final: Mapping[str, str], started_at: str, given: Mapping[str, str] | None = None) -> list[dict]:
+    """Every manifest the given stage outputs descend from, upstream first.
+
+    ``final``: pipeline stage name -> manifest path; ``given``: the same for stages that ran
+    before this pipeline started (``manifests``), so their rows carry their own stage name.
+    Each row says which pipeline stage it belongs to, whether it was written during this run
+    (``ran``) or found (``reused``).
+    """
+    rows: dict[str, dict] = {}
+
+    def visit(path: str, owner: str) -> None:
+        m = read_manifest(path)
+        key = m["_path"]
+        if key in rows:
+            return
+        for inp in m.get("inputs", []):
+            visit(inp["path"], owner)
+        c = m.get("counts", {})
+        committed = m.get("timings", {}).get("committed_at", "")
+        rows[key] = {
+            "pipeline_stage": owner,
+            "stage": m["stage"],
+            "fingerprint": m["fingerprint"],
+            "status": "ran" if committed >= started_at else "reused",
+            "in": c.get("in", 0),
+            "kept": c.get("kept", 0),
+            "rejected": sum(c.get("rejected", {}).values()),
+            "failed": sum(c.get("failed", {}).values()),
+            "shards": len(m.get("shards", [])),
+            "bytes": sum(s.get("bytes", 0) for s in m.get("shards", [])),
+            "directory": str(manifest_dir(m).resolve()),
+            "documents": "text" in (m.get("schema") or {}),  # rows are documents (not lines, hashes, tokens)
+        }
+
+    for owner, path in [*(given or {}).items(), *final.items()]:
+        visit(path, owner)
+    return list(rows.values())
+
+
+def lineage_plot(rows: list[dict], png: Path) -> Path | None:
+    """Documents in and kept per data stage (the funnel from crawl to corpus), as a PNG.
+
+    Only the data stages whose rows are documents: helper stages (line hashes, MinHash
+    signatures) and later stages (tokens, steps, examples) count other things, which would
+    share an axis with documents and mislead.
+    """
+    rows = [r for r in rows if r["pipeline_stage"] == "data" and r["documents"] and (r["in"] or r["kept"])]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and workers
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['stage']} ({r['status']})" for r in rows]
+    y = range(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.6))
+    ax.barh([i + 0.2 for i in y], [r["in"] for r in rows], height=0.4, label="in", color="#9db4d6")
+    ax.barh([i - 0.2 for i in y], [r["kept"] for r in rows], height=0.4, label="kept", color="#2c6fbb")
+    ax.set_yticks(list(y), labels)
+    ax.invert_yaxis()  # upstream at the top, like reading the pipeline
+    ax.set_xlabel("documents")
+    ax.set_title("Documents through the data stages")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+    return png
+
+
+def lineage_markdown(rows: list[dict], png: Path | None, out_dir: Path) -> str:
+    from tasks.artifacts import image_markdown, markdown_table
+
+    table = [
+        {
+            "pipeline stage": r["pipeline_stage"],
+            "stage": r["stage"],
+            "fingerprint": f"`{r['fingerprint']}`",
+            "status": r["status"],
+            "in": f"{r['in']:,}",
+            "kept": f"{r['kept']:,}",
+            "rejected": f"{r['rejected']:,}",
+            "failed": f"{r['failed']:,}",
+            "directory": f"[{r['directory']}](file://{r['directory']})",
+        }
+        for r in rows
+    ]
+    md = ["# Pipeline lineage", "", f"{len(rows)} stage output(s); lineage written to `{out_dir / 'lineage.json'}`.", "", markdown_table(table)]
+    if png is not None:
+        md += ["", image_markdown(png, "documents in and kept per data stage")]
+    md += ["", "Inspect a stage: `lmpipe inspect <directory>`."]
+    return "\n".join(md)
+
+
+def write_lineage(root: str, final: Mapping[str, str], started_at: str, given: Mapping[str, str] | None = None) -> tuple[Path, list[dict], Path | None]:
+    rows = lineage(final, started_at, given)
+    fp = fingerprint("pipeline", VERSION, {}, [r["fingerprint"] for r in rows])
+    out = Path(root) / "pipeline" / fp
+    out.mkdir(parents=True, exist_ok=True)
+    # A list, not a mapping: the JSON is written with sorted keys and the run order matters.
+    stages = [{"stage": name, "manifest": path} for name, path in final.items()]
+    atomic_write_json(out / "lineage.json", {"stages": stages, "lineage": rows, "started_at": started_at})
+    png = lineage_plot(rows, out / "lineage.png")
+    return out, rows, png
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(config: PipelineConfig) -> str:
+    """Run the stages in order as subflows, passing manifest paths; publish the lineage."""
+    from prefect.artifacts import (
+        create_markdown_artifact,
+        create_progress_artifact,
+        create_table_artifact,
+        update_progress_artifact,
+    )
+
+    log = get_run_logger()
+    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    todo = plan(config)
+    # Validate every stage's config before the first one starts: a typo in the last stage
+    # must not surface after an hour of training.
+    models = {s.name: config_model(load_flow(s.name)) for s in todo}
+    for s in todo:
+        stage_config(s, config, config.manifests, models[s.name])
+
+    manifests = {k: str(read_manifest(v)["_path"]) for k, v in config.manifests.items()}
+    produced: dict[str, str] = {}
+    progress = create_progress_artifact(0.0, key="pipeline-progress", description=f"stages finished of {[s.name for s in todo]}")
+    for i, s in enumerate(todo, 1):
+        cfg = stage_config(s, config, manifests, models[s.name])
+        log.info("stage %s: %s", s.name, FLOWS[s.name])
+        if config.use_deployments:
+            result = run_stage_deployment(s.name, cfg)
+        else:
+            result = load_flow(s.name)(config=cfg)
+        manifests[s.name] = produced[s.name] = result_manifest(s.name, result)
+        log.info("stage %s -> %s", s.name, manifests[s.name])
+        update_progress_artifact(progress, 100.0 * i / len(todo))
+
+    given = {k: v for k, v in manifests.items() if k not in produced}
+    out, rows, png = write_lineage(config.root, produced, started_at, given)
+    create_table_artifact(
+        table=rows,
+        key="pipeline-lineage",
+        description="Every stage output this run used: fingerprint, counts, directory",
+    )
+    create_markdown_artifact(markdown=lineage_markdown(rows, png, out), key="pipeline-summary", description="Pipeline lineage with the documents funnel of the data stages")
+    return str(out / "lineage.json")
