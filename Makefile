@@ -25,6 +25,8 @@ demo: $(STAMP)
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 $(VENV)/bin/lmpipe demo
 
 test: $(STAMP)
+	# Headless Chromium + ChromeDriver (Debian packages) for the real-browser UI test.
+	bash tests/e2e/install_browser.sh
 	home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
 	$(TEST_ENV) PREFECT_HOME=$$home $(PY) -m pytest -q -m "not gpu" tests
 

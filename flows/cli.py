@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run the demo pipeline on sample Common Crawl data")
     p.add_argument("--root", default="outputs", help="artifact root (default: ./outputs)")
     p.add_argument("--source", action="append", help="WARC/WET path, glob or URL instead of the bundled sample")
+    p.add_argument("--stop-after", choices=["data", "tokenize", "pretrain"], help="stop the demo after this stage")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("server", help="start a local Prefect server (UI) and one worker per work pool")

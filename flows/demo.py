@@ -1,11 +1,14 @@
-"""``lmpipe demo``: the pipeline on real crawl data that any fresh machine can get.
+"""``lmpipe demo``: the whole pipeline on real crawl data that any fresh machine can get.
 
 Inputs (unless ``--source`` is given): the sample web archives shipped inside the ``pywb``
 wheel on PyPI (WARC, ARC, plain and gzip, some deliberately broken), fetched once with
 ``pip download --no-deps`` into the lmpipe cache, plus the real Common Crawl WARCs in
 ``../shared/reference/commoncrawl`` (or ``$LMPIPE_REFERENCE/commoncrawl``) when present.
-The demo runs the ``data`` flow with ``configs/data-demo.yaml`` and prints where the outputs
-are and how to browse them in the Prefect UI. Later issues add stages to the chain.
+
+The demo runs the ``pipeline`` flow with ``configs/pipeline-demo.yaml`` (data → tokenizer →
+tokenize → pretrain → scaling → sft → dpo → grpo → evaluate, sized for 2 CPU cores), then
+prints a summary table, where the outputs are and how to browse them in the Prefect UI.
+``--stop-after data`` runs only the data stages.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import yaml
 from lm.cache import fetch_from_package
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO / "configs" / "data-demo.yaml"
+DEMO_CONFIG = REPO / "configs" / "pipeline-demo.yaml"
 PYWB_VERSION = "2.10.0"
 
 
@@ -32,34 +35,63 @@ def demo_sources() -> list[str]:
     return sources
 
 
+def _summary_rows(lineage: dict) -> list[tuple[str, str, str]]:
+    """(stage, what it produced, directory) for the demo's closing table."""
+    from lm.data.shards import read_manifest
+
+    rows = []
+    for entry in lineage.get("lineage", []):  # every stage output, data stages one by one
+        path = Path(entry["directory"]) / "_manifest.json"
+        m = read_manifest(path)
+        c = m.get("counts", {})
+        metrics = m.get("metrics") or {}
+        if m["stage"] == "pretrain":
+            what = f"train loss {m.get('final_train_loss', 0):.3f}, val loss {m.get('final_val_loss', 0):.3f}"
+        elif "accuracy_before" in metrics:
+            what = f"held-out reward {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f}"
+        elif metrics:
+            what = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in list(metrics.items())[:3])
+        elif "tokens_train" in c:
+            what = f"{c['tokens_train']:,} train / {c.get('tokens_val', 0):,} val tokens"
+        else:
+            what = f"in {c.get('in', 0):,}, kept {c.get('kept', 0):,}"
+        rows.append((m["stage"], what, str(path.parent)))
+    return rows
+
+
 def run_demo(args) -> int:
-    from flows.data import DataConfig, data_flow
-    from lm.data.shards import describe
+    import json
 
-    base = yaml.safe_load(DEMO_CONFIG.read_text()) if DEMO_CONFIG.exists() else {}
-    base["sources"] = list(args.source) if args.source else demo_sources()
+    from flows.pipeline import PipelineConfig, pipeline_flow
+
+    base = yaml.safe_load(DEMO_CONFIG.read_text())
     base["root"] = str(Path(args.root).resolve())
-    cfg = DataConfig.model_validate(base)
-    print(f"lmpipe demo: data flow on {len(cfg.sources)} source(s):")
-    for s in cfg.sources:
+    base["stages"]["data"]["sources"] = list(args.source) if args.source else demo_sources()
+    base["optional_stages"] = ["scaling"]
+    if getattr(args, "stop_after", None):
+        base["stop_after"] = args.stop_after
+    cfg = PipelineConfig.model_validate(base)
+    print("lmpipe demo: the pipeline flow on these sources:")
+    for s in cfg.stages["data"]["sources"]:
         print(f"  {s}")
-    manifests = data_flow(config=cfg)
+    lineage_path = pipeline_flow(config=cfg)
+    lineage = json.loads(Path(lineage_path).read_text())
 
+    rows = _summary_rows(lineage)
+    width = max(len(r[1]) for r in rows) if rows else 10
     print("\n" + "=" * 78)
-    for stage, manifest in manifests.items():
-        print(describe(Path(manifest).parent, num_samples=2, width=160))
-        print()
-    print(f"Outputs are under {cfg.root}:")
-    for stage, manifest in manifests.items():
-        print(f"  {stage:<10} {Path(manifest).parent}")
+    print(f"{'stage':<12} {'result':<{width}}  directory")
+    for stage, what, where in rows:
+        print(f"{stage:<12} {what:<{width}}  {where}")
     lmpipe = "lmpipe" if os.environ.get("VIRTUAL_ENV") else ".venv/bin/lmpipe"
     print(
         f"""
-Look at a stage:      {lmpipe} inspect {Path(manifests['extract']).parent}
+Lineage:              {lineage_path}
+Look at a stage:      {lmpipe} inspect <directory above>
 Rerun (no work done): {lmpipe} demo --root {args.root}
 
-Browse runs, task runs and artifacts (counts tables, sample documents) in the Prefect UI:
-  prefect server start --host 127.0.0.1               # in one terminal; UI at http://127.0.0.1:4200
+Browse runs, task runs and artifacts (counts tables, samples, plots) in the Prefect UI:
+  {lmpipe} server                                     # in one terminal; UI at http://127.0.0.1:4200
   export PREFECT_API_URL=http://127.0.0.1:4200/api    # in the terminal that runs flows
   {lmpipe} demo --root {args.root}                    # this run then shows up in the UI
 Without PREFECT_API_URL, flows run on a temporary local server that stops when they end."""
