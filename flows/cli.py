@@ -1,6 +1,6 @@
 """The ``lmpipe`` command: run flows, the demo, the local server, deployments, inspection.
 
-    lmpipe run data --config configs/data-demo.yaml --set min_text_chars=200
+    lmpipe run data --config configs/data-demo.yaml --set max_workers=2
     lmpipe demo
     lmpipe inspect outputs/extract/<fingerprint>
 """
@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import ValidationError
+
+from lm import config as lm_config
 
 # Every flow lmpipe can run: name -> "module:function". A flow takes one argument,
 # ``config``, a pydantic model (the same model is the Prefect UI form).
@@ -49,60 +50,14 @@ def config_model(flow) -> type:
     )
 
 
-def _field_default(model: type | None, key: str) -> Any:
-    """The default of ``model.key`` as plain data, or {} when there is none to start from."""
-    from pydantic import BaseModel
-    from pydantic_core import PydanticUndefined
-
-    field = getattr(model, "model_fields", {}).get(key)
-    if field is None:
-        return {}
-    value = field.get_default(call_default_factory=True)
-    if value is PydanticUndefined or value is None:
-        return {}
-    return value.model_dump() if isinstance(value, BaseModel) else value
-
-
-def _field_model(model: type | None, key: str) -> type | None:
-    from pydantic import BaseModel
-
-    field = getattr(model, "model_fields", {}).get(key)
-    ann = getattr(field, "annotation", None)
-    for cand in (ann, *getattr(ann, "__args__", ())):  # X or Optional[X]
-        if isinstance(cand, type) and issubclass(cand, BaseModel):
-            return cand
-    return None
-
-
-def set_path(d: dict, dotted: str, value: Any, model: type | None = None) -> None:
-    """Set ``a.b.c = value`` in ``d``. A section missing from ``d`` starts from the parent
-    model's default for it (so ``--set sft.seed=1`` keeps the flow's own ``sft`` defaults)."""
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        if not isinstance(d.get(k), dict):
-            d[k] = _field_default(model, k) if k not in d else {}
-            if not isinstance(d[k], dict):
-                d[k] = {}
-        d, model = d[k], _field_model(model, k)
-    d[keys[-1]] = value
-
-
 def build_config(model: type, config_file: str | None, overrides: list[str]) -> Any:
-    """Load YAML (if any), apply ``key=value`` overrides (values parsed as YAML), validate."""
-    data: dict = {}
-    if config_file:
-        path = Path(config_file)
-        if not path.exists():
-            raise SystemExit(f"config file {config_file!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise SystemExit(f"config file {config_file!r} must hold a mapping of field: value")
-    for item in overrides:
-        if "=" not in item:
-            raise SystemExit(f"--set takes key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        set_path(data, key.strip(), yaml.safe_load(raw), model)
-    return model.model_validate(data)
+    """The flow's config from YAML + ``--set`` overrides (see lm.config); bad input exits with its reason."""
+    try:
+        return lm_config.build_config(model, config_file, overrides)
+    except (FileNotFoundError, ValueError) as e:
+        if isinstance(e, ValidationError):
+            raise
+        raise SystemExit(str(e)) from e
 
 
 def cmd_run(args: argparse.Namespace) -> int:

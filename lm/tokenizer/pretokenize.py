@@ -32,7 +32,6 @@ _replaced = 0
 
 
 def _count_replace(err: UnicodeDecodeError):
-    global _replaced
     _replaced += 1
     return "\ufffd", err.end
 
@@ -42,7 +41,6 @@ codecs.register_error("lmpipe_count_replace", _count_replace)
 
 def decode_counting(data: bytes) -> tuple[str, int]:
     """Decode UTF-8 with U+FFFD for invalid bytes; returns (text, number of bad byte runs)."""
-    global _replaced
     before = _replaced
     text = data.decode("utf-8", errors="lmpipe_count_replace")
     return text, _replaced - before

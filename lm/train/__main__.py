@@ -13,35 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
+from lm.config import apply_overrides, load_yaml
 from lm.train.trainer import TrainConfig, main_exit_code, train
 
 
 def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
-    data: dict = {}
-    if path:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"config file {path!r} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path!r} must hold a mapping of field: value")
-        if "train" in data and "model" not in data:  # a pretrain-flow config: its train section is a TrainConfig
-            data = data["train"]
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set takes key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        node = data
-        *parents, last = key.strip().split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[last] = yaml.safe_load(raw)
-    return TrainConfig.model_validate(data)
+    data = load_yaml(path) if path else {}
+    if "train" in data and "model" not in data:  # a pretrain-flow config: its train section is a TrainConfig
+        data = data["train"]
+    return TrainConfig.model_validate(apply_overrides(data, overrides, TrainConfig))
 
 
 def main(argv: list[str] | None = None) -> int:
