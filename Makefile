@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	# Optional demo data: 127 HTML pages in each of 26 languages (the demo works without it).
+	-@[ -d /usr/share/doc/debian-handbook/html ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  export DEBIAN_FRONTEND=noninteractive && { apt-get install -y -q debian-handbook || \
+	  { apt-get update -q && apt-get install -y -q debian-handbook; }; } >/dev/null 2>&1; } || \
+	  echo "debian-handbook not installed: the demo runs on the pywb and Common Crawl samples only"
 	DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 $(VENV)/bin/lmpipe demo
 

@@ -3,7 +3,9 @@
 Inputs (unless ``--source`` is given): the sample web archives shipped inside the ``pywb``
 wheel on PyPI (WARC, ARC, plain and gzip, some deliberately broken), fetched once with
 ``pip download --no-deps`` into the lmpipe cache, plus the real Common Crawl WARCs in
-``../shared/reference/commoncrawl`` (or ``$LMPIPE_REFERENCE/commoncrawl``) when present.
+``../shared/reference/commoncrawl`` (or ``$LMPIPE_REFERENCE/commoncrawl``) when present, and
+the HTML pages of the Debian package ``debian-handbook`` (26 languages) packed into a WARC when
+that package is installed (``make demo`` installs it where apt-get runs as root).
 
 The demo runs the ``pipeline`` flow with ``configs/pipeline-demo.yaml`` (data → tokenizer →
 tokenize → pretrain → scaling → sft → dpo → grpo → evaluate, sized for 2 CPU cores), then
@@ -25,13 +27,36 @@ DEMO_CONFIG = REPO / "configs" / "pipeline-demo.yaml"
 PYWB_VERSION = "2.10.0"
 
 
+HANDBOOK_HTML = Path("/usr/share/doc/debian-handbook/html")
+
+
+def handbook_warc() -> str | None:
+    """The Debian package ``debian-handbook`` (127 HTML pages in each of 26 languages), packed
+    once into a WARC in the lmpipe cache: a multilingual stand-in for a crawl. None without it."""
+    if not HANDBOOK_HTML.is_dir():
+        return None
+    from lm.cache import cache_dir
+    from lm.data.warc_write import html_folder_pages, write_warc
+
+    out = cache_dir() / "debian-handbook" / "debian-handbook.warc.gz"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        n = write_warc(out, html_folder_pages(HANDBOOK_HTML, "https://debian-handbook.info/browse"))
+        print(f"packed {n} debian-handbook pages into {out}")
+    return str(out)
+
+
 def demo_sources() -> list[str]:
-    """The default demo inputs: pywb's sample archives (+ the shared Common Crawl samples)."""
+    """The default demo inputs: pywb's sample archives, the shared Common Crawl samples and
+    the Debian handbook pages, each where this machine has it."""
     warcs = fetch_from_package("pywb", PYWB_VERSION, "*sample_archive/warcs/*", "pywb-warcs")
     sources = [str(warcs)]
     ref = Path(os.environ.get("LMPIPE_REFERENCE", REPO.parent / "shared" / "reference")) / "commoncrawl"
     if ref.is_dir():
         sources.append(str(ref / "*.warc.gz"))
+    handbook = handbook_warc()
+    if handbook:
+        sources.append(handbook)
     return sources
 
 
@@ -78,11 +103,12 @@ def run_demo(args) -> int:
     lineage = json.loads(Path(lineage_path).read_text())
 
     rows = _summary_rows(lineage)
-    width = max(len(r[1]) for r in rows) if rows else 10
+    w0 = max([len(r[0]) for r in rows] + [5])
+    w1 = max([len(r[1]) for r in rows] + [6])
     print("\n" + "=" * 78)
-    print(f"{'stage':<12} {'result':<{width}}  directory")
+    print(f"{'stage':<{w0}}  {'result':<{w1}}  directory")
     for stage, what, where in rows:
-        print(f"{stage:<12} {what:<{width}}  {where}")
+        print(f"{stage:<{w0}}  {what:<{w1}}  {where}")
     lmpipe = "lmpipe" if os.environ.get("VIRTUAL_ENV") else ".venv/bin/lmpipe"
     print(
         f"""
