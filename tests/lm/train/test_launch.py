@@ -37,6 +37,17 @@ def _pids_with(marker: str) -> set[int]:
     return found
 
 
+def _wait_for_pids(marker: str, n: int, timeout_s: float = 10.0) -> set[int]:
+    """The processes mentioning `marker`, once at least `n` are visible (a loaded machine may
+    show a just-started child a moment late)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while len(found := _pids_with(marker)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 def test_single_node_and_multi_node_commands():
     cmd = torchrun_command(LaunchConfig(nproc_per_node=2), "lm.train", ["--config", "c.yaml"])
     assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--max-restarts=0", "--local-ranks-filter=0",
@@ -74,7 +85,7 @@ def test_timeout_kills_workers_in_their_own_sessions(tmp_path):
 
     def on_line(line):
         if line == "workers up":
-            seen.extend(_pids_with(marker))
+            seen.extend(_wait_for_pids(marker, 3))
             up.set()
 
     with pytest.raises(LaunchTimeout):
@@ -95,7 +106,7 @@ def test_cancellation_kills_the_tree(tmp_path):
 
     def on_line(line):
         if line == "workers up":
-            seen.extend(_pids_with(marker))
+            seen.extend(_wait_for_pids(marker, 3))
             _thread.interrupt_main()
 
     with pytest.raises(KeyboardInterrupt):
@@ -124,7 +135,7 @@ def test_torchrun_timeout_leaves_no_rank_alive(byte_shards, tmp_path):
     def on_line(line):
         lines.append(line)
         if line.startswith("step 2/") and not seen:
-            seen.extend(_pids_with(marker))
+            seen.extend(_wait_for_pids(marker, 3))
 
     launch = LaunchConfig(nproc_per_node=2, timeout_s=20, kill_grace_s=3, omp_num_threads=1)
     with pytest.raises(LaunchTimeout):
