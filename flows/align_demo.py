@@ -55,7 +55,7 @@ def align_demo_flow(config: AlignDemoConfig) -> dict:
     ev = evaluate_task(root, grpo, EvalConfig(tasks=["arithmetic"], arithmetic=config.data, limit=config.data.num_eval, max_new_tokens=config.options.max_new_tokens, num_threads=config.options.num_threads))
     for path, title in ((sft, "SFT"), (dpo, "DPO"), (grpo, "GRPO")):
         publish_training_stage(path, title)
-    summary = {name: read_manifest(p)["metrics"] for name, p in (("sft", sft), ("dpo", dpo), ("grpo", grpo), ("evaluate", ev))}
+    summary = {name: {**read_manifest(p)["metrics"], "manifest": str(p)} for name, p in (("sft", sft), ("dpo", dpo), ("grpo", grpo), ("evaluate", ev))}
     for name, m in summary.items():
         print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()})
     return summary

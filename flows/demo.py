@@ -9,7 +9,9 @@ that package is installed (``make demo`` installs it where apt-get runs as root)
 
 The demo runs the ``pipeline`` flow with ``configs/pipeline-demo.yaml`` (data → tokenizer →
 tokenize → pretrain → scaling → sft → dpo → grpo → evaluate, sized for 2 CPU cores), then
-prints a summary table, where the outputs are and how to browse them in the Prefect UI.
+runs ``align-demo`` (a tiny model learns 2-digit addition; GRPO raises its held-out verifier
+reward), then prints a summary table, where the outputs are and how to browse them in the
+Prefect UI.
 ``--stop-after data`` runs only the data stages.
 """
 
@@ -84,6 +86,21 @@ def _summary_rows(lineage: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _align_demo(root: str) -> list[tuple[str, str, str]]:
+    """GRPO on a task a tiny CPU model can learn (2-digit addition, exact-answer verifier):
+    the pipeline's web-text model is too small to show it, so the demo also runs align-demo."""
+    from flows.align_demo import AlignDemoConfig, align_demo_flow
+
+    data = yaml.safe_load((REPO / "configs" / "align-demo.yaml").read_text())
+    data["root"] = root
+    summary = align_demo_flow(config=AlignDemoConfig.model_validate(data))
+    return [
+        (f"{stage} (addition)", f"held-out reward {m['accuracy_before']:.3f} -> {m['accuracy_after']:.3f}", str(Path(m["manifest"]).parent))
+        for stage, m in summary.items()
+        if "accuracy_before" in m
+    ]
+
+
 def run_demo(args) -> int:
     import json
 
@@ -109,6 +126,8 @@ def run_demo(args) -> int:
     lineage = json.loads(Path(lineage_path).read_text())
 
     rows = _summary_rows(lineage)
+    if not getattr(args, "stop_after", None):
+        rows += _align_demo(base["root"])
     w0 = max([len(r[0]) for r in rows] + [5])
     w1 = max([len(r[1]) for r in rows] + [6])
     print("\n" + "=" * 78)
