@@ -29,7 +29,7 @@ class TrainClassifierConfig(BaseModel):
     kind: Literal["quality", "nsfw", "toxic"] = Field("quality", description="which classifier: quality (wiki/cc), nsfw or toxic")
     data: list[str] = Field(default_factory=list, description="labelled CSV/Parquet files (text,label); empty = the built-in data for this kind")
     crawl_paths: list[str] = Field(default_factory=list, description="WARC/WET files for the built-in data's crawl examples; empty = the Common Crawl samples in shared/reference")
-    root: str = Field("outputs", description="artifact root; the model goes to <root>/classifiers/<kind>/<fingerprint>/")
+    root: str = Field("outputs", description="artifact root; the model goes to `<root>/classifiers/<kind>/<fingerprint>/`")
     holdout: float = Field(0.2, gt=0.0, lt=0.9, description="fraction of each label held out for evaluation")
     seed: int = Field(0, ge=0, description="seed of the split and of fastText")
     epoch: int | None = Field(None, ge=1, le=500, description="training epochs; empty = the kind's default")

@@ -55,10 +55,10 @@ class DataConfig(BaseModel):
     sources: list[str] = Field(
         min_length=1,
         description="inputs: WARC/WET/ARC paths, globs, directories, http(s) URLs, "
-        "cc://CC-MAIN-2024-22?kind=wet&files=2 (first N files of a Common Crawl listing), or "
-        "index:<file> (JSON/CDXJ lines with filename, offset, length: one Range request per record)",
+        "`cc://CC-MAIN-2024-22?kind=wet&files=2` (first N files of a Common Crawl listing), or "
+        "`index:<file>` (JSON/CDXJ lines with filename, offset, length: one Range request per record)",
     )
-    root: str = Field(default="outputs", description="artifact root: stages write <root>/<stage>/<fingerprint>/")
+    root: str = Field(default="outputs", description="artifact root: stages write `<root>/<stage>/<fingerprint>/`")
     extract: ExtractConfig = Field(default_factory=ExtractConfig, description="extract stage settings")
     http: HttpConfig = Field(default_factory=HttpConfig, description="remote fetching: retries, backoff, timeouts")
     max_workers: int = Field(default=4, ge=1, le=256, description="shards processed at once (threads)")

@@ -19,7 +19,7 @@ from tasks.align import align_data_task, dpo_task, model_manifest_or_demo, publi
 class DPOFlowConfig(BaseModel):
     """Direct Preference Optimization of a checkpoint."""
 
-    root: str = Field("outputs", description="Artifact root: stages are written under <root>/<stage>/<fingerprint>/.")
+    root: str = Field("outputs", description="Artifact root: stages are written under `<root>/<stage>/<fingerprint>/`.")
     model_manifest: str | None = Field(None, description="Manifest of the model to tune (also the frozen reference); empty = demo base model.")
     data: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Source of preference triples (train and held-out).")
     base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")

@@ -21,7 +21,7 @@ from tasks.artifacts import artifact_key, markdown_table, publish_stage, sample_
 class EvaluateFlowConfig(BaseModel):
     """Evaluation of a checkpoint."""
 
-    root: str = Field("outputs", description="Artifact root: stages are written under <root>/<stage>/<fingerprint>/.")
+    root: str = Field("outputs", description="Artifact root: stages are written under `<root>/<stage>/<fingerprint>/`.")
     model_manifest: str | None = Field(None, description="Manifest of the model to evaluate (pretrain/align-base/sft/dpo/grpo stage); empty = the demo base model.")
     base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Tasks, data paths and generation settings.")

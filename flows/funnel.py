@@ -213,7 +213,7 @@ class FiltersFlowConfig(BaseModel):
     """Run the funnel on an existing extract stage (the ``data`` flow runs it after extract)."""
 
     extract_manifest: str = Field(description="_manifest.json (or directory) of the stage whose documents to filter")
-    root: str = Field("outputs", description="artifact root: each stage writes <root>/<stage>/<fingerprint>/")
+    root: str = Field("outputs", description="artifact root: each stage writes `<root>/<stage>/<fingerprint>/`")
     filters: FunnelConfig = Field(default_factory=FunnelConfig, description="which stages run and their thresholds")
 
 

@@ -19,7 +19,7 @@ from tasks.align import align_data_task, grpo_task, model_manifest_or_demo, publ
 class GRPOFlowConfig(BaseModel):
     """Group Relative Policy Optimization of a checkpoint with a verifier."""
 
-    root: str = Field("outputs", description="Artifact root: stages are written under <root>/<stage>/<fingerprint>/.")
+    root: str = Field("outputs", description="Artifact root: stages are written under `<root>/<stage>/<fingerprint>/`.")
     model_manifest: str | None = Field(None, description="Manifest of the policy to train; empty = demo base model.")
     data: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Verifiable problems (train and held-out).")
     base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")

@@ -20,7 +20,7 @@ from tasks.align import align_data_task, model_manifest_or_demo, publish_trainin
 class SFTFlowConfig(BaseModel):
     """Supervised fine-tuning of a checkpoint."""
 
-    root: str = Field("outputs", description="Artifact root: stages are written under <root>/<stage>/<fingerprint>/.")
+    root: str = Field("outputs", description="Artifact root: stages are written under `<root>/<stage>/<fingerprint>/`.")
     model_manifest: str | None = Field(None, description="Manifest of the model to fine-tune (pretrain/sft/dpo/grpo stage); empty = demo base model.")
     data: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Instruction pairs (train and held-out).")
     base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")

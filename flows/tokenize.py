@@ -32,7 +32,7 @@ class TokenizeConfig(BaseModel):
 
     input: str = Field(description="Corpus stage manifest (or its directory): Parquet shards with a text column")
     tokenizer: str = Field(description="Tokenizer directory (or its _manifest.json) written by the tokenizer flow or Tokenizer.save")
-    root: str = Field("outputs", description="Artifact root; shards go to <root>/tokenize/<fingerprint>/")
+    root: str = Field("outputs", description="Artifact root; shards go to `<root>/tokenize/<fingerprint>/`")
     val_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Fraction of documents (by hash of id or text) written to val-*.bin")
     text_field: str = Field("text", min_length=1, description="Column of the corpus shards that holds the document text")
     num_threads: int = Field(2, ge=1, le=64, description="tiktoken encoding threads per shard task")

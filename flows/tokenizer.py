@@ -27,9 +27,9 @@ class TokenizerConfig(BaseModel):
     """Train a BPE tokenizer on a corpus stage."""
 
     input: str = Field(description="Corpus stage manifest (or its directory): Parquet shards with a text column, e.g. the final dedup stage")
-    root: str = Field("outputs", description="Artifact root; the tokenizer goes to <root>/tokenizer/<fingerprint>/")
+    root: str = Field("outputs", description="Artifact root; the tokenizer goes to `<root>/tokenizer/<fingerprint>/`")
     vocab_size: int = Field(10_000, ge=257, le=1 << 20, description="Vocabulary size: 256 bytes + special tokens + merges")
-    special_tokens: list[str] = Field(default_factory=lambda: [EOT], description="Special tokens (never merged); <|endoftext|> separates documents")
+    special_tokens: list[str] = Field(default_factory=lambda: [EOT], description="Special tokens (never merged); `<|endoftext|>` separates documents")
     sample_bytes: int = Field(100_000_000, gt=0, description="Training sample budget in bytes, taken evenly across corpus shards")
     heldout_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Fraction of documents (by hash) held out to measure bytes per token")
     heldout_bytes: int = Field(1_000_000, ge=0, description="At most this many bytes of held-out documents")

@@ -45,7 +45,7 @@ class PretrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    root: str = Field("outputs", description="Artifact root; the stage writes <root>/pretrain/<fingerprint>/.")
+    root: str = Field("outputs", description="Artifact root; the stage writes `<root>/pretrain/<fingerprint>/`.")
     tokens: str | None = Field(None, description="Token-shard directory from the tokenize stage (holds _manifest.json).")
     text_file: str | None = Field(None, description="Instead of tokens: a text file trained on as bytes (257-token vocab; demo only).")
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of text_file's bytes held out for validation.")

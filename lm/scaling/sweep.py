@@ -53,8 +53,8 @@ class ScalingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     corpus: str | None = Field(None, description="Token-shard directory (with _manifest.json) from the tokenize stage; needs train and val shards.")
-    text: str | None = Field(None, description="Instead of corpus: a UTF-8 text file, byte-tokenized (vocab 257, 10% val) into <root>/scaling-bytes/<fp>/ (for demos).")
-    root: str = Field("outputs", description="Output root: runs go to <root>/scaling-runs/<fp>/, the fits to <root>/scaling/<fp>/.")
+    text: str | None = Field(None, description="Instead of corpus: a UTF-8 text file, byte-tokenized (vocab 257, 10% val) into `<root>/scaling-bytes/<fp>/` (for demos).")
+    root: str = Field("outputs", description="Output root: runs go to `<root>/scaling-runs/<fp>/`, the fits to `<root>/scaling/<fp>/`.")
     budgets: list[float] = Field(description="Compute budgets in training FLOPs; each model size is trained to spend each budget.")
     model_sizes: list[int] = Field(default_factory=list, description="Target non-embedding parameter counts N; each is mapped to a shape of the family (lm.scaling.flops.shape_for_params).")
     shapes: list[ShapeSpec] = Field(default_factory=list, description="Explicit model shapes, in addition to (or instead of) model_sizes.")

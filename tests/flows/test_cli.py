@@ -43,3 +43,28 @@ def test_every_registered_flow_has_a_pydantic_config():
         assert issubclass(model, BaseModel), name
         undocumented = [k for k, f in model.model_fields.items() if not f.description]
         assert not undocumented, f"{name}: fields without a description: {undocumented}"
+
+
+def _descriptions(model, seen=None):
+    seen = set() if seen is None else seen
+    if model in seen:
+        return
+    seen.add(model)
+    for name, field in model.model_fields.items():
+        yield f"{model.__name__}.{name}", field.description or ""
+        ann = field.annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                yield from _descriptions(cand, seen)
+
+
+def test_descriptions_render_in_the_ui_form():
+    """The UI renders descriptions as markdown: a bare <name> would vanish as an HTML tag."""
+    import re
+
+    bad = []
+    for flow in FLOWS:
+        for where, text in _descriptions(config_model(load_flow(flow))):
+            if re.search(r"<[A-Za-z|]", re.sub(r"`[^`]*`", "", text)):
+                bad.append(f"{flow}: {where}: {text}")
+    assert not bad, "\n".join(bad)
