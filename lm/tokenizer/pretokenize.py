@@ -32,6 +32,7 @@ _replaced = 0
 
 
 def _count_replace(err: UnicodeDecodeError):
+    global _replaced
     _replaced += 1
     return "\ufffd", err.end
 
