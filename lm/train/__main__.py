@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from pydantic import ValidationError
@@ -43,4 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if "LOCAL_RANK" in os.environ:  # a torchrun rank: see exit_without_teardown
+        from lm.train.distributed import exit_without_teardown
+
+        exit_without_teardown(code)
+    sys.exit(code)

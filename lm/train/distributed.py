@@ -112,6 +112,22 @@ def _run_rank(rank: int, fn, world_size: int, store_file: str, args: tuple) -> N
         fn(env, *args)
     finally:
         destroy_distributed()
+    exit_without_teardown(0)
+
+
+def exit_without_teardown(code: int) -> None:
+    """Leave a rank process once its work and the process group are finished.
+
+    With gloo on CPU, an interpreter teardown after ``destroy_process_group`` sometimes dies
+    in C++ ("terminate called without an active exception", SIGABRT): a background thread
+    is destroyed while still joinable. Nothing is left to run or to flush at this point, so
+    the rank exits at once instead of tearing the interpreter down.
+    """
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_local(fn, world_size: int, *args: Any) -> None:
