@@ -1,6 +1,7 @@
 """The torchrun launcher: command lines, and no process survives a timeout or a cancellation."""
 
 import os
+import signal
 import sys
 import textwrap
 import threading
@@ -109,8 +110,14 @@ def test_cancellation_kills_the_tree(tmp_path):
             seen.extend(_wait_for_pids(marker, 3))
             _thread.interrupt_main()
 
-    with pytest.raises(KeyboardInterrupt):
-        run_supervised([sys.executable, str(script), marker], on_line=on_line, timeout_s=120, kill_grace_s=1)
+    # interrupt_main raises KeyboardInterrupt only through Python's own SIGINT handler; an
+    # earlier test (or a library it loaded) may have replaced it, so install it for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_supervised([sys.executable, str(script), marker], on_line=on_line, timeout_s=120, kill_grace_s=1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(seen) >= 3
     assert _pids_with(marker) == set()
 
