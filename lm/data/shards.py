@@ -422,6 +422,48 @@ class Stage:
         if markers:
             first = self.path / markers[0]["shard"]["name"]
             schema = {f.name: str(f.type) for f in pq.read_schema(first)}
+        # Rejected shards' parquet files with zero rows are not listed; remove them to keep the dir tidy.
+        for m in markers:
+            if not m["rejects"]["rows"]:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / m["rejects"]["name"]).unlink()
+        return self.write_manifest(
+            shards=[{**m["shard"], "index": m["index"], "source": m["source"]} for m in markers],
+            rejects=[{**m["rejects"], "index": m["index"]} for m in markers if m["rejects"]["rows"]],
+            counts={
+                "in": counts["in"],
+                "kept": counts["kept"],
+                "rejected": dict(counts["rejected"]),
+                "failed": dict(counts["failed"]),
+                **dict(extra_counts),
+            },
+            schema=schema,
+            failed_ids=failed_ids[:1000],
+            timings={
+                "shard_seconds": {str(m["index"]): m["seconds"] for m in markers},
+                "total_shard_seconds": round(sum(m["seconds"] for m in markers), 4),
+            },
+            extra=extra,
+        )
+
+    def write_manifest(
+        self,
+        *,
+        shards: list[dict],
+        counts: Mapping[str, Any],
+        rejects: list[dict] | None = None,
+        schema: Mapping[str, str] | None = None,
+        failed_ids: list | None = None,
+        timings: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write ``_manifest.json`` (last, atomically, with its own checksum) from finished parts.
+
+        ``commit`` uses it for Parquet stages; stages with other shard formats (token ``.bin``
+        files, a tokenizer directory) call it with their own shard entries and counts."""
+        counts = dict(counts)
+        for key in ("rejected", "failed"):
+            counts[key] = dict(sorted(dict(counts.get(key, {})).items()))
         manifest = {
             "stage": self.name,
             "fingerprint": self.fingerprint,
@@ -429,29 +471,15 @@ class Stage:
             "config": self.config,
             "inputs": self.inputs,
             "sources": self.sources,
-            "schema": schema,
-            "shards": [{**m["shard"], "index": m["index"], "source": m["source"]} for m in markers],
-            "rejects": [{**m["rejects"], "index": m["index"]} for m in markers if m["rejects"]["rows"]],
-            "counts": {
-                "in": counts["in"],
-                "kept": counts["kept"],
-                "rejected": dict(sorted(counts["rejected"].items())),
-                "failed": dict(sorted(counts["failed"].items())),
-                **{k: v for k, v in sorted(extra_counts.items())},
-            },
-            "failed_ids": failed_ids[:1000],
-            "timings": {
-                "shard_seconds": {str(m["index"]): m["seconds"] for m in markers},
-                "total_shard_seconds": round(sum(m["seconds"] for m in markers), 4),
-                "committed_at": _now(),
-            },
+            "schema": dict(schema) if schema else None,
+            "shards": shards,
+            "rejects": rejects or [],
+            "counts": {k: counts[k] for k in ("in", "kept", "rejected", "failed")}
+            | {k: v for k, v in sorted(counts.items()) if k not in {"in", "kept", "rejected", "failed"}},
+            "failed_ids": failed_ids or [],
+            "timings": {**(timings or {}), "committed_at": _now()},
             **(dict(extra) if extra else {}),
         }
-        # Rejected shards' parquet files with zero rows are not listed; remove them to keep the dir tidy.
-        for m in markers:
-            if not m["rejects"]["rows"]:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.path / m["rejects"]["name"]).unlink()
         manifest["manifest_sha256"] = hashlib.sha256(_canonical_json(manifest).encode()).hexdigest()
         atomic_write_json(self.manifest_path, manifest)
         return self.manifest_path

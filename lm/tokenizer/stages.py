@@ -174,24 +174,16 @@ def train_tokenizer_stage(
     }
     rejected = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")}
     failed = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("failed:")}
-    body = {
-        "stage": stage.name,
-        "fingerprint": stage.fingerprint,
-        "version": stage.version,
-        "config": stage.config,
-        "inputs": stage.inputs,
-        "sources": [],
-        "schema": None,
-        "shards": [],
-        "rejects": [],
-        "counts": {"in": counts["in"], "kept": counts["kept"], "rejected": rejected, "failed": failed, "sample_bytes": counts["sample_bytes"], "replaced_bytes": stats.get("replaced", 0)},
-        "failed_ids": [],
-        "files": {"vocab": "vocab.json", "merges": "merges.txt", "config": "tokenizer_config.json", "hf": "tokenizer.json", "tiktoken": "tokenizer.tiktoken"},
-        "summary": summary,
-        "timings": {"total_seconds": round(time.time() - t0, 3), "committed_at": _now()},
-    }
-    atomic_write_json(stage.manifest_path, body)
-    return stage.manifest_path
+    return stage.write_manifest(
+        shards=[],
+        counts={"in": counts["in"], "kept": counts["kept"], "rejected": rejected, "failed": failed,
+                "sample_bytes": counts["sample_bytes"], "replaced_bytes": stats.get("replaced", 0)},
+        timings={"total_seconds": round(time.time() - t0, 3)},
+        extra={
+            "files": {"vocab": "vocab.json", "merges": "merges.txt", "config": "tokenizer_config.json", "hf": "tokenizer.json", "tiktoken": "tokenizer.tiktoken"},
+            "summary": summary,
+        },
+    )
 
 
 # --------------------------------------------------------------------------- tokenize stage
@@ -312,30 +304,21 @@ def commit_tokenize(stage: Stage, num_shards: int, tokenizer_dir: str | os.PathL
         rejected.update(m["rejected"])
         failed.update(m["failed"])
     shards = [o for m in markers for o in m["outputs"]]
-    body = {
-        "stage": stage.name,
-        "fingerprint": stage.fingerprint,
-        "version": stage.version,
-        "config": stage.config,
-        "inputs": stage.inputs,
-        "sources": [],
-        "schema": None,
-        "shards": shards,
-        "rejects": [],
-        "counts": {
+    return stage.write_manifest(
+        shards=shards,
+        counts={
             "in": sum(m["rows_in"] for m in markers),
             "kept": sum(m["kept"] for m in markers),
-            "rejected": dict(sorted(rejected.items())),
-            "failed": dict(sorted(failed.items())),
+            "rejected": rejected,
+            "failed": failed,
             "tokens_train": sum(s["tokens"] for s in shards if s["split"] == "train"),
             "tokens_val": sum(s["tokens"] for s in shards if s["split"] == "val"),
         },
-        "failed_ids": [],
-        "dtype": token_dtype(tokenizer.vocab_size).name,
-        "vocab_size": tokenizer.vocab_size,
-        "eot_id": tokenizer.eot_id,
-        "tokenizer": str(Path(tokenizer_dir).resolve()),
-        "timings": {"shard_seconds": {str(m["index"]): m["seconds"] for m in markers}, "committed_at": _now()},
-    }
-    atomic_write_json(stage.manifest_path, body)
-    return stage.manifest_path
+        timings={"shard_seconds": {str(m["index"]): m["seconds"] for m in markers}},
+        extra={
+            "dtype": token_dtype(tokenizer.vocab_size).name,
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+            "tokenizer": str(Path(tokenizer_dir).resolve()),
+        },
+    )
