@@ -9,7 +9,7 @@ STAMP := $(VENV)/.lmpipe-installed
 TEST_ENV := DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 TRITON_INTERPRET=1
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test chaos clean
 
 setup: $(STAMP)
 
@@ -33,7 +33,17 @@ test: $(STAMP)
 	# Headless Chromium + ChromeDriver (Debian packages) for the real-browser UI test.
 	bash tests/e2e/install_browser.sh
 	home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
-	$(TEST_ENV) PREFECT_HOME=$$home $(PY) -m pytest -q -m "not gpu" tests
+	$(TEST_ENV) PREFECT_HOME=$$home $(PY) -m pytest -q -m "not gpu and not soak" tests
+
+# The fault-injection soak: more trials per fault plus the `soak`-marked runs; prints the
+# reliability table (fault, stage, trials, survived, records lost, records duplicated).
+CHAOS_TRIALS ?= 5
+chaos: $(STAMP)
+	rm -f outputs/chaos.jsonl
+	home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
+	$(TEST_ENV) PREFECT_HOME=$$home LMPIPE_CHAOS_TRIALS=$(CHAOS_TRIALS) LMPIPE_CHAOS_REPORT=outputs/chaos.jsonl \
+	$(PY) -m pytest -q -m "not gpu" tests/reliability; rc=$$?; \
+	$(PY) tests/chaos_report.py outputs/chaos.jsonl && exit $$rc
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
