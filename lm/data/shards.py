@@ -12,6 +12,11 @@ then its ``.done.json`` marker is renamed into place; so a killed run never leav
 shard and a retry redoes only the shards without a marker. ``commit()`` aggregates the
 markers into ``_manifest.json``; a stage with a manifest is complete and is skipped.
 
+``root`` may be a local path or an fsspec URL (``s3://bucket/prefix``, ``memory://…``; see
+``lm.data.storage``). Object stores have no atomic rename: a file is uploaded under a
+temporary key and copied to its final key, the done marker (written last) is the shard's
+commit point and the manifest the stage's; readers check the sha256 (docs/storage.md).
+
 The fingerprint is a hash of (stage name, stage code version, config, input fingerprints):
 same inputs + same config + same code → same directory → nothing to do on rerun.
 
@@ -48,6 +53,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lm.data.storage import RemotePath, as_path, commit_file, local_scratch, write_bytes_atomic
+
 MANIFEST_NAME = "_manifest.json"
 COMPRESSION = "zstd"
 # Rows buffered before a Parquet row group is flushed: bounds memory per open shard.
@@ -71,9 +78,10 @@ def _canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def file_sha256(path: str | os.PathLike | RemotePath, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    p = as_path(path)
+    with (open(p, "rb") if isinstance(p, Path) else p.open("rb")) as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -81,7 +89,10 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
-    path = Path(path)
+    path = as_path(path)
+    if isinstance(path, RemotePath):
+        write_bytes_atomic(path, data)
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -119,6 +130,8 @@ def fingerprint(stage: str, version: str, config: Mapping[str, Any], inputs: Seq
 
 def source_fingerprint(source: str) -> str:
     """Identity of a raw input (file or URL) for fingerprints: local files by size and mtime."""
+    if "://" in str(source):
+        return str(source)
     p = Path(source)
     if p.exists():
         st = p.stat()
@@ -131,8 +144,10 @@ def source_fingerprint(source: str) -> str:
 
 def read_manifest(path: str | os.PathLike) -> dict:
     """Read a stage manifest (the file or its stage directory). Raises on a broken manifest."""
-    path = Path(path)
-    if path.is_dir():
+    path = as_path(path)
+    if isinstance(path, RemotePath) and not path.name.endswith(".json"):
+        path = path / MANIFEST_NAME  # a stage directory (no directory objects to ask about)
+    elif isinstance(path, Path) and path.is_dir():
         path = path / MANIFEST_NAME
     if not path.exists():
         raise FileNotFoundError(f"no stage manifest at {path}: the stage has not finished there")
@@ -152,14 +167,16 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return manifest
 
 
-def manifest_dir(manifest: Mapping | str | os.PathLike) -> Path:
+def manifest_dir(manifest: Mapping | str | os.PathLike) -> Path | RemotePath:
     if isinstance(manifest, Mapping):
-        return Path(manifest["_path"]).parent
-    p = Path(manifest)
+        return as_path(manifest["_path"]).parent
+    p = as_path(manifest)
+    if isinstance(p, RemotePath):
+        return p.parent if p.name.endswith(".json") else p
     return p if p.is_dir() else p.parent
 
 
-def shard_paths(manifest: Mapping | str | os.PathLike, kind: str = "shards") -> list[Path]:
+def shard_paths(manifest: Mapping | str | os.PathLike, kind: str = "shards") -> list[Path | RemotePath]:
     """Paths of a finished stage's output shards (``kind="rejects"`` for the rejects)."""
     m = manifest if isinstance(manifest, Mapping) else read_manifest(manifest)
     d = manifest_dir(m)
@@ -168,7 +185,9 @@ def shard_paths(manifest: Mapping | str | os.PathLike, kind: str = "shards") -> 
 
 def read_shard(path: str | os.PathLike, expected_sha256: str | None = None, columns: list[str] | None = None) -> pa.Table:
     """Read one Parquet shard, verifying its checksum when one is given."""
-    path = Path(path)
+    path = as_path(path)
+    if isinstance(path, RemotePath):
+        return _read_remote_shard(path, expected_sha256, columns)
     if not path.exists():
         raise FileNotFoundError(f"shard {path} does not exist")
     if expected_sha256 is not None and file_sha256(path) != expected_sha256:
@@ -178,6 +197,23 @@ def read_shard(path: str | os.PathLike, expected_sha256: str | None = None, colu
         )
     try:
         return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ShardCorruptError(f"shard {path} is not readable Parquet ({e})") from e
+
+
+def _read_remote_shard(path: RemotePath, expected_sha256: str | None, columns: list[str] | None) -> pa.Table:
+    """One GET: the checksum is verified on exactly the bytes that are parsed."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"shard {path} does not exist") from None
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise ShardCorruptError(
+            f"shard {path} does not match the checksum in its manifest (corrupted or changed "
+            "after the stage finished); delete the stage directory and rerun the stage"
+        )
+    try:
+        return pq.read_table(pa.BufferReader(data), columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
         raise ShardCorruptError(f"shard {path} is not readable Parquet ({e})") from e
 
@@ -216,11 +252,13 @@ class ShardStats:
 
 
 class _ParquetSink:
-    """Buffers rows and writes them to a temporary Parquet file; ``finish`` renames it into place."""
+    """Buffers rows and writes them to a temporary Parquet file; ``finish`` renames it into place
+    (remote stage: the file is built in a local scratch directory, then committed by copy)."""
 
-    def __init__(self, final: Path, schema: pa.Schema | None):
+    def __init__(self, final: Path | RemotePath, schema: pa.Schema | None):
         self.final = final
-        self.tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        scratch = final.parent if isinstance(final, Path) else local_scratch("lmpipe-shard-")
+        self.tmp = scratch / f".{final.name}.{os.getpid()}.tmp"
         self.schema = schema
         self.rows: list[dict] = []
         self.writer: pq.ParquetWriter | None = None
@@ -249,7 +287,8 @@ class _ParquetSink:
             os.fsync(f.fileno())
         digest = file_sha256(self.tmp)
         size = self.tmp.stat().st_size
-        os.replace(self.tmp, self.final)
+        commit_file(self.tmp, self.final)
+        self._clean_scratch()
         return {"name": self.final.name, "rows": self.count, "bytes": size, "sha256": digest}
 
     def abort(self) -> None:
@@ -258,6 +297,12 @@ class _ParquetSink:
                 self.writer.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp)
+        self._clean_scratch()
+
+    def _clean_scratch(self) -> None:
+        if isinstance(self.final, RemotePath):
+            with contextlib.suppress(OSError):
+                self.tmp.parent.rmdir()
 
 
 class ShardWriter:
@@ -334,7 +379,7 @@ class Stage:
         sources: Sequence[str] = (),
     ):
         """``inputs``: upstream manifest paths (lineage); ``sources``: raw inputs (files, URLs)."""
-        self.root = Path(root)
+        self.root = as_path(root)
         self.name = validate_name(name)
         self.version = str(version)
         self.config = json.loads(_canonical_json(dict(config)))
@@ -358,7 +403,7 @@ class Stage:
             return False  # a broken manifest is recomputed, not trusted
         return True
 
-    def marker_path(self, index: int) -> Path:
+    def marker_path(self, index: int) -> Path | RemotePath:
         return self.path / f"part-{index:05d}.done.json"
 
     def shard_done(self, index: int) -> bool:
@@ -381,7 +426,8 @@ class Stage:
     def open_shard(self, index: int, schema: pa.Schema | None = None, source: str | None = None) -> Iterator[ShardWriter]:
         """Write shard ``index``; it becomes visible (with its marker) only if the block succeeds."""
         self.path.mkdir(parents=True, exist_ok=True)
-        # A run killed mid-shard leaves hidden temporaries; one writer per shard, so clear them.
+        # A run killed mid-shard leaves hidden temporaries (local files or remote keys);
+        # one writer per shard, so clear them.
         for stale in self.path.glob(f".*-{index:05d}.parquet.*.tmp"):
             stale.unlink(missing_ok=True)
         w = ShardWriter(self, index, schema, source)
@@ -392,7 +438,7 @@ class Stage:
             raise
         w._finish()
 
-    def commit(self, num_shards: int | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+    def commit(self, num_shards: int | None = None, extra: Mapping[str, Any] | None = None) -> Path | RemotePath:
         """Aggregate the shard markers into ``_manifest.json`` (written last). Returns its path.
 
         ``num_shards`` makes commit refuse when a shard is missing; ``extra`` adds stage-specific
@@ -421,7 +467,12 @@ class Stage:
         schema = None
         if markers:
             first = self.path / markers[0]["shard"]["name"]
-            schema = {f.name: str(f.type) for f in pq.read_schema(first)}
+            if isinstance(first, RemotePath):
+                with first.open("rb") as f:  # the footer only (ranged reads)
+                    arrow_schema = pq.read_schema(f)
+            else:
+                arrow_schema = pq.read_schema(first)
+            schema = {f.name: str(f.type) for f in arrow_schema}
         # Rejected shards' parquet files with zero rows are not listed; remove them to keep the dir tidy.
         for m in markers:
             if not m["rejects"]["rows"]:
@@ -456,7 +507,7 @@ class Stage:
         failed_ids: list | None = None,
         timings: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
-    ) -> Path:
+    ) -> Path | RemotePath:
         """Write ``_manifest.json`` (last, atomically, with its own checksum) from finished parts.
 
         ``commit`` uses it for Parquet stages; stages with other shard formats (token ``.bin``

@@ -1,0 +1,324 @@
+"""Where artifacts live: a local directory, or any fsspec filesystem URL (``s3://bucket/prefix``,
+``memory://``, ``gs://``, …), behind one small path type.
+
+``as_path(x)`` returns a ``pathlib.Path`` for a local path or ``file://`` URL (the fast path:
+rename is atomic, nothing changes for local roots) and a :class:`RemotePath` otherwise.
+``RemotePath`` offers the few ``pathlib`` operations the stage contract uses (``/``, ``name``,
+``parent``, ``exists``, ``read_bytes``, ``open``, ``glob``, ``unlink``, ``stat().st_size``) on top of
+an fsspec filesystem, and deliberately has no ``__fspath__``: code that would hand a URL to
+``open()`` or ``np.memmap`` fails loudly instead of writing a local file named ``s3:``.
+
+Commit rule on object stores (there is no atomic rename): a file is uploaded under a hidden
+temporary key in the same directory, then copied to its final key, then the temporary key is
+deleted (:func:`commit_file`, :func:`write_bytes_atomic`). A shard counts as written only once
+its ``part-N.done.json`` marker exists (written last, naming the files with sizes and sha256),
+and a stage only once ``_manifest.json`` exists; readers verify the sha256 (docs/storage.md).
+
+Credentials come only from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_SESSION_TOKEN, AWS_ENDPOINT_URL[_S3], AWS_PROFILE, AWS_REGION for S3, read by botocore);
+a root URL with embedded credentials is refused without echoing them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlsplit
+
+# Writable fsspec filesystems a root may name. Tested here: local paths, file://, memory://, s3://.
+SUPPORTED_SCHEMES = ("file", "memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "hdfs", "webhdfs", "sftp", "smb", "oss")
+_LOCAL_SCHEMES = ("", "file")
+
+
+def _scheme(p: str) -> str:
+    if "://" not in p:
+        return ""
+    return p.split("://", 1)[0].lower()
+
+
+def redact(url: str) -> str:
+    """``url`` with any user:password part replaced by ``***`` (safe to put in an error or a log)."""
+    scheme = _scheme(url)
+    if not scheme:
+        return url
+    rest = url.split("://", 1)[1]
+    netloc, sep, tail = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    tail = tail.split("?", 1)[0] + ("?***" if "?" in tail else "")
+    return f"{scheme}://{netloc}{sep}{tail}"
+
+
+def check_root(root: str | os.PathLike, what: str = "root") -> str:
+    """Validate an artifact root (a local path or a URL of a supported scheme); returns it as a string.
+
+    Refuses an unknown scheme (``s4://``), and a URL carrying credentials or a query string:
+    credentials come from the environment only, never from configs (they would end up in
+    manifests, Prefect parameters and logs)."""
+    s = os.fspath(root)
+    if not isinstance(s, str) or not s.strip():
+        raise ValueError(f"{what} is blank; give a local directory or a URL such as s3://bucket/prefix")
+    scheme = _scheme(s)
+    if scheme in _LOCAL_SCHEMES:
+        return s
+    if scheme not in SUPPORTED_SCHEMES:
+        raise ValueError(
+            f"{what} {redact(s)!r}: unsupported scheme {scheme!r}; use a local path or one of "
+            + ", ".join(f"{x}://" for x in SUPPORTED_SCHEMES)
+        )
+    rest = s.split("://", 1)[1]
+    netloc = rest.split("/", 1)[0]
+    if "@" in netloc:
+        raise ValueError(
+            f"{what} {redact(s)!r} embeds credentials in the URL; remove them and set them in the "
+            "environment instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or AWS_PROFILE)"
+        )
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"{what} {redact(s)!r}: a root URL takes no query string or fragment; "
+                         "filesystem options (endpoint, region, credentials) come from the environment")
+    if scheme != "memory" and not netloc:
+        raise ValueError(f"{what} {s!r} names no bucket/host; write it as {scheme}://<bucket>/<prefix>")
+    return s.rstrip("/") if s.rstrip("/") != f"{scheme}:/" else s
+
+
+def is_remote(p: Any) -> bool:
+    if isinstance(p, RemotePath):
+        return True
+    return isinstance(p, str) and _scheme(p) not in _LOCAL_SCHEMES
+
+
+def resolve_root(root: str | os.PathLike) -> str:
+    """A root as stages see it: local → absolute path; remote → the validated URL."""
+    s = check_root(root)
+    return str(as_path(s).resolve()) if not is_remote(s) else s
+
+
+def as_path(p: str | os.PathLike | RemotePath) -> Path | RemotePath:
+    """``Path`` for local paths and ``file://`` URLs, ``RemotePath`` for other URLs."""
+    if isinstance(p, (Path, RemotePath)):
+        return p
+    s = os.fspath(p)
+    scheme = _scheme(s)
+    if scheme == "":
+        return Path(s)
+    if scheme == "file":
+        return Path(s[len("file://"):])
+    return RemotePath(check_root(s, "path"))
+
+
+_FILESYSTEMS: dict[str, Any] = {}
+
+
+def filesystem(protocol: str):
+    """One fsspec filesystem per protocol and process. Options come from the environment only;
+    S3 listings are not cached (another worker may have written since)."""
+    fs = _FILESYSTEMS.get(protocol)
+    if fs is None:
+        import fsspec
+
+        kwargs = {"use_listings_cache": False} if protocol in ("s3", "s3a") else {}
+        fs = _FILESYSTEMS[protocol] = fsspec.filesystem(protocol, **kwargs)
+    return fs
+
+
+class RemotePath:
+    """A file or directory on an fsspec filesystem, with the pathlib subset the stages use."""
+
+    __slots__ = ("url", "protocol", "key")
+
+    def __init__(self, url: str):
+        self.protocol, rest = url.split("://", 1)
+        self.key = rest.rstrip("/")  # fsspec path: "bucket/prefix/…" (memory: "/…" or "…")
+        self.url = f"{self.protocol}://{self.key}"
+
+    # -- naming
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"RemotePath({self.url!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RemotePath) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __lt__(self, other: RemotePath) -> bool:
+        return self.url < other.url
+
+    def __truediv__(self, part: str | os.PathLike) -> RemotePath:
+        part = os.fspath(part).strip("/")
+        return RemotePath(f"{self.url}/{part}")
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        n = self.name
+        return n[n.rfind("."):] if "." in n.lstrip(".") else ""
+
+    @property
+    def parent(self) -> RemotePath:
+        head = self.key.rsplit("/", 1)[0] if "/" in self.key else ""
+        return RemotePath(f"{self.protocol}://{head}")
+
+    def with_name(self, name: str) -> RemotePath:
+        return self.parent / name
+
+    def resolve(self) -> RemotePath:
+        return self
+
+    @property
+    def fs(self):
+        return filesystem(self.protocol)
+
+    # -- queries
+    def exists(self) -> bool:
+        return self.fs.exists(self.key)
+
+    def is_dir(self) -> bool:
+        return self.fs.isdir(self.key)
+
+    def is_file(self) -> bool:
+        return self.fs.isfile(self.key)
+
+    def stat(self):
+        info = self.fs.info(self.key)
+        return SimpleNamespace(st_size=int(info["size"]), etag=info.get("ETag"), info=info)
+
+    def iterdir(self):
+        for p in self.fs.ls(self.key, detail=False):
+            yield RemotePath(f"{self.protocol}://{p.rstrip('/')}")
+
+    def glob(self, pattern: str):
+        """Files directly in this directory whose name matches ``pattern`` (no recursion)."""
+        try:
+            names = self.fs.ls(self.key, detail=False)
+        except FileNotFoundError:
+            return
+        for p in sorted(names):
+            name = p.rstrip("/").rsplit("/", 1)[-1]
+            if fnmatch.fnmatchcase(name, pattern):
+                yield self / name
+
+    # -- reading and writing
+    def open(self, mode: str = "rb", **kwargs):
+        return self.fs.open(self.key, mode, **kwargs)
+
+    def read_bytes(self) -> bytes:
+        return self.fs.cat_file(self.key)
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def write_bytes(self, data: bytes) -> None:
+        self.fs.pipe_file(self.key, data)
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        # Object stores have no directories; a memory:// or sftp:// root needs them made.
+        if self.protocol not in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss"):
+            self.fs.makedirs(self.key, exist_ok=True)
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        try:
+            self.fs.rm_file(self.key)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+
+# --------------------------------------------------------------------------- commit
+
+
+def tmp_name(final_name: str) -> str:
+    """A hidden temporary name next to ``final_name``, unique across processes and machines."""
+    return f".{final_name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+
+
+def commit_file(local_tmp: Path, final: Path | RemotePath) -> None:
+    """Publish a finished local file at ``final``: a rename locally; on a remote filesystem an
+    upload under a temporary key, a copy to the final key, then removal of both temporaries."""
+    if isinstance(final, Path):
+        os.replace(local_tmp, final)
+        return
+    tmp = final.with_name(tmp_name(final.name))
+    fs = final.fs
+    try:
+        fs.put_file(str(local_tmp), tmp.key)
+        fs.copy(tmp.key, final.key)
+    finally:
+        try:
+            fs.rm_file(tmp.key)
+        except FileNotFoundError:
+            pass
+        local_tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(final: RemotePath, data: bytes) -> None:
+    """``atomic_write_bytes`` for a remote file: temporary key, then copy to the final key."""
+    tmp = final.with_name(tmp_name(final.name))
+    fs = final.fs
+    try:
+        fs.pipe_file(tmp.key, data)
+        fs.copy(tmp.key, final.key)
+    finally:
+        try:
+            fs.rm_file(tmp.key)
+        except FileNotFoundError:
+            pass
+
+
+def local_scratch(prefix: str = "lmpipe-") -> Path:
+    """A private local directory for files that are built locally, then uploaded."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def cache_dir() -> Path:
+    """``$LMPIPE_CACHE/artifacts`` (default ``~/.cache/lmpipe/artifacts``): remote shards fetched
+    for memory-mapping or streaming, one file per sha256."""
+    d = Path(os.environ.get("LMPIPE_CACHE", Path.home() / ".cache" / "lmpipe")) / "artifacts"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def local_copy(path: Path | RemotePath | str, sha256: str | None = None) -> Path:
+    """A local file with ``path``'s content: ``path`` itself when local; for a remote file a
+    copy in :func:`cache_dir` named by its sha256 (verified after download; a cached copy whose
+    name is the expected digest is reused). Raises ``ShardCorruptError`` on a mismatch."""
+    from lm.data.shards import ShardCorruptError
+
+    p = as_path(path)
+    if isinstance(p, Path):
+        return p
+    if sha256 is not None:
+        cached = cache_dir() / sha256[:2] / f"{sha256}{p.suffix}"
+        if cached.exists():
+            return cached
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache_dir()))  # same filesystem: os.replace works
+    try:
+        tmp = tmp_dir / "data"
+        h = hashlib.sha256()
+        with p.open("rb") as src, open(tmp, "wb") as dst:
+            while block := src.read(1 << 22):
+                h.update(block)
+                dst.write(block)
+        digest = h.hexdigest()
+        if sha256 is not None and digest != sha256:
+            raise ShardCorruptError(f"{p} does not match the checksum in its manifest (corrupted or changed "
+                                    "after the stage finished); delete the stage directory and rerun the stage")
+        cached = cache_dir() / digest[:2] / f"{digest}{p.suffix}"
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, cached)  # same content under the same name: a concurrent fetch is harmless
+        return cached
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
