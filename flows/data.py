@@ -17,7 +17,6 @@ after extract.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -28,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from lm.data.ingest import ExtractConfig, plan_shards
 from lm.data.remote import CC_BASE_URL, HttpOptions, expand_sources
 from lm.data.shards import read_manifest
+from lm.data.storage import as_path, check_root, resolve_root
 from flows.funnel_config import FunnelConfig
 from tasks.artifacts import artifact_key, markdown_table, publish_stage
 from tasks.extract import commit_extract, extract_shard, extract_stage, plan_digest
@@ -58,7 +58,11 @@ class DataConfig(BaseModel):
         "`cc://CC-MAIN-2024-22?kind=wet&files=2` (first N files of a Common Crawl listing), or "
         "`index:<file>` (JSON/CDXJ lines with filename, offset, length: one Range request per record)",
     )
-    root: str = Field(default="outputs", description="artifact root: stages write `<root>/<stage>/<fingerprint>/`")
+    root: str = Field(
+        default="outputs",
+        description="artifact root: stages write `<root>/<stage>/<fingerprint>/`; a local directory or a URL "
+        "such as `s3://bucket/prefix` (credentials from the environment, never in the URL)",
+    )
     extract: ExtractConfig = Field(default_factory=ExtractConfig, description="extract stage settings")
     http: HttpConfig = Field(default_factory=HttpConfig, description="remote fetching: retries, backoff, timeouts")
     max_workers: int = Field(default=4, ge=1, le=256, description="shards processed at once (threads)")
@@ -67,6 +71,11 @@ class DataConfig(BaseModel):
         default_factory=FunnelConfig,
         description="filtering funnel after extract (langid, PII, rules, quality, harmful, exact and MinHash dedup); null = stop after extract",
     )
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        return check_root(v)
 
     @field_validator("sources")
     @classmethod
@@ -91,7 +100,7 @@ def data_flow(config: DataConfig) -> dict[str, str]:
     log = get_run_logger()
     locations = config.locations()  # fails here, before any work, on a missing path
     shards = plan_shards(locations, config.extract.slice_bytes, config.http.cc_base_url)
-    root = str(Path(config.root).resolve())
+    root = resolve_root(config.root)
     plan = plan_digest(shards)
     stage = extract_stage(root, config.extract, plan)
     if stage.is_complete():
@@ -134,7 +143,7 @@ def _counts_line(m: dict) -> str:
 def _per_source_md(manifest_path: str) -> str:
     """A per-shard table for the summary artifact: which input produced what."""
     m = read_manifest(manifest_path)
-    d = Path(manifest_path).parent
+    d = as_path(manifest_path).parent
     rows = []
     for s in m["shards"]:
         mk = json.loads((d / f"part-{s['index']:05d}.done.json").read_text())

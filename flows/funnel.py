@@ -20,10 +20,11 @@ import pyarrow.compute as pc
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from flows.funnel_config import FunnelConfig
 from lm.data.shards import atomic_write_json, iter_stage_tables, read_manifest, source_fingerprint
+from lm.data.storage import RemotePath, as_path, check_root, commit_file, local_scratch
 from tasks import dedup
 from tasks.artifacts import artifact_key, image_markdown, markdown_table, publish_stage
 from tasks.filters import filter_shard, filter_stage
@@ -192,17 +193,23 @@ def plot_funnel(rows: list[dict], png: Path) -> Path:
     return png
 
 
-def publish_funnel(extract_manifest: str, stages: dict[str, str], root: str) -> Path:
+def publish_funnel(extract_manifest: str, stages: dict[str, str], root: str) -> Path | RemotePath:
     rows = funnel_rows(extract_manifest, stages)
     final = read_manifest(list(stages.values())[-1] if stages else extract_manifest)
-    out = Path(root) / "funnel" / final["fingerprint"]
+    out = as_path(root) / "funnel" / final["fingerprint"]
     out.mkdir(parents=True, exist_ok=True)
     samples = reject_samples(stages)
     atomic_write_json(out / "funnel.json", {"input": str(extract_manifest), "stages": stages, "rows": rows, "reject_samples": samples})
-    png = plot_funnel(rows, out / "funnel.png")
+    # The plot is drawn into a local file (matplotlib, and the artifact embeds it), then
+    # uploaded when the root is remote.
+    local = out if isinstance(out, Path) else local_scratch("lmpipe-funnel-")
+    png = plot_funnel(rows, local / "funnel.png")
     create_table_artifact(table=rows, key=artifact_key("funnel"), description="documents and text bytes kept after each stage")
     md = ["# Filtering funnel", "", markdown_table(rows), image_markdown(png, "funnel"), "## Sample rejects per reason", "", markdown_table(samples)]
     create_markdown_artifact(markdown="\n".join(md), key=artifact_key("funnel", "summary"), description="funnel, plot and sample rejects")
+    if isinstance(out, RemotePath):
+        commit_file(png, out / "funnel.png")
+        png.parent.rmdir()
     return out
 
 
@@ -213,8 +220,15 @@ class FiltersFlowConfig(BaseModel):
     """Run the funnel on an existing extract stage (the ``data`` flow runs it after extract)."""
 
     extract_manifest: str = Field(description="_manifest.json (or directory) of the stage whose documents to filter")
-    root: str = Field("outputs", description="artifact root: each stage writes `<root>/<stage>/<fingerprint>/`")
+    root: str = Field("outputs", description="artifact root: each stage writes `<root>/<stage>/<fingerprint>/`; "
+                      "a local directory or a URL such as `s3://bucket/prefix`")
     filters: FunnelConfig = Field(default_factory=FunnelConfig, description="which stages run and their thresholds")
+
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        return check_root(v)
 
 
 @flow(name="filters", log_prints=True)

@@ -10,11 +10,10 @@ text bytes in and kept).
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import task
 
 from lm.data.filters import ADDED_COLUMNS, apply_filters, build_stage_filters
-from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard
+from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard, read_shard_schema
 
 VERSION = "1"  # bump when a filter's behaviour changes: it changes every fingerprint downstream
 
@@ -42,7 +41,7 @@ def filter_shard(root: str, stage: str, config: dict, input_manifest: str, index
     path = manifest_dir(m) / info["name"]
     table = read_shard(path, info.get("sha256"))
     filters = build_stage_filters(stage, config)
-    schema = output_schema(pq.read_schema(path), stage)
+    schema = output_schema(read_shard_schema(path), stage)
     kept = 0
     with st.open_shard(index, schema=schema, source=str(path)) as w:
         for row in table.to_pylist():

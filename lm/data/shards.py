@@ -218,6 +218,15 @@ def _read_remote_shard(path: RemotePath, expected_sha256: str | None, columns: l
         raise ShardCorruptError(f"shard {path} is not readable Parquet ({e})") from e
 
 
+def read_shard_schema(path: str | os.PathLike | RemotePath) -> pa.Schema:
+    """The Arrow schema of a Parquet shard, from its footer (a ranged read on a remote root)."""
+    path = as_path(path)
+    if isinstance(path, RemotePath):
+        with path.open("rb") as f:
+            return pq.read_schema(f)
+    return pq.read_schema(path)
+
+
 def iter_stage_tables(manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None, verify: bool = True) -> Iterator[pa.Table]:
     m = manifest if isinstance(manifest, Mapping) else read_manifest(manifest)
     d = manifest_dir(m)
@@ -467,12 +476,7 @@ class Stage:
         schema = None
         if markers:
             first = self.path / markers[0]["shard"]["name"]
-            if isinstance(first, RemotePath):
-                with first.open("rb") as f:  # the footer only (ranged reads)
-                    arrow_schema = pq.read_schema(f)
-            else:
-                arrow_schema = pq.read_schema(first)
-            schema = {f.name: str(f.type) for f in arrow_schema}
+            schema = {f.name: str(f.type) for f in read_shard_schema(first)}
         # Rejected shards' parquet files with zero rows are not listed; remove them to keep the dir tidy.
         for m in markers:
             if not m["rejects"]["rows"]:

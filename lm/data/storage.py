@@ -113,18 +113,23 @@ def as_path(p: str | os.PathLike | RemotePath) -> Path | RemotePath:
     return RemotePath(check_root(s, "path"))
 
 
-_FILESYSTEMS: dict[str, Any] = {}
+_FILESYSTEMS: dict[tuple, Any] = {}
+# The environment an S3 filesystem is built from (botocore reads these itself): a change
+# (another endpoint or profile) gets a new filesystem object, not a stale cached one.
+_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+             "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 def filesystem(protocol: str):
-    """One fsspec filesystem per protocol and process. Options come from the environment only;
-    S3 listings are not cached (another worker may have written since)."""
-    fs = _FILESYSTEMS.get(protocol)
+    """One fsspec filesystem per protocol, environment and process. Options come from the
+    environment only; S3 listings are not cached (another worker may have written since)."""
+    key = (protocol, os.getpid(), tuple(os.environ.get(k) for k in _ENV_KEYS))
+    fs = _FILESYSTEMS.get(key)
     if fs is None:
         import fsspec
 
         kwargs = {"use_listings_cache": False} if protocol in ("s3", "s3a") else {}
-        fs = _FILESYSTEMS[protocol] = fsspec.filesystem(protocol, **kwargs)
+        fs = _FILESYSTEMS[key] = fsspec.filesystem(protocol, skip_instance_cache=True, **kwargs)
     return fs
 
 
@@ -322,3 +327,17 @@ def local_copy(path: Path | RemotePath | str, sha256: str | None = None) -> Path
         return cached
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+# Flows whose every stage reads and writes through the stage contract (and so accept a URL root).
+REMOTE_READY = ("data", "filters", "tokenizer", "tokenize")
+
+
+def check_local_root(root: str | os.PathLike, stage: str) -> str:
+    """``check_root`` for a flow that does not work on remote roots yet: refuse a URL at
+    validation time rather than fail half-way through."""
+    s = check_root(root)
+    if is_remote(s):
+        raise ValueError(f"root {redact(s)!r} is not supported by stage {stage} yet; use a local root "
+                         f"(URL roots work for: {', '.join(REMOTE_READY)})")
+    return s
