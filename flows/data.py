@@ -50,7 +50,9 @@ class HttpConfig(BaseModel):
 class DataConfig(BaseModel):
     """Configuration of the data flow (the Prefect UI shows it as the run form)."""
 
-    model_config = ConfigDict(extra="forbid")  # a misspelt key fails, naming it
+    # extra="forbid": a misspelt key fails, naming it. hide_input_in_errors: a root URL with
+    # credentials in it must not be echoed back (our messages name the value, redacted).
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     sources: list[str] = Field(
         min_length=1,

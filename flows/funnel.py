@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows.funnel_config import FunnelConfig
 from lm.data.shards import atomic_write_json, iter_stage_tables, read_manifest, source_fingerprint
@@ -218,6 +218,8 @@ def publish_funnel(extract_manifest: str, stages: dict[str, str], root: str) -> 
 
 class FiltersFlowConfig(BaseModel):
     """Run the funnel on an existing extract stage (the ``data`` flow runs it after extract)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # never echo a root URL with credentials
 
     extract_manifest: str = Field(description="_manifest.json (or directory) of the stage whose documents to filter")
     root: str = Field("outputs", description="artifact root: each stage writes `<root>/<stage>/<fingerprint>/`; "

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lm.data.shards import MANIFEST_NAME, manifest_dir, read_manifest
-from lm.tokenizer.stages import load_stage_tokenizer, tokenize_stage
+from lm.data.storage import as_path, check_root, local_copy
+from lm.tokenizer.stages import load_stage_tokenizer, local_tokenizer_dir, tokenize_stage
 from tasks.artifacts import artifact_key, counts_rows, markdown_table
 from tasks.tokenize import commit_tokenize_task, tokenize_shard_task
 
@@ -30,12 +31,19 @@ from tasks.tokenize import commit_tokenize_task, tokenize_shard_task
 class TokenizeConfig(BaseModel):
     """Tokenize a corpus stage into memory-mappable token shards."""
 
+    model_config = ConfigDict(hide_input_in_errors=True)  # never echo a root URL with credentials
+
     input: str = Field(description="Corpus stage manifest (or its directory): Parquet shards with a text column")
     tokenizer: str = Field(description="Tokenizer directory (or its _manifest.json) written by the tokenizer flow or Tokenizer.save")
-    root: str = Field("outputs", description="Artifact root; shards go to `<root>/tokenize/<fingerprint>/`")
+    root: str = Field("outputs", description="Artifact root; shards go to `<root>/tokenize/<fingerprint>/`; a local directory or a URL such as `s3://bucket/prefix`")
     val_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Fraction of documents (by hash of id or text) written to val-*.bin")
     text_field: str = Field("text", min_length=1, description="Column of the corpus shards that holds the document text")
     num_threads: int = Field(2, ge=1, le=64, description="tiktoken encoding threads per shard task")
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        return check_root(v)
 
 
 def tokenize_markdown(manifest_path: str | Path) -> str:
@@ -53,14 +61,15 @@ def tokenize_markdown(manifest_path: str | Path) -> str:
     if train:
         from lm.tokenizer import Tokenizer
 
-        ids = np.memmap(d / train[0]["name"], dtype=m["dtype"], mode="r")[:200]
-        text = Tokenizer.load(m["tokenizer"]).decode(ids.tolist())
+        # A remote shard is memory-mapped from the local cache ($LMPIPE_CACHE, keyed by sha256).
+        ids = np.memmap(local_copy(d / train[0]["name"], train[0].get("sha256")), dtype=m["dtype"], mode="r")[:200]
+        text = Tokenizer.load(local_tokenizer_dir(m["tokenizer"])).decode(ids.tolist())
         md += ["## First tokens of " + train[0]["name"], "> " + text.replace("\n", "\n> ")]
     return "\n".join(md)
 
 
 def _tokenizer_dir(path: str) -> str:
-    p = Path(path)
+    p = as_path(path)
     return str(p.parent if p.name == MANIFEST_NAME else p)
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lm.data.shards import read_manifest
+from lm.data.storage import RemotePath, as_path, check_root, commit_file, local_scratch
+from lm.tokenizer.stages import local_tokenizer_dir
 from lm.tokenizer.gpt2 import EOT
 from tasks.artifacts import image_markdown, markdown_table, publish_stage
 from tasks.tokenizer import train_tokenizer_task
@@ -26,8 +28,10 @@ from tasks.tokenizer import train_tokenizer_task
 class TokenizerConfig(BaseModel):
     """Train a BPE tokenizer on a corpus stage."""
 
+    model_config = ConfigDict(hide_input_in_errors=True)  # never echo a root URL with credentials
+
     input: str = Field(description="Corpus stage manifest (or its directory): Parquet shards with a text column, e.g. the final dedup stage")
-    root: str = Field("outputs", description="Artifact root; the tokenizer goes to `<root>/tokenizer/<fingerprint>/`")
+    root: str = Field("outputs", description="Artifact root; the tokenizer goes to `<root>/tokenizer/<fingerprint>/`; a local directory or a URL such as `s3://bucket/prefix`")
     vocab_size: int = Field(10_000, ge=257, le=1 << 20, description="Vocabulary size: 256 bytes + special tokens + merges")
     special_tokens: list[str] = Field(default_factory=lambda: [EOT], description="Special tokens (never merged); `<|endoftext|>` separates documents")
     sample_bytes: int = Field(100_000_000, gt=0, description="Training sample budget in bytes, taken evenly across corpus shards")
@@ -35,6 +39,11 @@ class TokenizerConfig(BaseModel):
     heldout_bytes: int = Field(1_000_000, ge=0, description="At most this many bytes of held-out documents")
     text_field: str = Field("text", min_length=1, description="Column of the corpus shards that holds the document text")
     num_workers: int | None = Field(None, ge=1, description="Pre-tokenization processes (default: all cores for samples over 8 MB)")
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        return check_root(v)
 
     @model_validator(mode="after")
     def _check(self):
@@ -49,7 +58,7 @@ def tokenizer_markdown(manifest_path: str | Path) -> str:
     """Summary of a trained tokenizer for the UI, with a token-length histogram."""
     m = read_manifest(manifest_path)
     s = m["summary"]
-    d = Path(manifest_path).parent
+    d = as_path(manifest_path).parent
     md = [
         "## Tokenizer",
         markdown_table([
@@ -65,7 +74,8 @@ def tokenizer_markdown(manifest_path: str | Path) -> str:
         "**First merges:** " + ", ".join(s["first_merges"]),
         "",
     ]
-    png = d / "token_lengths.png"
+    # Drawn locally (the artifact embeds it), uploaded afterwards when the root is remote.
+    png = (d if isinstance(d, Path) else local_scratch("lmpipe-tokenizer-plot-")) / "token_lengths.png"
     try:
         import matplotlib
 
@@ -74,7 +84,7 @@ def tokenizer_markdown(manifest_path: str | Path) -> str:
 
         from lm.tokenizer import Tokenizer
 
-        lengths = [len(t) for t in Tokenizer.load(d).vocab.values()]
+        lengths = [len(t) for t in Tokenizer.load(local_tokenizer_dir(d)).vocab.values()]
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.hist(lengths, bins=range(1, max(lengths) + 2))
         ax.set_xlabel("token length (bytes)")
@@ -83,6 +93,8 @@ def tokenizer_markdown(manifest_path: str | Path) -> str:
         fig.savefig(png)
         plt.close(fig)
         md.append(image_markdown(png, "token lengths"))
+        if isinstance(d, RemotePath):
+            commit_file(png, d / "token_lengths.png")
     except ImportError:
         pass
     return "\n".join(md)
@@ -95,5 +107,5 @@ def tokenizer_flow(config: TokenizerConfig) -> str:
     params = config.model_dump(exclude={"input", "root"})
     path = train_tokenizer_task(config.root, str(config.input), params)
     publish_stage(path, extra_md=tokenizer_markdown(path))
-    print(f"tokenizer: {Path(path).parent}")
+    print(f"tokenizer: {as_path(path).parent}")
     return path

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect import task
 
+from lm.data.storage import as_path
 from lm.tokenizer.stages import commit_tokenize, load_stage_tokenizer, tokenize_shard, tokenize_stage
 
 
@@ -17,7 +18,11 @@ def _tokenizer(tokenizer_dir: str, mtime_ns: int):
 
 
 def cached_tokenizer(tokenizer_dir: str):
-    return _tokenizer(tokenizer_dir, (Path(tokenizer_dir) / "vocab.json").stat().st_mtime_ns)
+    vocab = as_path(tokenizer_dir) / "vocab.json"
+    if isinstance(vocab, Path):
+        return _tokenizer(tokenizer_dir, vocab.stat().st_mtime_ns)
+    info = vocab.stat().info  # a remote object: its ETag (or time) says whether it changed
+    return _tokenizer(tokenizer_dir, hash(str(info.get("ETag") or info.get("LastModified") or info.get("created"))))
 
 
 @task(name="tokenize-shard", retries=2, retry_delay_seconds=2)

@@ -11,6 +11,10 @@ bytes/token on held-out documents, longest tokens, first merges).
 when the vocab exceeds 65,536) token ids, each document followed by ``<|endoftext|>``,
 documents assigned to val by a hash of their id (or text). Each corpus shard is written
 atomically with a ``part-NNNNN.done.json`` marker; ``commit_tokenize`` writes the manifest.
+
+Both work on a remote root (``s3://…``, see ``lm.data.storage``): files are built in a local
+scratch directory and committed by upload + copy; remote corpus shards and tokenizers are read
+through the local cache (``$LMPIPE_CACHE/artifacts``, keyed by sha256).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from lm.data.shards import MANIFEST_NAME, ShardCorruptError, Stage, atomic_write_json, file_sha256, manifest_dir, read_manifest
+from lm.data.storage import RemotePath, as_path, cache_dir, commit_file, local_copy, local_scratch
 from lm.tokenizer.export import export_hf_tokenizer_json, export_tiktoken_ranks
 from lm.tokenizer.gpt2 import EOT
 from lm.tokenizer.tokenizer import Tokenizer
@@ -49,8 +54,14 @@ def doc_fraction(key: str) -> float:
 
 
 def _corpus_shard(manifest: dict, index: int) -> Path:
+    """A local, checksum-verified file of corpus shard ``index`` (remote shards: the cached copy)."""
     s = manifest["shards"][index]
     path = manifest_dir(manifest) / s["name"]
+    if isinstance(path, RemotePath):
+        try:
+            return local_copy(path, s.get("sha256"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"corpus shard {path} listed in {manifest['_path']} does not exist") from None
     if not path.exists():
         raise FileNotFoundError(f"corpus shard {path} listed in {manifest['_path']} does not exist")
     if s.get("sha256") and file_sha256(path) != s["sha256"]:
@@ -142,8 +153,10 @@ def train_tokenizer_stage(
         return stage.manifest_path
     manifest = read_manifest(corpus_manifest)
     stage.path.mkdir(parents=True, exist_ok=True)
+    # A remote stage is built in a local directory, then uploaded file by file.
+    out = stage.path if isinstance(stage.path, Path) else local_scratch("lmpipe-tokenizer-")
     t0 = time.time()
-    sample = stage.path / f".sample-{os.getpid()}.txt"
+    sample = out / f".sample-{os.getpid()}.txt"
     try:
         counts, heldout = sample_corpus(manifest, sample, sample_bytes=sample_bytes, heldout_fraction=heldout_fraction, heldout_bytes=heldout_bytes, text_field=text_field)
         if counts["kept"] == 0:
@@ -154,9 +167,13 @@ def train_tokenizer_stage(
         with contextlib.suppress(FileNotFoundError):
             sample.unlink()
     tok = Tokenizer(vocab, merges, special_tokens)
-    tok.save(stage.path)
-    export_hf_tokenizer_json(tok, stage.path / "tokenizer.json")
-    export_tiktoken_ranks(tok, stage.path / "tokenizer.tiktoken")
+    tok.save(out)
+    export_hf_tokenizer_json(tok, out / "tokenizer.json")
+    export_tiktoken_ranks(tok, out / "tokenizer.tiktoken")
+    if out != stage.path:
+        for f in sorted(out.iterdir()):
+            commit_file(f, stage.path / f.name)
+        out.rmdir()
 
     held_bytes = sum(len(t.encode("utf-8")) for t in heldout)
     held_tokens = sum(len(ids) for ids in tok.encode_batch(heldout)) if heldout else 0
@@ -195,8 +212,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def tokenize_stage(root: str | os.PathLike, corpus_manifest: str | os.PathLike, tokenizer_dir: str | os.PathLike, *, val_fraction: float, text_field: str) -> Stage:
     """The tokenize stage's directory; its fingerprint covers the corpus and the tokenizer."""
-    tdir = Path(tokenizer_dir)
-    if not tdir.is_dir():
+    tdir = as_path(tokenizer_dir)
+    if not (tdir.is_dir() if isinstance(tdir, Path) else (tdir / "vocab.json").exists()):
         raise FileNotFoundError(f"tokenizer directory {tdir} does not exist; run the tokenizer flow first")
     inputs = [corpus_manifest]
     config = {"val_fraction": val_fraction, "text_field": text_field}
@@ -207,8 +224,29 @@ def tokenize_stage(root: str | os.PathLike, corpus_manifest: str | os.PathLike, 
     return Stage(root, "tokenize", version=TOKENIZE_VERSION, config=config, inputs=inputs)
 
 
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
+
+
+def local_tokenizer_dir(tokenizer_dir: str | os.PathLike) -> Path:
+    """A local directory holding the tokenizer's files: itself when local; for a remote one, a
+    copy under ``$LMPIPE_CACHE/artifacts/tokenizers/`` (refreshed on each call: three small files)."""
+    d = as_path(tokenizer_dir)
+    if isinstance(d, Path):
+        return d
+    target = cache_dir() / "tokenizers" / hashlib.sha256(str(d).encode()).hexdigest()[:16]
+    target.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        src = d / name
+        if not src.exists():
+            raise FileNotFoundError(f"tokenizer directory {d} has no {name} (write one with Tokenizer.save or the tokenizer flow)")
+        tmp = target / f".{name}.{os.getpid()}.tmp"
+        tmp.write_bytes(src.read_bytes())
+        os.replace(tmp, target / name)
+    return target
+
+
 def load_stage_tokenizer(tokenizer_dir: str | os.PathLike) -> Tokenizer:
-    tok = Tokenizer.load(tokenizer_dir)
+    tok = Tokenizer.load(local_tokenizer_dir(tokenizer_dir))
     if tok.eot_id is None:
         raise ValueError(f"tokenizer {tokenizer_dir} has no {EOT!r} token; the tokenize stage separates documents with it (add it to special_tokens)")
     return tok
@@ -231,12 +269,13 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
         return stage.marker_path(index)
     manifest = read_manifest(corpus_manifest)
     stage.path.mkdir(parents=True, exist_ok=True)
+    scratch = stage.path if isinstance(stage.path, Path) else local_scratch("lmpipe-tokens-")
     dtype = token_dtype(tokenizer.vocab_size)
     eot = tokenizer.eot_id
     t0 = time.time()
     counts: Counter = Counter()
     splits = {"train": {"tokens": 0, "docs": 0}, "val": {"tokens": 0, "docs": 0}}
-    tmps = {s: stage.path / f".{s}-{index:05d}.bin.{os.getpid()}.tmp" for s in splits}
+    tmps = {s: scratch / f".{s}-{index:05d}.bin.{os.getpid()}.tmp" for s in splits}
     files = {s: open(p, "wb") for s, p in tmps.items()}
     try:
         for batch in iter_shard_docs(manifest, index, text_field):
@@ -267,7 +306,7 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
                 continue
             final = stage.path / f"{split}-{index:05d}.bin"
             digest, size = file_sha256(tmps[split]), tmps[split].stat().st_size
-            os.replace(tmps[split], final)
+            commit_file(tmps[split], final)
             outputs.append({"name": final.name, "index": index, "split": split, **splits[split], "bytes": size, "sha256": digest})
     except BaseException:
         for f in files.values():
@@ -276,6 +315,10 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         raise
+    finally:
+        if scratch != stage.path:
+            with contextlib.suppress(OSError):
+                scratch.rmdir()
     marker = {
         "index": index,
         "source": manifest["shards"][index]["name"],
@@ -319,6 +362,6 @@ def commit_tokenize(stage: Stage, num_shards: int, tokenizer_dir: str | os.PathL
             "dtype": token_dtype(tokenizer.vocab_size).name,
             "vocab_size": tokenizer.vocab_size,
             "eot_id": tokenizer.eot_id,
-            "tokenizer": str(Path(tokenizer_dir).resolve()),
+            "tokenizer": str(as_path(tokenizer_dir).resolve()),
         },
     )
