@@ -12,13 +12,14 @@ stage's manifest records the before/after figures; the flow prints them.
 from __future__ import annotations
 
 from prefect import flow
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from lm.align.dpo import DPOConfig
 from lm.align.grpo import GRPOConfig
 from lm.align.sft import SFTConfig
 from lm.align.stages import AlignDataConfig, BaseModelConfig, EvalConfig, StageOptions
 from lm.data.shards import read_manifest
+from lm.data.storage import check_local_root
 from tasks.align import (
     align_data_task,
     demo_base_task,
@@ -40,6 +41,11 @@ class AlignDemoConfig(BaseModel):
     dpo: DPOConfig = Field(default_factory=lambda: DPOConfig(num_steps=300, batch_size=32, lr=1e-3, beta=0.5, eval_every=30), description="DPO on right-vs-wrong answers.")
     grpo: GRPOConfig = Field(default_factory=lambda: GRPOConfig(num_steps=200, num_prompts_per_step=16, group_size=8, lr=5e-4, max_new_tokens=5, microbatch_size=128, eval_every=20), description="GRPO with the exact-arithmetic verifier.")
     options: StageOptions = Field(default_factory=lambda: StageOptions(verifier="arithmetic", max_new_tokens=5, num_threads=1), description="Verifier, sampling, threads.")
+
+    @field_validator("root")
+    @classmethod
+    def _local_root(cls, v: str) -> str:
+        return check_local_root(v, "align-demo")  # URL roots: see docs/storage.md
 
 
 @flow(name="align-demo", log_prints=True)

@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, field_validator
 
 from lm.data.shards import atomic_write_json, fingerprint, source_fingerprint
+from lm.data.storage import check_local_root
 from tasks.artifacts import artifact_key, markdown_table
 
 
@@ -36,6 +37,11 @@ class TrainClassifierConfig(BaseModel):
     lr: float | None = Field(None, gt=0.0, le=2.0, description="learning rate; empty = the kind's default")
     word_ngrams: int | None = Field(None, ge=1, le=5, description="word n-gram length; empty = the kind's default")
     install_as_default: bool = Field(False, description="also copy the model to the cache as the default model for this kind")
+
+    @field_validator("root")
+    @classmethod
+    def _local_root(cls, v: str) -> str:
+        return check_local_root(v, "train-quality-classifier")  # URL roots: see docs/storage.md
 
     @field_validator("data", "crawl_paths")
     @classmethod

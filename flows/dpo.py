@@ -9,10 +9,11 @@ answer, rejected = the same with a wrong final number.
 from __future__ import annotations
 
 from prefect import flow
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from lm.align.dpo import DPOConfig
 from lm.align.stages import AlignDataConfig, BaseModelConfig, StageOptions
+from lm.data.storage import check_local_root
 from tasks.align import align_data_task, dpo_task, model_manifest_or_demo, publish_training_stage
 
 
@@ -25,6 +26,11 @@ class DPOFlowConfig(BaseModel):
     base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO hyperparameters.")
     options: StageOptions = Field(default_factory=StageOptions, description="Verifier, sampling and threads.")
+
+    @field_validator("root")
+    @classmethod
+    def _local_root(cls, v: str) -> str:
+        return check_local_root(v, "dpo")  # URL roots: see docs/storage.md
 
 
 @flow(name="dpo", log_prints=True)

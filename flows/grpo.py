@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 from prefect import flow
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from lm.align.grpo import GRPOConfig
 from lm.align.sft import SFTConfig
 from lm.align.stages import AlignDataConfig, BaseModelConfig, StageOptions
+from lm.data.storage import check_local_root
 from tasks.align import align_data_task, grpo_task, model_manifest_or_demo, publish_training_stage, sft_task
 
 
@@ -26,6 +27,11 @@ class GRPOFlowConfig(BaseModel):
     sft_first: SFTConfig | None = Field(None, description="Warm start: SFT on the same data before GRPO (the demo base model is right too rarely for rewards to vary); null = none.")
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="GRPO hyperparameters.")
     options: StageOptions = Field(default_factory=StageOptions, description="Verifier (required), sampling and threads.")
+
+    @field_validator("root")
+    @classmethod
+    def _local_root(cls, v: str) -> str:
+        return check_local_root(v, "grpo")  # URL roots: see docs/storage.md
 
 
 @flow(name="grpo", log_prints=True)

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lm.data.shards import atomic_write_json, fingerprint, manifest_dir, read_manifest
 from flows.cli import FLOWS, config_model, load_flow
+from lm.data.shards import atomic_write_json, fingerprint, manifest_dir, read_manifest
+from lm.data.storage import check_local_root
 
 VERSION = "1"
 
@@ -104,6 +105,11 @@ class PipelineConfig(BaseModel):
         "training on gpu) instead of in this process. Needs `lmpipe deploy`, workers that share `root`, and "
         "persisted results (lmpipe server sets PREFECT_RESULTS_PERSIST_BY_DEFAULT for its workers).",
     )
+
+    @field_validator("root")
+    @classmethod
+    def _local_root(cls, v: str) -> str:
+        return check_local_root(v, "pipeline")  # URL roots: see docs/storage.md
 
     @model_validator(mode="after")
     def _known_stages(self) -> PipelineConfig:

@@ -30,7 +30,7 @@ def pretrain_flow(config: PretrainConfig) -> str:
     tokens = config.tokens
     if tokens is None:
         tokens = byte_tokenize_task(config.text_file, config.root, config.val_fraction)
-    tokens_manifest = str(Path(read_manifest(tokens)["_path"]))
+    tokens_manifest = read_manifest(tokens)["_path"]  # a local path or a URL (read via the cache)
     stage = pretrain_stage(config, tokens_manifest)
     if stage.is_complete():
         logger.info("pretrain stage %s is complete; skipping", stage.path)

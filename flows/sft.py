@@ -10,10 +10,11 @@ With no model_manifest and data.source=addition it first trains the demo's tiny 
 from __future__ import annotations
 
 from prefect import flow
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from lm.align.sft import SFTConfig
 from lm.align.stages import AlignDataConfig, BaseModelConfig, StageOptions
+from lm.data.storage import check_local_root
 from tasks.align import align_data_task, model_manifest_or_demo, publish_training_stage, sft_task
 
 
@@ -26,6 +27,11 @@ class SFTFlowConfig(BaseModel):
     base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT hyperparameters.")
     options: StageOptions = Field(default_factory=StageOptions, description="Verifier, sampling and threads.")
+
+    @field_validator("root")
+    @classmethod
+    def _local_root(cls, v: str) -> str:
+        return check_local_root(v, "sft")  # URL roots: see docs/storage.md
 
 
 @flow(name="sft", log_prints=True)

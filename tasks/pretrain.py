@@ -27,9 +27,10 @@ from typing import Literal
 import numpy as np
 import yaml
 from prefect import get_run_logger, task
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lm.data.shards import Stage, atomic_write_json, read_manifest
+from lm.data.storage import as_path, check_local_root, check_root
 from lm.train.data import TokenShards, byte_tokens, write_token_shards
 from lm.train.launch import LaunchConfig, LaunchFailed, LaunchTimeout, run_supervised, torchrun_command
 from lm.train.trainer import EXIT_DIVERGED, TrainConfig
@@ -61,6 +62,16 @@ class PretrainConfig(BaseModel):
     sample_tokens: int = Field(80, gt=0, description="Tokens generated per prompt.")
     temperature: float = Field(0.8, ge=0, description="Sampling temperature of the sample generations (0 = greedy).")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus mass of the sample generations.")
+
+    @field_validator("root")
+    @classmethod
+    def _local_root(cls, v: str) -> str:
+        return check_local_root(v, "pretrain")  # the checkpoints stay local; tokens may be remote
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens_url(cls, v: str | None) -> str | None:
+        return v if v is None or "://" not in v else check_root(v, "tokens")  # read via the local cache
 
     @model_validator(mode="after")
     def _one_input(self) -> "PretrainConfig":
@@ -109,7 +120,7 @@ def run_training(config: PretrainConfig, tokens_manifest: str, run_dir: str, log
     """Launch the trainer on ``tokens_manifest`` into ``run_dir``; stream its log; enforce the timeout."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    cfg = config.train.model_copy(update={"data": str(Path(tokens_manifest).parent), "out_dir": str(run), "resume": True})
+    cfg = config.train.model_copy(update={"data": str(as_path(tokens_manifest).parent), "out_dir": str(run), "resume": True})
     cfg_path = run / "train.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -203,7 +214,7 @@ def finalize_task(config: PretrainConfig, tokens_manifest: str, summary: dict) -
     """Loss table, loss curve, samples, then the stage manifest (written last). Returns its path."""
     stage = pretrain_stage(config, tokens_manifest)
     data = read_manifest(tokens_manifest)
-    entropy = unigram_entropy(TokenShards(Path(tokens_manifest).parent, "train"))
+    entropy = unigram_entropy(TokenShards(as_path(tokens_manifest).parent, "train"))
     losses = {
         "final_train_loss": summary["final_train_loss"],
         "final_val_loss": summary["final_val_loss"],

@@ -18,8 +18,12 @@ BUCKET = "lmpipe-test"
 @contextmanager
 def moto_s3(bucket: str = BUCKET):
     """Start the server, set the AWS variables, create ``bucket``; yields a boto3 S3 client."""
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

@@ -103,7 +103,9 @@ def load_tokenizer(tokenizer: str | None):
         return ByteTokenizer()
     from lm.tokenizer import Tokenizer  # the tokenizer stage's class
 
-    return Tokenizer.load(tokenizer)
+    from lm.tokenizer.stages import local_tokenizer_dir  # a remote tokenizer dir: via the local cache
+
+    return Tokenizer.load(local_tokenizer_dir(tokenizer))
 
 
 def checkpoint_tokenizer(checkpoint_dir: str | Path) -> tuple[str | None, int | None]:

@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lm.data.shards import atomic_write_json, file_sha256, fingerprint, read_manifest
+from lm.data.storage import check_local_root
 from lm.scaling.flops import (
     ModelShape,
     flops_per_token,
@@ -78,6 +79,11 @@ class ScalingConfig(BaseModel):
     device: str = Field("auto", description="Training device: auto (cuda if present), cpu, cuda, cuda:N.")
     cpu_threads: int = Field(1, gt=0, description="torch threads for CPU runs (1 is fastest for tiny models on a shared machine).")
     max_parallel_runs: int = Field(1, gt=0, description="Training runs in flight at once (1 per GPU; on CPU, per spare core).")
+
+    @field_validator("root")
+    @classmethod
+    def _local_root(cls, v: str) -> str:
+        return check_local_root(v, "scaling")  # URL roots: see docs/storage.md
 
     @field_validator("budgets")
     @classmethod

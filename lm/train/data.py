@@ -19,6 +19,7 @@ import numpy.typing as npt
 import torch
 
 from lm.data.shards import read_manifest
+from lm.data.storage import RemotePath, as_path, local_copy
 
 
 class BadDeviceError(ValueError, RuntimeError):
@@ -57,12 +58,15 @@ def get_batch(
 
 
 class TokenShards:
-    """The train or val shards of a token-shard directory, as memmaps, validated against a vocab size."""
+    """The train or val shards of a token-shard directory, as memmaps, validated against a vocab size.
+
+    The directory may be remote (``s3://…``): each shard is then memory-mapped from its copy in
+    the local cache (``$LMPIPE_CACHE/artifacts``, keyed and verified by the manifest's sha256)."""
 
     def __init__(self, manifest_dir: str | Path, split: str, vocab_size: int | None = None):
         m = read_manifest(manifest_dir)
         self.manifest = m
-        self.dir = Path(m["_path"]).parent
+        self.dir = as_path(m["_path"]).parent
         dtype = m.get("dtype", "uint16")
         if dtype not in ("uint16", "uint32"):
             raise ValueError(f"token shard dtype {dtype!r} in {self.dir} is not uint16 or uint32")
@@ -74,6 +78,8 @@ class TokenShards:
             path = self.dir / s["name"]
             if not path.exists():
                 raise FileNotFoundError(f"token shard {path} listed in the manifest is missing")
+            if isinstance(path, RemotePath):
+                path = local_copy(path, s.get("sha256"))
             arr = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r")
             if "tokens" in s and len(arr) != s["tokens"]:
                 raise ValueError(f"token shard {path} holds {len(arr)} tokens, the manifest says {s['tokens']}: truncated or wrong dtype")

@@ -82,25 +82,6 @@ def test_rerun_on_s3_skips_every_stage(runs):
                          "minhash_signatures", "minhash_buckets", "minhash_clusters", "minhash"}
 
 
-def test_no_credentials_in_artifacts_manifests_or_logs(runs, s3, prefect_harness):
-    """The secret and key id are in the environment of every run above; they must not be in any
-    object written under the root, nor in the Prefect logs and artifacts of those runs."""
-    from prefect.client.orchestration import get_client
-
-    leaks = []
-    for key in list_objects(s3):
-        body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-        if FAKE_SECRET.encode() in body or FAKE_KEY_ID.encode() in body:
-            leaks.append(key)
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs()
-        artifacts = client.read_artifacts()
-    assert len(logs) > 10 and len(artifacts) > 10  # the runs' records are there to search
-    texts = [log.message for log in logs] + [str(a.data) + str(a.description) for a in artifacts]
-    leaks += [t[:80] for t in texts if FAKE_SECRET in t or FAKE_KEY_ID in t]
-    assert leaks == []
-
-
 def test_root_validation_names_the_value_and_hides_secrets(reference):
     with pytest.raises(ValueError, match=r"s4://bucket/x.*unsupported scheme 's4'.*s3://"):
         DataConfig.model_validate(_config(reference, "s4://bucket/x"))
@@ -128,3 +109,71 @@ def test_boto_debug_logging_of_a_stage_does_not_carry_the_secret(s3, caplog, tmp
     st.commit(num_shards=1)
     assert len(caplog.records) > 5
     assert FAKE_SECRET not in caplog.text
+
+
+def test_tokenizer_and_tokenize_on_s3_match_local_and_feed_training(runs, tmp_path, monkeypatch):
+    """Tokenizer training and tokenize on the S3 root give the files of a local root; the trainer's
+    reader memory-maps the remote token shards from the sha256-keyed local cache."""
+    import numpy as np
+
+    from flows.tokenize import TokenizeConfig, tokenize_flow
+    from flows.tokenizer import TokenizerConfig, tokenizer_flow
+    from lm.data.storage import as_path
+    from lm.train.data import TokenShards
+
+    monkeypatch.setenv("LMPIPE_CACHE", str(tmp_path / "cache"))
+    local, remote, _, _, _ = runs
+    out = {}
+    for name, corpus, root in (("local", local["extract"], str(Path(local["extract"]).parents[2])), ("s3", remote["extract"], ROOT)):
+        tok = tokenizer_flow(TokenizerConfig(input=corpus, root=root, vocab_size=400, sample_bytes=200_000))
+        tok_dir = tok.rsplit("/", 1)[0]
+        out[name] = (tok_dir, tokenize_flow(TokenizeConfig(input=corpus, tokenizer=tok_dir, root=root, val_fraction=0.2)))
+    (ltok, ltoks), (rtok, rtoks) = out["local"], out["s3"]
+    assert rtoks.startswith(f"{ROOT}/tokenize/") and read_manifest(rtoks)["tokenizer"] == rtok
+    for f in ("vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "tokenizer.tiktoken"):
+        assert (as_path(rtok) / f).read_bytes() == (Path(ltok) / f).read_bytes(), f
+    ml, mr = read_manifest(ltoks), read_manifest(rtoks)
+    assert mr["fingerprint"] == ml["fingerprint"] and "train" in {s["split"] for s in mr["shards"]}
+    assert [(s["name"], s["sha256"]) for s in mr["shards"]] == [(s["name"], s["sha256"]) for s in ml["shards"]]
+    shards = TokenShards(as_path(rtoks).parent, "train", vocab_size=400)
+    assert all(str(a.filename).startswith(str(tmp_path / "cache" / "artifacts")) for a in shards.arrays)
+    expected = TokenShards(Path(ltoks).parent, "train", vocab_size=400)
+    assert shards.num_tokens == expected.num_tokens > 1000
+    assert all(np.array_equal(a, b) for a, b in zip(shards.arrays, expected.arrays))
+
+
+def test_stages_not_ported_refuse_a_url_root_at_validation():
+    import yaml
+
+    from flows.dpo import DPOFlowConfig
+    from lm.scaling.sweep import ScalingConfig
+    from tasks.pretrain import PretrainConfig
+
+    train = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "pretrain-demo.yaml").read_text())["train"]
+    for build, stage in ((lambda r: PretrainConfig(root=r, tokens="x", train=train), "pretrain"),
+                         (lambda r: DPOFlowConfig(root=r), "dpo"), (lambda r: ScalingConfig(root=r), "scaling")):
+        with pytest.raises(ValueError, match=rf"root 's3://{BUCKET}/x' is not supported by stage {stage} yet; use a local root"):
+            build(f"s3://{BUCKET}/x")
+    assert PretrainConfig(root="outputs", tokens=f"s3://{BUCKET}/t/tokenize/fp", train=train).tokens.startswith("s3://")
+    with pytest.raises(ValueError, match="unsupported scheme 's4'"):
+        PretrainConfig(root="outputs", tokens="s4://b/t", train=train)
+
+
+def test_no_credentials_in_artifacts_manifests_or_logs(runs, s3, prefect_harness):
+    """The secret and key id are in the environment of every run above (data, tokenizer, tokenize;
+    this test runs last); they must not be in any object written under the root, nor in the
+    Prefect logs and artifacts of those runs."""
+    from prefect.client.orchestration import get_client
+
+    leaks = []
+    for key in list_objects(s3):
+        body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        if FAKE_SECRET.encode() in body or FAKE_KEY_ID.encode() in body:
+            leaks.append(key)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs()
+        artifacts = client.read_artifacts()
+    assert len(logs) > 10 and len(artifacts) > 10  # the runs' records are there to search
+    texts = [log.message for log in logs] + [str(a.data) + str(a.description) for a in artifacts]
+    leaks += [t[:80] for t in texts if FAKE_SECRET in t or FAKE_KEY_ID in t]
+    assert leaks == []
