@@ -24,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -85,7 +86,7 @@ def check_root(root: str | os.PathLike, what: str = "root") -> str:
                          "filesystem options (endpoint, region, credentials) come from the environment")
     if scheme != "memory" and not netloc:
         raise ValueError(f"{what} {s!r} names no bucket/host; write it as {scheme}://<bucket>/<prefix>")
-    return s.rstrip("/") if s.rstrip("/") != f"{scheme}:/" else s
+    return s if not rest.strip("/") else s.rstrip("/")
 
 
 def is_remote(p: Any) -> bool:
@@ -207,8 +208,14 @@ class RemotePath:
 
     def glob(self, pattern: str):
         """Files directly in this directory whose name matches ``pattern`` (no recursion)."""
+        literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
         try:
-            names = self.fs.ls(self.key, detail=False)
+            if literal and self.protocol in ("s3", "s3a"):
+                # A server-side prefix: looking for ".…tmp" leftovers lists only hidden keys,
+                # not the whole stage directory (thousands of shards).
+                names = self.fs.find(self.key, maxdepth=1, prefix=literal)
+            else:
+                names = self.fs.ls(self.key, detail=False)
         except FileNotFoundError:
             return
         for p in sorted(names):
