@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lm.data.shards import atomic_write_json, file_sha256, fingerprint, read_manifest
-from lm.data.storage import check_local_root
+from lm.data.storage import as_path, check_local_root, check_root
 from lm.scaling.flops import (
     ModelShape,
     flops_per_token,
@@ -85,6 +85,11 @@ class ScalingConfig(BaseModel):
     def _local_root(cls, v: str) -> str:
         return check_local_root(v, "scaling")  # URL roots: see docs/storage.md
 
+    @field_validator("corpus")
+    @classmethod
+    def _corpus_url(cls, v: str | None) -> str | None:
+        return v if v is None or "://" not in v else check_root(v, "corpus")  # read via the local cache
+
     @field_validator("budgets")
     @classmethod
     def _budgets(cls, v: list[float]) -> list[float]:
@@ -137,7 +142,7 @@ def corpus_info(corpus: str | Path) -> dict:
         raise ValueError(f"corpus {corpus}: needs 'train' and 'val' shards for the fits, has splits {sorted(splits)}")
     if not m.get("vocab_size"):
         raise ValueError(f"corpus {corpus}: its manifest has no vocab_size")
-    path = Path(m["_path"])
+    path = as_path(m["_path"])  # a remote corpus is memory-mapped from the local cache by TokenShards
     return {
         "dir": str(path.parent),
         "manifest": str(path),

@@ -133,13 +133,18 @@ def test_tokenizer_and_tokenize_on_s3_match_local_and_feed_training(runs, tmp_pa
     for f in ("vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "tokenizer.tiktoken"):
         assert (as_path(rtok) / f).read_bytes() == (Path(ltok) / f).read_bytes(), f
     ml, mr = read_manifest(ltoks), read_manifest(rtoks)
-    assert mr["fingerprint"] == ml["fingerprint"] and "train" in {s["split"] for s in mr["shards"]}
+    assert mr["fingerprint"] == ml["fingerprint"] and {s["split"] for s in mr["shards"]} == {"train", "val"}
     assert [(s["name"], s["sha256"]) for s in mr["shards"]] == [(s["name"], s["sha256"]) for s in ml["shards"]]
     shards = TokenShards(as_path(rtoks).parent, "train", vocab_size=400)
     assert all(str(a.filename).startswith(str(tmp_path / "cache" / "artifacts")) for a in shards.arrays)
     expected = TokenShards(Path(ltoks).parent, "train", vocab_size=400)
     assert shards.num_tokens == expected.num_tokens > 1000
     assert all(np.array_equal(a, b) for a, b in zip(shards.arrays, expected.arrays))
+    # the scaling sweep takes the same remote corpus (its runs train through TokenShards)
+    from lm.scaling.sweep import corpus_info
+
+    info, local_info = corpus_info(rtoks), corpus_info(ltoks)
+    assert info["dir"] == str(as_path(rtoks).parent) and info["tokens"] == local_info["tokens"]
 
 
 def test_stages_not_ported_refuse_a_url_root_at_validation():
