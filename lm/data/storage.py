@@ -203,8 +203,8 @@ class RemotePath:
         return SimpleNamespace(st_size=int(info["size"]), etag=info.get("ETag"), info=info)
 
     def iterdir(self):
-        for p in self.fs.ls(self.key, detail=False):
-            yield RemotePath(f"{self.protocol}://{p.rstrip('/')}")
+        for p in sorted(self.fs.ls(self.key, detail=False)):
+            yield self / p.rstrip("/").rsplit("/", 1)[-1]  # children keep this path's spelling
 
     def glob(self, pattern: str):
         """Files directly in this directory whose name matches ``pattern`` (no recursion)."""

@@ -78,7 +78,8 @@ def test_rerun_skips_done_shards_and_a_complete_stage(root):
     assert not Stage(root, "demo", version="1", config={"k": 2}).is_complete()  # another config: another dir
 
 
-def test_corrupt_remote_shard_is_detected_on_read(root):
+def test_corrupt_remote_shard_is_detected_on_read(root, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMPIPE_CACHE", str(tmp_path))
     st = _write_stage(root, num_shards=2)
     m = read_manifest(st.manifest_path)
     shard = st.path / m["shards"][1]["name"]
