@@ -9,6 +9,9 @@ and writes ``<root>/extract/<fingerprint>/`` (Parquet: id, url, source, text, �
 ends kept, rejected with a reason or failed with a kind; the manifest holds the counts.
 A stage whose manifest exists is skipped; a rerun after a crash redoes only missing shards.
 
+``root`` is a local directory or a URL (``s3://bucket/prefix``; credentials from the
+environment, see docs/storage.md); the stage contract is the same on both.
+
 Then the funnel (``flows/funnel.py``, config ``filters``): langid → PII → rules → quality →
 harmful → exact line dedup → MinHash, each stage its own directory; ``filters: null`` stops
 after extract.
