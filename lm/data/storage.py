@@ -31,7 +31,6 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlsplit
 
 # Writable fsspec filesystems a root may name. Tested here: local paths, file://, memory://, s3://.
 SUPPORTED_SCHEMES = ("file", "memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "hdfs", "webhdfs", "sftp", "smb", "oss")
