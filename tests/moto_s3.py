@@ -17,7 +17,10 @@ BUCKET = "lmpipe-test"
 
 @contextmanager
 def moto_s3(bucket: str = BUCKET):
-    """Start the server, set the AWS variables, create ``bucket``; yields a boto3 S3 client."""
+    """Start the server, set the AWS variables, create ``bucket``; yields a boto3 S3 client.
+
+    moto keeps its state per process: a bucket made by an earlier test module is still there
+    (with its objects), so tests look only under their own prefixes."""
     import logging
 
     import boto3

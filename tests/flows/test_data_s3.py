@@ -34,10 +34,10 @@ def runs(s3, reference, tmp_path_factory, prefect_harness):
     """The same config on a local root and on the S3 root; then a rerun on S3."""
     local = data_flow(config=DataConfig.model_validate(_config(reference, tmp_path_factory.mktemp("local"))))
     remote = data_flow(config=DataConfig.model_validate(_config(reference, ROOT)))
-    before = list_objects(s3)
+    before = list_objects(s3, prefix="runs/a/")
     time.sleep(1.1)  # LastModified has one-second resolution: a rewrite would show
     rerun = data_flow(config=DataConfig.model_validate(_config(reference, ROOT)))
-    after = list_objects(s3)
+    after = list_objects(s3, prefix="runs/a/")
     return local, remote, rerun, before, after
 
 
