@@ -1,6 +1,7 @@
 """The data flow with its artifact root on S3 (moto's server mode on 127.0.0.1: a real S3 API
 over HTTP): same output as on a local root, skips on rerun, no credential written anywhere."""
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -111,23 +112,33 @@ def test_boto_debug_logging_of_a_stage_does_not_carry_the_secret(s3, caplog, tmp
     assert FAKE_SECRET not in caplog.text
 
 
-def test_tokenizer_and_tokenize_on_s3_match_local_and_feed_training(runs, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def token_stages(runs, tmp_path_factory):
+    """tokenizer + tokenize of the extract corpus on the local root and on the S3 root."""
+    from flows.tokenize import TokenizeConfig, tokenize_flow
+    from flows.tokenizer import TokenizerConfig, tokenizer_flow
+
+    local, remote, _, _, _ = runs
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMPIPE_CACHE", str(tmp_path_factory.mktemp("cache")))  # remote shards are fetched here
+        for name, corpus, root in (("local", local["extract"], str(Path(local["extract"]).parents[2])), ("s3", remote["extract"], ROOT)):
+            tok = tokenizer_flow(TokenizerConfig(input=corpus, root=root, vocab_size=400, sample_bytes=200_000))
+            tok_dir = tok.rsplit("/", 1)[0]
+            out[name] = (tok_dir, tokenize_flow(TokenizeConfig(input=corpus, tokenizer=tok_dir, root=root, val_fraction=0.2)))
+    return out
+
+
+def test_tokenizer_and_tokenize_on_s3_match_local_and_feed_training(token_stages, tmp_path, monkeypatch):
     """Tokenizer training and tokenize on the S3 root give the files of a local root; the trainer's
     reader memory-maps the remote token shards from the sha256-keyed local cache."""
     import numpy as np
 
-    from flows.tokenize import TokenizeConfig, tokenize_flow
-    from flows.tokenizer import TokenizerConfig, tokenizer_flow
     from lm.data.storage import as_path
     from lm.train.data import TokenShards
 
     monkeypatch.setenv("LMPIPE_CACHE", str(tmp_path / "cache"))
-    local, remote, _, _, _ = runs
-    out = {}
-    for name, corpus, root in (("local", local["extract"], str(Path(local["extract"]).parents[2])), ("s3", remote["extract"], ROOT)):
-        tok = tokenizer_flow(TokenizerConfig(input=corpus, root=root, vocab_size=400, sample_bytes=200_000))
-        tok_dir = tok.rsplit("/", 1)[0]
-        out[name] = (tok_dir, tokenize_flow(TokenizeConfig(input=corpus, tokenizer=tok_dir, root=root, val_fraction=0.2)))
+    out = token_stages
     (ltok, ltoks), (rtok, rtoks) = out["local"], out["s3"]
     assert rtoks.startswith(f"{ROOT}/tokenize/") and read_manifest(rtoks)["tokenizer"] == rtok
     for f in ("vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "tokenizer.tiktoken"):
@@ -162,6 +173,31 @@ def test_stages_not_ported_refuse_a_url_root_at_validation():
     assert PretrainConfig(root="outputs", tokens=f"s3://{BUCKET}/t/tokenize/fp", train=train).tokens.startswith("s3://")
     with pytest.raises(ValueError, match="unsupported scheme 's4'"):
         PretrainConfig(root="outputs", tokens="s4://b/t", train=train)
+
+
+TINY = dict(
+    model=dict(vocab_size=400, context_length=32, d_model=32, num_layers=1, num_heads=2, d_ff=64),
+    batch_size=8, max_steps=20, lr=3e-3, warmup_steps=5, eval_interval=10, eval_batches=2,
+    checkpoint_interval=10, log_interval=10, device="cpu",
+)
+
+
+def test_pretrain_trains_on_token_shards_of_an_s3_root(token_stages, tmp_path, monkeypatch):
+    """pretrain with ``tokens`` on S3 and a local root: the training subprocess reads the shards
+    through the cache (the AWS variables reach it), samples decode with the remote tokenizer."""
+    from flows.pretrain import pretrain_flow
+    from tasks.pretrain import PretrainConfig
+
+    monkeypatch.setenv("LMPIPE_CACHE", str(tmp_path / "cache"))
+    tok_dir, tokens = token_stages["s3"]
+    cfg = PretrainConfig(root=str(tmp_path / "out"), tokens=tokens.rsplit("/", 1)[0], train=TINY,
+                         sample_prompts=["The "], sample_tokens=10, timeout_s=300, retries=0)
+    m = read_manifest(pretrain_flow(config=cfg))
+    assert m["inputs"][0]["path"] == tokens and m["tokenizer"] == tok_dir
+    assert m["counts"]["steps"] == 20 and m["final_val_loss"] is not None
+    samples = json.loads((Path(m["_path"]).parent / "samples.json").read_text())
+    assert samples and samples[0]["prompt"] == "The "
+    assert list((tmp_path / "cache" / "artifacts").glob("*/*.bin"))  # memory-mapped from the cache
 
 
 def test_no_credentials_in_artifacts_manifests_or_logs(runs, s3, prefect_harness):
