@@ -69,14 +69,14 @@ class DiskFullError(OSError):
 
 _log = logging.getLogger(__name__)
 _NO_ROOM = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit exceeded"}
-# pyarrow reports a failed write as a plain OSError whose text carries the errno.
-_NO_ROOM_TEXT = re.compile(r"\[errno (28|122|27)\]|No space left on device|Disk quota exceeded|File too large", re.I)
+# pyarrow (a plain OSError) and safetensors (SafetensorError) carry the errno only in their text.
+_NO_ROOM_TEXT = re.compile(r"(?:\[errno |\(os error )(28|122|27)\b|No space left on device|Disk quota exceeded|File too large", re.I)
 
 
 def _no_room_errno(e: BaseException) -> int | None:
     if isinstance(e, OSError) and e.errno in _NO_ROOM:
         return e.errno
-    m = _NO_ROOM_TEXT.search(str(e)) if isinstance(e, OSError) else None
+    m = _NO_ROOM_TEXT.search(str(e)) if isinstance(e, Exception) else None
     if m is None:
         return None
     return int(m.group(1)) if m.group(1) else {"n": errno.ENOSPC, "d": errno.EDQUOT, "f": errno.EFBIG}[m.group(0)[0].lower()]
@@ -94,6 +94,8 @@ def disk_full_error(path: str | os.PathLike, e: OSError) -> DiskFullError:
     """A DiskFullError for a failed write to ``path``: what ran out, how much is free, what to do."""
     code = _no_room_errno(e) or errno.ENOSPC
     where = Path(path).parent
+    while not where.exists() and where != where.parent:  # e.g. a temporary directory already removed
+        where = where.parent
     try:
         free = f"{_human(shutil.disk_usage(where).free)} free on the filesystem of {where}"
     except OSError:

@@ -157,7 +157,7 @@ def save_checkpoint(
             os.replace(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and not isinstance(e, DiskFullError) and _no_room_errno(e) is not None:
+        if not isinstance(e, DiskFullError) and _no_room_errno(e) is not None:
             raise disk_full_error(out / MODEL_FILE, e) from e  # says what ran out, and where
         raise
     return out

@@ -151,7 +151,8 @@ def write_token_shards(
             tmp = out / f".{name}.{os.getpid()}.tmp"  # renamed into place whole, never half-written
             try:
                 with reraise_disk_full(out / name):
-                    np.asarray(arr).astype(np.dtype(dtype).newbyteorder("<")).tofile(tmp)
+                    with open(tmp, "wb") as f:  # not tofile: its short write loses the errno (ENOSPC)
+                        f.write(np.ascontiguousarray(np.asarray(arr).astype(np.dtype(dtype).newbyteorder("<"))).data)
                 shards.append({"name": name, "split": split, "tokens": int(len(arr)), "bytes": tmp.stat().st_size,
                                "sha256": file_sha256(tmp)})
                 os.replace(tmp, out / name)
