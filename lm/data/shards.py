@@ -468,6 +468,18 @@ class Stage:
         entries += [{"name": n, "sha256": h} for n, h in (m.get("files_sha256") or {}).items()]
         return [p for e in entries if (p := _check_file(self.path / e["name"], e.get("bytes"), e.get("sha256")))]
 
+    def ensure_dir(self) -> Path:
+        """Create the stage directory; refuse one that resolves outside the root (a symlink
+        planted in the stage tree would otherwise redirect our writes elsewhere)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        root, here = self.root.resolve(), self.path.resolve()
+        if not here.is_relative_to(root):
+            raise ValueError(
+                f"stage directory {self.path} resolves to {here}, outside the artifact root {root} (a symlink?); "
+                "refusing to write there: remove the link or choose another root"
+            )
+        return self.path
+
     def marker_path(self, index: int) -> Path:
         return self.path / f"part-{index:05d}.done.json"
 
@@ -492,7 +504,7 @@ class Stage:
     @contextlib.contextmanager
     def open_shard(self, index: int, schema: pa.Schema | None = None, source: str | None = None) -> Iterator[ShardWriter]:
         """Write shard ``index``; it becomes visible (with its marker) only if the block succeeds."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.ensure_dir()
         # A run killed mid-shard leaves hidden temporaries; one writer per shard, so clear them.
         for stale in self.path.glob(f".*-{index:05d}.parquet.*.tmp"):
             stale.unlink(missing_ok=True)
@@ -520,7 +532,7 @@ class Stage:
         ``num_shards`` makes commit refuse when a shard is missing; ``extra`` adds stage-specific
         fields (e.g. a summary) to the manifest.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.ensure_dir()
         markers = []
         for p in sorted(self.path.glob("part-*.done.json")):
             markers.append(read_marker(p))
@@ -583,6 +595,7 @@ class Stage:
 
         ``commit`` uses it for Parquet stages; stages with other shard formats (token ``.bin``
         files, a tokenizer directory) call it with their own shard entries and counts."""
+        self.ensure_dir()
         counts = dict(counts)
         for key in ("rejected", "failed"):
             counts[key] = dict(sorted(dict(counts.get(key, {})).items()))

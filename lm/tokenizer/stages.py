@@ -144,7 +144,7 @@ def train_tokenizer_stage(
     if stage.is_complete():
         return stage.manifest_path
     manifest = read_manifest(corpus_manifest)
-    stage.path.mkdir(parents=True, exist_ok=True)
+    stage.ensure_dir()
     t0 = time.time()
     sample = stage.path / f".sample-{os.getpid()}.txt"
     try:
@@ -246,7 +246,7 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
     if tokenize_shard_done(stage, index):
         return stage.marker_path(index)
     manifest = read_manifest(corpus_manifest)
-    stage.path.mkdir(parents=True, exist_ok=True)
+    stage.ensure_dir()
     dtype = token_dtype(tokenizer.vocab_size)
     eot = tokenizer.eot_id
     t0 = time.time()

@@ -33,6 +33,7 @@ from lm.data.shards import DiskFullError, _no_room_errno, atomic_write_json, dis
 META = "meta.json"
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.safetensors"
+PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}  # torch.save / pickle formats: never loaded
 
 
 class CheckpointCorruptError(ValueError):
@@ -183,6 +184,13 @@ def verify_checkpoint(src: str | os.PathLike) -> dict:
 
 def read_checkpoint_meta(src: str | os.PathLike) -> dict:
     src = Path(src)
+    pickled = sorted(p.name for p in src.glob("*") if p.suffix in PICKLE_SUFFIXES) if src.is_dir() else []
+    if pickled and not (src / MODEL_FILE).exists():
+        raise ValueError(
+            f"refusing to load {src / pickled[0]}: it is a pickle-format checkpoint, and unpickling a file can run "
+            "arbitrary code; lmpipe reads weights only as safetensors (model.safetensors + meta.json, written by "
+            "save_checkpoint); convert it where you trust it: safetensors.torch.save_file(torch.load(f, weights_only=True), ...)"
+        )
     if not (src / META).exists():
         raise FileNotFoundError(f"{src} is not a checkpoint directory (no {META}); expected model.safetensors + meta.json")
     try:
