@@ -11,6 +11,7 @@ first 100k characters is the verdict on the document, and it bounds time per rec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -104,6 +105,9 @@ class TrainResult:
     num_train: int
     num_test: int
     metrics: dict  # label -> {precision, recall, f1, support}; "accuracy"
+    # sha256 of the exact training lines given to fastText: two runs that differ here differ in
+    # their data, not in training (which is deterministic; see _train_in_fresh_process)
+    data_sha256: str = ""
 
 
 def split_holdout(examples: Sequence[tuple], holdout: float, seed: int) -> tuple[list, list]:
@@ -198,6 +202,7 @@ def train_classifier(
             if line:
                 f.write(f"__label__{label} {line}\n")
         train_file = f.name
+    data_sha256 = hashlib.sha256(Path(train_file).read_bytes()).hexdigest()
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with _lock:  # one training at a time per process: each already uses a core
@@ -222,7 +227,7 @@ def train_classifier(
         tmp.unlink(missing_ok=True)
     model = _quiet_fasttext().load_model(str(out))
     metrics = evaluate(model, test) if test else {}
-    return TrainResult(str(out), labels, len(train), len(test), metrics)
+    return TrainResult(str(out), labels, len(train), len(test), metrics, data_sha256)
 
 
 # fastText's SGD is bit-sensitive to the calling thread's floating-point environment (a

@@ -472,6 +472,8 @@ class Stage:
         """Create the stage directory; refuse one that resolves outside the root (a symlink
         planted in the stage tree would otherwise redirect our writes elsewhere)."""
         self.path.mkdir(parents=True, exist_ok=True)
+        if not isinstance(self.path, Path):  # an object-store root has no symlinks
+            return self.path
         root, here = self.root.resolve(), self.path.resolve()
         if not here.is_relative_to(root):
             raise ValueError(
