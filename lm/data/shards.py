@@ -33,13 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -50,6 +48,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from lm.data.nospace import DiskFullError, no_room_errno, disk_full_error, reraise_disk_full  # noqa: F401 (re-exported)
 
 MANIFEST_NAME = "_manifest.json"
 COMPRESSION = "zstd"
@@ -63,61 +63,7 @@ class ShardCorruptError(RuntimeError):
     """A shard or manifest does not match the checksum or structure recorded for it."""
 
 
-class DiskFullError(OSError):
-    """A stage's output did not fit: no space left (ENOSPC), quota (EDQUOT) or file size limit (EFBIG)."""
-
-
 _log = logging.getLogger(__name__)
-_NO_ROOM = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit exceeded"}
-# pyarrow (a plain OSError) and safetensors (SafetensorError) carry the errno only in their text.
-_NO_ROOM_TEXT = re.compile(r"(?:\[errno |\(os error )(28|122|27)\b|No space left on device|Disk quota exceeded|File too large", re.I)
-
-
-def _no_room_errno(e: BaseException) -> int | None:
-    if isinstance(e, OSError) and e.errno in _NO_ROOM:
-        return e.errno
-    m = _NO_ROOM_TEXT.search(str(e)) if isinstance(e, Exception) else None
-    if m is None:
-        return None
-    return int(m.group(1)) if m.group(1) else {"n": errno.ENOSPC, "d": errno.EDQUOT, "f": errno.EFBIG}[m.group(0)[0].lower()]
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def disk_full_error(path: str | os.PathLike, e: OSError) -> DiskFullError:
-    """A DiskFullError for a failed write to ``path``: what ran out, how much is free, what to do."""
-    code = _no_room_errno(e) or errno.ENOSPC
-    where = Path(path).parent
-    while not where.exists() and where != where.parent:  # e.g. a temporary directory already removed
-        where = where.parent
-    try:
-        free = f"{_human(shutil.disk_usage(where).free)} free on the filesystem of {where}"
-    except OSError:
-        free = f"free space of {where} unknown"
-    if code == errno.EFBIG:
-        advice = "the process's file size limit (ulimit -f / RLIMIT_FSIZE) is too small for this output; raise it"
-    else:
-        advice = "the stage's output needs more room; free space or set root to a larger disk, then rerun (finished shards are kept)"
-    return DiskFullError(code, f"{_NO_ROOM[code]} while writing {path}: {free}; {advice}")
-
-
-@contextlib.contextmanager
-def reraise_disk_full(path: str | os.PathLike):
-    """Turn ENOSPC/EDQUOT/EFBIG (also pyarrow's wording of them) into a DiskFullError naming ``path``."""
-    try:
-        yield
-    except DiskFullError:
-        raise
-    except OSError as e:
-        if _no_room_errno(e) is None:
-            raise
-        raise disk_full_error(path, e) from e
 
 
 # --------------------------------------------------------------------------- helpers
@@ -152,7 +98,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if _no_room_errno(e) is not None and not isinstance(e, DiskFullError):
+        if no_room_errno(e) is not None and not isinstance(e, DiskFullError):
             raise disk_full_error(path, e) from e
         raise
 

@@ -28,7 +28,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lm.data.shards import DiskFullError, _no_room_errno, atomic_write_json, disk_full_error, file_sha256
+from lm.data.nospace import DiskFullError, disk_full_error, no_room_errno
+from lm.data.shards import atomic_write_json, file_sha256
 
 META = "meta.json"
 MODEL_FILE = "model.safetensors"
@@ -158,7 +159,7 @@ def save_checkpoint(
             os.replace(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(e, DiskFullError) and _no_room_errno(e) is not None:
+        if not isinstance(e, DiskFullError) and no_room_errno(e) is not None:
             raise disk_full_error(out / MODEL_FILE, e) from e  # says what ran out, and where
         raise
     return out
