@@ -79,6 +79,15 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def test_pause() -> None:
+    """Fault-injection hook: sleep ``$LMPIPE_TEST_SHARD_DELAY_S`` seconds (unset: no pause).
+
+    Called between a shard's last row and its rename into place, so the kill tests
+    (tests/reliability/) can SIGKILL a run while a shard is half-finished on disk."""
+    if delay := float(os.environ.get("LMPIPE_TEST_SHARD_DELAY_S", "0") or 0):
+        time.sleep(delay)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     path = Path(path)
@@ -390,6 +399,7 @@ class Stage:
         except BaseException:
             w._abort()
             raise
+        test_pause()
         w._finish()
 
     def commit(self, num_shards: int | None = None, extra: Mapping[str, Any] | None = None) -> Path:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from lm.data.shards import MANIFEST_NAME, ShardCorruptError, Stage, atomic_write_json, file_sha256, manifest_dir, read_manifest
+from lm.data.shards import MANIFEST_NAME, ShardCorruptError, Stage, atomic_write_json, file_sha256, manifest_dir, read_manifest, test_pause
 from lm.tokenizer.export import export_hf_tokenizer_json, export_tiktoken_ranks
 from lm.tokenizer.gpt2 import EOT
 from lm.tokenizer.tokenizer import Tokenizer
@@ -257,6 +257,7 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
                 splits[split]["tokens"] += len(ids)
                 splits[split]["docs"] += 1
                 counts["kept"] += 1
+        test_pause()  # fault-injection hook (tests/reliability): a kill here leaves only temporaries
         outputs = []
         for split, f in files.items():
             f.flush()
