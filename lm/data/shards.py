@@ -79,13 +79,15 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def test_pause() -> None:
-    """Fault-injection hook: sleep ``$LMPIPE_TEST_SHARD_DELAY_S`` seconds (unset: no pause).
+def test_pause(index: int = 0) -> None:
+    """Fault-injection hook: sleep ``$LMPIPE_TEST_SHARD_DELAY_S`` × (1 + index % 4) seconds
+    (unset: no pause).
 
     Called between a shard's last row and its rename into place, so the kill tests
-    (tests/reliability/) can SIGKILL a run while a shard is half-finished on disk."""
+    (tests/reliability/) can SIGKILL a run while a shard is half-finished on disk; staggered
+    by index so shards running in parallel still finish one after another."""
     if delay := float(os.environ.get("LMPIPE_TEST_SHARD_DELAY_S", "0") or 0):
-        time.sleep(delay)
+        time.sleep(delay * (1 + index % 4))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -390,16 +392,18 @@ class Stage:
     def open_shard(self, index: int, schema: pa.Schema | None = None, source: str | None = None) -> Iterator[ShardWriter]:
         """Write shard ``index``; it becomes visible (with its marker) only if the block succeeds."""
         self.path.mkdir(parents=True, exist_ok=True)
-        # A run killed mid-shard leaves hidden temporaries; one writer per shard, so clear them.
-        for stale in self.path.glob(f".*-{index:05d}.parquet.*.tmp"):
-            stale.unlink(missing_ok=True)
+        # A run killed mid-shard leaves hidden temporaries (shard, rejects, marker); one writer
+        # per shard, so clear them.
+        for pattern in (f".*-{index:05d}.parquet.*.tmp", f".{self.marker_path(index).name}.*.tmp"):
+            for stale in self.path.glob(pattern):
+                stale.unlink(missing_ok=True)
         w = ShardWriter(self, index, schema, source)
         try:
             yield w
         except BaseException:
             w._abort()
             raise
-        test_pause()
+        test_pause(index)
         w._finish()
 
     def commit(self, num_shards: int | None = None, extra: Mapping[str, Any] | None = None) -> Path:
@@ -471,6 +475,8 @@ class Stage:
 
         ``commit`` uses it for Parquet stages; stages with other shard formats (token ``.bin``
         files, a tokenizer directory) call it with their own shard entries and counts."""
+        for stale in self.path.glob(f".{MANIFEST_NAME}.*.tmp"):  # left by a commit that was killed
+            stale.unlink(missing_ok=True)
         counts = dict(counts)
         for key in ("rejected", "failed"):
             counts[key] = dict(sorted(dict(counts.get(key, {})).items()))

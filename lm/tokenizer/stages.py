@@ -143,6 +143,8 @@ def train_tokenizer_stage(
     manifest = read_manifest(corpus_manifest)
     stage.path.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    for stale in stage.path.glob(".sample-*.txt"):  # left by a run that was killed while training
+        stale.unlink(missing_ok=True)
     sample = stage.path / f".sample-{os.getpid()}.txt"
     try:
         counts, heldout = sample_corpus(manifest, sample, sample_bytes=sample_bytes, heldout_fraction=heldout_fraction, heldout_bytes=heldout_bytes, text_field=text_field)
@@ -236,6 +238,10 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
     t0 = time.time()
     counts: Counter = Counter()
     splits = {"train": {"tokens": 0, "docs": 0}, "val": {"tokens": 0, "docs": 0}}
+    # A run killed mid-shard leaves hidden temporaries (other pid): one writer per shard, clear them.
+    for pattern in (f".*-{index:05d}.bin.*.tmp", f".{stage.marker_path(index).name}.*.tmp"):
+        for stale in stage.path.glob(pattern):
+            stale.unlink(missing_ok=True)
     tmps = {s: stage.path / f".{s}-{index:05d}.bin.{os.getpid()}.tmp" for s in splits}
     files = {s: open(p, "wb") for s, p in tmps.items()}
     try:
@@ -257,7 +263,7 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
                 splits[split]["tokens"] += len(ids)
                 splits[split]["docs"] += 1
                 counts["kept"] += 1
-        test_pause()  # fault-injection hook (tests/reliability): a kill here leaves only temporaries
+        test_pause(index)  # fault-injection hook (tests/reliability): a kill here leaves only temporaries
         outputs = []
         for split, f in files.items():
             f.flush()

@@ -96,36 +96,56 @@ def stage_complete(root: Path, stage: str) -> bool:
     return any((d / "_manifest.json").exists() for d in stage_dirs(root, stage))
 
 
+def _new_files(root: Path, stage: str, since: float, pattern: str = "*") -> int:
+    """Files matching ``pattern`` in the stage's directories written after ``since`` (wall clock):
+    what this run did, not what an earlier (killed) run left."""
+    n = 0
+    for d in stage_dirs(root, stage):
+        for p in d.glob(pattern):
+            try:
+                n += p.stat().st_mtime >= since
+            except FileNotFoundError:  # a temporary renamed away meanwhile
+                pass
+    return n
+
+
 def after_markers(root: Path, stage: str, k: int, delay_s: float = 0.0) -> Callable[[], str | None]:
-    """A kill condition: stage ``stage`` has at least ``k`` finished shards (then wait ``delay_s``)."""
-    seen = [None]
+    """A kill condition: this run finished ``k`` shards of ``stage`` (then wait ``delay_s``)."""
+    since, seen = time.time(), [None]
 
     def check() -> str | None:
         if seen[0] is None:
-            if stage_complete(root, stage) or done_markers(root, stage) >= k:
+            if _new_files(root, stage, since, "part-*.done.json") >= k or stage_complete(root, stage):
                 seen[0] = time.monotonic()
             return None
         if time.monotonic() - seen[0] >= delay_s:
-            return f"{stage}: {done_markers(root, stage)} shards done, complete={stage_complete(root, stage)}"
+            return f"{stage}: after {k} new shard(s) + {delay_s:.2f}s"
         return None
 
     return check
 
 
-def after_dir(root: Path, stage: str, delay_s: float) -> Callable[[], str | None]:
-    """A kill condition: ``delay_s`` seconds after the stage's directory appeared."""
-    seen = [None]
+def after_start(root: Path, stage: str, delay_s: float) -> Callable[[], str | None]:
+    """A kill condition: ``delay_s`` seconds after this run first wrote into the stage's directory."""
+    since, seen = time.time(), [None]
 
     def check() -> str | None:
         if seen[0] is None:
-            if stage_dirs(root, stage):
+            # A directory's mtime moves when this run creates it or a file in it (temporaries too).
+            touched = any(d.stat().st_mtime >= since for d in stage_dirs(root, stage))
+            if touched or stage_complete(root, stage):
                 seen[0] = time.monotonic()
             return None
         if time.monotonic() - seen[0] >= delay_s:
-            return f"{stage}: {delay_s:.2f}s after its directory appeared, complete={stage_complete(root, stage)}"
+            return f"{stage}: {delay_s:.2f}s after this run started writing it"
         return None
 
     return check
+
+
+def landed_mid_stage(root: Path, stage: str) -> bool:
+    """After a kill: the stage has a directory but no manifest (the kill interrupted it)."""
+    return bool(stage_dirs(root, stage)) and not stage_complete(root, stage)
 
 
 # --------------------------------------------------------------------------- comparing outputs
