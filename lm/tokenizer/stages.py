@@ -151,6 +151,7 @@ def train_tokenizer_stage(
         if counts["kept"] == 0:
             raise ValueError(f"corpus {manifest['_path']} has no non-empty {text_field!r} documents to train on")
         stats: dict = {}
+        test_pause(0)  # fault-injection hook (tests/reliability): a kill here leaves the sample file
         vocab, merges = train_bpe(sample, vocab_size, special_tokens, num_workers=num_workers, stats=stats)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -176,6 +177,7 @@ def train_tokenizer_stage(
     }
     rejected = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")}
     failed = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("failed:")}
+    test_pause(1)  # fault-injection hook: a kill here leaves tokenizer files without a manifest
     return stage.write_manifest(
         shards=[],
         counts={"in": counts["in"], "kept": counts["kept"], "rejected": rejected, "failed": failed,

@@ -150,13 +150,14 @@ def landed_mid_stage(root: Path, stage: str) -> bool:
 
 # --------------------------------------------------------------------------- comparing outputs
 
-# Fields of a marker or manifest that record when/how long, not what: left out of comparisons.
-TIMING_KEYS = {"seconds", "finished_at", "timings", "manifest_sha256", "_path"}
+# Fields of a marker or manifest that record when/how long, not what: left out of comparisons
+# (so are keys ending in _seconds or _time_s).
+TIMING_KEYS = {"seconds", "finished_at", "saved_at", "timings", "manifest_sha256", "_path"}
 
 
 def _strip(obj):
     if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in TIMING_KEYS}
+        return {k: _strip(v) for k, v in obj.items() if k not in TIMING_KEYS and not k.endswith(("_seconds", "_time_s"))}
     if isinstance(obj, list):
         return [_strip(v) for v in obj]
     return obj
@@ -191,3 +192,18 @@ def ids_of(manifest_path: str | Path, column: str = "id", kind: str = "shards") 
     from lm.data.shards import read_manifest, shard_paths
 
     return [v for p in shard_paths(read_manifest(manifest_path), kind) for v in pq.read_table(p, columns=[column]).column(column).to_pylist()]
+
+
+def first_differences(a, b, path: str = "", limit: int = 5) -> list[str]:
+    """Where two snapshot values differ (dotted paths), for assertion messages."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(a.keys() | b.keys(), key=str):
+            if a.get(k) != b.get(k):
+                out += first_differences(a.get(k), b.get(k), f"{path}.{k}", limit)
+            if len(out) >= limit:
+                break
+        return out[:limit]
+    if isinstance(a, bytes) or isinstance(b, bytes):
+        return [f"{path}: bytes differ ({len(a or b'')} vs {len(b or b'')})"]
+    return [f"{path}: {str(a)[:120]!r} != {str(b)[:120]!r}"]

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from chaos_report import lost_and_duplicated
-from kill import after_markers, after_start, diff_snapshots, flow_env, ids_of, run_flow, stage_complete, stage_dirs, stage_snapshot
+from kill import after_markers, after_start, diff_snapshots, first_differences, flow_env, ids_of, run_flow, stage_complete, stage_dirs, stage_snapshot
 
 from lm.data.shards import Stage, accounted, read_manifest
 
@@ -64,10 +64,10 @@ def _configs(reference: Path, root: Path, clean: dict[str, str]) -> dict[str, di
     r = str(root)
     return {
         "tokenizer": {"input": clean["corpus"], "root": r, "vocab_size": 700, "sample_bytes": 5_000_000, "heldout_fraction": 0.05},
-        "tokenize": {"input": clean["corpus"], "tokenizer": str(Path(clean["tokenizer"]).parent), "root": r, "val_fraction": 0.1,
+        "tokenize": {"input": clean["corpus"], "tokenizer": str(Path(clean.get("tokenizer", ".")).parent), "root": r, "val_fraction": 0.1,
                      "num_threads": 1},
         "scaling": {"text": str(reference / "assignment1-basics/fixtures/corpus.en"), "root": r, "budgets": [1e9, 2e9],
-                    "model_sizes": [16000, 33000], "context_length": 32, "batch_size": 4, "eval_batches": 2, "min_steps": 5,
+                    "model_sizes": [16000, 33000, 53000], "context_length": 32, "batch_size": 4, "eval_batches": 2, "min_steps": 5,
                     "target_budget": 1e11, "num_bootstrap": 10, "device": "cpu"},
         "sft": {**ALIGN, "root": r, "model_manifest": clean.get("align-base"), "sft": {"num_steps": 20, "batch_size": 8, "eval_every": 10}},
         "dpo": {**ALIGN, "root": r, "model_manifest": clean.get("sft"), "dpo": {"num_steps": 8, "batch_size": 4, "eval_every": 4}},
@@ -143,7 +143,10 @@ def _kill_point(rng: random.Random, name: str, root: Path, clean) -> callable:
         k, per_run = rng.randint(0, runs - 1), seconds["scaling"] / runs
         return _after_results(root, k, rng.uniform(0.1, 0.7) * per_run)
     if name == "tokenizer":
-        return after_start(root, name, rng.uniform(0.05, 0.8) * seconds[name])
+        # From the stage directory's creation to its manifest: sampling, BPE training (~0.2 s
+        # here), saving, plus the two test pauses (0.1 s before training, 0.2 s before the manifest).
+        busy = read_manifest(manifests[name])["timings"]["total_seconds"] + 0.3
+        return after_start(root, name, rng.uniform(0.0, 0.8) * busy)
     # sft / dpo / grpo: the stage directory appears only when training is over; time from the
     # moment the flow's data stage is ready, i.e. when training starts.
     return _after_stage_ready(root, "align-data", rng.uniform(0.05, 0.8) * seconds[name])
@@ -188,7 +191,8 @@ def _trial(seed: int, name: str, reference: Path, tmp: Path, clean) -> dict:
     if name == "scaling":  # finished runs must be reused as they are
         runs_before = {p: p.stat().st_mtime_ns for p in (root / "scaling-runs").glob("*/result.json")}
     manifest = _run_in_process(name, cfg)
-    diff = diff_snapshots(_stage_files(clean_root, name, [clean_root]), _stage_files(root, name, [root, clean_root]))
+    want, got = _stage_files(clean_root, name, [clean_root]), _stage_files(root, name, [root, clean_root])
+    diff = [first_differences(want.get(k), got.get(k), k) for k in diff_snapshots(want, got)]
     if name == "scaling":
         if _runs(root) != _runs(clean_root):
             diff.append("scaling-runs")
