@@ -71,7 +71,9 @@ def line_counts_shard(root: str, docs: str, index: int) -> None:
             w.write({"hash": h, "count": c})
 
 
-@task(name="line-duplicates")
+# Reductions read a whole stage: retried like the per-shard tasks (a transient read error,
+# e.g. on a network file system, should not fail the run); they redo only what is missing.
+@task(name="line-duplicates", retries=2)
 def line_duplicates(root: str, counts: str) -> str:
     st = line_duplicates_stage(root, counts)
     if st.is_complete():
@@ -177,7 +179,7 @@ def buckets_group(root: str, cfg: dict, signatures: str, group: int) -> None:
             w.write({"a_shard": a_shard, "a_row": a_row, "b_shard": b_shard, "b_row": b_row})
 
 
-@task(name="minhash-clusters")
+@task(name="minhash-clusters", retries=2)
 def clusters(root: str, cfg: dict, buckets: str, docs: str) -> str:
     st = clusters_stage(root, cfg, buckets, docs)
     if st.is_complete():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -100,9 +99,6 @@ def extract_shard(root: str, cfg: ExtractConfig, plan: str, index: int, shard: d
             log.error("giving up on %s after %d attempts: %s", shard["location"], TASK_RETRIES + 1, e)
             w.count_in()
             w.fail("source_error", shard["location"])
-    # Test hook: slow shards down so a test can kill the flow between two of them.
-    if delay := float(os.environ.get("LMPIPE_TEST_SHARD_DELAY_S", "0")):
-        time.sleep(delay)
     return str(stage.marker_path(index))
 
 

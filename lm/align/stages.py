@@ -86,6 +86,14 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch and Python's global RNG: the checkpoint records both RNG states, so a rerun
+    after a crash writes a byte-identical checkpoint only if neither depends on what the
+    process did before (found by tests/reliability/test_sigkill_train.py)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -210,7 +218,7 @@ def make_demo_base(root: str | Path, data: AlignDataConfig, cfg: BaseModelConfig
     stage = Stage(root, "align-base", version=VERSION, config={"data": data.model_dump(), "model": cfg.model_dump()})
     if stage.is_complete():
         return stage.manifest_path
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     train, _ = demo.split_problems(data.num_train, data.num_eval, data.digits, data.seed)
     mc = cfg.model_dump(include={"context_length", "d_model", "num_layers", "num_heads", "d_ff"})
     with torch_threads(cfg.num_threads):
@@ -254,7 +262,7 @@ def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, o
     stage = Stage(root, name, version=VERSION, config={**config, "options": opts.model_dump()}, inputs=[model_manifest, data_manifest])
     if stage.is_complete():
         return stage.manifest_path
-    torch.manual_seed(opts.seed)
+    seed_everything(opts.seed)
     model, tok, upstream = load_policy(model_manifest)
     train_rows, eval_rows = read_split(data_manifest, "train"), read_split(data_manifest, "eval")
     sample_rows = eval_rows[: opts.num_samples]

@@ -92,6 +92,17 @@ def file_sha256(path: str | os.PathLike | RemotePath, chunk: int = 1 << 20) -> s
     return h.hexdigest()
 
 
+def test_pause(index: int = 0) -> None:
+    """Fault-injection hook: sleep ``$LMPIPE_TEST_SHARD_DELAY_S`` × (1 + index % 4) seconds
+    (unset: no pause).
+
+    Called between a shard's last row and its rename into place, so the kill tests
+    (tests/reliability/) can SIGKILL a run while a shard is half-finished on disk; staggered
+    by index so shards running in parallel still finish one after another."""
+    if delay := float(os.environ.get("LMPIPE_TEST_SHARD_DELAY_S", "0") or 0):
+        time.sleep(delay * (1 + index % 4))
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     path = as_path(path)
@@ -506,16 +517,18 @@ class Stage:
     def open_shard(self, index: int, schema: pa.Schema | None = None, source: str | None = None) -> Iterator[ShardWriter]:
         """Write shard ``index``; it becomes visible (with its marker) only if the block succeeds."""
         self.ensure_dir()
-        # A run killed mid-shard leaves hidden temporaries (local files or remote keys);
-        # one writer per shard, so clear them.
-        for stale in self.path.glob(f".*-{index:05d}.parquet.*.tmp"):
-            stale.unlink(missing_ok=True)
+        # A run killed mid-shard leaves hidden temporaries (shard, rejects, marker; local files
+        # or remote keys); one writer per shard, so clear them.
+        for pattern in (f".*-{index:05d}.parquet.*.tmp", f".{self.marker_path(index).name}.*.tmp"):
+            for stale in self.path.glob(pattern):
+                stale.unlink(missing_ok=True)
         w = ShardWriter(self, index, schema, source)
         try:
             yield w
         except BaseException:
             w._abort()
             raise
+        test_pause(index)
         try:
             w._finish()
         except BaseException:
@@ -598,6 +611,8 @@ class Stage:
         ``commit`` uses it for Parquet stages; stages with other shard formats (token ``.bin``
         files, a tokenizer directory) call it with their own shard entries and counts."""
         self.ensure_dir()
+        for stale in self.path.glob(f".{MANIFEST_NAME}.*.tmp"):  # left by a commit that was killed
+            stale.unlink(missing_ok=True)
         counts = dict(counts)
         for key in ("rejected", "failed"):
             counts[key] = dict(sorted(dict(counts.get(key, {})).items()))

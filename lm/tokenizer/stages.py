@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from lm.data.shards import (
     MANIFEST_NAME, ShardCorruptError, Stage, file_sha256, manifest_dir, read_manifest, read_marker,
-    reraise_disk_full, write_marker,
+    reraise_disk_full, test_pause, write_marker,
 )
 from lm.data.storage import RemotePath, as_path, cache_dir, commit_file, local_copy, local_scratch
 from lm.tokenizer.export import export_hf_tokenizer_json, export_tiktoken_ranks
@@ -160,12 +160,15 @@ def train_tokenizer_stage(
     # A remote stage is built in a local directory, then uploaded file by file.
     out = stage.path if isinstance(stage.path, Path) else local_scratch("lmpipe-tokenizer-")
     t0 = time.time()
+    for stale in stage.path.glob(".sample-*.txt"):  # left by a run that was killed while training
+        stale.unlink(missing_ok=True)
     sample = out / f".sample-{os.getpid()}.txt"
     try:
         counts, heldout = sample_corpus(manifest, sample, sample_bytes=sample_bytes, heldout_fraction=heldout_fraction, heldout_bytes=heldout_bytes, text_field=text_field)
         if counts["kept"] == 0:
             raise ValueError(f"corpus {manifest['_path']} has no non-empty {text_field!r} documents to train on")
         stats: dict = {}
+        test_pause(0)  # fault-injection hook (tests/reliability): a kill here leaves the sample file
         vocab, merges = train_bpe(sample, vocab_size, special_tokens, num_workers=num_workers, stats=stats)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -203,6 +206,7 @@ def train_tokenizer_stage(
     }
     rejected = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")}
     failed = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("failed:")}
+    test_pause(1)  # fault-injection hook: a kill here leaves tokenizer files without a manifest
     return stage.write_manifest(
         shards=[],
         counts={"in": counts["in"], "kept": counts["kept"], "rejected": rejected, "failed": failed,
@@ -291,6 +295,10 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
     t0 = time.time()
     counts: Counter = Counter()
     splits = {"train": {"tokens": 0, "docs": 0}, "val": {"tokens": 0, "docs": 0}}
+    # A run killed mid-shard leaves hidden temporaries (other pid): one writer per shard, clear them.
+    for pattern in (f".*-{index:05d}.bin.*.tmp", f".{stage.marker_path(index).name}.*.tmp"):
+        for stale in stage.path.glob(pattern):
+            stale.unlink(missing_ok=True)
     tmps = {s: scratch / f".{s}-{index:05d}.bin.{os.getpid()}.tmp" for s in splits}
     files = {s: open(p, "wb") for s, p in tmps.items()}
     try:
@@ -313,6 +321,7 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
                 splits[split]["tokens"] += len(ids)
                 splits[split]["docs"] += 1
                 counts["kept"] += 1
+        test_pause(index)  # fault-injection hook (tests/reliability): a kill here leaves only temporaries
         outputs = []
         for split, f in files.items():
             with reraise_disk_full(stage.path / f"{split}-{index:05d}.bin"):
