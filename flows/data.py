@@ -21,16 +21,17 @@ or Ray; the outputs are byte-identical whichever runs them.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lm.data.ingest import ExtractConfig, plan_shards
-from lm.data.remote import CC_BASE_URL, HttpOptions, expand_sources
+from lm.data.remote import CC_BASE_URL, INDEX_PREFIX, HttpOptions, expand_sources
 from lm.data.shards import read_manifest
 from flows.funnel_config import FunnelConfig
 from flows.runners import RunnerConfig, build_task_runner, resolve_location
@@ -82,6 +83,17 @@ class DataConfig(BaseModel):
         if any(not s.strip() for s in v):
             raise ValueError("sources: an entry is blank; give a path, glob, URL or cc:// listing")
         return v
+
+    @model_validator(mode="after")
+    def _reachable_by_cluster(self) -> "DataConfig":
+        # Workers of an existing cluster run elsewhere: a path relative to this process's
+        # working directory means nothing there (a local pool or cluster shares it).
+        if self.runner.address:
+            for s in self.sources:
+                if "://" not in s and not s.startswith(INDEX_PREFIX) and not os.path.isabs(os.path.expanduser(s)):
+                    raise ValueError(f"sources: {s!r} is relative; workers of the cluster at runner.address={self.runner.address} "
+                                     "cannot resolve it: give an absolute path on the shared filesystem, or a URL")
+        return self
 
     def locations(self) -> list[str]:
         """Concrete input files/URLs. FileNotFoundError names a missing local path (before any work)."""

@@ -106,6 +106,10 @@ def _model_identity(kind: str, path: str | None) -> str:
 
 def stage_config(name: str, section) -> dict:
     cfg = section.stage_config()
+    if name == "langid":
+        from lm.data.langid import lid_model_path
+
+        lid_model_path()  # fetch the model once here, not in several worker processes at the same time
     if name == "quality":
         cfg["model"] = _model_identity("quality", cfg["model_path"])
     if name == "harmful":
