@@ -34,7 +34,7 @@ from lm.data.ingest import ExtractConfig, plan_shards
 from lm.data.remote import CC_BASE_URL, INDEX_PREFIX, HttpOptions, expand_sources
 from lm.data.shards import read_manifest
 from flows.funnel_config import FunnelConfig
-from flows.runners import RunnerConfig, build_task_runner, resolve_location
+from flows.runners import RunnerConfig, resolve_location, task_runner
 from tasks.artifacts import artifact_key, markdown_table, publish_stage
 from tasks.extract import commit_extract, extract_shard, extract_stage, plan_digest
 
@@ -116,7 +116,7 @@ def data_flow(config: DataConfig) -> dict[str, str]:
     stage = extract_stage(root, config.extract, plan)
     log.info("tasks run on %s", config.runner.describe(config.max_workers))
     # One runner (one Dask/Ray cluster) for extract and every funnel stage.
-    with build_task_runner(config.runner, config.max_workers) as runner:
+    with task_runner(config.runner, config.max_workers) as runner:
         if stage.is_complete():
             log.info("extract: complete at %s (same inputs and config): skipped", stage.path)
         else:

@@ -24,7 +24,7 @@ from prefect.futures import as_completed
 from pydantic import BaseModel, Field
 
 from flows.funnel_config import FunnelConfig
-from flows.runners import RunnerConfig, build_task_runner, resolve_location
+from flows.runners import RunnerConfig, resolve_location, task_runner
 from lm.data.shards import atomic_write_json, iter_stage_tables, read_manifest, source_fingerprint
 from tasks import dedup
 from tasks.artifacts import artifact_key, image_markdown, markdown_table, publish_stage
@@ -235,7 +235,7 @@ class FiltersFlowConfig(BaseModel):
 
 @flow(name="filters", log_prints=True)
 def filters_flow(config: FiltersFlowConfig) -> dict[str, str]:
-    with build_task_runner(config.runner, config.max_workers) as runner:
+    with task_runner(config.runner, config.max_workers) as runner:
         stages = run_funnel(resolve_location(config.extract_manifest), resolve_location(config.root), config.filters, runner)
     print(json.dumps(stages, indent=2))
     return stages

@@ -25,9 +25,13 @@ import importlib.util
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Literal
 
+from prefect.logging import get_logger
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -138,6 +142,30 @@ def build_task_runner(config: RunnerConfig, default_workers: int = 4) -> TaskRun
                                           # Workers import lm/, tasks/ and flows/ from the flow's cwd and sys.path.
                                           "runtime_env": {"env_vars": {"PYTHONPATH": _pythonpath()}}})
     raise AssertionError(config.kind)  # unreachable: pydantic checked the kind
+
+
+@contextmanager
+def task_runner(config: RunnerConfig, default_workers: int = 4) -> Iterator[TaskRunner]:
+    """The started task runner for ``config`` (see ``build_task_runner``), for a ``with`` block.
+
+    Tasks that run in other processes report to the Prefect API named in the settings they
+    receive from the flow. A flow run without ``PREFECT_API_URL`` talks to a temporary local
+    server that those settings do not name, so every worker process would start a temporary
+    server of its own and the task runs would be recorded there; the temporary server's
+    address is pinned for the block instead.
+    """
+    with ExitStack() as stack:
+        if config.kind != "threads" and not PREFECT_API_URL.value():
+            from prefect.server.api.server import SubprocessASGIServer
+
+            server = SubprocessASGIServer()  # the instance this process's clients use
+            server.start()  # already running during a flow run: returns at once
+            if config.address:
+                get_logger("lmpipe.runners").warning(
+                    "runner.address=%s with Prefect's temporary server at %s: workers on other machines cannot reach it; "
+                    "start a Prefect server they can reach and set PREFECT_API_URL", config.address, server.api_url)
+            stack.enter_context(temporary_settings(updates={PREFECT_API_URL: server.api_url}))
+        yield stack.enter_context(build_task_runner(config, default_workers))
 
 
 def _pythonpath() -> str:

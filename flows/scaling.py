@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from lm.scaling.sweep import ScalingConfig, byte_corpus, corpus_info, plan_runs
 from tasks.artifacts import artifact_key, image_markdown, markdown_table, publish_stage
 from tasks.scaling import finite_or_none, fit_scaling, stage_dir, train_scaling_run
-from flows.runners import RunnerConfig, build_task_runner, resolve_location
+from flows.runners import RunnerConfig, resolve_location, task_runner
 
 
 class ScalingFlowConfig(ScalingConfig):
@@ -57,7 +57,7 @@ def scaling_flow(config: ScalingFlowConfig) -> dict:
     log.info(f"{len(runs)} runs planned over {len(config.budgets)} budgets")
     rows = []
     step = config.max_parallel_runs
-    with build_task_runner(config.runner, config.max_parallel_runs) as runner:
+    with task_runner(config.runner, config.max_parallel_runs) as runner:
         for wave in (runs[i : i + step] for i in range(0, len(runs), step)):
             futures = runner.map(train_scaling_run, {"run": wave, "corpus": unmapped(corpus), "root": unmapped(config.root),
                                                      "device": unmapped(config.device), "cpu_threads": unmapped(config.cpu_threads)})

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from lm.data.shards import MANIFEST_NAME, manifest_dir, read_manifest
 from lm.tokenizer.stages import load_stage_tokenizer, tokenize_stage
-from flows.runners import RunnerConfig, build_task_runner, resolve_location
+from flows.runners import RunnerConfig, resolve_location, task_runner
 from tasks.artifacts import artifact_key, counts_rows, markdown_table
 from tasks.tokenize import commit_tokenize_task, tokenize_shard_task
 
@@ -80,7 +80,7 @@ def tokenize_flow(config: TokenizeConfig) -> str:
     if not stage.is_complete():
         n = len(corpus["shards"])
         get_run_logger().info("tokenize: %d shard(s) on %s", n, config.runner.describe(config.max_workers))
-        with build_task_runner(config.runner, config.max_workers) as runner:
+        with task_runner(config.runner, config.max_workers) as runner:
             params = dict(root=root, corpus_manifest=manifest_path, tokenizer_dir=tok_dir, val_fraction=config.val_fraction,
                           text_field=config.text_field, num_threads=config.num_threads)
             futures = runner.map(tokenize_shard_task, {**{k: unmapped(v) for k, v in params.items()}, "index": list(range(n))})

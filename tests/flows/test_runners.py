@@ -165,3 +165,22 @@ def test_resolve_location_keeps_urls(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_location("outputs") == str(tmp_path.resolve() / "outputs")
     assert resolve_location("s3://bucket/prefix") == "s3://bucket/prefix"
+
+
+def test_cli_without_server_workers_report_to_the_flows_temporary_server(reference, tmp_path):
+    """`lmpipe run` with no PREFECT_API_URL: worker processes must use the flow's temporary
+    server, not each start one of their own (their task runs would be recorded there)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(repo), PREFECT_LOGGING_LEVEL="INFO")
+    cmd = [sys.executable, "-m", "flows.cli", "run", "data", "--set", f'sources=["{reference / CC / "whirlwind.warc.gz"}"]',
+           "--set", f"root={tmp_path / 'out'}", "--set", "filters=null", "--set", "runner.kind=processes", "--set", "runner.max_workers=1"]
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert log.count("Starting temporary server") == 1, log[-3000:]
+    assert "Task run 'extract-00000' - Finished in state Completed()" in log
