@@ -18,8 +18,10 @@ The clusters are started before the timed run and warmed up by one small run (im
 fastText models loaded in every worker), as a long-lived cluster would be: the figures are
 steady-state throughput, and cluster start-up is reported apart. docs/s = documents entering
 the funnel (extract's kept rows) / wall seconds of the whole flow. Each run's outputs are
-checked byte-identical to the threads run. The machine's load average is printed before and
-after each run: on a shared machine, read the ratios with it.
+checked byte-identical to the threads run. CPU seconds (this process + Dask workers; not
+the Prefect server, not Ray's workers) show the work each runner spends on the same input.
+The load average is printed before and after each run: on a shared machine, read the
+ratios with it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -77,19 +80,36 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def timed_run(name: str, runner: dict, args, work: Path, source: Path, warm: Path) -> dict:
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_seconds(cluster=None) -> float | None:
+    """CPU seconds used so far by this process (the flow and its threads) plus, for a Dask
+    cluster, its worker processes (the Prefect server's share is not counted)."""
+    if cluster is None:
+        return _cpu_s()
+    from distributed import Client
+
+    with Client(cluster) as client:
+        return _cpu_s() + sum(client.run(_cpu_s).values())
+
+
+def timed_run(name: str, runner: dict, args, work: Path, source: Path, warm: Path, cluster=None, count_cpu: bool = True) -> dict:
     from flows.data import data_flow
     from lm.data.shards import read_manifest
 
     data_flow(config=config(warm, work / f"{name}-warmup", args.slice_mb, runner, args.workers))  # imports, models
-    before = load()
+    before, cpu0 = load(), cpu_seconds(cluster) if count_cpu else None
     t0 = time.perf_counter()
     stages = data_flow(config=config(source, work / name, args.slice_mb, runner, args.workers))
     wall = time.perf_counter() - t0
+    cpu = cpu_seconds(cluster) - cpu0 if count_cpu else None
     extract = read_manifest(stages["extract"])
     docs = extract["counts"]["kept"]
     return {"config": name, "shards": len(extract["shards"]), "docs": docs, "records": extract["counts"]["in"],
-            "final_docs": read_manifest(stages["minhash"])["counts"]["kept"], "wall_s": wall, "docs_per_s": docs / wall,
+            "final_docs": read_manifest(stages["minhash"])["counts"]["kept"], "wall_s": wall, "docs_per_s": docs / wall, "cpu_s": cpu,
             "load_before": before, "load_after": load(), "digest": digest(stages)}
 
 
@@ -122,7 +142,7 @@ def main() -> int:
             t0 = time.perf_counter()
             with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
                 startup[f"dask-{n}"] = time.perf_counter() - t0
-                rows.append(timed_run(f"dask-{n}", {"kind": "dask", "address": cluster.scheduler_address}, args, work, source, warm))
+                rows.append(timed_run(f"dask-{n}", {"kind": "dask", "address": cluster.scheduler_address}, args, work, source, warm, cluster))
         if not args.no_ray and importlib.util.find_spec("prefect_ray"):
             import ray
 
@@ -131,17 +151,18 @@ def main() -> int:
                      runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}})
             startup[f"ray-{args.workers}"] = time.perf_counter() - t0
             try:  # RayTaskRunner finds the running local instance and leaves it up
-                rows.append(timed_run(f"ray-{args.workers}", {"kind": "ray"}, args, work, source, warm))
+                rows.append(timed_run(f"ray-{args.workers}", {"kind": "ray"}, args, work, source, warm, count_cpu=False))
             finally:
                 ray.shutdown()
 
     base = next(r for r in rows if r["config"] == "dask-1")["docs_per_s"]
-    print(f"\n| config | shards | docs | wall s | docs/s | vs dask-1 | outputs = threads | load avg before → after |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| config | shards | docs | wall s | docs/s | vs dask-1 | CPU s (flow + workers) | outputs = threads | load avg before → after |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         same = "yes" if r["digest"] == rows[0]["digest"] else "NO"
+        cpu = f"{r['cpu_s']:.1f}" if r["cpu_s"] is not None else "n/a"
         print(f"| {r['config']} | {r['shards']} | {r['docs']} | {r['wall_s']:.1f} | {r['docs_per_s']:.1f} | "
-              f"{r['docs_per_s'] / base:.2f}× | {same} | {r['load_before']} → {r['load_after']} |")
+              f"{r['docs_per_s'] / base:.2f}× | {cpu} | {same} | {r['load_before']} → {r['load_after']} |")
     print("\ncluster start-up (not in the timings): " + ", ".join(f"{k} {v:.1f} s" for k, v in startup.items()))
     print(f"records read per run: {rows[0]['records']}; documents left after the funnel: {rows[0]['final_docs']} "
           "(the input repeats the same pages, so dedup removes the copies)")

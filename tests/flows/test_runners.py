@@ -88,6 +88,36 @@ def test_ray_local_matches_threads(threads_run, reference, tmp_path):
     assert_same_outputs(stages, threads_run)
 
 
+def test_tokenize_on_dask_matches_threads(prefect_harness, reference, tmp_path):
+    """The tokenize flow's token shards are byte-identical on a Dask LocalCluster."""
+    import pyarrow as pa
+
+    from flows.tokenize import TokenizeConfig, tokenize_flow
+    from lm.data.shards import Stage
+    from lm.tokenizer import Tokenizer
+
+    fx = reference / "assignment1-basics" / "fixtures"
+    tok_dir = Tokenizer.from_files(fx / "gpt2_vocab.json", fx / "gpt2_merges.txt", ["<|endoftext|>"]).save(tmp_path / "gpt2")
+    docs = [d.strip() for d in (fx / "tinystories_sample.txt").read_text(encoding="utf-8").split("<|endoftext|>") if d.strip()]
+    corpus = Stage(tmp_path / "corpus", "corpus", version="1", config={"fixture": "runners"})
+    for i in range(3):
+        with corpus.open_shard(i, schema=pa.schema([("id", pa.string()), ("text", pa.string())])) as w:
+            for j, text in enumerate(docs[i::3]):
+                w.count_in()
+                w.write({"id": f"d{i}-{j}", "text": text})
+    corpus_manifest = str(corpus.commit(3))
+
+    def run(root: Path, runner: dict) -> dict:
+        m = read_manifest(tokenize_flow(TokenizeConfig(input=corpus_manifest, tokenizer=str(tok_dir), root=str(root),
+                                                       val_fraction=0.2, runner=runner)))
+        return {"fingerprint": m["fingerprint"], "counts": m["counts"], "sha256": [(s["name"], s["sha256"]) for s in m["shards"]],
+                "bins": {p.name: p.read_bytes() for p in sorted(manifest_dir(m).glob("*.bin"))}}
+
+    threads = run(tmp_path / "threads", {"kind": "threads"})
+    assert {"train-00000.bin", "train-00001.bin", "train-00002.bin"} <= threads["bins"].keys() and threads["counts"]["tokens_val"] > 0
+    assert run(tmp_path / "dask", {"kind": "dask", "max_workers": 2}) == threads
+
+
 # --------------------------------------------------------------------------- configuration
 
 
