@@ -24,7 +24,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -139,7 +138,7 @@ def build_task_runner(config: RunnerConfig, default_workers: int = 4) -> TaskRun
         if config.address:
             return RayTaskRunner(address=config.address)
         return RayTaskRunner(init_kwargs={"num_cpus": n, "include_dashboard": False,
-                                          # Workers import lm/, tasks/ and flows/ from the flow's cwd and sys.path.
+                                          # Ray's workers do not inherit the flow's import path.
                                           "runtime_env": {"env_vars": {"PYTHONPATH": _pythonpath()}}})
     raise AssertionError(config.kind)  # unreachable: pydantic checked the kind
 
@@ -169,9 +168,10 @@ def task_runner(config: RunnerConfig, default_workers: int = 4) -> Iterator[Task
 
 
 def _pythonpath() -> str:
-    """The flow process's import path, so local workers import the same lmpipe code."""
-    parts = [p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p)]
-    return os.pathsep.join(dict.fromkeys(parts))
+    """An import path for local Ray workers: the directory holding lm/, tasks/ and flows/
+    (a checkout or site-packages) before the flow's own PYTHONPATH."""
+    parts = [str(Path(__file__).resolve().parents[1]), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return os.pathsep.join(dict.fromkeys(p for p in parts if p))
 
 
 def resolve_location(path: str) -> str:
