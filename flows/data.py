@@ -2,6 +2,7 @@
 
     lmpipe run data --config configs/data-demo.yaml
     lmpipe run data --set 'sources=["crawl/*.warc.gz"]' --set root=outputs
+    lmpipe run data --config configs/data-demo.yaml --set runner.kind=dask --set runner.address=tcp://host:8786
 
 Stage 1, ``extract``: reads every source (paths, globs, http(s) URLs, ``cc://`` listings),
 one Prefect task per file (or per ``extract.slice_bytes`` slice of a big local gzip file),
@@ -15,23 +16,28 @@ environment, see docs/storage.md); the stage contract is the same on both.
 Then the funnel (``flows/funnel.py``, config ``filters``): langid → PII → rules → quality →
 harmful → exact line dedup → MinHash, each stage its own directory; ``filters: null`` stops
 after extract.
+
+Shard tasks run on ``runner`` (flows/runners.py): threads by default, or processes, Dask
+or Ray; the outputs are byte-identical whichever runs them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from prefect.task_runners import TaskRunner
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lm.data.ingest import ExtractConfig, plan_shards
-from lm.data.remote import CC_BASE_URL, HttpOptions, expand_sources
+from lm.data.remote import CC_BASE_URL, INDEX_PREFIX, HttpOptions, expand_sources
 from lm.data.shards import read_manifest
 from lm.data.storage import as_path, check_root, resolve_root
 from flows.funnel_config import FunnelConfig
+from flows.runners import RunnerConfig, task_runner
 from tasks.artifacts import artifact_key, markdown_table, publish_stage
 from tasks.extract import commit_extract, extract_shard, extract_stage, plan_digest
 
@@ -70,7 +76,10 @@ class DataConfig(BaseModel):
     )
     extract: ExtractConfig = Field(default_factory=ExtractConfig, description="extract stage settings")
     http: HttpConfig = Field(default_factory=HttpConfig, description="remote fetching: retries, backoff, timeouts")
-    max_workers: int = Field(default=4, ge=1, le=256, description="shards processed at once (threads)")
+    max_workers: int = Field(default=4, ge=1, le=256, description="shards processed at once on this machine (threads, processes, "
+                             "or a local Dask/Ray cluster's workers) unless runner.max_workers is set")
+    runner: RunnerConfig = Field(default_factory=RunnerConfig, description="where shard tasks run: threads (default), processes, "
+                                 "a Dask or a Ray cluster (local, or an existing one by address); outputs are identical")
     num_samples: int = Field(default=3, ge=0, le=50, description="sample documents shown in each stage's summary artifact")
     filters: FunnelConfig | None = Field(
         default_factory=FunnelConfig,
@@ -89,6 +98,17 @@ class DataConfig(BaseModel):
             raise ValueError("sources: an entry is blank; give a path, glob, URL or cc:// listing")
         return v
 
+    @model_validator(mode="after")
+    def _reachable_by_cluster(self) -> "DataConfig":
+        # Workers of an existing cluster run elsewhere: a path relative to this process's
+        # working directory means nothing there (a local pool or cluster shares it).
+        if self.runner.address:
+            for s in self.sources:
+                if "://" not in s and not s.startswith(INDEX_PREFIX) and not os.path.isabs(os.path.expanduser(s)):
+                    raise ValueError(f"sources: {s!r} is relative; workers of the cluster at runner.address={self.runner.address} "
+                                     "cannot resolve it: give an absolute path on the shared filesystem, or a URL")
+        return self
+
     def locations(self) -> list[str]:
         """Concrete input files/URLs. FileNotFoundError names a missing local path (before any work)."""
         specs = []
@@ -105,38 +125,40 @@ def data_flow(config: DataConfig) -> dict[str, str]:
     log = get_run_logger()
     locations = config.locations()  # fails here, before any work, on a missing path
     shards = plan_shards(locations, config.extract.slice_bytes, config.http.cc_base_url)
-    root = resolve_root(config.root)
+    root = resolve_root(config.root)  # absolute (workers do not share this cwd); URLs validated
     plan = plan_digest(shards)
     stage = extract_stage(root, config.extract, plan)
-    if stage.is_complete():
-        log.info("extract: complete at %s (same inputs and config): skipped", stage.path)
-    else:
-        log.info("extract: %d source(s) → %d shard(s) → %s", len(locations), len(shards), stage.path)
-        _run_shards(config, root, plan, shards)
-        commit_extract(root, config.extract, shards)
-    manifest = str(stage.manifest_path)
-    publish_stage(manifest, samples=config.num_samples, extra_md=_per_source_md(manifest))
-    log.info("extract: %s", _counts_line(read_manifest(manifest)))
-    stages = {"extract": manifest}
-    if config.filters is not None:
-        from flows.funnel import run_funnel
+    log.info("tasks run on %s", config.runner.describe(config.max_workers))
+    # One runner (one Dask/Ray cluster) for extract and every funnel stage.
+    with task_runner(config.runner, config.max_workers) as runner:
+        if stage.is_complete():
+            log.info("extract: complete at %s (same inputs and config): skipped", stage.path)
+        else:
+            log.info("extract: %d source(s) → %d shard(s) → %s", len(locations), len(shards), stage.path)
+            _run_shards(runner, config, root, plan, shards)
+            commit_extract(root, config.extract, shards)
+        manifest = str(stage.manifest_path)
+        publish_stage(manifest, samples=config.num_samples, extra_md=_per_source_md(manifest))
+        log.info("extract: %s", _counts_line(read_manifest(manifest)))
+        stages = {"extract": manifest}
+        if config.filters is not None:
+            from flows.funnel import run_funnel
 
-        stages.update(run_funnel(manifest, root, config.filters))
+            stages.update(run_funnel(manifest, root, config.filters, runner))
     return stages
 
 
-def _run_shards(config: DataConfig, root: str, plan: str, shards: list[dict]) -> None:
-    """Map extract_shard over the shards on a thread pool; a progress artifact tracks them."""
+def _run_shards(runner: TaskRunner, config: DataConfig, root: str, plan: str, shards: list[dict]) -> None:
+    """Map extract_shard over the shards on ``runner``; a progress artifact tracks them."""
     progress = create_progress_artifact(0.0, key=artifact_key("extract", "progress"), description="extract: shards finished")
     http = config.http.options()
-    with ThreadPoolTaskRunner(max_workers=config.max_workers) as runner:
-        futures = [
-            runner.submit(extract_shard, {"root": root, "cfg": config.extract, "plan": plan, "index": i, "shard": shard, "http": http})
-            for i, shard in enumerate(shards)
-        ]
-        for done, fut in enumerate(as_completed(futures), 1):
-            fut.result()  # a shard that failed after its retries fails the flow; a rerun resumes
-            update_progress_artifact(progress, 100.0 * done / len(shards))
+    futures = [
+        runner.submit(extract_shard, {"root": root, "cfg": config.extract, "plan": plan, "index": i, "shard": shard, "http": http})
+        for i, shard in enumerate(shards)
+    ]
+    for done, fut in enumerate(as_completed(futures), 1):
+        fut.result()  # a shard that failed after its retries fails the flow; a rerun resumes
+        update_progress_artifact(progress, 100.0 * done / len(shards))
 
 
 def _counts_line(m: dict) -> str:

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger, unmapped
+from prefect.task_runners import TaskRunner
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows.funnel_config import FunnelConfig
+from flows.runners import RunnerConfig, resolve_location, task_runner
 from lm.data.shards import atomic_write_json, iter_stage_tables, read_manifest, source_fingerprint
 from lm.data.storage import RemotePath, as_path, check_root, commit_file, local_scratch
 from tasks import dedup
@@ -41,45 +43,52 @@ def _wait(futures, stage: str) -> None:
         update_progress_artifact(progress, 100.0 * done / len(futures))
 
 
-def _filter(root: str, name: str, cfg: dict, docs: str) -> str:
+def _map(runner: TaskRunner, task, label: str, over: dict[str, list], /, **fixed) -> None:
+    """One ``task`` run per element of ``over`` (one shard each) on ``runner``; wait for all."""
+    _wait(runner.map(task, {**{k: unmapped(v) for k, v in fixed.items()}, **over}), label)
+
+
+def _filter(runner: TaskRunner, root: str, name: str, cfg: dict, docs: str) -> str:
     st = filter_stage(root, name, cfg, docs)
     if not st.is_complete():
         n = dedup.num_shards(docs)
-        _wait(filter_shard.map(unmapped(root), unmapped(name), unmapped(cfg), unmapped(docs), list(range(n))), name)
+        _map(runner, filter_shard, name, {"index": list(range(n))}, root=root, stage=name, config=cfg, input_manifest=docs)
         st.commit(num_shards=n)
     return str(st.manifest_path)
 
 
-def _exact_dedup(root: str, cfg: dict, docs: str) -> str:
+def _exact_dedup(runner: TaskRunner, root: str, cfg: dict, docs: str) -> str:
     n = dedup.num_shards(docs)
+    shards = {"index": list(range(n))}
     counts = dedup.line_counts_stage(root, docs)
     if not counts.is_complete():
-        _wait(dedup.line_counts_shard.map(unmapped(root), unmapped(docs), list(range(n))), "line_counts")
+        _map(runner, dedup.line_counts_shard, "line_counts", shards, root=root, docs=docs)
         counts.commit(num_shards=n)
     dups = dedup.line_duplicates(root, str(counts.manifest_path))
     st = dedup.exact_dedup_stage(root, cfg, docs, dups)
     if not st.is_complete():
-        _wait(dedup.exact_dedup_shard.map(unmapped(root), unmapped(cfg), unmapped(docs), unmapped(dups), list(range(n))), "exact_dedup")
+        _map(runner, dedup.exact_dedup_shard, "exact_dedup", shards, root=root, config=cfg, docs=docs, duplicates=dups)
         st.commit(num_shards=n)
     return str(st.manifest_path)
 
 
-def _minhash(root: str, cfg: dict, docs: str) -> str:
+def _minhash(runner: TaskRunner, root: str, cfg: dict, docs: str) -> str:
     n = dedup.num_shards(docs)
+    shards = {"index": list(range(n))}
     sigs = dedup.signatures_stage(root, cfg, docs)
     if not sigs.is_complete():
-        _wait(dedup.signatures_shard.map(unmapped(root), unmapped(cfg), unmapped(docs), list(range(n))), "minhash_signatures")
+        _map(runner, dedup.signatures_shard, "minhash_signatures", shards, root=root, cfg=cfg, docs=docs)
         sigs.commit(num_shards=n)
     sigs_path = str(sigs.manifest_path)
     buckets = dedup.buckets_stage(root, cfg, sigs_path)
     groups = min(cfg["num_bucket_tasks"], cfg["num_bands"])
     if not buckets.is_complete():
-        _wait(dedup.buckets_group.map(unmapped(root), unmapped(cfg), unmapped(sigs_path), list(range(groups))), "minhash_buckets")
+        _map(runner, dedup.buckets_group, "minhash_buckets", {"group": list(range(groups))}, root=root, cfg=cfg, signatures=sigs_path)
         buckets.commit(num_shards=groups)
     clusters = dedup.clusters(root, cfg, str(buckets.manifest_path), docs)
     st = dedup.minhash_stage(root, cfg, docs, clusters)
     if not st.is_complete():
-        _wait(dedup.minhash_filter_shard.map(unmapped(root), unmapped(cfg), unmapped(docs), unmapped(clusters), list(range(n))), "minhash")
+        _map(runner, dedup.minhash_filter_shard, "minhash", shards, root=root, cfg=cfg, docs=docs, clusters_manifest=clusters)
         st.commit(num_shards=n)
     return str(st.manifest_path)
 
@@ -98,6 +107,10 @@ def _model_identity(kind: str, path: str | None) -> str:
 
 def stage_config(name: str, section) -> dict:
     cfg = section.stage_config()
+    if name == "langid":
+        from lm.data.langid import lid_model_path
+
+        lid_model_path()  # fetch the model once here, not in several worker processes at the same time
     if name == "quality":
         cfg["model"] = _model_identity("quality", cfg["model_path"])
     if name == "harmful":
@@ -107,8 +120,9 @@ def stage_config(name: str, section) -> dict:
     return cfg
 
 
-def run_funnel(extract_manifest: str, root: str, config: FunnelConfig) -> dict[str, str]:
-    """Run the enabled stages in order; returns stage name → manifest path (last = final corpus)."""
+def run_funnel(extract_manifest: str, root: str, config: FunnelConfig, runner: TaskRunner) -> dict[str, str]:
+    """Run the enabled stages in order, shard tasks on ``runner`` (started); returns stage
+    name → manifest path (last = final corpus)."""
     logger = get_run_logger()
     read_manifest(extract_manifest)  # fail early on a missing or broken input
     stages: dict[str, str] = {}
@@ -116,14 +130,14 @@ def run_funnel(extract_manifest: str, root: str, config: FunnelConfig) -> dict[s
     for name in FILTER_STAGES:
         cfg = getattr(config, name)
         if cfg.enabled:
-            docs = stages[name] = _filter(root, name, stage_config(name, cfg), docs)
+            docs = stages[name] = _filter(runner, root, name, stage_config(name, cfg), docs)
             publish_stage(docs)
             logger.info("%s: %s", name, docs)
     if config.exact_dedup.enabled:
-        docs = stages["exact_dedup"] = _exact_dedup(root, config.exact_dedup.stage_config(), docs)
+        docs = stages["exact_dedup"] = _exact_dedup(runner, root, config.exact_dedup.stage_config(), docs)
         publish_stage(docs)
     if config.minhash.enabled:
-        docs = stages["minhash"] = _minhash(root, config.minhash.stage_config(), docs)
+        docs = stages["minhash"] = _minhash(runner, root, config.minhash.stage_config(), docs)
         publish_stage(docs)
     publish_funnel(extract_manifest, stages, root)
     return stages
@@ -225,6 +239,8 @@ class FiltersFlowConfig(BaseModel):
     root: str = Field("outputs", description="artifact root: each stage writes `<root>/<stage>/<fingerprint>/`; "
                       "a local directory or a URL such as `s3://bucket/prefix`")
     filters: FunnelConfig = Field(default_factory=FunnelConfig, description="which stages run and their thresholds")
+    max_workers: int = Field(4, ge=1, le=256, description="shards processed at once on this machine unless runner.max_workers is set")
+    runner: RunnerConfig = Field(default_factory=RunnerConfig, description="where shard tasks run: threads (default), processes, Dask or Ray")
 
 
     @field_validator("root")
@@ -235,6 +251,7 @@ class FiltersFlowConfig(BaseModel):
 
 @flow(name="filters", log_prints=True)
 def filters_flow(config: FiltersFlowConfig) -> dict[str, str]:
-    stages = run_funnel(config.extract_manifest, config.root, config.filters)
+    with task_runner(config.runner, config.max_workers) as runner:
+        stages = run_funnel(resolve_location(config.extract_manifest), resolve_location(config.root), config.filters, runner)
     print(json.dumps(stages, indent=2))
     return stages

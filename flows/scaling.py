@@ -16,17 +16,39 @@ import json
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import Field, model_validator
 
 from lm.scaling.sweep import ScalingConfig, byte_corpus, corpus_info, plan_runs
 from tasks.artifacts import artifact_key, image_markdown, markdown_table, publish_stage
 from tasks.scaling import finite_or_none, fit_scaling, stage_dir, train_scaling_run
+from flows.runners import RunnerConfig, resolve_location, task_runner
+
+
+class ScalingFlowConfig(ScalingConfig):
+    """The sweep (lm.scaling.sweep.ScalingConfig) plus where its training runs execute."""
+
+    runner: RunnerConfig = Field(
+        default_factory=RunnerConfig,
+        description="where training runs execute: threads (default), processes, or a Dask/Ray cluster (each run is one task); "
+        "a local pool or cluster gets max_parallel_runs workers unless runner.max_workers is set",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_sweep(cls, data):
+        # A plain ScalingConfig (tests, notebooks, the pipeline) runs on the default runner.
+        if isinstance(data, ScalingConfig) and not isinstance(data, cls):
+            return data.model_dump()
+        return data
 
 
 @flow(name="scaling")
-def scaling_flow(config: ScalingConfig) -> dict:
+def scaling_flow(config: ScalingFlowConfig) -> dict:
     log = get_run_logger()
+    # Absolute paths: runs may execute in other processes or on other machines.
+    config = config.model_copy(update={"root": resolve_location(config.root)})
     # a bad corpus fails here, before any training
-    corpus = corpus_info(config.corpus or byte_corpus(config.text, config.root))
+    corpus = corpus_info(resolve_location(config.corpus) if config.corpus else byte_corpus(config.text, config.root))
     runs, plan_notes = plan_runs(config, corpus)
     for note in plan_notes:
         log.warning(note)
@@ -35,10 +57,11 @@ def scaling_flow(config: ScalingConfig) -> dict:
     log.info(f"{len(runs)} runs planned over {len(config.budgets)} budgets")
     rows = []
     step = config.max_parallel_runs
-    for wave in (runs[i : i + step] for i in range(0, len(runs), step)):
-        futures = train_scaling_run.map(wave, corpus=unmapped(corpus), root=unmapped(config.root),
-                                        device=unmapped(config.device), cpu_threads=unmapped(config.cpu_threads))
-        rows += [f.result() for f in futures]
+    with task_runner(config.runner, config.max_parallel_runs) as runner:
+        for wave in (runs[i : i + step] for i in range(0, len(runs), step)):
+            futures = runner.map(train_scaling_run, {"run": wave, "corpus": unmapped(corpus), "root": unmapped(config.root),
+                                                     "device": unmapped(config.device), "cpu_threads": unmapped(config.cpu_threads)})
+            rows += [f.result() for f in futures]
     trained = sum(not r["cached"] for r in rows)
     failed = [r for r in rows if r["status"] == "failed"]
     for r in failed:

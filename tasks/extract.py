@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def extract_shard(root: str, cfg: ExtractConfig, plan: str, index: int, shard: d
         return str(stage.marker_path(index))
     on_progress = _progress_reporter(shard) if (shard["size"] or 0) >= PROGRESS_MIN_BYTES else None
     with stage.open_shard(index, schema=DOC_SCHEMA, source=shard_label(shard)) as w:
+        # Test hook: stall with the shard unfinished, so a test can kill the worker mid-shard.
+        if stall := float(os.environ.get("LMPIPE_TEST_SHARD_STALL_S", "0")):
+            time.sleep(stall)
         records = iter_file(shard["location"], start=shard["start"], end=shard["end"], http=http,
                             max_block_bytes=max_block_bytes(cfg), base_url=shard.get("base_url") or CC_BASE_URL,
                             on_progress=on_progress)

@@ -13,7 +13,8 @@ import pyarrow as pa
 from prefect import task
 
 from lm.data.filters import ADDED_COLUMNS, apply_filters, build_stage_filters
-from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard, read_shard_schema
+from lm.data.quality import default_model_path
+from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard, read_shard_schema, source_fingerprint
 
 VERSION = "1"  # bump when a filter's behaviour changes: it changes every fingerprint downstream
 
@@ -30,6 +31,28 @@ def output_schema(input_schema: pa.Schema, stage: str) -> pa.Schema:
     return schema
 
 
+# Stage config key holding a classifier's identity → (model kind, key of its user-given path).
+_MODEL_KEYS = {"model": ("quality", "model_path"), "nsfw_model": ("nsfw", "nsfw_model_path"), "toxic_model": ("toxic", "toxic_model_path")}
+
+
+def check_models(config: dict) -> None:
+    """Fail unless this process would load the classifier files the flow fingerprinted.
+
+    A worker on another machine (Dask, Ray) resolves model paths itself: a relative path,
+    or a default model under its own ``$LMPIPE_CACHE``, may be another file (a default model
+    trained there would score differently), which would make the outputs differ silently.
+    """
+    for key, (kind, path_key) in _MODEL_KEYS.items():
+        if key not in config:
+            continue
+        path = config.get(path_key) or str(default_model_path(kind))
+        if source_fingerprint(path) != config[key]:
+            raise FileNotFoundError(
+                f"the {kind} classifier here ({source_fingerprint(path)}) is not the one the flow used ({config[key]}); "
+                f"put $LMPIPE_CACHE on the shared filesystem, or set the stage's {path_key} to an absolute path every worker reads"
+            )
+
+
 @task(name="filter-shard", retries=2, retry_delay_seconds=2, task_run_name="{stage}-shard-{index}")
 def filter_shard(root: str, stage: str, config: dict, input_manifest: str, index: int) -> int:
     """Filter shard ``index`` of ``input_manifest`` into the stage directory; returns rows kept."""
@@ -40,6 +63,7 @@ def filter_shard(root: str, stage: str, config: dict, input_manifest: str, index
     info = m["shards"][index]
     path = manifest_dir(m) / info["name"]
     table = read_shard(path, info.get("sha256"))
+    check_models(config)
     filters = build_stage_filters(stage, config)
     schema = output_schema(read_shard_schema(path), stage)
     kept = 0

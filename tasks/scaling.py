@@ -42,7 +42,8 @@ def train_scaling_run(run: dict, corpus: dict, root: str, device: str, cpu_threa
 def stage_for(config: ScalingConfig, corpus: dict, rows: list[dict]) -> Stage:
     # The fits are a function of the sweep config, the corpus and the runs' outcomes (a failed
     # run that succeeds on a rerun must refit): all three go into the fingerprint.
-    cfg = config.model_dump(exclude={"root", "device", "cpu_threads", "max_parallel_runs"})
+    # Where and how runs execute (root, device, threads, task runner) does not change what they compute.
+    cfg = config.model_dump(exclude={"root", "device", "cpu_threads", "max_parallel_runs", "runner"})
     cfg["corpus_fingerprint"] = corpus["fingerprint"]
     cfg["runs"] = sorted(f"{r['run_id']}:{r['status']}" for r in rows)
     return Stage(config.root, "scaling", version=STAGE_VERSION, config=cfg, inputs=[corpus["manifest"]])
