@@ -15,6 +15,7 @@ tiktoken does: surrogate pairs joined, lone ones replaced by U+FFFD.
 
 from __future__ import annotations
 
+import operator
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,6 +32,13 @@ _PRETOKEN_RE = regex.compile(GPT2_PATTERN)
 # spans that point and the regex never looks behind, so text can be cut there exactly.
 _BOUNDARY_RE = regex.compile(r"(?r)\S(?=[ \n])")
 _STREAM_BLOCK = 1 << 16  # characters encode_iterable gathers before encoding a block
+
+
+def _is_token_id(i, vocab: dict) -> bool:
+    try:
+        return operator.index(i) in vocab
+    except TypeError:
+        return False
 
 
 def sanitize(text: str) -> str:
@@ -260,10 +268,11 @@ class Tokenizer:
         vocab = self.vocab
         ids = ids if isinstance(ids, (list, tuple)) else list(ids)
         try:
-            data = b"".join([vocab[i] for i in ids])
+            # operator.index: ints and numpy integers only (a float 3.0 would hash like 3)
+            data = b"".join([vocab[operator.index(i)] for i in ids])
         except (KeyError, TypeError):
-            bad = next(i for i in ids if not isinstance(i, int) or i not in vocab)
-            raise ValueError(f"token id {bad!r} is not in the vocab (ids are 0..{max(vocab)})") from None
+            bad = next(i for i in ids if not _is_token_id(i, vocab))
+            raise ValueError(f"token id {bad!r} is not in the vocab (ids are integers 0..{max(vocab)})") from None
         return data.decode("utf-8", errors="replace")
 
     # ------------------------------------------------------------------ files
