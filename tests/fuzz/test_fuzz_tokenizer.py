@@ -151,3 +151,19 @@ def test_decode_accepts_numpy_integers(gpt2_pair):
 
     fast, _ = gpt2_pair
     assert fast.decode(np.array([15496, 995], dtype=np.uint16).tolist()) == fast.decode(list(np.array([15496, 995], dtype=np.int64))) == "Hello world"
+
+
+@pytest.mark.parametrize("text", ["A\U0003d000", "a\u0558b", "x\U00018d80\U00018d81 1\U0003fc3f"])
+def test_fast_path_agrees_on_characters_newer_than_pythons_unicode(tmp_path, text):
+    """Found by test_train_on_random_unicode: trained on "A\\U0003d000" (unassigned in Python
+    3.11's Unicode 14, a letter to the newer tables of the ``regex`` module, unknown to
+    tiktoken's engine), the fast path gave [259, 48, 259] where the Python path gave
+    [65, 258, 48, 65, 258]: the engines cut pre-tokens differently."""
+    corpus = text + "0" + text
+    vocab, merges = _train(tmp_path, corpus, 4, [])
+    fast, slow = Tokenizer(vocab, merges), Tokenizer(vocab, merges, use_fast=False)
+    assert fast.fast_path is not None
+    for s in (corpus, text):
+        assert fast.encode(s) == fast.encode_ordinary(s) == slow.encode(s)
+        assert fast.encode_batch([s, "plain ascii"]) == [slow.encode(s), slow.encode("plain ascii")]
+        assert fast.decode(fast.encode(s)) == s
