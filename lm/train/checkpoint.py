@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lm.data.shards import atomic_write_json, file_sha256
+from lm.train import faults
 
 META = "meta.json"
 MODEL_FILE = "model.safetensors"
@@ -122,6 +123,7 @@ def save_checkpoint(
         plain = unwrap(model)
         weights, aliases = _dedupe(plain.state_dict())
         save_file(weights, str(tmp / MODEL_FILE))
+        faults.inject("checkpoint.model", iteration)  # test-only (lm.train.faults)
         files = [MODEL_FILE]
         optim_meta = None
         if optimizer is not None:
@@ -146,6 +148,7 @@ def save_checkpoint(
         for f in [*files, META]:
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
+        faults.inject("checkpoint.meta", iteration)
         if out.exists():  # replace: move the old one aside first so a crash never leaves nothing
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
@@ -156,6 +159,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    faults.inject("checkpoint.renamed", iteration)
     return out
 
 
