@@ -205,3 +205,65 @@ def test_pretrain_flow_names_the_diverged_step(prefect_harness, reference, tmp_p
     monkeypatch.setenv("LMPIPE_FAULT_INJECT", "nan@loss:10")
     with pytest.raises(RuntimeError, match=r"training diverged at step 10 .*last good checkpoint .*step-0000008"):
         pretrain_flow(config=cfg)
+
+
+# --------------------------------------------------------------------------- SFT (no mid-run checkpoints)
+
+SFT_STEPS = 4
+
+
+@pytest.fixture
+def sft_inputs(reference, tmp_path):
+    """A pretrain-style manifest (tiny byte-level model) and the CS336 SFT sample as pairs."""
+    from lm.align.stages import AlignDataConfig, build_align_data
+    from lm.data.shards import Stage
+    from lm.train import save_checkpoint
+
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig(vocab_size=257, context_length=48, d_model=32, num_layers=1, num_heads=2, d_ff=64))
+    stage = Stage(tmp_path, "pretrain", version="test", config={})
+    save_checkpoint(model, None, 0, stage.path / "checkpoint")
+    base = str(stage.commit(extra={"checkpoint": str(stage.path / "checkpoint"), "tokenizer": "bytes", "eot_id": 256,
+                                   "model_config": model.config.model_dump()}))
+    a5 = reference / "assignment5-alignment"
+    data = build_align_data(tmp_path, AlignDataConfig(source="sft_jsonl", train_path=str(a5 / "fixtures/sft_sample.jsonl"),
+                                                      template="alpaca_sft", prompts_dir=str(a5 / "prompts")), "instruction")
+    return base, data, stage.path / "checkpoint"
+
+
+def test_sft_nan_stops_before_any_checkpoint(sft_inputs, tmp_path, trials, chaos_record, monkeypatch):
+    from lm.align.sft import SFTConfig
+    from lm.align.stages import StageOptions, run_sft
+    from lm.data.shards import read_manifest
+
+    base, data, base_ckpt = sft_inputs
+    base_bytes = (base_ckpt / "model.safetensors").read_bytes()
+    cfg = SFTConfig(num_steps=SFT_STEPS, batch_size=2, eval_every=2)
+    opts = StageOptions(verifier=None, max_new_tokens=4, num_samples=1, num_threads=1)
+    survived, notes = 0, []
+    for trial in range(trials):
+        rng = random.Random(31 * trial + 5)
+        where, k = ("sft.loss", "sft.param")[trial % 2], rng.randint(1, SFT_STEPS)
+        root = tmp_path / f"sft{trial}"
+        monkeypatch.setenv("LMPIPE_FAULT_INJECT", f"nan@{where}:{k}")
+        named = f"step {k}" if where == "sft.loss" else (f"step {k + 1}" if k < SFT_STEPS else f"after step {k}")
+        try:
+            run_sft(root, base, data, cfg, opts)
+            stopped = ""
+        except FloatingPointError as e:
+            stopped = str(e)
+        monkeypatch.delenv("LMPIPE_FAULT_INJECT")
+        nothing_written = not list(root.glob("sft/*/checkpoint")) and not list(root.glob("sft/*/_manifest.json"))
+        base_intact = (base_ckpt / "model.safetensors").read_bytes() == base_bytes
+        rerun = read_manifest(run_sft(root, base, data, cfg, opts))  # the fault gone, the stage completes
+        model = TransformerLM(ModelConfig(**rerun["model_config"]))
+        load_checkpoint(rerun["checkpoint"], model)
+        ok = ("SFT diverged" in stopped and named in stopped and nothing_written and base_intact
+              and all(torch.isfinite(p).all() for p in model.parameters()))
+        survived += ok
+        notes.append(f"{where}:{k}")
+        if not ok:
+            print(f"trial {trial} nan@{where}:{k}: error {stopped!r}, nothing written {nothing_written}, base intact {base_intact}")
+    chaos_record("NaN injected in SFT (loss or weights)", "sft", trials, survived,
+                 note="at " + ", ".join(notes) + "; checks: error names the step, no stage/checkpoint written, base model untouched, rerun completes")
+    assert survived == trials
