@@ -85,7 +85,7 @@ def _check(html: bytes) -> None:
     assert "\x00" not in text
 
 
-@fuzz_settings(ci_examples=250)
+@fuzz_settings(ci_examples=500)
 @given(html=html_pages())
 def test_html_to_text_never_crashes_and_answers(html):
     _check(html)

@@ -76,7 +76,7 @@ def test_train_on_random_unicode(tmp_path):
     run()
 
 
-@fuzz_settings(ci_examples=300)
+@fuzz_settings(ci_examples=500)
 @given(s=TEXTS)
 def test_round_trip_gpt2(gpt2_pair, s):
     fast, slow = gpt2_pair

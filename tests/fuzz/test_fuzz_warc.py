@@ -301,7 +301,7 @@ def _member_of(spans: list[tuple[int, int]], p: int) -> int:
 
 @pytest.mark.parametrize("mode", ["plain", "gzip"])
 def test_mangled_stream_is_accounted(reference, tmp_path, mode):
-    @fuzz_settings(ci_examples=60)
+    @fuzz_settings(ci_examples=300)
     @given(stream=mangled(reference), cuts=st.lists(st.integers(0, 1 << 20), max_size=4),
            chunk_size=st.sampled_from([3, 64, 511, 4096, 65536]), data=st.data())
     def run(stream, cuts, chunk_size, data):
@@ -367,7 +367,7 @@ class GzCase:
 
 
 def test_damaged_gzip_never_passes_bad_data(reference, tmp_path):
-    @fuzz_settings(ci_examples=80)
+    @fuzz_settings(ci_examples=400)
     @given(case=damaged_gzip(reference), chunk_size=st.sampled_from([3, 64, 511, 4096, 65536]))
     def run(case, chunk_size):
         chunks, members, offsets, edits, raw = case.chunks, case.members, case.offsets, case.edits, case.raw
