@@ -20,8 +20,9 @@ Nothing is dropped silently. A record that cannot be read completely is still yi
 - ``not_warc``: the input does not start with a WARC/ARC record (the only record of that input);
 - ``bad_header``: a header block we cannot delimit (missing or invalid Content-Length); the
   reader skips to the next ``WARC/`` line and goes on;
-- ``bad_content_length``: the block does not end where Content-Length says (the next line is
-  not a record start); the record is yielded flagged and the reader resynchronises.
+- ``bad_content_length``: the block does not end where Content-Length says (what follows is
+  not a record start at the beginning of a line); the record is yielded flagged and the reader
+  resynchronises.
 
 Blocks longer than ``max_block_bytes`` (if given) are skipped without being held in memory:
 the record comes with an empty payload and ``oversized=True``.
@@ -322,10 +323,17 @@ def parse_stream(stream: MemberStream, location: str, *, end: int | None = None,
         # With one record per gzip member (Common Crawl) this lookahead reads past the record's
         # member, so the member's CRC has been checked by now. (Records that share a member with
         # damage further on pass before it is seen; only a full read-ahead could avoid that.)
-        line = _next_line(stream)
-        if line and not _is_start(line, arc):
+        # The next record must start at the beginning of a line: after a line break that
+        # ends the block (some writers count the separator in Content-Length) or follows it.
+        line = stream.readline()
+        at_line_start = not line.strip() or length == 0 or block.endswith(b"\n") or rec.oversized
+        if not line.strip():
+            line = _next_line(stream)
+        if line and not (at_line_start and _is_start(line, arc)):
             # The block did not end where Content-Length said: the record is damaged. Skip to
-            # the next record start rather than reading the rest of the block as headers.
+            # the next record start rather than reading the rest of the block as headers. (A
+            # "start" in mid-line is not trusted: an ARC header is any line with a URL, and a
+            # too-long block can end inside one.)
             rec.error, rec.error_detail = "bad_content_length", f"{line[:60]!r} follows the declared {length} bytes"
             line = _resync(stream, arc)
         if stream.unverified_from is not None and block_end > stream.unverified_from:

@@ -59,7 +59,11 @@ def _members(data: bytes) -> list[bytes]:
 
 
 def _layout(chunk: bytes) -> tuple[int, int]:
-    """(header end, block end) of one record chunk: headers end at the first blank line."""
+    """(header end, block end) of one record chunk: WARC headers end at the first blank line,
+    an ARC header is one line ending in the block length."""
+    if not chunk.startswith(b"WARC/"):
+        hdr_end = chunk.index(b"\n") + 1
+        return hdr_end, hdr_end + max(0, int(chunk[:hdr_end].split()[-1]))
     m = re.search(rb"\r?\n\r?\n", chunk)
     hdr_end = m.end()
     length = int(re.search(rb"(?im)^content-length:\s*(\d+)", chunk[:hdr_end]).group(1))
@@ -120,8 +124,15 @@ class Stream:
 
     def intact(self, j: int) -> bool:
         s, _, e = self.records[j]
-        # untouched: no edit overlaps [s, e), and no insertion strictly inside it
-        return all(b <= s or a >= e or (a == b == s) for a, b, _ in self.edits)
+        # Untouched: no edit overlaps [s, e) or the newline before it (records start lines),
+        # and no insertion inside it; bytes inserted just before it count only if they end a
+        # line (else they join the record's first line).
+        def touches(a: int, b: int, rep: bytes) -> bool:
+            if a == b:  # an insertion
+                return s < a < e or (a == s and not rep.endswith(b"\n"))
+            return a < e and b > max(s - 1, 0)
+
+        return not any(touches(*edit) for edit in self.edits)
 
 
 def _positions(chunks: list[bytes]) -> list[int]:
@@ -150,14 +161,18 @@ CONTENT_LENGTHS = st.one_of(
 
 
 @st.composite
-def mangled(draw, reference: Path) -> Stream:
-    files = corpus(reference)
-    chunks: list[bytes] = []
-    for _ in range(draw(st.integers(1, 2))):  # one run of records, or two from different files
-        recs = files[draw(st.sampled_from(sorted(files)))]
-        i = draw(st.integers(0, len(recs) - 1))
-        chunks += recs[i : i + draw(st.integers(1, MAX_RECORDS))]
-    chunks = chunks[:MAX_RECORDS]
+def mangled(draw, reference: Path | None, fixed: list[bytes] | None = None) -> Stream:
+    """Records of the corpus (or exactly ``fixed``), then 0-4 edits."""
+    if fixed is not None:
+        chunks = list(fixed)
+    else:
+        files = corpus(reference)
+        chunks = []
+        for _ in range(draw(st.integers(1, 2))):  # one run of records, or two from different files
+            recs = files[draw(st.sampled_from(sorted(files)))]
+            i = draw(st.integers(0, len(recs) - 1))
+            chunks += recs[i : i + draw(st.integers(1, MAX_RECORDS))]
+        chunks = chunks[:MAX_RECORDS]
     original = b"".join(chunks)
     total = len(original)
     hot = _positions(chunks)
@@ -182,6 +197,10 @@ def mangled(draw, reference: Path) -> Stream:
             start = sum(map(len, chunks[:j]))
             head = chunks[j][: _layout(chunks[j])[0]]
             lines = [m.span() for m in re.finditer(rb"[^\n]*\n", head)][1:-1]  # header lines, not WARC/ or the blank
+            if kind == "content_length" and not head.startswith(b"WARC/"):  # ARC: the last field of its line
+                m = re.search(rb"(\S+)\r?\n$", head)
+                edits.append((start + m.start(1), start + m.end(1), draw(CONTENT_LENGTHS)))
+                continue
             if not lines:
                 continue
             if kind == "content_length":
@@ -242,9 +261,12 @@ def check_accounted(stream: Stream, recs: list) -> None:
     for r, s, nxt in zip(recs, offsets, ends):
         if r.error:
             continue
-        assert data.startswith(b"WARC/", s), f"record at {s} without error does not start a WARC record"
-        body = _header_end(data, s)
-        end = body + _content_length(r)
+        if data.startswith(b"WARC/", s):
+            body = _header_end(data, s)
+            end = body + _content_length(r)
+        else:  # ARC: one header line, then the length it ends with (-1 = none)
+            body = data.index(b"\n", s) + 1
+            end = body + int(r.headers["length"])
         assert end <= nxt, f"record at {s}: block ends at {end}, after the next record at {nxt}"
         assert not data[end:nxt].strip(), f"record at {s}: non-blank bytes skipped after its block: {data[end:nxt][:80]!r}"
         blocks.append((body, end, s))
@@ -259,7 +281,7 @@ def check_accounted(stream: Stream, recs: list) -> None:
             continue  # inside a failed record's range: counted as failed
         if offsets[k] == n:
             orig = iter_one(stream.chunks[j])
-            assert (r.id, r.payload, r.record_type, r.url) == (orig.id, orig.payload, orig.record_type, orig.url)
+            assert (_wid(r), r.payload, r.record_type, r.url) == (_wid(orig), orig.payload, orig.record_type, orig.url)
         else:  # inside an error-free record: only within the block its (damaged) Content-Length declares
             assert any(b <= n and e <= end for b, end, s in blocks if s == offsets[k]), (
                 f"intact record at {n} silently dropped inside the record at {offsets[k]}")
@@ -409,6 +431,43 @@ def test_damaged_gzip_never_passes_bad_data(reference, tmp_path):
     run()
 
 
+_ARC: list[bytes] = []
+
+
+def arc_records() -> list[bytes]:
+    """The records of pywb's example.arc (a real ARC v1 capture), one chunk each."""
+    if not _ARC:
+        from flows.demo import demo_sources
+
+        data = (Path(demo_sources()[0]) / "example.arc").read_bytes()
+        offsets = [_offset(r) for r in iter_file_plain(data)] + [len(data)]
+        _ARC.extend(data[a:b] for a, b in zip(offsets, offsets[1:]))
+    return _ARC
+
+
+def iter_file_plain(data: bytes) -> list:
+    import io
+
+    from lm.data.gzstream import MemberStream
+    from lm.data.warc import parse_stream
+
+    return list(parse_stream(MemberStream(io.BytesIO(data)), "x"))
+
+
+def test_mangled_arc_is_accounted(tmp_path):
+    chunks = arc_records()
+    assert len(chunks) == 2 and chunks[1].startswith(b"http://example.com/")
+
+    @fuzz_settings(ci_examples=200)
+    @given(stream=mangled(None, fixed=chunks))
+    def run(stream):
+        path = tmp_path / "in.arc"
+        path.write_bytes(stream.data)
+        check_accounted(stream, call_with_timeout(read_all, path))
+
+    run()
+
+
 # --------------------------------------------------------------------------- regressions found by the fuzzers
 
 
@@ -426,3 +485,15 @@ def test_record_of_member_with_bad_crc_is_failed(tmp_path, chunk_size):
     recs = list(iter_file(str(path), chunk_size=chunk_size))
     assert [(r.error, _offset(r)) for r in recs] == [(None, 0), ("corrupt_gzip", len(first))]
     assert recs[0].payload == b"hello"
+
+
+def test_arc_record_glued_to_a_too_long_block_is_not_trusted(tmp_path):
+    """Found by test_mangled_arc_is_accounted: with 3 bytes cut from example.arc's first block
+    (declared length unchanged), the block ate the next header's "h", and "ttp://example.com/ …"
+    in mid-line passed as a clean ARC record start; neither record was flagged."""
+    data = b"".join(arc_records())
+    path = tmp_path / "cut.arc"
+    path.write_bytes(data[:74] + data[77:])
+    recs = list(iter_records(str(path)))
+    assert [r.error for r in recs] == ["bad_content_length"]
+    assert not any(r.url.startswith("ttp:") for r in recs)
