@@ -39,6 +39,7 @@ from fuzzkit import call_with_timeout, fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lm.data.gzstream import MAX_LINE
 from lm.data.warc import iter_file, iter_records
 
 KINDS = {"truncated_gzip", "truncated_record", "corrupt_gzip", "not_warc", "bad_header", "bad_content_length"}
@@ -179,7 +180,8 @@ def mangled(draw, reference: Path | None, fixed: list[bytes] | None = None) -> S
     pos = st.one_of(st.sampled_from(hot), st.integers(0, total))
     edits = []
     for _ in range(draw(st.integers(0, 4))):
-        kind = draw(st.sampled_from(["truncate", "flip", "insert", "delete", "content_length", "dup_header", "drop_header", "header_bytes"]))
+        kind = draw(st.sampled_from(["truncate", "flip", "insert", "delete", "content_length", "dup_header", "drop_header",
+                                     "header_bytes", "long_line"]))
         if kind == "truncate":
             edits.append((p := draw(pos), total, b""))
         elif kind == "flip":
@@ -212,6 +214,10 @@ def mangled(draw, reference: Path | None, fixed: list[bytes] | None = None) -> S
                 edits.append((start + b, start + b, head[a:b]))
             elif kind == "drop_header":
                 edits.append((start + a, start + b, b""))
+            elif kind == "long_line":  # a header line padded to the reader's line limit, give or take
+                pad = MAX_LINE + draw(st.integers(-3, 3)) - (b - a)
+                if pad > 0:
+                    edits.append((start + b - 2, start + b - 2, draw(st.sampled_from([b"A", b" ", b":"])) * pad))
             else:  # non-UTF-8 / control bytes in a header line
                 edits.append((start + b - 2, start + b - 2, draw(st.binary(min_size=1, max_size=20))))
     return Stream(chunks, edits)
@@ -427,6 +433,31 @@ def test_damaged_gzip_never_passes_bad_data(reference, tmp_path):
             delivered = any(_offset(r) == n and r.error is None and r.id == c.id for r in recs)
             before = [r for r in recs if _offset(r) <= n]
             assert delivered or any(r.error for r in before), f"intact member at {n} neither delivered nor after a failed record"
+
+    run()
+
+
+SLICE_FILES = ["whirlwind.warc.gz", "warcfile.warc.gz", "block-sized-records.warc.gz", "whirlwind.warc.wet.gz"]
+
+
+def test_slices_partition_the_records(reference):
+    """Reading [start, end) slices (what a shard task does) gives exactly the records whose
+    member starts in the slice, for any cut points: consecutive slices neither lose nor repeat."""
+    full = {name: [(_offset(r), r.id) for r in iter_file(str(reference / "commoncrawl" / name))] for name in SLICE_FILES}
+
+    @fuzz_settings(ci_examples=60)
+    @given(name=st.sampled_from(SLICE_FILES), cuts=st.lists(st.integers(0, 600_000), max_size=5),
+           chunk_size=st.sampled_from([512, 4096, 65536]))
+    def run(name, cuts, chunk_size):
+        path = reference / "commoncrawl" / name
+        size = path.stat().st_size
+        points = [0, *sorted({c % (size + 1) for c in cuts}), size + 1]
+        got = []
+        for a, b in zip(points, points[1:]):
+            part = call_with_timeout(lambda: [(_offset(r), r.id) for r in iter_file(str(path), start=a, end=b, chunk_size=chunk_size)])
+            assert all(a <= off < b for off, _ in part), (a, b, part)
+            got += part
+        assert got == full[name]
 
     run()
 
