@@ -320,11 +320,12 @@ def parse_stream(stream: MemberStream, location: str, *, end: int | None = None,
             yield rec
             return
         block_end = stream.tell()
-        # With one record per gzip member (Common Crawl) this lookahead reads past the record's
-        # member, so the member's CRC has been checked by now. (Records that share a member with
-        # damage further on pass before it is seen; only a full read-ahead could avoid that.)
-        # The next record must start at the beginning of a line: after a line break that
-        # ends the block (some writers count the separator in Content-Length) or follows it.
+        # Look ahead to the next record. It must start at the beginning of a line: after a
+        # line break that ends the block (some writers count the separator in Content-Length)
+        # or follows it. With one record per gzip member (Common Crawl) the lookahead also reads
+        # past the record's member, so the member's CRC has been checked by now. (Records that
+        # share a member with damage further on pass before it is seen; only a full read-ahead
+        # could avoid that.)
         line = stream.readline()
         at_line_start = not line.strip() or length == 0 or block.endswith(b"\n") or rec.oversized
         if not line.strip():
