@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from lm.align.batches import tokenize_prompt_and_output
+from lm.align.guard import check_loss, check_weights, poison_a_weight
 from lm.align.losses import sft_microbatch_train_step
 from lm.align.ops import get_response_log_probs
 from lm.align.rollout import context_length
@@ -139,17 +140,12 @@ def train_sft(
                 const = cfg.normalize_constant
             loss, _ = sft_microbatch_train_step(lp, b.response_mask, cfg.gradient_accumulation_steps, const)
             step_loss += loss.item()
-        if not math.isfinite(step_loss):
-            # Stop before the update: the stage then writes no checkpoint, and the model it
-            # started from (the last good one) stays as it was.
-            raise FloatingPointError(f"SFT diverged at step {step}: loss {step_loss} is not finite; no checkpoint written "
-                                     f"(lower sft.lr or raise sft.warmup_steps)")
+        check_loss("SFT", step, step_loss)  # before the update: no checkpoint of NaN weights
         if cfg.max_grad_norm > 0:
             clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
-        if faults.inject("sft.param", step):  # test-only: as if the update overflowed
-            with torch.no_grad():
-                next(model.parameters()).view(-1)[0] = float("nan")
+        if faults.inject("sft.param", step):  # test-only (lm.train.faults)
+            poison_a_weight(model)
         hist["step"].append(step)
         hist["loss"].append(step_loss)
         if eval_pairs and (step % cfg.eval_every == 0 or step == cfg.num_steps):
@@ -162,9 +158,7 @@ def train_sft(
             if cfg.stop_at_reward is not None and hist["probe_reward"] and hist["probe_reward"][-1] >= cfg.stop_at_reward:
                 hist["stopped_at_step"] = step
                 break
-    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        raise FloatingPointError(f"SFT diverged: weights {bad[:3]} are not finite after step {step}; no checkpoint written")
+    check_weights("SFT", model, step)
     hist["seconds"] = round(time.time() - t0, 2)
     hist["counts"] = dict(counts)
     hist["nll_before"], hist["nll_after"] = hist["eval_nll"][0], hist["eval_nll"][-1]

@@ -9,8 +9,9 @@ subprocess to put a fault at an exact point, which an outside signal cannot hit 
     LMPIPE_FAULT_INJECT="kill@checkpoint.model:20" SIGKILL while step 20's checkpoint is written:
                                                    .model (weights written), .meta (all files written,
                                                    not yet renamed), .renamed (in place, not yet rotated)
-    LMPIPE_FAULT_INJECT="nan@sft.loss:3"           SFT (lm.align.sft): step 3's loss is NaN; sft.param: a
-                                                   weight turns NaN after step 3's update
+    LMPIPE_FAULT_INJECT="nan@sft.loss:3"           alignment loops (lm.align): step 3's loss is NaN in SFT;
+                                                   also dpo.loss, grpo.loss, and sft.param (a weight
+                                                   turns NaN after step 3's update)
 
 Several faults: comma-separated. Steps count from 1, as in metrics.jsonl.
 """

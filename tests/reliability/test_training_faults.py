@@ -16,6 +16,9 @@ step. Per trial (seeded):
   logged as trained, the newest checkpoint is the last one before k, loadable, finite.
 - NaN in the weights right after the update of a checkpoint step k (loss still finite):
   no checkpoint of step k is written; the run stops naming step k.
+- SFT, DPO and GRPO save their policy only when their loop ends: a NaN loss (or, for SFT,
+  NaN weights) at a random step raises naming it, no stage or checkpoint is written, the
+  base model is untouched, and a rerun completes.
 
 The existing lm-level tests (tests/lm/train/test_trainer.py) kill once after a checkpoint and
 poison the loss in-process; these add the seeded sweep, the kill points inside the checkpoint
@@ -207,14 +210,15 @@ def test_pretrain_flow_names_the_diverged_step(prefect_harness, reference, tmp_p
         pretrain_flow(config=cfg)
 
 
-# --------------------------------------------------------------------------- SFT (no mid-run checkpoints)
+# --------------------------------------------------------------------------- SFT / DPO / GRPO (no mid-run checkpoints)
 
-SFT_STEPS = 4
+ALIGN_STEPS = 4
 
 
 @pytest.fixture
-def sft_inputs(reference, tmp_path):
-    """A pretrain-style manifest (tiny byte-level model) and the CS336 SFT sample as pairs."""
+def align_inputs(reference, tmp_path):
+    """A pretrain-style manifest (tiny byte-level model) and the data each alignment stage reads:
+    the CS336 SFT sample as instruction pairs, GSM8K as preference pairs and as problems."""
     from lm.align.stages import AlignDataConfig, build_align_data
     from lm.data.shards import Stage
     from lm.train import save_checkpoint
@@ -226,44 +230,63 @@ def sft_inputs(reference, tmp_path):
     base = str(stage.commit(extra={"checkpoint": str(stage.path / "checkpoint"), "tokenizer": "bytes", "eot_id": 256,
                                    "model_config": model.config.model_dump()}))
     a5 = reference / "assignment5-alignment"
-    data = build_align_data(tmp_path, AlignDataConfig(source="sft_jsonl", train_path=str(a5 / "fixtures/sft_sample.jsonl"),
-                                                      template="alpaca_sft", prompts_dir=str(a5 / "prompts")), "instruction")
+    gsm = AlignDataConfig(source="gsm8k", train_path=str(a5 / "data/gsm8k/train.jsonl"), eval_path=str(a5 / "data/gsm8k/test.jsonl"),
+                          num_train=8, num_eval=2, template="question_answer", prompts_dir=str(a5 / "prompts"))
+    data = {
+        "sft": build_align_data(tmp_path, AlignDataConfig(source="sft_jsonl", train_path=str(a5 / "fixtures/sft_sample.jsonl"),
+                                                          template="alpaca_sft", prompts_dir=str(a5 / "prompts")), "instruction"),
+        "dpo": build_align_data(tmp_path, gsm, "preference"),
+        "grpo": build_align_data(tmp_path, gsm, "problem"),
+    }
     return base, data, stage.path / "checkpoint"
 
 
-def test_sft_nan_stops_before_any_checkpoint(sft_inputs, tmp_path, trials, chaos_record, monkeypatch):
+def _run_align(loop: str, root: Path, base: str, data: str):
+    from lm.align.dpo import DPOConfig
+    from lm.align.grpo import GRPOConfig
     from lm.align.sft import SFTConfig
-    from lm.align.stages import StageOptions, run_sft
+    from lm.align.stages import StageOptions, run_dpo, run_grpo, run_sft
+
+    opts = StageOptions(verifier=None, max_new_tokens=4, num_samples=1, num_threads=1)
+    if loop == "sft":
+        return run_sft(root, base, data, SFTConfig(num_steps=ALIGN_STEPS, batch_size=2, eval_every=2), opts)
+    if loop == "dpo":
+        return run_dpo(root, base, data, DPOConfig(num_steps=ALIGN_STEPS, batch_size=2, eval_every=2), opts)
+    return run_grpo(root, base, data, GRPOConfig(num_steps=ALIGN_STEPS, num_prompts_per_step=2, group_size=2, max_new_tokens=4,
+                                                 eval_every=2), opts.model_copy(update={"verifier": "arithmetic"}))
+
+
+@pytest.mark.parametrize("loop", ["sft", "dpo", "grpo"])
+def test_alignment_nan_stops_before_any_checkpoint(align_inputs, tmp_path, trials, chaos_record, monkeypatch, loop):
     from lm.data.shards import read_manifest
 
-    base, data, base_ckpt = sft_inputs
+    base, data, base_ckpt = align_inputs
     base_bytes = (base_ckpt / "model.safetensors").read_bytes()
-    cfg = SFTConfig(num_steps=SFT_STEPS, batch_size=2, eval_every=2)
-    opts = StageOptions(verifier=None, max_new_tokens=4, num_samples=1, num_threads=1)
     survived, notes = 0, []
     for trial in range(trials):
-        rng = random.Random(31 * trial + 5)
-        where, k = ("sft.loss", "sft.param")[trial % 2], rng.randint(1, SFT_STEPS)
-        root = tmp_path / f"sft{trial}"
+        rng = random.Random(f"{loop}-{trial}")
+        # SFT also has a hook for NaN weights after an update (loss still finite); DPO/GRPO: the loss
+        where, k = (f"{loop}.loss", f"{loop}.param")[trial % 2 if loop == "sft" else 0], rng.randint(1, ALIGN_STEPS)
+        root = tmp_path / f"{loop}{trial}"
         monkeypatch.setenv("LMPIPE_FAULT_INJECT", f"nan@{where}:{k}")
-        named = f"step {k}" if where == "sft.loss" else (f"step {k + 1}" if k < SFT_STEPS else f"after step {k}")
+        named = f"step {k}" if where.endswith(".loss") else (f"step {k + 1}" if k < ALIGN_STEPS else f"after step {k}")
         try:
-            run_sft(root, base, data, cfg, opts)
+            _run_align(loop, root, base, data[loop])
             stopped = ""
         except FloatingPointError as e:
             stopped = str(e)
         monkeypatch.delenv("LMPIPE_FAULT_INJECT")
-        nothing_written = not list(root.glob("sft/*/checkpoint")) and not list(root.glob("sft/*/_manifest.json"))
+        nothing_written = not list(root.glob(f"{loop}/*/checkpoint")) and not list(root.glob(f"{loop}/*/_manifest.json"))
         base_intact = (base_ckpt / "model.safetensors").read_bytes() == base_bytes
-        rerun = read_manifest(run_sft(root, base, data, cfg, opts))  # the fault gone, the stage completes
+        rerun = read_manifest(_run_align(loop, root, base, data[loop]))  # the fault gone, the stage completes
         model = TransformerLM(ModelConfig(**rerun["model_config"]))
         load_checkpoint(rerun["checkpoint"], model)
-        ok = ("SFT diverged" in stopped and named in stopped and nothing_written and base_intact
+        ok = ("diverged" in stopped and named in stopped and nothing_written and base_intact
               and all(torch.isfinite(p).all() for p in model.parameters()))
         survived += ok
         notes.append(f"{where}:{k}")
         if not ok:
             print(f"trial {trial} nan@{where}:{k}: error {stopped!r}, nothing written {nothing_written}, base intact {base_intact}")
-    chaos_record("NaN injected in SFT (loss or weights)", "sft", trials, survived,
+    chaos_record(f"NaN injected in {loop.upper()}", loop, trials, survived,
                  note="at " + ", ".join(notes) + "; checks: error names the step, no stage/checkpoint written, base model untouched, rerun completes")
     assert survived == trials
