@@ -285,11 +285,14 @@ def check_accounted(stream: Stream, recs: list) -> None:
         r = recs[k]
         if r.error:
             continue  # inside a failed record's range: counted as failed
+        orig = iter_one(stream.chunks[j])
+        same = (_wid(r), r.payload, r.record_type, r.url) == (_wid(orig), orig.payload, orig.record_type, orig.url)
         if offsets[k] == n:
-            orig = iter_one(stream.chunks[j])
-            assert (_wid(r), r.payload, r.record_type, r.url) == (_wid(orig), orig.payload, orig.record_type, orig.url)
-        else:  # inside an error-free record: only within the block its (damaged) Content-Length declares
-            assert any(b <= n and e <= end for b, end, s in blocks if s == offsets[k]), (
+            assert same, f"intact record at {n} read differently"
+        else:  # inside an error-free record: within the block its (damaged) Content-Length declares,
+            # or that record is this one with junk lines before it taken into its header
+            # ("WARC/\n" then the real "WARC/1.1" line, which reads as a header line)
+            assert same or any(b <= n and e <= end for b, end, s in blocks if s == offsets[k]), (
                 f"intact record at {n} silently dropped inside the record at {offsets[k]}")
 
 
@@ -528,3 +531,16 @@ def test_arc_record_glued_to_a_too_long_block_is_not_trusted(tmp_path):
     recs = list(iter_records(str(path)))
     assert [r.error for r in recs] == ["bad_content_length"]
     assert not any(r.url.startswith("ttp:") for r in recs)
+
+
+def test_junk_version_line_before_a_record_is_accounted(reference, tmp_path):
+    """Found by the fuzz-chaos profile: "WARC/\\n" before a record makes the reader take the real
+    "WARC/1.1" line as a (colon-less, ignored) header line; the record still comes out whole,
+    owning the junk line. That is accounted (nothing dropped), not a silent loss."""
+    chunk = corpus(reference)["block-sized-records.warc.gz"][0]
+    stream = Stream([chunk], [(0, 0, b"WARC/\n")])
+    path = tmp_path / "junk.warc"
+    path.write_bytes(stream.data)
+    recs = read_all(path)
+    assert [(r.error, _offset(r), r.payload) for r in recs] == [(None, 0, iter_one(chunk).payload)]
+    check_accounted(stream, recs)
