@@ -39,10 +39,11 @@ def pretrain_flow(config: PretrainConfig) -> str:
         if summary["status"] == "diverged":
             create_markdown_artifact(
                 key=artifact_key("pretrain", "summary"),
-                markdown=f"# pretrain diverged\n\nNon-finite loss after step {summary['steps']}; last good checkpoint "
-                f"`{summary['checkpoint']}`. Lower `train.lr` or raise `train.warmup_steps` and rerun.",
+                markdown=f"# pretrain diverged\n\nNon-finite loss, gradient or weights at step {summary.get('diverged_step')}; "
+                f"last good checkpoint `{summary['checkpoint']}`. Lower `train.lr` or raise `train.warmup_steps` and rerun.",
             )
-            raise RuntimeError(f"training diverged after step {summary['steps']}; last good checkpoint {summary['checkpoint']}")
+            raise RuntimeError(f"training diverged at step {summary.get('diverged_step')} (non-finite loss, gradient or weights); "
+                               f"last good checkpoint {summary['checkpoint']}")
         finalize_task(config, tokens_manifest, summary)
     publish_pretrain(stage.manifest_path)
     return str(stage.manifest_path)

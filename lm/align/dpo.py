@@ -18,9 +18,11 @@ import torch
 from pydantic import BaseModel, Field
 
 from lm.align.batches import tokenize_prompt_and_output
+from lm.align.guard import check_loss, check_weights
 from lm.align.losses import dpo_loss
 from lm.align.ops import sequence_log_probs
 from lm.align.sft import max_length_for
+from lm.train import faults
 
 Triple = tuple[str, str, str]  # (prompt, chosen, rejected)
 
@@ -161,6 +163,9 @@ def train_dpo(
         c, r, tc = _pair_logps(model, tokenizer, batch, max_length)
         counts.update(tc)
         loss, meta = dpo_loss(c, r, ref_c[idx], ref_r[idx], cfg.beta)
+        if faults.inject("dpo.loss", step):  # test-only (lm.train.faults)
+            loss = loss * float("nan")
+        check_loss("DPO", step, loss.mean().item())  # before the update: no checkpoint of NaN weights
         opt.zero_grad(set_to_none=True)
         loss.mean().backward()
         if cfg.max_grad_norm > 0:
@@ -174,6 +179,7 @@ def train_dpo(
             evaluate(step)
             if log:
                 log({"step": step, "loss": hist["loss"][-1], "eval_accuracy": hist["eval_accuracy"][-1] if evals else None})
+    check_weights("DPO", model, cfg.num_steps)
     hist["likelihood_accuracy_after"] = likelihood_accuracy(model, tokenizer, evals, max_length) if evals else float("nan")
     hist["seconds"] = round(time.time() - t0, 2)
     hist["counts"] = dict(counts)

@@ -22,10 +22,12 @@ import torch
 from pydantic import BaseModel, Field
 
 from lm.align.batches import batch_from_ids
+from lm.align.guard import check_loss, check_weights
 from lm.align.losses import LossType, compute_group_normalized_rewards, grpo_microbatch_train_step
 from lm.align.ops import get_response_log_probs, masked_mean
 from lm.align.rewards import RewardFn, score_responses
 from lm.align.rollout import context_length, generate
+from lm.train import faults
 
 Problem = tuple[str, str]  # (prompt, ground-truth answer)
 
@@ -148,6 +150,8 @@ def train_grpo(
             for s in range(0, n, cfg.microbatch_size):
                 sl = slice(s, s + cfg.microbatch_size)
                 out = get_response_log_probs(policy, batch.input_ids[sl], batch.labels[sl], return_token_entropy=True)
+                if faults.inject("grpo.loss", step):  # test-only (lm.train.faults)
+                    out["log_probs"] = out["log_probs"] * float("nan")
                 loss, m = grpo_microbatch_train_step(
                     out["log_probs"], batch.response_mask[sl], accum, cfg.loss_type,
                     raw_rewards=raw[sl, None], advantages=adv[sl, None],
@@ -158,6 +162,7 @@ def train_grpo(
                     ents.append(masked_mean(out["token_entropy"].detach(), batch.response_mask[sl]).item())
                 if "clip_fraction" in m and torch.isfinite(m["clip_fraction"]):
                     clips.append(m["clip_fraction"].item())
+            check_loss("GRPO", step, step_loss)  # before the update: no checkpoint of NaN weights
             if cfg.max_grad_norm > 0:
                 clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             opt.step()
@@ -170,6 +175,7 @@ def train_grpo(
         hist["response_tokens"].append(float(batch.response_mask.sum()) / n)
         if step % cfg.eval_every == 0 or step == cfg.num_steps:
             evaluate(step)
+    check_weights("GRPO", policy, cfg.num_steps)
     hist["seconds"] = round(time.time() - t0, 2)
     hist["counts"] = dict(counts)
     if hist["eval_reward"]:

@@ -9,7 +9,9 @@ model learns to stop; the loss per microbatch is normalized as configured:
     normalize="constant"   Σ NLL / normalize_constant per sequence (CS336 ``masked_normalize``)
 
 Gradients are accumulated over ``gradient_accumulation_steps`` microbatches, clipped, then
-AdamW steps. Held-out response NLL is measured before, during and after training.
+AdamW steps. Held-out response NLL is measured before, during and after training. A
+non-finite loss, or non-finite weights at the end, raise ``FloatingPointError`` naming the
+step: the stage then writes no checkpoint.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import torch
 from pydantic import BaseModel, Field
 
 from lm.align.batches import tokenize_prompt_and_output
+from lm.align.guard import check_loss, check_weights, poison_a_weight
 from lm.align.losses import sft_microbatch_train_step
 from lm.align.ops import get_response_log_probs
 from lm.align.rollout import context_length
+from lm.train import faults
 
 
 class SFTConfig(BaseModel):
@@ -127,6 +131,8 @@ def train_sft(
             b = tokenize_prompt_and_output([p for p, _ in chunk], [r for _, r in chunk], tokenizer, max_length=max_length, eot_id=tokenizer.eot_id)
             counts.update(b.counts)
             lp = get_response_log_probs(model, b.input_ids, b.labels)["log_probs"]
+            if faults.inject("sft.loss", step):  # test-only (lm.train.faults)
+                lp = lp * float("nan")
             if cfg.normalize == "tokens":
                 # Σ/(tokens per sequence on average) averaged over sequences = mean NLL per token
                 const = max(float(b.response_mask.sum()) / len(chunk), 1.0)
@@ -134,9 +140,12 @@ def train_sft(
                 const = cfg.normalize_constant
             loss, _ = sft_microbatch_train_step(lp, b.response_mask, cfg.gradient_accumulation_steps, const)
             step_loss += loss.item()
+        check_loss("SFT", step, step_loss)  # before the update: no checkpoint of NaN weights
         if cfg.max_grad_norm > 0:
             clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
+        if faults.inject("sft.param", step):  # test-only (lm.train.faults)
+            poison_a_weight(model)
         hist["step"].append(step)
         hist["loss"].append(step_loss)
         if eval_pairs and (step % cfg.eval_every == 0 or step == cfg.num_steps):
@@ -149,6 +158,7 @@ def train_sft(
             if cfg.stop_at_reward is not None and hist["probe_reward"] and hist["probe_reward"][-1] >= cfg.stop_at_reward:
                 hist["stopped_at_step"] = step
                 break
+    check_weights("SFT", model, step)
     hist["seconds"] = round(time.time() - t0, 2)
     hist["counts"] = dict(counts)
     hist["nll_before"], hist["nll_after"] = hist["eval_nll"][0], hist["eval_nll"][-1]

@@ -37,6 +37,14 @@ def decode_html(html: bytes) -> str | None:
     """Decode HTML bytes with the detected encoding; None if they are binary."""
     if looks_binary(html):
         return None
+    if not html.isascii():
+        # Valid UTF-8 with non-ASCII bytes is UTF-8: other encodings almost never form valid
+        # multi-byte sequences by chance, while uchardet misjudges short pages (one "á" was
+        # read as TIS-620 "รก"). Pure ASCII goes to detection (ISO-2022-JP is 7-bit).
+        try:
+            return html.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError:
+            pass
     enc = detect_encoding(html)
     try:
         text = html.decode(enc)

@@ -42,6 +42,9 @@ class MemberStream:
         self.eof = False
         self.error: str | None = None  # truncated_gzip | corrupt_gzip
         self.error_detail = ""
+        # Decompressed position where the bytes of the member that broke begin: zlib checks a
+        # member's CRC only at its end, so what it already gave us of that member is unverified.
+        self.unverified_from: int | None = None
 
     # -- filling
     def _new_member(self, comp_offset: int) -> None:
@@ -76,6 +79,7 @@ class MemberStream:
             self.eof = True
             if self.gzip and self._d is not None and self._d_fed:
                 self.error, self.error_detail = "truncated_gzip", "gzip stream ends inside a member"
+                self.unverified_from = self.members[-1][0]
                 self.buf += self._d.flush()
             return False
         if not self.gzip:
@@ -88,6 +92,7 @@ class MemberStream:
                     break
                 if not data.startswith(GZIP_MAGIC[: len(data)]):
                     self.error, self.error_detail = "corrupt_gzip", "data after a gzip member is not gzip"
+                    self.unverified_from = self.buf_abs + len(self.buf)
                     self.eof = True
                     return bool(data)
                 self._new_member(self.base + start + (len(chunk) - len(data)))
@@ -95,6 +100,7 @@ class MemberStream:
                 self.buf += self._d.decompress(data)
             except zlib.error as e:
                 self.error, self.error_detail = "corrupt_gzip", str(e)
+                self.unverified_from = self.members[-1][0]
                 self.eof = True
                 return True
             self._d_fed = True

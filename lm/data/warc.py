@@ -15,12 +15,14 @@ Nothing is dropped silently. A record that cannot be read completely is still yi
 
 - ``truncated_gzip``: the gzip stream ends in the middle of a member (a clipped download);
 - ``truncated_record``: a plain file ends before the record's Content-Length;
-- ``corrupt_gzip``: the compressed data is invalid;
+- ``corrupt_gzip``: the compressed data is invalid (also set on a record read from a member
+  whose CRC then fails: zlib checks it only at the member's end);
 - ``not_warc``: the input does not start with a WARC/ARC record (the only record of that input);
 - ``bad_header``: a header block we cannot delimit (missing or invalid Content-Length); the
   reader skips to the next ``WARC/`` line and goes on;
-- ``bad_content_length``: the block does not end where Content-Length says (the next line is
-  not a record start); the record is yielded flagged and the reader resynchronises.
+- ``bad_content_length``: the block does not end where Content-Length says (what follows is
+  not a record start at the beginning of a line); the record is yielded flagged and the reader
+  resynchronises.
 
 Blocks longer than ``max_block_bytes`` (if given) are skipped without being held in memory:
 the record comes with an empty payload and ``oversized=True``.
@@ -269,12 +271,12 @@ def parse_stream(stream: MemberStream, location: str, *, end: int | None = None,
     """Yield the records of one decompressed stream; ``end``: stop at records starting at or
     after this file offset (slices); ``max_records``: stop after that many; ``max_block_bytes``:
     records with a bigger block come with an empty payload and ``oversized=True``."""
-    n, arc = 0, False
+    n, arc, reported = 0, False, False
     line = _next_line(stream)
     first = True
     while True:
         if not line:
-            if stream.error:  # the input broke between records: count what was lost as one record
+            if stream.error and not reported:  # the input broke between records: count what was lost as one record
                 yield _failure(location, stream.offset_of(stream.tell()), stream.error, stream.error_detail)
             return
         offset = stream.offset_of(stream.tell() - len(line))
@@ -317,12 +319,30 @@ def parse_stream(stream: MemberStream, location: str, *, end: int | None = None,
             rec.error_detail = f"{got} of {length} bytes before the input ends"
             yield rec
             return
-        line = _next_line(stream)
-        if line and not _is_start(line, arc):
+        block_end = stream.tell()
+        # Look ahead to the next record. It must start at the beginning of a line: after a
+        # line break that ends the block (some writers count the separator in Content-Length)
+        # or follows it. With one record per gzip member (Common Crawl) the lookahead also reads
+        # past the record's member, so the member's CRC has been checked by now. (Records that
+        # share a member with damage further on pass before it is seen; only a full read-ahead
+        # could avoid that.)
+        line = stream.readline()
+        at_line_start = not line.strip() or length == 0 or block.endswith(b"\n") or rec.oversized
+        if not line.strip():
+            line = _next_line(stream)
+        if line and not (at_line_start and _is_start(line, arc)):
             # The block did not end where Content-Length said: the record is damaged. Skip to
-            # the next record start rather than reading the rest of the block as headers.
+            # the next record start rather than reading the rest of the block as headers. (A
+            # "start" in mid-line is not trusted: an ARC header is any line with a URL, and a
+            # too-long block can end inside one.)
             rec.error, rec.error_detail = "bad_content_length", f"{line[:60]!r} follows the declared {length} bytes"
             line = _resync(stream, arc)
+        if stream.unverified_from is not None and block_end > stream.unverified_from:
+            # Part of the record came from a gzip member that then failed (bad CRC, invalid
+            # deflate data, cut short): its bytes may be wrong, so the record is failed with
+            # the stream's error, which it reports (no separate tail failure).
+            rec.error, rec.error_detail = stream.error, f"read from a damaged gzip member: {stream.error_detail}"
+            reported = True
         yield rec
 
 

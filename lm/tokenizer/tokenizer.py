@@ -10,16 +10,20 @@ apply the merges by rank (lowest first), as GPT-2 and tiktoken do. Bulk encoding
 (``encode_ordinary``, ``encode_batch``) goes through ``tiktoken`` built from our own merges
 when it is installed and the vocab allows it (``fast_path``); ``encode_python`` is the
 reference the fast path is tested against. Text with lone surrogates is encoded as
-tiktoken does: surrogate pairs joined, lone ones replaced by U+FFFD.
+tiktoken does: surrogate pairs joined, lone ones replaced by U+FFFD. Text holding characters
+newer than Python's Unicode database (``newer_unicode``) is encoded in Python, since
+tiktoken's regex engine classifies them by other Unicode tables.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import regex
 
 from lm.tokenizer.formats import CONFIG_FILE, MERGES_FILE, VOCAB_FILE, read_config, read_merges, read_vocab, write_config, write_merges, write_vocab
@@ -31,6 +35,44 @@ _PRETOKEN_RE = regex.compile(GPT2_PATTERN)
 # spans that point and the regex never looks behind, so text can be cut there exactly.
 _BOUNDARY_RE = regex.compile(r"(?r)\S(?=[ \n])")
 _STREAM_BLOCK = 1 << 16  # characters encode_iterable gathers before encoding a block
+
+
+_newer_unicode = None  # bool table over code points 0..0x3FFFF, built on first use
+
+
+def newer_unicode():
+    """Characters the two regex engines may see differently, as a numpy bool table indexed by
+    code point: unassigned in Python's Unicode database but letters, digits or spaces to the
+    ``regex`` module (which ships a newer Unicode). tiktoken's engine has its own tables (it
+    splits e.g. "a\U0003d000" in two where ``regex`` keeps one pre-token), so text holding one
+    of them is encoded in Python."""
+    global _newer_unicode
+    if _newer_unicode is None:
+        import unicodedata
+
+        # Planes 0-3 only: Unicode assigns no letters, digits or spaces beyond them (planes
+        # 4-13 are empty, 14 holds format characters, 15-16 private use).
+        unassigned = "".join(chr(c) for c in range(0x40000) if unicodedata.category(chr(c)) == "Cn")
+        table = np.zeros(0x40000, dtype=bool)
+        table[[ord(m.group()) for m in regex.finditer(r"[\p{L}\p{N}\s]", unassigned)]] = True
+        _newer_unicode = table
+    return _newer_unicode
+
+
+def _fast_ok(text: str) -> bool:
+    """True when tiktoken pre-tokenizes ``text`` exactly as ``_PRETOKEN_RE`` does."""
+    if text.isascii():
+        return True
+    # one table lookup per code point, vectorised: ~2 ns a character
+    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return not newer_unicode()[np.minimum(cps, 0x3FFFF)].any()
+
+
+def _is_token_id(i, vocab: dict) -> bool:
+    try:
+        return operator.index(i) in vocab
+    except TypeError:
+        return False
 
 
 def sanitize(text: str) -> str:
@@ -189,7 +231,7 @@ class Tokenizer:
         """Encode treating special-token text as ordinary text (what the tokenize stage does)."""
         text = sanitize(text)
         fast = self.fast_path
-        return fast.encode_ordinary(text) if fast is not None else self._encode_ordinary_python(text)
+        return fast.encode_ordinary(text) if fast is not None and _fast_ok(text) else self._encode_ordinary_python(text)
 
     def encode(self, text: str) -> list[int]:
         """Encode ``text``; special tokens in it become their ids (longest match first)."""
@@ -200,7 +242,10 @@ class Tokenizer:
         out: list[int] = []
         # We split specials ourselves: tiktoken's special matching is not longest-first.
         for seg, special in self._split_specials(text):
-            out.extend((self.special_ids[seg],) if special else fast.encode_ordinary(seg))
+            if special:
+                out.append(self.special_ids[seg])
+            else:
+                out.extend(fast.encode_ordinary(seg) if _fast_ok(seg) else self._encode_ordinary_python(seg))
         return out
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 4) -> list[list[int]]:
@@ -208,7 +253,10 @@ class Tokenizer:
         fast = self.fast_path
         if fast is None:
             return [self.encode_ordinary(t) for t in texts]
-        return fast.encode_ordinary_batch([sanitize(t) for t in texts], num_threads=num_threads)
+        texts = [sanitize(t) for t in texts]
+        ok = [_fast_ok(t) for t in texts]
+        out = fast.encode_ordinary_batch([t if k else "" for t, k in zip(texts, ok)], num_threads=num_threads)
+        return [ids if k else self._encode_ordinary_python(t) for ids, t, k in zip(out, texts, ok)]
 
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
         """Lazily encode a stream of strings (e.g. a file's lines) as if concatenated.
@@ -260,10 +308,11 @@ class Tokenizer:
         vocab = self.vocab
         ids = ids if isinstance(ids, (list, tuple)) else list(ids)
         try:
-            data = b"".join([vocab[i] for i in ids])
+            # operator.index: ints and numpy integers only (a float 3.0 would hash like 3)
+            data = b"".join([vocab[operator.index(i)] for i in ids])
         except (KeyError, TypeError):
-            bad = next(i for i in ids if not isinstance(i, int) or i not in vocab)
-            raise ValueError(f"token id {bad!r} is not in the vocab (ids are 0..{max(vocab)})") from None
+            bad = next(i for i in ids if not _is_token_id(i, vocab))
+            raise ValueError(f"token id {bad!r} is not in the vocab (ids are integers 0..{max(vocab)})") from None
         return data.decode("utf-8", errors="replace")
 
     # ------------------------------------------------------------------ files

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from lm.data.nospace import DiskFullError, disk_full_error, no_room_errno
 from lm.data.shards import atomic_write_json, file_sha256
+from lm.train import faults
 
 META = "meta.json"
 MODEL_FILE = "model.safetensors"
@@ -125,6 +126,7 @@ def save_checkpoint(
         plain = unwrap(model)
         weights, aliases = _dedupe(plain.state_dict())
         save_file(weights, str(tmp / MODEL_FILE))
+        faults.inject("checkpoint.model", iteration)  # test-only (lm.train.faults)
         files = [MODEL_FILE]
         optim_meta = None
         if optimizer is not None:
@@ -150,6 +152,7 @@ def save_checkpoint(
         for f in [*files, META]:
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
+        faults.inject("checkpoint.meta", iteration)
         if out.exists():  # replace: move the old one aside first so a crash never leaves nothing
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
@@ -162,6 +165,7 @@ def save_checkpoint(
         if not isinstance(e, DiskFullError) and no_room_errno(e) is not None:
             raise disk_full_error(out / MODEL_FILE, e) from e  # says what ran out, and where
         raise
+    faults.inject("checkpoint.renamed", iteration)
     return out
 
 

@@ -16,8 +16,9 @@ Writes into ``out_dir``::
 Resuming: with ``resume`` (default) a run restarts from the newest checkpoint in ``out_dir``;
 weights, AdamW state, RNG states and the data sampler's state come back, and metrics lines past
 that step are dropped, so an interrupted run logs exactly what an uninterrupted one does.
-A non-finite loss or gradient norm stops the run before the optimizer step (status
-"diverged", the last good checkpoint kept).
+A non-finite loss or gradient norm stops the run before the optimizer step, and non-finite
+weights stop it before a checkpoint would be written (status "diverged", ``diverged_step`` in
+the summary, the last good checkpoint kept).
 
 Distributed seam: ``strategy`` names an entry of ``STRATEGIES``; ``SingleDevice`` is the
 default. A distributed strategy (lm/train/distributed.py) supplies rank/world size, wraps the
@@ -43,6 +44,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lm.model.transformer import ModelConfig, TransformerLM
+from lm.train import faults
 from lm.train.checkpoint import (
     CheckpointCorruptError, load_checkpoint, read_checkpoint_meta, save_checkpoint, set_numpy_rng_state, verify_checkpoint,
 )
@@ -305,6 +307,13 @@ def evaluate(model, shards: TokenShards, cfg: TrainConfig, device, amp_dtype, st
     return total / cfg.eval_batches
 
 
+@torch.no_grad()
+def weights_finite(model: torch.nn.Module, strategy) -> bool:
+    """Every weight finite, on every rank (each checks what it holds; ranks agree through mean)."""
+    ok = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    return strategy.mean(1.0 if ok else 0.0) == 1.0
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
@@ -331,6 +340,9 @@ def train(config: TrainConfig | dict) -> dict:
     out = Path(cfg.out_dir)
     if strategy.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        # a run killed while writing a checkpoint leaves its temporary directory behind
+        for stale in (out / "checkpoints").glob(".step-*.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     train_data = TokenShards(cfg.data, "train", cfg.model.vocab_size)
     try:
         val_data = TokenShards(cfg.data, "val", cfg.model.vocab_size)
@@ -370,7 +382,7 @@ def train(config: TrainConfig | dict) -> dict:
     peak = peak_flops(cfg, device)
     metrics = MetricsLog(out, step, strategy.is_main)
     ctx = cfg.model.context_length
-    status, last_loss, val_loss = "completed", None, None
+    status, last_loss, val_loss, diverged_step = "completed", None, None, None
     started = time.time()
     log(
         f"training {model.num_params():,} non-embedding params on {device} ({amp_dtype or torch.float32}) "
@@ -408,18 +420,24 @@ def train(config: TrainConfig | dict) -> dict:
                 with strategy.sync_grads(run_model, micro == cfg.grad_accum - 1):
                     with _autocast(device, amp_dtype):
                         loss = cross_entropy(run_model(x), y)
+                        if faults.inject("loss", step + 1):  # test-only (lm.train.faults)
+                            loss = loss * float("nan")
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item()
+            faults.inject("backward", step + 1)
             grad_norm = strategy.clip_grad_norm_(model, cfg.grad_clip).item()
             train_loss = strategy.mean(loss_sum / cfg.grad_accum)
             if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
-                status = "diverged"
+                status, diverged_step = "diverged", step + 1
                 metrics.write({"kind": "diverged", "step": step + 1, "loss": str(train_loss), "grad_norm": str(grad_norm)})
                 log(f"step {step + 1}: loss {train_loss} grad_norm {grad_norm} is not finite; stopping, last good checkpoint kept")
                 optimizer.zero_grad(set_to_none=True)
                 break
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if faults.inject("param", step + 1):  # test-only: as if the update overflowed
+                with torch.no_grad():
+                    next(model.parameters()).view(-1)[0] = float("nan")
             step += 1
             tokens_seen += cfg.tokens_per_step
             last_loss = train_loss
@@ -437,11 +455,18 @@ def train(config: TrainConfig | dict) -> dict:
                 log(f"step {step}/{total_steps} loss {train_loss:.4f} lr {lr:.3e} grad_norm {grad_norm:.3f} "
                      f"tok/s {tps:,.0f}" + (f" mfu {mfu:.1%}" if mfu is not None else ""))
             out_of_time = cfg.max_seconds is not None and time.time() - started > cfg.max_seconds
+            must_save = step % cfg.checkpoint_interval == 0 or step == total_steps or out_of_time
+            if must_save and not weights_finite(model, strategy):
+                # The update itself went non-finite (the loss was finite): never checkpoint it.
+                status, diverged_step = "diverged", step
+                metrics.write({"kind": "diverged", "step": step, "reason": "non-finite weights after the optimizer step"})
+                log(f"step {step}: weights are not finite after the optimizer step; stopping, last good checkpoint kept")
+                break
             if val_data is not None and (step % cfg.eval_interval == 0 or step == total_steps or out_of_time):
                 val_loss = strategy.mean(evaluate(run_model, val_data, cfg, device, amp_dtype, strategy))
                 metrics.write({"kind": "eval", "step": step, "val_loss": val_loss})
                 log(f"step {step}: val_loss {val_loss:.4f}")
-            if step % cfg.checkpoint_interval == 0 or step == total_steps or out_of_time:
+            if must_save:
                 save(step)
             if out_of_time:
                 status = "time_limit"
@@ -459,6 +484,7 @@ def train(config: TrainConfig | dict) -> dict:
     summary = {
         "status": status,
         "steps": step,
+        "diverged_step": diverged_step,  # the step whose loss, gradient or update was not finite
         "tokens": tokens_seen,
         "final_train_loss": last_loss,
         "final_val_loss": val_loss,
