@@ -22,6 +22,7 @@ a root URL with embedded credentials is refused without echoing them.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import os
 import re
@@ -89,17 +90,24 @@ def check_root(root: str | os.PathLike, what: str = "root") -> str:
     return s if not rest.strip("/") else s.rstrip("/")
 
 
-def _check_installed(scheme: str, what: str, url: str) -> None:
-    """Fail at validation, not at the first write, when the filesystem's package is missing."""
+@functools.lru_cache(maxsize=None)
+def _missing_package(scheme: str) -> str | None:
+    """fsspec's install hint when the filesystem's package for ``scheme`` is not importable."""
     import importlib.util
 
     from fsspec.registry import known_implementations
 
     impl = known_implementations[scheme]
     package = impl["class"].split(".")[0]
-    if package != "fsspec" and importlib.util.find_spec(package) is None:
-        extra = " (pip install 'lmpipe[s3]')" if package == "s3fs" else ""
-        raise ValueError(f"{what} {redact(url)!r}: {impl.get('err') or f'install {package}'}{extra}")
+    if package == "fsspec" or importlib.util.find_spec(package) is not None:
+        return None
+    return (impl.get("err") or f"install {package}") + (" (pip install 'lmpipe[s3]')" if package == "s3fs" else "")
+
+
+def _check_installed(scheme: str, what: str, url: str) -> None:
+    """Fail at validation, not at the first write, when the filesystem's package is missing."""
+    if hint := _missing_package(scheme):
+        raise ValueError(f"{what} {redact(url)!r}: {hint}")
 
 
 def is_remote(p: Any) -> bool:
