@@ -22,6 +22,7 @@ a root URL with embedded credentials is refused without echoing them.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import os
 import re
@@ -33,7 +34,7 @@ from types import SimpleNamespace
 from typing import Any
 
 # Writable fsspec filesystems a root may name. Tested here: local paths, file://, memory://, s3://.
-SUPPORTED_SCHEMES = ("file", "memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "hdfs", "webhdfs", "sftp", "smb", "oss")
+SUPPORTED_SCHEMES = ("file", "memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "hdfs", "webhdfs", "sftp", "smb", "oss")
 _LOCAL_SCHEMES = ("", "file")
 
 
@@ -85,7 +86,28 @@ def check_root(root: str | os.PathLike, what: str = "root") -> str:
                          "filesystem options (endpoint, region, credentials) come from the environment")
     if scheme != "memory" and not netloc:
         raise ValueError(f"{what} {s!r} names no bucket/host; write it as {scheme}://<bucket>/<prefix>")
+    _check_installed(scheme, what, s)
     return s if not rest.strip("/") else s.rstrip("/")
+
+
+@functools.lru_cache(maxsize=None)
+def _missing_package(scheme: str) -> str | None:
+    """fsspec's install hint when the filesystem's package for ``scheme`` is not importable."""
+    import importlib.util
+
+    from fsspec.registry import known_implementations
+
+    impl = known_implementations[scheme]
+    package = impl["class"].split(".")[0]
+    if package == "fsspec" or importlib.util.find_spec(package) is not None:
+        return None
+    return (impl.get("err") or f"install {package}") + (" (pip install 'lmpipe[s3]')" if package == "s3fs" else "")
+
+
+def _check_installed(scheme: str, what: str, url: str) -> None:
+    """Fail at validation, not at the first write, when the filesystem's package is missing."""
+    if hint := _missing_package(scheme):
+        raise ValueError(f"{what} {redact(url)!r}: {hint}")
 
 
 def is_remote(p: Any) -> bool:
@@ -237,7 +259,7 @@ class RemotePath:
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
         # Object stores have no directories; a memory:// or sftp:// root needs them made.
-        if self.protocol not in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss"):
+        if self.protocol not in ("s3", "s3a", "gs", "gcs", "az", "abfs", "oss"):
             self.fs.makedirs(self.key, exist_ok=True)
 
     def unlink(self, missing_ok: bool = False) -> None:

@@ -242,7 +242,7 @@ def tokenize_stage(root: str | os.PathLike, corpus_manifest: str | os.PathLike, 
     return Stage(root, "tokenize", version=TOKENIZE_VERSION, config=config, inputs=inputs)
 
 
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
+LOAD_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")  # what Tokenizer.load reads
 
 
 def local_tokenizer_dir(tokenizer_dir: str | os.PathLike) -> Path:
@@ -253,7 +253,7 @@ def local_tokenizer_dir(tokenizer_dir: str | os.PathLike) -> Path:
         return d
     target = cache_dir() / "tokenizers" / hashlib.sha256(str(d).encode()).hexdigest()[:16]
     target.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
+    for name in LOAD_FILES:
         src = d / name
         if not src.exists():
             raise FileNotFoundError(f"tokenizer directory {d} has no {name} (write one with Tokenizer.save or the tokenizer flow)")

@@ -93,6 +93,13 @@ def test_root_validation_names_the_value_and_hides_secrets(reference):
     with pytest.raises(ValueError, match="no query string"):
         DataConfig.model_validate(_config(reference, f"s3://{BUCKET}/x?secret={FAKE_SECRET}"))
     assert DataConfig.model_validate(_config(reference, "memory://lmpipe/x")).root == "memory://lmpipe/x"
+    # the CLI path (`lmpipe run data --set root=…`) shows the same redacted error
+    from flows.cli import build_config
+
+    with pytest.raises(ValueError) as e:
+        build_config(DataConfig, None, [f"sources=[{reference / CC / 'warcfile.warc.gz'}]",
+                                        f"root=s3://{FAKE_KEY_ID}:{FAKE_SECRET}@{BUCKET}/x"])
+    assert "root" in str(e.value) and "s3://***@" in str(e.value) and FAKE_SECRET not in str(e.value)
 
 
 def test_boto_debug_logging_of_a_stage_does_not_carry_the_secret(s3, caplog, tmp_path):

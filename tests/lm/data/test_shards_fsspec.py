@@ -180,6 +180,7 @@ def test_remote_token_shard_is_memory_mapped_from_the_sha256_cache(s3, tmp_path,
     ("s3://AKIAXX:%s@bucket/x" % FAKE_SECRET, r"root 's3://\*\*\*@bucket/x' embeds credentials"),
     ("s3://bucket/x?token=abc", "no query string"),
     ("", "blank"),
+    ("gs://bucket/x", "install gcsfs"),  # a supported scheme whose package is not installed here
 ])
 def test_bad_roots_fail_naming_the_value(bad, message):
     with pytest.raises(ValueError, match=message) as e:
