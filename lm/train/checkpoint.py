@@ -35,6 +35,8 @@ from lm.train import faults
 META = "meta.json"
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.safetensors"
+# what a person can do about a damaged checkpoint (lm.train.trainer.usable_checkpoints does it on resume)
+_WHAT_TO_DO = "; rerun the training: a damaged newest checkpoint is set aside and training resumes from the one before"
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}  # torch.save / pickle formats: never loaded
 
 
@@ -183,7 +185,7 @@ def verify_checkpoint(src: str | os.PathLike) -> dict:
         if not (src / name).exists():
             raise FileNotFoundError(f"checkpoint file {src / name} is missing")
         if file_sha256(src / name) != digest:
-            raise CheckpointCorruptError(f"checkpoint file {src / name} does not match the sha256 in {META}: corrupted or truncated")
+            raise CheckpointCorruptError(f"checkpoint file {src / name} does not match the sha256 in {META}: corrupted or truncated{_WHAT_TO_DO}")
     return meta
 
 
@@ -201,9 +203,9 @@ def read_checkpoint_meta(src: str | os.PathLike) -> dict:
     try:
         meta = json.loads((src / META).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointCorruptError(f"checkpoint metadata {src / META} is not valid JSON ({e})") from e
+        raise CheckpointCorruptError(f"checkpoint metadata {src / META} is not valid JSON ({e}): corrupted or truncated{_WHAT_TO_DO}") from e
     if not isinstance(meta, dict) or ("meta_sha256" in meta and _meta_digest(meta) != meta["meta_sha256"]):
-        raise CheckpointCorruptError(f"checkpoint metadata {src / META} does not match its checksum: corrupted")
+        raise CheckpointCorruptError(f"checkpoint metadata {src / META} does not match its checksum: corrupted{_WHAT_TO_DO}")
     return meta
 
 
@@ -213,11 +215,11 @@ def _load_tensors(src: Path, name: str, meta: dict) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"checkpoint file {path} is missing")
     expected = meta.get("files", {}).get(name)
     if expected is not None and file_sha256(path) != expected:
-        raise CheckpointCorruptError(f"checkpoint file {path} does not match the sha256 in {META}: corrupted or truncated")
+        raise CheckpointCorruptError(f"checkpoint file {path} does not match the sha256 in {META}: corrupted or truncated{_WHAT_TO_DO}")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointCorruptError(f"checkpoint file {path} is not readable safetensors ({e})") from e
+        raise CheckpointCorruptError(f"checkpoint file {path} is not readable safetensors ({e}){_WHAT_TO_DO}") from e
 
 
 def load_weights(src: str | os.PathLike, model: torch.nn.Module, meta: dict | None = None) -> None:

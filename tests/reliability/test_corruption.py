@@ -30,8 +30,10 @@ from lm.train.optim import AdamW
 from lm.train.trainer import TrainConfig, train
 from lm.model.transformer import TransformerLM
 
-# when a file was written, and its self-checksum (which covers the time)
-VOLATILE = {"timings", "manifest_sha256", "marker_sha256", "meta_sha256", "_path", "seconds", "finished_at", "saved_at"}
+# when a file was written, and its self-checksum (which covers the time); a checkpoint's
+# "rng" holds the process-global Python RNG, which other threads of this test process (Prefect's
+# client) also draw from: training does not use it, and the weights are compared byte for byte
+VOLATILE = {"timings", "manifest_sha256", "marker_sha256", "meta_sha256", "_path", "seconds", "finished_at", "saved_at", "rng"}
 
 
 def damage(path: Path, mode: str, rng: random.Random) -> None:
@@ -120,7 +122,7 @@ def _trial(chain_step, target: Path, read, mode: str, rng: random.Random, whole:
         return False, f"{mode} of {target.name} was not detected on read"
     except (ShardCorruptError, CheckpointCorruptError) as e:
         msg = str(e)
-        if target.name not in msg or "rerun" not in msg.lower() and "corrupt" not in msg.lower():
+        if target.name not in msg or "rerun" not in msg.lower():  # names the file, says what to do
             return False, f"unclear error for {target.name}: {msg}"
     chain_step()
     after = snapshot(whole)
