@@ -44,10 +44,11 @@ def load_flow(name: str):
 
 def config_model(flow) -> type:
     """The pydantic model of a flow's ``config`` parameter."""
+    import typing
+
     fn = getattr(flow, "fn", flow)
-    return fn.__annotations__["config"] if isinstance(fn.__annotations__["config"], type) else eval(
-        fn.__annotations__["config"], fn.__globals__
-    )
+    # string annotations (from __future__ import annotations) resolved without eval()
+    return typing.get_type_hints(fn)["config"]
 
 
 def build_config(model: type, config_file: str | None, overrides: list[str]) -> Any:

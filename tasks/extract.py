@@ -19,7 +19,7 @@ from prefect.context import TaskRunContext
 
 from lm.data.ingest import DOC_SCHEMA, ExtractConfig, extract_documents, max_block_bytes, shard_label
 from lm.data.remote import CC_BASE_URL, INDEX_PREFIX, HttpOptions, RemoteError
-from lm.data.shards import Stage, source_fingerprint
+from lm.data.shards import DiskFullError, Stage, source_fingerprint
 from lm.data.warc import iter_file
 
 STAGE = "extract"
@@ -48,7 +48,7 @@ def _retry_transient(task, task_run, state) -> bool:
     """Retry network trouble, not missing files or bugs."""
     try:
         state.result()
-    except FileNotFoundError:
+    except (FileNotFoundError, DiskFullError):  # a full disk does not empty itself in seconds
         return False
     except (RemoteError, OSError, TimeoutError):
         return True
@@ -87,6 +87,8 @@ def extract_shard(root: str, cfg: ExtractConfig, plan: str, index: int, shard: d
                     w.reject(out.row, out.why)
                 else:
                     w.fail(out.why, out.row["source"])
+        except DiskFullError:
+            raise  # our output did not fit: not the source's fault, never counted as a failed source
         except FileNotFoundError as e:  # a remote 404: nothing to retry, count the file as lost
             log.error("%s", e)
             w.count_in()

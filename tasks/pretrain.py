@@ -29,7 +29,7 @@ import yaml
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lm.data.shards import Stage, atomic_write_json, read_manifest
+from lm.data.shards import Stage, atomic_write_json, file_sha256, read_manifest
 from lm.train.data import TokenShards, byte_tokens, write_token_shards
 from lm.train.launch import LaunchConfig, LaunchFailed, LaunchTimeout, run_supervised, torchrun_command
 from lm.train.trainer import EXIT_DIVERGED, TrainConfig
@@ -198,6 +198,15 @@ def sample_generations(checkpoint: str, config: PretrainConfig) -> list[dict]:
     return out
 
 
+def _checkpoint_files(stage_dir: Path, checkpoint: str | None) -> dict[str, str]:
+    """{path relative to the stage directory: sha256} of a checkpoint inside it."""
+    if not checkpoint or not Path(checkpoint).resolve().is_relative_to(Path(stage_dir).resolve()):
+        return {}
+    ck = Path(checkpoint).resolve()
+    rel = ck.relative_to(Path(stage_dir).resolve())
+    return {str(rel / f.name): file_sha256(f) for f in sorted(ck.iterdir()) if f.is_file()}
+
+
 @task(name="pretrain-finalize")
 def finalize_task(config: PretrainConfig, tokens_manifest: str, summary: dict) -> str:
     """Loss table, loss curve, samples, then the stage manifest (written last). Returns its path."""
@@ -230,6 +239,8 @@ def finalize_task(config: PretrainConfig, tokens_manifest: str, summary: dict) -
         "final_val_loss": summary["final_val_loss"],
         "unigram_entropy": entropy,
         "metrics": summary["metrics"],
+        # the final checkpoint's files: Stage.is_complete checks them, so a damaged one retrains
+        "files_sha256": _checkpoint_files(stage.path, summary["checkpoint"]),
         "counts": {"in": summary["tokens"], "kept": summary["tokens"], "rejected": {}, "failed": {},
                    "steps": summary["steps"], "tokens_trained": summary["tokens"]},
     }

@@ -5,6 +5,12 @@ Faults are queued per path and consumed one per request:
 of the body, then resets the connection (RST); ``"close:N"`` the same but closes it cleanly
 (FIN: the transfer just stops short); ``"stall:S"`` sleeps S
 seconds before answering (a timeout). Range requests (``bytes=a-b``) are honoured with 206.
+
+Body faults (the headers and status are right, the body misbehaves):
+``"stallbody:N:S"`` sends N bytes then goes silent for S seconds and closes (a read timeout
+mid-body); ``"slow:N:S"`` trickles the whole body N bytes at a time, S seconds apart (slow but
+complete); ``"longlen:N"`` announces a Content-Length N bytes longer than the body it sends,
+then closes (the body is shorter than announced).
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ class FaultServer:
                     status = 206
                 body = data[start : end + 1]
                 self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
+                extra = int(fault.split(":")[1]) if fault and fault.startswith("longlen:") else 0
+                self.send_header("Content-Length", str(len(body) + extra))
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
                 self.end_headers()
@@ -68,7 +75,23 @@ class FaultServer:
                     self.close_connection = True
                     self.connection.close()
                     return
+                if fault and fault.startswith("stallbody:"):
+                    n, secs = fault.split(":")[1:]
+                    self.wfile.write(body[: int(n)])
+                    self.wfile.flush()
+                    time.sleep(float(secs))
+                    self.close_connection = True
+                    return
+                if fault and fault.startswith("slow:"):
+                    n, secs = int(fault.split(":")[1]), float(fault.split(":")[2])
+                    for i in range(0, len(body), n):
+                        self.wfile.write(body[i : i + n])
+                        self.wfile.flush()
+                        time.sleep(secs)
+                    return
                 self.wfile.write(body)
+                if extra:
+                    self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -190,7 +190,8 @@ def load_policy(model_manifest: str | Path):
     elif (ckpt / "config.json").exists():
         from transformers import AutoModelForCausalLM  # optional hf extra
 
-        model = AutoModelForCausalLM.from_pretrained(str(ckpt))
+        # safetensors weights only: a pytorch_model.bin is a pickle and is refused, not unpickled
+        model = AutoModelForCausalLM.from_pretrained(str(ckpt), use_safetensors=True)
     else:
         raise FileNotFoundError(f"{ckpt} is neither our checkpoint (meta.json) nor a Hugging Face model dir (config.json)")
     tok = load_tokenizer(m.get("tokenizer"))  # no tokenizer recorded = byte-level
@@ -202,7 +203,7 @@ def load_policy(model_manifest: str | Path):
 
 def save_policy(model, out: Path, step: int, extra: dict) -> dict:
     if hasattr(model, "save_pretrained"):
-        model.save_pretrained(str(out))
+        model.save_pretrained(str(out), safe_serialization=True)
         return {}
     from lm.train import save_checkpoint
 
@@ -222,7 +223,7 @@ def make_demo_base(root: str | Path, data: AlignDataConfig, cfg: BaseModelConfig
     mc = cfg.model_dump(include={"context_length", "d_model", "num_layers", "num_heads", "d_ff"})
     with torch_threads(cfg.num_threads):
         model, tok, info = demo.make_base_model(train, model_config=mc, num_steps=cfg.num_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
-    stage.path.mkdir(parents=True, exist_ok=True)
+    stage.ensure_dir()
     tok.save(stage.path / "tokenizer")
     mcfg = save_policy(model, stage.path / "checkpoint", cfg.num_steps, {"stage": "align-base"})
     plot_curves(stage.path / "curves.png", "demo base pretraining", [("loss", [("train loss", range(1, len(info["loss"]) + 1), info["loss"])])])
@@ -270,7 +271,7 @@ def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, o
         before, r_before = _generate_scores(model, tok, prompts, refs, opts)
         hist = train_fn(model, tok, train_rows, eval_rows)
         after, r_after = _generate_scores(model, tok, prompts, refs, opts)
-    stage.path.mkdir(parents=True, exist_ok=True)
+    stage.ensure_dir()
     mcfg = save_policy(model, stage.path / "checkpoint", len(hist.get("step", [])), {"stage": name, "upstream": upstream["_path"]})
     plot_curves(stage.path / "curves.png", f"{name}", curves(hist))
     with stage.open_shard(0, schema=SAMPLE_SCHEMA, source="eval") as w:

@@ -11,6 +11,8 @@ first 100k characters is the verdict on the document, and it bounds time per rec
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import re
@@ -103,6 +105,9 @@ class TrainResult:
     num_train: int
     num_test: int
     metrics: dict  # label -> {precision, recall, f1, support}; "accuracy"
+    # sha256 of the exact training lines given to fastText: two runs that differ here differ in
+    # their data, not in training (which is deterministic; see _train_in_fresh_process)
+    data_sha256: str = ""
 
 
 def split_holdout(examples: Sequence[tuple], holdout: float, seed: int) -> tuple[list, list]:
@@ -178,8 +183,9 @@ def train_classifier(
 ) -> TrainResult:
     """Train a fastText supervised model on (text, label) pairs; evaluate on a held-out split.
 
-    Single-threaded with a fixed seed so the same data gives the same model. ``buckets``
-    (hashed n-gram rows) is kept small: fastText's default of 2M makes a 400 MB file.
+    Single-threaded with a fixed seed, in a fresh interpreter, so the same data gives the
+    same model bytes whatever state this process is in. ``buckets`` (hashed n-gram rows) is
+    kept small: fastText's default of 2M makes a 400 MB file.
     """
     labels = sorted({ex[1] for ex in examples})
     if len(labels) < 2:
@@ -188,7 +194,6 @@ def train_classifier(
         if not re.fullmatch(r"[\w-]+", label):
             raise ValueError(f"label {label!r} must be one word (letters, digits, '_', '-'): fastText reads it as a token")
     train, test = split_holdout(examples, holdout, seed)
-    ft = _quiet_fasttext()
     out = Path(model_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, dir=out.parent, encoding="utf-8") as f:
@@ -197,14 +202,15 @@ def train_classifier(
             if line:
                 f.write(f"__label__{label} {line}\n")
         train_file = f.name
+    data_sha256 = hashlib.sha256(Path(train_file).read_bytes()).hexdigest()
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with _lock:  # fastText training is not reentrant-safe with shared stderr; keep it serial
+        with _lock:  # one training at a time per process: each already uses a core
             for attempt in range(4):
+                params = dict(input=train_file, epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim, minCount=min_count,
+                              bucket=buckets, minn=minn, maxn=maxn, thread=1, seed=seed, verbose=0)
                 try:
-                    model = ft.train_supervised(
-                        input=train_file, epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim,
-                        minCount=min_count, bucket=buckets, minn=minn, maxn=maxn, thread=1, seed=seed, verbose=0,
-                    )
+                    _train_in_fresh_process(params, tmp)
                     break
                 except RuntimeError as e:
                     # fastText diverges ("Encountered NaN") on small data with unigrams only
@@ -215,10 +221,40 @@ def train_classifier(
                         word_ngrams = 2
                     else:
                         lr /= 2
+        os.replace(tmp, out)
     finally:
         os.unlink(train_file)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    model.save_model(str(tmp))
-    os.replace(tmp, out)
+        tmp.unlink(missing_ok=True)
+    model = _quiet_fasttext().load_model(str(out))
     metrics = evaluate(model, test) if test else {}
-    return TrainResult(str(out), labels, len(train), len(test), metrics)
+    return TrainResult(str(out), labels, len(train), len(test), metrics, data_sha256)
+
+
+# fastText's SGD is bit-sensitive to the calling thread's floating-point environment (a
+# rounding mode set by any library changes the model bytes; checked in
+# tests/lm/data/test_classifier.py), and the in-process result was seen to vary inside a
+# long-lived test process. A new interpreter starts with a clean FP environment and heap,
+# so training runs there. The code is a constant; parameters travel as JSON on argv.
+_TRAIN_CODE = """
+import json, sys
+import fasttext
+fasttext.FastText.eprint = lambda *a, **k: None
+params, out = json.loads(sys.argv[1]), sys.argv[2]
+try:
+    fasttext.train_supervised(**params).save_model(out)
+except RuntimeError as e:
+    print(f"fastText: {e}", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def _train_in_fresh_process(params: dict, out: Path) -> None:
+    """Run ``fasttext.train_supervised(**params)`` in a new interpreter; save the model to ``out``."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _TRAIN_CODE, json.dumps(params), str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        raise RuntimeError(f"fastText training on {params['input']} failed (exit {proc.returncode}): {' | '.join(tail)}")

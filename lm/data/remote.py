@@ -271,6 +271,21 @@ def read_index(location: str, http: HttpOptions | None = None) -> list[dict]:
     return rows
 
 
+def refuse_credentials(location: str) -> None:
+    """A source URL with ``user:password@`` would land in manifests, shard rows and logs: refuse it
+    (without echoing the secret). The reader sends no credentials; Common Crawl's HTTPS
+    endpoint needs none."""
+    if not is_url(location) and "://" not in location:
+        return
+    parts = urllib.parse.urlsplit(location)
+    if parts.username is not None or parts.password is not None:
+        shown = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl()
+        raise ValueError(
+            f"source URL {shown} carries credentials (user:password@); they would be written to manifests and "
+            "logs. Remove them: lmpipe's HTTP reader sends no credentials (Common Crawl's HTTPS endpoint needs none)"
+        )
+
+
 def expand_sources(specs, http: HttpOptions | None = None) -> list[str]:
     """Concrete locations (paths or URLs) for source specs; FileNotFoundError for a local
     path or glob that matches nothing (raised before anything is read)."""
@@ -280,6 +295,7 @@ def expand_sources(specs, http: HttpOptions | None = None) -> list[str]:
             out += spec.locations(http)
             continue
         spec = str(spec)
+        refuse_credentials(spec.removeprefix(INDEX_PREFIX))
         if spec.startswith("~"):
             spec = str(Path(spec).expanduser())
         if spec.startswith("cc://"):

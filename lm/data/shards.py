@@ -35,6 +35,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -48,6 +49,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lm.data.nospace import DiskFullError, no_room_errno, disk_full_error, reraise_disk_full  # noqa: F401 (re-exported)
+
 MANIFEST_NAME = "_manifest.json"
 COMPRESSION = "zstd"
 # Rows buffered before a Parquet row group is flushed: bounds memory per open shard.
@@ -58,6 +61,9 @@ _FAILED_IDS_KEPT = 100  # per shard, in the marker: enough to find the records, 
 
 class ShardCorruptError(RuntimeError):
     """A shard or manifest does not match the checksum or structure recorded for it."""
+
+
+_log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -100,9 +106,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if no_room_errno(e) is not None and not isinstance(e, DiskFullError):
+            raise disk_full_error(path, e) from e
         raise
 
 
@@ -150,17 +158,46 @@ def read_manifest(path: str | os.PathLike) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ShardCorruptError(f"manifest {path} is not valid JSON ({e}); delete it and rerun the stage") from e
+        raise ShardCorruptError(f"manifest {path} is not valid JSON ({e}); rerun the stage: it recomputes what is damaged") from e
     missing = {"stage", "fingerprint", "shards", "counts"} - set(manifest)
     if missing:
-        raise ShardCorruptError(f"manifest {path} lacks {sorted(missing)}; delete it and rerun the stage")
+        raise ShardCorruptError(f"manifest {path} lacks {sorted(missing)}; rerun the stage: it recomputes what is damaged")
     digest = manifest.get("manifest_sha256")
     if digest is not None:
         body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
         if hashlib.sha256(_canonical_json(body).encode()).hexdigest() != digest:
-            raise ShardCorruptError(f"manifest {path} does not match its checksum; delete it and rerun the stage")
+            raise ShardCorruptError(f"manifest {path} does not match its checksum; rerun the stage: it recomputes what is damaged")
     manifest["_path"] = str(path)
     return manifest
+
+
+def write_marker(path: str | os.PathLike, marker: Mapping[str, Any]) -> None:
+    """Write a shard's completion marker with its own checksum (``marker_sha256``)."""
+    body = {k: v for k, v in marker.items() if k != "marker_sha256"}
+    atomic_write_json(path, {**body, "marker_sha256": hashlib.sha256(_canonical_json(body).encode()).hexdigest()})
+
+
+def read_marker(path: str | os.PathLike) -> dict:
+    """Read a shard marker; ShardCorruptError if it is not JSON or does not match its checksum."""
+    try:
+        marker = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ShardCorruptError(f"shard marker {path} is not valid JSON ({e}); rerun the stage: the shard is recomputed") from e
+    digest = marker.pop("marker_sha256", None) if isinstance(marker, dict) else None
+    if not isinstance(marker, dict) or (digest is not None and hashlib.sha256(_canonical_json(marker).encode()).hexdigest() != digest):
+        raise ShardCorruptError(f"shard marker {path} does not match its checksum; rerun the stage: the shard is recomputed")
+    return marker
+
+
+def _check_file(path: Path, size: int | None, sha256: str | None) -> str | None:
+    """Why ``path`` does not match the recorded size / sha256 (None when it does)."""
+    if not path.exists():
+        return f"{path} is missing"
+    if size is not None and path.stat().st_size != size:
+        return f"{path} has {path.stat().st_size} bytes, {size} recorded (truncated or changed)"
+    if sha256 is not None and file_sha256(path) != sha256:
+        return f"{path} does not match its recorded sha256 (corrupted or changed)"
+    return None
 
 
 def manifest_dir(manifest: Mapping | str | os.PathLike) -> Path:
@@ -185,12 +222,12 @@ def read_shard(path: str | os.PathLike, expected_sha256: str | None = None, colu
     if expected_sha256 is not None and file_sha256(path) != expected_sha256:
         raise ShardCorruptError(
             f"shard {path} does not match the checksum in its manifest (corrupted or changed "
-            "after the stage finished); delete the stage directory and rerun the stage"
+            "after the stage finished); rerun the stage that wrote it: it recomputes the damaged shard"
         )
     try:
         return pq.read_table(path, columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
-        raise ShardCorruptError(f"shard {path} is not readable Parquet ({e})") from e
+        raise ShardCorruptError(f"shard {path} is not readable Parquet ({e}); rerun the stage that wrote it") from e
 
 
 def iter_stage_tables(manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None, verify: bool = True) -> Iterator[pa.Table]:
@@ -247,10 +284,11 @@ class _ParquetSink:
         if not self.rows and self.writer is not None:
             return
         table = pa.Table.from_pylist(self.rows, schema=self.schema)
-        if self.writer is None:
-            self.schema = table.schema
-            self.writer = pq.ParquetWriter(self.tmp, table.schema, compression=COMPRESSION)
-        self.writer.write_table(table)
+        with reraise_disk_full(self.final):
+            if self.writer is None:
+                self.schema = table.schema
+                self.writer = pq.ParquetWriter(self.tmp, table.schema, compression=COMPRESSION)
+            self.writer.write_table(table)
         self.rows = []
 
     def finish(self) -> dict:
@@ -306,8 +344,10 @@ class ShardWriter:
         self.stats.extra[key] += n
 
     def _finish(self) -> dict:
-        out = self._out.finish()
-        rej = self._rejects.finish()
+        with reraise_disk_full(self._out.final):
+            out = self._out.finish()
+        with reraise_disk_full(self._rejects.final):
+            rej = self._rejects.finish()
         s = self.stats
         marker = {
             "index": self.index,
@@ -323,7 +363,7 @@ class ShardWriter:
             "seconds": round(time.time() - self._started, 4),
             "finished_at": _now(),
         }
-        atomic_write_json(self.stage.marker_path(self.index), marker)
+        write_marker(self.stage.marker_path(self.index), marker)
         return marker
 
     def _abort(self) -> None:
@@ -361,29 +401,61 @@ class Stage:
 
     # -- state
     def is_complete(self) -> bool:
+        """True when the manifest is intact and every file it lists matches its size and sha256.
+
+        Anything corrupt (flipped bytes, truncation, a missing file) makes the stage incomplete,
+        so a rerun recomputes it (only the damaged shards, whose markers no longer verify)
+        instead of trusting it; the problems are logged."""
         if not self.manifest_path.exists():
             return False
-        try:
-            read_manifest(self.manifest_path)
-        except ShardCorruptError:
-            return False  # a broken manifest is recomputed, not trusted
+        problems = self.verify()
+        if problems:
+            _log.warning("stage %s at %s is damaged and will be recomputed: %s", self.name, self.path, "; ".join(problems))
+            return False
         return True
+
+    def verify(self) -> list[str]:
+        """What is wrong with the finished stage (empty when nothing): manifest checksum, and
+        size + sha256 of every shard, reject and listed file (``files_sha256``)."""
+        try:
+            m = read_manifest(self.manifest_path)
+        except (ShardCorruptError, FileNotFoundError) as e:
+            return [str(e)]
+        entries = [s for kind in ("shards", "rejects") for s in m.get(kind, [])]
+        entries += [{"name": n, "sha256": h} for n, h in (m.get("files_sha256") or {}).items()]
+        return [p for e in entries if (p := _check_file(self.path / e["name"], e.get("bytes"), e.get("sha256")))]
+
+    def ensure_dir(self) -> Path:
+        """Create the stage directory; refuse one that resolves outside the root (a symlink
+        planted in the stage tree would otherwise redirect our writes elsewhere)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not isinstance(self.path, Path):  # an object-store root has no symlinks
+            return self.path
+        root, here = self.root.resolve(), self.path.resolve()
+        if not here.is_relative_to(root):
+            raise ValueError(
+                f"stage directory {self.path} resolves to {here}, outside the artifact root {root} (a symlink?); "
+                "refusing to write there: remove the link or choose another root"
+            )
+        return self.path
 
     def marker_path(self, index: int) -> Path:
         return self.path / f"part-{index:05d}.done.json"
 
     def shard_done(self, index: int) -> bool:
-        """True if shard ``index`` finished (marker present and its files intact)."""
+        """True if shard ``index`` finished: marker intact, its files present with the size and
+        sha256 it records (a corrupt shard or marker is redone, not trusted)."""
         marker = self.marker_path(index)
         if not marker.exists():
             return False
         try:
-            m = json.loads(marker.read_text())
+            m = read_marker(marker)
             for key in ("shard", "rejects"):
-                f = self.path / m[key]["name"]
-                if not f.exists() or f.stat().st_size != m[key]["bytes"]:
+                if key == "rejects" and not m[key]["rows"] and not (self.path / m[key]["name"]).exists():
+                    continue  # commit removes empty rejects files
+                if _check_file(self.path / m[key]["name"], m[key]["bytes"], m[key].get("sha256")):
                     return False
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+        except (ShardCorruptError, KeyError, TypeError):
             return False
         return True
 
@@ -391,7 +463,7 @@ class Stage:
     @contextlib.contextmanager
     def open_shard(self, index: int, schema: pa.Schema | None = None, source: str | None = None) -> Iterator[ShardWriter]:
         """Write shard ``index``; it becomes visible (with its marker) only if the block succeeds."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.ensure_dir()
         # A run killed mid-shard leaves hidden temporaries (shard, rejects, marker); one writer
         # per shard, so clear them.
         for pattern in (f".*-{index:05d}.parquet.*.tmp", f".{self.marker_path(index).name}.*.tmp"):
@@ -404,7 +476,17 @@ class Stage:
             w._abort()
             raise
         test_pause(index)
-        w._finish()
+        try:
+            w._finish()
+        except BaseException:
+            # e.g. the disk filled while closing: no marker was written, so the shard is not
+            # done; leave no temporary (or final file of this attempt) behind.
+            w._abort()
+            if not self.marker_path(index).exists():
+                for sink in (w._out, w._rejects):
+                    with contextlib.suppress(FileNotFoundError):
+                        sink.final.unlink()
+            raise
 
     def commit(self, num_shards: int | None = None, extra: Mapping[str, Any] | None = None) -> Path:
         """Aggregate the shard markers into ``_manifest.json`` (written last). Returns its path.
@@ -412,10 +494,10 @@ class Stage:
         ``num_shards`` makes commit refuse when a shard is missing; ``extra`` adds stage-specific
         fields (e.g. a summary) to the manifest.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.ensure_dir()
         markers = []
         for p in sorted(self.path.glob("part-*.done.json")):
-            markers.append(json.loads(p.read_text()))
+            markers.append(read_marker(p))
         markers.sort(key=lambda m: m["index"])
         if num_shards is not None:
             have = {m["index"] for m in markers}
@@ -475,6 +557,7 @@ class Stage:
 
         ``commit`` uses it for Parquet stages; stages with other shard formats (token ``.bin``
         files, a tokenizer directory) call it with their own shard entries and counts."""
+        self.ensure_dir()
         for stale in self.path.glob(f".{MANIFEST_NAME}.*.tmp"):  # left by a commit that was killed
             stale.unlink(missing_ok=True)
         counts = dict(counts)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import json
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -28,7 +28,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from lm.data.shards import MANIFEST_NAME, ShardCorruptError, Stage, atomic_write_json, file_sha256, manifest_dir, read_manifest, test_pause
+from lm.data.shards import (
+    MANIFEST_NAME, ShardCorruptError, Stage, file_sha256, manifest_dir, read_manifest, read_marker, reraise_disk_full, test_pause,
+    write_marker,
+)
 from lm.tokenizer.export import export_hf_tokenizer_json, export_tiktoken_ranks
 from lm.tokenizer.gpt2 import EOT
 from lm.tokenizer.tokenizer import Tokenizer
@@ -36,6 +39,7 @@ from lm.tokenizer.train import check_vocab_size, train_bpe
 
 TOKENIZER_VERSION = "1"
 TOKENIZE_VERSION = "1"
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "tokenizer.tiktoken")
 BATCH_DOCS = 512  # documents encoded per batch: bounds memory per shard
 
 
@@ -141,7 +145,7 @@ def train_tokenizer_stage(
     if stage.is_complete():
         return stage.manifest_path
     manifest = read_manifest(corpus_manifest)
-    stage.path.mkdir(parents=True, exist_ok=True)
+    stage.ensure_dir()
     t0 = time.time()
     for stale in stage.path.glob(".sample-*.txt"):  # left by a run that was killed while training
         stale.unlink(missing_ok=True)
@@ -157,9 +161,18 @@ def train_tokenizer_stage(
         with contextlib.suppress(FileNotFoundError):
             sample.unlink()
     tok = Tokenizer(vocab, merges, special_tokens)
-    tok.save(stage.path)
-    export_hf_tokenizer_json(tok, stage.path / "tokenizer.json")
-    export_tiktoken_ranks(tok, stage.path / "tokenizer.tiktoken")
+    # Written in a hidden directory and renamed into place file by file: a failed write
+    # (disk full, say) leaves no half-written vocab.json under its final name.
+    tmp = stage.path / f".files-{os.getpid()}.tmp"
+    try:
+        with reraise_disk_full(tmp / "vocab.json"):
+            tok.save(tmp)
+            export_hf_tokenizer_json(tok, tmp / "tokenizer.json")
+            export_tiktoken_ranks(tok, tmp / "tokenizer.tiktoken")
+        for f in TOKENIZER_FILES:
+            os.replace(tmp / f, stage.path / f)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     held_bytes = sum(len(t.encode("utf-8")) for t in heldout)
     held_tokens = sum(len(ids) for ids in tok.encode_batch(heldout)) if heldout else 0
@@ -185,6 +198,8 @@ def train_tokenizer_stage(
         timings={"total_seconds": round(time.time() - t0, 3)},
         extra={
             "files": {"vocab": "vocab.json", "merges": "merges.txt", "config": "tokenizer_config.json", "hf": "tokenizer.json", "tiktoken": "tokenizer.tiktoken"},
+            # checked by Stage.is_complete (a damaged file retrains) and load_stage_tokenizer
+            "files_sha256": {f: file_sha256(stage.path / f) for f in TOKENIZER_FILES},
             "summary": summary,
         },
     )
@@ -223,9 +238,11 @@ def tokenize_shard_done(stage: Stage, index: int) -> bool:
     if not marker.exists():
         return False
     try:
-        m = json.loads(marker.read_text())
-        return all((stage.path / o["name"]).exists() and (stage.path / o["name"]).stat().st_size == o["bytes"] for o in m["outputs"])
-    except (ValueError, KeyError):
+        m = read_marker(marker)
+        # size first (cheap), then the checksum: a flipped byte redoes the shard
+        return all((stage.path / o["name"]).exists() and (stage.path / o["name"]).stat().st_size == o["bytes"]
+                   and (not o.get("sha256") or file_sha256(stage.path / o["name"]) == o["sha256"]) for o in m["outputs"])
+    except (ShardCorruptError, ValueError, KeyError):
         return False
 
 
@@ -234,7 +251,7 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
     if tokenize_shard_done(stage, index):
         return stage.marker_path(index)
     manifest = read_manifest(corpus_manifest)
-    stage.path.mkdir(parents=True, exist_ok=True)
+    stage.ensure_dir()
     dtype = token_dtype(tokenizer.vocab_size)
     eot = tokenizer.eot_id
     t0 = time.time()
@@ -261,16 +278,18 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
             for (split, _), ids in zip(keep, tokenizer.encode_batch([t for _, t in keep], num_threads=num_threads)):
                 ids.append(eot)
                 arr = np.asarray(ids, dtype=dtype)  # ids < vocab_size fit the dtype
-                arr.tofile(files[split])
+                with reraise_disk_full(stage.path / f"{split}-{index:05d}.bin"):
+                    files[split].write(arr.data)  # not tofile: its short write loses the errno (ENOSPC)
                 splits[split]["tokens"] += len(ids)
                 splits[split]["docs"] += 1
                 counts["kept"] += 1
         test_pause(index)  # fault-injection hook (tests/reliability): a kill here leaves only temporaries
         outputs = []
         for split, f in files.items():
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
+            with reraise_disk_full(stage.path / f"{split}-{index:05d}.bin"):
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
             if splits[split]["tokens"] == 0:
                 tmps[split].unlink()  # an empty file cannot be memory-mapped: leave it out
                 continue
@@ -296,7 +315,7 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
         "seconds": round(time.time() - t0, 4),
         "finished_at": _now(),
     }
-    atomic_write_json(stage.marker_path(index), marker)
+    write_marker(stage.marker_path(index), marker)
     return stage.marker_path(index)
 
 
@@ -306,7 +325,7 @@ def commit_tokenize(stage: Stage, num_shards: int, tokenizer_dir: str | os.PathL
     for i in range(num_shards):
         if not tokenize_shard_done(stage, i):
             raise RuntimeError(f"tokenize stage at {stage.path}: shard {i} not finished; rerun to complete it")
-        markers.append(json.loads(stage.marker_path(i).read_text()))
+        markers.append(read_marker(stage.marker_path(i)))
     rejected: Counter = Counter()
     failed: Counter = Counter()
     for m in markers:

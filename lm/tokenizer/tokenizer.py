@@ -288,8 +288,26 @@ class Tokenizer:
         d = Path(directory)
         if not d.is_dir():
             raise FileNotFoundError(f"tokenizer directory {d} does not exist (write one with Tokenizer.save or the tokenizer flow)")
+        verify_tokenizer_files(d)
         specials = read_config(d / CONFIG_FILE).get("special_tokens", [])
         return cls.from_files(d / VOCAB_FILE, d / MERGES_FILE, specials, use_fast=use_fast)
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, special_tokens={self.special_tokens})"
+
+
+def verify_tokenizer_files(directory: str | os.PathLike) -> None:
+    """A tokenizer stage's directory records its files' sha256 in ``_manifest.json``: check
+    them, so a corrupted vocab or merges file fails loudly instead of tokenizing differently."""
+    from lm.data.shards import MANIFEST_NAME, ShardCorruptError, file_sha256, read_manifest
+
+    d = Path(directory)
+    if not (d / MANIFEST_NAME).exists():
+        return  # a tokenizer saved by hand (Tokenizer.save): nothing recorded to check against
+    for name, digest in (read_manifest(d / MANIFEST_NAME).get("files_sha256") or {}).items():
+        path = d / name
+        if not path.is_file() or file_sha256(path) != digest:
+            raise ShardCorruptError(
+                f"tokenizer file {path} is missing or does not match the sha256 in {d / MANIFEST_NAME} (corrupted "
+                "or changed after training); rerun the tokenizer stage: it retrains and rewrites the files"
+            )

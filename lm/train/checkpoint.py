@@ -14,6 +14,7 @@ weights with the model's keys and shapes (a different model → ``ValueError`` l
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import random
@@ -27,11 +28,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lm.data.nospace import DiskFullError, disk_full_error, no_room_errno
 from lm.data.shards import atomic_write_json, file_sha256
 
 META = "meta.json"
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.safetensors"
+PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}  # torch.save / pickle formats: never loaded
 
 
 class CheckpointCorruptError(ValueError):
@@ -142,6 +145,7 @@ def save_checkpoint(
             "files": {f: file_sha256(tmp / f) for f in files},
             "saved_at": time.time(),
         }
+        meta["meta_sha256"] = _meta_digest(meta)
         atomic_write_json(tmp / META, meta)
         for f in [*files, META]:
             with open(tmp / f, "rb") as fh:
@@ -153,20 +157,50 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, DiskFullError) and no_room_errno(e) is not None:
+            raise disk_full_error(out / MODEL_FILE, e) from e  # says what ran out, and where
         raise
     return out
 
 
+def _meta_digest(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def verify_checkpoint(src: str | os.PathLike) -> dict:
+    """Check a checkpoint without loading it: meta.json's own checksum and every file's sha256.
+    Returns the metadata; raises CheckpointCorruptError (naming the file) or FileNotFoundError."""
+    src = Path(src)
+    meta = read_checkpoint_meta(src)
+    for name, digest in meta.get("files", {}).items():
+        if not (src / name).exists():
+            raise FileNotFoundError(f"checkpoint file {src / name} is missing")
+        if file_sha256(src / name) != digest:
+            raise CheckpointCorruptError(f"checkpoint file {src / name} does not match the sha256 in {META}: corrupted or truncated")
+    return meta
+
+
 def read_checkpoint_meta(src: str | os.PathLike) -> dict:
     src = Path(src)
+    pickled = sorted(p.name for p in src.glob("*") if p.suffix in PICKLE_SUFFIXES) if src.is_dir() else []
+    if pickled and not (src / MODEL_FILE).exists():
+        raise ValueError(
+            f"refusing to load {src / pickled[0]}: it is a pickle-format checkpoint, and unpickling a file can run "
+            "arbitrary code; lmpipe reads weights only as safetensors (model.safetensors + meta.json, written by "
+            "save_checkpoint); convert it where you trust it: safetensors.torch.save_file(torch.load(f, weights_only=True), ...)"
+        )
     if not (src / META).exists():
         raise FileNotFoundError(f"{src} is not a checkpoint directory (no {META}); expected model.safetensors + meta.json")
     try:
-        return json.loads((src / META).read_text())
+        meta = json.loads((src / META).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointCorruptError(f"checkpoint metadata {src / META} is not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or ("meta_sha256" in meta and _meta_digest(meta) != meta["meta_sha256"]):
+        raise CheckpointCorruptError(f"checkpoint metadata {src / META} does not match its checksum: corrupted")
+    return meta
 
 
 def _load_tensors(src: Path, name: str, meta: dict) -> dict[str, torch.Tensor]:

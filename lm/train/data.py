@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from lm.data.shards import read_manifest
+from lm.data.shards import ShardCorruptError, file_sha256, read_manifest
 
 
 class BadDeviceError(ValueError, RuntimeError):
@@ -74,6 +74,11 @@ class TokenShards:
             path = self.dir / s["name"]
             if not path.exists():
                 raise FileNotFoundError(f"token shard {path} listed in the manifest is missing")
+            if s.get("sha256") and file_sha256(path) != s["sha256"]:
+                raise ShardCorruptError(
+                    f"token shard {path} does not match the sha256 in {self.dir / '_manifest.json'} (corrupted or "
+                    "changed after the stage finished); rerun the tokenize stage: it recomputes the damaged shard"
+                )
             arr = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r")
             if "tokens" in s and len(arr) != s["tokens"]:
                 raise ValueError(f"token shard {path} holds {len(arr)} tokens, the manifest says {s['tokens']}: truncated or wrong dtype")
@@ -131,7 +136,10 @@ def write_token_shards(
     ``splits`` maps "train"/"val" to a list of 1-D int arrays, one shard each. For tests and
     byte-level demos; real pipelines get these directories from the tokenize stage.
     """
-    from lm.data.shards import atomic_write_json
+    import hashlib
+    import os
+
+    from lm.data.shards import _canonical_json, atomic_write_json, reraise_disk_full
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,14 +148,23 @@ def write_token_shards(
     for split, arrays in splits.items():
         for i, arr in enumerate(arrays):
             name = f"{split}-{i:05d}.bin"
-            np.asarray(arr).astype(np.dtype(dtype).newbyteorder("<")).tofile(out / name)
-            shards.append({"name": name, "split": split, "tokens": int(len(arr)), "bytes": (out / name).stat().st_size})
+            tmp = out / f".{name}.{os.getpid()}.tmp"  # renamed into place whole, never half-written
+            try:
+                with reraise_disk_full(out / name):
+                    with open(tmp, "wb") as f:  # not tofile: its short write loses the errno (ENOSPC)
+                        f.write(np.ascontiguousarray(np.asarray(arr).astype(np.dtype(dtype).newbyteorder("<"))).data)
+                shards.append({"name": name, "split": split, "tokens": int(len(arr)), "bytes": tmp.stat().st_size,
+                               "sha256": file_sha256(tmp)})
+                os.replace(tmp, out / name)
+            finally:
+                tmp.unlink(missing_ok=True)
     total = sum(s["tokens"] for s in shards)
     manifest = {
         "stage": stage, "fingerprint": fingerprint, "config": {}, "inputs": [], "shards": shards,
         "counts": {"in": total, "kept": total, "rejected": {}, "failed": {}},
         "dtype": dtype, "vocab_size": vocab_size, "eot_id": eot_id, "tokenizer": tokenizer,
     }
+    manifest["manifest_sha256"] = hashlib.sha256(_canonical_json(manifest).encode()).hexdigest()
     atomic_write_json(out / "_manifest.json", manifest)
     return out / "_manifest.json"
 

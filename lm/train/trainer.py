@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -42,7 +43,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lm.model.transformer import ModelConfig, TransformerLM
-from lm.train.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint, set_numpy_rng_state
+from lm.train.checkpoint import (
+    CheckpointCorruptError, load_checkpoint, read_checkpoint_meta, save_checkpoint, set_numpy_rng_state, verify_checkpoint,
+)
 from lm.train.data import TokenShards, check_device, sampler
 from lm.train.loss import cross_entropy
 from lm.train.optim import AdamW, clip_grad_norm_
@@ -209,6 +212,28 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def usable_checkpoints(out_dir: str | Path, log=print) -> list[Path]:
+    """Finished checkpoints, oldest first, after setting aside corrupt ones from the newest end.
+
+    A damaged newest checkpoint (flipped bytes, truncation) is renamed ``step-N.corrupt`` and
+    the run resumes from the one before it (or from scratch): resuming is exact, so the
+    recomputed steps give the same weights the damaged checkpoint held."""
+    found = list_checkpoints(out_dir)
+    while found:
+        try:
+            verify_checkpoint(found[-1])
+            break
+        except (CheckpointCorruptError, FileNotFoundError) as e:
+            bad = found.pop()
+            aside = bad.with_name(f"{bad.name}.corrupt")
+            shutil.rmtree(aside, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):  # another rank moved it already
+                os.replace(bad, aside)
+            log(f"checkpoint {bad} is damaged ({e}); set aside as {aside.name}, resuming from "
+                f"{found[-1].name if found else 'scratch'}")
+    return found
+
+
 class MetricsLog:
     """metrics.jsonl (append; on resume, lines past the resumed step are dropped) + optional TensorBoard."""
 
@@ -324,7 +349,7 @@ def train(config: TrainConfig | dict) -> dict:
     optimizer = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
     data_rng = sampler(cfg.seed)  # one stream: every rank draws the global batch and keeps its rows
     step, tokens_seen = 0, 0
-    checkpoints = list_checkpoints(out) if cfg.resume else []
+    checkpoints = usable_checkpoints(out, log) if cfg.resume else []
     if checkpoints:
         latest = checkpoints[-1]
         step = load_checkpoint(latest, model, optimizer)

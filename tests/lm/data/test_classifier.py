@@ -5,33 +5,17 @@ import csv
 import pytest
 
 from lm.data.classifier import TrainResult, check_fasttext_file, load_classifier, train_classifier
-from lm.data.classifier_data import read_labeled
+from lm.data.classifier_data import read_labeled, train_default_model
 from lm.data.harmful import classify_nsfw, classify_toxic
 from lm.data.quality import classify_quality
 
 
 @pytest.fixture(scope="module")
 def quality_model(tmp_path_factory):
-    """The default quality model, trained in a fresh interpreter.
-
-    In about one full-suite run in three, the same training in the long-lived pytest process
-    gave a different model (held-out accuracy 0.84-0.96 instead of 0.986); alone it is
-    bit-identical every time. Until that state leak is found, train where nothing leaks in."""
-    import dataclasses
-    import json
-    import subprocess
-    import sys
-
+    """The default quality model (train_classifier trains in a fresh interpreter, so the
+    state of this long-lived process cannot change it: see test_training_ignores_process_state)."""
     path = tmp_path_factory.mktemp("models") / "quality.bin"
-    code = (
-        "import dataclasses, json, sys\n"
-        "from lm.data.classifier_data import train_default_model\n"
-        "print(json.dumps(dataclasses.asdict(train_default_model('quality', sys.argv[1]))))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
-    result = TrainResult(**json.loads(proc.stdout.strip().splitlines()[-1]))
-    assert dataclasses.is_dataclass(result)
-    return path, result
+    return path, train_default_model("quality", path)
 
 
 def test_quality_reference_cases(reference, quality_model):
@@ -94,3 +78,39 @@ def test_empty_and_huge_text(quality_model):
     assert label in {"wiki", "cc"} and 0 <= score <= 1
     label, _ = classify_quality("Menu " * 500_000, path)  # one 2.5 MB line
     assert label == "cc"
+
+
+def test_training_ignores_process_state(tmp_path):
+    """The same data gives the same model bytes even when this process's floating-point
+    environment is disturbed: rounding mode upward (which changes fastText's result when it
+    trains in the calling thread), flush-to-zero / denormals-are-zero, and a heap full of
+    freed garbage."""
+    import ctypes
+    import ctypes.util
+
+    import numpy as np
+    import torch
+
+    rows = [(f"the quiet river runs past the old mill number {i}", "calm") for i in range(40)]
+    rows += [(f"shouting crowds and sirens fill street {i} tonight", "loud") for i in range(40)]
+    reference = train_classifier(rows, tmp_path / "ref.bin", seed=3, epoch=10)
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    blocks = [libc.malloc(1 << 22) for _ in range(8)]
+    for p in blocks:
+        ctypes.memset(p, 0x7F, 1 << 22)
+        libc.free(ctypes.c_void_p(p))
+    FE_UPWARD, FE_TONEAREST = 0x800, 0
+    assert libm.fesetround(FE_UPWARD) == 0
+    torch.set_flush_denormal(True)
+    try:
+        # the perturbation is in effect in this thread: 1/3 rounds up, denormals flush to zero
+        assert np.float64(1) / np.float64(3) > 0.3333333333333333  # the nearest double to 1/3
+        assert np.float32(1e-40) * np.float32(1) == 0
+        disturbed = train_classifier(rows, tmp_path / "disturbed.bin", seed=3, epoch=10)
+    finally:
+        libm.fesetround(FE_TONEAREST)
+        torch.set_flush_denormal(False)
+    assert (tmp_path / "disturbed.bin").read_bytes() == (tmp_path / "ref.bin").read_bytes()
+    assert disturbed.metrics == reference.metrics and disturbed.data_sha256 == reference.data_sha256 != ""

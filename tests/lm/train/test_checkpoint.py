@@ -72,6 +72,10 @@ def test_corrupted_file_is_reported(tmp_path):
     # no checksum to lean on: a truncated header is still a clear error, not a crash
     meta = json.loads((ck / "meta.json").read_text())
     meta["files"] = {}
+    (ck / "meta.json").write_text(json.dumps(meta))  # an edited meta.json fails its own checksum
+    with pytest.raises(CheckpointCorruptError, match="meta.json does not match its checksum"):
+        load_checkpoint(ck, TransformerLM(_cfg()))
+    del meta["meta_sha256"]  # as written before meta.json carried a checksum
     (ck / "meta.json").write_text(json.dumps(meta))
     (ck / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(CheckpointCorruptError, match="not readable safetensors"):
