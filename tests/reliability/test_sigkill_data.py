@@ -8,8 +8,8 @@ minhash_clusters → minhash. A trial is one seed: for each stage it targets, th
 stage's shards finished plus a small delay, or a random delay after the run started writing
 the stage); the flow is started, killed there, started again and killed at the next stage's
 point, ..., then run to the end. In ``make test`` (2 seeds) each seed targets every other
-stage, so each stage is killed once; the soak test (``make chaos``) kills twice inside every
-stage for each of its seeds. A stage's report row counts the trials that targeted it.
+stage, so each stage is killed once; the soak test (``make chaos``) kills inside every stage
+for each of its seeds. A stage's report row counts the trials that targeted it.
 """
 
 from __future__ import annotations
@@ -153,6 +153,5 @@ def test_sigkill_every_data_stage(reference_run, reference, tmp_path, trials, ch
 
 @pytest.mark.soak
 def test_sigkill_every_data_stage_soak(reference_run, reference, tmp_path, trials, chaos_record):
-    """Every seed kills twice inside every stage."""
-    _trials({seed: STAGES for seed in range(100, 100 + trials)}, 2, reference, tmp_path, reference_run, chaos_record,
-            " (2 kills per stage)")
+    """Every seed kills inside every stage (other seeds, so other kill points, than above)."""
+    _trials({seed: STAGES for seed in range(100, 100 + trials)}, 1, reference, tmp_path, reference_run, chaos_record, " (soak)")
