@@ -19,7 +19,9 @@ fastText models loaded in every worker), as a long-lived cluster would be: the f
 steady-state throughput, and cluster start-up is reported apart. docs/s = documents entering
 the funnel (extract's kept rows) / wall seconds of the whole flow. Each run's outputs are
 checked byte-identical to the threads run. CPU seconds (this process + Dask workers; not
-the Prefect server, not Ray's workers) show the work each runner spends on the same input.
+the Prefect server, not Ray's workers) show the work each runner spends on the same input;
+the cost of one no-op task run on threads and on a Dask worker shows what a task costs
+before it does any work.
 The load average is printed before and after each run: on a shared machine, read the
 ratios with it.
 """
@@ -113,6 +115,28 @@ def timed_run(name: str, runner: dict, args, work: Path, source: Path, warm: Pat
             "load_before": before, "load_after": load(), "digest": digest(stages)}
 
 
+def task_overhead(runner: dict, n: int = 30) -> float:
+    """Seconds per no-op task run on ``runner`` (after 5 warm-up tasks): the fixed cost of a
+    Prefect task run there (context, API client, state reports), with no work in it."""
+    from prefect import flow, task
+
+    from flows.runners import RunnerConfig, task_runner
+
+    @task
+    def noop(i: int) -> int:
+        return i
+
+    @flow(name="task-overhead")
+    def overhead() -> float:
+        with task_runner(RunnerConfig.model_validate(runner), 1) as r:
+            r.map(noop, {"i": list(range(5))}).result()
+            t0 = time.perf_counter()
+            r.map(noop, {"i": list(range(n))}).result()
+            return (time.perf_counter() - t0) / n
+
+    return overhead()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mb", type=float, default=4.0, help="MB of gzip WARC input (the samples, repeated)")
@@ -137,12 +161,15 @@ def main() -> int:
     print(f"input: {size / 1e6:.1f} MB gzip WARC ({source}), shards of {args.slice_mb} MB; {os.cpu_count()} CPUs; load {load()}")
     rows, startup = [], {}
     with prefect_test_harness(server_startup_timeout=120):
+        overhead = {"threads (1)": task_overhead({"kind": "threads", "max_workers": 1})}
         rows.append(timed_run("threads", {"kind": "threads", "max_workers": args.workers}, args, work, source, warm))
         for n in sorted({1, args.workers}):
             t0 = time.perf_counter()
             with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
                 startup[f"dask-{n}"] = time.perf_counter() - t0
                 rows.append(timed_run(f"dask-{n}", {"kind": "dask", "address": cluster.scheduler_address}, args, work, source, warm, cluster))
+                if n == 1:
+                    overhead["dask-1"] = task_overhead({"kind": "dask", "address": cluster.scheduler_address})
         if not args.no_ray and importlib.util.find_spec("prefect_ray"):
             import ray
 
@@ -163,7 +190,8 @@ def main() -> int:
         cpu = f"{r['cpu_s']:.1f}" if r["cpu_s"] is not None else "n/a"
         print(f"| {r['config']} | {r['shards']} | {r['docs']} | {r['wall_s']:.1f} | {r['docs_per_s']:.1f} | "
               f"{r['docs_per_s'] / base:.2f}× | {cpu} | {same} | {r['load_before']} → {r['load_after']} |")
-    print("\ncluster start-up (not in the timings): " + ", ".join(f"{k} {v:.1f} s" for k, v in startup.items()))
+    print("\nper-task cost of a no-op task: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in overhead.items()))
+    print("cluster start-up (not in the timings): " + ", ".join(f"{k} {v:.1f} s" for k, v in startup.items()))
     print(f"records read per run: {rows[0]['records']}; documents left after the funnel: {rows[0]['final_docs']} "
           "(the input repeats the same pages, so dedup removes the copies)")
     return 0 if all(r["digest"] == rows[0]["digest"] for r in rows) else 1

@@ -30,7 +30,7 @@ def data_config(reference: Path, root: Path, runner: dict) -> DataConfig:
     return DataConfig.model_validate({
         "sources": [str(reference / CC / "warcfile.warc.gz"), str(reference / CC / "clueweb-quirk.warc.gz")],
         "root": str(root),
-        "extract": {"slice_bytes": 60_000},  # 3 + 5 = 8 extract shards
+        "extract": {"slice_bytes": 100_000},  # 2 + 3 = 5 extract shards
         "max_workers": 2,
         "filters": FUNNEL,
         "runner": runner,
