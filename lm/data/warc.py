@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lm.data import remote
-from lm.data.gzstream import CHUNK_SIZE, GZIP_MAGIC, MemberStream
+from lm.data.gzstream import CHUNK_SIZE, GZIP_MAGIC, MAX_LINE, MemberStream
 
 MAX_DECODED = 64 << 20  # cap on a Content-Encoding-decoded body (a gzip bomb stops here)
 
@@ -242,6 +242,11 @@ def _read_warc_headers(stream: MemberStream) -> tuple[dict[str, str], bool]:
             return _parse_header_lines(lines), False
         if not hl.strip():
             return _parse_header_lines(lines), True
+        if len(hl) >= MAX_LINE and not hl.endswith(b"\n"):
+            # A line over the limit comes in pieces: keep its first piece and drop the rest, so
+            # that a rest of just "\n" (after "\r") is not taken for the blank line.
+            while (rest := stream.readline()) and not rest.endswith(b"\n"):
+                pass
         lines.append(hl.rstrip(b"\r\n"))
 
 

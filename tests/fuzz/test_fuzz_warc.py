@@ -270,8 +270,9 @@ def check_accounted(stream: Stream, recs: list) -> None:
         if data.startswith(b"WARC/", s):
             body = _header_end(data, s)
             end = body + _content_length(r)
-        else:  # ARC: one header line, then the length it ends with (-1 = none)
-            body = data.index(b"\n", s) + 1
+        else:  # ARC: one header line (the last may lack its newline), then the length it ends with (-1 = none)
+            nl = data.find(b"\n", s)
+            body = len(data) if nl < 0 else nl + 1
             end = body + int(r.headers["length"])
         assert end <= nxt, f"record at {s}: block ends at {end}, after the next record at {nxt}"
         assert not data[end:nxt].strip(), f"record at {s}: non-blank bytes skipped after its block: {data[end:nxt][:80]!r}"
@@ -544,3 +545,19 @@ def test_junk_version_line_before_a_record_is_accounted(reference, tmp_path):
     recs = read_all(path)
     assert [(r.error, _offset(r), r.payload) for r in recs] == [(None, 0, iter_one(chunk).payload)]
     check_accounted(stream, recs)
+
+
+def test_header_line_split_at_the_line_limit_is_one_line(tmp_path):
+    """Found by the fuzz-chaos profile (a header line padded to the 64 KiB line limit): a line
+    of MAX_LINE + 1 bytes came in two pieces, "...\\r" and "\\n"; the second was taken for the
+    blank line ending the header, so the next header line was read as the block and good
+    records were failed (or mis-delimited)."""
+    pad = b"X-Pad: " + b"A" * (MAX_LINE + 1 - 9) + b"\r\n"
+    assert len(pad) == MAX_LINE + 1
+    rec = (b"WARC/1.0\r\nWARC-Type: resource\r\nWARC-Record-ID: <urn:uuid:1>\r\nContent-Length: 5\r\n" + pad
+           + b"WARC-Target-URI: http://x/\r\n\r\nhello\r\n\r\n")
+    path = tmp_path / "long-line.warc"
+    path.write_bytes(rec + rec.replace(b"uuid:1", b"uuid:2"))
+    recs = read_all(path)
+    assert [(r.error, r.payload, r.url) for r in recs] == [(None, b"hello", "http://x/")] * 2
+    assert [_offset(r) for r in recs] == [0, len(rec)]
