@@ -18,8 +18,8 @@ Nothing is dropped silently. A record that cannot be read completely is still yi
 - ``corrupt_gzip``: the compressed data is invalid (also set on a record read from a member
   whose CRC then fails: zlib checks it only at the member's end);
 - ``not_warc``: the input does not start with a WARC/ARC record (the only record of that input);
-- ``bad_header``: a header block we cannot delimit (missing or invalid Content-Length); the
-  reader skips to the next ``WARC/`` line and goes on;
+- ``bad_header``: a header block we cannot delimit (missing or invalid Content-Length, or a
+  ``WARC/`` line before its blank line); the reader skips to the next ``WARC/`` line and goes on;
 - ``bad_content_length``: the block does not end where Content-Length says (what follows is
   not a record start at the beginning of a line); the record is yielded flagged and the reader
   resynchronises.
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lm.data import remote
-from lm.data.gzstream import CHUNK_SIZE, GZIP_MAGIC, MemberStream
+from lm.data.gzstream import CHUNK_SIZE, GZIP_MAGIC, MAX_LINE, MemberStream
 
 MAX_DECODED = 64 << 20  # cap on a Content-Encoding-decoded body (a gzip bomb stops here)
 
@@ -233,15 +233,24 @@ def _arc_header(line: bytes) -> dict[str, str] | None:
     }
 
 
-def _read_warc_headers(stream: MemberStream) -> tuple[dict[str, str], bool]:
-    """Header lines up to the blank line; False if the input ended first."""
+def _read_warc_headers(stream: MemberStream) -> tuple[dict[str, str], bool, bytes]:
+    """Header lines up to the blank line: (headers, complete, next_start). ``complete`` is False
+    if the input ended first; ``next_start`` is a ``WARC/`` line met before the blank line (no
+    header field starts so: the block never ended, and a new record starts there)."""
     lines = []
     while True:
         hl = stream.readline()
         if not hl:
-            return _parse_header_lines(lines), False
+            return _parse_header_lines(lines), False, b""
         if not hl.strip():
-            return _parse_header_lines(lines), True
+            return _parse_header_lines(lines), True, b""
+        if hl.startswith(b"WARC/"):
+            return _parse_header_lines(lines), False, hl
+        if len(hl) >= MAX_LINE and not hl.endswith(b"\n"):
+            # A line over the limit comes in pieces: keep its first piece and drop the rest, so
+            # that a rest of just "\n" (after "\r") is not taken for the blank line.
+            while (rest := stream.readline()) and not rest.endswith(b"\n"):
+                pass
         lines.append(hl.rstrip(b"\r\n"))
 
 
@@ -284,7 +293,11 @@ def parse_stream(stream: MemberStream, location: str, *, end: int | None = None,
             return
         n += 1
         if line.startswith(b"WARC/"):
-            headers, complete = _read_warc_headers(stream)
+            headers, complete, next_start = _read_warc_headers(stream)
+            if next_start:
+                yield _failure(location, offset, "bad_header", "the header block runs into the next WARC/ line", headers)
+                line, first = next_start, False
+                continue
             if not complete:
                 yield _failure(location, offset, stream.error or "truncated_record", "input ends inside the WARC header", headers)
                 return
