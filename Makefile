@@ -35,14 +35,15 @@ test: $(STAMP)
 	home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
 	$(TEST_ENV) PREFECT_HOME=$$home $(PY) -m pytest -q -m "not gpu and not soak" tests
 
-# The fault-injection soak: more trials per fault plus the `soak`-marked runs; prints the
+# The fault-injection soak: more trials per fault, the `soak`-marked runs and long fuzzing
+# (hypothesis at 20x the examples, atheris 120 s per target); prints the
 # reliability table (fault, stage, trials, survived, records lost, records duplicated).
 CHAOS_TRIALS ?= 5
 chaos: $(STAMP)
 	rm -f outputs/chaos.jsonl
 	home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
 	$(TEST_ENV) PREFECT_HOME=$$home LMPIPE_CHAOS_TRIALS=$(CHAOS_TRIALS) LMPIPE_CHAOS_REPORT=outputs/chaos.jsonl \
-	$(PY) -m pytest -q -m "not gpu" tests/reliability; rc=$$?; \
+	$(PY) -m pytest -q -m "not gpu" tests/reliability tests/fuzz; rc=$$?; \
 	$(PY) tests/chaos_report.py outputs/chaos.jsonl && exit $$rc
 
 clean:

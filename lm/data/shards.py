@@ -92,7 +92,7 @@ def file_sha256(path: str | os.PathLike | RemotePath, chunk: int = 1 << 20) -> s
     return h.hexdigest()
 
 
-def test_pause(index: int = 0) -> None:
+def fault_pause(index: int = 0) -> None:
     """Fault-injection hook: sleep ``$LMPIPE_TEST_SHARD_DELAY_S`` × (1 + index % 4) seconds
     (unset: no pause).
 
@@ -528,7 +528,7 @@ class Stage:
         except BaseException:
             w._abort()
             raise
-        test_pause(index)
+        fault_pause(index)
         try:
             w._finish()
         except BaseException:

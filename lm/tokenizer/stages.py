@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from lm.data.shards import (
     MANIFEST_NAME, ShardCorruptError, Stage, file_sha256, manifest_dir, read_manifest, read_marker,
-    reraise_disk_full, test_pause, write_marker,
+    reraise_disk_full, fault_pause, write_marker,
 )
 from lm.data.storage import RemotePath, as_path, cache_dir, commit_file, local_copy, local_scratch
 from lm.tokenizer.export import export_hf_tokenizer_json, export_tiktoken_ranks
@@ -168,7 +168,7 @@ def train_tokenizer_stage(
         if counts["kept"] == 0:
             raise ValueError(f"corpus {manifest['_path']} has no non-empty {text_field!r} documents to train on")
         stats: dict = {}
-        test_pause(0)  # fault-injection hook (tests/reliability): a kill here leaves the sample file
+        fault_pause(0)  # fault-injection hook (tests/reliability): a kill here leaves the sample file
         vocab, merges = train_bpe(sample, vocab_size, special_tokens, num_workers=num_workers, stats=stats)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -206,7 +206,7 @@ def train_tokenizer_stage(
     }
     rejected = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")}
     failed = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("failed:")}
-    test_pause(1)  # fault-injection hook: a kill here leaves tokenizer files without a manifest
+    fault_pause(1)  # fault-injection hook: a kill here leaves tokenizer files without a manifest
     return stage.write_manifest(
         shards=[],
         counts={"in": counts["in"], "kept": counts["kept"], "rejected": rejected, "failed": failed,
@@ -321,7 +321,7 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
                 splits[split]["tokens"] += len(ids)
                 splits[split]["docs"] += 1
                 counts["kept"] += 1
-        test_pause(index)  # fault-injection hook (tests/reliability): a kill here leaves only temporaries
+        fault_pause(index)  # fault-injection hook (tests/reliability): a kill here leaves only temporaries
         outputs = []
         for split, f in files.items():
             with reraise_disk_full(stage.path / f"{split}-{index:05d}.bin"):
