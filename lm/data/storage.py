@@ -284,25 +284,24 @@ def commit_file(local_tmp: Path, final: Path | RemotePath) -> None:
     if isinstance(final, Path):
         os.replace(local_tmp, final)
         return
-    tmp = final.with_name(tmp_name(final.name))
-    fs = final.fs
     try:
-        fs.put_file(str(local_tmp), tmp.key)
-        fs.copy(tmp.key, final.key)
+        _publish(final, lambda fs, key: fs.put_file(str(local_tmp), key))
     finally:
-        try:
-            fs.rm_file(tmp.key)
-        except FileNotFoundError:
-            pass
         local_tmp.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(final: RemotePath, data: bytes) -> None:
     """``atomic_write_bytes`` for a remote file: temporary key, then copy to the final key."""
+    _publish(final, lambda fs, key: fs.pipe_file(key, data))
+
+
+def _publish(final: RemotePath, upload) -> None:
+    """The object-store commit: ``upload(fs, key)`` writes a hidden temporary key, which is
+    copied to the final key (readers never see a partial object), then removed."""
     tmp = final.with_name(tmp_name(final.name))
     fs = final.fs
     try:
-        fs.pipe_file(tmp.key, data)
+        upload(fs, tmp.key)
         fs.copy(tmp.key, final.key)
     finally:
         try:
