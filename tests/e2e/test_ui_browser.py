@@ -169,13 +169,21 @@ def test_run_started_from_the_ui_shows_its_stages_artifacts(browser, local_prefe
     browser.save_screenshot(str(tmp_path / "2-pipeline-summary.png"))
 
     # The data stage ran as a subflow: its own run page carries the stage's artifacts.
-    browser.get(f"{ui}/runs/flow-run/{run.id}")
-    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "li.p-tab#subflow-runs"), what="the Subflow Runs tab")[0].click()
-    link = wait_for(
-        browser,
-        lambda d: [a for a in d.find_elements(By.CSS_SELECTOR, "#subflow-runs-content a[href*='/runs/flow-run/']")],
-        what="a subflow run link",
-    )[0]
+    # The tab's list loads lazily; on a loaded machine a click can land before it is wired up
+    # (seen once in ~10 CI runs), so open the page afresh up to 3 times.
+    for attempt in range(3):
+        browser.get(f"{ui}/runs/flow-run/{run.id}")
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "li.p-tab#subflow-runs"), what="the Subflow Runs tab")[0].click()
+        try:
+            link = wait_for(
+                browser,
+                lambda d: [a for a in d.find_elements(By.CSS_SELECTOR, "#subflow-runs-content a[href*='/runs/flow-run/']")],
+                timeout=30, what="a subflow run link",
+            )[0]
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     sub_id = link.get_attribute("href").rstrip("/").rsplit("/", 1)[1]
     # The pipeline ran on the gpu pool and its data stage, through the `data` deployment, on cpu.
     from tests.e2e.helpers import api_client
