@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
+from lm import faults
 from lm.data.ingest import DOC_SCHEMA, ExtractConfig, extract_documents, max_block_bytes, shard_label
 from lm.data.remote import CC_BASE_URL, INDEX_PREFIX, HttpOptions, RemoteError
 from lm.data.shards import DiskFullError, Stage, source_fingerprint
@@ -76,9 +76,7 @@ def extract_shard(root: str, cfg: ExtractConfig, plan: str, index: int, shard: d
         return str(stage.marker_path(index))
     on_progress = _progress_reporter(shard) if (shard["size"] or 0) >= PROGRESS_MIN_BYTES else None
     with stage.open_shard(index, schema=DOC_SCHEMA, source=shard_label(shard)) as w:
-        # Test hook: stall with the shard unfinished, so a test can kill the worker mid-shard.
-        if stall := float(os.environ.get("LMPIPE_TEST_SHARD_STALL_S", "0")):
-            time.sleep(stall)
+        faults.shard_stall()  # test hook (lm.faults): a test kills the worker mid-shard
         records = iter_file(shard["location"], start=shard["start"], end=shard["end"], http=http,
                             max_block_bytes=max_block_bytes(cfg), base_url=shard.get("base_url") or CC_BASE_URL,
                             on_progress=on_progress)

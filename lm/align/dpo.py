@@ -17,12 +17,12 @@ from collections.abc import Callable, Sequence
 import torch
 from pydantic import BaseModel, Field
 
+from lm import faults
 from lm.align.batches import tokenize_prompt_and_output
 from lm.align.guard import check_loss, check_weights
 from lm.align.losses import dpo_loss
 from lm.align.ops import sequence_log_probs
 from lm.align.sft import max_length_for
-from lm.train import faults
 
 Triple = tuple[str, str, str]  # (prompt, chosen, rejected)
 
@@ -163,7 +163,7 @@ def train_dpo(
         c, r, tc = _pair_logps(model, tokenizer, batch, max_length)
         counts.update(tc)
         loss, meta = dpo_loss(c, r, ref_c[idx], ref_r[idx], cfg.beta)
-        if faults.inject("dpo.loss", step):  # test-only (lm.train.faults)
+        if faults.inject("dpo.loss", step):  # test-only (lm.faults)
             loss = loss * float("nan")
         check_loss("DPO", step, loss.mean().item())  # before the update: no checkpoint of NaN weights
         opt.zero_grad(set_to_none=True)

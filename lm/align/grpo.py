@@ -21,13 +21,13 @@ from collections.abc import Callable, Sequence
 import torch
 from pydantic import BaseModel, Field
 
+from lm import faults
 from lm.align.batches import batch_from_ids
 from lm.align.guard import check_loss, check_weights
 from lm.align.losses import LossType, compute_group_normalized_rewards, grpo_microbatch_train_step
 from lm.align.ops import get_response_log_probs, masked_mean
 from lm.align.rewards import RewardFn, score_responses
 from lm.align.rollout import context_length, generate
-from lm.train import faults
 
 Problem = tuple[str, str]  # (prompt, ground-truth answer)
 
@@ -150,7 +150,7 @@ def train_grpo(
             for s in range(0, n, cfg.microbatch_size):
                 sl = slice(s, s + cfg.microbatch_size)
                 out = get_response_log_probs(policy, batch.input_ids[sl], batch.labels[sl], return_token_entropy=True)
-                if faults.inject("grpo.loss", step):  # test-only (lm.train.faults)
+                if faults.inject("grpo.loss", step):  # test-only (lm.faults)
                     out["log_probs"] = out["log_probs"] * float("nan")
                 loss, m = grpo_microbatch_train_step(
                     out["log_probs"], batch.response_mask[sl], accum, cfg.loss_type,

@@ -25,9 +25,3 @@ def check_weights(loop: str, model: torch.nn.Module, step: int) -> None:
     if bad:
         raise FloatingPointError(f"{loop} diverged: weights {bad[:3]} are not finite after step {step}; no checkpoint written")
 
-
-def poison_a_weight(model: torch.nn.Module) -> None:
-    """Fault injection (tests): one weight NaN, as if the update overflowed. The last parameter
-    (the output head) feeds every position's logits, so the next loss is NaN too."""
-    with torch.no_grad():
-        list(model.parameters())[-1].view(-1)[0] = float("nan")

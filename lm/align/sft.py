@@ -26,12 +26,12 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, Field
 
+from lm import faults
 from lm.align.batches import tokenize_prompt_and_output
-from lm.align.guard import check_loss, check_weights, poison_a_weight
+from lm.align.guard import check_loss, check_weights
 from lm.align.losses import sft_microbatch_train_step
 from lm.align.ops import get_response_log_probs
 from lm.align.rollout import context_length
-from lm.train import faults
 
 
 class SFTConfig(BaseModel):
@@ -131,7 +131,7 @@ def train_sft(
             b = tokenize_prompt_and_output([p for p, _ in chunk], [r for _, r in chunk], tokenizer, max_length=max_length, eot_id=tokenizer.eot_id)
             counts.update(b.counts)
             lp = get_response_log_probs(model, b.input_ids, b.labels)["log_probs"]
-            if faults.inject("sft.loss", step):  # test-only (lm.train.faults)
+            if faults.inject("sft.loss", step):  # test-only (lm.faults)
                 lp = lp * float("nan")
             if cfg.normalize == "tokens":
                 # Σ/(tokens per sequence on average) averaged over sequences = mean NLL per token
@@ -144,8 +144,8 @@ def train_sft(
         if cfg.max_grad_norm > 0:
             clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
-        if faults.inject("sft.param", step):  # test-only (lm.train.faults)
-            poison_a_weight(model)
+        if faults.inject("sft.param", step):  # test-only (lm.faults)
+            faults.poison_a_weight(model)
         hist["step"].append(step)
         hist["loss"].append(step_loss)
         if eval_pairs and (step % cfg.eval_every == 0 or step == cfg.num_steps):

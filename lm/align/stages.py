@@ -35,7 +35,8 @@ from lm.align.plots import plot_curves
 from lm.align.rewards import get_reward_fn
 from lm.align.sft import SFTConfig, train_sft
 from lm.align.tokenizers import load_tokenizer
-from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard
+from lm.data.manifest import Manifest
+from lm.data.shards import Stage
 from lm.eval.datasets import load_gsm8k, load_mmlu, load_sft_jsonl
 from lm.eval.harness import EVAL_SCHEMA, evaluate_generation, perplexity
 
@@ -169,9 +170,9 @@ def build_align_data(root: str | Path, cfg: AlignDataConfig, kind: Kind) -> Path
 
 
 def read_split(data_manifest: str | Path, split: str) -> list[dict]:
-    m = read_manifest(data_manifest)
-    d = manifest_dir(m)
-    return [row for s in m["shards"] if s["source"] == split for row in read_shard(d / s["name"], s["sha256"]).to_pylist()]
+    """Rows of the ``split`` ("train" / "eval") shard of an align-data stage, sha256-verified."""
+    m = Manifest.read(data_manifest)
+    return [row for i, s in enumerate(m.shards) if s.source == split for row in m.read_shard(i).to_pylist()]
 
 
 # --------------------------------------------------------------------------- models
@@ -179,7 +180,7 @@ def read_split(data_manifest: str | Path, split: str) -> list[dict]:
 
 def load_policy(model_manifest: str | Path):
     """(model, tokenizer, manifest) of a model manifest (see the module docstring)."""
-    m = read_manifest(model_manifest)
+    m = Manifest.read(model_manifest)
     if not m.get("checkpoint"):
         raise ValueError(f"manifest {m['_path']} has no 'checkpoint': pass a pretrain/sft/dpo/grpo/align-base manifest")
     ckpt = Path(m["checkpoint"])

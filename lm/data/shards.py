@@ -1,46 +1,45 @@
-"""The stage contract: Parquet shards, per-shard completion, and the stage manifest.
+"""The stage contract: one writer for every stage's shards, per-shard completion, the manifest.
 
 Every stage writes one directory::
 
-    <root>/<stage>/<fingerprint>/part-00000.parquet … part-NNNNN.parquet
+    <root>/<stage>/<fingerprint>/part-00000.parquet … part-NNNNN.parquet   (or train-/val-NNNNN.bin)
                                 /rejects-00000.parquet …   (rows dropped, with a reason)
                                 /part-00000.done.json …    (per-shard stats: the completion marker)
                                 /_manifest.json            (written last, atomically)
 
-A shard is written to a hidden temporary file and renamed into place only when finished,
-then its ``.done.json`` marker is renamed into place; so a killed run never leaves a half
-shard and a retry redoes only the shards without a marker. ``commit()`` aggregates the
-markers into ``_manifest.json``; a stage with a manifest is complete and is skipped.
+A shard is written through a :class:`ShardWriter` whose sinks (``lm.data.sinks``: Parquet rows,
+or token ``.bin`` files) write hidden temporaries and rename them into place only when the
+shard is finished, then its ``.done.json`` marker is written; so a killed run never leaves a
+half shard and a retry redoes only the shards without a marker. ``commit()`` aggregates the
+markers into ``_manifest.json``; a stage with an intact manifest is complete and is skipped.
+Markers and manifests are checksummed and signed with the root's key (``lm.data.stagekey``);
+the files they name must be plain names inside the stage directory (``lm.data.stage_io``).
+Writers of one shard (or one commit) hold its lock (``lm.data.locks``): a second run is refused
+with a message naming the first, and never deletes the first run's temporaries.
 
 ``root`` may be a local path or an fsspec URL (``s3://bucket/prefix``, ``memory://…``; see
-``lm.data.storage``). Object stores have no atomic rename: a file is uploaded under a
-temporary key and copied to its final key, the done marker (written last) is the shard's
-commit point and the manifest the stage's; readers check the sha256 (docs/storage.md).
+``lm.data.storage``). Finished stages are read back with ``lm.data.manifest.Manifest``.
 
-Reading finished stages back (manifests, markers, shards, all checksum-verified) and the
-file-level writes live in ``lm.data.stage_io``; everything is importable from here.
-
-The fingerprint is a hash of (stage name, stage code version, config, input fingerprints):
-same inputs + same config + same code → same directory → nothing to do on rerun.
+The fingerprint is a hash of the stage's declaration (``lm.data.fingerprint``): name, code
+version, config, upstream fingerprints, and the files and environment it declares it reads.
 
 Usage (what a task does, one shard at a time)::
 
-    stage = Stage(root, "extract", version="1", config=cfg.model_dump(), inputs=[upstream])
+    stage = Stage(root, "langid", version="1", config=cfg, inputs=[upstream], files={"lid_model": path})
     if not stage.is_complete():
-        for i, shard in enumerate(upstream_shards):
+        for i in range(Manifest.read(upstream).num_shards):
             if stage.shard_done(i):
                 continue
             with stage.open_shard(i, schema=SCHEMA) as w:
                 for row in rows:
                     w.count_in()
                     w.write(row)          # or w.reject(row, "too_short") / w.fail("decode", row_id)
-        manifest_path = stage.commit()
+        manifest_path = stage.commit(num_shards=n)
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -53,22 +52,37 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from lm.data.storage import RemotePath, as_path, commit_file, local_scratch
-from lm.data.nospace import DiskFullError, no_room_errno, disk_full_error, reraise_disk_full  # noqa: F401 (re-exported)
-from lm.data.stage_io import (  # noqa: F401 (re-exported: the whole contract is importable from here)
-    MANIFEST_NAME, ShardCorruptError, _canonical_json, _check_file, _now, accounted, atomic_write_bytes, atomic_write_json,
-    describe, fault_pause, file_sha256, iter_rows, iter_stage_tables, manifest_dir, read_manifest, read_marker, read_shard,
-    read_shard_schema, read_stage_table, shard_paths, table_from_rows, write_marker,
+from lm import faults
+from lm.data import locks
+from lm.data.describe import describe
+from lm.data.fingerprint import DeclaredInputs, fingerprint, source_fingerprint
+from lm.data.manifest import (
+    Manifest, accounted, iter_rows, iter_stage_tables, manifest_dir, read_manifest, read_shard, read_shard_schema,
+    read_stage_table, shard_paths, table_from_rows,
 )
+from lm.data.nospace import DiskFullError, disk_full_error, no_room_errno, reraise_disk_full
+from lm.data.sinks import Layout, Sink, parquet_layout, token_layout
+from lm.data.stage_io import (
+    MANIFEST_NAME, atomic_write_bytes, atomic_write_json, canonical_json, check_file, marker_files, now, read_marker,
+    stage_file, write_marker, write_signed_json,
+)
+from lm.data.storage import RemotePath, ShardCorruptError, as_path, file_sha256
 
-COMPRESSION = "zstd"
-# Rows buffered before a Parquet row group is flushed: bounds memory per open shard.
-ROW_GROUP_ROWS = 2048
+# Public names of the contract, importable from here while callers move to the modules above.
+__all__ = [
+    "MANIFEST_NAME", "DiskFullError", "Manifest", "ShardCorruptError", "ShardStats", "ShardWriter", "Stage",
+    "StageBusyError", "accounted", "atomic_write_bytes", "atomic_write_json", "describe", "disk_full_error",
+    "file_sha256", "fingerprint", "iter_rows", "iter_stage_tables", "manifest_dir", "no_room_errno", "parquet_layout",
+    "read_manifest", "read_marker", "read_shard", "read_shard_schema", "read_stage_table", "reraise_disk_full",
+    "shard_paths", "source_fingerprint", "table_from_rows", "token_layout", "validate_name", "write_marker",
+]
+
+StageBusyError = locks.StageBusyError
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _log = logging.getLogger(__name__)
 _FAILED_IDS_KEPT = 100  # per shard, in the marker: enough to find the records, bounded
+COMMIT_WAIT_S = 120.0  # a commit takes seconds: a second run waits for the first one's instead of failing
 
 
 def validate_name(name: str, what: str = "stage name") -> str:
@@ -81,29 +95,7 @@ def validate_name(name: str, what: str = "stage name") -> str:
     return name
 
 
-def fingerprint(stage: str, version: str, config: Mapping[str, Any], inputs: Sequence[str]) -> str:
-    """Hash of (stage, code version, config, input fingerprints); 16 hex chars."""
-    payload = _canonical_json(
-        {"stage": stage, "version": str(version), "config": config, "inputs": list(inputs)}
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def source_fingerprint(source: str) -> str:
-    """Identity of a raw input (file or URL) for fingerprints: local files by size and mtime."""
-    if "://" in str(source):
-        return str(source)
-    p = Path(source)
-    if p.exists():
-        st = p.stat()
-        return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    return source
-
-
-# --------------------------------------------------------------------------- manifests
-
-
-# --------------------------------------------------------------------------- writing
+# --------------------------------------------------------------------------- writing one shard
 
 
 @dataclass
@@ -117,85 +109,29 @@ class ShardStats:
     extra: Counter = field(default_factory=Counter)  # stage-specific counters (e.g. emails masked)
 
 
-class _ParquetSink:
-    """Buffers rows and writes them to a temporary Parquet file; ``finish`` renames it into place
-    (remote stage: the file is built in a local scratch directory, then committed by copy)."""
-
-    def __init__(self, final: Path | RemotePath, schema: pa.Schema | None):
-        self.final = final
-        scratch = final.parent if isinstance(final, Path) else local_scratch("lmpipe-shard-")
-        self.tmp = scratch / f".{final.name}.{os.getpid()}.tmp"
-        self.schema = schema
-        self.rows: list[dict] = []
-        self.writer: pq.ParquetWriter | None = None
-        self.count = 0
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        self.count += 1
-        if len(self.rows) >= ROW_GROUP_ROWS:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self.rows and self.writer is not None:
-            return
-        table = pa.Table.from_pylist(self.rows, schema=self.schema)
-        with reraise_disk_full(self.final):
-            if self.writer is None:
-                self.schema = table.schema
-                self.writer = pq.ParquetWriter(self.tmp, table.schema, compression=COMPRESSION)
-            self.writer.write_table(table)
-        self.rows = []
-
-    def finish(self) -> dict:
-        self._flush()  # also creates an empty shard when nothing was written
-        self.writer.close()
-        with open(self.tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        digest = file_sha256(self.tmp)
-        size = self.tmp.stat().st_size
-        commit_file(self.tmp, self.final)
-        self._clean_scratch()
-        return {"name": self.final.name, "rows": self.count, "bytes": size, "sha256": digest}
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            with contextlib.suppress(Exception):
-                self.writer.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
-        self._clean_scratch()
-
-    def _clean_scratch(self) -> None:
-        if isinstance(self.final, RemotePath):
-            with contextlib.suppress(OSError):
-                self.tmp.parent.rmdir()
-
-
 class ShardWriter:
-    """Writes one output shard (and its rejects) of a stage. Use through ``Stage.open_shard``."""
+    """Writes one shard of a stage through its sinks. Use through ``Stage.open_shard``."""
 
-    def __init__(self, stage: "Stage", index: int, schema: pa.Schema | None, source: str | None):
-        self.stage = stage
-        self.index = index
-        self.source = source
+    def __init__(self, stage: Stage, index: int, sinks: Mapping[str, Sink], source: str | None):
+        self.stage, self.index, self.source = stage, index, source
+        self.sinks = dict(sinks)
         self.stats = ShardStats(index)
-        self._out = _ParquetSink(stage.path / f"part-{index:05d}.parquet", schema)
-        reject_schema = schema.append(pa.field("reason", pa.string())) if schema is not None else None
-        self._rejects = _ParquetSink(stage.path / f"rejects-{index:05d}.parquet", reject_schema)
         self._started = time.time()
 
     def count_in(self, n: int = 1) -> None:
         """Count ``n`` input records read (every one must end kept, rejected or failed)."""
         self.stats.rows_in += n
 
-    def write(self, row: dict) -> None:
+    def write(self, item: Any, to: str = "shard") -> None:
+        """Keep one record: a row (Parquet layout) or a document's token ids (``to`` = its split)."""
         self.stats.kept += 1
-        self._out.add(row)
+        self.sinks[to].add(item)
 
-    def reject(self, row: dict, reason: str) -> None:
+    def reject(self, row: dict | None, reason: str) -> None:
+        """Reject one record with ``reason``; the row goes to the rejects file when the layout has one."""
         self.stats.rejected[reason] += 1
-        self._rejects.add({**row, "reason": reason})
+        if row is not None and "rejects" in self.sinks:
+            self.sinks["rejects"].add({**row, "reason": reason})
 
     def fail(self, kind: str, record_id: str | None = None) -> None:
         """Count a record that could not be processed (e.g. undecodable), with its id for the log."""
@@ -207,31 +143,31 @@ class ShardWriter:
         self.stats.extra[key] += n
 
     def _finish(self) -> dict:
-        with reraise_disk_full(self._out.final):
-            out = self._out.finish()
-        with reraise_disk_full(self._rejects.final):
-            rej = self._rejects.finish()
         s = self.stats
-        marker = {
-            "index": self.index,
-            "source": self.source,
-            "shard": out,
-            "rejects": rej,
-            "rows_in": s.rows_in,
-            "kept": s.kept,
-            "rejected": dict(s.rejected),
-            "failed": dict(s.failed),
-            "failed_ids": s.failed_ids,
-            "extra": dict(s.extra),
-            "seconds": round(time.time() - self._started, 4),
-            "finished_at": _now(),
+        marker: dict[str, Any] = {"index": self.index, "source": self.source}
+        if any(sink.marker_key == "outputs" for sink in self.sinks.values()):
+            marker["outputs"] = []
+        for sink in self.sinks.values():
+            entry = sink.finish()
+            if sink.marker_key == "outputs":
+                if entry is not None:
+                    marker["outputs"].append(entry)
+            else:
+                marker[sink.marker_key] = entry
+        marker |= {
+            "rows_in": s.rows_in, "kept": s.kept, "rejected": dict(s.rejected), "failed": dict(s.failed),
+            "failed_ids": s.failed_ids, "extra": dict(s.extra),
+            "seconds": round(time.time() - self._started, 4), "finished_at": now(),
         }
         write_marker(self.stage.marker_path(self.index), marker)
         return marker
 
     def _abort(self) -> None:
-        self._out.abort()
-        self._rejects.abort()
+        for sink in self.sinks.values():
+            sink.abort()
+
+
+# --------------------------------------------------------------------------- the stage
 
 
 class Stage:
@@ -246,29 +182,54 @@ class Stage:
         config: Mapping[str, Any],
         inputs: Sequence[str | os.PathLike] = (),
         sources: Sequence[str] = (),
+        files: Mapping[str, str | os.PathLike] | None = None,
+        env: Sequence[str] = (),
+        lock_wait_s: float = 0.0,
     ):
-        """``inputs``: upstream manifest paths (lineage); ``sources``: raw inputs (files, URLs)."""
+        """The stage's declaration, from which its fingerprint is computed:
+
+        ``version`` the stage code's version (bump it when the code changes what it writes);
+        ``config`` every setting that changes the output; ``inputs`` upstream manifest paths
+        (lineage); ``sources`` raw inputs (files by size and mtime, URLs as given); ``files``
+        other files it reads (models, word lists) by role → path, identified by content hash;
+        ``env`` environment variables that change what it computes. ``lock_wait_s``: how long
+        a shard held by another run is waited for before refusing (default: refuse at once).
+        """
         self.root = as_path(root)
         self.name = validate_name(name)
         self.version = str(version)
-        self.config = json.loads(_canonical_json(dict(config)))
+        self.config = json.loads(canonical_json(dict(config)))
         self.inputs = []
         for p in inputs:
-            m = read_manifest(p)
-            self.inputs.append({"stage": m["stage"], "fingerprint": m["fingerprint"], "path": m["_path"]})
+            m = Manifest.read(p)
+            self.inputs.append({"stage": m.stage, "fingerprint": m.fingerprint, "path": str(m.path)})
         self.sources = [str(s) for s in sources]
+        self.declared = DeclaredInputs.declare(files, env)
         upstream = [i["fingerprint"] for i in self.inputs] + [source_fingerprint(s) for s in self.sources]
-        self.fingerprint = fingerprint(name, self.version, self.config, upstream)
+        self.fingerprint = fingerprint(name, self.version, self.config, upstream, self.declared.fingerprint_part())
         self.path = self.root / name / self.fingerprint
         self.manifest_path = self.path / MANIFEST_NAME
+        self.lock_wait_s = lock_wait_s
+
+    @classmethod
+    def at(cls, path: str | os.PathLike, *, name: str, fingerprint: str, version: str = "", config: Mapping | None = None) -> Stage:
+        """A stage in an explicit directory whose identity the caller decides (hand-made token
+        shards, tests): ``path`` plays ``<root>/<stage>/<fingerprint>``."""
+        stage = cls.__new__(cls)
+        stage.path = as_path(path)
+        stage.root = stage.path.parent.parent
+        stage.name, stage.version, stage.fingerprint = validate_name(name), str(version), fingerprint
+        stage.config = json.loads(canonical_json(dict(config or {})))
+        stage.inputs, stage.sources, stage.declared = [], [], DeclaredInputs()
+        stage.manifest_path = stage.path / MANIFEST_NAME
+        stage.lock_wait_s = 0.0
+        return stage
 
     # -- state
     def is_complete(self) -> bool:
-        """True when the manifest is intact and every file it lists matches its size and sha256.
-
-        Anything corrupt (flipped bytes, truncation, a missing file) makes the stage incomplete,
-        so a rerun recomputes it (only the damaged shards, whose markers no longer verify)
-        instead of trusting it; the problems are logged."""
+        """True when the manifest is intact, signed with the root's key, and every file it lists
+        matches its size and sha256. Anything else makes the stage incomplete, so a rerun
+        recomputes it (only the damaged shards, whose markers no longer verify); problems are logged."""
         if not self.manifest_path.exists():
             return False
         problems = self.verify()
@@ -278,15 +239,16 @@ class Stage:
         return True
 
     def verify(self) -> list[str]:
-        """What is wrong with the finished stage (empty when nothing): manifest checksum, and
-        size + sha256 of every shard, reject and listed file (``files_sha256``)."""
+        """What is wrong with the finished stage (empty when nothing): manifest checksum and
+        signature, and size + sha256 of every shard, reject and listed file (``files_sha256``)."""
         try:
-            m = read_manifest(self.manifest_path)
+            m = Manifest.read(self.manifest_path)
+            files = [(m.shard_path(i, kind), e.num_bytes, e.sha256) for kind in ("shards", "rejects")
+                     for i, e in enumerate(m.entries(kind))]
+            files += [(m.file_path(n), None, h) for n, h in (m.extra.get("files_sha256") or {}).items()]
         except (ShardCorruptError, FileNotFoundError) as e:
             return [str(e)]
-        entries = [s for kind in ("shards", "rejects") for s in m.get(kind, [])]
-        entries += [{"name": n, "sha256": h} for n, h in (m.get("files_sha256") or {}).items()]
-        return [p for e in entries if (p := _check_file(self.path / e["name"], e.get("bytes"), e.get("sha256")))]
+        return [p for path, size, digest in files if (p := check_file(path, size, digest))]
 
     def ensure_dir(self) -> Path | RemotePath:
         """Create the stage directory; refuse one that resolves outside the root (a symlink
@@ -306,106 +268,127 @@ class Stage:
         return self.path / f"part-{index:05d}.done.json"
 
     def shard_done(self, index: int) -> bool:
-        """True if shard ``index`` finished: marker intact, its files present with the size and
-        sha256 it records (a corrupt shard or marker is redone, not trusted)."""
+        """True if shard ``index`` finished: marker intact and signed, its files plain names in
+        the stage directory with the size and sha256 it records (anything else is redone)."""
         marker = self.marker_path(index)
         if not marker.exists():
             return False
         try:
-            m = read_marker(marker)
-            for key in ("shard", "rejects"):
-                if key == "rejects" and not m[key]["rows"] and not (self.path / m[key]["name"]).exists():
-                    continue  # commit removes empty rejects files
-                if _check_file(self.path / m[key]["name"], m[key]["bytes"], m[key].get("sha256")):
+            m = read_marker(marker, index)
+            for role, entry in marker_files(m, f"shard marker {marker}"):
+                if role == "rejects" and not entry["rows"]:
+                    continue  # nothing rejected: no rejects file
+                if check_file(stage_file(self.path, entry["name"], f"shard marker {marker}"), entry["bytes"], entry.get("sha256")):
                     return False
-        except (ShardCorruptError, KeyError, TypeError):
+        except (ShardCorruptError, KeyError, TypeError) as e:
+            _log.warning("shard %d of stage %s will be recomputed: %s", index, self.name, e)
             return False
         return True
 
     # -- writing
+    def lock(self, part: str = "stage", wait_s: float | None = None):
+        """Hold this stage's lock for ``part`` ("stage": the whole stage, for stages written as
+        one unit; shards and commits take their own). StageBusyError names another run holding it."""
+        what = f"stage {self.name} at {self.path}" + ("" if part == "stage" else f" ({part})")
+        return locks.held(locks.lock_path(self.path, part), what, self.lock_wait_s if wait_s is None else wait_s)
+
     @contextlib.contextmanager
-    def open_shard(self, index: int, schema: pa.Schema | None = None, source: str | None = None) -> Iterator[ShardWriter]:
-        """Write shard ``index``; it becomes visible (with its marker) only if the block succeeds."""
+    def open_shard(self, index: int, schema: pa.Schema | None = None, source: str | None = None,
+                   layout: Layout | None = None) -> Iterator[ShardWriter]:
+        """Write shard ``index`` (``layout``: the sinks, Parquet rows by default); it becomes
+        visible (with its marker) only if the block succeeds."""
         self.ensure_dir()
-        # A run killed mid-shard leaves hidden temporaries (shard, rejects, marker; local files
-        # or remote keys); one writer per shard, so clear them.
-        for pattern in (f".*-{index:05d}.parquet.*.tmp", f".{self.marker_path(index).name}.*.tmp"):
-            for stale in self.path.glob(pattern):
+        with self.lock(f"shard-{index:05d}"):
+            # A run killed mid-shard leaves hidden temporaries (its files and marker; local files or
+            # remote keys). We hold the shard's lock: they are nobody's now.
+            for stale in self.path.glob(f".*-{index:05d}.*.tmp"):
                 stale.unlink(missing_ok=True)
-        w = ShardWriter(self, index, schema, source)
-        try:
-            yield w
-        except BaseException:
-            w._abort()
-            raise
-        fault_pause(index)
-        try:
-            w._finish()
-        except BaseException:
-            # e.g. the disk filled while closing: no marker was written, so the shard is not
-            # done; leave no temporary (or final file of this attempt) behind.
-            w._abort()
-            if not self.marker_path(index).exists():
-                for sink in (w._out, w._rejects):
-                    with contextlib.suppress(FileNotFoundError):
-                        sink.final.unlink()
-            raise
+            w = ShardWriter(self, index, (layout or parquet_layout(schema))(self.path, index), source)
+            try:
+                yield w
+            except BaseException:
+                w._abort()
+                raise
+            faults.shard_pause(index)
+            try:
+                w._finish()
+            except BaseException:
+                # e.g. the disk filled while closing: no marker was written, so the shard is not
+                # done; leave no temporary (or final file of this attempt) behind.
+                w._abort()
+                if not self.marker_path(index).exists():
+                    for sink in w.sinks.values():
+                        with contextlib.suppress(FileNotFoundError):
+                            sink.final.unlink()
+                raise
+
+    def _markers(self, num_shards: int | None) -> list[dict]:
+        if num_shards is None:
+            found = {}
+            for p in self.path.glob("part-*.done.json"):
+                m = read_marker(p)
+                if p.name != self.marker_path(m.get("index", -1)).name:
+                    raise ShardCorruptError(f"shard marker {p} names shard {m.get('index')!r}; delete it and rerun the stage")
+                found[m["index"]] = m
+            return [found[i] for i in sorted(found)]
+        missing = [i for i in range(num_shards) if not self.marker_path(i).exists()]
+        if missing:
+            raise RuntimeError(f"stage {self.name} at {self.path}: shards {missing} not finished; rerun to complete them")
+        return [read_marker(self.marker_path(i), i) for i in range(num_shards)]
 
     def commit(self, num_shards: int | None = None, extra: Mapping[str, Any] | None = None) -> Path | RemotePath:
         """Aggregate the shard markers into ``_manifest.json`` (written last). Returns its path.
 
-        ``num_shards`` makes commit refuse when a shard is missing; ``extra`` adds stage-specific
-        fields (e.g. a summary) to the manifest.
+        ``num_shards`` makes commit refuse when a shard is missing (and read only shards
+        ``0..num_shards-1``); ``extra`` adds stage-specific fields (e.g. a summary) to the manifest.
         """
         self.ensure_dir()
-        markers = []
-        for p in sorted(self.path.glob("part-*.done.json")):
-            markers.append(read_marker(p))
-        markers.sort(key=lambda m: m["index"])
-        if num_shards is not None:
-            have = {m["index"] for m in markers}
-            missing = sorted(set(range(num_shards)) - have)
-            if missing:
-                raise RuntimeError(f"stage {self.name} at {self.path}: shards {missing} not finished; rerun to complete them")
-        counts = {"in": 0, "kept": 0, "rejected": Counter(), "failed": Counter()}
-        extra_counts: Counter = Counter()
-        failed_ids = []
-        for m in markers:
-            counts["in"] += m["rows_in"]
-            counts["kept"] += m["kept"]
-            counts["rejected"].update(m["rejected"])
-            counts["failed"].update(m["failed"])
-            extra_counts.update(m.get("extra", {}))
-            failed_ids.extend(m.get("failed_ids", []))
-        schema = None
-        if markers:
-            first = self.path / markers[0]["shard"]["name"]
-            schema = {f.name: str(f.type) for f in read_shard_schema(first)}
-        # Rejected shards' parquet files with zero rows are not listed; remove them to keep the dir tidy.
-        for m in markers:
-            if not m["rejects"]["rows"]:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.path / m["rejects"]["name"]).unlink()
-        return self.write_manifest(
-            shards=[{**m["shard"], "index": m["index"], "source": m["source"]} for m in markers],
-            rejects=[{**m["rejects"], "index": m["index"]} for m in markers if m["rejects"]["rows"]],
-            counts={
-                "in": counts["in"],
-                "kept": counts["kept"],
-                "rejected": dict(counts["rejected"]),
-                "failed": dict(counts["failed"]),
-                **dict(extra_counts),
-            },
-            schema=schema,
-            failed_ids=failed_ids[:1000],
-            timings={
-                "shard_seconds": {str(m["index"]): m["seconds"] for m in markers},
-                "total_shard_seconds": round(sum(m["seconds"] for m in markers), 4),
-            },
-            extra=extra,
-        )
+        with self.lock("commit", wait_s=max(self.lock_wait_s, COMMIT_WAIT_S)):
+            markers = self._markers(num_shards)
+            shards, rejects, schema = [], [], None
+            counts = {"in": 0, "kept": 0, "rejected": Counter(), "failed": Counter()}
+            extra_counts: Counter = Counter()
+            failed_ids = []
+            for m in markers:
+                where = f"shard marker {self.marker_path(m['index'])}"
+                for role, entry in marker_files(m, where):
+                    if role == "shard":
+                        shards.append({**entry, "index": m["index"], "source": m["source"]})
+                        if schema is None:
+                            schema = {f.name: str(f.type) for f in read_shard_schema(stage_file(self.path, entry["name"], where))}
+                    elif role == "rejects" and entry["rows"]:
+                        rejects.append({**entry, "index": m["index"]})
+                    elif role == "outputs":
+                        shards.append(entry)
+                counts["in"] += m["rows_in"]
+                counts["kept"] += m["kept"]
+                counts["rejected"].update(m["rejected"])
+                counts["failed"].update(m["failed"])
+                extra_counts.update(m.get("extra", {}))
+                failed_ids.extend(m.get("failed_ids", []))
+            path = self._write_manifest(
+                shards=shards, rejects=rejects,
+                counts={"in": counts["in"], "kept": counts["kept"], "rejected": dict(counts["rejected"]),
+                        "failed": dict(counts["failed"]), **dict(extra_counts)},
+                schema=schema, failed_ids=failed_ids[:1000],
+                timings={"shard_seconds": {str(m["index"]): m["seconds"] for m in markers},
+                         "total_shard_seconds": round(sum(m["seconds"] for m in markers), 4)},
+                extra=extra,
+            )
+        locks.sweep(self.path)  # lock files of killed writers of this stage
+        return path
 
-    def write_manifest(
+    def write_manifest(self, **parts: Any) -> Path | RemotePath:
+        """Write ``_manifest.json`` (last, atomically, checksummed and signed) from finished parts.
+
+        ``commit`` uses it for sharded stages; stages with other outputs (a tokenizer directory,
+        a checkpoint) call it with their own entries and counts. Keywords: ``shards``, ``counts``,
+        ``rejects``, ``schema``, ``failed_ids``, ``timings``, ``extra``."""
+        self.ensure_dir()
+        with self.lock("commit", wait_s=max(self.lock_wait_s, COMMIT_WAIT_S)):
+            return self._write_manifest(**parts)
+
+    def _write_manifest(
         self,
         *,
         shards: list[dict],
@@ -416,11 +399,6 @@ class Stage:
         timings: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> Path | RemotePath:
-        """Write ``_manifest.json`` (last, atomically, with its own checksum) from finished parts.
-
-        ``commit`` uses it for Parquet stages; stages with other shard formats (token ``.bin``
-        files, a tokenizer directory) call it with their own shard entries and counts."""
-        self.ensure_dir()
         for stale in self.path.glob(f".{MANIFEST_NAME}.*.tmp"):  # left by a commit that was killed
             stale.unlink(missing_ok=True)
         counts = dict(counts)
@@ -433,15 +411,17 @@ class Stage:
             "config": self.config,
             "inputs": self.inputs,
             "sources": self.sources,
+            **({"declared": declared} if (declared := self.declared.to_json()) else {}),
             "schema": dict(schema) if schema else None,
             "shards": shards,
             "rejects": rejects or [],
             "counts": {k: counts[k] for k in ("in", "kept", "rejected", "failed")}
             | {k: v for k, v in sorted(counts.items()) if k not in {"in", "kept", "rejected", "failed"}},
             "failed_ids": failed_ids or [],
-            "timings": {**(timings or {}), "committed_at": _now()},
+            "timings": {**(timings or {}), "committed_at": now()},
             **(dict(extra) if extra else {}),
         }
-        manifest["manifest_sha256"] = hashlib.sha256(_canonical_json(manifest).encode()).hexdigest()
-        atomic_write_json(self.manifest_path, manifest)
+        manifest = json.loads(canonical_json(manifest))  # as it will read back (tuples → lists, paths → str)
+        Manifest.from_json(manifest, self.manifest_path)  # a writer may not list names outside the stage either
+        write_signed_json(self.manifest_path, manifest, "manifest")
         return self.manifest_path

@@ -1,68 +1,47 @@
-"""Finished stage files: checksums, atomic writes, shard markers, manifests, shard readers.
+"""Finished stage files: atomic writes, signed shard markers, file names confined to the stage.
 
-The file-level half of the stage contract (``lm.data.shards`` re-exports all of it): how a
-file is written so readers see it whole or not at all, how a shard marker and a manifest
-check themselves, and how a finished stage is read back with every shard verified against
-the sha256 its manifest records. Works on local paths and fsspec URLs (``lm.data.storage``).
+The file-level half of the stage contract: how a file is written so readers see it whole or
+not at all; how a shard marker (and a manifest, ``lm.data.manifest``) carries a sha256 of its
+body and an HMAC under its root's key (``lm.data.stagekey``) so that damage is found and a
+marker written by someone without the key is not trusted; and how a file name read from a
+marker or manifest is checked to be a plain name inside the stage directory (no separators,
+no ``..``, not absolute, not a symbolic link) before anything is opened, hashed or deleted.
+Works on local paths and fsspec URLs (``lm.data.storage``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
+import datetime as dt
 import hashlib
 import json
 import os
 import tempfile
-import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from lm.data import stagekey
 from lm.data.nospace import DiskFullError, disk_full_error, no_room_errno
-from lm.data.storage import RemotePath, as_path, write_bytes_atomic
+from lm.data.storage import RemotePath, ShardCorruptError, as_path, file_sha256, write_bytes_atomic
+
+__all__ = [
+    "MANIFEST_NAME", "ShardCorruptError", "atomic_write_bytes", "atomic_write_json", "canonical_json", "check_file",
+    "file_sha256", "marker_files", "now", "plain_name", "read_marker", "read_signed_json", "stage_file", "write_marker",
+    "write_signed_json",
+]
 
 MANIFEST_NAME = "_manifest.json"
+_MAX_NAME = 255
 
 
-class ShardCorruptError(RuntimeError):
-    """A shard or manifest does not match the checksum or structure recorded for it."""
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _canonical_json(obj: Any) -> str:
+def canonical_json(obj: Any) -> str:
+    """The JSON text that checksums and signatures are computed over (sorted keys, no spaces)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def file_sha256(path: str | os.PathLike | RemotePath, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    p = as_path(path)
-    with (open(p, "rb") if isinstance(p, Path) else p.open("rb")) as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fault_pause(index: int = 0) -> None:
-    """Fault-injection hook: sleep ``$LMPIPE_TEST_SHARD_DELAY_S`` × (1 + index % 4) seconds
-    (unset: no pause).
-
-    Called between a shard's last row and its rename into place, so the kill tests
-    (tests/reliability/) can SIGKILL a run while a shard is half-finished on disk; staggered
-    by index so shards running in parallel still finish one after another."""
-    if delay := float(os.environ.get("LMPIPE_TEST_SHARD_DELAY_S", "0") or 0):
-        time.sleep(delay * (1 + index % 4))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -90,186 +69,117 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def read_manifest(path: str | os.PathLike) -> dict:
-    """Read a stage manifest (the file or its stage directory). Raises on a broken manifest."""
-    path = as_path(path)
-    if isinstance(path, RemotePath) and not path.name.endswith(".json"):
-        path = path / MANIFEST_NAME  # a stage directory (no directory objects to ask about)
-    elif isinstance(path, Path) and path.is_dir():
-        path = path / MANIFEST_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"no stage manifest at {path}: the stage has not finished there")
-    try:
-        manifest = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ShardCorruptError(f"manifest {path} is not valid JSON ({e}); rerun the stage: it recomputes what is damaged") from e
-    missing = {"stage", "fingerprint", "shards", "counts"} - set(manifest)
-    if missing:
-        raise ShardCorruptError(f"manifest {path} lacks {sorted(missing)}; rerun the stage: it recomputes what is damaged")
-    digest = manifest.get("manifest_sha256")
-    if digest is not None:
-        body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-        if hashlib.sha256(_canonical_json(body).encode()).hexdigest() != digest:
-            raise ShardCorruptError(f"manifest {path} does not match its checksum; rerun the stage: it recomputes what is damaged")
-    manifest["_path"] = str(path)
-    return manifest
+# --------------------------------------------------------------------------- names inside the stage
 
 
-def write_marker(path: str | os.PathLike, marker: Mapping[str, Any]) -> None:
-    """Write a shard's completion marker with its own checksum (``marker_sha256``)."""
-    body = {k: v for k, v in marker.items() if k != "marker_sha256"}
-    atomic_write_json(path, {**body, "marker_sha256": hashlib.sha256(_canonical_json(body).encode()).hexdigest()})
+def plain_name(name: object, where: str, *, allow_subdirs: bool = False) -> str:
+    """``name`` if it is a plain file name (``allow_subdirs``: '/'-separated plain names), else
+    ShardCorruptError: a marker or manifest may only name files inside its stage directory."""
+    parts = name.split("/") if isinstance(name, str) and allow_subdirs else [name]
+    ok = isinstance(name, str) and 0 < len(name) <= 4 * _MAX_NAME and all(
+        isinstance(p, str) and 0 < len(p) <= _MAX_NAME and p not in (".", "..") and "/" not in p and "\\" not in p
+        and "\x00" not in p and not os.path.isabs(p) for p in parts)
+    if not ok:
+        raise ShardCorruptError(
+            f"{where} names the file {str(name)[:80]!r}, which is not a plain name inside the stage directory "
+            "(separators, '..' and absolute paths are refused); the file is not trusted: delete it and rerun the stage"
+        )
+    return name
 
 
-def read_marker(path: str | os.PathLike) -> dict:
-    """Read a shard marker; ShardCorruptError if it is not JSON or does not match its checksum."""
-    try:
-        marker = json.loads(as_path(path).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ShardCorruptError(f"shard marker {path} is not valid JSON ({e}); rerun the stage: the shard is recomputed") from e
-    digest = marker.pop("marker_sha256", None) if isinstance(marker, dict) else None
-    if not isinstance(marker, dict) or (digest is not None and hashlib.sha256(_canonical_json(marker).encode()).hexdigest() != digest):
-        raise ShardCorruptError(f"shard marker {path} does not match its checksum; rerun the stage: the shard is recomputed")
-    return marker
+def stage_file(stage_dir: Path | RemotePath, name: object, where: str, *, allow_subdirs: bool = False) -> Path | RemotePath:
+    """The path of file ``name`` listed by ``where`` (a marker or manifest) of ``stage_dir``,
+    refused when the name could leave the directory or (local) a component is a symbolic link."""
+    rel = plain_name(name, where, allow_subdirs=allow_subdirs)
+    path = stage_dir
+    for part in rel.split("/"):
+        path = path / part
+        if isinstance(path, Path) and path.is_symlink():
+            raise ShardCorruptError(f"{where} names {rel!r}, and {path} is a symbolic link; stage files are never links: "
+                                    "refusing to follow it (delete the link and rerun the stage)")
+    return path
 
 
-def _check_file(path: Path, size: int | None, sha256: str | None) -> str | None:
+def check_file(path: Path | RemotePath, size: int | None, sha256: str | None) -> str | None:
     """Why ``path`` does not match the recorded size / sha256 (None when it does)."""
     if not path.exists():
         return f"{path} is missing"
     if size is not None and path.stat().st_size != size:
         return f"{path} has {path.stat().st_size} bytes, {size} recorded (truncated or changed)"
-    if sha256 is not None and file_sha256(path) != sha256:
-        return f"{path} does not match its recorded sha256 (corrupted or changed)"
+    if sha256 is not None:
+        try:
+            if file_sha256(path, follow_links=False) != sha256:
+                return f"{path} does not match its recorded sha256 (corrupted or changed)"
+        except ShardCorruptError as e:
+            return str(e)
     return None
 
 
-def manifest_dir(manifest: Mapping | str | os.PathLike) -> Path | RemotePath:
-    if isinstance(manifest, Mapping):
-        return as_path(manifest["_path"]).parent
-    p = as_path(manifest)
-    if isinstance(p, RemotePath):
-        return p.parent if p.name.endswith(".json") else p
-    return p if p.is_dir() else p.parent
+# --------------------------------------------------------------------------- signed JSON files
 
 
-def shard_paths(manifest: Mapping | str | os.PathLike, kind: str = "shards") -> list[Path | RemotePath]:
-    """Paths of a finished stage's output shards (``kind="rejects"`` for the rejects)."""
-    m = manifest if isinstance(manifest, Mapping) else read_manifest(manifest)
-    d = manifest_dir(m)
-    return [d / s["name"] for s in m.get(kind, [])]
-
-
-def read_shard(path: str | os.PathLike, expected_sha256: str | None = None, columns: list[str] | None = None) -> pa.Table:
-    """Read one Parquet shard, verifying its checksum when one is given."""
+def write_signed_json(path: Path | RemotePath, body: Mapping[str, Any], kind: str) -> dict:
+    """Write ``body`` with ``<kind>_sha256`` (damage) and ``<kind>_hmac`` (the root's key) atomically."""
     path = as_path(path)
-    if isinstance(path, RemotePath):
-        return _read_remote_shard(path, expected_sha256, columns)
-    if not path.exists():
-        raise FileNotFoundError(f"shard {path} does not exist")
-    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
-        raise ShardCorruptError(
-            f"shard {path} does not match the checksum in its manifest (corrupted or changed "
-            "after the stage finished); rerun the stage that wrote it: it recomputes the damaged shard"
-        )
-    try:
-        return pq.read_table(path, columns=columns)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise ShardCorruptError(f"shard {path} is not readable Parquet ({e}); rerun the stage that wrote it") from e
+    body = {k: v for k, v in body.items() if k not in (f"{kind}_sha256", f"{kind}_hmac", "_path")}
+    text = canonical_json(body)
+    signed = {**body, f"{kind}_sha256": hashlib.sha256(text.encode()).hexdigest(),
+              f"{kind}_hmac": stagekey.sign(kind, path.parent, path.name, text)}
+    atomic_write_json(path, signed)
+    return signed
 
 
-def _read_remote_shard(path: RemotePath, expected_sha256: str | None, columns: list[str] | None) -> pa.Table:
-    """One GET: the checksum is verified on exactly the bytes that are parsed."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"shard {path} does not exist") from None
-    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise ShardCorruptError(
-            f"shard {path} does not match the checksum in its manifest (corrupted or changed "
-            "after the stage finished); delete the stage directory and rerun the stage"
-        )
-    try:
-        return pq.read_table(pa.BufferReader(data), columns=columns)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise ShardCorruptError(f"shard {path} is not readable Parquet ({e})") from e
-
-
-def read_shard_schema(path: str | os.PathLike | RemotePath) -> pa.Schema:
-    """The Arrow schema of a Parquet shard, from its footer (a ranged read on a remote root)."""
+def read_signed_json(path: Path | RemotePath, kind: str, what: str, advice: str) -> dict:
+    """Read a file written by :func:`write_signed_json`; ShardCorruptError (naming ``what`` and
+    giving ``advice``) when it is not JSON, damaged, or not signed with its root's key."""
     path = as_path(path)
-    if isinstance(path, RemotePath):
-        with path.open("rb") as f:
-            return pq.read_schema(f)
-    return pq.read_schema(path)
+    try:
+        raw = path.read_bytes() if isinstance(path, RemotePath) else _read_local_json(path)
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ShardCorruptError(f"{what} {path} is not valid JSON ({e}); {advice}") from e
+    if not isinstance(obj, dict):
+        raise ShardCorruptError(f"{what} {path} is not a JSON object; {advice}")
+    digest, mac = obj.pop(f"{kind}_sha256", None), obj.pop(f"{kind}_hmac", None)
+    text = canonical_json(obj)
+    if digest is not None and hashlib.sha256(text.encode()).hexdigest() != digest:
+        raise ShardCorruptError(f"{what} {path} does not match its checksum; {advice}")
+    if why := stagekey.verify(kind, path.parent, path.name, text, mac):
+        raise ShardCorruptError(f"{what} {path} is not trusted: {why}; {advice}")
+    return obj
 
 
-def iter_stage_tables(manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None, verify: bool = True) -> Iterator[pa.Table]:
-    m = manifest if isinstance(manifest, Mapping) else read_manifest(manifest)
-    d = manifest_dir(m)
-    for s in m.get(kind, []):
-        yield read_shard(d / s["name"], s.get("sha256") if verify else None, columns)
+def _read_local_json(path: Path) -> bytes:
+    if path.is_symlink():
+        raise ShardCorruptError(f"{path} is a symbolic link; stage files are never links: refusing to read it")
+    return path.read_bytes()
 
 
-def iter_rows(manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None) -> Iterator[dict]:
-    for table in iter_stage_tables(manifest, kind, columns):
-        yield from table.to_pylist()
+def write_marker(path: str | os.PathLike, marker: Mapping[str, Any]) -> None:
+    """Write a shard's completion marker, checksummed and signed (``marker_sha256``, ``marker_hmac``)."""
+    write_signed_json(as_path(path), marker, "marker")
 
 
-def read_stage_table(manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None) -> pa.Table:
-    tables = list(iter_stage_tables(manifest, kind, columns))
-    if not tables:
-        return pa.table({})
-    return pa.concat_tables(tables, promote_options="default")
+def read_marker(path: str | os.PathLike, index: int | None = None) -> dict:
+    """Read a shard marker; ShardCorruptError if it is not JSON, damaged, unsigned, or (``index``
+    given) not the marker of that shard."""
+    marker = read_signed_json(as_path(path), "marker", "shard marker", "rerun the stage: the shard is recomputed")
+    if index is not None and marker.get("index") != index:
+        raise ShardCorruptError(f"shard marker {path} is for shard {marker.get('index')!r}, not {index}; rerun the stage")
+    return marker
 
 
-def accounted(manifest: Mapping) -> bool:
-    """Every input record is kept, rejected or failed (the 'nothing lost' invariant)."""
-    c = manifest["counts"]
-    return c["in"] == c["kept"] + sum(c["rejected"].values()) + sum(c["failed"].values())
-
-
-# --------------------------------------------------------------------------- inspection
-
-
-def describe(stage_dir: str | os.PathLike, num_samples: int = 3, width: int = 300) -> str:
-    """A human summary of a finished stage: counts, lineage, shards and a few sample rows."""
-    m = read_manifest(stage_dir)
-    c = m["counts"]
-    lines = [
-        f"stage       {m['stage']}  (fingerprint {m['fingerprint']}, version {m.get('version')})",
-        f"directory   {manifest_dir(m)}",
-        f"committed   {m.get('timings', {}).get('committed_at')}",
-        f"records     in {c['in']:,}  kept {c['kept']:,}  rejected {sum(c['rejected'].values()):,}  "
-        f"failed {sum(c['failed'].values()):,}",
-    ]
-    for reason, n in c["rejected"].items():
-        lines.append(f"  rejected  {reason}: {n:,}")
-    for kind, n in c["failed"].items():
-        lines.append(f"  failed    {kind}: {n:,}")
-    for k, v in c.items():
-        if k not in {"in", "kept", "rejected", "failed"}:
-            lines.append(f"  {k}: {v}")
-    for i in m.get("inputs", []):
-        lines.append(f"input       {i['stage']} {i['fingerprint']}  {i['path']}")
-    for s in m.get("sources", [])[:5]:
-        lines.append(f"source      {s}")
-    total_bytes = sum(s["bytes"] for s in m["shards"])
-    lines.append(f"shards      {len(m['shards'])} ({total_bytes:,} bytes)")
-    if m.get("config"):
-        lines.append(f"config      {json.dumps(m['config'], sort_keys=True)[:width]}")
-    shown = 0
-    # Sample rows from Parquet shards only (a token stage's shards are raw .bin arrays).
-    parquet_only = {**m, "shards": [s for s in m["shards"] if s["name"].endswith(".parquet")]}
-    for table in iter_stage_tables(parquet_only):
-        for row in table.slice(0, num_samples - shown).to_pylist():
-            shown += 1
-            text = {k: (v[:width] + "…" if isinstance(v, str) and len(v) > width else v) for k, v in row.items()}
-            lines.append(f"sample {shown}:  {json.dumps(text, ensure_ascii=False, default=str)}")
-        if shown >= num_samples:
-            break
-    return "\n".join(lines)
-
-
-def table_from_rows(rows: Iterable[Mapping], schema: pa.Schema | None = None) -> pa.Table:
-    return pa.Table.from_pylist(list(rows), schema=schema)
+def marker_files(marker: Mapping[str, Any], where: str) -> list[tuple[str, dict]]:
+    """(role, entry) of every file a marker records: ``shard`` and ``rejects`` (Parquet layout),
+    or each of ``outputs`` (token layout); every name checked to be a plain name."""
+    out = []
+    for role in ("shard", "rejects"):
+        if isinstance(marker.get(role), dict):
+            out.append((role, marker[role]))
+    for entry in marker.get("outputs") or []:
+        out.append(("outputs", entry))
+    for role, entry in out:
+        if not isinstance(entry, dict):
+            raise ShardCorruptError(f"{where} has a malformed {role} entry; rerun the stage: the shard is recomputed")
+        plain_name(entry.get("name"), where)
+    return out

@@ -27,6 +27,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 import uuid
 from pathlib import Path
@@ -36,6 +37,11 @@ from typing import Any
 # Writable fsspec filesystems a root may name. Tested here: local paths, file://, memory://, s3://.
 SUPPORTED_SCHEMES = ("file", "memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "hdfs", "webhdfs", "sftp", "smb", "oss")
 _LOCAL_SCHEMES = ("", "file")
+
+
+class ShardCorruptError(RuntimeError):
+    """A shard, marker or manifest does not match the checksum or structure recorded for it
+    (or is not signed with its root's key): it is recomputed, never trusted."""
 
 
 def _scheme(p: str) -> str:
@@ -310,6 +316,37 @@ def _publish(final: RemotePath, upload) -> None:
             pass
 
 
+def open_no_follow(path: Path):
+    """Open a local stage file for reading, refusing a symbolic link (a link planted in a
+    stage directory must not make us read a file outside it) and anything not a regular file."""
+    if os.path.islink(path):
+        raise ShardCorruptError(f"{path} is a symbolic link; stage files are never links: refusing to read it")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    except OSError as e:  # ELOOP: it became a link after the check above
+        raise ShardCorruptError(f"{path} could not be opened as a plain file ({e}); refusing to read it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ShardCorruptError(f"{path} is not a regular file; refusing to read it")
+    return os.fdopen(fd, "rb")
+
+
+def file_sha256(path: str | os.PathLike | RemotePath, chunk: int = 1 << 20, *, follow_links: bool = True) -> str:
+    """sha256 of a file. ``follow_links=False`` (files a stage lists) refuses a symbolic link."""
+    h = hashlib.sha256()
+    p = as_path(path)
+    if isinstance(p, RemotePath):
+        f = p.open("rb")
+    else:
+        f = open(p, "rb") if follow_links else open_no_follow(p)
+    with f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def local_scratch(prefix: str = "lmpipe-") -> Path:
     """A private local directory for files that are built locally, then uploaded."""
     return Path(tempfile.mkdtemp(prefix=prefix))
@@ -327,8 +364,6 @@ def local_copy(path: Path | RemotePath | str, sha256: str | None = None) -> Path
     """A local file with ``path``'s content: ``path`` itself when local; for a remote file a
     copy in :func:`cache_dir` named by its sha256 (verified after download; a cached copy whose
     name is the expected digest is reused). Raises ``ShardCorruptError`` on a mismatch."""
-    from lm.data.shards import ShardCorruptError
-
     p = as_path(path)
     if isinstance(p, Path):
         return p

@@ -28,9 +28,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lm import faults
 from lm.data.nospace import DiskFullError, disk_full_error, no_room_errno
 from lm.data.shards import atomic_write_json, file_sha256
-from lm.train import faults
 
 META = "meta.json"
 MODEL_FILE = "model.safetensors"
@@ -128,7 +128,7 @@ def save_checkpoint(
         plain = unwrap(model)
         weights, aliases = _dedupe(plain.state_dict())
         save_file(weights, str(tmp / MODEL_FILE))
-        faults.inject("checkpoint.model", iteration)  # test-only (lm.train.faults)
+        faults.inject("checkpoint.model", iteration)  # test-only (lm.faults)
         files = [MODEL_FILE]
         optim_meta = None
         if optimizer is not None:

@@ -1,6 +1,6 @@
 """Batches of token windows from memory-mapped token shards (the tokenize stage's output).
 
-A token-shard directory holds ``_manifest.json`` (read with ``lm.data.shards.read_manifest``)
+A token-shard directory holds ``_manifest.json`` (read with ``lm.data.manifest.Manifest``)
 whose ``shards`` entries have ``name``, ``split`` ("train"/"val") and ``tokens``, plus top-level
 ``dtype`` ("uint16"/"uint32"), ``vocab_size``, ``eot_id`` and ``tokenizer``. Each shard is a raw
 little-endian array: ``np.memmap(path, dtype=dtype, mode="r")``.
@@ -18,8 +18,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from lm.data.shards import ShardCorruptError, file_sha256, read_manifest
-from lm.data.storage import RemotePath, as_path, local_copy
+from lm.data.manifest import Manifest
+from lm.data.shards import Stage
+from lm.data.sinks import token_dtype, token_layout
 
 
 class BadDeviceError(ValueError, RuntimeError):
@@ -64,39 +65,30 @@ class TokenShards:
     the local cache (``$LMPIPE_CACHE/artifacts``, keyed and verified by the manifest's sha256)."""
 
     def __init__(self, manifest_dir: str | Path, split: str, vocab_size: int | None = None):
-        m = read_manifest(manifest_dir)
+        m = Manifest.read(manifest_dir)
         self.manifest = m
-        self.dir = as_path(m["_path"]).parent
-        dtype = m.get("dtype", "uint16")
+        self.dir = m.dir
+        dtype = m.extra.get("dtype", "uint16")
         if dtype not in ("uint16", "uint32"):
             raise ValueError(f"token shard dtype {dtype!r} in {self.dir} is not uint16 or uint32")
-        entries = [s for s in m["shards"] if s.get("split", "train") == split]
+        entries = [(i, s) for i, s in enumerate(m.shards) if (s.split or "train") == split]
         if not entries:
-            raise ValueError(f"no {split!r} shards in {self.dir} (splits present: {sorted({s.get('split') for s in m['shards']})})")
+            raise ValueError(f"no {split!r} shards in {self.dir} (splits present: {sorted({s.split for s in m.shards}, key=str)})")
         self.arrays: list[np.memmap] = []
-        for s in entries:
-            path = self.dir / s["name"]
-            if not path.exists():
-                raise FileNotFoundError(f"token shard {path} listed in the manifest is missing")
-            if isinstance(path, RemotePath):
-                path = local_copy(path, s.get("sha256"))  # verified against the sha256 as it downloads
-            elif s.get("sha256") and file_sha256(path) != s["sha256"]:
-                raise ShardCorruptError(
-                    f"token shard {path} does not match the sha256 in {self.dir / '_manifest.json'} (corrupted or "
-                    "changed after the stage finished); rerun the tokenize stage: it recomputes the damaged shard"
-                )
+        for i, s in entries:
+            path = m.local_shard(i)  # sha256-verified; a remote shard is verified as it downloads into the cache
             arr = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r")
-            if "tokens" in s and len(arr) != s["tokens"]:
-                raise ValueError(f"token shard {path} holds {len(arr)} tokens, the manifest says {s['tokens']}: truncated or wrong dtype")
+            if s.num_tokens is not None and len(arr) != s.num_tokens:
+                raise ValueError(f"token shard {path} holds {len(arr)} tokens, the manifest says {s.num_tokens}: truncated or wrong dtype")
             self.arrays.append(arr)
         self.vocab_size = vocab_size
         if vocab_size is not None:
-            for s, arr in zip(entries, self.arrays):
+            for (_, s), arr in zip(entries, self.arrays):
                 top = int(arr.max()) if len(arr) else -1
                 if top >= vocab_size:
                     raise ValueError(
-                        f"token shard {self.dir / s['name']} holds token id {top} ≥ model vocab_size={vocab_size}; "
-                        f"the model's vocab_size must cover the tokenizer (manifest vocab_size={m.get('vocab_size')})"
+                        f"token shard {self.dir / s.name} holds token id {top} ≥ model vocab_size={vocab_size}; "
+                        f"the model's vocab_size must cover the tokenizer (manifest vocab_size={m.extra.get('vocab_size')})"
                     )
         self.lengths = np.array([len(a) for a in self.arrays], dtype=np.int64)
 
@@ -137,42 +129,25 @@ def write_token_shards(
     stage: str = "tokenize",
     fingerprint: str = "manual",
 ) -> Path:
-    """Write token arrays as a token-shard directory (the tokenize stage's layout); returns the manifest path.
+    """Write token arrays as a token-shard directory (the tokenize stage's layout, through the
+    same shard writer and manifest); returns the manifest path.
 
-    ``splits`` maps "train"/"val" to a list of 1-D int arrays, one shard each. For tests and
-    byte-level demos; real pipelines get these directories from the tokenize stage.
+    ``splits`` maps "train"/"val" to a list of 1-D int arrays: array ``i`` of each split is shard
+    ``i``. ``out_dir`` plays ``<root>/<stage>/<fingerprint>`` (its root holds the signing key).
+    For tests and byte-level demos; real pipelines get these directories from the tokenize stage.
     """
-    import hashlib
-    import os
-
-    from lm.data.shards import _canonical_json, atomic_write_json, reraise_disk_full
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dtype = "uint16" if vocab_size <= 65536 else "uint32"
-    shards = []
-    for split, arrays in splits.items():
-        for i, arr in enumerate(arrays):
-            name = f"{split}-{i:05d}.bin"
-            tmp = out / f".{name}.{os.getpid()}.tmp"  # renamed into place whole, never half-written
-            try:
-                with reraise_disk_full(out / name):
-                    with open(tmp, "wb") as f:  # not tofile: its short write loses the errno (ENOSPC)
-                        f.write(np.ascontiguousarray(np.asarray(arr).astype(np.dtype(dtype).newbyteorder("<"))).data)
-                shards.append({"name": name, "split": split, "tokens": int(len(arr)), "bytes": tmp.stat().st_size,
-                               "sha256": file_sha256(tmp)})
-                os.replace(tmp, out / name)
-            finally:
-                tmp.unlink(missing_ok=True)
-    total = sum(s["tokens"] for s in shards)
-    manifest = {
-        "stage": stage, "fingerprint": fingerprint, "config": {}, "inputs": [], "shards": shards,
-        "counts": {"in": total, "kept": total, "rejected": {}, "failed": {}},
-        "dtype": dtype, "vocab_size": vocab_size, "eot_id": eot_id, "tokenizer": tokenizer,
-    }
-    manifest["manifest_sha256"] = hashlib.sha256(_canonical_json(manifest).encode()).hexdigest()
-    atomic_write_json(out / "_manifest.json", manifest)
-    return out / "_manifest.json"
+    st = Stage.at(out_dir, name=stage, fingerprint=fingerprint)
+    dtype = token_dtype(vocab_size)
+    num_shards = max((len(arrays) for arrays in splits.values()), default=0)
+    for i in range(num_shards):
+        present = tuple(s for s, arrays in splits.items() if i < len(arrays))
+        with st.open_shard(i, layout=token_layout(dtype, present)) as w:
+            for s in present:
+                w.count_in()
+                w.write(splits[s][i], to=s)
+                w.add_count(f"tokens_{s}", len(splits[s][i]))
+    return st.commit(num_shards=num_shards, extra={"dtype": dtype.name, "vocab_size": vocab_size, "eot_id": eot_id,
+                                                   "tokenizer": tokenizer})
 
 
 def byte_tokens(text: str, eot: str = "<|endoftext|>", eot_id: int = 256) -> np.ndarray:

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lm import faults
 from lm.model.transformer import ModelConfig, TransformerLM
-from lm.train import faults
 from lm.train.checkpoint import (
     CheckpointCorruptError, load_checkpoint, read_checkpoint_meta, save_checkpoint, set_numpy_rng_state, verify_checkpoint,
 )
@@ -420,7 +420,7 @@ def train(config: TrainConfig | dict) -> dict:
                 with strategy.sync_grads(run_model, micro == cfg.grad_accum - 1):
                     with _autocast(device, amp_dtype):
                         loss = cross_entropy(run_model(x), y)
-                        if faults.inject("loss", step + 1):  # test-only (lm.train.faults)
+                        if faults.inject("loss", step + 1):  # test-only (lm.faults)
                             loss = loss * float("nan")
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item()

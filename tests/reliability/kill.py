@@ -152,7 +152,8 @@ def landed_mid_stage(root: Path, stage: str) -> bool:
 
 # Fields of a marker or manifest that record when/how long, not what: left out of comparisons
 # (so are keys ending in _seconds or _time_s).
-TIMING_KEYS = {"seconds", "finished_at", "saved_at", "timings", "manifest_sha256", "marker_sha256", "meta_sha256", "_path"}
+TIMING_KEYS = {"seconds", "finished_at", "saved_at", "timings", "manifest_sha256", "marker_sha256", "meta_sha256", "_path",
+               "manifest_hmac", "marker_hmac"}  # signatures: each root has its own key
 
 
 def _strip(obj):

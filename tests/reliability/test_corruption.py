@@ -33,7 +33,8 @@ from lm.model.transformer import TransformerLM
 # when a file was written, and its self-checksum (which covers the time); a checkpoint's
 # "rng" holds the process-global Python RNG, which other threads of this test process (Prefect's
 # client) also draw from: training does not use it, and the weights are compared byte for byte
-VOLATILE = {"timings", "manifest_sha256", "marker_sha256", "meta_sha256", "_path", "seconds", "finished_at", "saved_at", "rng"}
+VOLATILE = {"timings", "manifest_sha256", "marker_sha256", "meta_sha256", "_path", "seconds", "finished_at", "saved_at", "rng",
+            "manifest_hmac", "marker_hmac"}  # signatures: each root has its own key
 
 
 def damage(path: Path, mode: str, rng: random.Random) -> None:

@@ -2,7 +2,7 @@
 
 Each trial runs ``python -m lm.train`` (the process the pretrain task launches) on byte tokens
 of the CS336 corpus.en fixture with a tiny model, and faults it through ``LMPIPE_FAULT_INJECT``
-(lm/train/faults.py: a point no outside signal can hit reliably, e.g. between writing the
+(lm/faults.py: a point no outside signal can hit reliably, e.g. between writing the
 weights and renaming the checkpoint into place) or a SIGKILL from this process at a random
 step. Per trial (seeded):
 
@@ -41,6 +41,7 @@ import torch
 import yaml
 from chaos_report import lost_and_duplicated
 
+from lm import faults
 from lm.model.transformer import ModelConfig, TransformerLM
 from lm.train.checkpoint import load_checkpoint
 from lm.train.data import byte_tokens, write_token_shards
@@ -257,7 +258,7 @@ def _run_align(loop: str, root: Path, base: str, data: str):
 
 
 @pytest.mark.parametrize("loop", ["sft", "dpo", "grpo"])
-def test_alignment_nan_stops_before_any_checkpoint(align_inputs, tmp_path, trials, chaos_record, monkeypatch, loop):
+def test_alignment_nan_stops_before_any_checkpoint(align_inputs, tmp_path, trials, chaos_record, loop):
     from lm.data.shards import read_manifest
 
     base, data, base_ckpt = align_inputs
@@ -268,14 +269,13 @@ def test_alignment_nan_stops_before_any_checkpoint(align_inputs, tmp_path, trial
         # SFT also has a hook for NaN weights after an update (loss still finite); DPO/GRPO: the loss
         where, k = (f"{loop}.loss", f"{loop}.param")[trial % 2 if loop == "sft" else 0], rng.randint(1, ALIGN_STEPS)
         root = tmp_path / f"{loop}{trial}"
-        monkeypatch.setenv("LMPIPE_FAULT_INJECT", f"nan@{where}:{k}")
         named = f"step {k}" if where.endswith(".loss") else (f"step {k + 1}" if k < ALIGN_STEPS else f"after step {k}")
         try:
-            _run_align(loop, root, base, data[loop])
+            with faults.injected(f"nan@{where}:{k}"):  # in this process (lm.faults: the env is read once)
+                _run_align(loop, root, base, data[loop])
             stopped = ""
         except FloatingPointError as e:
             stopped = str(e)
-        monkeypatch.delenv("LMPIPE_FAULT_INJECT")
         nothing_written = not list(root.glob(f"{loop}/*/checkpoint")) and not list(root.glob(f"{loop}/*/_manifest.json"))
         base_intact = (base_ckpt / "model.safetensors").read_bytes() == base_bytes
         rerun = read_manifest(_run_align(loop, root, base, data[loop]))  # the fault gone, the stage completes

@@ -154,7 +154,7 @@ def test_killed_writer_leaves_no_visible_partial_shard(s3, when):
             w.write({"id": str(j)})
     st.commit(num_shards=1)
     names = sorted(k.rsplit("/", 1)[-1] for k in list_objects(s3, prefix=f"killed-{when}/"))
-    assert names == ["_manifest.json", "part-00000.done.json", "part-00000.parquet"]
+    assert names == [".lmpipe-key", "_manifest.json", "part-00000.done.json", "part-00000.parquet"]  # the root's signing key too
     assert read_stage_table(st.manifest_path).num_rows == 5000
 
 
