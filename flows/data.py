@@ -51,9 +51,14 @@ class HttpConfig(BaseModel):
     backoff_s: float = Field(default=0.5, gt=0, description="first wait between attempts; doubles each time")
     timeout_s: float = Field(default=60.0, gt=0, description="socket timeout per connect/read, seconds")
     cc_base_url: str = Field(default=CC_BASE_URL, description="base URL for cc:// listings without &base= and for relative filenames in index: files")
+    deadline_s: float | None = Field(default=3600.0, gt=0, description="overall time limit per remote source, seconds (a server "
+                                     "that drips bytes is cut off there; the rest of that source is counted failed: source_deadline); null: none")
+    allow_local_index_paths: bool = Field(default=False, description="let index: files name local absolute paths (otherwise only "
+                                          "http(s) URLs without credentials and paths relative to cc_base_url)")
 
     def options(self) -> HttpOptions:
-        return HttpOptions(retries=self.retries, backoff_s=self.backoff_s, timeout_s=self.timeout_s)
+        return HttpOptions(retries=self.retries, backoff_s=self.backoff_s, timeout_s=self.timeout_s, deadline_s=self.deadline_s,
+                           allow_local_index_paths=self.allow_local_index_paths)
 
 
 class DataConfig(BaseModel):

@@ -6,6 +6,10 @@ decompresses member after member in fixed-size chunks (memory stays bounded what
 size), offers ``readline``/``read``/``skip`` on the decompressed bytes, maps a decompressed
 position back to its member's offset, and reports how the input ended: cleanly, inside a
 member (``truncated_gzip``) or on invalid data (``corrupt_gzip``).
+
+``decode_body`` undoes an HTTP ``Content-Encoding`` (gzip, deflate, br) and ``gunzip_capped`` a
+gzip file held in memory, each producing at most a given number of bytes whatever the input
+claims: a few hundred bytes of compression bomb must not become gigabytes in memory.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import zlib
 from typing import BinaryIO
 
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_DECODED = 64 << 20  # cap on a Content-Encoding-decoded body (a compression bomb stops here)
 CHUNK_SIZE = 1 << 16
 MAX_LINE = 1 << 16  # a longer "header line" means we are reading binary garbage
 
@@ -157,3 +162,63 @@ class MemberStream:
             return self.base
         del self.members[:k]
         return self.members[0][1]
+
+
+# --------------------------------------------------------------------------- bounded one-shot decoding
+
+
+def decode_body(body: bytes, encoding: str, limit: int = MAX_DECODED) -> bytes:
+    """Undo one HTTP Content-Encoding (``gzip``/``x-gzip``, ``deflate``, ``br``), keeping at most
+    ``limit`` decoded bytes (a bigger body is cut there; the extract stage rejects it as over its
+    size cap anyway). ValueError when the body is not valid data of that encoding; a body under
+    an encoding we do not decode, or stored already decoded (ClueWeb keeps the header on decoded
+    gzip bodies), is returned as it is."""
+    enc = encoding.strip().lower()
+    try:
+        if enc in ("gzip", "x-gzip"):
+            return zlib.decompressobj(31).decompress(body, limit) if body[:2] == GZIP_MAGIC else body
+        if enc == "deflate" and body:
+            try:
+                return zlib.decompressobj().decompress(body, limit)
+            except zlib.error:
+                return zlib.decompressobj(-15).decompress(body, limit)  # raw deflate, as some servers send
+    except zlib.error as e:
+        raise ValueError(f"invalid {enc} data: {e}") from None
+    if enc == "br" and body:
+        return _brotli_capped(body, limit)
+    return body
+
+
+def _brotli_capped(body: bytes, limit: int) -> bytes:
+    try:
+        import brotli  # optional: only WARCs written without decoding need it
+    except ImportError:
+        raise ValueError("br-encoded body and the brotli package is not installed") from None
+    try:
+        out = brotli.Decompressor().process(body, output_buffer_limit=limit)
+    except TypeError:  # brotli < 1.1 cannot bound its output: decoding would risk a bomb
+        raise ValueError("br-encoded body: the installed brotli cannot cap its output (need brotli >= 1.1)") from None
+    except brotli.error as e:
+        raise ValueError(f"invalid br data: {e}") from None
+    return out[:limit]
+
+
+def gunzip_capped(data: bytes, limit: int, what: str) -> bytes:
+    """``data`` decompressed when it is gzip (all members), refusing more than ``limit`` bytes."""
+    if data[:2] != GZIP_MAGIC:
+        if len(data) > limit:
+            raise ValueError(f"{what} is {len(data):,} bytes, over the {limit:,}-byte limit; split it")
+        return data
+    out = bytearray()
+    while data:
+        d = zlib.decompressobj(31)
+        try:
+            out += d.decompress(data, limit + 1 - len(out))
+        except zlib.error as e:
+            raise ValueError(f"{what} is not valid gzip ({e})") from None
+        if len(out) > limit:
+            raise ValueError(f"{what} decompresses to more than {limit:,} bytes; split it (or it is a compression bomb)")
+        if not d.eof:
+            raise ValueError(f"{what} ends inside a gzip member (truncated)")
+        data = d.unused_data.lstrip(b"\x00")
+    return bytes(out)

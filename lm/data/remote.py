@@ -4,7 +4,10 @@
 Remote reads are streamed and survive a flaky network: 5xx answers, connection resets,
 timeouts and transfers that stop early are retried with exponential backoff, and a dropped
 transfer resumes with a ``Range`` request from the byte reached, so a long download is never
-restarted from zero. A 404 is not retried: it raises FileNotFoundError naming the URL.
+restarted from zero. A 404 is not retried: it raises FileNotFoundError naming the URL. Each
+source also has an overall deadline (``HttpOptions.deadline_s``): a server that drips a byte
+every few seconds raises :class:`SourceDeadlineError` when it passes, instead of holding the
+run forever (the reader counts the rest of that source as failed, ``source_deadline``).
 
 ``expand_sources`` turns user-facing source specs into concrete locations, failing before any
 work starts on a path or glob that does not exist:
@@ -12,7 +15,10 @@ work starts on a path or glob that does not exist:
 - ``data/x.warc.gz``, ``data/*.warc.gz``, ``data/`` (every file inside), ``https://…/x.warc.gz``
 - ``index:hits.jsonl`` — the records a Common Crawl index query returned: JSON lines (or CDXJ
   lines ``<surt> <timestamp> {json}``) with ``filename``, ``offset``, ``length``; each record is
-  fetched with one Range request (relative filenames resolve under the CC base URL);
+  fetched with one Range request. Filenames are relative paths (resolved under the CC base URL)
+  or http(s) URLs without credentials; local absolute paths only with
+  ``HttpOptions.allow_local_index_paths`` (an index file must not make the run read any local
+  file it names). A bad entry fails the source before anything is read, without echoing a secret;
 - ``cc://CC-MAIN-2024-22?kind=wet&files=2`` — the first ``files`` paths of the crawl's
   ``crawl-data/<CRAWL>/<kind>.paths.gz`` listing under the base URL (``&base=`` or the default
   ``https://data.commoncrawl.org/``).
@@ -21,10 +27,10 @@ work starts on a path or glob that does not exist:
 from __future__ import annotations
 
 import glob
-import gzip
 import http.client
 import io
 import json
+import os
 import re
 import socket
 import time
@@ -35,11 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from lm.data.gzstream import gunzip_capped
+from lm.data.storage import redact
+
 CC_BASE_URL = "https://data.commoncrawl.org/"
 INDEX_PREFIX = "index:"  # "index:<file>": the records listed (filename, offset, length) in that file
 _CRAWL_RE = re.compile(r"^CC-MAIN-\d{4}-\d{2}$")
 _KINDS = ("warc", "wet", "wat")
 _TRANSIENT = (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException, urllib.error.URLError)
+MAX_LISTING_BYTES = 256 << 20  # a paths listing or an index file, decompressed
 
 
 @dataclass(frozen=True)
@@ -50,11 +60,25 @@ class HttpOptions:
     backoff_s: float = 0.5  # first wait; doubles each attempt
     max_backoff_s: float = 30.0
     timeout_s: float = 60.0  # socket timeout for connect and each read
+    deadline_s: float | None = 3600.0  # overall limit per source (a file, or an index's records); None: no limit
+    allow_local_index_paths: bool = False  # index: entries may name local absolute paths
     user_agent: str = "lmpipe/0.1 (+https://github.com/lmpipe)"
+
+    def __post_init__(self):
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError(f"deadline_s={self.deadline_s!r}: give a positive number of seconds, or None for no limit")
+
+    def deadline(self) -> float | None:
+        """The absolute (monotonic) deadline of a source that starts now."""
+        return None if self.deadline_s is None else time.monotonic() + self.deadline_s
 
 
 class RemoteError(OSError):
     """A remote read that failed for good (after retries) or with a non-retryable status."""
+
+
+class SourceDeadlineError(RemoteError):
+    """A source took longer than its overall deadline (``HttpOptions.deadline_s``)."""
 
 
 def is_url(location: str) -> bool:
@@ -65,10 +89,14 @@ class HttpFile(io.RawIOBase):
     """A read-only stream over an http(s) resource (or its byte range ``[offset, offset+length)``)
     that reconnects with a Range request when the transfer breaks."""
 
-    def __init__(self, url: str, offset: int = 0, length: int | None = None, options: HttpOptions | None = None):
+    def __init__(self, url: str, offset: int = 0, length: int | None = None, options: HttpOptions | None = None,
+                 deadline: float | None = None):
+        """``deadline``: absolute ``time.monotonic()`` value by which the whole read must be done
+        (default: ``options.deadline_s`` from now)."""
         super().__init__()
         self.url = url
         self.opts = options or HttpOptions()
+        self.deadline = deadline if deadline is not None else self.opts.deadline()
         self.pos = offset
         self.end = offset + length if length is not None else None  # exclusive
         self.expected_end: int | None = self.end  # learnt from Content-Length / Content-Range
@@ -80,7 +108,26 @@ class HttpFile(io.RawIOBase):
         return True
 
     def _sleep(self, attempt: int) -> None:
-        time.sleep(min(self.opts.backoff_s * (2**attempt), self.opts.max_backoff_s))
+        wait = min(self.opts.backoff_s * (2**attempt), self.opts.max_backoff_s)
+        if self.deadline is not None:
+            wait = min(wait, max(0.0, self.deadline - time.monotonic()))
+        time.sleep(wait)
+
+    def _timeout(self) -> float:
+        """The socket timeout of the next connect: never past the deadline (so a stalled read
+        overshoots it by no more than ``timeout_s``)."""
+        self._check_deadline()
+        if self.deadline is None:
+            return self.opts.timeout_s
+        return max(0.001, min(self.opts.timeout_s, self.deadline - time.monotonic()))
+
+    def _check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            of = f" of {self.expected_end}" if getattr(self, "expected_end", None) is not None else ""
+            raise SourceDeadlineError(
+                f"{self.url}: the source's overall deadline of {self.opts.deadline_s:g} s (http.deadline_s) passed at byte "
+                f"{self.pos}{of}; the server is too slow or stalls. Counted as a failed source; raise http.deadline_s for a slow link"
+            )
 
     def _connect(self) -> None:
         last: Exception | None = None
@@ -89,7 +136,7 @@ class HttpFile(io.RawIOBase):
             if self.pos or self.end is not None:
                 headers["Range"] = f"bytes={self.pos}-{'' if self.end is None else self.end - 1}"
             try:
-                resp = urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=self.opts.timeout_s)
+                resp = urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=self._timeout())
             except urllib.error.HTTPError as e:
                 e.close()
                 if e.code in (404, 410):
@@ -139,6 +186,7 @@ class HttpFile(io.RawIOBase):
         if size <= 0 or self.resp is None:
             return b""
         for attempt in range(self.opts.retries + 1):
+            self._check_deadline()
             try:
                 # read1: return what has arrived, so bytes before a reset are kept and the
                 # resume starts exactly after them.
@@ -186,10 +234,12 @@ class _Window:
         self.f.close()
 
 
-def open_location(location: str, *, offset: int = 0, length: int | None = None, http: HttpOptions | None = None) -> BinaryIO:
-    """A binary stream for a local path or http(s) URL, from ``offset`` (for ``length`` bytes)."""
+def open_location(location: str, *, offset: int = 0, length: int | None = None, http: HttpOptions | None = None,
+                  deadline: float | None = None) -> BinaryIO:
+    """A binary stream for a local path or http(s) URL, from ``offset`` (for ``length`` bytes).
+    ``deadline``: see :class:`HttpFile` (local files have none)."""
     if is_url(location):
-        return HttpFile(location, offset, length, http)  # type: ignore[return-value]
+        return HttpFile(location, offset, length, http, deadline)  # type: ignore[return-value]
     path = Path(location)
     if not path.is_file():
         raise FileNotFoundError(f"input {location!r} does not exist or is not a file")
@@ -240,48 +290,78 @@ class CCListing:
         return resolve_location(f"crawl-data/{self.crawl}/{self.kind}.paths.gz", self.base_url)
 
     def locations(self, http: HttpOptions | None = None) -> list[str]:
+        """The first ``num_files`` entries, checked like index entries (:func:`resolve_index_entry`)."""
+        allow_local = (http or HttpOptions()).allow_local_index_paths
         paths = read_paths_listing(self.listing_url, http)
-        return [resolve_location(p, self.base_url) for p in paths[: self.num_files]]
+        return [resolve_index_entry(p, self.base_url, allow_local, f"{redact(self.listing_url)} line {n}")
+                for n, p in enumerate(paths[: self.num_files], 1)]
+
+
+def _read_small(location: str, http: HttpOptions | None, what: str) -> str:
+    """A listing or index file's text (gzip or plain), bounded by :data:`MAX_LISTING_BYTES`."""
+    with open_location(location, http=http) as f:
+        data = f.read(MAX_LISTING_BYTES + 1)
+    return gunzip_capped(data, MAX_LISTING_BYTES, f"{what} {redact(location)}").decode("utf-8")
 
 
 def read_paths_listing(location: str, http: HttpOptions | None = None) -> list[str]:
     """The lines of a Common Crawl ``*.paths.gz`` listing (gzip, one path a line)."""
-    with open_location(location, http=http) as f:
-        data = f.read()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    return [ln.strip() for ln in data.decode("utf-8").splitlines() if ln.strip()]
+    return [ln.strip() for ln in _read_small(location, http, "paths listing").splitlines() if ln.strip()]
 
 
-def read_index(location: str, http: HttpOptions | None = None) -> list[dict]:
-    """Pointer rows of an index file (JSON lines or CDXJ, optionally gzip), in file order."""
-    with open_location(location, http=http) as f:
-        data = f.read()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+def read_index(location: str, http: HttpOptions | None = None, base_url: str = CC_BASE_URL) -> list[dict]:
+    """Pointer rows of an index file (JSON lines or CDXJ, optionally gzip), in file order, each
+    ``filename`` checked and resolved (:func:`resolve_index_entry`); ValueError names the line."""
+    opts = http or HttpOptions()
     rows = []
-    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(_read_small(location, http, "index file").splitlines(), 1):
         if not line.strip():
             continue
+        where = f"{redact(location)} line {n}"
         try:
             row = json.loads(line[line.index("{"):])
-            rows.append({"filename": row["filename"], "offset": int(row["offset"]), "length": int(row["length"])})
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"{location} line {n}: expected a JSON object with filename, offset, length ({e})") from None
+            file, offset, length = row["filename"], int(row["offset"]), int(row["length"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{where}: expected a JSON object with filename, offset, length ({type(e).__name__})") from None
+        if offset < 0 or length < 0:
+            raise ValueError(f"{where}: offset and length must be ≥ 0 (got {offset}, {length})")
+        rows.append({"filename": resolve_index_entry(file, base_url, opts.allow_local_index_paths, where),
+                     "offset": offset, "length": length})
     return rows
 
 
-def refuse_credentials(location: str) -> None:
+def resolve_index_entry(file: object, base_url: str, allow_local: bool, where: str) -> str:
+    """Where an index entry's ``filename`` points: an http(s) URL without credentials, a relative
+    path under ``base_url`` (no ``..``), or — only when ``allow_local`` — a local absolute path.
+    ValueError otherwise; the message never repeats a password."""
+    if not isinstance(file, str) or not file.strip():
+        raise ValueError(f"{where}: filename must be a non-empty string")
+    if "://" in file:
+        if not is_url(file):
+            raise ValueError(f"{where}: filename {redact(file)!r} is not an http(s) URL or a relative path")
+        refuse_credentials(file, f"{where}: index entry")
+        return file
+    if Path(file).is_absolute() or file.startswith("~"):
+        if not allow_local:
+            raise ValueError(f"{where}: filename names the local path {file!r}; an index file may name local files only "
+                             "when http.allow_local_index_paths is true (otherwise give paths relative to cc_base_url, or URLs)")
+        return str(Path(file).expanduser())
+    if ".." in Path(file).parts or "\\" in file:
+        raise ValueError(f"{where}: filename {file!r} climbs out of the base ({base_url}) with '..'; give it relative to the base")
+    if is_url(base_url):
+        return urllib.parse.urljoin(base_url if base_url.endswith("/") else base_url + "/", file)
+    return os.path.abspath(Path(base_url).expanduser() / file)
+
+
+def refuse_credentials(location: str, what: str = "source URL") -> None:
     """A source URL with ``user:password@`` would land in manifests, shard rows and logs: refuse it
     (without echoing the secret). The reader sends no credentials; Common Crawl's HTTPS
     endpoint needs none."""
     if not is_url(location) and "://" not in location:
         return
-    parts = urllib.parse.urlsplit(location)
-    if parts.username is not None or parts.password is not None:
-        shown = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl()
+    if "@" in location.split("://", 1)[-1].split("/", 1)[0]:
         raise ValueError(
-            f"source URL {shown} carries credentials (user:password@); they would be written to manifests and "
+            f"{what} {redact(location)} carries credentials (user:password@); they would be written to manifests and "
             "logs. Remove them: lmpipe's HTTP reader sends no credentials (Common Crawl's HTTPS endpoint needs none)"
         )
 
@@ -304,6 +384,7 @@ def expand_sources(specs, http: HttpOptions | None = None) -> list[str]:
             target = str(Path(spec[len(INDEX_PREFIX):]).expanduser()) if not is_url(spec[len(INDEX_PREFIX):]) else spec[len(INDEX_PREFIX):]
             if not is_url(target) and not Path(target).is_file():
                 raise FileNotFoundError(f"index file {target!r} (source {spec!r}) does not exist")
+            read_index(target, http)  # a bad entry (credentials, a local path not allowed) fails now, before any work
             out.append(INDEX_PREFIX + target)
         elif is_url(spec):
             out.append(spec)

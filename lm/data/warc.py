@@ -42,9 +42,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lm.data import remote
-from lm.data.gzstream import CHUNK_SIZE, GZIP_MAGIC, MAX_LINE, MemberStream
-
-MAX_DECODED = 64 << 20  # cap on a Content-Encoding-decoded body (a gzip bomb stops here)
+from lm.data.gzstream import CHUNK_SIZE, GZIP_MAGIC, MAX_DECODED, MAX_LINE, MemberStream, decode_body
 
 
 def record_id(key: str) -> str:
@@ -139,23 +137,12 @@ def _dechunk(body: bytes) -> bytes | None:
 
 def _decode_content(body: bytes, encoding: str) -> bytes:
     """Undo an HTTP Content-Encoding when the body really is encoded (ClueWeb stores decoded
-    bodies under ``Content-Encoding: gzip``; Common Crawl renames the header)."""
-    enc = encoding.strip().lower()
+    bodies under ``Content-Encoding: gzip``; Common Crawl renames the header), to at most
+    ``MAX_DECODED`` bytes whatever the encoding (``gzstream.decode_body``)."""
     try:
-        if enc in ("gzip", "x-gzip") and body[:2] == GZIP_MAGIC:
-            return zlib.decompressobj(31).decompress(body, MAX_DECODED)
-        if enc == "deflate" and body:
-            try:
-                return zlib.decompressobj().decompress(body, MAX_DECODED)
-            except zlib.error:
-                return zlib.decompressobj(-15).decompress(body, MAX_DECODED)
-        if enc == "br" and body:
-            import brotli  # optional: only WARCs written without decoding need it
-
-            return brotli.decompress(body)
-    except Exception:  # noqa: BLE001 - a body we cannot decode stays as stored; extraction judges it
+        return decode_body(body, encoding, MAX_DECODED)
+    except ValueError:  # a body we cannot decode stays as stored; extraction judges it
         return body
-    return body
 
 
 def split_http(block: bytes) -> tuple[int | None, dict[str, str], bytes]:
@@ -385,11 +372,17 @@ def iter_file(
     """Records of one file or URL. ``start``/``end`` read a slice of a gzip file: the records
     whose member starts in [start, end) (``start`` need not be on a member boundary).
     ``index:<file>`` reads the records that index file points to (see ``remote.read_index``)."""
+    deadline = (http or remote.HttpOptions()).deadline()  # one overall deadline per source
     if location.startswith(remote.INDEX_PREFIX):
-        rows = remote.read_index(location[len(remote.INDEX_PREFIX):], http)
-        yield from iter_pointers(rows[:max_records], http=http, base_url=base_url, max_block_bytes=max_block_bytes)
+        rows = remote.read_index(location[len(remote.INDEX_PREFIX):], http, base_url)
+        yield from iter_pointers(rows[:max_records], http=http, base_url=base_url, max_block_bytes=max_block_bytes, deadline=deadline)
         return
-    raw = remote.open_location(location, offset=start, http=http)
+    try:
+        raw = remote.open_location(location, offset=start, http=http, deadline=deadline)
+    except remote.SourceDeadlineError as e:  # could not even connect in time
+        yield _failure(location, start, "source_deadline", str(e))
+        return
+    stream = None
     try:
         reader: BinaryIO = raw
         if start > 0:
@@ -401,6 +394,8 @@ def iter_file(
             reader = _Progress(reader, on_progress)
         stream = MemberStream(reader, base=start, chunk_size=chunk_size)
         yield from parse_stream(stream, location, end=end, max_records=max_records, max_block_bytes=max_block_bytes)
+    except remote.SourceDeadlineError as e:  # the rest of this source is lost: one failed record says so
+        yield _failure(location, stream.offset_of(stream.tell()) if stream else start, "source_deadline", str(e))
     finally:
         raw.close()
 
@@ -460,9 +455,11 @@ class _Prefixed:
 
 
 def iter_pointers(pointers: Iterable, *, http: remote.HttpOptions | None = None, base_url: str = remote.CC_BASE_URL,
-                  max_block_bytes: int | None = None) -> Iterator[Record]:
+                  max_block_bytes: int | None = None, deadline: float | None = None) -> Iterator[Record]:
     """Records at ``(file, offset, length)`` pointers (tuples or dicts with filename/offset/length,
-    as the CC index returns them): one Range request (or seek) per record."""
+    as the CC index returns them): one Range request (or seek) per record. Past ``deadline``
+    (monotonic), each pointer left is one failed record (``source_deadline``)."""
+    deadline = deadline if deadline is not None else (http or remote.HttpOptions()).deadline()
     for p in pointers:
         if isinstance(p, dict):
             file, offset, length = p["filename"], int(p["offset"]), int(p["length"])
@@ -470,7 +467,10 @@ def iter_pointers(pointers: Iterable, *, http: remote.HttpOptions | None = None,
             file, offset, length = p[0], int(p[1]), int(p[2])
         location = remote.resolve_location(file, base_url)
         try:
-            raw = remote.open_location(location, offset=offset, length=length, http=http)
+            raw = remote.open_location(location, offset=offset, length=length, http=http, deadline=deadline)
+        except remote.SourceDeadlineError as e:
+            yield _failure(location, offset, "source_deadline", str(e))
+            continue
         except FileNotFoundError as e:  # one bad pointer is one lost record, not a lost shard
             yield _failure(location, offset, "source_not_found", str(e))
             continue
@@ -479,6 +479,8 @@ def iter_pointers(pointers: Iterable, *, http: remote.HttpOptions | None = None,
             continue
         try:
             yield from parse_stream(MemberStream(raw, base=offset), location, max_records=1, max_block_bytes=max_block_bytes)
+        except remote.SourceDeadlineError as e:
+            yield _failure(location, offset, "source_deadline", str(e))
         finally:
             raw.close()
 

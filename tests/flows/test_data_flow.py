@@ -197,7 +197,7 @@ def test_index_source_in_the_flow(prefect_harness, reference, tmp_path):
     index = tmp_path / "hits.jsonl"
     rows = [(940, 10905), (12685, 18808), (11845, 420), (5, 100)]  # two pages, a metadata record, a bad offset
     index.write_text("".join(f'{{"filename": "{w}", "offset": {o}, "length": {n}}}\n' for o, n in rows))
-    _, out = run(tmp_path, [f"index:{index}"])
+    _, out = run(tmp_path, [f"index:{index}"], http={"allow_local_index_paths": True})  # the index names local files
     m = read_manifest(out["extract"])
     assert m["counts"]["in"] == 4 and accounted(m)
     assert m["counts"]["rejected"] == {"record_type_metadata": 1} and m["counts"]["failed"] == {"not_warc": 1}
