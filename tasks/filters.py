@@ -13,6 +13,7 @@ import pyarrow as pa
 from prefect import task
 
 from lm.data.filters import ADDED_COLUMNS, apply_filters, build_stage_filters
+from lm.data.langid import lid_model_path
 from lm.data.quality import default_model_path
 from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard, read_shard_schema, source_fingerprint
 
@@ -20,7 +21,10 @@ VERSION = "1"  # bump when a filter's behaviour changes: it changes every finger
 
 
 def filter_stage(root: str, stage: str, config: dict, input_manifest: str) -> Stage:
-    return Stage(root, stage, version=VERSION, config=config, inputs=[input_manifest])
+    # Declared inputs (lm.data.fingerprint): the language-ID model is identified by its content,
+    # so another $LMPIPE_LID_MODEL file gives another langid directory.
+    files = {"lid_model": lid_model_path()} if stage == "langid" else None
+    return Stage(root, stage, version=VERSION, config=config, inputs=[input_manifest], files=files)
 
 
 def output_schema(input_schema: pa.Schema, stage: str) -> pa.Schema:

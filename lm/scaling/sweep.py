@@ -149,7 +149,7 @@ def corpus_info(corpus: str | Path) -> dict:
         "vocab_size": int(m["vocab_size"]),
         "tokens": {sp: sum(s["tokens"] for s in m["shards"] if s.get("split", "train") == sp) for sp in ("train", "val")},
         # the stage fingerprint alone is not enough: hand-written corpora all say "manual"
-        "fingerprint": f"{m['fingerprint']}:{file_sha256(path)[:16]}",
+        "fingerprint": f"{m['fingerprint']}:{m.content_digest()[:16]}",  # content, not the signed file (its key is per root)
     }
 
 
