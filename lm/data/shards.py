@@ -54,7 +54,7 @@ from typing import Any
 import pyarrow as pa
 
 from lm import faults
-from lm.data import locks
+from lm.data import locks, stagekey
 from lm.data.describe import describe
 from lm.data.fingerprint import DeclaredInputs, fingerprint, source_fingerprint
 from lm.data.manifest import (
@@ -210,6 +210,10 @@ class Stage:
         self.path = self.root / name / self.fingerprint
         self.manifest_path = self.path / MANIFEST_NAME
         self.lock_wait_s = lock_wait_s
+        if isinstance(self.path, RemotePath):
+            # An object store cannot create the root's key atomically: make it here, where the flow
+            # plans the stage, before workers race to write the first markers.
+            stagekey.root_key(self.path, create=True)
 
     @classmethod
     def at(cls, path: str | os.PathLike, *, name: str, fingerprint: str, version: str = "", config: Mapping | None = None) -> Stage:
