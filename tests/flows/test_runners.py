@@ -62,7 +62,7 @@ def assert_same_outputs(got: dict[str, str], want: dict[str, str]) -> None:
         assert a[name]["parquet"].keys() == b[name]["parquet"].keys(), name
         for f in a[name]["parquet"]:
             assert a[name]["parquet"][f] == b[name]["parquet"][f], f"{name}/{f}"
-    ids = lambda stages, kind="parts": [r["id"] for r in iter_rows(stages["minhash"], kind=kind)]  # noqa: E731
+    ids = lambda stages, kind="shards": [r["id"] for r in iter_rows(stages["minhash"], kind=kind)]  # noqa: E731
     assert ids(got) == ids(want) and ids(got, "rejects") == ids(want, "rejects")
 
 
