@@ -18,15 +18,18 @@ class _Section(BaseModel):
         return self.model_dump(exclude={"enabled"})
 
 
-def _check_model(path: str | None) -> str | None:
-    """A missing or foreign model file is a validation error of its field (pydantic wants ValueError)."""
+def _check_model(path: str | None, kind: str | None = None) -> str | None:
+    """A missing or foreign model file, or one without ``kind``'s positive label, is a
+    validation error of its field (pydantic wants ValueError)."""
     if path is not None:
-        from lm.data.classifier import check_fasttext_file
+        from lm.data.classifier import check_fasttext_file, check_model_labels
 
         try:
             check_fasttext_file(path)
         except FileNotFoundError as e:
             raise ValueError(str(e)) from e
+        if kind:
+            check_model_labels(path, kind)
     return path
 
 
@@ -87,7 +90,7 @@ class QualityConfig(_Section):
     @field_validator("model_path")
     @classmethod
     def _model_exists(cls, v):
-        return _check_model(v)
+        return _check_model(v, "quality")
 
 
 class HarmfulConfig(_Section):
@@ -101,8 +104,8 @@ class HarmfulConfig(_Section):
 
     @field_validator("nsfw_model_path", "toxic_model_path")
     @classmethod
-    def _models_exist(cls, v):
-        return _check_model(v)
+    def _models_exist(cls, v, info):
+        return _check_model(v, info.field_name.removesuffix("_model_path"))
 
 
 class ExactDedupConfig(_Section):
