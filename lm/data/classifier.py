@@ -155,11 +155,23 @@ def model_label_names(model) -> list[str]:
 
 
 def positive_labels(model, kind: str, positive: Sequence[str] | None = None) -> frozenset[str]:
-    """The labels of ``model`` that count as positive for ``kind`` (given, or known for the layout).
+    """The labels of a loaded ``model`` that count as positive for ``kind`` (see ``choose_positive``)."""
+    return choose_positive(model_label_names(model), kind, positive)
 
-    Raises ValueError naming the model's labels when the given ones are not among them, or
-    when ``kind``'s known positive labels (``KNOWN_POSITIVE``) are not: set them in the config."""
-    labels = model_label_names(model)
+
+def check_model_labels(path: str | os.PathLike, kind: str, positive: Sequence[str] | None = None) -> frozenset[str]:
+    """``choose_positive`` for the model file at ``path``, read without loading it: a config
+    check that fails before any work starts."""
+    return choose_positive(model_labels(path), kind, positive)
+
+
+def choose_positive(labels: Sequence[str], kind: str, positive: Sequence[str] | None = None) -> frozenset[str]:
+    """Which of a model's ``labels`` count as positive for ``kind``: ``positive`` if given, else
+    the known ones for the layout (``KNOWN_POSITIVE``).
+
+    Raises ValueError naming the model's labels when the given ones are not among them, when
+    none of the known ones is (name them in the config), or when every label would be positive."""
+    labels = list(labels)
     if positive:
         missing = sorted(set(positive) - set(labels))
         if missing:
@@ -173,19 +185,6 @@ def positive_labels(model, kind: str, positive: Sequence[str] | None = None) -> 
     if chosen == set(labels):
         raise ValueError(f"every label of the {kind} model ({labels}) is positive: the score would always be 1")
     return chosen
-
-
-def check_model_labels(path: str | os.PathLike, kind: str, positive: Sequence[str] | None = None) -> frozenset[str]:
-    """``positive_labels`` of the model file at ``path``, read without loading it: a config
-    check that fails before any work starts (ValueError naming the model's labels)."""
-    labels = model_labels(path)
-
-    class _Labels:  # what positive_labels reads of a loaded model
-        @staticmethod
-        def get_labels() -> list[str]:
-            return labels
-
-    return positive_labels(_Labels, kind, positive)
 
 
 # --------------------------------------------------------------------------- features
