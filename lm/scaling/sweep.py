@@ -246,10 +246,12 @@ def auto_budgets(cfg: ScalingConfig, corpus: dict) -> tuple[list[float], list[st
     lo, hi = max(centre / spread, floor), min(centre * spread, cap)
     notes = [f"budgets chosen from the corpus ({train_tokens:,} training tokens) and the grid (N {ns[0]:,}…{ns[-1]:,}): "
              f"centred on {centre:.3g} FLOPs, where the middle model (N={n_mid:,}) reads {TOKENS_PER_PARAM} tokens per parameter"]
+    if cap < centre * spread:
+        notes.append(f"the corpus caps the largest budget at {cap:.3g} FLOPs (the middle model reads max_epochs={cfg.max_epochs:g} "
+                     "passes over the training tokens)")
     if hi < lo * 2:  # the corpus caps the top budget: reach down to where the optimum nears the smallest model
         lo = max(centre / spread**2, floor)
-        notes.append(f"the corpus caps the budgets at {cap:.3g} FLOPs ({cfg.max_epochs:g} passes of the middle model): "
-                     "the window reaches down, where the optimum moves towards the smallest models")
+        notes.append("the window reaches down, where the optimum moves towards the smallest models")
     if hi < lo * 2:
         hi = lo * 4
         notes.append(f"the corpus is small for this grid: at {hi:.3g} FLOPs the middle model reads "
