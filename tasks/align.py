@@ -33,8 +33,8 @@ def demo_base_task(root: str, data: stages.AlignDataConfig, base: stages.BaseMod
 
 def _tracked(name: str, title: str, total: int, run, *args) -> str:
     """Run a stage function with a Progress as its hook; close it with the stage's curves and verdict."""
-    progress = Progress(name, total)
-    out = run(*args, on_progress=progress)
+    with Progress(name, total) as progress:
+        out = run(*args, on_progress=progress)
     m = read_manifest(out)
     verdict = verdict_from_metrics(m.get("metrics", {}), m.get("counts", {}).get("kept"))
     progress.finish(title, png=Path(out).parent / "curves.png", note=verdict.message(title) if verdict else "",
@@ -59,8 +59,8 @@ def grpo_task(root: str, model_manifest: str, data_manifest: str, cfg: GRPOConfi
 
 @task(name="evaluate", retries=1)
 def evaluate_task(root: str, model_manifest: str, cfg: stages.EvalConfig) -> str:
-    progress = Progress("evaluate", stages.evaluate_size(cfg), unit="problem")
-    out = stages.run_evaluate(root, model_manifest, cfg, on_progress=progress)
+    with Progress("evaluate", stages.evaluate_size(cfg), unit="problem") as progress:
+        out = stages.run_evaluate(root, model_manifest, cfg, on_progress=progress)
     metrics = read_manifest(out)["metrics"]
     progress.finish("Evaluation", note=", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)),
                     reused=not progress.history)

@@ -149,7 +149,7 @@ def train_task(config: PretrainConfig, tokens_manifest: str, run_dir: str) -> di
     logger = get_run_logger()
     started = time.time()
     progress = Progress("pretrain", config.train.max_steps)  # live metrics from the trainer's metrics.jsonl
-    with tail_metrics(Path(run_dir) / "metrics.jsonl", progress):
+    with progress, tail_metrics(Path(run_dir) / "metrics.jsonl", progress):
         summary = run_training(config, tokens_manifest, run_dir, log=logger.info)
     progress.finish("Pretraining", note=f"status {summary['status']}")
     logger.info("training %s after %.0f s: %s", summary["status"], time.time() - started, {k: summary[k] for k in ("steps", "final_train_loss", "final_val_loss")})

@@ -5,8 +5,8 @@ description), a log line at a fixed cadence, and at the end a markdown artifact 
 curve plot and a table of the logged points. ``lm/`` stays Prefect-free: its loops take a
 plain ``Callable[[dict], None]`` hook, and a ``Progress`` is one::
 
-    progress = Progress("sft", total=cfg.num_steps)
-    stages.run_sft(..., on_progress=progress)     # the loop calls progress({"step": 3, "loss": 1.2, "tokens": 512})
+    with Progress("sft", total=cfg.num_steps) as progress:   # a failure is written on the artifact
+        stages.run_sft(..., on_progress=progress)            # the loop calls progress({"step": 3, "loss": 1.2, "tokens": 512})
     progress.finish("SFT", png=stage_dir / "curves.png")
 
 A pretraining subprocess reports through its metrics.jsonl instead: ``tail_metrics`` follows
@@ -74,6 +74,18 @@ class Progress:
         self._next_mark = self.every
         self._lock = threading.Lock()
         self.artifact_id = create_progress_artifact(0.0, key=self.key, description=f"{name}: starting ({total} {unit}s)")
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """A loop that raised leaves its artifact saying so (where it stopped and why), not a stale bar."""
+        if exc is not None:
+            with self._lock:
+                message = f"{self.name}: FAILED at {self.unit} {self.step}/{self.total}: {type(exc).__name__}: {exc}"[:500]
+                self.log.error(message)
+                update_progress_artifact(self.artifact_id, self._percent(), description=message)
+        return False
 
     @property
     def every(self) -> int:

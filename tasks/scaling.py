@@ -20,7 +20,7 @@ def train_scaling_run(run: dict, corpus: dict, root: str, device: str, cpu_threa
         return execute_run(run, corpus, root=root, device=device, cpu_threads=cpu_threads)
     # Unkeyed: each run's progress artifact sits on its own task run; the sweep's is keyed.
     progress = Progress(f"run {run['run_id'][:8]}", run["steps"], keyed=False, lines=5)
-    with tail_metrics(run_dir(root, run["run_id"]) / "metrics.jsonl", progress):
+    with progress, tail_metrics(run_dir(root, run["run_id"]) / "metrics.jsonl", progress):
         row = execute_run(run, corpus, root=root, device=device, cpu_threads=cpu_threads)
     progress.close()
     return row

@@ -44,6 +44,13 @@ def test_progress_cadence_artifacts_and_metrics_tail(prefect_harness, tmp_path):
             t.start()
             t.join()
         tailed.finish("Tailed")
+        try:
+            with Progress("broken", 10) as broken:
+                for step in range(1, 4):
+                    broken({"step": step, "loss": 1.0})
+                raise FloatingPointError("loss is not finite")
+        except FloatingPointError:
+            pass
         return loop.logged, tailed.logged
 
     state = toy(return_state=True)
@@ -59,6 +66,10 @@ def test_progress_cadence_artifacts_and_metrics_tail(prefect_harness, tmp_path):
     # the tail saw every train row: the cadence (every 2nd of 30) and the 3 evaluations, with the trainer's throughput
     assert_progress("tailed", flow_run_id=run, total=30, every=2)
     assert tailed[-1]["step"] == 30 and tailed[-1]["val_loss"] == round(5 - 30 / 9, 4) and tailed[-1]["tokens_per_s"] == 1000.0
+    # a loop that raised says where and why on its artifact (and in the log), at the share it reached
+    broken = latest_artifact("broken-progress")
+    assert float(broken.data) == 30.0 and broken.description == "broken: FAILED at step 3/10: FloatingPointError: loss is not finite"
+    assert broken.description in run_logs(run)
 
 
 def test_pretrain_progress_from_its_metrics_file(prefect_harness, reference, tmp_path):
