@@ -41,7 +41,7 @@ from lm.align.plots import plot_curves
 from lm.markdown import markdown_table
 from tasks.artifacts import artifact_key, image_markdown
 
-_SHOWN = ("loss", "reward", "val_loss", "eval_nll", "eval_reward", "eval_accuracy", "eval_loss", "accuracy", "mfu", "lr")
+_SHOWN = ("loss", "reward", "val_loss", "eval_nll", "eval_reward", "eval_accuracy", "eval_loss")  # first; then the rest by name
 
 
 def _logger():
@@ -119,9 +119,9 @@ class Progress:
     def _line(self) -> str:
         pct = f" ({100 * self.step / self.total:.0f}%)" if self.total else ""
         parts = [f"{self.name} {self.unit} {self.step}/{self.total}{pct}"]
-        for k in _SHOWN:
-            if k in self.latest:
-                parts.append(f"{k} {self.latest[k]:.4g}")
+        first = [k for k in _SHOWN if k in self.latest]
+        for k in first + sorted(k for k in self.latest if k not in first and k != "tokens_per_s"):
+            parts.append(f"{k} {self.latest[k]:.4g}")
         if "tokens_per_s" in self.latest:
             parts.append(f"{self.latest['tokens_per_s']:,.0f} tok/s")
         return " · ".join(parts)
