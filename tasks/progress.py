@@ -41,6 +41,7 @@ from lm.align.plots import plot_curves
 from lm.markdown import markdown_table
 from tasks.artifacts import artifact_key, image_markdown
 
+MAX_POINTS = 4000  # per metric, for the closing plot
 _SHOWN = ("loss", "reward", "val_loss", "eval_nll", "eval_reward", "eval_accuracy", "eval_loss")  # first; then the rest by name
 
 
@@ -104,7 +105,10 @@ class Progress:
             for k, v in event.items():
                 if k not in ("step", "total", "tokens", "phase") and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
                     self.latest[k] = float(v)
-                    self.history.setdefault(k, []).append((step, float(v)))
+                    points = self.history.setdefault(k, [])
+                    points.append((step, float(v)))
+                    if len(points) > MAX_POINTS:  # a long run: keep every other point, the curve's shape stays
+                        points[:] = points[::2]  # (odd length: first and latest kept)
             if self.tokens and "tokens_per_s" not in event:
                 self.latest["tokens_per_s"] = self.tokens / max(time.time() - self.started, 1e-9)
             advanced = step > self.step
@@ -155,16 +159,17 @@ class Progress:
             md = [f"# {title}", f"{self.name}: {done}" + (f" · {self.tokens:,} tokens" if self.tokens else ""), ""]
             if note:
                 md += [note, ""]
-            plot = Path(png) if png and Path(png).exists() else self._plot()
-            if plot is not None:
-                md.append(image_markdown(plot, f"{self.name} curves"))
+            with tempfile.TemporaryDirectory(prefix="lmpipe-progress-") as tmp:
+                plot = Path(png) if png and Path(png).exists() else self._plot(Path(tmp) / "curves.png")
+                if plot is not None:
+                    md.append(image_markdown(plot, f"{self.name} curves"))
             if self.logged:
                 cols = list(dict.fromkeys(k for row in self.logged for k in row))  # every metric any row has
                 md += [f"## Logged every {self.every} {self.unit}(s)", "", markdown_table([{c: row.get(c, "") for c in cols} for row in self.logged])]
             create_markdown_artifact(markdown="\n".join(md), key=artifact_key(self.name, "curves"),
                                      description=f"{self.name}: curves and the metrics logged as it ran")
 
-    def _plot(self) -> Path | None:
+    def _plot(self, out: Path) -> Path | None:
         """Losses in one panel, rewards and accuracies in another (what a person watches)."""
         series = self.history
         groups = {"loss": [k for k in series if "loss" in k or "nll" in k],
@@ -172,7 +177,6 @@ class Progress:
         panels = [(label, [(k, [s for s, _ in series[k]], [y for _, y in series[k]]) for k in keys]) for label, keys in groups.items() if keys]
         if not panels:
             return None
-        out = Path(tempfile.mkdtemp(prefix="lmpipe-progress-")) / "curves.png"
         return plot_curves(out, self.name, panels)
 
 
