@@ -176,7 +176,7 @@ def _parametric_problems(fits: SweepFits) -> list[str]:
     if max(p.alpha, p.beta) > 3:
         out.append(f"exponents alpha={p.alpha:.3g}, beta={p.beta:.3g}: steeper than 3 is not a law, the optimizer ran off")
     if math.isfinite(fits.min_loss) and p.E < 0.01 * fits.min_loss:
-        out.append(f"E={p.E:.3g} ran to 0 (its bound): the runs do not constrain the irreducible loss")
+        out.append(f"E={p.E:.3g}: the irreducible loss ran down to its bound, 0 (under 1% of the lowest loss): the runs do not constrain it")
     if max(p.A, p.B) > 1e12:
         out.append(f"A={p.A:.3g}, B={p.B:.3g}: a coefficient ran off to its bound")
     rec = fits.recommendation.get("parametric") or {}

@@ -112,7 +112,7 @@ def test_judge_names_each_degenerate_parameter():
     fits = SweepFits(None, fit(), [], notes=["isoflop fit not possible: IsoFLOP fit needs ≥ 2 budgets with a bracketed minimum, got 0 of 3"],
                      recommendation={"parametric": {"n_opt": 1000.0}}, min_loss=2.0)
     problems = " | ".join(judge(fits)["parametric"]["problems"])
-    for words in ("alpha=-3.5, beta=0.3 are not both positive", "E=1e-155 ran to 0", "B=1e+14: a coefficient ran off",
+    for words in ("alpha=-3.5, beta=0.3 are not both positive", "E=1e-155: the irreducible loss ran down to its bound", "B=1e+14: a coefficient ran off",
                   "sits at the lower edge of the frontier search"):
         assert words in problems, (words, problems)
     assert judge(fits)["isoflop"]["problems"] == ["no isoflop fit: IsoFLOP fit needs ≥ 2 budgets with a bracketed minimum, got 0 of 3"]
