@@ -188,11 +188,13 @@ def _parametric_problems(fits: SweepFits) -> list[str]:
 
 
 def verdict_short(fits_json: dict) -> str:
-    """One line for a summary table, from fits.json: the recommended N and D, or why there is none."""
+    """A few words for a summary table, from fits.json: the recommended N and D, or why there is none."""
     verdict, rec = fits_json.get("verdict", {}), fits_json.get("recommendation", {})
     ok = [k for k, v in verdict.items() if v.get("ok")]
     if not ok:
-        return "⚠ no scaling law: " + ("; ".join(p for v in verdict.values() for p in v["problems"][:1]) or "no fits")[:160]
+        iso = " ".join(verdict.get("isoflop", {}).get("problems", []))
+        why = ["too few budgets bracket a minimum" if "bracket" in iso else "isoflop fit degenerate", "parametric fit degenerate"]
+        return "⚠ no scaling law: " + "; ".join(why) + " (laws.md)"
     r = rec[ok[0]]
     return f"{ok[0]}: N_opt {r['n_opt']:.3g}, D_opt {r['d_opt']:.3g} at C={rec['target_budget']:.3g}" + (
         " (extrapolation)" if r.get("extrapolation") else "")

@@ -78,6 +78,9 @@ def test_a_grid_that_brackets_a_minimum_is_a_result():
     assert "Not a result" not in md and "No scaling law" not in md and "- N_opt = " in md
     assert {r["trust"] for r in fits.law_rows()} == {"ok"}
     assert fits.to_json()["verdict"] == fits.verdict
+    from lm.scaling.report import verdict_short
+
+    assert verdict_short(fits.to_json()).startswith(f"isoflop: N_opt {fits.recommendation['isoflop']['n_opt']:.3g}, D_opt ")
 
 
 def test_a_grid_that_brackets_no_minimum_is_not_presented_as_a_result():
@@ -97,7 +100,7 @@ def test_a_grid_that_brackets_no_minimum_is_not_presented_as_a_result():
     assert {r["trust"] for r in fits.law_rows()} == {"NOT A RESULT"}
     from lm.scaling.report import verdict_short
 
-    assert verdict_short(fits.to_json()).startswith("⚠ no scaling law: no isoflop fit")
+    assert verdict_short(fits.to_json()) == "⚠ no scaling law: too few budgets bracket a minimum; parametric fit degenerate (laws.md)"
 
 
 def test_judge_names_each_degenerate_parameter():
