@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from lm.data.shards import iter_stage_tables, manifest_dir, read_manifest
-from lm.markdown import markdown_table  # noqa: F401  (re-exported: tasks and flows build artifacts with it)
+from lm.markdown import markdown_table
 
 
 def artifact_key(*parts: str) -> str:
