@@ -1,10 +1,11 @@
 """Locks that keep two runs on one artifact root from writing the same stage files at once.
 
 Each unit a writer owns — one shard of a stage, a stage's commit, or a whole single-unit
-stage (a tokenizer, a training run) — has a lock file beside the stage directory:
-``<root>/<stage>/.<fingerprint>.<part>.lock``. The lock is an ``flock(2)`` on that file: the
-kernel drops it when its holder exits, however it exits, so the lock of a killed run is taken
-over by the next one without any staleness guess (on NFS, by the server's lock recovery).
+stage (a tokenizer, a training run) — has a lock file outside the stage directories:
+``<root>/.lmpipe-locks/<stage>.<fingerprint>.<part>.lock``. The lock is an ``flock(2)`` on
+that file: the kernel drops it when its holder exits, however it exits, so the lock of a
+killed run is taken over by the next one without any staleness guess (on NFS, by the
+server's lock recovery).
 While held, the file says who holds it: pid, host, the command line and since when.
 
 A second writer of the same unit is refused at once (or after waiting ``wait_s``) with a
@@ -35,6 +36,7 @@ except ImportError:  # Windows: no flock; writers are not coordinated there
     fcntl = None
 
 POLL_S = 0.2
+LOCK_DIR = ".lmpipe-locks"
 
 
 class StageBusyError(RuntimeError):
@@ -42,8 +44,9 @@ class StageBusyError(RuntimeError):
 
 
 def lock_path(stage_dir: Path | RemotePath, part: str) -> Path | RemotePath:
-    """``<root>/<stage>/.<fingerprint>.<part>.lock``: beside the stage directory, not in it."""
-    return stage_dir.parent / f".{stage_dir.name}.{part}.lock"
+    """``<root>/.lmpipe-locks/<stage>.<fingerprint>.<part>.lock``: a stage directory and its
+    ``<root>/<stage>/`` parent hold only what the stage wrote, even after a run was killed."""
+    return stage_dir.parent.parent / LOCK_DIR / f"{stage_dir.parent.name}.{stage_dir.name}.{part}.lock"
 
 
 def holder_info(what: str) -> dict:
@@ -107,7 +110,12 @@ def held(path: Path | RemotePath, what: str, wait_s: float = 0.0) -> Iterator[No
     if isinstance(path, RemotePath) or fcntl is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if no_room_errno(e) is not None:
+            raise disk_full_error(path, e) from e
+        raise
     deadline = time.monotonic() + wait_s
     while True:
         fd, info = _try_acquire(path, what)
@@ -131,7 +139,7 @@ def sweep(stage_dir: Path | RemotePath) -> None:
     """Remove lock files of ``stage_dir`` left by killed runs (those nobody holds now)."""
     if isinstance(stage_dir, RemotePath) or fcntl is None:
         return
-    for path in stage_dir.parent.glob(f".{stage_dir.name}.*.lock"):
+    for path in lock_path(stage_dir, "x").parent.glob(f"{stage_dir.parent.name}.{stage_dir.name}.*.lock"):
         if path.is_symlink():
             continue
         fd, _ = _try_acquire(path, "sweep")
