@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -86,15 +87,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     from flows.server import LocalPrefect, serve_forever
 
-    return serve_forever(LocalPrefect(host=args.host, port=args.port, database_url=args.database_url))
+    roots = tuple(Path(r).expanduser().resolve() for r in args.allow_root) if args.allow_root else LocalPrefect.allowed_roots
+    return serve_forever(LocalPrefect(host=args.host, port=args.port, database_url=args.database_url,
+                                      allowed_roots=roots, files_port=args.files_port))
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     import os
 
     from flows.server import api_url, deploy
+    from flows.server_auth import read_state
 
-    api = args.api_url or os.environ.get("PREFECT_API_URL") or api_url("127.0.0.1", 4200)
+    api = args.api_url or os.environ.get("PREFECT_API_URL") or read_state().get("api") or api_url("127.0.0.1", 4200)
     print(deploy(api, args.name or []))
     return 0
 
@@ -129,8 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("server", help="start a local Prefect server (UI) and one worker per work pool")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else exposes an unauthenticated API)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; for a team, a TLS reverse proxy in front: docs/ui.md)")
     p.add_argument("--port", type=int, default=4200)
+    p.add_argument("--files-port", type=int, help="read-only artifact file server (default: --port + 1; 0 = any free port)")
+    p.add_argument("--allow-root", action="append", metavar="DIR",
+                   help="artifact root that runs may write and the file server shows (repeatable; default: ./outputs of this checkout)")
     p.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql+asyncpg://user:pw@host/db (default: SQLite under PREFECT_HOME)")
     p.set_defaults(func=cmd_server)
 
@@ -149,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_generate)
 
     args = parser.parse_args(argv)
+    from flows.server_auth import use_saved_auth
+
+    use_saved_auth()  # PREFECT_API_URL names the `lmpipe server` of this PREFECT_HOME: send its auth string
     return args.func(args)
 
 

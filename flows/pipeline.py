@@ -228,12 +228,42 @@ def run_stage_deployment(name: str, cfg: BaseModel) -> Any:
     if run.state is None or not run.state.is_completed():
         raise RuntimeError(f"stage {name!r} (deployment {flow_name}/{name}, flow run {run.id}) ended {run.state}; see its logs in the UI")
     try:
-        return run.state.result()
-    except Exception as e:  # MissingResult and storage errors: say what to configure
+        return read_json_result(run.state)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # missing/foreign records: say what to configure
         raise RuntimeError(
             f"stage {name!r} finished but its result (the manifest path) is not readable here ({e}); workers must run "
-            "with PREFECT_RESULTS_PERSIST_BY_DEFAULT=true and a PREFECT_LOCAL_STORAGE_PATH this worker can read"
+            "with PREFECT_RESULTS_PERSIST_BY_DEFAULT=true, PREFECT_RESULTS_DEFAULT_SERIALIZER=json (lmpipe server sets "
+            "both) and a PREFECT_LOCAL_STORAGE_PATH this worker can read"
         ) from e
+
+
+def _json_serialized(meta: Mapping, where: str) -> None:
+    kind = (meta.get("serializer") or {}).get("type")
+    if kind != "json":
+        raise ValueError(f"the result {where} names serializer {kind!r}; lmpipe reads only 'json' results (never pickle)")
+
+
+def read_json_result(state: Any) -> Any:
+    """What a (remote) flow run returned, from its persisted result record, as plain JSON.
+
+    Never ``state.result()``: that deserializes with whatever serializer the record on disk
+    names (cloudpickle by default), so whoever can write the result storage could run code
+    here. This reads the record as JSON and accepts only a ``json``-serialized result.
+    """
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    meta = state.data
+    meta = meta.model_dump(mode="json") if hasattr(meta, "model_dump") else meta
+    if not isinstance(meta, Mapping) or not meta.get("storage_key"):
+        raise ValueError(f"the run's state carries no persisted result record ({type(state.data).__name__})")
+    if meta.get("storage_block_id"):
+        raise ValueError("the result is in a storage block; lmpipe reads results from local storage only")
+    _json_serialized(meta, "state")
+    path = Path(meta["storage_key"])
+    path = path if path.is_absolute() else Path(PREFECT_LOCAL_STORAGE_PATH.value()) / path
+    record = json.loads(path.read_bytes())
+    _json_serialized(record["metadata"], f"record {path}")
+    return json.loads(record["result"])
 
 
 # --------------------------------------------------------------------------- lineage
@@ -310,7 +340,7 @@ def lineage_plot(rows: list[dict], png: Path) -> Path | None:
 
 
 def lineage_markdown(rows: list[dict], png: Path | None, out_dir: Path) -> str:
-    from tasks.artifacts import image_markdown, markdown_table
+    from tasks.artifacts import image_markdown, markdown_table, path_markdown
 
     table = [
         {
@@ -322,7 +352,7 @@ def lineage_markdown(rows: list[dict], png: Path | None, out_dir: Path) -> str:
             "kept": f"{r['kept']:,}",
             "rejected": f"{r['rejected']:,}",
             "failed": f"{r['failed']:,}",
-            "directory": f"[{r['directory']}](file://{r['directory']})",
+            "directory": path_markdown(r["directory"]),
         }
         for r in rows
     ]

@@ -107,11 +107,11 @@ def ui_pipeline_run(browser, local_prefect, deployed, reference, tmp_path_factor
     root = tmp_path_factory.mktemp("pipeline-outputs")
     shots = tmp_path_factory.mktemp("screenshots")
     params = {"config": {"root": str(root), "stages": {"data": data_config(root, reference)}, "stop_after": "data", "use_deployments": True}}
-    with api_client(local_prefect.api) as client:
+    with api_client(local_prefect) as client:
         dep = client.read_deployment_by_name("pipeline/pipeline")
 
     def ours():
-        with api_client(local_prefect.api) as client:
+        with api_client(local_prefect) as client:
             runs = client.read_flow_runs(limit=50)
         return [r for r in runs if r.deployment_id == dep.id and r.parameters.get("config", {}).get("root") == str(root)]
 
@@ -135,7 +135,7 @@ def ui_pipeline_run(browser, local_prefect, deployed, reference, tmp_path_factor
     run_id = ours()[0].id
 
     def finished(_):
-        with api_client(local_prefect.api) as client:
+        with api_client(local_prefect) as client:
             r = client.read_flow_run(run_id)
         return r if r.state is not None and r.state.is_final() else None
 
@@ -188,7 +188,7 @@ def test_run_started_from_the_ui_shows_its_stages_artifacts(browser, local_prefe
     # The pipeline ran on the gpu pool and its data stage, through the `data` deployment, on cpu.
     from tests.e2e.helpers import api_client
 
-    with api_client(local_prefect.api) as client:
+    with api_client(local_prefect) as client:
         pools = (client.read_flow_run(run.id).work_pool_name, client.read_flow_run(sub_id).work_pool_name)
     assert pools == ("gpu", "cpu"), pools
     stage_cards = open_artifacts_tab(browser, ui, sub_id)
