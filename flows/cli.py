@@ -65,7 +65,9 @@ def build_config(model: type, config_file: str | None, overrides: list[str]) -> 
 def cmd_run(args: argparse.Namespace) -> int:
     flow = load_flow(args.flow)
     cfg = build_config(config_model(flow), args.config, args.set or [])
-    result = flow(config=cfg)
+    from flows.local_run import run_flow
+
+    result = run_flow(lambda: flow(config=cfg))  # a temporary server that goes last; clean Ctrl-C/SIGTERM
     if result is not None:
         print(result)
     return 0
@@ -80,8 +82,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
+    from flows.local_run import run_flow
 
-    return run_demo(args)
+    return run_flow(lambda: run_demo(args))
 
 
 def cmd_server(args: argparse.Namespace) -> int:

@@ -266,6 +266,24 @@ def read_json_result(state: Any) -> Any:
     return json.loads(record["result"])
 
 
+def too_small(name: str, manifest_path: str) -> str | None:
+    """A plain warning when a stage's output is too small for what follows to mean anything.
+
+    A pretraining run on a corpus with no validation split reports only its training loss
+    (0.037 on 11 documents: memorized, not learned); say so where a person looks.
+    """
+    m = read_manifest(manifest_path)
+    c = m.get("counts", {})
+    if name == "tokenize" and not c.get("tokens_val"):
+        return (f"tokenize wrote no validation tokens ({c.get('tokens_train', 0):,} train tokens): pretraining will report a "
+                "training loss with no validation loss to judge it by. Add sources (the demo adds the debian-handbook WARC "
+                "when that package is installed) or raise stages.tokenize.val_fraction.")
+    if name == "pretrain" and m.get("final_val_loss") is None:
+        return (f"pretrain has no validation loss (train loss {m.get('final_train_loss')}): the corpus had no validation "
+                "split, so the training loss says nothing about what the model learned.")
+    return None
+
+
 # --------------------------------------------------------------------------- lineage
 
 
@@ -339,7 +357,7 @@ def lineage_plot(rows: list[dict], png: Path) -> Path | None:
     return png
 
 
-def lineage_markdown(rows: list[dict], png: Path | None, out_dir: Path) -> str:
+def lineage_markdown(rows: list[dict], png: Path | None, out_dir: Path, warnings: list[str] = ()) -> str:
     from tasks.artifacts import image_markdown, markdown_table, path_markdown
 
     table = [
@@ -356,21 +374,25 @@ def lineage_markdown(rows: list[dict], png: Path | None, out_dir: Path) -> str:
         }
         for r in rows
     ]
-    md = ["# Pipeline lineage", "", f"{len(rows)} stage output(s); lineage written to `{out_dir / 'lineage.json'}`.", "", markdown_table(table)]
+    md = ["# Pipeline lineage", ""]
+    if warnings:
+        md += ["## ⚠ Warnings", ""] + [f"- **{w}**" for w in warnings] + [""]
+    md += [f"{len(rows)} stage output(s); lineage written to `{out_dir / 'lineage.json'}`.", "", markdown_table(table)]
     if png is not None:
         md += ["", image_markdown(png, "documents in and kept per data stage")]
     md += ["", "Inspect a stage: `lmpipe inspect <directory>`."]
     return "\n".join(md)
 
 
-def write_lineage(root: str, final: Mapping[str, str], started_at: str, given: Mapping[str, str] | None = None) -> tuple[Path, list[dict], Path | None]:
+def write_lineage(root: str, final: Mapping[str, str], started_at: str, given: Mapping[str, str] | None = None,
+                  warnings: list[str] = ()) -> tuple[Path, list[dict], Path | None]:
     rows = lineage(final, started_at, given)
     fp = fingerprint("pipeline", VERSION, {}, [r["fingerprint"] for r in rows])
     out = Path(root) / "pipeline" / fp
     out.mkdir(parents=True, exist_ok=True)
     # A list, not a mapping: the JSON is written with sorted keys and the run order matters.
     stages = [{"stage": name, "manifest": path} for name, path in final.items()]
-    atomic_write_json(out / "lineage.json", {"stages": stages, "lineage": rows, "started_at": started_at})
+    atomic_write_json(out / "lineage.json", {"stages": stages, "lineage": rows, "started_at": started_at, "warnings": list(warnings)})
     png = lineage_plot(rows, out / "lineage.png")
     return out, rows, png
 
@@ -396,6 +418,7 @@ def pipeline_flow(config: PipelineConfig) -> str:
 
     manifests = {k: str(read_manifest(v)["_path"]) for k, v in config.manifests.items()}
     produced: dict[str, str] = {}
+    warnings: list[str] = []
     progress = create_progress_artifact(0.0, key="pipeline-progress", description=f"stages finished of {[s.name for s in todo]}")
     for i, s in enumerate(todo, 1):
         cfg = stage_config(s, config, manifests, models[s.name])
@@ -406,14 +429,17 @@ def pipeline_flow(config: PipelineConfig) -> str:
             result = load_flow(s.name)(config=cfg)
         manifests[s.name] = produced[s.name] = result_manifest(s.name, result)
         log.info("stage %s -> %s", s.name, manifests[s.name])
+        if warning := too_small(s.name, manifests[s.name]):
+            log.warning("%s", warning)
+            warnings.append(warning)
         update_progress_artifact(progress, 100.0 * i / len(todo))
 
     given = {k: v for k, v in manifests.items() if k not in produced}
-    out, rows, png = write_lineage(config.root, produced, started_at, given)
+    out, rows, png = write_lineage(config.root, produced, started_at, given, warnings)
     create_table_artifact(
         table=rows,
         key="pipeline-lineage",
         description="Every stage output this run used: fingerprint, counts, directory",
     )
-    create_markdown_artifact(markdown=lineage_markdown(rows, png, out), key="pipeline-summary", description="Pipeline lineage with the documents funnel of the data stages")
+    create_markdown_artifact(markdown=lineage_markdown(rows, png, out, warnings), key="pipeline-summary", description="Pipeline lineage with the documents funnel of the data stages")
     return str(out / "lineage.json")

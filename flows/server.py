@@ -313,7 +313,9 @@ def deployment_entries(prefect_file: Path = PREFECT_YAML) -> list[dict]:
 def deploy(api: str, names: Sequence[str] = (), prefect_file: Path = PREFECT_YAML, env: Mapping[str, str] | None = None) -> str:
     """Register deployments from ``prefect.yaml``: ``names``, or every one whose flow exists.
 
-    Runs ``prefect deploy`` from the repo root, the directory the entrypoints are relative to.
+    Runs ``prefect deploy`` from the repo root, the directory the entrypoints are relative to,
+    keeps what a person set on existing schedules (:func:`restore_schedules`), and gives the
+    ``pipeline`` deployment the sources ``lmpipe demo`` uses (:func:`use_demo_sources`).
     Returns its output; raises with that output when it fails.
     """
     if not is_healthy(api):
@@ -337,7 +339,26 @@ def deploy(api: str, names: Sequence[str] = (), prefect_file: Path = PREFECT_YAM
     if r.returncode != 0:
         raise RuntimeError(f"prefect deploy failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
     kept = restore_schedules(api, before, auth)
-    return r.stdout + "".join(f"kept the server's active state and parameters of schedule {k}\n" for k in kept)
+    out = r.stdout + "".join(f"kept the server's active state and parameters of schedule {k}\n" for k in kept)
+    if "pipeline" in names:
+        out += f"pipeline deployment: stages.data.sources = {use_demo_sources(api, auth)}\n"
+    return out
+
+
+def use_demo_sources(api: str, auth: str | None = None) -> list[str]:
+    """Set the ``pipeline`` deployment's data sources to the demo's (flows/demo.py:demo_sources:
+    pywb's sample WARCs, the shared Common Crawl samples and the debian-handbook WARC, each
+    where this machine has it), fetching or packing them once into the lmpipe cache. The
+    named config can only list paths that always exist; the pywb samples alone are 11
+    documents, too few to validate a model on."""
+    from flows.demo import demo_sources
+
+    sources = demo_sources()
+    dep = _api_request(f"{api}/deployments/name/pipeline/pipeline", auth=auth)
+    params = json.loads(json.dumps(dep["parameters"]))
+    params.setdefault("config", {}).setdefault("stages", {}).setdefault("data", {})["sources"] = sources
+    _api_request(f"{api}/deployments/{dep['id']}", {"parameters": params}, auth=auth, method="PATCH")
+    return sources
 
 
 def schedules_by_slug(api: str, auth: str | None = None) -> dict[tuple[str, str], dict]:
@@ -359,10 +380,16 @@ def restore_schedules(api: str, before: Mapping[tuple[str, str], dict], auth: st
     kept = []
     for key, now in schedules_by_slug(api, auth).items():
         old = before.get(key)
-        if old is None or (old["active"], old["parameters"]) == (now["active"], now["parameters"]):
+        if old is None:
+            continue
+        # Empty parameters on the server are no choice of a person's: prefect 3.8.8 resets them
+        # to {} when a client PATCHes `active` alone (`prefect deployment schedule resume`).
+        params = old["parameters"] or now["parameters"]
+        if (old["active"], params) == (now["active"], now["parameters"]):
             continue
         _api_request(f"{api}/deployments/{key[0]}/schedules/{now['id']}",
-                     {"active": old["active"], "parameters": old["parameters"]}, auth=auth, method="PATCH")
+                     {"slug": key[1], "schedule": now["schedule"], "active": old["active"], "parameters": params},
+                     auth=auth, method="PATCH")
         kept.append(f"{now['deployment']}/{key[1]}")
     return kept
 

@@ -68,6 +68,8 @@ def local_prefect(tmp_path_factory) -> Server:
         # Its own PREFECT_HOME (SQLite), apart from the prefect_harness server; workers poll
         # every second so a run starts at once.
         "PREFECT_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        # The scheduler looks for due schedules every 5 s instead of 60 (tests/e2e/test_schedules.py).
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
     })
     log = open(home / "lmpipe-server.log", "wb")  # noqa: SIM115
     env.pop("PREFECT_API_AUTH_STRING", None)  # the server generates its own secret

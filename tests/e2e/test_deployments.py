@@ -35,6 +35,10 @@ def test_every_existing_flow_is_deployed_to_its_pool(local_prefect, deployed):
         model = schema["definitions"][schema["properties"]["config"]["$ref"].rsplit("/", 1)[1]]
         undocumented = [f for f, p in model["properties"].items() if not p.get("description")]
         assert not undocumented, f"{e['name']}: fields without description {undocumented}"
+    # The pipeline deployment runs on what `lmpipe demo` runs on.
+    from flows.demo import demo_sources
+
+    assert deps["pipeline"].parameters["config"]["stages"]["data"]["sources"] == demo_sources()
     # The weekly ingest exists but waits for a person to turn it on.
     assert [(s.schedule.cron, s.active) for s in deps["data"].schedules] == [("0 3 * * 1", False)]
     assert {"cpu", "gpu"} <= {e["work_pool"]["name"] for e in deployment_entries()}
