@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -90,9 +89,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     from flows.server import LocalPrefect, serve_forever
 
-    roots = tuple(Path(r).expanduser().resolve() for r in args.allow_root) if args.allow_root else LocalPrefect.allowed_roots
     return serve_forever(LocalPrefect(host=args.host, port=args.port, database_url=args.database_url,
-                                      allowed_roots=roots, files_port=args.files_port))
+                                      allowed_roots=args.allow_root or LocalPrefect.allowed_roots, files_port=args.files_port))
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

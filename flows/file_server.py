@@ -38,7 +38,7 @@ class ArtifactFileServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, host: str, port: int, roots: list[Path], auth: str):
-        self.roots = [os.path.realpath(Path(r).expanduser()) for r in roots]
+        self.roots = [os.path.realpath(Path(r).expanduser()) for r in roots if "://" not in str(r)]  # local roots only
         self.auth = auth
         self.key = link_key(auth)
         super().__init__((host, port), _Handler)

@@ -108,14 +108,14 @@ def temporary_server() -> Iterator[TemporaryServer | None]:
 
 
 class _Interrupted:
-    """What the first signal saw: which signal, and the flow run it interrupted."""
+    """What the first signal saw, and how to find this command's flow runs."""
 
     def __init__(self) -> None:
         self.signum: int | None = None  # set by the watchdog (any handler), or our handler
         self.raised = False  # our handler raised KeyboardInterrupt once
-        self.flow_run_id: Any = None
         self.server: TemporaryServer | None = None
         self.settings: dict = {}  # the API this command talks to (a thread has no settings context)
+        self.tag = f"lmpipe-run-{secrets.token_hex(4)}"  # on every flow run this command creates
 
     @property
     def name(self) -> str:
@@ -127,24 +127,19 @@ class _Interrupted:
 
 
 def _mark_crashed(state: _Interrupted) -> None:
-    """Crashed, for the interrupted run (or, on our own temporary server, every unfinished
-    run: they are all this command's), unless Prefect's own handling got there first."""
+    """Crashed, for every unfinished flow run of this command (its tag: the flow and its
+    subflows), unless Prefect's own handling got there first."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, FlowRunFilterTags
     from prefect.client.schemas.objects import StateType
     from prefect.settings import temporary_settings
     from prefect.states import Crashed
 
+    unfinished = FlowRunFilter(tags=FlowRunFilterTags(all_=[state.tag]), state=FlowRunFilterState(
+        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED])))
     with temporary_settings(updates=state.settings), get_client(sync_client=True) as client:
-        if state.server is not None:
-            running = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])))
-            ids = [r.id for r in client.read_flow_runs(flow_run_filter=running)]
-        else:
-            ids = [state.flow_run_id] if state.flow_run_id else []
-        for run_id in ids:
-            run = client.read_flow_run(run_id)
-            if run.state is None or not run.state.is_final():
-                client.set_flow_run_state(run_id, Crashed(message=f"Execution was aborted by {state.name} (lmpipe)"), force=True)
+        for run in client.read_flow_runs(flow_run_filter=unfinished):
+            client.set_flow_run_state(run.id, Crashed(message=f"Execution was aborted by {state.name} (lmpipe)"), force=True)
 
 
 def _say_stopped(state: _Interrupted) -> None:
@@ -189,11 +184,6 @@ def run_flow(call: Callable[[], Any], grace: float = GRACE_S) -> Any:
         if state.raised:
             return  # a second Ctrl-C does not interrupt the orderly stop; the watchdog is running
         state.raised = True
-        with contextlib.suppress(Exception):
-            from prefect.context import FlowRunContext
-
-            ctx = FlowRunContext.get()
-            state.flow_run_id = ctx.flow_run.id if ctx and ctx.flow_run else None
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     read_fd, write_fd = os.pipe()
@@ -208,7 +198,10 @@ def run_flow(call: Callable[[], Any], grace: float = GRACE_S) -> Any:
             state.server = server
             state.settings = {PREFECT_API_URL: PREFECT_API_URL.value(), PREFECT_API_AUTH_STRING: PREFECT_API_AUTH_STRING.value()}
             try:
-                return call()
+                from prefect import tags
+
+                with tags(state.tag):
+                    return call()
             except BaseException:
                 if state.signum is None:
                     raise

@@ -253,6 +253,7 @@ def read_json_result(state: Any) -> Any:
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 
     meta = state.data
+    meta = getattr(meta, "metadata", meta)  # a state read from the API carries the metadata alone
     meta = meta.model_dump(mode="json") if hasattr(meta, "model_dump") else meta
     if not isinstance(meta, Mapping) or not meta.get("storage_key"):
         raise ValueError(f"the run's state carries no persisted result record ({type(state.data).__name__})")
@@ -261,9 +262,13 @@ def read_json_result(state: Any) -> Any:
     _json_serialized(meta, "state")
     path = Path(meta["storage_key"])
     path = path if path.is_absolute() else Path(PREFECT_LOCAL_STORAGE_PATH.value()) / path
-    record = json.loads(path.read_bytes())
-    _json_serialized(record["metadata"], f"record {path}")
-    return json.loads(record["result"])
+    stored = json.loads(path.read_bytes())
+    # Prefect 3.8.8 stores the serialized value alone (its metadata is the state's); a whole
+    # record ({metadata, result}) names its serializer again.
+    if isinstance(stored, Mapping) and set(stored) == {"metadata", "result"}:
+        _json_serialized(stored["metadata"], f"record {path}")
+        return json.loads(stored["result"])
+    return stored
 
 
 def too_small(name: str, manifest_path: str) -> str | None:

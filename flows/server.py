@@ -120,13 +120,18 @@ def _api_request(url: str, body: dict | None = None, *, auth: str | None = None,
     if auth:
         headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
     req = urllib.request.Request(url, data=data, method=method or ("POST" if body is not None else "GET"), headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            return None
-        raise RuntimeError(f"{req.method} {url} failed: {e.code} {e.read().decode(errors='replace')[:500]}") from e
+    for attempt in range(4):
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            # 503: SQLite busy under load ("database is locked"); Prefect's own client retries it too.
+            if e.code == 503 and attempt < 3:
+                time.sleep(1 + 2 * attempt)
+                continue
+            raise RuntimeError(f"{req.method} {url} failed: {e.code} {e.read().decode(errors='replace')[:500]}") from e
 
 
 def default_job_template(kind: str) -> dict:
@@ -170,6 +175,10 @@ class LocalPrefect:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     auth: str = field(default="", repr=False)  # loaded (or generated) by start()
     files: ArtifactFileServer | None = None
+
+    def __post_init__(self) -> None:
+        # Local roots absolute (workers and the file server resolve nothing); URL roots as given.
+        self.allowed_roots = tuple(r if "://" in str(r) else Path(r).expanduser().resolve() for r in self.allowed_roots)
 
     @property
     def api(self) -> str:
@@ -255,7 +264,8 @@ class LocalPrefect:
     def start(self, timeout: float = 120.0) -> LocalPrefect:
         try:
             for root in self.allowed_roots:
-                Path(root).expanduser().mkdir(parents=True, exist_ok=True)
+                if "://" not in str(root):
+                    Path(root).expanduser().mkdir(parents=True, exist_ok=True)
             self.start_server(timeout)
             self.create_pools()
             self.start_files()

@@ -105,5 +105,6 @@ def use_saved_auth() -> None:
         os.environ["PREFECT_API_AUTH_STRING"] = auth
 
 
-def allowed_roots_value(roots: list[Path]) -> str:
-    return os.pathsep.join(str(Path(r).expanduser().resolve()) for r in roots)
+def allowed_roots_value(roots: list[Path | str]) -> str:
+    """``LMPIPE_ALLOWED_ROOTS``: local roots resolved, URL roots (``s3://bucket/prefix``) as given."""
+    return ":".join(str(r) if "://" in str(r) else str(Path(r).expanduser().resolve()) for r in roots)

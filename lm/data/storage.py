@@ -95,7 +95,8 @@ def check_root(root: str | os.PathLike, what: str = "root") -> str:
 def _check_allowed_root(s: str) -> None:
     """Under ``lmpipe server`` (``LMPIPE_ALLOWED_ROOTS`` set for its workers), a run may write
     only under the allowed roots: a run's parameters come from whoever can reach the API."""
-    allowed = [a for a in os.environ.get("LMPIPE_ALLOWED_ROOTS", "").split(os.pathsep) if a]
+    # `:`-separated like PATH; a `:` that starts `://` belongs to a URL root (s3://bucket/prefix).
+    allowed = [a for a in re.split(r":(?!//)", os.environ.get("LMPIPE_ALLOWED_ROOTS", "")) if a]
     if not allowed:
         return
     if _scheme(s) not in _LOCAL_SCHEMES:

@@ -365,3 +365,29 @@ def test_source_urls_with_credentials_are_refused_before_work(prefect_harness, t
                  note="refused before work; secret not echoed")
     assert not leaked
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- roots under lmpipe server
+
+
+def test_roots_outside_the_allowed_ones_are_refused(tmp_path, monkeypatch):
+    """`lmpipe server` sets LMPIPE_ALLOWED_ROOTS for its workers: a run's config may name a root
+    only under them (realpath: no `..` or symlink way out); unset, any root is fine."""
+    from flows.data import DataConfig
+    from lm.data.storage import check_root
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (allowed / "link").symlink_to(outside)
+    assert check_root(str(outside)) == str(outside)  # no server: no confinement
+    monkeypatch.setenv("LMPIPE_ALLOWED_ROOTS", f"{allowed}{os.pathsep}s3://team-bucket/lmpipe")
+    for ok in (allowed, allowed / "new" / "dir", "s3://team-bucket/lmpipe/run1"):
+        assert check_root(str(ok)) == str(ok)
+    for bad in (outside, allowed / ".." / "outside", allowed / "link" / "x", "/etc", "s3://team-bucket/other", "s3://team-bucket/lmpipe2"):
+        with pytest.raises(ValueError, match="outside the roots this server allows"):
+            check_root(str(bad))
+    with pytest.raises(ValueError, match="outside the roots this server allows"):
+        DataConfig(sources=["x.warc.gz"], root=str(outside))
+    # A path that is not a root (an input to read) is not confined by this rule.
+    assert check_root(str(outside), "tokens") == str(outside)
