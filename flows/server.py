@@ -252,8 +252,10 @@ class LocalPrefect:
         env = child_env(self.api, {
             "PREFECT_API_AUTH_STRING": self.auth,
             # Flow results persisted as JSON (never pickle), so a pipeline running stages
-            # through their deployments can read each stage's returned manifest path.
+            # through their deployments can read each stage's returned manifest path. Task
+            # results stay in memory: shards talk through files, and nothing reads them back.
             "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json",
+            "PREFECT_TASKS_DEFAULT_PERSIST_RESULT": "false",
             server_auth.ALLOWED_ROOTS_ENV: server_auth.allowed_roots_value(list(self.allowed_roots)),
             **({"LMPIPE_FILES_URL": self.files.base_url} if self.files else {}),
             **self.env,

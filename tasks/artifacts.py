@@ -91,7 +91,7 @@ def path_markdown(path: str | Path) -> str:
     base, auth = os.environ.get(FILES_URL_ENV), os.environ.get("PREFECT_API_AUTH_STRING")
     if not (base and auth):
         return f"`{s}`"
-    return f"[`{s}`]({files_url(s, base, link_key(auth))})"
+    return f"[{s}]({files_url(s, base, link_key(auth))})"  # no code span: the UI shows backticks inside link text
 
 
 def image_markdown(png: str | Path, alt: str) -> str:
