@@ -238,8 +238,9 @@ class LocalPrefect:
             if pool is None:
                 _api_request(f"{self.api}/work_pools/", {"name": name, "type": kind, "base_job_template": template}, auth=self.auth)
             elif pool["base_job_template"] != template:
-                print(f"work pool {name}: runs may no longer set {sorted(set(pool['base_job_template'].get('variables', {}).get('properties', {})) - set(RUN_SETTABLE))}",
-                      file=sys.stderr)
+                offered = set(pool["base_job_template"].get("variables", {}).get("properties", {}))
+                if offered - set(RUN_SETTABLE):
+                    print(f"work pool {name}: runs may no longer set {sorted(offered - set(RUN_SETTABLE))}", file=sys.stderr)
                 _api_request(f"{self.api}/work_pools/{name}", {"base_job_template": template}, auth=self.auth, method="PATCH")
 
     def start_files(self) -> None:
