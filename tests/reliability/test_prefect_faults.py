@@ -98,7 +98,7 @@ def server(tmp_path_factory):
                            "PREFECT_WORKER_PREFETCH_SECONDS": "1", "LMPIPE_TEST_SHARD_DELAY_S": "0.3"})
     lp.start(timeout=180)
     try:
-        deploy(lp.api, ["data"])
+        deploy(lp.api, ["data"], env={"PREFECT_API_AUTH_STRING": lp.auth})
         yield lp
     finally:
         lp.stop()
