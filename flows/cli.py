@@ -28,6 +28,7 @@ __all__ = ["FLOWS", "build_config", "config_model", "load_flow", "main"]
 # What the Makefile and the tests set: no usage reports from an offline machine (the
 # temporary server otherwise logs "Failed to send telemetry" on every run).
 QUIET_ENV = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+READ_ONLY = {"ls", "inspect", "compare"}  # commands that only read outputs: errors are one line
 
 
 class ConfigError(SystemExit):
@@ -200,10 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmpipe: {e.message}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as e:
-        if args.command not in {"ls", "inspect", "compare"}:
+        if args.command not in READ_ONLY:
             raise
         print(f"lmpipe {args.command}: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `lmpipe ls | head`
+        if args.command not in READ_ONLY:
+            raise
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the interpreter flushes stdout at exit)
+        return 0
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ class StageOutput:
     stage: str
     fingerprint: str
     path: Path
-    status: str  # complete | corrupt | incomplete
+    status: str  # complete | corrupt | incomplete | other (not a stage output: no manifest, no shard marker)
     committed_at: str | None = None
     counts: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
@@ -70,7 +70,10 @@ def human_age(seconds: float) -> str:
 def _output(stage_dir: Path, fp_dir: Path) -> StageOutput:
     out = StageOutput(stage=stage_dir.name, fingerprint=fp_dir.name, path=fp_dir, status="incomplete")
     if not (fp_dir / MANIFEST_NAME).exists():
-        out.shards_done = sum(1 for p in fp_dir.iterdir() if p.name.endswith(_MARKER_SUFFIX) and not p.name.startswith("."))
+        names = [p.name for p in fp_dir.iterdir()]
+        out.shards_done = sum(1 for n in names if n.endswith(_MARKER_SUFFIX) and not n.startswith("."))
+        if not out.shards_done and any(not n.startswith(".") for n in names):
+            out.status = "other"  # files but no manifest or shard marker: a report folder (funnel, pipeline lineage)
         return out
     try:
         m = read_manifest(fp_dir / MANIFEST_NAME)
@@ -116,7 +119,8 @@ def root_stages(root: str | os.PathLike) -> dict[str, list[StageOutput]]:
     r = Path(root)
     if not r.is_dir():
         raise FileNotFoundError(f"artifact root {r} does not exist")
-    return {d.name: stage_outputs(d) for d in sorted(r.iterdir()) if d.is_dir() and not d.name.startswith(".") and is_stage_dir(d)}
+    stages = {d.name: stage_outputs(d) for d in sorted(r.iterdir()) if d.is_dir() and not d.name.startswith(".") and is_stage_dir(d)}
+    return {name: outs for name, outs in stages.items() if any(o.status != "other" for o in outs)}
 
 
 def is_latest_ref(value: str) -> bool:
@@ -195,8 +199,8 @@ def describe_stage_folder(stage_dir: str | os.PathLike, max_diffs: int = 12) -> 
     lines = [f"stage {d.name}: {len(outs)} output(s) in {d}" + (f"; latest = {done[0].fingerprint}" if done else "")]
     lines.append(f"  {'fingerprint':<20} {'status':<11} {'age':>8}  {'shards':>6}  counts")
     for o in outs:
-        what = _counts_text(o) if o.status == "complete" else (
-            f"{o.shards_done} shard(s) finished so far" if o.status == "incomplete" else (o.problem or "")[:100])
+        what = {"complete": _counts_text(o), "incomplete": f"{o.shards_done} shard(s) finished so far",
+                "other": "no manifest: not a stage output"}.get(o.status, (o.problem or "")[:100])
         shards = str(o.shards) if o.status == "complete" else "-"
         lines.append(f"  {o.fingerprint:<20} {o.status:<11} {o.age():>8}  {shards:>6}  {what}")
     for newer, older in zip(done, done[1:]):

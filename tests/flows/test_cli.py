@@ -130,7 +130,7 @@ def test_ls_inspect_and_compare_through_the_command(rules_outputs):
     r = lmpipe("ls", "--root", str(root))
     assert r.returncode == 0 and r.stdout.splitlines()[1].split()[:3] == ["rules", "2", fp_new]
     r = lmpipe("inspect", str(root / "rules"))  # a stage folder: its fingerprints
-    assert r.returncode == 0 and f"latest = {fp_new}" in r.stdout and "min_words: 150 -> 282" in r.stdout
+    assert r.returncode == 0 and f"latest = {fp_new}" in r.stdout and f"config {fp_old} -> {fp_new}:\n  min_words: 150 -> 282" in r.stdout
     assert lmpipe("ls", "rules", "--root", str(root)).stdout.splitlines()[0] == r.stdout.splitlines()[0]
     r = lmpipe("inspect", "rules@latest", "--root", str(root), "--samples", "1")
     assert r.returncode == 0 and f"fingerprint {fp_new}" in r.stdout and "sample 1:" in r.stdout

@@ -110,7 +110,7 @@ def test_compare_two_outputs_of_a_data_stage(rules_root):
         compare_outputs(newer, str(Stage(rules_root[0], "other", version="1", config={}).commit(0)))
 
 
-def test_compare_two_training_runs_has_their_loss_curves(reference, tmp_path, pretrained):
+def test_compare_two_training_runs_has_their_loss_curves(reference, tmp_path, pretrained):  # noqa: F811 (the fixture)
     from lm.align.sft import SFTConfig
     from lm.align.stages import AlignDataConfig, StageOptions, build_align_data, run_sft
 
