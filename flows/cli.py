@@ -1,11 +1,11 @@
 """The ``lmpipe`` command: run flows, the demo, the local server, deployments, inspection.
 
-    lmpipe run data --config configs/data-demo.yaml --set max_workers=2
-    lmpipe demo
-    lmpipe ls                                   # every stage under ./outputs, its latest output
-    lmpipe inspect outputs/extract              # a stage folder: its fingerprints, status, config diffs
-    lmpipe inspect minhash@latest               # one output: counts, lineage, sample rows
-    lmpipe compare pretrain@latest outputs/pretrain/<fingerprint>
+lmpipe run data --config configs/data-demo.yaml --set max_workers=2
+lmpipe demo
+lmpipe ls                                   # every stage under ./outputs, its latest output
+lmpipe inspect outputs/extract              # a stage folder: its fingerprints, status, config diffs
+lmpipe inspect minhash@latest               # one output: counts, lineage, sample rows
+lmpipe compare pretrain@latest outputs/pretrain/<fingerprint>
 """
 
 from __future__ import annotations
@@ -72,8 +72,10 @@ def resolve_output(ref: str, root: str) -> str:
     if is_latest_ref(ref):
         return resolve_latest(ref, root)
     if not Path(ref).exists():
-        raise FileNotFoundError(f"{ref!r} does not exist (give a stage output directory, its _manifest.json, a stage "
-                                f"folder, or stage@latest under --root {root})")
+        raise FileNotFoundError(
+            f"{ref!r} does not exist (give a stage output directory, its _manifest.json, a stage "
+            f"folder, or stage@latest under --root {root})"
+        )
     return ref
 
 
@@ -126,19 +128,34 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from lm.model.generate import generate_from_checkpoint
 
-    print(generate_from_checkpoint(args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens,
-                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed))
+    print(
+        generate_from_checkpoint(
+            args.checkpoint,
+            args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+    )
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="lmpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = argparse.ArgumentParser(
+        prog="lmpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="run one flow with a config")
     p.add_argument("flow", help=f"one of: {', '.join(sorted(FLOWS))}")
     p.add_argument("--config", help="YAML file with the flow's config (see configs/)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable; dotted keys for nested fields)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable; dotted keys for nested fields)",
+    )
     p.set_defaults(func=cmd_run)
 
     root_help = "artifact root that stage names and stage@latest refer to (default: outputs)"
@@ -148,7 +165,9 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("inspect", help="a stage output's summary and sample rows, or a stage folder's outputs")
-    p.add_argument("stage_dir", help="outputs/<stage>/<fingerprint> (or its _manifest.json), outputs/<stage>, or stage@latest")
+    p.add_argument(
+        "stage_dir", help="outputs/<stage>/<fingerprint> (or its _manifest.json), outputs/<stage>, or stage@latest"
+    )
     p.add_argument("--samples", type=int, default=3)
     p.add_argument("--root", default="outputs", help=root_help)
     p.set_defaults(func=cmd_inspect)
@@ -166,14 +185,25 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("server", help="start a local Prefect server (UI) and one worker per work pool")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else exposes an unauthenticated API)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; anything else exposes an unauthenticated API)",
+    )
     p.add_argument("--port", type=int, default=4200)
-    p.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql+asyncpg://user:pw@host/db (default: SQLite under PREFECT_HOME)")
+    p.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL, e.g. postgresql+asyncpg://user:pw@host/db (default: SQLite under PREFECT_HOME)",
+    )
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("deploy", help="register the deployments in deployments/prefect.yaml with the server")
     p.add_argument("--api-url", help="Prefect API (default: $PREFECT_API_URL, else http://127.0.0.1:4200/api)")
-    p.add_argument("--name", action="append", help="only this deployment, e.g. data (repeatable; default: every one whose flow is in this checkout)")
+    p.add_argument(
+        "--name",
+        action="append",
+        help="only this deployment, e.g. data (repeatable; default: every one whose flow is in this checkout)",
+    )
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("generate", help="sample text from a checkpoint (or a pretrain stage directory)")

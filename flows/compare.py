@@ -27,19 +27,29 @@ from tasks.artifacts import artifact_key, image_markdown, markdown_table
 class CompareConfig(Config):
     """Two outputs of one stage, or two pipeline runs."""
 
-    a: StageRef = Field(description="First output: a stage directory, its _manifest.json, `stage@latest`, or a pipeline run's lineage.json")
+    a: StageRef = Field(
+        description="First output: a stage directory, its _manifest.json, `stage@latest`, "
+        "or a pipeline run's lineage.json"
+    )
     b: StageRef = Field(description="Second output, of the same stage (or another pipeline run's lineage.json)")
     root: str = Field("outputs", description="Artifact root that `stage@latest` refers to")
 
     def check_inputs(self) -> None:
         for ref in (self.a, self.b):
             if not Path(ref).exists():
-                raise FileNotFoundError(f"{ref!r} does not exist: give a stage output directory, its _manifest.json, or stage@latest")
+                raise FileNotFoundError(
+                    f"{ref!r} does not exist: give a stage output directory, its _manifest.json, or stage@latest"
+                )
 
 
 def comparison_markdown(cmp: Comparison, png: Path | None) -> str:
-    md = [f"# {cmp.stage}: a vs b", "",
-          f"- a: `{cmp.a['fingerprint']}` · `{manifest_dir(cmp.a)}`", f"- b: `{cmp.b['fingerprint']}` · `{manifest_dir(cmp.b)}`", ""]
+    md = [
+        f"# {cmp.stage}: a vs b",
+        "",
+        f"- a: `{cmp.a['fingerprint']}` · `{manifest_dir(cmp.a)}`",
+        f"- b: `{cmp.b['fingerprint']}` · `{manifest_dir(cmp.b)}`",
+        "",
+    ]
     if cmp.same:
         return "\n".join(md + ["Same fingerprint: identical output."])
     if not cmp.config:
@@ -59,8 +69,13 @@ def compare_flow(config: CompareConfig) -> dict:
     with tempfile.TemporaryDirectory(prefix="lmpipe-compare-") as tmp:
         for cmp in compare(config.a, config.b):
             png = plot_curves(cmp, Path(tmp) / f"{cmp.stage}.png")
-            create_markdown_artifact(markdown=comparison_markdown(cmp, png), key=artifact_key("compare", cmp.stage),
-                                     description=f"{cmp.stage}: two outputs side by side (config, counts, curves)")
+            create_markdown_artifact(
+                markdown=comparison_markdown(cmp, png),
+                key=artifact_key("compare", cmp.stage),
+                description=f"{cmp.stage}: two outputs side by side (config, counts, curves)",
+            )
             out[cmp.stage] = {"a": cmp.a["fingerprint"], "b": cmp.b["fingerprint"], "config_changes": len(cmp.config)}
-            print(f"{cmp.stage}: {len(cmp.config)} config change(s), a {cmp.a['fingerprint']} vs b {cmp.b['fingerprint']}")
+            print(
+                f"{cmp.stage}: {len(cmp.config)} config change(s), a {cmp.a['fingerprint']} vs b {cmp.b['fingerprint']}"
+            )
     return out

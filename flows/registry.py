@@ -49,7 +49,8 @@ FLOWS: dict[str, str] = {
 def load_flow(name: str):
     if name not in FLOWS:
         hint = did_you_mean(name, FLOWS)
-        raise SystemExit(f"unknown flow {name!r}{f' (did you mean {hint!r}?)' if hint else ''}; choose one of: {', '.join(sorted(FLOWS))}")
+        hint = f" (did you mean {hint!r}?)" if hint else ""
+        raise SystemExit(f"unknown flow {name!r}{hint}; choose one of: {', '.join(sorted(FLOWS))}")
     module, func = FLOWS[name].split(":")
     return getattr(importlib.import_module(module), func)
 
@@ -96,8 +97,10 @@ def expand_prefect_yaml(doc: dict) -> dict:
     for d in doc.get("deployments", []):
         d = {**d, "parameters": expand_parameters(d.get("parameters"))}
         if d.get("schedules"):
-            d["schedules"] = [{**s, "parameters": expand_parameters(s.get("parameters"))} if "parameters" in s else s
-                              for s in d["schedules"]]
+            d["schedules"] = [
+                {**s, "parameters": expand_parameters(s.get("parameters"))} if "parameters" in s else s
+                for s in d["schedules"]
+            ]
         deployments.append(d)
     out["deployments"] = deployments
     return out

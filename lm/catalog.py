@@ -92,7 +92,11 @@ def _output(stage_dir: Path, fp_dir: Path) -> StageOutput:
 def is_stage_dir(path: str | os.PathLike) -> bool:
     """A stage folder: fingerprint directories inside, no manifest of its own."""
     p = Path(path)
-    return p.is_dir() and not (p / MANIFEST_NAME).exists() and any(c.is_dir() and not c.name.startswith(".") for c in p.iterdir())
+    return (
+        p.is_dir()
+        and not (p / MANIFEST_NAME).exists()
+        and any(c.is_dir() and not c.name.startswith(".") for c in p.iterdir())
+    )
 
 
 def stage_outputs(stage_dir: str | os.PathLike) -> list[StageOutput]:
@@ -119,7 +123,11 @@ def root_stages(root: str | os.PathLike) -> dict[str, list[StageOutput]]:
     r = Path(root)
     if not r.is_dir():
         raise FileNotFoundError(f"artifact root {r} does not exist")
-    stages = {d.name: stage_outputs(d) for d in sorted(r.iterdir()) if d.is_dir() and not d.name.startswith(".") and is_stage_dir(d)}
+    stages = {
+        d.name: stage_outputs(d)
+        for d in sorted(r.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and is_stage_dir(d)
+    }
     return {name: outs for name, outs in stages.items() if any(o.status != "other" for o in outs)}
 
 
@@ -138,8 +146,10 @@ def latest(stage_dir: str | os.PathLike) -> StageOutput:
         raise FileNotFoundError(f"no stage folder at {d}: that stage has not run under this root")
     done = [o for o in stage_outputs(d) if o.status == "complete"]
     if not done:
-        raise FileNotFoundError(f"stage folder {d} has no finished output yet (its runs are incomplete or corrupt): "
-                                f"see `lmpipe inspect {d}`")
+        raise FileNotFoundError(
+            f"stage folder {d} has no finished output yet (its runs are incomplete or corrupt): "
+            f"see `lmpipe inspect {d}`"
+        )
     return done[0]
 
 
@@ -199,13 +209,19 @@ def describe_stage_folder(stage_dir: str | os.PathLike, max_diffs: int = 12) -> 
     lines = [f"stage {d.name}: {len(outs)} output(s) in {d}" + (f"; latest = {done[0].fingerprint}" if done else "")]
     lines.append(f"  {'fingerprint':<20} {'status':<11} {'age':>8}  {'shards':>6}  counts")
     for o in outs:
-        what = {"complete": _counts_text(o), "incomplete": f"{o.shards_done} shard(s) finished so far",
-                "other": "no manifest: not a stage output"}.get(o.status, (o.problem or "")[:100])
+        what = {
+            "complete": _counts_text(o),
+            "incomplete": f"{o.shards_done} shard(s) finished so far",
+            "other": "no manifest: not a stage output",
+        }.get(o.status, (o.problem or "")[:100])
         shards = str(o.shards) if o.status == "complete" else "-"
         lines.append(f"  {o.fingerprint:<20} {o.status:<11} {o.age():>8}  {shards:>6}  {what}")
     for newer, older in zip(done, done[1:]):
         diff = config_diff(older.config, newer.config)
-        lines.append(f"config {older.fingerprint} -> {newer.fingerprint}: " + ("no difference in config (inputs differ)" if not diff else ""))
+        lines.append(
+            f"config {older.fingerprint} -> {newer.fingerprint}: "
+            + ("no difference in config (inputs differ)" if not diff else "")
+        )
         for key, va, vb in diff[:max_diffs]:
             lines.append(f"  {key}: {_short(va)} -> {_short(vb)}")
         if len(diff) > max_diffs:

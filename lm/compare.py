@@ -106,11 +106,15 @@ def compare_outputs(a: str | os.PathLike | dict, b: str | os.PathLike | dict) ->
     """Compare two outputs of the same stage; ValueError when they are of different stages."""
     ma, mb = _manifest(a), _manifest(b)
     if ma["stage"] != mb["stage"]:
-        raise ValueError(f"{ma['_path']} is a {ma['stage']!r} output and {mb['_path']} a {mb['stage']!r} output: "
-                         "compare two outputs of one stage")
+        raise ValueError(
+            f"{ma['_path']} is a {ma['stage']!r} output and {mb['_path']} a {mb['stage']!r} output: "
+            "compare two outputs of one stage"
+        )
     cmp = Comparison(stage=ma["stage"], a=ma, b=mb)
     cmp.config = config_diff(ma.get("config") or {}, mb.get("config") or {})
-    cmp.counts = _side_by_side(_flat_counts(ma.get("counts") or {}), _flat_counts(mb.get("counts") or {}), missing=0)  # a reason absent = 0
+    cmp.counts = _side_by_side(
+        _flat_counts(ma.get("counts") or {}), _flat_counts(mb.get("counts") or {}), missing=0
+    )  # a reason absent = 0
     cmp.metrics = _side_by_side(_metrics(ma), _metrics(mb))
     ca, cb = loss_curves(ma), loss_curves(mb)
     cmp.curves = {k: (ca.get(k, []), cb.get(k, [])) for k in list(ca) + [k for k in cb if k not in ca]}
@@ -124,6 +128,7 @@ def is_lineage(path: str | os.PathLike) -> bool:
 
 def compare_lineages(a: str | os.PathLike, b: str | os.PathLike) -> list[Comparison]:
     """Two pipeline runs, stage by stage (the stages both ran, in run order)."""
+
     def stages(p) -> dict[str, str]:
         p = Path(p)
         doc = json.loads((p / "lineage.json" if p.is_dir() else p).read_text())
@@ -173,8 +178,15 @@ def comparison_rows(cmp: Comparison) -> dict[str, list[dict]]:
         "config": [{"key": k, a: _fmt(va), b: _fmt(vb)} for k, va, vb in cmp.config],
         "counts": [{"count": k, a: _fmt(va), b: _fmt(vb), "b - a": _delta(va, vb)} for k, va, vb in cmp.counts],
         "metrics": [{"metric": k, a: _fmt(va), b: _fmt(vb), "b - a": _delta(va, vb)} for k, va, vb in cmp.metrics],
-        "curves": [{"series": k, f"{a} last": _fmt(ca[-1][1]) if ca else "", f"{b} last": _fmt(cb[-1][1]) if cb else "",
-                    "points": f"{len(ca)} / {len(cb)}"} for k, (ca, cb) in cmp.curves.items()],
+        "curves": [
+            {
+                "series": k,
+                f"{a} last": _fmt(ca[-1][1]) if ca else "",
+                f"{b} last": _fmt(cb[-1][1]) if cb else "",
+                "points": f"{len(ca)} / {len(cb)}",
+            }
+            for k, (ca, cb) in cmp.curves.items()
+        ],
     }
     return {k: v for k, v in tables.items() if v}
 
@@ -212,7 +224,10 @@ def plot_curves(cmp: Comparison, png: str | os.PathLike) -> Path | None:
     n = len(cmp.curves)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.2), squeeze=False)
     for ax, (name, (ca, cb)) in zip(axes[0], cmp.curves.items()):
-        for pts, label, style in ((ca, f"a {cmp.a['fingerprint'][:8]}", "-"), (cb, f"b {cmp.b['fingerprint'][:8]}", "--")):
+        for pts, label, style in (
+            (ca, f"a {cmp.a['fingerprint'][:8]}", "-"),
+            (cb, f"b {cmp.b['fingerprint'][:8]}", "--"),
+        ):
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
         ax.set_title(name)

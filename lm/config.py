@@ -127,7 +127,11 @@ def _partial_annotation(ann: Any) -> Any:
 
 
 def _allows_none(ann: Any) -> bool:
-    return ann is None or ann is type(None) or (typing.get_origin(ann) in (Union, types.UnionType) and type(None) in typing.get_args(ann))
+    return (
+        ann is None
+        or ann is type(None)
+        or (typing.get_origin(ann) in (Union, types.UnionType) and type(None) in typing.get_args(ann))
+    )
 
 
 def partial_model(model: type[BaseModel], name: str | None = None, **extra_fields: Any) -> type[Config]:
@@ -166,7 +170,11 @@ def partial_overrides(section: BaseModel, exclude: Iterable[str] = ()) -> dict:
             if sub := partial_overrides(value):
                 out[name] = sub
         elif value is not None or name in nullable:
-            out[name] = json.loads(json.dumps(value, default=_plain)) if not isinstance(value, BaseModel) else value.model_dump(mode="json")
+            out[name] = (
+                json.loads(json.dumps(value, default=_plain))
+                if not isinstance(value, BaseModel)
+                else value.model_dump(mode="json")
+            )
     return out
 
 
@@ -193,7 +201,10 @@ def format_validation_error(e: ValidationError, where: str = "config") -> str:
             key = f"{loc}.{ctx['key']}" if loc else str(ctx["key"])
             value = err["input"].get(ctx["key"]) if isinstance(err.get("input"), dict) else None
             hint = did_you_mean(str(ctx["key"]), ctx["valid"].split(", "))
-            lines.append(f"{where}: {key}={_redact(value)}: unknown key" + (f"; did you mean {(loc + '.' if loc else '') + hint}?" if hint else f"; valid keys: {ctx['valid']}"))
+            lines.append(
+                f"{where}: {key}={_redact(value)}: unknown key"
+                + (f"; did you mean {(loc + '.' if loc else '') + hint}?" if hint else f"; valid keys: {ctx['valid']}")
+            )
         elif err["type"] == "extra_forbidden":
             lines.append(f"{where}: {loc}={_redact(err.get('input'))}: unknown key")
         else:
@@ -201,7 +212,11 @@ def format_validation_error(e: ValidationError, where: str = "config") -> str:
             if not loc:  # a check across fields: its message names them
                 lines.append(f"{where}: {msg}")
                 continue
-            shown = "" if err["type"] == "missing" or isinstance(err.get("input"), dict) else f"={_redact(err.get('input'))}"
+            shown = (
+                ""
+                if err["type"] == "missing" or isinstance(err.get("input"), dict)
+                else f"={_redact(err.get('input'))}"
+            )
             if err["type"] == "literal_error" and isinstance(err.get("input"), str):
                 hint = did_you_mean(err["input"], re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", ""))))
                 msg += f"; did you mean {hint!r}?" if hint else ""

@@ -20,7 +20,9 @@ PACKAGES = ("lm", "tasks", "flows")
 # (test_known_cycle_is_gone then stops xfailing).
 KNOWN_CYCLES = [
     frozenset({"lm.data.shards", "lm.data.stage_io", "lm.data.storage"}),  # ShardCorruptError down to storage
-    frozenset({"lm.train.distributed", "lm.train.dist_strategy", "lm.train.dist_checkpoint"}),  # a public Strategy protocol
+    frozenset(
+        {"lm.train.distributed", "lm.train.dist_strategy", "lm.train.dist_checkpoint"}
+    ),  # a public Strategy protocol
     frozenset({"lm.data.quality", "lm.data.classifier_data"}),  # quality_features beside the classifier
 ]
 
@@ -115,7 +117,9 @@ def test_the_checker_finds_a_cycle_closed_inside_a_function(tmp_path):
 
 def test_no_new_import_cycles():
     new = [sorted(c) for c in cycles(import_graph()) if not any(c <= known for known in KNOWN_CYCLES)]
-    assert not new, f"import cycles (move the shared piece down a layer; a function-level import does not hide it): {new}"
+    assert not new, (
+        f"import cycles (move the shared piece down a layer; a function-level import does not hide it): {new}"
+    )
 
 
 @pytest.mark.parametrize("known", KNOWN_CYCLES, ids=lambda c: "+".join(sorted(c)))

@@ -25,7 +25,12 @@ def test_the_form_has_a_described_section_per_stage(local_prefect, deployed):
     dep = pipeline_deployment(local_prefect.api)
     schema = dep.parameter_openapi_schema
     defs = schema["definitions"]
-    undocumented = [f"{name}.{p}" for name, d in defs.items() for p, v in d.get("properties", {}).items() if not v.get("description")]
+    undocumented = [
+        f"{name}.{p}"
+        for name, d in defs.items()
+        for p, v in d.get("properties", {}).items()
+        if not v.get("description")
+    ]
     assert not undocumented, undocumented
     stages = defs["PipelineStages"]["properties"]
     assert list(stages) == [s.name for s in STAGES]
@@ -36,9 +41,15 @@ def test_the_form_has_a_described_section_per_stage(local_prefect, deployed):
     assert dep.parameters == {"config": load_named_config("configs/pipeline-demo.yaml")}
     assert dep.parameters["config"]["stages"]["sft"]["config"] == "configs/sft-demo.yaml"
     PipelineConfig.model_validate(dep.parameters["config"])
-    data = [d for d in yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"] if d["name"] == "data"][0]
+    data = [
+        d
+        for d in yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]
+        if d["name"] == "data"
+    ][0]
     with api_client(local_prefect.api) as client:
-        assert client.read_deployment_by_name("data/data").parameters == {"config": load_named_config(data["parameters"]["config"])}
+        assert client.read_deployment_by_name("data/data").parameters == {
+            "config": load_named_config(data["parameters"]["config"])
+        }
 
 
 def test_the_server_refuses_an_unknown_key_in_a_stage_section(local_prefect, deployed):

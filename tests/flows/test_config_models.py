@@ -33,7 +33,9 @@ def _args(ann: Any) -> list:
 
 def _flat(meta) -> list:
     """Constraints, with those of a ``Field(...)`` inside ``Annotated`` taken out."""
-    return [c for m in meta for c in ([m, *m.metadata] if hasattr(m, "metadata") and isinstance(m.metadata, list) else [m])]
+    return [
+        c for m in meta for c in ([m, *m.metadata] if hasattr(m, "metadata") and isinstance(m.metadata, list) else [m])
+    ]
 
 
 def _metadata(field) -> list:
@@ -57,7 +59,9 @@ def models(model: type[BaseModel], seen: set | None = None):
                     yield from models(c, seen)
 
 
-ALL = sorted({m for name in FLOWS for m in models(config_model(load_flow(name)))}, key=lambda m: (m.__module__, m.__name__))
+ALL = sorted(
+    {m for name in FLOWS for m in models(config_model(load_flow(name)))}, key=lambda m: (m.__module__, m.__name__)
+)
 
 
 @pytest.mark.parametrize("model", ALL, ids=lambda m: m.__name__)
@@ -76,18 +80,25 @@ def test_counts_and_lists_are_bounded_and_no_free_form_dicts(model):
     for name, field in model.model_fields.items():
         where = f"{model.__name__.removesuffix('Overrides')}.{name}"
         types_ = _args(field.annotation)
-        assert not any(t is Any or t is dict or typing.get_origin(t) is dict for t in types_), f"{where}: free-form dict/Any"
+        assert not any(t is Any or t is dict or typing.get_origin(t) is dict for t in types_), (
+            f"{where}: free-form dict/Any"
+        )
         meta = _metadata(field)
         if int in types_ and where not in BOUNDS_SET_ELSEWHERE:
-            assert any(isinstance(m, (at.Ge, at.Gt)) for m in meta) and any(isinstance(m, (at.Le, at.Lt)) for m in meta), \
-                f"{where}: an int needs a lower and an upper bound"
+            assert any(isinstance(m, (at.Ge, at.Gt)) for m in meta) and any(
+                isinstance(m, (at.Le, at.Lt)) for m in meta
+            ), f"{where}: an int needs a lower and an upper bound"
         lists = [t for t in types_ if typing.get_origin(t) in (list, tuple, set)]
         if lists:
             assert any(isinstance(m, at.MaxLen) for m in meta), f"{where}: a list needs max_length"
             for item in (i for t in lists for i in _args(typing.get_args(t)[0])):
                 if item is int:  # list[int]: each item bounded too
-                    item_meta = _flat([m for t in lists for a in _args(typing.get_args(t)[0]) for m in getattr(a, "__metadata__", ())])
-                    assert any(isinstance(m, (at.Le, at.Lt)) for m in item_meta), f"{where}: list items need an upper bound"
+                    item_meta = _flat(
+                        [m for t in lists for a in _args(typing.get_args(t)[0]) for m in getattr(a, "__metadata__", ())]
+                    )
+                    assert any(isinstance(m, (at.Le, at.Lt)) for m in item_meta), (
+                        f"{where}: list items need an upper bound"
+                    )
 
 
 # The flows that silently ignored a misspelt key before (#17.6), each with a real near miss.

@@ -54,7 +54,8 @@ CHAIN = ["data", "tokenizer", "tokenize", "pretrain", "sft", "dpo", "grpo", "eva
 
 @pytest.mark.slow
 def test_pipeline_runs_the_chain_and_reuses_stages_by_fingerprint(prefect_harness, reference, tmp_path):
-    first = json.loads(open(pipeline_flow(config=smallest(tmp_path, reference))).read())
+    first_path = pipeline_flow(config=smallest(tmp_path, reference))
+    first = json.loads(open(first_path).read())
     rows = first["lineage"]
     ran = {s["stage"]: s["manifest"] for s in first["stages"]}
     assert list(ran) == CHAIN
@@ -81,7 +82,8 @@ def test_pipeline_runs_the_chain_and_reuses_stages_by_fingerprint(prefect_harnes
     stages["pretrain"]["train"]["max_steps"] = 5
     late = PipelineConfig(root=str(tmp_path), stages=stages, start_from="tokenize",
                           manifests={"data": ran["data"], "tokenizer": "tokenizer@latest"})
-    second = json.loads(open(pipeline_flow(config=late)).read())
+    second_path = pipeline_flow(config=late)
+    second = json.loads(open(second_path).read())
     assert [s["stage"] for s in second["stages"]] == CHAIN[2:]
     status = {r["fingerprint"]: r["status"] for r in second["lineage"]}
     outputs = {s["stage"]: read_manifest(s["manifest"])["fingerprint"] for s in second["stages"]}
@@ -91,6 +93,15 @@ def test_pipeline_runs_the_chain_and_reuses_stages_by_fingerprint(prefect_harnes
     # Stages given as manifests keep their own names in the lineage.
     owner = {r["stage"]: r["pipeline_stage"] for r in second["lineage"]}
     assert (owner["extract"], owner["minhash"], owner["tokenizer"]) == ("data", "data", "tokenizer")
+
+    # The two runs side by side (`lmpipe compare A/lineage.json B/lineage.json`): the stages both ran.
+    from lm.compare import compare
+
+    cmps = {c.stage: c for c in compare(first_path, second_path)}
+    assert list(cmps) == CHAIN[2:] and cmps["tokenize"].same
+    pretrain = cmps["pretrain"]
+    assert ("train.max_steps", 4, 5) in pretrain.config
+    assert [len(pts) for pts in pretrain.curves["train loss"]] == [4, 5]  # log_interval 1: one point per step
 
 
 def test_bad_stage_config_fails_before_any_work(prefect_harness, reference, tmp_path):

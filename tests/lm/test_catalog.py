@@ -77,7 +77,9 @@ def test_a_corrupt_manifest_is_listed_never_latest(rules_root, tmp_path):
     copy = tmp_path / "rules"
     shutil.copytree(root / "rules", copy)
     fp_new = read_manifest(newer)["fingerprint"]
-    (copy / fp_new / "_manifest.json").write_text((copy / fp_new / "_manifest.json").read_text().replace('"in"', '"IN"', 1))
+    (copy / fp_new / "_manifest.json").write_text(
+        (copy / fp_new / "_manifest.json").read_text().replace('"in"', '"IN"', 1)
+    )
     statuses = {o.fingerprint: o.status for o in stage_outputs(copy)}
     assert statuses[fp_new] == "corrupt"
     assert latest(copy).fingerprint == read_manifest(older)["fingerprint"]
@@ -85,7 +87,9 @@ def test_a_corrupt_manifest_is_listed_never_latest(rules_root, tmp_path):
 
 def test_latest_references(rules_root, tmp_path):
     root, _, newer = rules_root
-    assert is_latest_ref("rules@latest") and is_latest_ref("outputs/rules/latest") and not is_latest_ref("outputs/rules")
+    assert (
+        is_latest_ref("rules@latest") and is_latest_ref("outputs/rules/latest") and not is_latest_ref("outputs/rules")
+    )
     assert resolve_latest("rules@latest", root) == resolve_latest(f"{root}/rules/latest") == newer
     with pytest.raises(FileNotFoundError, match="has not run under this root"):
         resolve_latest("tokenizer@latest", root)
@@ -115,10 +119,20 @@ def test_compare_two_training_runs_has_their_loss_curves(reference, tmp_path, pr
     from lm.align.stages import AlignDataConfig, StageOptions, build_align_data, run_sft
 
     a5 = reference / "assignment5-alignment"
-    data = build_align_data(tmp_path, AlignDataConfig(source="sft_jsonl", train_path=str(a5 / "fixtures/sft_sample.jsonl"),
-                                                      template="alpaca_sft", prompts_dir=str(a5 / "prompts")), "instruction")
+    data = build_align_data(
+        tmp_path,
+        AlignDataConfig(
+            source="sft_jsonl",
+            train_path=str(a5 / "fixtures/sft_sample.jsonl"),
+            template="alpaca_sft",
+            prompts_dir=str(a5 / "prompts"),
+        ),
+        "instruction",
+    )
     opts = StageOptions(verifier=None, max_new_tokens=4, num_samples=2, num_threads=1)
-    runs = [run_sft(tmp_path, pretrained, data, SFTConfig(num_steps=n, batch_size=2, eval_every=2), opts) for n in (4, 6)]
+    runs = [
+        run_sft(tmp_path, pretrained, data, SFTConfig(num_steps=n, batch_size=2, eval_every=2), opts) for n in (4, 6)
+    ]
     [cmp] = compare(*runs)
     assert cmp.config == [("sft.num_steps", 4, 6)]
     curves = loss_curves(read_manifest(runs[1]))

@@ -54,7 +54,10 @@ def test_unknown_keys_are_refused_at_every_level_naming_the_nearest():
     err = e.value.errors()[0]
     assert err["type"] == "unknown_key" and err["loc"] == ("inner",)
     assert "'vocabsize'" in err["msg"] and "did you mean 'vocab_size'?" in err["msg"]
-    assert format_validation_error(e.value, "c.yaml") == "c.yaml: inner.vocabsize=300: unknown key; did you mean inner.vocab_size?"
+    assert (
+        format_validation_error(e.value, "c.yaml")
+        == "c.yaml: inner.vocabsize=300: unknown key; did you mean inner.vocab_size?"
+    )
     with pytest.raises(ValidationError, match="unknown key 'nmae'"):
         Outer.model_validate({"nmae": "y"})
     # the JSON schema says so too (the Prefect server refuses unknown keys before a run exists)
@@ -71,7 +74,9 @@ def test_errors_are_one_short_line_each_with_the_value():
     ]
     with pytest.raises(ValidationError) as e:
         build_config(Outer, None, ["inner.vocab_size=5000"])
-    assert format_validation_error(e.value) == "config: inner.vocab_size=5000: Input should be less than or equal to 1000"
+    assert (
+        format_validation_error(e.value) == "config: inner.vocab_size=5000: Input should be less than or equal to 1000"
+    )
 
 
 def test_a_credential_in_a_url_is_not_echoed():
