@@ -32,7 +32,8 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from flows.registry import FLOWS, config_model, load_flow, load_named_config
-from lm.config import Config, StageRef, deep_merge, format_validation_error, partial_model, partial_overrides
+from lm.catalog import is_latest_ref, resolve_latest
+from lm.config import Config, deep_merge, format_validation_error, partial_model, partial_overrides
 from lm.data.shards import atomic_write_json, fingerprint, manifest_dir, read_manifest
 from lm.data.storage import check_local_root
 
@@ -111,7 +112,7 @@ def _stages_model() -> type[Config]:
 
 
 def _manifests_model() -> type[Config]:
-    fields = {s.name: (Optional[StageRef], Field(None, description=f"Output of `{s.name}` from an earlier run (manifest, stage "
+    fields = {s.name: (Optional[str], Field(None, description=f"Output of `{s.name}` from an earlier run (manifest, stage "
                                                     f"directory or `stage@latest`); needed when starting after it."))
               for s in STAGES}
     return create_model("PipelineManifests", __base__=Config, __doc__="Outputs of stages that already ran.", **fields)
@@ -153,7 +154,13 @@ class PipelineConfig(Config):
         return check_local_root(v, "pipeline")  # URL roots: see docs/storage.md
 
     @model_validator(mode="after")
-    def _order(self) -> PipelineConfig:
+    def _check(self) -> PipelineConfig:
+        for name, ref in given_manifests(self).items():  # stage@latest under this pipeline's root
+            if is_latest_ref(ref):
+                try:
+                    setattr(self.manifests, name, resolve_latest(ref, self.root))
+                except FileNotFoundError as e:
+                    raise ValueError(f"manifests.{name}={ref!r}: {e}") from e
         names = stage_names()
         if self.start_from and self.stop_after and names.index(self.start_from) > names.index(self.stop_after):
             raise ValueError(f"start_from={self.start_from!r} comes after stop_after={self.stop_after!r} (order: {names})")

@@ -218,10 +218,8 @@ def describe_stage_folder(stage_dir: str | os.PathLike, max_diffs: int = 12) -> 
         lines.append(f"  {o.fingerprint:<20} {o.status:<11} {o.age():>8}  {shards:>6}  {what}")
     for newer, older in zip(done, done[1:]):
         diff = config_diff(older.config, newer.config)
-        lines.append(
-            f"config {older.fingerprint} -> {newer.fingerprint}: "
-            + ("no difference in config (inputs differ)" if not diff else "")
-        )
+        same = " no difference in config (the inputs differ)" if not diff else ""
+        lines.append(f"config {older.fingerprint} -> {newer.fingerprint}:{same}")
         for key, va, vb in diff[:max_diffs]:
             lines.append(f"  {key}: {_short(va)} -> {_short(vb)}")
         if len(diff) > max_diffs:

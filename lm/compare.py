@@ -58,7 +58,8 @@ def _side_by_side(a: dict, b: dict, missing: Any = None) -> list[tuple[str, Any,
 
 def _metrics(m: dict) -> dict[str, Any]:
     """Scalar results a training stage records: metrics (alignment), final losses (pretrain)."""
-    out = {k: v for k, v in (m.get("metrics") or {}).items() if isinstance(v, (int, float, str)) or v is None}
+    metrics = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}  # pretrain: a path to metrics.jsonl
+    out = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
     for k in ("final_train_loss", "final_val_loss", "steps", "tokens_seen"):
         if k in m:
             out[k] = m[k]
@@ -73,7 +74,8 @@ def loss_curves(manifest: dict) -> dict[str, Curve]:
     """Per-step series of a training stage (empty for data stages)."""
     d = Path(manifest_dir(manifest))
     curves: dict[str, Curve] = {}
-    metrics = d / "run" / "metrics.jsonl"
+    recorded = manifest.get("metrics")  # pretrain records where its trainer's metrics.jsonl is
+    metrics = Path(recorded) if isinstance(recorded, str) else d / "run" / "metrics.jsonl"
     if metrics.is_file():  # pretrain (lm.train.trainer)
         train, val = [], []
         for line in metrics.read_text().splitlines():

@@ -178,3 +178,12 @@ def test_plan_skips_optional_stages_unless_asked():
 def test_lineage_of_a_missing_manifest_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="no stage manifest"):
         lineage({"data": str(tmp_path / "x" / "_manifest.json")}, "2026-01-01T00:00:00+00:00")
+
+
+def test_manifests_take_stage_at_latest_under_the_pipelines_root(tmp_path):
+    from lm.data.shards import Stage
+
+    done = str(Stage(tmp_path, "minhash", version="1", config={}).commit(0))
+    assert PipelineConfig(root=str(tmp_path), manifests={"data": "minhash@latest"}).manifests.data == done
+    with pytest.raises(ValueError, match=r"manifests.tokenizer='tokenizer@latest': no stage folder"):
+        PipelineConfig(root=str(tmp_path), manifests={"tokenizer": "tokenizer@latest"})
