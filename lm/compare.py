@@ -58,8 +58,10 @@ def _side_by_side(a: dict, b: dict, missing: Any = None) -> list[tuple[str, Any,
 
 def _metrics(m: dict) -> dict[str, Any]:
     """Scalar results a training stage records: metrics (alignment), final losses (pretrain)."""
-    metrics = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}  # pretrain: a path to metrics.jsonl
-    out = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
+    out: dict[str, Any] = {}
+    for key in ("metrics", "summary"):  # alignment/evaluate metrics; the tokenizer's summary (bytes/token, …)
+        if isinstance(m.get(key), dict):  # (pretrain's `metrics` is the path of its metrics.jsonl)
+            out.update({k: v for k, v in m[key].items() if isinstance(v, (int, float, str)) or v is None})
     for k in ("final_train_loss", "final_val_loss", "steps", "tokens_seen"):
         if k in m:
             out[k] = m[k]
@@ -208,8 +210,8 @@ def comparison_text(cmps: list[Comparison] | Comparison) -> str:
             cols = list(rows[0])
             widths = [max(len(str(c)), *(len(str(r[c])) for r in rows)) for c in cols]
             lines.append(f"  {title}:")
-            lines.append("    " + "  ".join(f"{c:<{w}}" for c, w in zip(cols, widths)))
-            lines += ["    " + "  ".join(f"{str(r[c]):<{w}}" for c, w in zip(cols, widths)) for r in rows]
+            lines.append(("    " + "  ".join(f"{c:<{w}}" for c, w in zip(cols, widths))).rstrip())
+            lines += [("    " + "  ".join(f"{str(r[c]):<{w}}" for c, w in zip(cols, widths))).rstrip() for r in rows]
         lines.append("")
     return "\n".join(lines).rstrip()
 
