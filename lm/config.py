@@ -27,7 +27,7 @@ from typing import Annotated, Any, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
-from pydantic_core import PydanticCustomError, PydanticUndefined
+from pydantic_core import InitErrorDetails, PydanticCustomError, PydanticUndefined
 
 from lm.catalog import is_latest_ref, resolve_latest
 
@@ -67,27 +67,21 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        fields = cls.model_fields
-        unknown = [k for k in data if k not in fields]
-        if unknown:
-            key = unknown[0]
-            hint = did_you_mean(str(key), fields)
-            raise PydanticCustomError(
-                "unknown_key",
-                "unknown key '{key}'{hint}; {model} takes: {valid}",
-                {
-                    "key": str(key),
-                    "hint": f": did you mean {hint!r}?" if hint else "",
-                    "model": cls.__name__,
-                    "valid": ", ".join(fields),
-                },
-            )
-        return data
+    def _unknown_keys(cls, data: Any, handler):
+        """extra="forbid"'s errors, each named ``unknown_key`` with the nearest valid key
+        (nested models have named theirs already: pydantic keeps the errors they raise)."""
+        try:
+            return handler(data)
+        except ValidationError as e:
+            errors = e.errors(include_url=False)
+            if not any(err["type"] == "extra_forbidden" and len(err["loc"]) == 1 for err in errors):
+                raise
+            hide = bool(cls.model_config.get("hide_input_in_errors"))  # e.g. a root URL that embeds credentials
+            raise ValidationError.from_exception_data(
+                cls.__name__, [_renamed(cls, e) for e in errors], hide_input=hide
+            ) from None
 
     @model_validator(mode="after")
     def _resolve_stage_refs(self):
@@ -185,6 +179,23 @@ def _plain(v: Any) -> Any:
 # --------------------------------------------------------------------------- errors
 
 
+def _renamed(model: type[BaseModel], err: dict) -> InitErrorDetails:
+    """One error of ``model``'s validation as it goes on: an unknown key of this model gets
+    its "did you mean", every other error passes unchanged (type, message, context)."""
+    ctx = {k: str(v) for k, v in (err.get("ctx") or {}).items()}
+    if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+        key = str(err["loc"][0])
+        hint = did_you_mean(key, model.model_fields) or ""
+        kind = PydanticCustomError(
+            "unknown_key",
+            "unknown key '{key}'" + ("; did you mean '{hint}'?" if hint else "; {model} takes: {valid}"),
+            {"key": key, "hint": hint, "model": model.__name__, "valid": ", ".join(model.model_fields)},
+        )
+    else:
+        kind = PydanticCustomError(err["type"], "{msg}", {**ctx, "msg": err["msg"]})
+    return InitErrorDetails(type=kind, loc=tuple(err["loc"]), input=err.get("input"))
+
+
 def _redact(value: Any) -> str:
     text = repr(value)
     text = re.sub(r"(://)[^/@\s]*@", r"\1***@", text)  # credentials in a URL
@@ -198,13 +209,13 @@ def format_validation_error(e: ValidationError, where: str = "config") -> str:
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "unknown_key":
             ctx = err.get("ctx", {})
-            key = f"{loc}.{ctx['key']}" if loc else str(ctx["key"])
-            value = err["input"].get(ctx["key"]) if isinstance(err.get("input"), dict) else None
-            hint = did_you_mean(str(ctx["key"]), ctx["valid"].split(", "))
-            lines.append(
-                f"{where}: {key}={_redact(value)}: unknown key"
-                + (f"; did you mean {(loc + '.' if loc else '') + hint}?" if hint else f"; valid keys: {ctx['valid']}")
+            parent = ".".join(str(p) for p in err["loc"][:-1])
+            hint = (
+                f"; did you mean {parent + '.' if parent else ''}{ctx['hint']}?"
+                if ctx.get("hint")
+                else f"; valid keys: {ctx['valid']}"
             )
+            lines.append(f"{where}: {loc}={_redact(err.get('input'))}: unknown key{hint}")
         elif err["type"] == "extra_forbidden":
             lines.append(f"{where}: {loc}={_redact(err.get('input'))}: unknown key")
         else:

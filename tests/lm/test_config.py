@@ -52,7 +52,7 @@ def test_unknown_keys_are_refused_at_every_level_naming_the_nearest():
     with pytest.raises(ValidationError) as e:
         Outer.model_validate({"inner": {"vocabsize": 300}})
     err = e.value.errors()[0]
-    assert err["type"] == "unknown_key" and err["loc"] == ("inner",)
+    assert err["type"] == "unknown_key" and err["loc"] == ("inner", "vocabsize") and err["input"] == 300
     assert "'vocabsize'" in err["msg"] and "did you mean 'vocab_size'?" in err["msg"]
     assert (
         format_validation_error(e.value, "c.yaml")
