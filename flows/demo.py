@@ -24,9 +24,11 @@ from pathlib import Path
 from flows.align_demo import AlignDemoConfig, align_demo_flow
 from flows.pipeline import PipelineConfig, pipeline_flow
 from flows.registry import load_named_config
+from lm.align.verdict import verdict_from_metrics
 from lm.cache import cache_dir, fetch_from_package
 from lm.data.shards import read_manifest
 from lm.data.warc_write import html_folder_pages, write_warc
+from lm.scaling.report import verdict_short
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "pipeline-demo.yaml"
@@ -75,6 +77,9 @@ def _summary_rows(lineage: dict) -> list[tuple[str, str, str]]:
             what = f"train loss {m.get('final_train_loss', 0):.3f}, val loss {m.get('final_val_loss', 0):.3f}"
         elif "accuracy_before" in metrics:
             what = f"held-out reward {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f}"
+            what += "  " + verdict_from_metrics(metrics, c.get("kept")).flag()  # a fall, flat or chance-level reward, loudly
+        elif m["stage"] == "scaling":
+            what = verdict_short(m.get("summary", {}))
         elif metrics:
             what = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in list(metrics.items())[:3])
         elif "tokens_train" in c:
@@ -92,7 +97,8 @@ def _align_demo(root: str) -> list[tuple[str, str, str]]:
     data["root"] = root
     summary = align_demo_flow(config=AlignDemoConfig.model_validate(data))
     return [
-        (f"{stage} (addition)", f"held-out reward {m['accuracy_before']:.3f} -> {m['accuracy_after']:.3f}", str(Path(m["manifest"]).parent))
+        (f"{stage} (addition)", f"held-out reward {m['accuracy_before']:.3f} -> {m['accuracy_after']:.3f}  {verdict_from_metrics(m).flag()}",
+         str(Path(m["manifest"]).parent))
         for stage, m in summary.items()
         if "accuracy_before" in m
     ]
