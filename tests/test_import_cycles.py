@@ -23,7 +23,6 @@ KNOWN_CYCLES = [
     frozenset(
         {"lm.train.distributed", "lm.train.dist_strategy", "lm.train.dist_checkpoint"}
     ),  # a public Strategy protocol
-    frozenset({"lm.data.quality", "lm.data.classifier_data"}),  # quality_features beside the classifier
 ]
 
 
