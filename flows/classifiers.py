@@ -47,7 +47,7 @@ class TrainClassifierConfig(Config):
     word_ngrams: int | None = Field(None, ge=1, le=5, description="word n-gram length; empty = the kind's default")
     install_as_default: bool = Field(False, description="also copy the model to the cache as the default model for this kind")
     export_layout: Literal["lmpipe", "dolma", "dclm"] | None = Field(
-        None, description="also write model-<layout>.bin with that layout's labels (dclm: hq/cc for quality; dolma: nsfw/toxic)")
+        None, description="also write `model-<layout>.bin` with that layout's labels (dclm: hq/cc for quality; dolma: nsfw/toxic)")
 
     @model_validator(mode="after")
     def _layout_has_kind(self):
