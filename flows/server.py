@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 
 from flows import server_auth
 
+from flows.registry import expanded_prefect_file
+
 if TYPE_CHECKING:
     from flows.file_server import ArtifactFileServer
 
@@ -342,13 +344,14 @@ def deploy(api: str, names: Sequence[str] = (), prefect_file: Path = PREFECT_YAM
     unknown = sorted(set(names) - {d["name"] for d in entries})
     if unknown:
         raise ValueError(f"no deployment named {unknown} in {prefect_file}; it has {[d['name'] for d in entries]}")
-    cmd = prefect_cmd("--no-prompt", "deploy", "--prefect-file", str(prefect_file))
-    for n in names:
-        cmd += ["--name", n]
     env = child_env(api, env)
     auth = env.get("PREFECT_API_AUTH_STRING", "")
     before = schedules_by_slug(api, auth)
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    with expanded_prefect_file(prefect_file) as expanded:  # `config: configs/x.yaml` read in (flows/registry.py)
+        cmd = prefect_cmd("--no-prompt", "deploy", "--prefect-file", str(expanded))
+        for n in names:
+            cmd += ["--name", n]
+        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"prefect deploy failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
     kept = restore_schedules(api, before, auth)

@@ -20,12 +20,13 @@ import contextlib
 import json
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from lm.align import demo
 from lm.align.data import INSTRUCTION_SCHEMA, PREFERENCE_SCHEMA, PROBLEM_SCHEMA, load_template, render
@@ -35,42 +36,44 @@ from lm.align.plots import plot_curves
 from lm.align.rewards import get_reward_fn
 from lm.align.sft import SFTConfig, train_sft
 from lm.align.tokenizers import load_tokenizer
+from lm.config import Config
 from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard
 from lm.eval.datasets import load_gsm8k, load_mmlu, load_sft_jsonl
 from lm.eval.harness import EVAL_SCHEMA, evaluate_generation, perplexity
 
 VERSION = "1"
+OnProgress = Callable[[dict], None]  # a progress hook: {"step": …, "loss": …} per step, {"phase": "…"} between phases
 Kind = Literal["instruction", "preference", "problem"]
 SCHEMAS = {"instruction": INSTRUCTION_SCHEMA, "preference": PREFERENCE_SCHEMA, "problem": PROBLEM_SCHEMA}
 
 
-class AlignDataConfig(BaseModel):
+class AlignDataConfig(Config):
     """Where alignment examples come from and how prompts are written."""
 
     source: Literal["addition", "gsm8k", "sft_jsonl"] = Field("addition", description="addition: generated demo problems; gsm8k: GSM8K jsonl; sft_jsonl: {prompt, response} lines.")
     train_path: str | None = Field(None, description="Training file (gsm8k / sft_jsonl).")
     eval_path: str | None = Field(None, description="Held-out file (gsm8k / sft_jsonl); default: the last num_eval training rows.")
-    num_train: int = Field(4000, ge=1, description="Training examples (generated, or the first N of the file).")
-    num_eval: int = Field(200, ge=1, description="Held-out examples.")
+    num_train: int = Field(4000, ge=1, le=10**8, description="Training examples (generated, or the first N of the file).")
+    num_eval: int = Field(200, ge=1, le=10**8, description="Held-out examples.")
     digits: int = Field(2, ge=1, le=6, description="addition: operands have up to this many digits.")
     template: str = Field("plain", description="Prompt template: builtin name (plain, question_answer), a .prompt file, or a name in prompts_dir (r1_zero).")
     prompts_dir: str | None = Field(None, description="Directory of .prompt templates (e.g. ../shared/reference/assignment5-alignment/prompts).")
-    seed: int = Field(0, description="Seed for generated problems and wrong answers.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for generated problems and wrong answers.")
 
 
-class BaseModelConfig(BaseModel):
+class BaseModelConfig(Config):
     """The demo's tiny char-level TransformerLM and its short pretraining."""
 
-    context_length: int = Field(16, ge=4, description="Model context in characters.")
-    d_model: int = Field(64, ge=8, description="Width of the residual stream.")
-    num_layers: int = Field(2, ge=1, description="Transformer blocks.")
-    num_heads: int = Field(4, ge=1, description="Attention heads.")
-    d_ff: int = Field(192, ge=8, description="SwiGLU hidden width.")
-    num_steps: int = Field(200, ge=1, description="Pretraining steps on packed problem text.")
-    batch_size: int = Field(32, ge=1, description="Sequences per pretraining step.")
+    context_length: int = Field(16, ge=4, le=1 << 20, description="Model context in characters.")
+    d_model: int = Field(64, ge=8, le=1 << 16, description="Width of the residual stream.")
+    num_layers: int = Field(2, ge=1, le=1024, description="Transformer blocks.")
+    num_heads: int = Field(4, ge=1, le=1024, description="Attention heads.")
+    d_ff: int = Field(192, ge=8, le=1 << 20, description="SwiGLU hidden width.")
+    num_steps: int = Field(200, ge=1, le=1000000000, description="Pretraining steps on packed problem text.")
+    batch_size: int = Field(32, ge=1, le=1 << 16, description="Sequences per pretraining step.")
     lr: float = Field(3e-3, gt=0, description="Pretraining learning rate.")
-    seed: int = Field(0, description="Initialization and batch seed.")
-    num_threads: int | None = Field(1, ge=1, description="torch CPU threads (1 is fastest for this tiny model); null = torch default.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Initialization and batch seed.")
+    num_threads: int | None = Field(1, ge=1, le=1024, description="torch CPU threads (1 is fastest for this tiny model); null = torch default.")
 
 
 @contextlib.contextmanager
@@ -239,38 +242,44 @@ SAMPLE_SCHEMA = pa.schema(
 )
 
 
-class StageOptions(BaseModel):
+class StageOptions(Config):
     """Settings shared by the SFT, DPO and GRPO stages."""
 
     verifier: str | None = Field("arithmetic", description="Verifier for accuracy before/after on held-out prompts (arithmetic, gsm8k, r1_zero) or null for none.")
-    max_new_tokens: int = Field(8, ge=1, description="Longest generation when sampling held-out answers.")
-    num_samples: int = Field(200, ge=0, description="Held-out prompts decoded before and after training (accuracy and the samples shard).")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (1 is fastest for tiny models on a busy machine); null = torch default.")
-    seed: int = Field(0, description="torch seed.")
+    max_new_tokens: int = Field(8, ge=1, le=1 << 16, description="Longest generation when sampling held-out answers.")
+    num_samples: int = Field(200, ge=0, le=10**8, description="Held-out prompts decoded before and after training (accuracy and the samples shard).")
+    num_threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (1 is fastest for tiny models on a busy machine); null = torch default.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="torch seed.")
 
 
-def _generate_scores(model, tok, prompts: list[str], refs: list[str], opts: StageOptions) -> tuple[list[str], list[float | None]]:
+def _generate_scores(model, tok, prompts: list[str], refs: list[str], opts: StageOptions, say: OnProgress, when: str) -> tuple[list[str], list[float | None]]:
     if not prompts:
         return [], []
+    say({"phase": f"decoding {len(prompts)} held-out prompts {when} training"})
     fn = get_reward_fn(opts.verifier) if opts.verifier else (lambda r, t: {"reward": math.nan, "format_reward": math.nan})
     m = evaluate_rewards(model, tok, list(zip(prompts, refs)), fn, max_new_tokens=opts.max_new_tokens)
     return m["responses"], [None if math.isnan(r) else r for r in m["rewards"]]
 
 
-def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, opts: StageOptions, ref_key: str, train_fn, curves) -> Path:
-    """Shared body: load model and data, decode held-out prompts, train, decode again, save, commit."""
+def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, opts: StageOptions, ref_key: str, train_fn, curves,
+                 on_progress: OnProgress | None) -> Path:
+    """Shared body: load model and data, decode held-out prompts, train, decode again, save, commit.
+
+    ``train_fn(model, tok, train_rows, eval_rows, say)`` runs the loop, passing ``say`` on as its ``log``.
+    """
     stage = Stage(root, name, version=VERSION, config={**config, "options": opts.model_dump()}, inputs=[model_manifest, data_manifest])
     if stage.is_complete():
         return stage.manifest_path
+    say = on_progress or (lambda event: None)
     seed_everything(opts.seed)
     model, tok, upstream = load_policy(model_manifest)
     train_rows, eval_rows = read_split(data_manifest, "train"), read_split(data_manifest, "eval")
     sample_rows = eval_rows[: opts.num_samples]
     prompts, refs = [r["prompt"] for r in sample_rows], [r[ref_key] for r in sample_rows]
     with torch_threads(opts.num_threads):
-        before, r_before = _generate_scores(model, tok, prompts, refs, opts)
-        hist = train_fn(model, tok, train_rows, eval_rows)
-        after, r_after = _generate_scores(model, tok, prompts, refs, opts)
+        before, r_before = _generate_scores(model, tok, prompts, refs, opts, say, "before")
+        hist = train_fn(model, tok, train_rows, eval_rows, say)
+        after, r_after = _generate_scores(model, tok, prompts, refs, opts, say, "after")
     stage.ensure_dir()
     mcfg = save_policy(model, stage.path / "checkpoint", len(hist.get("step", [])), {"stage": name, "upstream": upstream["_path"]})
     plot_curves(stage.path / "curves.png", f"{name}", curves(hist))
@@ -285,16 +294,17 @@ def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, o
     if scored:
         metrics["accuracy_before"] = sum(scored) / len(scored)
         metrics["accuracy_after"] = sum(x for x in r_after if x is not None) / len(scored)
+        metrics["num_scored"] = len(scored)
     (stage.path / "history.json").write_text(json.dumps({k: v for k, v in hist.items() if k != "eval_samples"}, default=str))
     return stage.commit(num_shards=1, extra={"checkpoint": str(stage.path / "checkpoint"), "model_config": mcfg,
                                              "tokenizer": upstream.get("tokenizer"), "metrics": metrics, "plot": str(stage.path / "curves.png")})
 
 
-def run_sft(root, model_manifest, data_manifest, cfg: SFTConfig, opts: StageOptions) -> Path:
+def run_sft(root, model_manifest, data_manifest, cfg: SFTConfig, opts: StageOptions, *, on_progress: OnProgress | None = None) -> Path:
     if cfg.stop_at_reward is not None and not opts.verifier:
         raise ValueError("sft.stop_at_reward needs options.verifier to score held-out answers")
 
-    def train(model, tok, tr, ev):
+    def train(model, tok, tr, ev, say):
         pair = lambda rs: [(r["prompt"], r["response"]) for r in rs]  # noqa: E731
         # the stop rule looks at training problems only: the held-out ones stay unseen by every choice
         probe = [(r["prompt"], r["response"]) for r in tr[: opts.num_samples]]
@@ -302,60 +312,60 @@ def run_sft(root, model_manifest, data_manifest, cfg: SFTConfig, opts: StageOpti
         if opts.verifier:
             fn = get_reward_fn(opts.verifier)
             reward = lambda m: evaluate_rewards(m, tok, probe, fn, max_new_tokens=opts.max_new_tokens)["reward_mean"]  # noqa: E731
-        return train_sft(model, tok, pair(tr), pair(ev), cfg, probe_reward=reward)
+        return train_sft(model, tok, pair(tr), pair(ev), cfg, probe_reward=reward, log=say)
 
     curves = lambda h: [  # noqa: E731
         ("loss", [("train NLL/token", h["step"], h["loss"])]),
         ("NLL / reward", [("held-out response NLL/token", h["eval_step"], h["eval_nll"])] + ([("verifier reward, train sample (greedy)", h["eval_step"], h["probe_reward"])] if h["probe_reward"] else [])),
     ]
-    return _train_stage("sft", root, model_manifest, data_manifest, {"sft": cfg.model_dump()}, opts, "response", train, curves)
+    return _train_stage("sft", root, model_manifest, data_manifest, {"sft": cfg.model_dump()}, opts, "response", train, curves, on_progress)
 
 
-def run_dpo(root, model_manifest, data_manifest, cfg: DPOConfig, opts: StageOptions) -> Path:
-    def train(model, tok, tr, ev):
+def run_dpo(root, model_manifest, data_manifest, cfg: DPOConfig, opts: StageOptions, *, on_progress: OnProgress | None = None) -> Path:
+    def train(model, tok, tr, ev, say):
         ref, _, _ = load_policy(model_manifest)
         trip = lambda rs: [(r["prompt"], r["chosen"], r["rejected"]) for r in rs]  # noqa: E731
-        return train_dpo(model, ref, tok, trip(tr), trip(ev), cfg)
+        return train_dpo(model, ref, tok, trip(tr), trip(ev), cfg, log=say)
 
     curves = lambda h: [  # noqa: E731
         ("DPO loss", [("train", h["step"], h["loss"]), ("held-out", h["eval_step"], h["eval_loss"])]),
         ("preference accuracy", [("train (margin>0)", h["step"], h["train_accuracy"]), ("held-out (margin>0)", h["eval_step"], h["eval_accuracy"])]),
     ]
-    return _train_stage("dpo", root, model_manifest, data_manifest, {"dpo": cfg.model_dump()}, opts, "chosen", train, curves)
+    return _train_stage("dpo", root, model_manifest, data_manifest, {"dpo": cfg.model_dump()}, opts, "chosen", train, curves, on_progress)
 
 
-def run_grpo(root, model_manifest, data_manifest, cfg: GRPOConfig, opts: StageOptions) -> Path:
+def run_grpo(root, model_manifest, data_manifest, cfg: GRPOConfig, opts: StageOptions, *, on_progress: OnProgress | None = None) -> Path:
     if not opts.verifier:
         raise ValueError("GRPO needs a verifier (options.verifier: arithmetic, gsm8k or r1_zero)")
     reward_fn = get_reward_fn(opts.verifier)
 
-    def train(model, tok, tr, ev):
+    def train(model, tok, tr, ev, say):
         prob = lambda rs: [(r["prompt"], r["answer"]) for r in rs]  # noqa: E731
-        return train_grpo(model, tok, prob(tr), prob(ev), reward_fn, cfg)
+        return train_grpo(model, tok, prob(tr), prob(ev), reward_fn, cfg, log=say)
 
     curves = lambda h: [  # noqa: E731
         ("mean verifier reward", [("rollouts (sampled)", h["step"], h["train_reward"]), ("held-out (greedy)", h["eval_step"], h["eval_reward"])]),
         ("loss / entropy", [("policy loss", h["step"], h["loss"]), ("token entropy", h["step"], h["entropy"])]),
     ]
-    return _train_stage("grpo", root, model_manifest, data_manifest, {"grpo": cfg.model_dump()}, opts, "answer", train, curves)
+    return _train_stage("grpo", root, model_manifest, data_manifest, {"grpo": cfg.model_dump()}, opts, "answer", train, curves, on_progress)
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(Config):
     """What the evaluate stage measures."""
 
-    tasks: list[Literal["gsm8k", "mmlu", "arithmetic"]] = Field(["arithmetic"], description="Generation tasks to run.")
+    tasks: list[Literal["gsm8k", "mmlu", "arithmetic"]] = Field(["arithmetic"], max_length=16, description="Generation tasks to run.")
     gsm8k_path: str | None = Field(None, description="GSM8K test jsonl.")
     mmlu_path: str | None = Field(None, description="MMLU csv file or directory of csvs.")
     arithmetic: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Held-out addition problems (its eval split).")
-    limit: int = Field(200, ge=1, description="Problems per task.")
+    limit: int = Field(200, ge=1, le=10**8, description="Problems per task.")
     template: str = Field("plain", description="Prompt template for gsm8k/mmlu questions.")
     prompts_dir: str | None = Field(None, description="Directory of .prompt templates.")
-    max_new_tokens: int = Field(8, ge=1, description="Longest generation.")
+    max_new_tokens: int = Field(8, ge=1, le=1 << 16, description="Longest generation.")
     perplexity_path: str | None = Field(None, description="Text/jsonl file whose perplexity to measure (one document per line; jsonl: its 'text', 'response' or 'solution').")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch default.")
+    num_threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads; null = torch default.")
 
 
 def _eval_rows(cfg: EvalConfig, task: str) -> list[dict]:
@@ -385,24 +395,38 @@ def _perplexity_texts(path: str) -> list[str]:
     return [t for t in texts if t]
 
 
-def run_evaluate(root, model_manifest, cfg: EvalConfig) -> Path:
-    """One EVAL_SCHEMA shard per task; accuracy per task and perplexity in the manifest's metrics."""
+def evaluate_size(cfg: EvalConfig) -> int:
+    """How many problems the evaluate stage grades (its progress total)."""
+    return sum(len(_eval_rows(cfg, task)) for task in cfg.tasks)
+
+
+def run_evaluate(root, model_manifest, cfg: EvalConfig, *, on_progress: OnProgress | None = None) -> Path:
+    """One EVAL_SCHEMA shard per task; accuracy per task and perplexity in the manifest's metrics.
+
+    ``on_progress`` gets {"step": problems graded so far, "accuracy": of the current task} per generation batch.
+    """
     stage = Stage(root, "evaluate", version=VERSION, config=cfg.model_dump(), inputs=[model_manifest])
     if stage.is_complete():
         return stage.manifest_path
     model, tok, _ = load_policy(model_manifest)
     metrics: dict = {}
     with torch_threads(cfg.num_threads):
-        _evaluate_into(stage, model, tok, cfg, metrics)
+        _evaluate_into(stage, model, tok, cfg, metrics, on_progress or (lambda event: None))
     return stage.commit(num_shards=len(cfg.tasks), extra={"metrics": metrics})
 
 
-def _evaluate_into(stage: Stage, model, tok, cfg: EvalConfig, metrics: dict) -> None:
+def _evaluate_into(stage: Stage, model, tok, cfg: EvalConfig, metrics: dict, say: OnProgress) -> None:
+    graded = 0
     for i, task in enumerate(cfg.tasks):
         rows = _eval_rows(cfg, task)
         tmpl = "{question}" if task == "arithmetic" else load_template(cfg.template, cfg.prompts_dir)
+        start = graded
+
+        def on_batch(done: int, correct: int, task=task, start=start) -> None:
+            say({"step": start + done, f"{task}_accuracy": correct / max(done, 1)})
+
         try:
-            out, counts = evaluate_generation(model, tok, task, rows, template=tmpl, max_new_tokens=cfg.max_new_tokens)
+            out, counts = evaluate_generation(model, tok, task, rows, template=tmpl, max_new_tokens=cfg.max_new_tokens, on_batch=on_batch)
         except ValueError as e:  # e.g. a character the demo tokenizer cannot encode
             raise ValueError(f"evaluate task {task!r} failed before generating: {e}") from e
         with stage.open_shard(i, schema=EVAL_SCHEMA, source=task) as w:
@@ -412,11 +436,13 @@ def _evaluate_into(stage: Stage, model, tok, cfg: EvalConfig, metrics: dict) -> 
             for k, v in counts.items():
                 w.add_count(f"{task}:{k}", int(v))
         metrics[f"{task}_accuracy"] = counts["correct"] / max(len(out), 1)
+        graded += len(out)
     if cfg.perplexity_path:
+        say({"phase": f"perplexity of {cfg.perplexity_path}"})
         metrics["perplexity"] = perplexity(model, tok, _perplexity_texts(cfg.perplexity_path))
 
 
 __all__ = [
     "AlignDataConfig", "BaseModelConfig", "EvalConfig", "StageOptions", "build_align_data", "load_policy", "make_demo_base",
-    "read_split", "run_dpo", "run_evaluate", "run_grpo", "run_sft",
+    "evaluate_size", "read_split", "run_dpo", "run_evaluate", "run_grpo", "run_sft",
 ]
