@@ -39,7 +39,8 @@ def api_client(server):
 
 # The model-based filters fetch or train models on first use (slow on a fresh machine); these
 # tests are about deployments and the UI, so the data stage runs extract, PII and dedup only.
-LEAN_FILTERS = {"langid": {"enabled": False}, "rules": {"enabled": False}, "quality": {"enabled": False}}
+LEAN_FILTERS = {"langid": {"enabled": False}, "rules": {"enabled": False}, "quality": {"enabled": False},
+                "harmful": {"enabled": False}}  # on by default since the classifiers landed: ~100 s on a fresh cache
 
 
 def data_config(root: Path, reference: Path) -> dict:
