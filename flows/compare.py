@@ -20,7 +20,7 @@ from pydantic import Field
 
 from lm.compare import Comparison, compare, comparison_rows, plot_curves
 from lm.config import Config, StageRef
-from lm.data.stage_io import manifest_dir
+from lm.data.manifest import manifest_dir
 from tasks.artifacts import artifact_key, image_markdown, markdown_table
 
 

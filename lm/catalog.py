@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lm.data.stage_io import MANIFEST_NAME, ShardCorruptError, read_manifest
+from lm.data.manifest import read_manifest
+from lm.data.stage_io import MANIFEST_NAME, ShardCorruptError
 
 LATEST = "latest"
 _MARKER_SUFFIX = ".done.json"  # a finished shard's marker: part-NNNNN.done.json

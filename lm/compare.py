@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lm.catalog import config_diff
-from lm.data.stage_io import manifest_dir, read_manifest
+from lm.data.manifest import manifest_dir, read_manifest
 
 Curve = list[tuple[float, float]]
 

@@ -19,7 +19,6 @@ PACKAGES = ("lm", "tasks", "flows")
 # modules so that any other cycle fails now. Delete an entry once its cycle is gone
 # (test_known_cycle_is_gone then stops xfailing).
 KNOWN_CYCLES = [
-    frozenset({"lm.data.shards", "lm.data.stage_io", "lm.data.storage"}),  # ShardCorruptError down to storage
     frozenset(
         {"lm.train.distributed", "lm.train.dist_strategy", "lm.train.dist_checkpoint"}
     ),  # a public Strategy protocol
