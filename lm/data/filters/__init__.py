@@ -101,7 +101,7 @@ def filters_config_model() -> type[BaseModel]:
 def _config_model(filters: tuple[type[Filter], ...]) -> type[BaseModel]:
     fields = {f.name: (f.Config, Field(default_factory=f.Config, description=f.description)) for f in filters}
     fields["materialize_each"] = (bool, Field(False, description="also write each filter's output as its own stage "
-                                               "(<root>/<filter>/<fingerprint>/) for inspection; off: one pass, one output"))
+                                               "(`<root>/<filter>/<fingerprint>/`) for inspection; off: one pass, one output"))
     model = create_model("FiltersConfig", __base__=_FiltersBase, __module__=__name__, **fields)
     model.__doc__ = "Which filters run, in this order, and their settings."
     return model
