@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from typing import Annotated, Any, ClassVar
 
+import pyarrow as pa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Doc = dict  # a row: id, url, source, text, and the columns earlier filters added
@@ -127,8 +129,6 @@ def content_hash(path: str | os.PathLike) -> str:
 
 def check_filter_class(cls: Any) -> None:
     """Refuse a filter class the stage could not use, naming what is missing."""
-    import re
-
     if not (isinstance(cls, type) and issubclass(cls, Filter)):
         raise TypeError(f"{cls!r} is not a subclass of lm.data.filters.Filter")
     name = getattr(cls, "name", None)
@@ -142,6 +142,11 @@ def check_filter_class(cls: Any) -> None:
         raise ValueError(f"filter {name}: Config fields {undocumented} need a description (the UI form shows it)")
     if not getattr(cls, "description", None):
         raise ValueError(f"filter {name}: set `description` (one line shown in the UI form)")
+    for col, alias in cls.columns.items():
+        try:
+            pa.type_for_alias(alias)
+        except ValueError:
+            raise ValueError(f"filter {name}: column {col!r} has type {alias!r}; use an Arrow type name such as float64, string, bool") from None
     has_keep = cls.keep is not Filter.keep
     if has_keep == cls.is_transform():
         raise TypeError(f"filter {name}: define exactly one of keep(doc) -> (bool, reason) or transform(doc) -> counts")

@@ -92,9 +92,13 @@ def _filters(plan: Mapping) -> list[Filter]:
                            "register the same filters in every worker process")
     for f, ident in zip(filters, plan["identity"]):
         for role, path in f.model_files().items():
-            if content_hash(path) != ident["files"].get(role):
+            try:
+                here = content_hash(path)
+            except FileNotFoundError:
+                here = "missing"
+            if here != ident["files"].get(role):
                 raise FileNotFoundError(
-                    f"the {f.name} {role} here ({path}, {content_hash(path)}) is not the one the flow fingerprinted "
+                    f"the {f.name} {role} here ({path}: {here}) is not the one the flow fingerprinted "
                     f"({ident['files'].get(role)}); put $LMPIPE_CACHE on a shared filesystem, or give every worker the same file by absolute path")
     return filters
 
