@@ -110,6 +110,7 @@ def test_pointers_read_one_record_each(reference):
     full = {r.source: r for r in iter_records(str(path))}
     assert [r.source for r in recs] == [f"{path}:{off}" for _, off, _ in ptrs]
     assert [r.payload for r in recs] == [full[r.source].payload for r in recs]
+    assert [r.id for r in recs] == [full[r.source].id for r in recs]  # fetched by pointer or read in a scan: one id
     # CC index style dicts
     recs2 = list(iter_records([{"filename": str(path), "offset": str(o), "length": str(n)} for _, o, n in ptrs]))
     assert [r.id for r in recs2] == [r.id for r in recs]
