@@ -27,7 +27,7 @@ def funnel_run(tmp_path_factory, reference, prefect_harness):
     cfg = FunnelConfig.model_validate({
         "rules": {"c4_options": {"min_sentences": 2}},
         "quality": {"min_score": 0.3},
-        "harmful": {"enabled": True, "nsfw_max_score": 0.99, "toxic_max_score": 0.99},
+        "harmful": {"enabled": True, "toxic": True, "nsfw_max_score": 0.99, "toxic_max_score": 0.99},
         "minhash": {"num_hashes": 100, "num_bands": 20, "threshold": 0.8, "num_bucket_tasks": 2},
     })
     config = FiltersFlowConfig(extract_manifest=extract, root=str(root), filters=cfg)
@@ -172,7 +172,7 @@ def test_replacing_a_classifier_model_changes_the_stage_fingerprint(tmp_path):
     rows = [("good prose sentence here", "wiki")] * 10 + [("menu home login", "cc")] * 10
     path = tmp_path / "q.bin"
     train_classifier(rows, path, epoch=5)
-    settings = {k: {"enabled": False} for k in ["langid", "pii", "rules"]} | {"quality": {"model_path": str(path)}}
+    settings = {k: {"enabled": False} for k in ["langid", "pii", "rules", "harmful"]} | {"quality": {"model_path": str(path)}}
     first = plan_filters(settings)["identity"]
     os.utime(path, ns=(1, 1))  # touched, same content: same stage
     assert plan_filters(settings)["identity"] == first
@@ -193,7 +193,7 @@ def test_wrong_language_code_fails_before_any_work(reference, tmp_path, prefect_
 def test_a_filter_that_rejects_everything_fails_the_flow_unless_allowed(funnel_run, tmp_path):
     _, extract, _, _ = funnel_run
     cfg = FunnelConfig.model_validate({"rules": {"gopher_thresholds": {"min_words": 100_000}}, "quality": {"enabled": False},
-                                       "exact_dedup": {"enabled": False}, "minhash": {"enabled": False}})
+                                       "harmful": {"enabled": False}, "exact_dedup": {"enabled": False}, "minhash": {"enabled": False}})
     with pytest.raises(EmptyStageError, match="filter rules rejected .* documents \\(100.0%"):
         filters_flow(config=FiltersFlowConfig(extract_manifest=extract, root=str(tmp_path), filters=cfg))
     out = filters_flow(config=FiltersFlowConfig(extract_manifest=extract, root=str(tmp_path), filters=cfg, allow_empty=True))
@@ -239,7 +239,8 @@ def test_a_registered_filter_runs_in_the_flow(funnel_run, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(repo), "PREFECT_API_URL": PREFECT_API_URL.value()}  # this test's server
     _, extract, _, _ = funnel_run
     cfg = {"extract_manifest": extract, "root": str(tmp_path), "filters": {
-        "short_lines": {"max_fraction": 0.2}, "quality": {"enabled": False}, "minhash": {"enabled": False}}}
+        "short_lines": {"max_fraction": 0.2}, "quality": {"enabled": False}, "harmful": {"enabled": False},
+        "minhash": {"enabled": False}}}
     done = subprocess.run([sys.executable, "-c", TOY, json.dumps(cfg)], env=env, capture_output=True, text=True,
                           timeout=600, cwd=repo)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -2,7 +2,7 @@
 uninterrupted run: every stage directory byte-identical (JSON without timings), no record
 lost or duplicated, every input row accounted for (in = kept + rejected + failed).
 
-Stages (in order): extract → filters (langid, pii, rules, quality in one pass) → line_counts
+Stages (in order): extract → filters (langid, pii, rules, quality, harmful in one pass) → line_counts
 (exact dedup's counting pass) → line_duplicates → exact_dedup → minhash_signatures →
 minhash_buckets → minhash_clusters → minhash. A trial is one seed: for each stage it targets, the seed draws a kill point (after k of the
 stage's shards finished plus a small delay, or a random delay after the run started writing

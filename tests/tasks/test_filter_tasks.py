@@ -10,7 +10,7 @@ from tasks.filters import filter_shard
 
 SCHEMA = pa.schema([("id", pa.string()), ("url", pa.string()), ("source", pa.string()), ("text", pa.string())])
 ONLY_GOPHER = {"langid": {"enabled": False}, "pii": {"enabled": False}, "quality": {"enabled": False},
-               "rules": {"c4": False, "bad_words": False}}
+               "harmful": {"enabled": False}, "rules": {"c4": False, "bad_words": False}}
 
 
 def _input(root, texts):

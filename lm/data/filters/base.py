@@ -153,18 +153,24 @@ def check_filter_class(cls: Any) -> None:
 
 
 
-def check_model_file(path: str | None) -> str | None:
-    """Validate a model path: a missing or non-fastText file is a validation error of its
+
+def check_model_file(path: str | None, kind: str | None = None) -> str | None:
+    """Validate a model path: a missing or non-fastText file, or one without ``kind``'s
+    positive label (``lm.data.classifier.check_model_labels``), is a validation error of its
     field (pydantic wants ValueError)."""
     if path is not None:
-        from lm.data.classifier import check_fasttext_file
+        from lm.data.classifier import check_fasttext_file, check_model_labels
 
         try:
             check_fasttext_file(path)
         except FileNotFoundError as e:
             raise ValueError(str(e)) from e
+        if kind:
+            check_model_labels(path, kind)
     return path
 
 
-# A config field holding a fastText model path (None: the default model), checked on validation.
-ModelPath = Annotated[str | None, AfterValidator(check_model_file)]
+def model_path_type(kind: str):
+    """The type of a config field holding a ``kind`` fastText model path (None: the default
+    model), checked when the config is validated."""
+    return Annotated[str | None, AfterValidator(lambda p: check_model_file(p, kind))]

@@ -1,7 +1,7 @@
 """Harmful-content classifiers (NSFW, toxic): drop documents a fastText model flags.
 
-``score`` is the only place the two models are loaded and run; ``nsfw_score`` and
-``toxic_score`` (P(nsfw), P(toxic)) are columns of kept and rejected documents and are
+``score`` is the only place the two models are run (``lm.data.harmful.harmful_score``:
+disguises undone, NSFW per sentence); ``nsfw_score`` and ``toxic_score`` (P(nsfw), P(toxic)) are columns of kept and rejected documents and are
 cached per text and model, so changing a ``*_max_score`` does not run the models again.
 """
 
@@ -9,20 +9,21 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from lm.data.filters.base import Doc, FilterConfig, ModelPath, ScoringFilter
-from lm.data.harmful import classify_nsfw, classify_toxic
-from lm.data.quality import default_model_path, resolve_model
+from lm.data.default_classifiers import default_model_path, resolve_model
+from lm.data.filters.base import Doc, FilterConfig, ScoringFilter, model_path_type
+from lm.data.harmful import harmful_score
 
-_CLASSIFY = {"nsfw": classify_nsfw, "toxic": classify_toxic}
+
+NSFWModelPath, ToxicModelPath = model_path_type("nsfw"), model_path_type("toxic")
 
 
 class HarmfulConfig(FilterConfig):
-    enabled: bool = Field(False, description="run the harmful-content classifiers (off by default: the built-in models are weak demo models; give real ones by path)")
-    nsfw: bool = Field(True, description="drop documents the NSFW classifier flags")
-    toxic: bool = Field(True, description="drop documents the toxicity classifier flags")
-    nsfw_model_path: ModelPath = Field(None, description="fastText model with labels nsfw/non-nsfw; empty = demo model")
-    toxic_model_path: ModelPath = Field(None, description="fastText model with labels toxic/non-toxic; empty = demo model")
-    nsfw_max_score: float = Field(0.9, ge=0.0, le=1.0, description="drop documents with P(nsfw) at least this")
+    enabled: bool = Field(True, description="run the harmful-content classifiers (see docs/filters.md for their held-out figures)")
+    nsfw: bool = Field(True, description="drop documents the NSFW classifier flags (default model: held-out F1 0.89, 0.85 of disguised obscenities caught)")
+    toxic: bool = Field(False, description="drop documents the toxicity classifier flags (off by default: the default model's held-out F1 is 0.67; give a stronger one by path)")
+    nsfw_model_path: NSFWModelPath = Field(None, description="fastText model with labels nsfw/non-nsfw (Dolma's Jigsaw model loads as is); empty = default model trained locally on first use")
+    toxic_model_path: ToxicModelPath = Field(None, description="fastText model with labels toxic/non-toxic (Dolma's Jigsaw model loads as is); empty = default model trained locally on first use")
+    nsfw_max_score: float = Field(0.5, ge=0.0, le=1.0, description="drop documents with P(nsfw) at least this (scored per sentence: the highest decides)")
     toxic_max_score: float = Field(0.9, ge=0.0, le=1.0, description="drop documents with P(toxic) at least this")
 
 class HarmfulFilter(ScoringFilter):
@@ -48,11 +49,7 @@ class HarmfulFilter(ScoringFilter):
         return {f"{k}_model": self._path(k) or str(default_model_path(k)) for k in self._kinds()}
 
     def score(self, text: str) -> dict[str, float]:
-        out = {}
-        for kind in self._kinds():
-            label, p = _CLASSIFY[kind](text, self._path(kind))
-            out[f"{kind}_score"] = round(p if label == kind else 1.0 - p, 4)
-        return out
+        return {f"{kind}_score": round(harmful_score(kind, text, self._path(kind)), 4) for kind in self._kinds()}
 
     def decide(self, doc: Doc) -> tuple[bool, str | None]:
         for kind in self._kinds():

@@ -47,7 +47,7 @@ def test_rules_and_pii(reference):
 def test_classifier_filters_with_user_models(tmp_path):
     rows = [("a calm and pleasant afternoon walk", "non-toxic")] * 20 + [("you worthless idiot moron", "toxic")] * 20
     train_classifier(rows, tmp_path / "toxic.bin", epoch=10)
-    f = _make(HarmfulFilter, enabled=True, nsfw=False, toxic_model_path=str(tmp_path / "toxic.bin"), toxic_max_score=0.5)
+    f = _make(HarmfulFilter, enabled=True, nsfw=False, toxic=True, toxic_model_path=str(tmp_path / "toxic.bin"), toxic_max_score=0.5)
     doc = {"text": "you worthless idiot"}
     assert f.keep(doc) == (False, "toxic") and doc["toxic_score"] >= 0.5 and "nsfw_score" not in doc
     assert f.keep({"text": "a pleasant afternoon"}) == (True, None)
@@ -68,7 +68,7 @@ def test_config_model_comes_from_the_registry():
     assert list(model.model_fields) == ["langid", "pii", "rules", "quality", "harmful", "materialize_each"]
     assert model.model_fields["langid"].description == LanguageFilter.description
     cfg = model.model_validate({"rules": {"enabled": False}})
-    assert [f.name for f in cfg.enabled_filters()] == ["langid", "pii", "quality"]  # harmful is off by default
+    assert [f.name for f in cfg.enabled_filters()] == ["langid", "pii", "quality", "harmful"]
     with pytest.raises(ValidationError, match="langid.min_scor"):
         model.model_validate({"langid": {"min_scor": 0.3}})
 

@@ -23,7 +23,8 @@ from funnel_inputs import make_extract  # tests/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[3]
 CC = "commoncrawl"
-NO_QUALITY = {"quality": {"enabled": False}}
+NO_HARMFUL = {"harmful": {"enabled": False}}  # its default model trains on first use: not needed here
+NO_QUALITY = {"quality": {"enabled": False}, **NO_HARMFUL}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ from lm.data.stages import run_extract, run_filters
 from lm.data.filters.stage import filter_counts
 from lm.data.shards import read_manifest
 ex = run_extract({str(tmp_path)!r}, [{str(reference / CC / "warcfile.warc.gz")!r}])
-out = run_filters({str(tmp_path)!r}, ex, {{"quality": {{"model_path": {quality_model!r}, "min_score": 0.0}}}})
+out = run_filters({str(tmp_path)!r}, ex, {{"quality": {{"model_path": {quality_model!r}, "min_score": 0.0}}, "harmful": {{"enabled": False}}}})
 print(json.dumps({{"prefect": sorted(m for m in sys.modules if m.split(".")[0] == "prefect"),
                   "extract": read_manifest(ex)["counts"], "filters": filter_counts(out)}}))
 """
@@ -69,7 +70,7 @@ print(json.dumps({{"prefect": sorted(m for m in sys.modules if m.split(".")[0] =
 
 def test_one_pass_reasons_counts_and_columns(extract, quality_model):
     root, ex = extract
-    path = run_filters(root, ex, {"quality": {"model_path": quality_model, "min_score": 0.2}})
+    path = run_filters(root, ex, {"quality": {"model_path": quality_model, "min_score": 0.2}, **NO_HARMFUL})
     m = read_manifest(path)
     assert m["stage"] == "filters" and accounted(m) and m["inputs"][0]["path"] == ex
     assert m["counts"]["in"] == read_manifest(ex)["counts"]["kept"]
@@ -89,28 +90,28 @@ def test_one_pass_reasons_counts_and_columns(extract, quality_model):
     rejects = list(iter_rows(m, kind="rejects"))
     assert all(r["quality_score"] is not None for r in rejects if r["reason"].startswith("quality:"))
     assert all(r["quality_score"] is None for r in rejects if r["reason"].startswith("langid:"))
-    assert run_filters(root, ex, {"quality": {"model_path": quality_model, "min_score": 0.2}}) == path  # complete: skipped
+    assert run_filters(root, ex, {"quality": {"model_path": quality_model, "min_score": 0.2}, **NO_HARMFUL}) == path  # skipped
 
 
 def test_threshold_change_reuses_the_scores(extract, quality_model, monkeypatch, tmp_path):
     _, ex = extract
     root = tmp_path  # a root of its own: a cold score cache
     calls = []
-    real = quality_filter.wiki_probability
+    real = quality_filter.quality_score
 
     def counting(text, path=None):  # a spy: counts model calls, returns the real scores
         calls.append(1)
         return real(text, path)
 
-    monkeypatch.setattr(quality_filter, "wiki_probability", counting)
-    loose = run_filters(root, ex, {"rules": {"enabled": False}, "quality": {"model_path": quality_model, "min_score": 0.0}})
+    monkeypatch.setattr(quality_filter, "quality_score", counting)
+    loose = run_filters(root, ex, {"rules": {"enabled": False}, "quality": {"model_path": quality_model, "min_score": 0.0}, **NO_HARMFUL})
     first = len(calls)
     # one model call per distinct text of a shard (wiki://1-copy repeats wiki://1)
     distinct = sum(len(set(t.column("text").to_pylist())) for t in iter_stage_tables(loose))
     assert first == distinct > 0 and read_manifest(loose)["counts"]["quality.in"] == first + 1
     scores = {r["id"]: r["quality_score"] for r in iter_rows(loose)}
     cut = sorted(scores.values())[len(scores) // 2]  # a threshold that keeps about half
-    strict = run_filters(root, ex, {"rules": {"enabled": False}, "quality": {"model_path": quality_model, "min_score": cut}})
+    strict = run_filters(root, ex, {"rules": {"enabled": False}, "quality": {"model_path": quality_model, "min_score": cut}, **NO_HARMFUL})
     assert strict != loose and len(calls) == first  # a new stage, and the model did not run again
     strict_rows = {r["id"]: r for r in [*iter_rows(strict), *iter_rows(strict, kind="rejects")]}
     assert {i: strict_rows[i]["quality_score"] for i in scores} == scores
@@ -121,13 +122,13 @@ def test_threshold_change_reuses_the_scores(extract, quality_model, monkeypatch,
     shutil.copy(quality_model, other)
     with open(other, "ab") as f:
         f.write(b"\0")  # same model, other content hash
-    run_filters(root, ex, {"rules": {"enabled": False}, "quality": {"model_path": str(other), "min_score": cut}})
+    run_filters(root, ex, {"rules": {"enabled": False}, "quality": {"model_path": str(other), "min_score": cut}, **NO_HARMFUL})
     assert len(calls) == 2 * first
 
 
 def test_materialize_each_writes_a_stage_per_filter(extract, quality_model, tmp_path):
     root, ex = extract
-    settings = {"quality": {"model_path": quality_model, "min_score": 0.2}}
+    settings = {"quality": {"model_path": quality_model, "min_score": 0.2}, **NO_HARMFUL}
     one = run_filters(root, ex, settings)
     both = run_filters(root, ex, {**settings, "materialize_each": True})
     assert both == one  # same fingerprint: the one-pass output does not change
@@ -202,7 +203,7 @@ def test_reject_all_warns_and_an_empty_output_fails(extract):
     assert read_manifest(path)["counts"]["kept"] == 0
     assert check_output(path, allow_empty=True) == stage_warnings(path) != []
     with pytest.raises(ValueError, match="did you mean 'en'"):
-        run_filters(root, ex, {"langid": {"languages": ["english"]}})
+        run_filters(root, ex, {"langid": {"languages": ["english"]}, **NO_HARMFUL})
 
 
 def test_overlapping_sources_give_each_document_once(reference, tmp_path):
