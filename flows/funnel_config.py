@@ -11,16 +11,15 @@ path that is missing or not a fastText model fails there too, before any work st
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from lm.config import Config
 from lm.data.filters import filters_config_model
 
 FiltersConfig = filters_config_model()  # the registry as it is when the flows are imported
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _Section(Config):
     def stage_config(self) -> dict:
         """What the stage's fingerprint hashes: every field but ``enabled``."""
         return self.model_dump(exclude={"enabled"})
@@ -37,7 +36,7 @@ class MinHashConfig(_Section):
     num_bands: int = Field(16, ge=1, le=4096, description="LSH bands; must divide num_hashes")
     ngrams: int = Field(5, ge=1, le=50, description="word n-gram length of the shingles")
     threshold: float = Field(0.8, gt=0.0, le=1.0, description="true Jaccard similarity at or above which documents are duplicates")
-    seed: int = Field(1, ge=0, description="seed of the hash permutations")
+    seed: int = Field(1, ge=0, le=2**32 - 1, description="seed of the hash permutations")
     num_bucket_tasks: int = Field(4, ge=1, le=256, description="tasks the LSH bucketing is split into (by band)")
 
     @model_validator(mode="after")

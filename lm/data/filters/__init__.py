@@ -30,7 +30,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, Field, create_model
+
+from lm.config import Config
 
 from lm.data.filters.base import Doc, Filter, FilterConfig, ScoringFilter, check_filter_class, content_hash
 from lm.data.filters.harmful import HarmfulConfig, HarmfulFilter
@@ -78,9 +80,7 @@ def get_filter(name: str) -> type[Filter]:
     raise ValueError(f"unknown filter {name!r}; registered: {', '.join(f.name for f in FILTERS)}")
 
 
-class _FiltersBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _FiltersBase(Config):
     def enabled_filters(self) -> list[Filter]:
         """Instances of the enabled filters, in chain order."""
         out = []

@@ -28,15 +28,15 @@ import threading
 from typing import Annotated, Any, ClassVar
 
 import pyarrow as pa
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, Field
+
+from lm.config import Config
 
 Doc = dict  # a row: id, url, source, text, and the columns earlier filters added
 
 
-class FilterConfig(BaseModel):
-    """Base of a filter's settings: switchable, unknown keys refused."""
-
-    model_config = ConfigDict(extra="forbid")
+class FilterConfig(Config):
+    """Base of a filter's settings: switchable, unknown keys refused (with "did you mean")."""
 
     enabled: bool = Field(True, description="run this filter")
 

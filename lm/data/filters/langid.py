@@ -12,7 +12,7 @@ from lm.data.langid import identify_language, lid_model_path
 
 
 class LangIdConfig(FilterConfig):
-    languages: list[str] = Field(["en"], description="language codes to keep (ISO 639 as lid.176 writes them: en, de, zh, …); empty keeps all")
+    languages: list[str] = Field(["en"], max_length=256, description="language codes to keep (ISO 639 as lid.176 writes them: en, de, zh, …); empty keeps all")
     min_score: float = Field(0.65, ge=0.0, le=1.0, description="minimum probability of the detected language")
 
 

@@ -7,16 +7,16 @@ C4's line rules rewrite the text of the documents they keep.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from lm.config import Config
 from lm.data.filters.base import Doc, Filter, FilterConfig
 from lm.data.quality import c4_clean, find_bad_word, gopher_reason
 
 
-class GopherThresholds(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    min_words: int = Field(50, ge=0, description="fewest whitespace-separated words")
-    max_words: int = Field(100_000, ge=1, description="most words")
+class GopherThresholds(Config):
+    min_words: int = Field(50, ge=0, le=10**9, description="fewest whitespace-separated words")
+    max_words: int = Field(100_000, ge=1, le=10**9, description="most words")
     min_mean_word_length: float = Field(3.0, ge=0.0, description="smallest mean word length (characters)")
     max_mean_word_length: float = Field(10.0, gt=0.0, description="largest mean word length (characters)")
     max_ellipsis_line_fraction: float = Field(0.3, ge=0.0, le=1.0, description="largest fraction of lines ending in '...'")
@@ -31,10 +31,9 @@ class GopherThresholds(BaseModel):
         return self
 
 
-class C4Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    min_words_per_line: int = Field(3, ge=0, description="lines with fewer words are dropped")
-    min_sentences: int = Field(5, ge=0, description="documents with fewer sentences left are dropped")
+class C4Options(Config):
+    min_words_per_line: int = Field(3, ge=0, le=100_000, description="lines with fewer words are dropped")
+    min_sentences: int = Field(5, ge=0, le=100_000, description="documents with fewer sentences left are dropped")
     drop_lorem_ipsum: bool = Field(True, description="drop documents containing 'lorem ipsum'")
     drop_curly_braces: bool = Field(True, description="drop documents containing '{' (code)")
 
