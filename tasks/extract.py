@@ -29,6 +29,7 @@ PROGRESS_EVERY_S = 5.0
 def _retry_transient(task, task_run, state) -> bool:
     """Retry network trouble, not missing files or bugs."""
     try:
+        # security-ok: this task run's own failed state, in memory (the exception it raised), not a stored record
         state.result()
     except (FileNotFoundError, DiskFullError):  # a full disk does not empty itself in seconds
         return False
