@@ -223,9 +223,11 @@ def test_overlapping_sources_give_each_document_once(reference, tmp_path):
 
 
 def test_ids_unique_on_pywb_and_common_crawl_samples(reference, tmp_path):
-    from flows.demo import demo_sources
+    from flows.demo import PYWB_VERSION
+    from lm.cache import fetch_from_package
 
-    srcs = [demo_sources()[0], str(reference / CC)]
+    pywb = fetch_from_package("pywb", PYWB_VERSION, "*sample_archive/warcs/*", "pywb-warcs")  # as `lmpipe demo` does
+    srcs = [str(pywb), str(reference / CC)]
     m = read_manifest(run_extract(tmp_path, srcs))
     ids = [r["id"] for kind in ("shards", "rejects") for r in iter_rows(m, kind=kind, columns=["id"])]
     assert len(ids) == len(set(ids)) > 100
