@@ -229,7 +229,8 @@ def publish_funnel(extract_manifest: str, stages: dict[str, str], root: str, war
     out = as_path(root) / "funnel" / final["fingerprint"]
     out.mkdir(parents=True, exist_ok=True)
     samples = reject_samples(stages)
-    atomic_write_json(out / "funnel.json", {"input": str(extract_manifest), "stages": stages, "rows": rows,
+    per_filter = filter_counts(stages["filters"]) if "filters" in stages else []
+    atomic_write_json(out / "funnel.json", {"input": str(extract_manifest), "stages": stages, "rows": rows, "filters": per_filter,
                                             "reject_samples": samples, "warnings": list(warnings or [])})
     # The plot is drawn into a local file (matplotlib, and the artifact embeds it), then
     # uploaded when the root is remote.

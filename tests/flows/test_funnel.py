@@ -100,6 +100,7 @@ def test_funnel_report(funnel_run):
     docs = [r["docs"] for r in report["rows"]]
     assert docs == sorted(docs, reverse=True) and docs[-1] == final["counts"]["kept"]
     rows = {r["stage"]: r for r in report["rows"]}
+    assert report["filters"] == filter_counts(stages["filters"])  # in, kept, rejected by rule, failed, bytes, own counts
     for f in filter_counts(stages["filters"]):  # per filter: the numbers the separate stages had
         assert (rows[f["filter"]]["docs"], rows[f["filter"]]["bytes"]) == (f["kept"], f["text_bytes_kept"])
         assert rows[f["filter"]]["rejected"] == f["in"] - f["kept"] - sum(f["failed"].values())
