@@ -13,9 +13,11 @@ A stage whose manifest exists is skipped; a rerun after a crash redoes only miss
 ``root`` is a local directory or a URL (``s3://bucket/prefix``; credentials from the
 environment, see docs/storage.md); the stage contract is the same on both.
 
-Then the funnel (``flows/funnel.py``, config ``filters``): langid → PII → rules → quality →
-harmful → exact line dedup → MinHash, each stage its own directory; ``filters: null`` stops
-after extract.
+Then the funnel (``flows/funnel.py``, config ``filters``): the ``filters`` stage (langid → PII
+→ rules → quality → harmful in one pass per shard) → exact line dedup → MinHash, each stage
+its own directory; ``filters: null`` stops after extract. The stages themselves are defined in
+``lm/`` (``lm.data.stages``) and run without Prefect too. A stage that keeps no document
+fails the flow unless ``allow_empty: true``.
 
 Shard tasks run on ``runner`` (flows/runners.py): threads by default, or processes, Dask
 or Ray; the outputs are byte-identical whichever runs them.
@@ -33,14 +35,17 @@ from prefect.task_runners import TaskRunner
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from lm.config import Config
-from lm.data.ingest import ExtractConfig, plan_shards
+from lm.data.filters.stage import plan_filters
+from lm.data.ingest import ExtractConfig
 from lm.data.remote import CC_BASE_URL, INDEX_PREFIX, HttpOptions, expand_sources
 from lm.data.shards import read_manifest
+from lm.data.stages import check_root_outside_sources, extract_stage, plan_extract
 from lm.data.storage import as_path, check_root, resolve_root
+from flows.funnel import finish_stage, run_funnel
 from flows.funnel_config import FunnelConfig
 from flows.runners import RunnerConfig, task_runner
-from tasks.artifacts import artifact_key, markdown_table, publish_stage
-from tasks.extract import commit_extract, extract_shard, extract_stage, plan_digest
+from tasks.artifacts import artifact_key, markdown_table
+from tasks.extract import commit_extract, extract_shard
 
 
 class HttpConfig(Config):
@@ -89,6 +94,7 @@ class DataConfig(Config):
         default_factory=FunnelConfig,
         description="filtering funnel after extract (langid, PII, rules, quality, harmful, exact and MinHash dedup); null = stop after extract",
     )
+    allow_empty: bool = Field(default=False, description="let a stage that keeps no document pass (the flow fails on an empty output otherwise)")
 
     @field_validator("root")
     @classmethod
@@ -101,6 +107,11 @@ class DataConfig(Config):
         if any(not s.strip() for s in v):
             raise ValueError("sources: an entry is blank; give a path, glob, URL or cc:// listing")
         return v
+
+    @model_validator(mode="after")
+    def _root_outside_sources(self) -> "DataConfig":
+        check_root_outside_sources(self.root, self.sources)
+        return self
 
     @model_validator(mode="after")
     def _reachable_by_cluster(self) -> "DataConfig":
@@ -132,27 +143,29 @@ def data_flow(config: DataConfig) -> dict[str, str]:
     """Run the data stages; returns {stage: manifest path}."""
     log = get_run_logger()
     locations = config.locations()  # fails here, before any work, on a missing path
-    shards = plan_shards(locations, config.extract.slice_bytes, config.http.cc_base_url)
+    plan = plan_extract(locations, config.extract, config.http.cc_base_url)
+    for note in plan["notes"]:
+        log.warning("extract: %s", note)
+    # The filters' models are fetched or trained and their settings checked (language codes)
+    # before extract starts: a bad setting must not surface after the crawl was read.
+    filters = plan_filters(config.filters) if config.filters is not None else None
     root = resolve_root(config.root)  # absolute (workers do not share this cwd); URLs validated
-    plan = plan_digest(shards)
-    stage = extract_stage(root, config.extract, plan)
+    stage = extract_stage(root, config.extract, plan["digest"])
     log.info("tasks run on %s", config.runner.describe(config.max_workers))
     # One runner (one Dask/Ray cluster) for extract and every funnel stage.
     with task_runner(config.runner, config.max_workers) as runner:
         if stage.is_complete():
             log.info("extract: complete at %s (same inputs and config): skipped", stage.path)
         else:
-            log.info("extract: %d source(s) → %d shard(s) → %s", len(locations), len(shards), stage.path)
-            _run_shards(runner, config, root, plan, shards)
-            commit_extract(root, config.extract, shards)
+            log.info("extract: %d source(s) → %d shard(s) → %s", len(locations), len(plan["shards"]), stage.path)
+            _run_shards(runner, config, root, plan["digest"], plan["shards"])
+            commit_extract(root, config.extract, plan["shards"], plan["notes"])
         manifest = str(stage.manifest_path)
-        publish_stage(manifest, samples=config.num_samples, extra_md=_per_source_md(manifest))
         log.info("extract: %s", _counts_line(read_manifest(manifest)))
+        finish_stage(manifest, config.allow_empty, samples=config.num_samples, extra_md=_per_source_md(manifest))
         stages = {"extract": manifest}
         if config.filters is not None:
-            from flows.funnel import run_funnel
-
-            stages.update(run_funnel(manifest, root, config.filters, runner))
+            stages.update(run_funnel(manifest, root, config.filters, runner, allow_empty=config.allow_empty, plan=filters))
     return stages
 
 

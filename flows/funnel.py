@@ -1,12 +1,14 @@
-"""The filtering funnel: extracted text → langid → PII → rules → quality → harmful →
-exact line dedup → MinHash → final corpus.
+"""The filtering funnel: extracted text → filters (langid → PII → rules → quality → harmful,
+one pass) → exact line dedup → MinHash → final corpus.
 
 ``run_funnel`` is called inside a flow (the ``data`` flow, or ``filters`` below on an
 existing extract stage). Every stage is its own directory under ``root`` with its own
 fingerprint (its config + its input's fingerprint), so changing one threshold recomputes
 that stage and the ones after it, and nothing before. It publishes each stage's counts,
-a funnel table (documents and text bytes kept after each stage), sample rejects per
-reason, and a funnel plot (``<root>/funnel/<final fingerprint>/funnel.png``).
+a funnel table (documents and text bytes kept after each filter and stage), sample rejects
+per reason, and a funnel plot (``<root>/funnel/<final fingerprint>/funnel.png``). A filter
+that rejects more than 99% of its input is flagged in the stage summary, the funnel and the
+run's ``warnings`` artifact; an empty stage output fails the flow unless ``allow_empty``.
 
     lmpipe run filters --set extract_manifest=outputs/extract/<fp>/_manifest.json --set filters.quality.min_score=0.3
 """
@@ -26,13 +28,13 @@ from pydantic import ConfigDict, Field, field_validator
 from flows.funnel_config import FunnelConfig
 from flows.runners import RunnerConfig, resolve_location, task_runner
 from lm.config import Config, StageRef
-from lm.data.shards import atomic_write_json, iter_stage_tables, read_manifest, source_fingerprint
+from lm.data.filters.stage import commit_filters, filter_counts, filter_stage, needs_run, plan_filters
+from lm.data.shards import atomic_write_json, iter_stage_tables, read_manifest
+from lm.data.stages import check_output, stage_warnings
 from lm.data.storage import RemotePath, as_path, check_root, commit_file, local_scratch
 from tasks import dedup
 from tasks.artifacts import artifact_key, image_markdown, markdown_table, publish_stage
-from tasks.filters import filter_shard, filter_stage
-
-FILTER_STAGES = ("langid", "pii", "rules", "quality", "harmful")
+from tasks.filters import filter_shard
 
 
 def _wait(futures, stage: str) -> None:
@@ -49,13 +51,13 @@ def _map(runner: TaskRunner, task, label: str, over: dict[str, list], /, **fixed
     _wait(runner.map(task, {**{k: unmapped(v) for k, v in fixed.items()}, **over}), label)
 
 
-def _filter(runner: TaskRunner, root: str, name: str, cfg: dict, docs: str) -> str:
-    st = filter_stage(root, name, cfg, docs)
-    if not st.is_complete():
+def _filters(runner: TaskRunner, root: str, plan: dict, docs: str) -> str:
+    """The one-pass filter stage (and, with ``materialize_each``, a stage per filter)."""
+    if needs_run(root, plan, docs):
         n = dedup.num_shards(docs)
-        _map(runner, filter_shard, name, {"index": list(range(n))}, root=root, stage=name, config=cfg, input_manifest=docs)
-        st.commit(num_shards=n)
-    return str(st.manifest_path)
+        _map(runner, filter_shard, "filters", {"index": list(range(n))}, root=root, plan=plan, input_manifest=docs)
+        commit_filters(root, plan, docs, n)
+    return str(filter_stage(root, plan, docs).manifest_path)
 
 
 def _exact_dedup(runner: TaskRunner, root: str, cfg: dict, docs: str) -> str:
@@ -94,54 +96,58 @@ def _minhash(runner: TaskRunner, root: str, cfg: dict, docs: str) -> str:
     return str(st.manifest_path)
 
 
-def _model_identity(kind: str, path: str | None) -> str:
-    """Which model file a classifier stage uses (path, size, mtime), for its fingerprint:
-    a retrained or replaced model makes a new stage directory. The default model is trained
-    here first if missing, so its identity is known before the stage starts."""
-    from lm.data.quality import default_model_path, resolve_model
-
-    if path is None:
-        resolve_model(kind, None)
-        path = str(default_model_path(kind))
-    return source_fingerprint(path)
-
-
-def stage_config(name: str, section) -> dict:
-    cfg = section.stage_config()
-    if name == "langid":
-        from lm.data.langid import lid_model_path
-
-        lid_model_path()  # fetch the model once here, not in several worker processes at the same time
-    if name == "quality":
-        cfg["model"] = _model_identity("quality", cfg["model_path"])
-    if name == "harmful":
-        for kind in ("nsfw", "toxic"):
-            if cfg[kind]:
-                cfg[f"{kind}_model"] = _model_identity(kind, cfg[f"{kind}_model_path"])
-    return cfg
-
-
-def run_funnel(extract_manifest: str, root: str, config: FunnelConfig, runner: TaskRunner) -> dict[str, str]:
+def run_funnel(extract_manifest: str, root: str, config: FunnelConfig, runner: TaskRunner, *,
+               allow_empty: bool = False, plan: dict | None = None) -> dict[str, str]:
     """Run the enabled stages in order, shard tasks on ``runner`` (started); returns stage
-    name → manifest path (last = final corpus)."""
-    logger = get_run_logger()
+    name → manifest path (last = final corpus). ``plan``: the filter plan when the caller
+    made it already (``lm.data.filters.stage.plan_filters``, which fetches or trains models)."""
     read_manifest(extract_manifest)  # fail early on a missing or broken input
+    plan = plan if plan is not None else plan_filters(config)
     stages: dict[str, str] = {}
+    warnings: list[str] = []
     docs = str(extract_manifest)
-    for name in FILTER_STAGES:
-        cfg = getattr(config, name)
-        if cfg.enabled:
-            docs = stages[name] = _filter(runner, root, name, stage_config(name, cfg), docs)
-            publish_stage(docs)
-            logger.info("%s: %s", name, docs)
+    if plan["identity"]:
+        docs = stages["filters"] = _filters(runner, root, plan, docs)
+        materialized = read_manifest(docs).get("materialized") or {}
+        warnings += finish_stage(docs, allow_empty, extra_md=per_filter_md(docs, materialized))
     if config.exact_dedup.enabled:
         docs = stages["exact_dedup"] = _exact_dedup(runner, root, config.exact_dedup.stage_config(), docs)
-        publish_stage(docs)
+        warnings += finish_stage(docs, allow_empty)
     if config.minhash.enabled:
         docs = stages["minhash"] = _minhash(runner, root, config.minhash.stage_config(), docs)
-        publish_stage(docs)
-    publish_funnel(extract_manifest, stages, root)
+        warnings += finish_stage(docs, allow_empty)
+    publish_funnel(extract_manifest, stages, root, warnings)
     return stages
+
+
+def finish_stage(manifest: str, allow_empty: bool, *, samples: int = 3, extra_md: str = "") -> list[str]:
+    """Publish a finished stage's artifacts, flag a filter or stage that rejected nearly
+    everything (logged, in its summary and in the run's ``warnings`` artifact), and fail on
+    an empty output unless ``allow_empty``. Returns the warnings."""
+    log = get_run_logger()
+    warnings = stage_warnings(manifest)
+    loud = "".join(f"> **⚠ Warning:** {w}\n>\n" for w in warnings)
+    publish_stage(manifest, samples=samples, extra_md=(loud + "\n" if loud else "") + extra_md)
+    m = read_manifest(manifest)
+    for w in warnings:
+        log.warning("⚠ %s: %s", m["stage"], w)
+    if warnings:
+        create_markdown_artifact(markdown="# ⚠ Warnings\n\n" + "".join(f"- **{m['stage']}**: {w}\n" for w in warnings),
+                                 key=artifact_key("warnings", m["stage"]), description=f"{m['stage']}: settings that reject nearly everything")
+    log.info("%s: %s", m["stage"], manifest)
+    check_output(m, allow_empty)
+    return [f"{m['stage']}: {w}" for w in warnings]
+
+
+def per_filter_md(manifest: str, materialized: dict[str, str] | None = None) -> str:
+    """The filter stage's per-filter table for its summary artifact."""
+    rows = [{"filter": f["filter"], "in": f["in"], "kept": f["kept"],
+             "rejected": ", ".join(f"{k}: {v}" for k, v in f["rejected"].items()),
+             "failed": ", ".join(f"{k}: {v}" for k, v in f["failed"].items()),
+             "text bytes kept": f["text_bytes_kept"], "counts": ", ".join(f"{k}: {v}" for k, v in f["counts"].items()),
+             **({"materialized": materialized.get(f["filter"], "")} if materialized else {})}
+            for f in filter_counts(manifest)]
+    return "## Per filter\n\n" + markdown_table(rows)
 
 
 # --------------------------------------------------------------------------- funnel report
@@ -156,24 +162,32 @@ def text_bytes(manifest: dict) -> int:
     return total
 
 
+def _row(name: str, docs: int, nbytes: int, rejected: int, failed: int, docs0: int, bytes0: int) -> dict:
+    return {"stage": name, "docs": docs, "bytes": nbytes,
+            "docs_%": round(100 * docs / docs0, 1) if docs0 else 0.0,
+            "bytes_%": round(100 * nbytes / bytes0, 1) if bytes0 else 0.0,
+            "rejected": rejected, "failed": failed}
+
+
 def funnel_rows(extract_manifest: str, stages: dict[str, str]) -> list[dict]:
+    """Documents and text bytes kept after each filter (from the filter stage's per-filter
+    counts) and each later stage, against the input."""
     first = read_manifest(extract_manifest)
     docs0, bytes0 = first["counts"]["kept"], text_bytes(first)
-    rows = []
-    for name, path in [("input", extract_manifest), *stages.items()]:
+    rows = [_row("input", docs0, bytes0, 0, 0, docs0, bytes0)]
+    for name, path in stages.items():
         m = read_manifest(path)
-        d, b = m["counts"]["kept"], text_bytes(m)
-        rows.append({
-            "stage": name, "docs": d, "bytes": b,
-            "docs_%": round(100 * d / docs0, 1) if docs0 else 0.0,
-            "bytes_%": round(100 * b / bytes0, 1) if bytes0 else 0.0,
-            "rejected": sum(m["counts"]["rejected"].values()) if name != "input" else 0,
-            "failed": sum(m["counts"]["failed"].values()) if name != "input" else 0,
-        })
+        if m["stage"] == "filters":
+            rows += [_row(f["filter"], f["kept"], f["text_bytes_kept"], sum(f["rejected"].values()), sum(f["failed"].values()), docs0, bytes0)
+                     for f in filter_counts(m)]
+        else:
+            c = m["counts"]
+            rows.append(_row(name, c["kept"], text_bytes(m), sum(c["rejected"].values()), sum(c["failed"].values()), docs0, bytes0))
     return rows
 
 
 def reject_samples(stages: dict[str, str], per_reason: int = 2, width: int = 300) -> list[dict]:
+    """A few rejected documents per reason; ``stage`` is the filter for the filter stage's rejects."""
     out = []
     for name, path in stages.items():
         seen: dict[str, int] = {}
@@ -183,7 +197,8 @@ def reject_samples(stages: dict[str, str], per_reason: int = 2, width: int = 300
                 if seen.get(r, 0) < per_reason:
                     seen[r] = seen.get(r, 0) + 1
                     text = (row.get("text") or "")[:width]
-                    out.append({"stage": name, "reason": r, "id": row.get("id"), "url": row.get("url"), "text": text})
+                    where = r.split(":", 1)[0] if name == "filters" and r and ":" in r else name
+                    out.append({"stage": where, "reason": r, "id": row.get("id"), "url": row.get("url"), "text": text})
     return out
 
 
@@ -208,19 +223,22 @@ def plot_funnel(rows: list[dict], png: Path) -> Path:
     return png
 
 
-def publish_funnel(extract_manifest: str, stages: dict[str, str], root: str) -> Path | RemotePath:
+def publish_funnel(extract_manifest: str, stages: dict[str, str], root: str, warnings: list[str] | None = None) -> Path | RemotePath:
     rows = funnel_rows(extract_manifest, stages)
     final = read_manifest(list(stages.values())[-1] if stages else extract_manifest)
     out = as_path(root) / "funnel" / final["fingerprint"]
     out.mkdir(parents=True, exist_ok=True)
     samples = reject_samples(stages)
-    atomic_write_json(out / "funnel.json", {"input": str(extract_manifest), "stages": stages, "rows": rows, "reject_samples": samples})
+    per_filter = filter_counts(stages["filters"]) if "filters" in stages else []
+    atomic_write_json(out / "funnel.json", {"input": str(extract_manifest), "stages": stages, "rows": rows, "filters": per_filter,
+                                            "reject_samples": samples, "warnings": list(warnings or [])})
     # The plot is drawn into a local file (matplotlib, and the artifact embeds it), then
     # uploaded when the root is remote.
     local = out if isinstance(out, Path) else local_scratch("lmpipe-funnel-")
     png = plot_funnel(rows, local / "funnel.png")
     create_table_artifact(table=rows, key=artifact_key("funnel"), description="documents and text bytes kept after each stage")
-    md = ["# Filtering funnel", "", markdown_table(rows), image_markdown(png, "funnel"), "## Sample rejects per reason", "", markdown_table(samples)]
+    loud = [f"> **⚠ Warning:** {w}" for w in warnings or []]
+    md = ["# Filtering funnel", "", *loud, "", markdown_table(rows), image_markdown(png, "funnel"), "## Sample rejects per reason", "", markdown_table(samples)]
     create_markdown_artifact(markdown="\n".join(md), key=artifact_key("funnel", "summary"), description="funnel, plot and sample rejects")
     if isinstance(out, RemotePath):
         commit_file(png, out / "funnel.png")
@@ -240,6 +258,7 @@ class FiltersFlowConfig(Config):
     root: str = Field("outputs", description="artifact root: each stage writes `<root>/<stage>/<fingerprint>/`; "
                       "a local directory or a URL such as `s3://bucket/prefix`")
     filters: FunnelConfig = Field(default_factory=FunnelConfig, description="which stages run and their thresholds")
+    allow_empty: bool = Field(False, description="let a stage that keeps no document pass (the flow fails on an empty output otherwise)")
     max_workers: int = Field(4, ge=1, le=256, description="shards processed at once on this machine unless runner.max_workers is set")
     runner: RunnerConfig = Field(default_factory=RunnerConfig, description="where shard tasks run: threads (default), processes, Dask or Ray")
 
@@ -253,6 +272,7 @@ class FiltersFlowConfig(Config):
 @flow(name="filters", log_prints=True)
 def filters_flow(config: FiltersFlowConfig) -> dict[str, str]:
     with task_runner(config.runner, config.max_workers) as runner:
-        stages = run_funnel(resolve_location(config.extract_manifest), resolve_location(config.root), config.filters, runner)
+        stages = run_funnel(resolve_location(config.extract_manifest), resolve_location(config.root), config.filters, runner,
+                            allow_empty=config.allow_empty)
     print(json.dumps(stages, indent=2))
     return stages

@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lm.config import Config
 from lm.data import remote
@@ -43,6 +43,12 @@ DOC_SCHEMA = pa.schema(
         ("num_bytes", pa.int64()),  # payload size before extraction
     ]
 )
+
+# Slice bounds: a slice smaller than a typical record holds no record (``slice_bytes=1`` once
+# planned 194k tasks for 194 KB), and one file never becomes more than MAX_SLICES_PER_FILE tasks.
+MIN_SLICE_BYTES = 16 << 10
+MAX_SLICE_BYTES = 64 << 30
+MAX_SLICES_PER_FILE = 4096
 
 # Sniffed when a response has no Content-Type (old ARCs, some crawlers).
 _HTML_SNIFF = (b"<!doctype html", b"<html", b"<head", b"<body")
@@ -64,8 +70,18 @@ class ExtractConfig(Config):
     slice_bytes: int = Field(
         default=256 * 1024 * 1024,
         ge=0,
-        description="split local gzip files bigger than this into slices of this many bytes, one task each (0: one task per file)",
+        le=MAX_SLICE_BYTES,
+        description="split local gzip files bigger than this into slices of this many bytes, one task each "
+        f"(0: one task per file; else {MIN_SLICE_BYTES // 1024} KiB to 64 GiB, and at most {MAX_SLICES_PER_FILE} slices per file)",
     )
+
+    @field_validator("slice_bytes")
+    @classmethod
+    def _slice_bounds(cls, v: int) -> int:
+        if 0 < v < MIN_SLICE_BYTES:
+            raise ValueError(f"slice_bytes={v} would plan one task per {v} bytes; use 0 (one task per file) "
+                             f"or at least {MIN_SLICE_BYTES} ({MIN_SLICE_BYTES // 1024} KiB; 268435456 = 256 MiB is the default)")
+        return v
 
 
 @dataclass
@@ -150,6 +166,9 @@ def plan_shards(locations: list[str], slice_bytes: int, base_url: str = remote.C
             continue
         size = None if remote.is_url(loc) else Path(loc).stat().st_size
         if slice_bytes and size is not None and size > slice_bytes and _per_record_gzip(loc):
+            if -(-size // slice_bytes) > MAX_SLICES_PER_FILE:
+                raise ValueError(f"slice_bytes={slice_bytes} cuts {loc} ({size} bytes) into more than {MAX_SLICES_PER_FILE} "
+                                 f"tasks; use slice_bytes >= {-(-size // MAX_SLICES_PER_FILE)} (or 0: one task per file)")
             for start in range(0, size, slice_bytes):
                 shards.append({"location": loc, "start": start, "end": min(start + slice_bytes, size), "size": size})
         else:

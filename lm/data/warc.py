@@ -45,8 +45,12 @@ from lm.data import remote
 from lm.data.gzstream import CHUNK_SIZE, GZIP_MAGIC, MAX_DECODED, MAX_LINE, MemberStream, decode_body
 
 
-def record_id(key: str) -> str:
-    """Stable document id: 16 hex chars of sha256 of the WARC-Record-ID (or url + offset)."""
+def record_id(location: str, offset: int, member_pos: int = 0) -> str:
+    """Stable document id: 16 hex chars of sha256 of where the record is: its file (path or
+    URL), the file offset of its record (or gzip member) and, when several records share one
+    gzip member, its position inside that member. Unique within a stage even when archives
+    share WARC-Record-IDs (the WARC-Record-ID stays in ``Record.headers``)."""
+    key = f"{location}:{offset}" + (f"+{member_pos}" if member_pos else "")
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
@@ -170,31 +174,30 @@ def split_http(block: bytes) -> tuple[int | None, dict[str, str], bytes]:
     return status, headers, body
 
 
-def _make_record(location: str, offset: int, headers: dict[str, str], block: bytes, *, arc: bool = False) -> Record:
+def _make_record(location: str, offset: int, headers: dict[str, str], block: bytes, *, arc: bool = False,
+                 member_pos: int = 0) -> Record:
     if arc:
         rtype = headers.get("_type", "response")
         url, date, ctype = headers.get("url", ""), headers.get("archive-date", ""), headers.get("content-type", "")
-        wid = ""
     else:
         rtype = _get(headers, "WARC-Type", "unknown").lower()
         url, date, ctype = _get(headers, "WARC-Target-URI"), _get(headers, "WARC-Date"), _get(headers, "Content-Type")
-        wid = _get(headers, "WARC-Record-ID")
     url = url.strip("<>")
     status, http_headers, payload = None, {}, block
     if (rtype in ("response", "revisit") and "application/http" in ctype.lower()) or (arc and block[:5] == b"HTTP/"):
         status, http_headers, payload = split_http(block)
         ctype = _get(http_headers, "Content-Type")
-    key = wid or f"{url} {Path(location).name}:{offset}"
     return Record(
-        id=record_id(key), url=url, source=f"{location}:{offset}", record_type=rtype, content_type=ctype,
+        id=record_id(location, offset, member_pos), url=url, source=f"{location}:{offset}", record_type=rtype, content_type=ctype,
         date=date, payload=payload, headers=headers, http_status=status, http_headers=http_headers,
     )
 
 
-def _failure(location: str, offset: int, kind: str, detail: str, headers: dict | None = None, block: bytes = b"") -> Record:
+def _failure(location: str, offset: int, kind: str, detail: str, headers: dict | None = None, block: bytes = b"",
+             member_pos: int = 0) -> Record:
     headers = headers or {}
-    rec = _make_record(location, offset, headers, block) if headers else Record(
-        id=record_id(f" {Path(location).name}:{offset}"), url="", source=f"{location}:{offset}",
+    rec = _make_record(location, offset, headers, block, member_pos=member_pos) if headers else Record(
+        id=record_id(location, offset, member_pos), url="", source=f"{location}:{offset}",
         record_type="unknown", content_type="", date="", payload=block,
     )
     rec.error, rec.error_detail = kind, detail
@@ -273,42 +276,43 @@ def parse_stream(stream: MemberStream, location: str, *, end: int | None = None,
     while True:
         if not line:
             if stream.error and not reported:  # the input broke between records: count what was lost as one record
-                yield _failure(location, stream.offset_of(stream.tell()), stream.error, stream.error_detail)
+                offset, pos = _where(stream, stream.tell())
+                yield _failure(location, offset, stream.error, stream.error_detail, member_pos=pos)
             return
-        offset = stream.offset_of(stream.tell() - len(line))
+        offset, pos = _where(stream, stream.tell() - len(line))
         if (end is not None and offset >= end) or (max_records is not None and n >= max_records):
             return
         n += 1
         if line.startswith(b"WARC/"):
             headers, complete, next_start = _read_warc_headers(stream)
             if next_start:
-                yield _failure(location, offset, "bad_header", "the header block runs into the next WARC/ line", headers)
+                yield _failure(location, offset, "bad_header", "the header block runs into the next WARC/ line", headers, member_pos=pos)
                 line, first = next_start, False
                 continue
             if not complete:
-                yield _failure(location, offset, stream.error or "truncated_record", "input ends inside the WARC header", headers)
+                yield _failure(location, offset, stream.error or "truncated_record", "input ends inside the WARC header", headers, member_pos=pos)
                 return
             try:
                 length = int(_get(headers, "Content-Length"))
                 if length < 0:
                     raise ValueError
             except ValueError:
-                yield _failure(location, offset, "bad_header", f"Content-Length {_get(headers, 'Content-Length')!r}", headers)
+                yield _failure(location, offset, "bad_header", f"Content-Length {_get(headers, 'Content-Length')!r}", headers, member_pos=pos)
                 line, first = _resync(stream, arc), False
                 continue
             block, got = _read_block(stream, length, max_block_bytes)
-            rec = _make_record(location, offset, headers, block)
+            rec = _make_record(location, offset, headers, block, member_pos=pos)
         elif (arc or first) and (h := _arc_header(line)) is not None:
             arc = True
             if h["length"] == "invalid":
-                yield _failure(location, offset, "bad_header", f"ARC header {line[:200]!r}")
+                yield _failure(location, offset, "bad_header", f"ARC header {line[:200]!r}", member_pos=pos)
                 line, first = _resync(stream, arc), False
                 continue
             length = int(h["length"])
             block, got = _read_block(stream, length, max_block_bytes)
-            rec = _make_record(location, offset, h, block, arc=True)
+            rec = _make_record(location, offset, h, block, arc=True, member_pos=pos)
         elif first:
-            yield _failure(location, offset, stream.error or "not_warc", f"input starts with {line[:60]!r}, not a WARC/ARC record")
+            yield _failure(location, offset, stream.error or "not_warc", f"input starts with {line[:60]!r}, not a WARC/ARC record", member_pos=pos)
             return
         else:  # unreachable: lines are only handed on when they start a record
             raise AssertionError(line[:60])
@@ -344,6 +348,16 @@ def parse_stream(stream: MemberStream, location: str, *, end: int | None = None,
             rec.error, rec.error_detail = stream.error, f"read from a damaged gzip member: {stream.error_detail}"
             reported = True
         yield rec
+
+
+def _where(stream: MemberStream, abs_pos: int) -> tuple[int, int]:
+    """(file offset of the record or gzip member at decompressed position ``abs_pos``, position
+    inside that member): the second is 0 for one record per member and for plain files, and
+    tells apart the records of a file compressed as one gzip stream (one offset for all)."""
+    offset = stream.offset_of(abs_pos)
+    if not stream.gzip or not stream.members:
+        return offset, 0
+    return offset, max(0, abs_pos - stream.members[0][0])
 
 
 def _resync(stream: MemberStream, arc: bool) -> bytes:

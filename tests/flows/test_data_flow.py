@@ -123,6 +123,19 @@ def test_config_validation_names_the_field():
         DataConfig(sources=["x"], extract={"max_payload_bytes": 0})
     with pytest.raises(ValueError, match="max_payload_byte\\b"):  # a misspelt key is refused, not ignored
         DataConfig(sources=["x"], extract={"max_payload_byte": 10})
+    with pytest.raises(ValueError, match="slice_bytes=1 would plan one task per 1 bytes"):  # not 194k tasks for 194 KB
+        DataConfig(sources=["x"], extract={"slice_bytes": 1})
+
+
+def test_root_inside_a_source_is_refused(tmp_path, monkeypatch):
+    """Each run would read the previous run's outputs as input and never find itself done."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"root 'outputs' is inside source '\.'"):
+        DataConfig(sources=["."], root="outputs")
+    (tmp_path / "crawl").mkdir()
+    with pytest.raises(ValueError, match=r"root 'crawl/out' is inside source 'crawl/'"):
+        DataConfig(sources=["crawl/"], root="crawl/out")
+    DataConfig(sources=["crawl"], root="outputs")
 
 
 def _warc_record(rtype: str, url: str, ctype: str, payload: bytes) -> bytes:

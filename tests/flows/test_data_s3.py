@@ -44,7 +44,7 @@ def runs(s3, reference, tmp_path_factory, prefect_harness):
 
 def test_s3_root_gives_the_same_shards_as_a_local_root(runs, s3):
     local, remote, _, _, _ = runs
-    assert list(remote) == list(local) == ["extract", "langid", "pii", "rules", "exact_dedup", "minhash"]
+    assert list(remote) == list(local) == ["extract", "filters", "exact_dedup", "minhash"]
     for stage in local:
         assert remote[stage].startswith(f"{ROOT}/{stage}/")
         m_local, m_remote = read_manifest(local[stage]), read_manifest(remote[stage])
@@ -79,7 +79,7 @@ def test_rerun_on_s3_skips_every_stage(runs):
     assert stage_objects(after) == stage_objects(before)  # same keys, etags and LastModified: nothing rewritten
     assert not [k for k in after if k.rsplit("/", 1)[-1].startswith(".") and not k.endswith("/.lmpipe-key")]  # no temporary keys left (the root's signing key stays)
     committed = {k.split("/")[2] for k in after if k.endswith("/_manifest.json")}
-    assert committed == {"extract", "langid", "pii", "rules", "line_counts", "line_duplicates", "exact_dedup",
+    assert committed == {"extract", "filters", "line_counts", "line_duplicates", "exact_dedup",
                          "minhash_signatures", "minhash_buckets", "minhash_clusters", "minhash"}
 
 

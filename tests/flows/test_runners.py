@@ -13,7 +13,7 @@ from flows.runners import RunnerConfig, build_task_runner, resolve_location
 from lm.data.shards import accounted, iter_rows, manifest_dir, read_manifest
 
 CC = "commoncrawl"
-STAGES = ["extract", "langid", "pii", "rules", "quality", "harmful", "exact_dedup", "minhash"]
+STAGES = ["extract", "filters", "exact_dedup", "minhash"]
 # Loose thresholds: most documents reach the last stage, so every stage has real work and
 # every classifier scores every document (a model that differed between processes would show).
 FUNNEL = {

@@ -313,8 +313,9 @@ def gzip_members(data: bytes, cuts: list[int]) -> tuple[bytes, list[tuple[int, i
 
 
 def warc_id(rec) -> str | None:
-    """The id when it comes from the WARC-Record-ID (else it hashes the offset, which differs)."""
-    return rec.id if "WARC-Record-ID" in rec.headers else None
+    """The record's WARC-Record-ID (``rec.id`` hashes the file and offset, which differ between
+    the plain and the gzip form of the same records)."""
+    return rec.headers.get("WARC-Record-ID")
 
 
 def member_of(spans: list[tuple[int, int]], p: int) -> int:

@@ -166,34 +166,19 @@ def test_tokenize_and_checkpoint_on_a_full_tmpfs(prefect_harness, reference, tmp
 
 # --------------------------------------------------------------------------- RLIMIT_FSIZE (unprivileged)
 
-# The extract stage's lm-level work (what tasks/extract.py does, without Prefect) in a child
+# The extract stage without Prefect (lm.data.stages, what tasks/extract.py wraps) in a child
 # process whose file size limit is argv[3] bytes (0 = unlimited).
 CHILD = textwrap.dedent("""
     import resource, signal, sys
-    from lm.data.ingest import DOC_SCHEMA, ExtractConfig, extract_documents
-    from lm.data.shards import DiskFullError, Stage
-    from lm.data.warc import iter_file
+    from lm.data.shards import DiskFullError
+    from lm.data.stages import run_extract
 
     root, sources, limit = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
     if limit:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    cfg = ExtractConfig()
-    stage = Stage(root, "extract", version="1", config=cfg.model_dump(), sources=sources)
     try:
-        for i, src in enumerate(sources):
-            if stage.shard_done(i):
-                continue
-            with stage.open_shard(i, schema=DOC_SCHEMA, source=src) as w:
-                for out in extract_documents(iter_file(src), cfg):
-                    w.count_in()
-                    if out.status == "kept":
-                        w.write(out.row)
-                    elif out.status == "rejected":
-                        w.reject(out.row, out.why)
-                    else:
-                        w.fail(out.why, out.row["source"])
-        print(stage.commit(num_shards=len(sources)))
+        print(run_extract(root, sources))
     except DiskFullError as e:
         print("DiskFullError:", e)
         sys.exit(7)

@@ -35,7 +35,7 @@ from kill import REPO, diff_snapshots, flow_env, ids_of, stage_dirs, stage_snaps
 from lm.data.shards import accounted, read_manifest
 
 CC = "commoncrawl"
-STAGES = ["extract", "pii", "line_counts", "line_duplicates", "exact_dedup", "minhash_signatures", "minhash_buckets",
+STAGES = ["extract", "filters", "line_counts", "line_duplicates", "exact_dedup", "minhash_signatures", "minhash_buckets",
           "minhash_clusters", "minhash"]
 # Model-based filters off: these tests are about Prefect, not about the funnel.
 LEAN = {"langid": {"enabled": False}, "rules": {"enabled": False}, "quality": {"enabled": False}}

@@ -1,17 +1,19 @@
-"""Stage tasks on one shard, called directly: a bad record never kills a shard."""
+"""The filter-shard task wraps lm.data.filters.stage: called directly, it filters one shard,
+counts a record that breaks a filter instead of dying, and skips a shard that is done."""
 
 import pyarrow as pa
-import pytest
 
-import lm.data.filters as filters_mod
+import lm.data.filters.rules as rules
+from lm.data.filters.stage import commit_filters, plan_filters
 from lm.data.shards import Stage, accounted, iter_rows, read_manifest
-from tasks.filters import filter_shard, filter_stage
+from tasks.filters import filter_shard
 
 SCHEMA = pa.schema([("id", pa.string()), ("url", pa.string()), ("source", pa.string()), ("text", pa.string())])
-RULES = {"gopher": True, "gopher_thresholds": {}, "c4": False, "c4_options": {}, "bad_words": False, "bad_words_language": "en"}
+ONLY_GOPHER = {"langid": {"enabled": False}, "pii": {"enabled": False}, "quality": {"enabled": False},
+               "harmful": {"enabled": False}, "rules": {"c4": False, "bad_words": False}}
 
 
-def _input(root, reference, texts):
+def _input(root, texts):
     st = Stage(root, "extract", version="test", config={})
     with st.open_shard(0, schema=SCHEMA) as w:
         for i, t in enumerate(texts):
@@ -22,32 +24,28 @@ def _input(root, reference, texts):
 
 def test_failing_record_is_counted_not_fatal(tmp_path, reference, monkeypatch):
     good = (reference / "assignment4-data/fixtures/high_quality_wiki_reference.txt").read_text()[:5000]
-    docs = _input(tmp_path, reference, [good, None, "boom " * 60, "too short"])
-    real = filters_mod.gopher_reason
+    docs = _input(tmp_path, [good, None, "boom " * 60, "too short"])
+    real = rules.gopher_reason
 
     def flaky(text, **kw):  # injected fault: one record makes the rule raise
         if text.startswith("boom"):
             raise RuntimeError("injected")
         return real(text, **kw)
 
-    monkeypatch.setattr(filters_mod, "gopher_reason", flaky)
-    assert filter_shard.fn(str(tmp_path), "rules", RULES, docs, 0) == 1
-    m = read_manifest(filter_stage(str(tmp_path), "rules", RULES, docs).commit(num_shards=1))
+    monkeypatch.setattr(rules, "gopher_reason", flaky)
+    plan = plan_filters(ONLY_GOPHER)
+    assert filter_shard.fn(str(tmp_path), plan, docs, 0) == 1
+    m = read_manifest(commit_filters(str(tmp_path), plan, docs, 1))
     assert m["counts"]["kept"] == 1
-    assert m["counts"]["rejected"] == {"gopher_too_few_words": 1, "no_text": 1}
-    assert m["counts"]["failed"] == {"RuntimeError": 1}
-    assert m["failed_ids"] == [{"id": "d2", "kind": "RuntimeError"}]
+    assert m["counts"]["rejected"] == {"rules:gopher_too_few_words": 1, "rules:no_text": 1}
+    assert m["counts"]["failed"] == {"rules:RuntimeError": 1}
+    assert m["failed_ids"] == [{"id": "d2", "kind": "rules:RuntimeError"}]
     assert accounted(m)
     assert [r["id"] for r in iter_rows(m)] == ["d0"]
 
 
-def test_done_shard_is_skipped(tmp_path, reference):
-    docs = _input(tmp_path, reference, ["a b c"])
-    assert filter_shard.fn(str(tmp_path), "rules", RULES, docs, 0) == 0
-    assert filter_shard.fn(str(tmp_path), "rules", RULES, docs, 0) == -1  # marker present: nothing redone
-
-
-def test_unknown_stage(tmp_path, reference):
-    docs = _input(tmp_path, reference, ["a"])
-    with pytest.raises(ValueError, match="unknown filter stage"):
-        filter_shard.fn(str(tmp_path), "nope", {}, docs, 0)
+def test_done_shard_is_skipped(tmp_path):
+    docs = _input(tmp_path, ["a b c"])
+    plan = plan_filters(ONLY_GOPHER)
+    assert filter_shard.fn(str(tmp_path), plan, docs, 0) == 0
+    assert filter_shard.fn(str(tmp_path), plan, docs, 0) == -1  # marker present: nothing redone

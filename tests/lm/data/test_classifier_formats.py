@@ -105,7 +105,8 @@ def test_evaluate_scores_exact():
 def test_funnel_config_checks_labels(layouts):
     from pydantic import ValidationError
 
-    from flows.funnel_config import HarmfulConfig, QualityConfig
+    from lm.data.filters.harmful import HarmfulConfig
+    from lm.data.filters.quality import QualityConfig
 
     HarmfulConfig(nsfw_model_path=str(layouts["dolma_nsfw"]), toxic_model_path=str(layouts["dolma_toxic"]))
     QualityConfig(model_path=str(layouts["dclm"]))

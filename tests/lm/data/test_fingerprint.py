@@ -53,17 +53,17 @@ def test_a_declared_environment_variable_enters_the_fingerprint(tmp_path, monkey
     assert _commit(two).declared == {"env": {"LMPIPE_TEST_KNOB": "2"}}
 
 
-def test_the_langid_stage_fingerprints_its_model_file(tmp_path, monkeypatch):
-    from tasks.filters import filter_stage
+def test_the_filters_stage_fingerprints_the_langid_model_file(tmp_path, monkeypatch):
+    from lm.data.filters.stage import filter_stage, plan_filters
 
     upstream = str(_commit(Stage(tmp_path, "extract", version="1", config={})).path)
-    cfg = {"languages": ["en"], "min_score": 0.5}
+    only_langid = {"langid": {"languages": []}, "pii": {"enabled": False}, "rules": {"enabled": False},
+                   "quality": {"enabled": False}, "harmful": {"enabled": False}}
     fps = []
     for content in (b"lid model one", b"lid model two"):
         model = tmp_path / f"lid-{len(fps)}.ftz"
         model.write_bytes(content)
         monkeypatch.setenv("LMPIPE_LID_MODEL", str(model))
-        fps.append(filter_stage(str(tmp_path), "langid", cfg, upstream).fingerprint)
-    assert fps[0] != fps[1]  # before: the same directory for both models
-    assert filter_stage(str(tmp_path), "langid", cfg, upstream).fingerprint == fps[1]
-    assert filter_stage(str(tmp_path), "pii", cfg, upstream).declared.to_json() == {}
+        fps.append(filter_stage(str(tmp_path), plan_filters(only_langid), upstream).fingerprint)
+    assert fps[0] != fps[1]  # another model file (same settings): another directory
+    assert filter_stage(str(tmp_path), plan_filters(only_langid), upstream).fingerprint == fps[1]
