@@ -37,7 +37,7 @@ _log = logging.getLogger(__name__)
 
 def group_budget(memory_mb: float) -> int:
     """Bytes one in-memory group may hold so that sorting it stays within ``memory_mb``."""
-    return max(256, int(memory_mb * MiB) // SORT_OVERHEAD)
+    return max(64, int(memory_mb * MiB) // SORT_OVERHEAD)
 
 
 def key_ranges(num_parts: int, lo: int = 0, hi: int = KEY_SPACE) -> list[tuple[int, int]]:
