@@ -29,6 +29,7 @@ tasks on a task runner (``flows/funnel.py``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from lm.data.dedup.config import ExactDedupConfig, MinHashConfig
 from lm.data.dedup.exact_stages import (EXACT_VERSIONS, exact_dedup_shard, exact_dedup_stage, line_counts_shard,
@@ -40,14 +41,26 @@ from lm.data.dedup.minhash_stages import (MINHASH_VERSIONS, buckets_partition, b
 from lm.data.dedup.stage_files import num_shards, remove_tree
 
 MapCalls = Callable[[str, Callable[..., None], list[dict]], None]
-STAGE_NAMES = ("line_counts", "line_duplicates", "exact_dedup", "minhash_signatures", "minhash_buckets", "minhash_clusters",
-               "minhash")
+EXACT_STAGES = ("line_counts", "line_duplicates", "exact_dedup")
+MINHASH_STAGES = ("minhash_signatures", "minhash_buckets", "minhash_clusters", "minhash")
+STAGE_NAMES = EXACT_STAGES + MINHASH_STAGES
 
 
 def serial(label: str, fn: Callable[..., None], calls: list[dict]) -> None:
     """Run a step's calls one after the other in this process (``map_calls`` without Prefect)."""
     for kwargs in calls:
         fn(**kwargs)
+
+
+def threads(num_workers: int) -> MapCalls:
+    """A ``map_calls`` running a step's calls on ``num_workers`` threads of this process."""
+
+    def run(label: str, fn: Callable[..., None], calls: list[dict]) -> None:
+        with ThreadPoolExecutor(num_workers) as pool:
+            for future in [pool.submit(fn, **kwargs) for kwargs in calls]:
+                future.result()
+
+    return run
 
 
 def _run(st, map_calls: MapCalls, steps: list[tuple[str, Callable[..., None], list[dict]]], num_shards: int | None) -> str:
@@ -61,31 +74,47 @@ def _run(st, map_calls: MapCalls, steps: list[tuple[str, Callable[..., None], li
     return str(st.manifest_path)
 
 
-def run_exact_dedup(root: str, cfg: ExactDedupConfig, docs: str, map_calls: MapCalls = serial) -> str:
-    """line_counts → line_duplicates → exact_dedup on the stage ``docs``; returns the manifest path."""
+def _check_stop(stop_after: str | None, names: tuple[str, ...]) -> None:
+    if stop_after is not None and stop_after not in names:
+        raise ValueError(f"stop_after={stop_after!r} is not one of these stages: {', '.join(names)}")
+
+
+def run_exact_dedup(root: str, cfg: ExactDedupConfig, docs: str, map_calls: MapCalls = serial, stop_after: str | None = None) -> str:
+    """line_counts → line_duplicates → exact_dedup on the stage ``docs``; returns the manifest
+    path of the last stage run (``stop_after`` names one to end with)."""
+    _check_stop(stop_after, EXACT_STAGES)
     n = num_shards(docs)
     counts = _run(line_counts_stage(root, docs), map_calls,
                   [("line_counts", line_counts_shard, [dict(root=root, docs=docs, index=i) for i in range(n)])], n)
+    if stop_after == "line_counts":
+        return counts
     parts = line_partitions(cfg, counts)
     fixed = dict(root=root, cfg=cfg, counts=counts, num_partitions=parts)
     dups = _run(line_duplicates_stage(root, counts, parts), map_calls, [
         ("line_duplicates", line_duplicates_partition, [dict(fixed, index=i) for i in range(parts)]),
         ("line_duplicates_finish", line_duplicates_finish, [dict(root=root, counts=counts, num_partitions=parts)]),
     ], None)
+    if stop_after == "line_duplicates":
+        return dups
     calls = [dict(root=root, cfg=cfg, docs=docs, duplicates=dups, index=i) for i in range(n)]
     return _run(exact_dedup_stage(root, cfg, docs, dups), map_calls, [("exact_dedup", exact_dedup_shard, calls)], n)
 
 
-def run_minhash(root: str, cfg: MinHashConfig, docs: str, map_calls: MapCalls = serial) -> str:
+def run_minhash(root: str, cfg: MinHashConfig, docs: str, map_calls: MapCalls = serial, stop_after: str | None = None) -> str:
     """minhash_signatures → minhash_buckets → minhash_clusters → minhash on the stage ``docs``;
-    returns the manifest path of the deduplicated documents."""
+    returns the manifest path of the deduplicated documents (or of ``stop_after``)."""
+    _check_stop(stop_after, MINHASH_STAGES)
     n = num_shards(docs)
     sigs = _run(signatures_stage(root, cfg, docs), map_calls,
                 [("minhash_signatures", signatures_shard, [dict(root=root, cfg=cfg, docs=docs, index=i) for i in range(n)])], n)
+    if stop_after == "minhash_signatures":
+        return sigs
     tasks = cfg.num_bucket_tasks
     buckets = _run(buckets_stage(root, cfg, sigs), map_calls,
                    [("minhash_buckets", buckets_partition, [dict(root=root, cfg=cfg, signatures=sigs, index=g) for g in range(tasks)])],
                    tasks)
+    if stop_after == "minhash_buckets":
+        return buckets
     common, groups = dict(root=root, cfg=cfg, docs=docs, buckets=buckets), min(tasks, n)
     clusters_st = clusters_stage(root, cfg, buckets, docs)
     clusters = _run(clusters_st, map_calls, [
@@ -94,12 +123,14 @@ def run_minhash(root: str, cfg: MinHashConfig, docs: str, map_calls: MapCalls = 
         ("minhash_components", clusters_components, [dict(common, num_groups=groups)]),
     ], n)
     remove_tree(clusters_st.path / "work")  # the steps' hand-over files: not part of the output
+    if stop_after == "minhash_clusters":
+        return clusters
     calls = [dict(root=root, cfg=cfg, docs=docs, clusters_manifest=clusters, index=i) for i in range(n)]
     return _run(minhash_stage(root, cfg, docs, clusters), map_calls, [("minhash", minhash_filter_shard, calls)], n)
 
 
 __all__ = [
-    "EXACT_VERSIONS", "MINHASH_VERSIONS", "STAGE_NAMES", "ExactDedupConfig", "MinHashConfig", "MapCalls", "serial",
+    "EXACT_VERSIONS", "MINHASH_VERSIONS", "EXACT_STAGES", "MINHASH_STAGES", "STAGE_NAMES", "ExactDedupConfig", "MinHashConfig", "MapCalls", "serial", "threads",
     "num_shards", "line_counts_stage", "line_duplicates_stage", "exact_dedup_stage", "line_partitions", "line_counts_shard",
     "line_duplicates_partition", "line_duplicates_finish", "exact_dedup_shard", "run_exact_dedup", "signatures_stage",
     "buckets_stage", "clusters_stage", "minhash_stage", "signatures_shard", "buckets_partition", "clusters_features_shard",
