@@ -25,7 +25,7 @@ from lm.data.dedup.config import ExactDedupConfig
 from lm.data.dedup.exact import drop_duplicate_lines, iter_duplicate_hashes, line_hash_counts
 from lm.data.dedup.spill import group_budget, key_ranges, member_of_sorted_file
 from lm.data.dedup.stage_files import input_shard, parquet_file, spill_dir, text_bytes, write_local_then_commit
-from lm.data.shards import Stage, manifest_dir, read_manifest
+from lm.data.shards import Stage, manifest_dir, read_manifest, read_marker
 from lm.data.storage import local_copy
 
 ROWS_PER_PARTITION = 4_000_000  # (hash, count) rows per line_duplicates task when num_partitions is empty
@@ -102,13 +102,13 @@ def line_duplicates_finish(root: str, counts: str, num_partitions: int) -> None:
     st = line_duplicates_stage(root, counts, num_partitions)
     if st.is_complete():
         return
-    names = [f"part-{i:05d}.parquet" for i in range(num_partitions)]
+    shards = [read_marker(st.marker_path(i))["shard"] for i in range(num_partitions)]
     total = 0
 
     def write(f) -> None:
         nonlocal total
-        for name in names:
-            for batch in parquet_file(st.path / name, None).iter_batches(columns=["hash"]):
+        for shard in shards:
+            for batch in parquet_file(st.path / shard["name"], shard["sha256"]).iter_batches(columns=["hash"]):
                 values = batch.column(0).to_numpy().astype("<u8")
                 f.write(values.data)
                 total += len(values)

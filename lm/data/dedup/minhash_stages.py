@@ -132,7 +132,7 @@ def _work(st: Stage):
     return st.path / "work"
 
 
-def clusters_features_shard(root: str, cfg: MinHashConfig, docs: str, buckets: str, index: int) -> None:
+def clusters_features_shard(root: str, cfg: MinHashConfig, docs: str, signatures: str, buckets: str, index: int) -> None:
     """What verification compares for the documents of shard ``index`` that are in a pair."""
     st = clusters_stage(root, cfg, buckets, docs)
     name = f"features-{index:05d}"
@@ -147,7 +147,7 @@ def clusters_features_shard(root: str, cfg: MinHashConfig, docs: str, buckets: s
         values, offsets = shingle_sets(table.column("text").take(pa.array(rows)).to_pylist(), cfg.ngrams)
         save_arrays(_work(st), name, ids=rows, values=values, offsets=offsets)
     else:
-        table, _ = input_shard(read_manifest(buckets)["inputs"][0]["path"], index, ["signature"])
+        table, _ = input_shard(signatures, index, ["signature"])
         save_arrays(_work(st), name, ids=rows, values=_signature_matrix(table, cfg.num_hashes)[rows])
 
 
@@ -156,7 +156,8 @@ def _features(st: Stage, shard: int) -> Features:
     return Features(arrays["ids"], arrays["values"], arrays.get("offsets"))
 
 
-def clusters_verify_group(root: str, cfg: MinHashConfig, docs: str, buckets: str, num_groups: int, index: int) -> None:
+def clusters_verify_group(root: str, cfg: MinHashConfig, docs: str, signatures: str, buckets: str, num_groups: int,
+                          index: int) -> None:
     """Verify the distinct candidate pairs whose first document's shard is ``index`` modulo
     ``num_groups``, one (shard, shard) block at a time; store those at or above the threshold."""
     st = clusters_stage(root, cfg, buckets, docs)
@@ -200,7 +201,7 @@ def clusters_verify_group(root: str, cfg: MinHashConfig, docs: str, buckets: str
                 candidates=np.array([candidates], dtype=np.int64))
 
 
-def clusters_components(root: str, cfg: MinHashConfig, docs: str, buckets: str, num_groups: int) -> None:
+def clusters_components(root: str, cfg: MinHashConfig, docs: str, signatures: str, buckets: str, num_groups: int) -> None:
     """Join the verified pairs into components and write, per input shard, the documents to drop."""
     st = clusters_stage(root, cfg, buckets, docs)
     n = len(read_manifest(docs)["shards"])
@@ -211,7 +212,7 @@ def clusters_components(root: str, cfg: MinHashConfig, docs: str, buckets: str, 
     candidates = int(sum(int(e["candidates"][0]) for e in edges))
     dropped, kept, best = clusters(a, b, j)
     offsets = row_offsets(read_manifest(docs))
-    ids = _ids_of(read_manifest(buckets)["inputs"][0]["path"], offsets, np.unique(np.concatenate([dropped, kept])))
+    ids = _ids_of(signatures, offsets, np.unique(np.concatenate([dropped, kept])))
     ds, ks = _shard_of(offsets, dropped), _shard_of(offsets, kept)
     for shard in range(n):
         if st.shard_done(shard):

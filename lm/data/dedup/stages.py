@@ -115,7 +115,7 @@ def run_minhash(root: str, cfg: MinHashConfig, docs: str, map_calls: MapCalls = 
                    tasks)
     if stop_after == "minhash_buckets":
         return buckets
-    common, groups = dict(root=root, cfg=cfg, docs=docs, buckets=buckets), min(tasks, n)
+    common, groups = dict(root=root, cfg=cfg, docs=docs, signatures=sigs, buckets=buckets), min(tasks, n)
     clusters_st = clusters_stage(root, cfg, buckets, docs)
     clusters = _run(clusters_st, map_calls, [
         ("minhash_features", clusters_features_shard, [dict(common, index=i) for i in range(n)]),
