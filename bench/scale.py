@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 FLOW_STAGES = ("extract", "filters")
 THREADS = 2
-MINHASH = {"num_hashes": 128, "num_bands": 16, "ngrams": 5, "threshold": 0.8, "num_bucket_tasks": 4, "memory_mb": 512}
+MINHASH = {"num_hashes": 128, "num_bands": 16, "ngrams": 5, "threshold": 0.8, "num_bucket_tasks": None, "memory_mb": 512}
 
 
 def peak_rss_mb() -> float:

@@ -29,8 +29,8 @@ STEPS = {
     # step: (the call the child makes, the stage directory it writes)
     "line_duplicates": ("S.line_duplicates_partition(root, S.ExactDedupConfig(memory_mb=0.05), inp, 1, 0); "
                         "S.line_duplicates_finish(root, inp, 1)", "line_duplicates"),
-    "minhash_buckets": ("S.buckets_partition(root, S.MinHashConfig(memory_mb=0.05, num_bucket_tasks=1), inp, 0); "
-                        "S.buckets_stage(root, S.MinHashConfig(num_bucket_tasks=1), inp).commit(num_shards=1)", "minhash_buckets"),
+    "minhash_buckets": ("S.buckets_partition(root, S.MinHashConfig(memory_mb=0.05), inp, 1, 0); "
+                        "S.buckets_stage(root, S.MinHashConfig(), inp, 1).commit(num_shards=1)", "minhash_buckets"),
 }
 CHILD = textwrap.dedent("""
     import resource, signal, sys
@@ -69,7 +69,7 @@ def step_input(step: str, root: Path) -> str:
         for i in range(3):
             line_counts_shard(str(root), docs, i)
         return str(line_counts_stage(str(root), docs).commit(num_shards=3))
-    cfg = MinHashConfig(num_bucket_tasks=1)
+    cfg = MinHashConfig()
     for i in range(3):
         signatures_shard(str(root), cfg, docs, i)
     return str(signatures_stage(str(root), cfg, docs).commit(num_shards=3))

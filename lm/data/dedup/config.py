@@ -40,8 +40,9 @@ class MinHashConfig(_DedupSection):
     ngrams: int = Field(5, ge=1, le=50, description="word n-gram length of the shingles")
     threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity at or above which documents are duplicates")
     seed: int = Field(1, ge=0, description="seed of the hash permutations")
-    num_bucket_tasks: int = Field(4, ge=1, le=256, description="parallel tasks the LSH bucketing (by band-key range) and "
-                                  "the verification of candidate pairs (by shard) are split into")
+    num_bucket_tasks: int | None = Field(None, ge=1, le=4096, description="parallel tasks the LSH bucketing is split into, "
+                                         "by band (at most num_bands), and the verification of candidate pairs, by shard; "
+                                         "empty = one per 2 million band keys")
     verify: Literal["shingles", "signature"] = Field(
         "shingles", description="how candidate pairs are verified: shingles = exact Jaccard of the shingle sets (reads the "
         "paired documents again); signature = the fraction of equal signature values (cheaper, less precise)")

@@ -32,6 +32,7 @@ from lm.data.dedup.spill import KEY_SPACE, KeySpill, group_budget, member_of_sor
 from lm.data.nospace import reraise_disk_full
 
 DEFAULT_MEMORY_MB = 512
+TEXT_BATCH = 1024  # documents whose lines are split and hashed together
 
 
 def line_hash(line: str) -> int:
@@ -57,8 +58,11 @@ def split_lines(texts: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
 
 def line_hash_counts(texts: Iterable[str | None]) -> tuple[np.ndarray, np.ndarray]:
     """Distinct line hashes of ``texts`` (sorted) and how often each occurs: (uint64[n], int64[n])."""
-    lines, _ = split_lines(list(texts))
-    hashes, counts = np.unique(hash_lines(lines), return_counts=True)
+    texts, parts = list(texts), []
+    for lo in range(0, len(texts), TEXT_BATCH):  # the Python lines of one batch at a time
+        lines, _ = split_lines(texts[lo : lo + TEXT_BATCH])
+        parts.append(hash_lines(lines))
+    hashes, counts = np.unique(np.concatenate(parts) if parts else np.empty(0, np.uint64), return_counts=True)
     return hashes, counts.astype(np.int64)
 
 
@@ -96,6 +100,15 @@ def drop_duplicate_lines(texts: Sequence[str | None], is_duplicate) -> tuple[lis
     ``is_duplicate(hashes) -> bool array`` answers for a batch of line hashes (e.g. through
     ``member_of_sorted_file``). None stays None.
     """
+    out, dropped = [], []
+    for lo in range(0, len(texts), TEXT_BATCH):
+        o, d = _drop_batch(texts[lo : lo + TEXT_BATCH], is_duplicate)
+        out += o
+        dropped.append(d)
+    return out, np.concatenate(dropped) if dropped else np.zeros(0, np.int64)
+
+
+def _drop_batch(texts: Sequence[str | None], is_duplicate) -> tuple[list[str | None], np.ndarray]:
     lines, offsets = split_lines(texts)
     dup = is_duplicate(hash_lines(lines)) if lines else np.zeros(0, dtype=bool)
     kept_lines = list(compress(lines, (~dup).tolist()))

@@ -169,18 +169,21 @@ def _hash_batch(norm: Sequence[str], ngrams: int) -> tuple[np.ndarray, np.ndarra
     return _fmix(acc ^ (win_len.astype(_U) * _U(0xE7037ED1A0B428DB))), win_text
 
 
+def iter_shingle_hashes(texts: Sequence[str | None], ngrams: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``shingle_hashes`` a batch (≈1 MB of normalized text) at a time: memory stays per batch."""
+    norm = [normalize(t) if isinstance(t, str) else "" for t in texts]
+    for lo, hi in _batches(norm):
+        h, t = _hash_batch(norm[lo:hi], ngrams)
+        yield h, t + lo
+
+
 def shingle_hashes(texts: Sequence[str | None], ngrams: int) -> tuple[np.ndarray, np.ndarray]:
     """uint64 hash of every shingle of ``texts`` (repeats included) and the index of its text
     (ascending). None and texts without words have none."""
-    norm = [normalize(t) if isinstance(t, str) else "" for t in texts]
-    hashes, owner = [], []
-    for lo, hi in _batches(norm):
-        h, t = _hash_batch(norm[lo:hi], ngrams)
-        hashes.append(h)
-        owner.append(t + lo)
-    if not hashes:
+    parts = list(iter_shingle_hashes(texts, ngrams))
+    if not parts:
         return np.empty(0, _U), np.empty(0, np.int64)
-    return np.concatenate(hashes), np.concatenate(owner)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def shingle_sets(texts: Sequence[str | None], ngrams: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,17 +213,19 @@ def signatures(texts: Sequence[str | None], num_hashes: int, ngrams: int, seed: 
     A text without shingles has count 0 and an all-0xFFFFFFFF signature (it is never a candidate)."""
     a, b = _permutations(num_hashes, seed)
     sig = np.full((len(texts), num_hashes), 0xFFFFFFFF, dtype=np.uint32)
-    h, t = shingle_hashes(texts, ngrams)
+    count = np.zeros(len(texts), dtype=np.int64)
     chunk = max(1, (1 << 21) // num_hashes)  # ≤ 16 MB of uint64 per step
-    for c0 in range(0, len(h), chunk):
-        hc, tc = h[c0 : c0 + chunk], t[c0 : c0 + chunk]
-        m = np.multiply.outer(a, hc)  # (num_hashes, chunk): the reduction runs along contiguous rows
-        m += b[:, None]
-        starts = np.flatnonzero(np.r_[True, tc[1:] != tc[:-1]])
-        mins = (np.minimum.reduceat(m, starts, axis=1) >> _U(32)).astype(np.uint32).T
-        rows = tc[starts]
-        sig[rows] = np.minimum(sig[rows], mins)
-    return sig, np.bincount(t, minlength=len(texts)).astype(np.int64)
+    for h, t in iter_shingle_hashes(texts, ngrams):
+        count += np.bincount(t, minlength=len(texts))
+        for c0 in range(0, len(h), chunk):
+            hc, tc = h[c0 : c0 + chunk], t[c0 : c0 + chunk]
+            m = np.multiply.outer(a, hc)  # (num_hashes, chunk): the reduction runs along contiguous rows
+            m += b[:, None]
+            starts = np.flatnonzero(np.r_[True, tc[1:] != tc[:-1]])
+            mins = (np.minimum.reduceat(m, starts, axis=1) >> _U(32)).astype(np.uint32).T
+            rows = tc[starts]
+            sig[rows] = np.minimum(sig[rows], mins)
+    return sig, count
 
 
 def band_keys(sig: np.ndarray, num_bands: int) -> np.ndarray:

@@ -3,8 +3,9 @@
 ``lm.data.dedup.stages`` runs them in order). Documents are numbered across the input's
 shards in order (``row_offsets``); outputs name them as (shard, row).
 
-  ``minhash_signatures`` (per shard)         row, id, shingle count, signature (uint32 × num_hashes)
-  ``minhash_buckets``    (per band-key range) candidate pairs (a_shard, a_row, b_shard, b_row) of
+  ``minhash_signatures`` (per shard)         row, id, shingle count, signature (uint32 × num_hashes),
+                                             one uint64 column per band key
+  ``minhash_buckets``    (per group of bands) candidate pairs (a_shard, a_row, b_shard, b_row) of
                                              documents sharing a band key, distinct, sorted;
                                              keys and pairs spill past ``memory_mb``
   ``minhash_clusters``   three steps, the first two writing to ``work/`` in the stage directory
@@ -29,7 +30,7 @@ import pyarrow as pa
 from lm.data.dedup.config import MinHashConfig
 from lm.data.dedup.minhash import (Features, band_keys, candidate_pairs, clusters, shingle_sets, signatures, similarity,
                                    unique_pairs)
-from lm.data.dedup.spill import KeySpill, group_budget, key_ranges, range_mask
+from lm.data.dedup.spill import KeySpill, group_budget
 from lm.data.dedup.stage_files import (arrays_done, input_shard, load_arrays, parquet_file, row_offsets, save_arrays,
                                        spill_dir, text_bytes)
 from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard
@@ -42,9 +43,18 @@ DROP_SCHEMA = pa.schema(
 )
 
 
-def signature_schema(num_hashes: int) -> pa.Schema:
+KEYS_PER_TASK = 2_000_000  # band keys per minhash_buckets task when num_bucket_tasks is empty (≈ 32 MB)
+
+
+def band_column(band: int) -> str:
+    return f"band_{band:03d}"
+
+
+def signature_schema(num_hashes: int, num_bands: int) -> pa.Schema:
+    """row, id, shingle count, the signature, and one uint64 column per band key (a bucket
+    task reads only its bands' columns)."""
     return pa.schema([("row", pa.int64()), ("id", pa.string()), ("shingles", pa.int64()),
-                      ("signature", pa.list_(pa.uint32(), num_hashes))])
+                      ("signature", pa.list_(pa.uint32(), num_hashes)), *[(band_column(b), pa.uint64()) for b in range(num_bands)]])
 
 
 def _signature_config(cfg: MinHashConfig) -> dict:
@@ -56,8 +66,16 @@ def signatures_stage(root: str, cfg: MinHashConfig, docs: str) -> Stage:
                  inputs=[docs])
 
 
-def buckets_stage(root: str, cfg: MinHashConfig, signatures: str) -> Stage:
-    config = {**_signature_config(cfg), "num_bucket_tasks": cfg.num_bucket_tasks}
+def bucket_tasks(cfg: MinHashConfig, signatures: str) -> int:
+    """How many band groups the bucketing is split into (``num_bucket_tasks``, or by corpus size)."""
+    if cfg.num_bucket_tasks:
+        return min(cfg.num_bucket_tasks, cfg.num_bands)
+    keys = read_manifest(signatures)["counts"]["kept"] * cfg.num_bands
+    return max(1, min(cfg.num_bands, -(-keys // KEYS_PER_TASK)))
+
+
+def buckets_stage(root: str, cfg: MinHashConfig, signatures: str, num_tasks: int) -> Stage:
+    config = {**_signature_config(cfg), "num_bucket_tasks": num_tasks}
     return Stage(root, "minhash_buckets", version=MINHASH_VERSIONS["minhash_buckets"], config=config, inputs=[signatures])
 
 
@@ -85,36 +103,35 @@ def signatures_shard(root: str, cfg: MinHashConfig, docs: str, index: int) -> No
         return
     table, path = input_shard(docs, index, ["id", "text"])
     sig, count = signatures(table.column("text").to_pylist(), cfg.num_hashes, cfg.ngrams, cfg.seed)
-    schema = signature_schema(cfg.num_hashes)
+    keys = band_keys(sig, cfg.num_bands)
+    schema = signature_schema(cfg.num_hashes, cfg.num_bands)
     out = pa.table({"row": np.arange(table.num_rows, dtype=np.int64), "id": table.column("id").cast(pa.string()),
-                    "shingles": count, "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), cfg.num_hashes)},
-                   schema=schema)
+                    "shingles": count, "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), cfg.num_hashes),
+                    **{band_column(b): keys[:, b] for b in range(cfg.num_bands)}}, schema=schema)
     with st.open_shard(index, schema=schema, source=path) as w:
         w.count_in(table.num_rows)
         w.write_table(out)
 
 
-def buckets_partition(root: str, cfg: MinHashConfig, signatures: str, index: int) -> None:
-    """Candidate pairs among the band keys in range ``index`` of ``num_bucket_tasks``."""
-    st = buckets_stage(root, cfg, signatures)
+def buckets_partition(root: str, cfg: MinHashConfig, signatures: str, num_tasks: int, index: int) -> None:
+    """Candidate pairs among the band keys of bands ``index::num_tasks`` (only those columns are read)."""
+    st = buckets_stage(root, cfg, signatures, num_tasks)
     if st.shard_done(index):
         return
     m = read_manifest(signatures)
     offsets = row_offsets(m)
-    lo, hi = key_ranges(cfg.num_bucket_tasks)[index]
+    bands = [band_column(b) for b in range(index, cfg.num_bands, num_tasks)]
 
     def keys():
         for shard, s in enumerate(m["shards"]):
-            t = read_shard(manifest_dir(m) / s["name"], s.get("sha256"), ["shingles", "signature"])
+            t = read_shard(manifest_dir(m) / s["name"], s.get("sha256"), ["shingles", *bands])
             live = np.flatnonzero(t.column("shingles").to_numpy() > 0)
-            k = band_keys(_signature_matrix(t, cfg.num_hashes)[live], cfg.num_bands).reshape(-1)
-            d = np.repeat(live + offsets[shard], cfg.num_bands)
-            inside = range_mask(k, lo, hi)
-            yield k[inside], d[inside]
+            for band in bands:
+                yield t.column(band).to_numpy()[live], live + offsets[shard]
 
     st.ensure_dir()
     with spill_dir(st.path, cfg.spill_dir, f"{index:05d}") as tmp, st.open_shard(index, schema=PAIR_SCHEMA) as w:
-        for a, b in candidate_pairs(keys(), int(offsets[-1]), cfg.memory_mb, tmp, lo, hi):
+        for a, b in candidate_pairs(keys(), int(offsets[-1]), cfg.memory_mb, tmp):
             sa, sb = _shard_of(offsets, a), _shard_of(offsets, b)
             w.count_in(len(a))
             w.write_table(pa.table([sa, a - offsets[sa], sb, b - offsets[sb]], schema=PAIR_SCHEMA))

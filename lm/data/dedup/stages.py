@@ -9,7 +9,7 @@ Exact line dedup, three stages:
                                                  empty are rejected (``empty_after_line_dedup``)
 MinHash, four stages:
   ``minhash_signatures`` (per shard)             row, id, shingle count, signature (uint32 × num_hashes)
-  ``minhash_buckets``    (per band-key range)    candidate pairs sharing a band key
+  ``minhash_buckets``    (per group of bands)    candidate pairs sharing a band key
   ``minhash_clusters``   (features per shard, verification per group of shards, components
                           once)                  for each shard, the documents to drop and the
                                                  one each duplicates (id, shard, row, Jaccard)
@@ -35,7 +35,7 @@ from lm.data.dedup.config import ExactDedupConfig, MinHashConfig
 from lm.data.dedup.exact_stages import (EXACT_VERSIONS, exact_dedup_shard, exact_dedup_stage, line_counts_shard,
                                         line_counts_stage, line_duplicates_finish, line_duplicates_partition,
                                         line_duplicates_stage, line_partitions)
-from lm.data.dedup.minhash_stages import (MINHASH_VERSIONS, buckets_partition, buckets_stage, clusters_components,
+from lm.data.dedup.minhash_stages import (MINHASH_VERSIONS, bucket_tasks, buckets_partition, buckets_stage, clusters_components,
                                           clusters_features_shard, clusters_stage, clusters_verify_group,
                                           minhash_filter_shard, minhash_stage, signatures_shard, signatures_stage)
 from lm.data.dedup.stage_files import num_shards, remove_tree
@@ -109,10 +109,10 @@ def run_minhash(root: str, cfg: MinHashConfig, docs: str, map_calls: MapCalls = 
                 [("minhash_signatures", signatures_shard, [dict(root=root, cfg=cfg, docs=docs, index=i) for i in range(n)])], n)
     if stop_after == "minhash_signatures":
         return sigs
-    tasks = cfg.num_bucket_tasks
-    buckets = _run(buckets_stage(root, cfg, sigs), map_calls,
-                   [("minhash_buckets", buckets_partition, [dict(root=root, cfg=cfg, signatures=sigs, index=g) for g in range(tasks)])],
-                   tasks)
+    tasks = bucket_tasks(cfg, sigs)
+    buckets = _run(buckets_stage(root, cfg, sigs, tasks), map_calls, [
+        ("minhash_buckets", buckets_partition, [dict(root=root, cfg=cfg, signatures=sigs, num_tasks=tasks, index=g)
+                                                for g in range(tasks)])], tasks)
     if stop_after == "minhash_buckets":
         return buckets
     common, groups = dict(root=root, cfg=cfg, docs=docs, signatures=sigs, buckets=buckets), min(tasks, n)

@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO / "tests" / "flows"))
 from funnel_inputs import make_extract  # noqa: E402
 
 MH = dict(num_hashes=100, num_bands=20, threshold=0.8, num_bucket_tasks=2)
+AUTO_TASKS = {k: v for k, v in MH.items() if k != "num_bucket_tasks"}
 # What the v1 stages (datasketch signatures, in-memory reductions) decided on this input.
 EXACT_REJECTS = {"wiki://1": "empty_after_line_dedup", "wiki://1-copy": "empty_after_line_dedup",
                  "bad://empty": "empty_after_line_dedup"}
@@ -55,7 +56,7 @@ def test_runs_without_prefect_and_keeps_the_v1_decisions(reference, tmp_path):
         from lm.data.dedup.stages import ExactDedupConfig, MinHashConfig, run_exact_dedup, run_minhash
         root = Path(sys.argv[1])
         exact = run_exact_dedup(str(root), ExactDedupConfig(), make_extract(root, Path(sys.argv[2])))
-        final = run_minhash(str(root), MinHashConfig(**{MH!r}), exact)
+        final = run_minhash(str(root), MinHashConfig(**{AUTO_TASKS!r}), exact)  # bucket tasks by corpus size
         assert "prefect" not in sys.modules, "the dedup stages imported prefect"
         print(exact); print(final)
     """)
