@@ -28,7 +28,7 @@ class ExactDedupConfig(_DedupSection):
     enabled: bool = Field(True, description="drop lines that occur more than once in the corpus")
     drop_empty: bool = Field(True, description="drop documents left empty by line dedup")
     num_partitions: int | None = Field(None, ge=1, le=4096, description="parallel tasks the corpus-wide line count is split "
-                                       "into (by hash range); empty = one per 4 million per-shard distinct line hashes")
+                                       "into (by hash range); empty = one per million per-shard distinct line hashes")
     memory_mb: float = Field(512, gt=0, le=1_048_576, description=_MEMORY_DOC)
     spill_dir: str | None = Field(None, description=_SPILL_DOC)
 
