@@ -34,6 +34,7 @@ from lm.data.storage import as_path, check_local_root, check_root
 from lm.train.data import TokenShards, byte_tokens, write_token_shards
 from lm.train.launch import LaunchConfig, LaunchFailed, LaunchTimeout, run_supervised, torchrun_command
 from lm.train.trainer import EXIT_DIVERGED, TrainConfig
+from tasks.progress import Progress, tail_metrics
 
 STAGE_VERSION = "1"
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +148,10 @@ def train_task(config: PretrainConfig, tokens_manifest: str, run_dir: str) -> di
     """One training attempt (retries are set by the flow from config.retries)."""
     logger = get_run_logger()
     started = time.time()
-    summary = run_training(config, tokens_manifest, run_dir, log=logger.info)
+    progress = Progress("pretrain", config.train.max_steps)  # live metrics from the trainer's metrics.jsonl
+    with progress, tail_metrics(Path(run_dir) / "metrics.jsonl", progress):
+        summary = run_training(config, tokens_manifest, run_dir, log=logger.info)
+    progress.finish("Pretraining", note=f"status {summary['status']}")
     logger.info("training %s after %.0f s: %s", summary["status"], time.time() - started, {k: summary[k] for k in ("steps", "final_train_loss", "final_val_loss")})
     return summary
 
