@@ -39,7 +39,7 @@ from lm.data.nospace import reraise_disk_full
 _SEPARATORS = re.compile(r"[\W_]+")
 VERIFY_MODES = ("shingles", "signature")
 DEFAULT_MEMORY_MB = 512
-BATCH_BYTES = 1 << 20  # normalized text hashed per numpy batch: bounds the temporaries (~40 bytes/byte)
+BATCH_BYTES = 1 << 18  # normalized text hashed per numpy batch: bounds the temporaries (~40 bytes/byte)
 _U = np.uint64
 
 
@@ -214,7 +214,7 @@ def signatures(texts: Sequence[str | None], num_hashes: int, ngrams: int, seed: 
     a, b = _permutations(num_hashes, seed)
     sig = np.full((len(texts), num_hashes), 0xFFFFFFFF, dtype=np.uint32)
     count = np.zeros(len(texts), dtype=np.int64)
-    chunk = max(1, (1 << 21) // num_hashes)  # ≤ 16 MB of uint64 per step
+    chunk = max(1, (1 << 19) // num_hashes)  # ≤ 4 MB of uint64 per step
     for h, t in iter_shingle_hashes(texts, ngrams):
         count += np.bincount(t, minlength=len(texts))
         for c0 in range(0, len(h), chunk):
