@@ -28,7 +28,7 @@ class ExactDedupConfig(_DedupSection):
     enabled: bool = Field(True, description="drop lines that occur more than once in the corpus")
     drop_empty: bool = Field(True, description="drop documents left empty by line dedup")
     num_partitions: int | None = Field(None, ge=1, le=4096, description="parallel tasks the corpus-wide line count is split "
-                                       "into (by hash range); empty = one per million per-shard distinct line hashes")
+                                       "into (by hash range); empty = one per 500,000 per-shard distinct line hashes")
     memory_mb: float = Field(512, gt=0, le=1_048_576, description=_MEMORY_DOC)
     spill_dir: str | None = Field(None, description=_SPILL_DOC)
 
@@ -42,7 +42,7 @@ class MinHashConfig(_DedupSection):
     seed: int = Field(1, ge=0, description="seed of the hash permutations")
     num_bucket_tasks: int | None = Field(None, ge=1, le=4096, description="parallel tasks the LSH bucketing is split into, "
                                          "by band (at most num_bands), and the verification of candidate pairs, by shard; "
-                                         "empty = one per 2 million band keys")
+                                         "empty = one per million band keys")
     verify: Literal["shingles", "signature"] = Field(
         "shingles", description="how candidate pairs are verified: shingles = exact Jaccard of the shingle sets (reads the "
         "paired documents again); signature = the fraction of equal signature values (cheaper, less precise)")

@@ -28,7 +28,7 @@ from lm.data.dedup.stage_files import input_shard, parquet_file, spill_dir, text
 from lm.data.shards import Stage, manifest_dir, read_manifest, read_marker
 from lm.data.storage import local_copy
 
-ROWS_PER_PARTITION = 1_000_000  # (hash, count) rows per line_duplicates task when num_partitions is empty (16 MB)
+ROWS_PER_PARTITION = 500_000  # (hash, count) rows per line_duplicates task when num_partitions is empty (8 MB)
 
 EXACT_VERSIONS = {"line_counts": "2", "line_duplicates": "2", "exact_dedup": "1"}
 COUNTS_SCHEMA = pa.schema([("hash", pa.uint64()), ("count", pa.int64())])

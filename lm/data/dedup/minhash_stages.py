@@ -43,7 +43,7 @@ DROP_SCHEMA = pa.schema(
 )
 
 
-KEYS_PER_TASK = 2_000_000  # band keys per minhash_buckets task when num_bucket_tasks is empty (≈ 32 MB)
+KEYS_PER_TASK = 1_000_000  # band keys per minhash_buckets task when num_bucket_tasks is empty (16 MB)
 
 
 def band_column(band: int) -> str:
