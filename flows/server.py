@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flows.registry import expanded_prefect_file
+
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
 # Work pools the deployments route to: data stages on cpu, training stages on gpu.
@@ -248,10 +250,11 @@ def deploy(api: str, names: Sequence[str] = (), prefect_file: Path = PREFECT_YAM
     unknown = sorted(set(names) - {d["name"] for d in entries})
     if unknown:
         raise ValueError(f"no deployment named {unknown} in {prefect_file}; it has {[d['name'] for d in entries]}")
-    cmd = prefect_cmd("--no-prompt", "deploy", "--prefect-file", str(prefect_file))
-    for n in names:
-        cmd += ["--name", n]
-    r = subprocess.run(cmd, cwd=REPO, env=child_env(api, env), capture_output=True, text=True)
+    with expanded_prefect_file(prefect_file) as expanded:  # `config: configs/x.yaml` read in (flows/registry.py)
+        cmd = prefect_cmd("--no-prompt", "deploy", "--prefect-file", str(expanded))
+        for n in names:
+            cmd += ["--name", n]
+        r = subprocess.run(cmd, cwd=REPO, env=child_env(api, env), capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"prefect deploy failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r.stdout

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from lm.config import Config
 
 _MEMORY_DOC = ("memory budget (MB) of each reduction task: past it, hashes and pairs spill to disk by key range; "
                "the output does not depend on it (not part of the fingerprint)")
 _SPILL_DOC = "local directory for spill files; empty = the stage directory (local root) or the system temporary directory (remote root)"
 
 
-class _DedupSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _DedupSection(Config):
     def stage_config(self) -> dict:
         """What the stage's fingerprint hashes: the settings that change the output."""
         return self.model_dump(exclude={"enabled", "memory_mb", "spill_dir", "num_partitions"})
@@ -39,7 +39,7 @@ class MinHashConfig(_DedupSection):
     num_bands: int = Field(16, ge=1, le=4096, description="LSH bands; must divide num_hashes")
     ngrams: int = Field(5, ge=1, le=50, description="word n-gram length of the shingles")
     threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity at or above which documents are duplicates")
-    seed: int = Field(1, ge=0, description="seed of the hash permutations")
+    seed: int = Field(1, ge=0, le=2**32 - 1, description="seed of the hash permutations")
     num_bucket_tasks: int | None = Field(None, ge=1, le=4096, description="parallel tasks the LSH bucketing is split into, "
                                          "by band (at most num_bands), and the verification of candidate pairs, by shard; "
                                          "empty = one per million band keys")
