@@ -73,7 +73,7 @@ def _counts_in_range(counts: str, lo: int, hi: int):
     time; row groups whose hash range misses it are not read (shards are sorted by hash)."""
     m = read_manifest(counts)
     for s in m["shards"]:
-        pf = parquet_file(manifest_dir(m) / s["name"], s.get("sha256"))
+        pf = parquet_file(manifest_dir(m) / s["name"], s.get("bytes"))
         for g in range(pf.num_row_groups):
             stats = pf.metadata.row_group(g).column(0).statistics
             if stats is not None and stats.has_min_max and (stats.max < lo or stats.min >= hi):
@@ -108,7 +108,7 @@ def line_duplicates_finish(root: str, counts: str, num_partitions: int) -> None:
     def write(f) -> None:
         nonlocal total
         for shard in shards:
-            for batch in parquet_file(st.path / shard["name"], shard["sha256"]).iter_batches(columns=["hash"]):
+            for batch in parquet_file(st.path / shard["name"], shard["bytes"]).iter_batches(columns=["hash"]):
                 values = batch.column(0).to_numpy().astype("<u8")
                 f.write(values.data)
                 total += len(values)

@@ -70,8 +70,9 @@ def bucket_tasks(cfg: MinHashConfig, signatures: str) -> int:
     """How many band groups the bucketing is split into (``num_bucket_tasks``, or by corpus size)."""
     if cfg.num_bucket_tasks:
         return min(cfg.num_bucket_tasks, cfg.num_bands)
-    keys = read_manifest(signatures)["counts"]["kept"] * cfg.num_bands
-    return max(1, min(cfg.num_bands, -(-keys // KEYS_PER_TASK)))
+    needed = -(-read_manifest(signatures)["counts"]["kept"] * cfg.num_bands // KEYS_PER_TASK)
+    # The smallest divisor of num_bands that is enough: every task gets as many bands.
+    return next(d for d in range(1, cfg.num_bands + 1) if cfg.num_bands % d == 0 and d >= min(needed, cfg.num_bands))
 
 
 def buckets_stage(root: str, cfg: MinHashConfig, signatures: str, num_tasks: int) -> Stage:
@@ -124,7 +125,7 @@ def buckets_partition(root: str, cfg: MinHashConfig, signatures: str, num_tasks:
 
     def keys():
         for shard, s in enumerate(m["shards"]):
-            t = read_shard(manifest_dir(m) / s["name"], s.get("sha256"), ["shingles", *bands])
+            t = parquet_file(manifest_dir(m) / s["name"], s.get("bytes")).read(columns=["shingles", *bands])
             live = np.flatnonzero(t.column("shingles").to_numpy() > 0)
             for band in bands:
                 yield t.column(band).to_numpy()[live], live + offsets[shard]
@@ -141,7 +142,7 @@ def _iter_pairs(buckets: str):
     """(a_shard, a_row, b_shard, b_row) arrays of every candidate pair, a batch at a time."""
     m = read_manifest(buckets)
     for s in m["shards"]:
-        for batch in parquet_file(manifest_dir(m) / s["name"], s.get("sha256")).iter_batches(batch_size=1 << 16):
+        for batch in parquet_file(manifest_dir(m) / s["name"], s.get("bytes")).iter_batches(batch_size=1 << 16):
             yield tuple(batch.column(k).to_numpy() for k in PAIR_SCHEMA.names)
 
 

@@ -1,7 +1,7 @@
 """Files the dedup stages read and write: input shards, spill directories, work arrays.
 
-* ``input_shard`` / ``parquet_file``: a finished stage's shard, checksum-verified (whole, or
-  opened for reading chosen row groups).
+* ``input_shard``: a finished stage's shard, checksum-verified; ``parquet_file``: one opened to
+  read chosen row groups or columns (size-checked: its stage was verified before).
 * ``spill_dir``: a private local directory for one task's spill files (``KeySpill``), removed
   when the task ends, also when it fails (a disk that fills mid-spill leaves nothing behind).
 * ``save_arrays`` / ``load_arrays``: numpy arrays a step hands to a later step of the same
@@ -43,10 +43,14 @@ def input_shard(manifest_path: str, index: int, columns: list[str] | None = None
     return read_shard(path, info.get("sha256"), columns), str(path)
 
 
-def parquet_file(path: Path | RemotePath, sha256: str | None) -> pq.ParquetFile:
-    """A Parquet shard opened for reading chosen row groups, its checksum verified first."""
-    if sha256 is not None and file_sha256(path) != sha256:
-        raise ShardCorruptError(f"shard {path} does not match the checksum in its manifest; rerun the stage that wrote it")
+def parquet_file(path: Path | RemotePath, size: int | None) -> pq.ParquetFile:
+    """A shard of a stage checked complete in this run, opened to read some of its row groups
+    or columns. ``Stage.is_complete`` (run on every input stage before the reduction that reads
+    it) verified each file's sha256; a reader that takes part of a file checks its size only,
+    so P range tasks over S shards do not hash every shard P times."""
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        raise ShardCorruptError(f"shard {path} has {actual} bytes, {size} recorded in its manifest; rerun the stage that wrote it")
     return pq.ParquetFile(path.open("rb") if isinstance(path, RemotePath) else path)
 
 

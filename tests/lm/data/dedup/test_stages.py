@@ -113,3 +113,18 @@ def test_verify_by_signature_estimate(roomy, tmp_path):
     final = run_minhash(str(tmp_path), MinHashConfig(**MH, verify="signature"), exact)
     assert {r["url"] for r in iter_rows(final, kind="rejects")} == NEAR_DUPLICATES
     assert read_manifest(final)["config"]["verify"] == "signature"
+
+
+def test_a_range_read_refuses_a_changed_file(reference, tmp_path):
+    """Reductions read parts of their input's shards (size-checked: the stage's sha256 was
+    verified by is_complete before); a file changed since then fails loudly."""
+    from lm.data.dedup.stages import line_duplicates_partition
+    from lm.data.shards import ShardCorruptError
+
+    counts = run_exact_dedup(str(tmp_path), ExactDedupConfig(), make_extract(tmp_path, reference), stop_after="line_counts")
+    with open(Path(counts).parent / "part-00001.parquet", "ab") as f:
+        f.write(b"junk")
+    with pytest.raises(ShardCorruptError, match="part-00001.parquet"):
+        line_duplicates_partition(str(tmp_path), ExactDedupConfig(), counts, 1, 0)
+    with pytest.raises(ValueError, match="stop_after='minhash'"):
+        run_exact_dedup(str(tmp_path), ExactDedupConfig(), counts, stop_after="minhash")
