@@ -61,7 +61,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(lm_config.format_validation_error(e, where=where)) from e
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from e
-    result = flow(config=cfg)
+    from flows.local_run import run_flow
+
+    result = run_flow(lambda: flow(config=cfg))  # a temporary server that goes last; clean Ctrl-C/SIGTERM
     if result is not None:
         print(result)
     return 0
@@ -107,20 +109,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo  # imported when used: Prefect takes seconds to import
+    from flows.local_run import run_flow
 
-    return run_demo(args)
+    return run_flow(lambda: run_demo(args))
 
 
 def cmd_server(args: argparse.Namespace) -> int:
     from flows.server import LocalPrefect, serve_forever
 
-    return serve_forever(LocalPrefect(host=args.host, port=args.port, database_url=args.database_url))
+    return serve_forever(LocalPrefect(host=args.host, port=args.port, database_url=args.database_url,
+                                      allowed_roots=args.allow_root or LocalPrefect.allowed_roots, files_port=args.files_port))
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from flows.server import api_url, deploy
+    from flows.server_auth import read_state
 
-    api = args.api_url or os.environ.get("PREFECT_API_URL") or api_url("127.0.0.1", 4200)
+    api = args.api_url or os.environ.get("PREFECT_API_URL") or read_state().get("api") or api_url("127.0.0.1", 4200)
     print(deploy(api, args.name or []))
     return 0
 
@@ -185,12 +190,12 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("server", help="start a local Prefect server (UI) and one worker per work pool")
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to bind (default 127.0.0.1; anything else exposes an unauthenticated API)",
-    )
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; for a team, a TLS reverse proxy in front: docs/ui.md)")
     p.add_argument("--port", type=int, default=4200)
+    p.add_argument("--files-port", type=int, help="read-only artifact file server (default: --port + 1; 0 = any free port)")
+    p.add_argument("--allow-root", action="append", metavar="DIR",
+                   help="artifact root that runs may write and the file server shows (repeatable; default: ./outputs of this checkout)")
     p.add_argument(
         "--database-url",
         help="SQLAlchemy URL, e.g. postgresql+asyncpg://user:pw@host/db (default: SQLite under PREFECT_HOME)",
@@ -225,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         top.print_help()
         return 0
+    from flows.server_auth import use_saved_auth
+
+    use_saved_auth()  # PREFECT_API_URL names the `lmpipe server` of this PREFECT_HOME: send its auth string
     try:
         return args.func(args)
     except ConfigError as e:

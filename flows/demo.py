@@ -74,7 +74,8 @@ def _summary_rows(lineage: dict) -> list[tuple[str, str, str]]:
         c = m.get("counts", {})
         metrics = m.get("metrics") or {}
         if m["stage"] == "pretrain":
-            what = f"train loss {m.get('final_train_loss', 0):.3f}, val loss {m.get('final_val_loss', 0):.3f}"
+            val = m.get("final_val_loss")
+            what = f"train loss {m.get('final_train_loss') or 0:.3f}, " + (f"val loss {val:.3f}" if val is not None else "NO val loss (no validation split)")
         elif "accuracy_before" in metrics:
             what = f"held-out reward {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f}"
             what += "  " + verdict_from_metrics(metrics, c.get("kept")).flag()  # a fall, flat or chance-level reward, loudly
@@ -126,6 +127,8 @@ def run_demo(args) -> int:
     lineage = json.loads(Path(lineage_path).read_text())
 
     rows = _summary_rows(lineage)
+    for warning in lineage.get("warnings", []):
+        print(f"WARNING: {warning}")
     if not getattr(args, "stop_after", None):
         rows += _align_demo(base["root"])
     w0 = max([len(r[0]) for r in rows] + [5])

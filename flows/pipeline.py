@@ -311,12 +311,65 @@ def run_stage_deployment(name: str, cfg: BaseModel) -> Any:
     if run.state is None or not run.state.is_completed():
         raise RuntimeError(f"stage {name!r} (deployment {flow_name}/{name}, flow run {run.id}) ended {run.state}; see its logs in the UI")
     try:
-        return run.state.result()
-    except Exception as e:  # MissingResult and storage errors: say what to configure
+        return read_json_result(run.state)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # missing/foreign records: say what to configure
         raise RuntimeError(
             f"stage {name!r} finished but its result (the manifest path) is not readable here ({e}); workers must run "
-            "with PREFECT_RESULTS_PERSIST_BY_DEFAULT=true and a PREFECT_LOCAL_STORAGE_PATH this worker can read"
+            "with PREFECT_RESULTS_PERSIST_BY_DEFAULT=true, PREFECT_RESULTS_DEFAULT_SERIALIZER=json (lmpipe server sets "
+            "both) and a PREFECT_LOCAL_STORAGE_PATH this worker can read"
         ) from e
+
+
+def _json_serialized(meta: Mapping, where: str) -> None:
+    kind = (meta.get("serializer") or {}).get("type")
+    if kind != "json":
+        raise ValueError(f"the result {where} names serializer {kind!r}; lmpipe reads only 'json' results (never pickle)")
+
+
+def read_json_result(state: Any) -> Any:
+    """What a (remote) flow run returned, from its persisted result record, as plain JSON.
+
+    Never ``state.result()``: that deserializes with whatever serializer the record on disk
+    names (cloudpickle by default), so whoever can write the result storage could run code
+    here. This reads the record as JSON and accepts only a ``json``-serialized result.
+    """
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    meta = state.data
+    meta = getattr(meta, "metadata", meta)  # a state read from the API carries the metadata alone
+    meta = meta.model_dump(mode="json") if hasattr(meta, "model_dump") else meta
+    if not isinstance(meta, Mapping) or not meta.get("storage_key"):
+        raise ValueError(f"the run's state carries no persisted result record ({type(state.data).__name__})")
+    if meta.get("storage_block_id"):
+        raise ValueError("the result is in a storage block; lmpipe reads results from local storage only")
+    _json_serialized(meta, "state")
+    path = Path(meta["storage_key"])
+    path = path if path.is_absolute() else Path(PREFECT_LOCAL_STORAGE_PATH.value()) / path
+    stored = json.loads(path.read_bytes())
+    # Prefect 3.8.8 stores the serialized value alone (its metadata is the state's); a whole
+    # record ({metadata, result}) names its serializer again.
+    if isinstance(stored, Mapping) and set(stored) == {"metadata", "result"}:
+        _json_serialized(stored["metadata"], f"record {path}")
+        return json.loads(stored["result"])
+    return stored
+
+
+def too_small(name: str, manifest_path: str) -> str | None:
+    """A plain warning when a stage's output is too small for what follows to mean anything.
+
+    A pretraining run on a corpus with no validation split reports only its training loss
+    (0.037 on 11 documents: memorized, not learned); say so where a person looks.
+    """
+    m = read_manifest(manifest_path)
+    c = m.get("counts", {})
+    if name == "tokenize" and not c.get("tokens_val"):
+        return (f"tokenize wrote no validation tokens ({c.get('tokens_train', 0):,} train tokens): pretraining will report a "
+                "training loss with no validation loss to judge it by. Add sources (the demo adds the debian-handbook WARC "
+                "when that package is installed) or raise stages.tokenize.val_fraction.")
+    if name == "pretrain" and m.get("final_val_loss") is None:
+        return (f"pretrain has no validation loss (train loss {m.get('final_train_loss')}): the corpus had no validation "
+                "split, so the training loss says nothing about what the model learned.")
+    return None
 
 
 # --------------------------------------------------------------------------- lineage
@@ -392,8 +445,8 @@ def lineage_plot(rows: list[dict], png: Path) -> Path | None:
     return png
 
 
-def lineage_markdown(rows: list[dict], png: Path | None, out_dir: Path) -> str:
-    from tasks.artifacts import image_markdown, markdown_table
+def lineage_markdown(rows: list[dict], png: Path | None, out_dir: Path, warnings: list[str] = ()) -> str:
+    from tasks.artifacts import image_markdown, markdown_table, path_markdown
 
     table = [
         {
@@ -405,25 +458,29 @@ def lineage_markdown(rows: list[dict], png: Path | None, out_dir: Path) -> str:
             "kept": f"{r['kept']:,}",
             "rejected": f"{r['rejected']:,}",
             "failed": f"{r['failed']:,}",
-            "directory": f"[{r['directory']}](file://{r['directory']})",
+            "directory": path_markdown(r["directory"]),
         }
         for r in rows
     ]
-    md = ["# Pipeline lineage", "", f"{len(rows)} stage output(s); lineage written to `{out_dir / 'lineage.json'}`.", "", markdown_table(table)]
+    md = ["# Pipeline lineage", ""]
+    if warnings:
+        md += ["## ⚠ Warnings", ""] + [f"- **{w}**" for w in warnings] + [""]
+    md += [f"{len(rows)} stage output(s); lineage written to `{out_dir / 'lineage.json'}`.", "", markdown_table(table)]
     if png is not None:
         md += ["", image_markdown(png, "documents in and kept per data stage")]
     md += ["", "Inspect a stage: `lmpipe inspect <directory>`."]
     return "\n".join(md)
 
 
-def write_lineage(root: str, final: Mapping[str, str], started_at: str, given: Mapping[str, str] | None = None) -> tuple[Path, list[dict], Path | None]:
+def write_lineage(root: str, final: Mapping[str, str], started_at: str, given: Mapping[str, str] | None = None,
+                  warnings: list[str] = ()) -> tuple[Path, list[dict], Path | None]:
     rows = lineage(final, started_at, given)
     fp = fingerprint("pipeline", VERSION, {}, [r["fingerprint"] for r in rows])
     out = Path(root) / "pipeline" / fp
     out.mkdir(parents=True, exist_ok=True)
     # A list, not a mapping: the JSON is written with sorted keys and the run order matters.
     stages = [{"stage": name, "manifest": path} for name, path in final.items()]
-    atomic_write_json(out / "lineage.json", {"stages": stages, "lineage": rows, "started_at": started_at})
+    atomic_write_json(out / "lineage.json", {"stages": stages, "lineage": rows, "started_at": started_at, "warnings": list(warnings)})
     png = lineage_plot(rows, out / "lineage.png")
     return out, rows, png
 
@@ -447,6 +504,7 @@ def pipeline_flow(config: PipelineConfig) -> str:
 
     manifests = {k: str(read_manifest(v)["_path"]) for k, v in given_manifests(config).items()}
     produced: dict[str, str] = {}
+    warnings: list[str] = []
     progress = create_progress_artifact(0.0, key="pipeline-progress", description=f"stages finished of {[s.name for s in todo]}")
     for i, s in enumerate(todo, 1):
         cfg = stage_config(s, config, manifests, models[s.name])
@@ -457,14 +515,17 @@ def pipeline_flow(config: PipelineConfig) -> str:
             result = load_flow(s.name)(config=cfg)
         manifests[s.name] = produced[s.name] = result_manifest(s.name, result)
         log.info("stage %s -> %s", s.name, manifests[s.name])
+        if warning := too_small(s.name, manifests[s.name]):
+            log.warning("%s", warning)
+            warnings.append(warning)
         update_progress_artifact(progress, 100.0 * i / len(todo))
 
     given = {k: v for k, v in manifests.items() if k not in produced}
-    out, rows, png = write_lineage(config.root, produced, started_at, given)
+    out, rows, png = write_lineage(config.root, produced, started_at, given, warnings)
     create_table_artifact(
         table=rows,
         key="pipeline-lineage",
         description="Every stage output this run used: fingerprint, counts, directory",
     )
-    create_markdown_artifact(markdown=lineage_markdown(rows, png, out), key="pipeline-summary", description="Pipeline lineage with the documents funnel of the data stages")
+    create_markdown_artifact(markdown=lineage_markdown(rows, png, out, warnings), key="pipeline-summary", description="Pipeline lineage with the documents funnel of the data stages")
     return str(out / "lineage.json")
