@@ -7,6 +7,9 @@ range (0-6% of words), sometimes with its sentences shuffled. The true Jaccard s
 variant) pair is measured on the same shingles minhash_dedup uses; a pair is a true duplicate
 iff it is ≥ the threshold. A pair is predicted duplicate iff minhash_dedup drops one of the two
 and keeps the other; dropping a document because of any other document is a false positive.
+Each configuration runs twice: candidate pairs verified on their shingle sets (exact Jaccard,
+the default) and on their signatures (``verify="signature"``: the fraction of equal values),
+which shows what the cheaper check costs in precision.
 
     PYTHONPATH=. LMPIPE_REFERENCE=../shared/reference python bench/dedup_quality.py
 """
@@ -64,7 +67,7 @@ def variant(doc: str, rate: float, shuffle: bool, vocab: list[str], rng: random.
     return " ".join(out)
 
 
-def run(num_hashes: int, num_bands: int, ngrams: int, threshold: float, seed: int = 0) -> dict:
+def run(num_hashes: int, num_bands: int, ngrams: int, threshold: float, seed: int = 0, verify: str = "shingles") -> dict:
     rng = random.Random(seed)
     bases = base_documents()
     vocab = sorted({w for d in bases for w in d.split()})
@@ -81,7 +84,7 @@ def run(num_hashes: int, num_bands: int, ngrams: int, threshold: float, seed: in
             sims.append(j)
         t = time.time()
         kept = {p.name for p in minhash_dedup(sorted(src.iterdir()), Path(tmp) / "out", num_hashes=num_hashes,
-                                              num_bands=num_bands, ngrams=ngrams, threshold=threshold)}
+                                              num_bands=num_bands, ngrams=ngrams, threshold=threshold, verify=verify)}
         seconds = time.time() - t
     tp = fp = fn = 0
     for i, dup in truth.items():
@@ -96,7 +99,7 @@ def run(num_hashes: int, num_bands: int, ngrams: int, threshold: float, seed: in
         elif dup:
             fn += 1
     return {
-        "num_hashes": num_hashes, "num_bands": num_bands, "pairs": len(truth), "true_dups": sum(truth.values()),
+        "num_hashes": num_hashes, "num_bands": num_bands, "verify": verify, "pairs": len(truth), "true_dups": sum(truth.values()),
         "jaccard_range": (round(min(sims), 3), round(max(sims), 3)),
         "precision": round(tp / (tp + fp), 4) if tp + fp else 1.0, "recall": round(tp / (tp + fn), 4) if tp + fn else 1.0,
         "docs_per_s": round(2 * len(truth) / seconds, 1),
@@ -108,11 +111,13 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=0.8)
     p.add_argument("--ngrams", type=int, default=5)
     args = p.parse_args()
-    print("| num_hashes | num_bands | pairs | true dups | Jaccard range | precision | recall | docs/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| num_hashes | num_bands | verify | pairs | true dups | Jaccard range | precision | recall | docs/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for h, b in [(100, 10), (128, 16), (128, 32), (500, 50)]:
-        r = run(h, b, args.ngrams, args.threshold)
-        print(f"| {h} | {b} | {r['pairs']} | {r['true_dups']} | {r['jaccard_range']} | {r['precision']} | {r['recall']} | {r['docs_per_s']} |")
+        for verify in ("shingles", "signature"):
+            r = run(h, b, args.ngrams, args.threshold, verify=verify)
+            print(f"| {h} | {b} | {verify} | {r['pairs']} | {r['true_dups']} | {r['jaccard_range']} | {r['precision']} | {r['recall']} "
+                  f"| {r['docs_per_s']} |")
 
 
 if __name__ == "__main__":

@@ -85,8 +85,8 @@ def run_ours(docs: list[dict], work: Path, full: bool) -> dict:
     from flows.funnel_config import FunnelConfig
     from lm.data.default_classifiers import resolve_model
     from lm.data.shards import Stage, iter_rows
+    from lm.data.dedup.stages import run_exact_dedup, run_minhash
     from lm.data.stages import run_filters
-    from tasks import dedup
 
     schema = pa.schema([("id", pa.string()), ("url", pa.string()), ("source", pa.string()), ("text", pa.string())])
     st = Stage(work, "extract", version="bench", config={"full": full})
@@ -110,26 +110,11 @@ def run_ours(docs: list[dict], work: Path, full: bool) -> dict:
     times["+".join(stages)] = time.perf_counter() - t
     if full:
         t = time.perf_counter()
-        counts = dedup.line_counts_stage(str(work), current)
-        dedup.line_counts_shard.fn(str(work), current, 0)
-        counts.commit(num_shards=1)
-        dups = dedup.line_duplicates.fn(str(work), str(counts.manifest_path))
-        c = cfg.exact_dedup.stage_config()
-        dedup.exact_dedup_shard.fn(str(work), c, current, dups, 0)
-        current = str(dedup.exact_dedup_stage(str(work), c, current, dups).commit(num_shards=1))
+        current = run_exact_dedup(str(work), cfg.exact_dedup, current)
         times["exact_dedup"] = time.perf_counter() - t
     before = {r["id"] for r in iter_rows(current, columns=["id"])}
     t = time.perf_counter()
-    mh = {**cfg.minhash.stage_config(), **MH}
-    sigs = dedup.signatures_stage(str(work), mh, current)
-    dedup.signatures_shard.fn(str(work), mh, current, 0)
-    sigs.commit(num_shards=1)
-    buckets = dedup.buckets_stage(str(work), mh, str(sigs.manifest_path))
-    dedup.buckets_group.fn(str(work), mh, str(sigs.manifest_path), 0)
-    buckets.commit(num_shards=1)
-    clusters = dedup.clusters.fn(str(work), mh, str(buckets.manifest_path), current)
-    dedup.minhash_filter_shard.fn(str(work), mh, current, clusters, 0)
-    final = str(dedup.minhash_stage(str(work), mh, current, clusters).commit(num_shards=1))
+    final = run_minhash(str(work), cfg.minhash.model_copy(update=MH), current)
     times["minhash"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
     after = {r["id"] for r in iter_rows(final, columns=["id"])}

@@ -28,6 +28,7 @@ from pydantic import ConfigDict, Field, field_validator
 from flows.funnel_config import FunnelConfig
 from flows.runners import RunnerConfig, resolve_location, task_runner
 from lm.config import Config, StageRef
+from lm.data.dedup.stages import ExactDedupConfig, MinHashConfig, run_exact_dedup, run_minhash
 from lm.data.filters.stage import commit_filters, filter_counts, filter_stage, needs_run, plan_filters
 from lm.data.shards import atomic_write_json, iter_stage_tables, read_manifest
 from lm.data.stages import check_output, stage_warnings
@@ -60,40 +61,12 @@ def _filters(runner: TaskRunner, root: str, plan: dict, docs: str) -> str:
     return str(filter_stage(root, plan, docs).manifest_path)
 
 
-def _exact_dedup(runner: TaskRunner, root: str, cfg: dict, docs: str) -> str:
-    n = dedup.num_shards(docs)
-    shards = {"index": list(range(n))}
-    counts = dedup.line_counts_stage(root, docs)
-    if not counts.is_complete():
-        _map(runner, dedup.line_counts_shard, "line_counts", shards, root=root, docs=docs)
-        counts.commit(num_shards=n)
-    dups = dedup.line_duplicates(root, str(counts.manifest_path))
-    st = dedup.exact_dedup_stage(root, cfg, docs, dups)
-    if not st.is_complete():
-        _map(runner, dedup.exact_dedup_shard, "exact_dedup", shards, root=root, config=cfg, docs=docs, duplicates=dups)
-        st.commit(num_shards=n)
-    return str(st.manifest_path)
+def _exact_dedup(runner: TaskRunner, root: str, cfg: ExactDedupConfig, docs: str) -> str:
+    return run_exact_dedup(root, cfg, docs, dedup.map_calls(runner, _wait))
 
 
-def _minhash(runner: TaskRunner, root: str, cfg: dict, docs: str) -> str:
-    n = dedup.num_shards(docs)
-    shards = {"index": list(range(n))}
-    sigs = dedup.signatures_stage(root, cfg, docs)
-    if not sigs.is_complete():
-        _map(runner, dedup.signatures_shard, "minhash_signatures", shards, root=root, cfg=cfg, docs=docs)
-        sigs.commit(num_shards=n)
-    sigs_path = str(sigs.manifest_path)
-    buckets = dedup.buckets_stage(root, cfg, sigs_path)
-    groups = min(cfg["num_bucket_tasks"], cfg["num_bands"])
-    if not buckets.is_complete():
-        _map(runner, dedup.buckets_group, "minhash_buckets", {"group": list(range(groups))}, root=root, cfg=cfg, signatures=sigs_path)
-        buckets.commit(num_shards=groups)
-    clusters = dedup.clusters(root, cfg, str(buckets.manifest_path), docs)
-    st = dedup.minhash_stage(root, cfg, docs, clusters)
-    if not st.is_complete():
-        _map(runner, dedup.minhash_filter_shard, "minhash", shards, root=root, cfg=cfg, docs=docs, clusters_manifest=clusters)
-        st.commit(num_shards=n)
-    return str(st.manifest_path)
+def _minhash(runner: TaskRunner, root: str, cfg: MinHashConfig, docs: str) -> str:
+    return run_minhash(root, cfg, docs, dedup.map_calls(runner, _wait))
 
 
 def run_funnel(extract_manifest: str, root: str, config: FunnelConfig, runner: TaskRunner, *,
@@ -111,10 +84,10 @@ def run_funnel(extract_manifest: str, root: str, config: FunnelConfig, runner: T
         materialized = read_manifest(docs).get("materialized") or {}
         warnings += finish_stage(docs, allow_empty, extra_md=per_filter_md(docs, materialized))
     if config.exact_dedup.enabled:
-        docs = stages["exact_dedup"] = _exact_dedup(runner, root, config.exact_dedup.stage_config(), docs)
+        docs = stages["exact_dedup"] = _exact_dedup(runner, root, config.exact_dedup, docs)
         warnings += finish_stage(docs, allow_empty)
     if config.minhash.enabled:
-        docs = stages["minhash"] = _minhash(runner, root, config.minhash.stage_config(), docs)
+        docs = stages["minhash"] = _minhash(runner, root, config.minhash, docs)
         warnings += finish_stage(docs, allow_empty)
     publish_funnel(extract_manifest, stages, root, warnings)
     return stages

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lm import faults
 from lm.data import locks, stagekey
@@ -132,6 +133,19 @@ class ShardWriter:
         self.stats.rejected[reason] += 1
         if row is not None and "rejects" in self.sinks:
             self.sinks["rejects"].add({**row, "reason": reason})
+
+    def write_table(self, table: pa.Table) -> None:
+        """Keep every row of ``table`` (as ``write`` per row, without a Python loop)."""
+        self.stats.kept += table.num_rows
+        self.sinks["shard"].add_table(table)
+
+    def reject_table(self, table: pa.Table, reasons: str | pa.Array) -> None:
+        """Reject every row of ``table`` with its reason (one string for all, or one per row)."""
+        if isinstance(reasons, str):
+            reasons = pa.array([reasons] * table.num_rows, pa.string())
+        for reason, n in zip(*pc.value_counts(reasons).flatten()):
+            self.stats.rejected[reason.as_py()] += n.as_py()
+        self.sinks["rejects"].add_table(table.append_column("reason", reasons))
 
     def fail(self, kind: str, record_id: str | None = None) -> None:
         """Count a record that could not be processed (e.g. undecodable), with its id for the log."""

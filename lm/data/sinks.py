@@ -94,25 +94,50 @@ class ParquetSink:
         self._file = _TempFile(final)
         self.schema = schema
         self.rows: list[dict] = []
+        self.tables: list[pa.Table] = []  # rows added as tables, not yet written
         self.writer: pq.ParquetWriter | None = None
         self.count = 0
 
     def add(self, row: dict) -> None:
+        if self.tables:  # rows after tables: keep their order and the row-group boundaries
+            self.add_table(pa.Table.from_pylist([row], schema=self.tables[0].schema))
+            return
         self.rows.append(row)
         self.count += 1
         if len(self.rows) >= ROW_GROUP_ROWS:
             self._flush()
 
+    def add_table(self, table: pa.Table) -> None:
+        """Many rows at once; row groups fall where they would had the rows come one by one."""
+        if self.rows:
+            self.tables.append(pa.Table.from_pylist(self.rows, schema=self.schema or table.schema))
+            self.rows = []
+        self.tables.append(table)
+        self.count += table.num_rows
+        buffered = sum(t.num_rows for t in self.tables)
+        if buffered >= ROW_GROUP_ROWS:
+            whole = pa.concat_tables(self.tables)
+            cut = buffered - buffered % ROW_GROUP_ROWS
+            for start in range(0, cut, ROW_GROUP_ROWS):
+                self._write(whole.slice(start, ROW_GROUP_ROWS).combine_chunks())
+            self.tables = [whole.slice(cut)] if cut < buffered else []
+
     def _flush(self) -> None:
+        if self.tables:
+            tables, self.tables = self.tables, []
+            self._write(pa.concat_tables(tables).combine_chunks())
+            return
         if not self.rows and self.writer is not None:
             return
-        table = pa.Table.from_pylist(self.rows, schema=self.schema)
+        self._write(pa.Table.from_pylist(self.rows, schema=self.schema))
+        self.rows = []
+
+    def _write(self, table: pa.Table) -> None:
         with reraise_disk_full(self.final):
             if self.writer is None:
                 self.schema = table.schema
                 self.writer = pq.ParquetWriter(self._file.tmp, table.schema, compression=COMPRESSION)
             self.writer.write_table(table)
-        self.rows = []
 
     def finish(self) -> dict:
         if not self.count and not self.keep_empty:

@@ -76,7 +76,7 @@ def _kill_point(rng: random.Random, root: Path, stage: str, num_shards: int):
 
 
 def _shards(stage: str) -> int:
-    return {"line_duplicates": 1, "minhash_clusters": 1, "minhash_buckets": 2}.get(stage, SHARDS)
+    return {"line_duplicates": 1, "minhash_buckets": 2}.get(stage, SHARDS)
 
 
 def _sweep(seed: int, stages: list[str], kills_per_stage: int, reference: Path, tmp: Path) -> dict[str, list[str]]:

@@ -50,3 +50,23 @@ def test_fold_matches_a_global_count():
     expected = sorted(h for h, c in counts.items() if c > 1)
     got = duplicate_hashes(line_hash_counts(["\n".join(s)]) for s in shards)
     assert got.tolist() == expected
+
+
+def test_bounded_memory_path_spills_and_writes_the_same(reference, tmp_path, caplog):
+    import logging
+
+    inputs = sorted((reference / "assignment4-data/fixtures/documents_with_line_duplicates").iterdir())
+    with caplog.at_level(logging.INFO, logger="lm.data.dedup.spill"):
+        written = exact_line_dedup(inputs, tmp_path / "out", memory_mb=0.0001, spill_dir=tmp_path)
+    assert any("spilled" in r.message for r in caplog.records)
+    expected = reference / "assignment4-data/fixtures/documents_line_deduplicated"
+    assert [p.read_bytes() for p in written] == [(expected / p.name).read_bytes() for p in written]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # spill files removed
+
+
+def test_duplicate_hashes_spilled_match_in_memory(tmp_path):
+    import random
+
+    rng = random.Random(3)
+    parts = [line_hash_counts(["\n".join(str(rng.randrange(400)) for _ in range(300))]) for _ in range(6)]
+    assert duplicate_hashes(parts, memory_mb=0.001, spill_dir=tmp_path).tolist() == duplicate_hashes(parts).tolist()
