@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lm.train.data import byte_tokens, write_token_shards
-from tasks.pretrain import PretrainConfig, run_training
+from lm.train.stage import PretrainConfig, run_training
 
 
 def test_timeout_kills_and_next_attempt_resumes(reference, tmp_path):
