@@ -17,7 +17,7 @@ Attention implementations (``ModelConfig.attention``): ``math`` (ours, below; ``
 its old name), ``sdpa`` (``torch.nn.functional.scaled_dot_product_attention``), ``flash_torch``
 (our tiled FlashAttention-2 in plain PyTorch), ``triton`` (our FlashAttention-2 Triton kernel;
 CUDA, or CPU under ``TRITON_INTERPRET=1``), ``auto`` (sdpa: torch's fused kernels were the
-fastest on both CPU and GPU in bench/kernels.py). ``norm``: ``torch``, ``triton`` (fused
+fastest on both CPU and GPU in bench/gpu_kernels.py). ``norm``: ``torch``, ``triton`` (fused
 RMSNorm) or ``auto`` (triton on CUDA when importable and not under torch.compile, else torch).
 
 ``torch.compile(model, fullgraph=True)`` traces forward and backward without a graph break

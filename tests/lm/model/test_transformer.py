@@ -188,3 +188,21 @@ def test_bf16_autocast_keeps_fp32_weights():
         got = model(ids)
     assert got.dtype == torch.bfloat16 and all(p.dtype == torch.float32 for p in model.parameters())
     torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.1)  # bf16 matmuls: ~3 significant digits
+
+
+@pytest.mark.gpu
+def test_compiled_model_with_our_kernels_trains_on_gpu_in_bf16():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    cfg = _cfg(d_model=256, num_heads=4, context_length=256, attention="triton", norm="triton")  # head size 64
+    eager = TransformerLM(cfg).cuda()
+    compiled = TransformerLM(cfg).cuda()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile(fullgraph=True)  # inductor; our kernels stay custom ops
+    ids = torch.randint(0, 97, (4, 256), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        want, got = eager(ids), compiled(ids)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    got.float().logsumexp(-1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in compiled.parameters())

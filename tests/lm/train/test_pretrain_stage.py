@@ -1,11 +1,19 @@
-"""The training subprocess: a timeout kills the process group; the next attempt resumes from the checkpoint."""
+"""The pretrain stage (lm/train/stage.py): a timeout kills the training process group and the next
+attempt resumes from the checkpoint; the whole stage runs in a process that never imports Prefect."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from lm.data.shards import read_manifest
 from lm.train.data import byte_tokens, write_token_shards
 from lm.train.stage import PretrainConfig, run_training
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_timeout_kills_and_next_attempt_resumes(reference, tmp_path):
@@ -32,3 +40,25 @@ def test_timeout_kills_and_next_attempt_resumes(reference, tmp_path):
     summary = run_training(again, str(manifest), str(tmp_path / "run"), log=lines.append)
     assert any(f"resumed from {ckpts[-1]}" in ln for ln in lines)
     assert summary["status"] == "completed" and summary["steps"] == done + 5
+
+
+def test_the_whole_stage_runs_without_prefect(reference, tmp_path):
+    # lm/ never imports prefect: the stage (byte tokens -> training subprocess -> finalize) in a plain process
+    code = f"""
+import json, sys
+from lm.train.stage import PretrainConfig, run_pretrain
+cfg = PretrainConfig(root={str(tmp_path)!r}, text_file={str(reference / "assignment1-basics/fixtures/corpus.en")!r},
+                     train=dict(model=dict(vocab_size="auto", context_length=32, d_model=32, num_layers=1, num_heads=2, d_ff=96),
+                                batch_size=4, max_steps=3, eval_interval=3, eval_batches=1, checkpoint_interval=3, device="cpu"),
+                     sample_prompts=["The "], sample_tokens=3, retries=0, timeout_s=300)
+first = run_pretrain(cfg, log=lambda line: None)
+assert run_pretrain(cfg, log=print) == first  # complete: skipped
+assert "prefect" not in sys.modules
+print(json.dumps(first))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "is complete; skipping" in done.stdout
+    m = read_manifest(json.loads(done.stdout.splitlines()[-1]))
+    assert m["stage"] == "pretrain" and m["model_config"]["vocab_size"] == 257 and m["counts"]["steps"] == 3
