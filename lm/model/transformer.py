@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch.utils.checkpoint import checkpoint
 
+from lm.model.kernels.flash_torch import flash_attention_torch
+
 AttentionKind = Literal["auto", "math", "sdpa", "flash_torch", "triton"]
 NormKind = Literal["auto", "torch", "triton"]
 
@@ -285,8 +287,6 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: st
         mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         return scaled_dot_product_attention(q, k, v, mask)
     if kind == "flash_torch":
-        from lm.model.kernels.flash_torch import flash_attention_torch
-
         return flash_attention_torch(q, k, v, causal=True)
     if kind == "triton":
         from lm.model.kernels.flash_triton import flash_attention_triton  # imports triton: only when asked for
