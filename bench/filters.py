@@ -7,7 +7,7 @@ reference prose, and one edited variant of each passage at a known Jaccard simil
 
   ours:      langid (fastText lid.176) → rules (Gopher, C4, LDNOOBW) → MinHash (signatures →
              buckets → clusters → filter), the real stage tasks (Parquet in/out, manifests),
-             called without Prefect; also the whole funnel (+ PII, quality, exact line dedup)
+             called without Prefect; also the whole funnel (+ PII, quality, harmful (NSFW), exact line dedup)
   datatrove: LanguageFilter(ft176) → GopherQualityFilter → C4QualityFilter → C4BadWordsFilter
              → MinhashDedupSignature / Buckets / Cluster / Filter, LocalPipelineExecutor(tasks=1)
 MinHash on both sides: 5-grams, 16 bands × 8 rows = 128 hashes (ours also verifies Jaccard ≥ 0.8).
@@ -83,6 +83,7 @@ def run_ours(docs: list[dict], work: Path, full: bool) -> dict:
     import pyarrow as pa
 
     from flows.funnel_config import FunnelConfig
+    from lm.data.default_classifiers import resolve_model
     from lm.data.shards import Stage, iter_rows
     from tasks import dedup
     from tasks.filters import filter_shard, filter_stage
@@ -95,10 +96,9 @@ def run_ours(docs: list[dict], work: Path, full: bool) -> dict:
             w.write({"id": d["id"], "url": d["id"], "source": "bench", "text": d["text"]})
     current = str(st.commit(num_shards=1))
     cfg = FunnelConfig()
-    stages = ["langid", "pii", "rules", "quality"] if full else ["langid", "rules"]
-    from lm.data.quality import resolve_model
-
-    resolve_model("quality", None)  # train/load the default model outside the timed region
+    stages = ["langid", "pii", "rules", "quality", "harmful"] if full else ["langid", "rules"]
+    for kind in ("quality", "nsfw"):
+        resolve_model(kind, None)  # train/load the default models outside the timed region
     from lm.data.langid import identify_language
 
     identify_language("warm up the model")

@@ -6,18 +6,21 @@
 Stages: align-base (short pretraining) → sft (lowers held-out response NLL) → dpo (raises
 preference accuracy on held-out right-vs-wrong answers) and grpo (raises the mean verifier
 reward on held-out problems) → evaluate (arithmetic accuracy of the GRPO model). Each
-stage's manifest records the before/after figures; the flow prints them.
+stage's manifest records the before/after figures; the flow prints them and publishes a
+summary that flags, loudly, a stage whose held-out reward fell or stayed flat.
 """
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field, field_validator
 
 from lm.align.dpo import DPOConfig
 from lm.align.grpo import GRPOConfig
 from lm.align.sft import SFTConfig
 from lm.align.stages import AlignDataConfig, BaseModelConfig, EvalConfig, StageOptions
+from lm.align.verdict import chain_warnings, verdict_from_metrics
 from lm.data.shards import read_manifest
 from lm.data.storage import check_local_root
 from tasks.align import (
@@ -29,6 +32,7 @@ from tasks.align import (
     publish_training_stage,
     sft_task,
 )
+from tasks.artifacts import artifact_key, markdown_table
 
 
 class AlignDemoConfig(BaseModel):
@@ -64,4 +68,22 @@ def align_demo_flow(config: AlignDemoConfig) -> dict:
     summary = {name: {**read_manifest(p)["metrics"], "manifest": str(p)} for name, p in (("sft", sft), ("dpo", dpo), ("grpo", grpo), ("evaluate", ev))}
     for name, m in summary.items():
         print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()})
+    publish_chain_summary("align-demo", summary)
     return summary
+
+
+def publish_chain_summary(name: str, summary: dict[str, dict]) -> list[str]:
+    """A table of each stage's held-out reward before → after and, loudly, every stage that did
+    not raise it and a chain that never rose above chance. Returns the warnings (also logged)."""
+    verdicts = [(stage.upper(), v) for stage, m in summary.items() if (v := verdict_from_metrics(m)) is not None]
+    warnings = chain_warnings(verdicts)
+    rows = [{"stage": s, "reward before": f"{v.before:.3f}", "reward after": f"{v.after:.3f}", "prompts": v.num_prompts,
+             "trend": v.trend.upper() if v.warn else v.trend, "above chance": v.above_chance} for s, v in verdicts]
+    md = [f"# {name}: held-out verifier reward through the chain", ""]
+    md += [f"> {w}" for w in warnings] + ([""] if warnings else ["Every stage raised the held-out reward.", ""])
+    md.append(markdown_table(rows))
+    create_markdown_artifact(markdown="\n".join(md), key=artifact_key(name, "summary"), description=f"{name}: rewards before → after each stage")
+    log = get_run_logger()
+    for w in warnings:
+        log.warning(w)
+    return warnings

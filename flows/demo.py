@@ -64,7 +64,9 @@ def demo_sources() -> list[str]:
 
 def _summary_rows(lineage: dict) -> list[tuple[str, str, str]]:
     """(stage, what it produced, directory) for the demo's closing table."""
+    from lm.align.verdict import verdict_from_metrics
     from lm.data.shards import read_manifest
+    from lm.scaling.report import verdict_short
 
     rows = []
     for entry in lineage.get("lineage", []):  # every stage output, data stages one by one
@@ -76,6 +78,9 @@ def _summary_rows(lineage: dict) -> list[tuple[str, str, str]]:
             what = f"train loss {m.get('final_train_loss', 0):.3f}, val loss {m.get('final_val_loss', 0):.3f}"
         elif "accuracy_before" in metrics:
             what = f"held-out reward {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f}"
+            what += "  " + verdict_from_metrics(metrics, c.get("kept")).flag()  # a fall, flat or chance-level reward, loudly
+        elif m["stage"] == "scaling":
+            what = verdict_short(m.get("summary", {}))
         elif metrics:
             what = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in list(metrics.items())[:3])
         elif "tokens_train" in c:
@@ -90,12 +95,14 @@ def _align_demo(root: str) -> list[tuple[str, str, str]]:
     """GRPO on a task a tiny CPU model can learn (2-digit addition, exact-answer verifier):
     the pipeline's web-text model is too small to show it, so the demo also runs align-demo."""
     from flows.align_demo import AlignDemoConfig, align_demo_flow
+    from lm.align.verdict import verdict_from_metrics
 
     data = yaml.safe_load((REPO / "configs" / "align-demo.yaml").read_text())
     data["root"] = root
     summary = align_demo_flow(config=AlignDemoConfig.model_validate(data))
     return [
-        (f"{stage} (addition)", f"held-out reward {m['accuracy_before']:.3f} -> {m['accuracy_after']:.3f}", str(Path(m["manifest"]).parent))
+        (f"{stage} (addition)", f"held-out reward {m['accuracy_before']:.3f} -> {m['accuracy_after']:.3f}  {verdict_from_metrics(m).flag()}",
+         str(Path(m["manifest"]).parent))
         for stage, m in summary.items()
         if "accuracy_before" in m
     ]

@@ -18,15 +18,18 @@ class _Section(BaseModel):
         return self.model_dump(exclude={"enabled"})
 
 
-def _check_model(path: str | None) -> str | None:
-    """A missing or foreign model file is a validation error of its field (pydantic wants ValueError)."""
+def _check_model(path: str | None, kind: str | None = None) -> str | None:
+    """A missing or foreign model file, or one without ``kind``'s positive label, is a
+    validation error of its field (pydantic wants ValueError)."""
     if path is not None:
-        from lm.data.classifier import check_fasttext_file
+        from lm.data.classifier import check_fasttext_file, check_model_labels
 
         try:
             check_fasttext_file(path)
         except FileNotFoundError as e:
             raise ValueError(str(e)) from e
+        if kind:
+            check_model_labels(path, kind)
     return path
 
 
@@ -87,22 +90,22 @@ class QualityConfig(_Section):
     @field_validator("model_path")
     @classmethod
     def _model_exists(cls, v):
-        return _check_model(v)
+        return _check_model(v, "quality")
 
 
 class HarmfulConfig(_Section):
-    enabled: bool = Field(False, description="run the harmful-content classifiers (off by default: the built-in models are weak demo models; give real ones by path)")
-    nsfw: bool = Field(True, description="drop documents the NSFW classifier flags")
-    toxic: bool = Field(True, description="drop documents the toxicity classifier flags")
-    nsfw_model_path: str | None = Field(None, description="fastText model with labels nsfw/non-nsfw; empty = demo model")
-    toxic_model_path: str | None = Field(None, description="fastText model with labels toxic/non-toxic; empty = demo model")
-    nsfw_max_score: float = Field(0.9, ge=0.0, le=1.0, description="drop documents with P(nsfw) at least this")
+    enabled: bool = Field(True, description="run the harmful-content classifiers (see docs/filters.md for their held-out figures)")
+    nsfw: bool = Field(True, description="drop documents the NSFW classifier flags (default model: held-out F1 0.89, 0.85 of disguised obscenities caught)")
+    toxic: bool = Field(False, description="drop documents the toxicity classifier flags (off by default: the default model's held-out F1 is 0.67; give a stronger one by path)")
+    nsfw_model_path: str | None = Field(None, description="fastText model with labels nsfw/non-nsfw (Dolma's Jigsaw model loads as is); empty = default model trained locally on first use")
+    toxic_model_path: str | None = Field(None, description="fastText model with labels toxic/non-toxic (Dolma's Jigsaw model loads as is); empty = default model trained locally on first use")
+    nsfw_max_score: float = Field(0.5, ge=0.0, le=1.0, description="drop documents with P(nsfw) at least this (scored per sentence: the highest decides)")
     toxic_max_score: float = Field(0.9, ge=0.0, le=1.0, description="drop documents with P(toxic) at least this")
 
     @field_validator("nsfw_model_path", "toxic_model_path")
     @classmethod
-    def _models_exist(cls, v):
-        return _check_model(v)
+    def _models_exist(cls, v, info):
+        return _check_model(v, info.field_name.removesuffix("_model_path"))
 
 
 class ExactDedupConfig(_Section):

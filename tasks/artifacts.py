@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from lm.data.shards import iter_stage_tables, manifest_dir, read_manifest
+from lm.markdown import markdown_table
 
 
 def artifact_key(*parts: str) -> str:
@@ -47,16 +48,6 @@ def sample_rows(manifest: Mapping, n: int = 3, kind: str = "shards", width: int 
         if len(out) >= n:
             break
     return out
-
-
-def markdown_table(rows: Sequence[Mapping]) -> str:
-    if not rows:
-        return "_none_\n"
-    cols = list(rows[0].keys())
-    esc = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(esc(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def image_markdown(png: str | Path, alt: str) -> str:

@@ -2,16 +2,19 @@
 
 What each step reads and writes, the config and the fingerprint are documented there; here
 each step becomes a task (the flow sets the training task's retries from ``config.retries``,
-and each retry resumes from the last checkpoint) and logs to the Prefect logger.
+and each retry resumes from the last checkpoint) and logs to the Prefect logger; the training
+task follows the trainer's metrics.jsonl into a progress artifact (tasks/progress.py).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from prefect import get_run_logger, task
 
 from lm.train.stage import PretrainConfig, byte_tokenize, finalize, pretrain_stage, run_training
+from tasks.progress import Progress, tail_metrics
 
 __all__ = ["PretrainConfig", "byte_tokenize_task", "finalize_task", "pretrain_stage", "train_task"]
 
@@ -27,7 +30,10 @@ def train_task(config: PretrainConfig, tokens_manifest: str, run_dir: str) -> di
     """One training attempt (retries are set by the flow from config.retries)."""
     logger = get_run_logger()
     started = time.time()
-    summary = run_training(config, tokens_manifest, run_dir, log=logger.info)
+    progress = Progress("pretrain", config.train.total_steps())  # live metrics from the trainer's metrics.jsonl
+    with progress, tail_metrics(Path(run_dir) / "metrics.jsonl", progress):
+        summary = run_training(config, tokens_manifest, run_dir, log=logger.info)
+    progress.finish("Pretraining", note=f"status {summary['status']}")
     logger.info("training %s after %.0f s: %s", summary["status"], time.time() - started,
                 {k: summary[k] for k in ("steps", "final_train_loss", "final_val_loss")})
     return summary

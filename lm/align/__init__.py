@@ -10,6 +10,7 @@
     data.py       Parquet schemas and prompt templates
     demo.py       the addition task a CPU model can learn
     stages.py     the stages the Prefect tasks run (data, demo base, sft, dpo, grpo, evaluate)
+    verdict.py    did a stage raise the held-out reward? (fell / no gain / never above chance)
 """
 
 from lm.align.losses import (

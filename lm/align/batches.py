@@ -162,6 +162,21 @@ class HFTokenizerAdapter:
         return self.hf.decode(list(ids), skip_special_tokens=False)
 
 
+def next_indices(order: list[int], rng: random.Random, num_items: int, n: int) -> list[int]:
+    """``n`` indices into ``num_items`` items, each pass over them in a fresh shuffled order.
+
+    ``order`` holds what is left of the current pass and is consumed in place, so successive
+    calls continue the same pass (the SFT, DPO and GRPO loops keep one between steps).
+    """
+    idx = []
+    while len(idx) < n:
+        if not order:
+            order.extend(range(num_items))
+            rng.shuffle(order)
+        idx.append(order.pop())
+    return idx
+
+
 def batch_from_ids(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int) -> TokenizedBatch:
     """Like :func:`tokenize_prompt_and_output` for text already in token ids (sampled rollouts).
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from pydantic import BaseModel, Field
 
-from lm.align.batches import tokenize_prompt_and_output
+from lm.align.batches import TokenizedBatch, next_indices, tokenize_prompt_and_output
 from lm.align.guard import check_loss, check_weights
 from lm.align.losses import dpo_loss
 from lm.align.ops import sequence_log_probs
@@ -46,13 +46,13 @@ def split_identical(triples: Sequence[Triple]) -> tuple[list[Triple], int]:
     return kept, len(triples) - len(kept)
 
 
-def _pair_logps(model, tokenizer, triples: Sequence[Triple], max_length: int | None) -> tuple[torch.Tensor, torch.Tensor, Counter]:
-    """Summed response log-probs of chosen and rejected, each (B,), one forward over 2B rows."""
+def _pair_logps(model, tokenizer, triples: Sequence[Triple], max_length: int | None) -> tuple[torch.Tensor, torch.Tensor, TokenizedBatch]:
+    """Summed response log-probs of chosen and rejected, each (B,), one forward over 2B rows (and those rows)."""
     prompts = [t[0] for t in triples] * 2
     responses = [t[1] for t in triples] + [t[2] for t in triples]
     b = tokenize_prompt_and_output(prompts, responses, tokenizer, max_length=max_length, eot_id=getattr(tokenizer, "eot_id", None))
     lp = sequence_log_probs(model, b.input_ids, b.labels, b.response_mask)  # (2B,)
-    return lp[: len(triples)], lp[len(triples):], b.counts
+    return lp[: len(triples)], lp[len(triples):], b
 
 
 def per_instance_dpo_loss(lm, lm_ref, tokenizer, beta: float, prompt: str, response_chosen: str, response_rejected: str) -> torch.Tensor:
@@ -111,6 +111,26 @@ def likelihood_accuracy(model, tokenizer, triples: Sequence[Triple], max_length:
     return torch.cat(wins).mean().item() if wins else float("nan")
 
 
+def dpo_step(model, tokenizer, opt, batch: Sequence[Triple], ref_c: torch.Tensor, ref_r: torch.Tensor, cfg: DPOConfig, step: int,
+             max_length: int | None, counts: Counter) -> dict:
+    """One optimizer step on ``batch`` against the reference log-probs of the same pairs."""
+    from lm.train import clip_grad_norm_
+
+    c, r, b = _pair_logps(model, tokenizer, batch, max_length)
+    counts.update(b.counts)
+    loss, meta = dpo_loss(c, r, ref_c, ref_r, cfg.beta)
+    if faults.inject("dpo.loss", step):  # test-only (lm.train.faults)
+        loss = loss * float("nan")
+    check_loss("DPO", step, loss.mean().item())  # before the update: no checkpoint of NaN weights
+    opt.zero_grad(set_to_none=True)
+    loss.mean().backward()
+    if cfg.max_grad_norm > 0:
+        clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    opt.step()
+    return {"loss": loss.mean().item(), "train_accuracy": meta["accuracy"].mean().item(), "margin": meta["margin"].mean().item(),
+            "tokens": int(b.input_ids.numel())}
+
+
 def train_dpo(
     model: torch.nn.Module,
     ref: torch.nn.Module,
@@ -121,8 +141,12 @@ def train_dpo(
     *,
     log: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Train ``model`` in place with DPO against the frozen ``ref``. Returns a history."""
-    from lm.train import AdamW, clip_grad_norm_
+    """Train ``model`` in place with DPO against the frozen ``ref``. Returns a history.
+
+    ``log`` (e.g. a progress reporter) gets one dict per step (step, total, loss,
+    train_accuracy, margin, tokens) and one per evaluation (step, eval_accuracy, eval_loss).
+    """
+    from lm.train import AdamW
 
     train, skipped_train = split_identical(train_triples)
     evals, skipped_eval = split_identical(eval_triples)
@@ -138,47 +162,31 @@ def train_dpo(
     rng = random.Random(cfg.seed)
     counts: Counter = Counter({"skipped_identical": skipped_train + skipped_eval})
     hist: dict = {"step": [], "loss": [], "train_accuracy": [], "margin": [], "eval_step": [], "eval_accuracy": [], "eval_margin": [], "eval_loss": []}
+    say = log or (lambda row: None)
 
     def evaluate(step: int) -> None:
         if not evals:
             return
         m = preference_metrics(model, tokenizer, evals, ev_c, ev_r, cfg.beta, max_length)
+        for k in ("accuracy", "margin", "loss"):
+            hist[f"eval_{k}"].append(m[k])
         hist["eval_step"].append(step)
-        hist["eval_accuracy"].append(m["accuracy"])
-        hist["eval_margin"].append(m["margin"])
-        hist["eval_loss"].append(m["loss"])
+        say({"step": step, "total": cfg.num_steps, "eval_accuracy": m["accuracy"], "eval_loss": m["loss"]})
 
     evaluate(0)
     hist["likelihood_accuracy_before"] = likelihood_accuracy(model, tokenizer, evals, max_length) if evals else float("nan")
     model.train()
     order: list[int] = []
     for step in range(1, cfg.num_steps + 1):
-        idx = []
-        while len(idx) < min(cfg.batch_size, len(train)):
-            if not order:
-                order = list(range(len(train)))
-                rng.shuffle(order)
-            idx.append(order.pop())
+        idx = next_indices(order, rng, len(train), min(cfg.batch_size, len(train)))
         batch = [train[i] for i in idx]
-        c, r, tc = _pair_logps(model, tokenizer, batch, max_length)
-        counts.update(tc)
-        loss, meta = dpo_loss(c, r, ref_c[idx], ref_r[idx], cfg.beta)
-        if faults.inject("dpo.loss", step):  # test-only (lm.train.faults)
-            loss = loss * float("nan")
-        check_loss("DPO", step, loss.mean().item())  # before the update: no checkpoint of NaN weights
-        opt.zero_grad(set_to_none=True)
-        loss.mean().backward()
-        if cfg.max_grad_norm > 0:
-            clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        opt.step()
+        m = dpo_step(model, tokenizer, opt, batch, ref_c[idx], ref_r[idx], cfg, step, max_length, counts)
         hist["step"].append(step)
-        hist["loss"].append(loss.mean().item())
-        hist["train_accuracy"].append(meta["accuracy"].mean().item())
-        hist["margin"].append(meta["margin"].mean().item())
+        for k in ("loss", "train_accuracy", "margin"):
+            hist[k].append(m[k])
+        say({"step": step, "total": cfg.num_steps, **m})
         if step % cfg.eval_every == 0 or step == cfg.num_steps:
             evaluate(step)
-            if log:
-                log({"step": step, "loss": hist["loss"][-1], "eval_accuracy": hist["eval_accuracy"][-1] if evals else None})
     check_weights("DPO", model, cfg.num_steps)
     hist["likelihood_accuracy_after"] = likelihood_accuracy(model, tokenizer, evals, max_length) if evals else float("nan")
     hist["seconds"] = round(time.time() - t0, 2)

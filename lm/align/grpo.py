@@ -9,6 +9,10 @@ and the clipped ratio π/π_old keeps updates close to the sampling policy.
 
 Held-out problems are decoded greedily every ``eval_every`` steps; their mean verifier
 reward is the number that should go up.
+
+The loop reads like torchtitan's: ``train_grpo`` calls ``setup_grpo`` once, then per step
+``next_problems`` → ``rollout`` (sample, score, advantages) → ``policy_update`` (the
+optimizer steps), and ``evaluate_policy`` every ``eval_every`` steps.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from pydantic import BaseModel, Field
 
-from lm.align.batches import batch_from_ids
+from lm.align.batches import TokenizedBatch, batch_from_ids, next_indices
 from lm.align.guard import check_loss, check_weights
 from lm.align.losses import LossType, compute_group_normalized_rewards, grpo_microbatch_train_step
 from lm.align.ops import get_response_log_probs, masked_mean
@@ -72,6 +77,135 @@ def evaluate_rewards(policy, tokenizer, problems: Sequence[Problem], reward_fn: 
     }
 
 
+@dataclass
+class RolloutBatch:
+    """One step's rollouts, scored: token rows, group-relative advantages and raw rewards."""
+
+    batch: TokenizedBatch
+    advantages: torch.Tensor  # (n,)
+    raw_rewards: torch.Tensor  # (n,)
+    reward_mean: float
+    old_log_probs: torch.Tensor | None  # (n, T) at rollout time, for the clipped ratio
+
+
+@dataclass
+class GRPOLoop:
+    """What the loop carries from step to step (built by ``setup_grpo``)."""
+
+    opt: torch.optim.Optimizer
+    rng: random.Random  # problem order
+    gen: torch.Generator  # sampling
+    counts: Counter
+    hist: dict
+    need_old: bool
+    ctx: int | None
+    order: list[int] = field(default_factory=list)
+
+
+def setup_grpo(policy: torch.nn.Module, train_problems: Sequence[Problem], cfg: GRPOConfig) -> GRPOLoop:
+    from lm.train import AdamW
+
+    if not train_problems:
+        raise ValueError("train_grpo needs at least one training problem")
+    return GRPOLoop(
+        opt=AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay),
+        rng=random.Random(cfg.seed),
+        gen=torch.Generator().manual_seed(cfg.seed),
+        counts=Counter(),
+        hist={"step": [], "train_reward": [], "loss": [], "clip_fraction": [], "entropy": [], "response_tokens": [],
+              "eval_step": [], "eval_reward": [], "eval_format": []},
+        need_old=cfg.loss_type == "grpo_clip" or cfg.epochs_per_rollout > 1,
+        ctx=context_length(policy),
+    )
+
+
+def next_problems(loop: GRPOLoop, train_problems: Sequence[Problem], n: int) -> list[Problem]:
+    """``n`` problems, each epoch of the training set in a fresh shuffled order."""
+    return [train_problems[i] for i in next_indices(loop.order, loop.rng, len(train_problems), n)]
+
+
+def rollout(policy, tokenizer, picks: Sequence[Problem], reward_fn: RewardFn, cfg: GRPOConfig, loop: GRPOLoop) -> RolloutBatch:
+    """Sample ``group_size`` responses per problem, score them, and compute group-relative advantages."""
+    eot = tokenizer.eot_id
+    prompt_ids = [tokenizer.encode(p) for p, _ in picks for _ in range(cfg.group_size)]
+    if loop.ctx is not None:  # keep each prompt's tail, as generate does, so the scored rows match the rollouts
+        loop.counts["truncated_prompts"] += sum(len(p) >= loop.ctx for p in prompt_ids)
+        prompt_ids = [p[len(p) - (loop.ctx - 1):] if len(p) >= loop.ctx else p for p in prompt_ids]
+    truths = [a for _, a in picks for _ in range(cfg.group_size)]
+    ro = generate(policy, prompt_ids, max_new_tokens=cfg.max_new_tokens, stop_ids=[eot], temperature=cfg.temperature, generator=loop.gen)
+    loop.counts.update(ro.counts)
+    loop.counts["unfinished_responses"] += sum(not f for f in ro.finished)
+    texts = [tokenizer.decode(c) for c in ro.completions]
+    adv, raw, meta = compute_group_normalized_rewards(reward_fn, texts, truths, cfg.group_size, cfg.advantage_eps, cfg.normalize_by_std)
+    loop.counts["verifier_errors"] += meta["reward_errors"]
+    loop.counts["zero_signal_groups"] += meta["zero_signal_groups"]
+    # The stop token is part of the response: the policy must learn to end its answer.
+    responses = [c + [eot] if f else c for c, f in zip(ro.completions, ro.finished)]
+    batch = batch_from_ids(prompt_ids, responses, pad_id=eot)
+    old_lp = None
+    if loop.need_old:
+        with torch.no_grad():
+            old_lp = torch.cat([get_response_log_probs(policy, batch.input_ids[sl], batch.labels[sl])["log_probs"]
+                                for sl in _microbatches(batch.input_ids.shape[0], cfg.microbatch_size)])
+    return RolloutBatch(batch, adv, raw, meta["reward_mean"], old_lp)
+
+
+def _microbatches(n: int, size: int) -> list[slice]:
+    return [slice(s, s + size) for s in range(0, n, size)]
+
+
+def policy_update(policy, rb: RolloutBatch, cfg: GRPOConfig, loop: GRPOLoop, step: int) -> dict:
+    """``epochs_per_rollout`` optimizer steps over the rollouts; mean loss, clip fraction and entropy."""
+    from lm.train import clip_grad_norm_
+
+    batch = rb.batch
+    n = batch.input_ids.shape[0]
+    policy.train()
+    accum = -(-n // cfg.microbatch_size)
+    losses, clips, ents = [], [], []
+    for _ in range(cfg.epochs_per_rollout):
+        loop.opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for sl in _microbatches(n, cfg.microbatch_size):
+            out = get_response_log_probs(policy, batch.input_ids[sl], batch.labels[sl], return_token_entropy=True)
+            if faults.inject("grpo.loss", step):  # test-only (lm.train.faults)
+                out["log_probs"] = out["log_probs"] * float("nan")
+            loss, m = grpo_microbatch_train_step(
+                out["log_probs"], batch.response_mask[sl], accum, cfg.loss_type,
+                raw_rewards=rb.raw_rewards[sl, None], advantages=rb.advantages[sl, None],
+                old_log_probs=rb.old_log_probs[sl] if rb.old_log_probs is not None else None, cliprange=cfg.cliprange,
+            )
+            step_loss += loss.item()
+            if batch.response_mask[sl].any():
+                ents.append(masked_mean(out["token_entropy"].detach(), batch.response_mask[sl]).item())
+            if "clip_fraction" in m and torch.isfinite(m["clip_fraction"]):
+                clips.append(m["clip_fraction"].item())
+        check_loss("GRPO", step, step_loss)  # before the update: no checkpoint of NaN weights
+        if cfg.max_grad_norm > 0:
+            clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+        loop.opt.step()
+        losses.append(step_loss)
+    return {
+        "loss": sum(losses) / len(losses),
+        "clip_fraction": sum(clips) / len(clips) if clips else 0.0,
+        "entropy": sum(ents) / len(ents) if ents else 0.0,
+        "response_tokens": float(batch.response_mask.sum()) / n,
+    }
+
+
+def evaluate_policy(policy, tokenizer, eval_problems: Sequence[Problem], reward_fn: RewardFn, cfg: GRPOConfig, loop: GRPOLoop, step: int) -> dict | None:
+    """Greedy decoding of the held-out problems: appended to the history; None without problems."""
+    if not eval_problems:
+        return None
+    m = evaluate_rewards(policy, tokenizer, eval_problems, reward_fn, max_new_tokens=cfg.max_new_tokens)
+    hist = loop.hist
+    hist["eval_step"].append(step)
+    hist["eval_reward"].append(m["reward_mean"])
+    hist["eval_format"].append(m["format_mean"])
+    hist.setdefault("eval_samples", {})[step] = list(zip([p for p, _ in eval_problems[:5]], m["responses"][:5]))
+    return m
+
+
 def train_grpo(
     policy: torch.nn.Module,
     tokenizer,
@@ -82,102 +216,35 @@ def train_grpo(
     *,
     log: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Train ``policy`` in place with GRPO. Returns a history of rewards, losses and evaluations."""
-    from lm.train import AdamW, clip_grad_norm_
+    """Train ``policy`` in place with GRPO. Returns a history of rewards, losses and evaluations.
 
-    if not train_problems:
-        raise ValueError("train_grpo needs at least one training problem")
-    opt = AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = random.Random(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    eot = tokenizer.eot_id
-    counts: Counter = Counter()
-    hist: dict = {"step": [], "train_reward": [], "loss": [], "clip_fraction": [], "entropy": [], "response_tokens": [],
-                  "eval_step": [], "eval_reward": [], "eval_format": []}
-    need_old = cfg.loss_type == "grpo_clip" or cfg.epochs_per_rollout > 1
-    ctx = context_length(policy)
-    t0 = time.time()
+    ``log`` (e.g. a progress reporter) gets one dict per step (step, total, loss, reward,
+    tokens, entropy, clip_fraction) and one per evaluation (step, eval_reward).
+    """
+    loop = setup_grpo(policy, train_problems, cfg)
+    hist, t0 = loop.hist, time.time()
+    say = log or (lambda row: None)
 
     def evaluate(step: int) -> None:
-        if not eval_problems:
-            return
-        m = evaluate_rewards(policy, tokenizer, eval_problems, reward_fn, max_new_tokens=cfg.max_new_tokens)
-        hist["eval_step"].append(step)
-        hist["eval_reward"].append(m["reward_mean"])
-        hist["eval_format"].append(m["format_mean"])
-        hist.setdefault("eval_samples", {})[step] = list(zip([p for p, _ in eval_problems[:5]], m["responses"][:5]))
-        if log:
-            log({"step": step, "eval_reward": m["reward_mean"]})
+        m = evaluate_policy(policy, tokenizer, eval_problems, reward_fn, cfg, loop, step)
+        if m is not None:
+            say({"step": step, "total": cfg.num_steps, "eval_reward": m["reward_mean"]})
 
     evaluate(0)
-    order: list[int] = []
     for step in range(1, cfg.num_steps + 1):
-        picks = []
-        while len(picks) < cfg.num_prompts_per_step:
-            if not order:
-                order = list(range(len(train_problems)))
-                rng.shuffle(order)
-            picks.append(train_problems[order.pop()])
-        prompt_ids = [tokenizer.encode(p) for p, _ in picks for _ in range(cfg.group_size)]
-        if ctx is not None:  # keep each prompt's tail, as generate does, so the scored rows match the rollouts
-            counts["truncated_prompts"] += sum(len(p) >= ctx for p in prompt_ids)
-            prompt_ids = [p[len(p) - (ctx - 1):] if len(p) >= ctx else p for p in prompt_ids]
-        truths = [a for _, a in picks for _ in range(cfg.group_size)]
-        ro = generate(policy, prompt_ids, max_new_tokens=cfg.max_new_tokens, stop_ids=[eot], temperature=cfg.temperature, generator=gen)
-        counts.update(ro.counts)
-        counts["unfinished_responses"] += sum(not f for f in ro.finished)
-        texts = [tokenizer.decode(c) for c in ro.completions]
-        adv, raw, meta = compute_group_normalized_rewards(reward_fn, texts, truths, cfg.group_size, cfg.advantage_eps, cfg.normalize_by_std)
-        counts["verifier_errors"] += meta["reward_errors"]
-        counts["zero_signal_groups"] += meta["zero_signal_groups"]
-        # The stop token is part of the response: the policy must learn to end its answer.
-        responses = [c + [eot] if f else c for c, f in zip(ro.completions, ro.finished)]
-        batch = batch_from_ids(prompt_ids, responses, pad_id=eot)
-        n = batch.input_ids.shape[0]
-        old_lp = None
-        if need_old:
-            with torch.no_grad():
-                old_lp = torch.cat([
-                    get_response_log_probs(policy, batch.input_ids[s: s + cfg.microbatch_size], batch.labels[s: s + cfg.microbatch_size])["log_probs"]
-                    for s in range(0, n, cfg.microbatch_size)
-                ])
-        policy.train()
-        accum = -(-n // cfg.microbatch_size)
-        losses, clips, ents = [], [], []
-        for _ in range(cfg.epochs_per_rollout):
-            opt.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for s in range(0, n, cfg.microbatch_size):
-                sl = slice(s, s + cfg.microbatch_size)
-                out = get_response_log_probs(policy, batch.input_ids[sl], batch.labels[sl], return_token_entropy=True)
-                if faults.inject("grpo.loss", step):  # test-only (lm.train.faults)
-                    out["log_probs"] = out["log_probs"] * float("nan")
-                loss, m = grpo_microbatch_train_step(
-                    out["log_probs"], batch.response_mask[sl], accum, cfg.loss_type,
-                    raw_rewards=raw[sl, None], advantages=adv[sl, None],
-                    old_log_probs=old_lp[sl] if old_lp is not None else None, cliprange=cfg.cliprange,
-                )
-                step_loss += loss.item()
-                if batch.response_mask[sl].any():
-                    ents.append(masked_mean(out["token_entropy"].detach(), batch.response_mask[sl]).item())
-                if "clip_fraction" in m and torch.isfinite(m["clip_fraction"]):
-                    clips.append(m["clip_fraction"].item())
-            check_loss("GRPO", step, step_loss)  # before the update: no checkpoint of NaN weights
-            if cfg.max_grad_norm > 0:
-                clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            opt.step()
-            losses.append(step_loss)
+        rb = rollout(policy, tokenizer, next_problems(loop, train_problems, cfg.num_prompts_per_step), reward_fn, cfg, loop)
+        m = policy_update(policy, rb, cfg, loop, step)
         hist["step"].append(step)
-        hist["train_reward"].append(meta["reward_mean"])
-        hist["loss"].append(sum(losses) / len(losses))
-        hist["clip_fraction"].append(sum(clips) / len(clips) if clips else 0.0)
-        hist["entropy"].append(sum(ents) / len(ents) if ents else 0.0)
-        hist["response_tokens"].append(float(batch.response_mask.sum()) / n)
+        hist["train_reward"].append(rb.reward_mean)
+        for k, v in m.items():
+            hist[k].append(v)
+        say({"step": step, "total": cfg.num_steps, "loss": m["loss"], "reward": rb.reward_mean, "entropy": m["entropy"],
+             "clip_fraction": m["clip_fraction"], "tokens": int(rb.batch.input_ids.numel())})
         if step % cfg.eval_every == 0 or step == cfg.num_steps:
             evaluate(step)
     check_weights("GRPO", policy, cfg.num_steps)
     hist["seconds"] = round(time.time() - t0, 2)
-    hist["counts"] = dict(counts)
+    hist["counts"] = dict(loop.counts)
     if hist["eval_reward"]:
         hist["eval_reward_before"], hist["eval_reward_after"] = hist["eval_reward"][0], hist["eval_reward"][-1]
     return hist

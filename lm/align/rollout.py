@@ -10,7 +10,7 @@ Face causal LM) recomputes the prefix each step. Temperature 0 is greedy decodin
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -48,11 +48,13 @@ def generate(
     top_k: int | None = None,
     batch_size: int = 64,
     generator: torch.Generator | None = None,
+    on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
 ) -> Rollouts:
     """Sample up to ``max_new_tokens`` after each prompt; stop a row at any of ``stop_ids``.
 
     A prompt longer than the model's context keeps its last tokens (counted as
     ``truncated_prompts``); generation stops at the context length (``hit_context``).
+    ``on_batch(prompt indices, their completions)`` is called after each batch (progress).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
@@ -88,6 +90,8 @@ def generate(
                 finished[i] = done[j]
                 if not done[j] and steps < max_new_tokens:
                     counts["hit_context"] += 1
+            if on_batch is not None:
+                on_batch(rows, out)
     model.train(was_training)
     counts["rollouts"] += len(prompts)
     return Rollouts(completions, finished, counts)

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, Field
 
-from lm.align.batches import tokenize_prompt_and_output
+from lm.align.batches import next_indices, tokenize_prompt_and_output
 from lm.align.guard import check_loss, check_weights, poison_a_weight
 from lm.align.losses import sft_microbatch_train_step
 from lm.align.ops import get_response_log_probs
@@ -77,6 +77,41 @@ def response_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_si
     return total / max(n, 1)
 
 
+def _lr_at(step: int, cfg: SFTConfig) -> float:
+    return cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+
+
+def sft_step(model, tokenizer, opt, chunks: Sequence[Sequence[tuple[str, str]]], cfg: SFTConfig, step: int, max_length: int | None, counts: Counter) -> tuple[float, int]:
+    """One optimizer step over ``chunks`` (the microbatches); returns (loss, tokens processed)."""
+    from lm.train import clip_grad_norm_
+
+    for g in opt.param_groups:
+        g["lr"] = _lr_at(step, cfg)
+    opt.zero_grad(set_to_none=True)
+    step_loss, tokens = 0.0, 0
+    for chunk in chunks:
+        b = tokenize_prompt_and_output([p for p, _ in chunk], [r for _, r in chunk], tokenizer, max_length=max_length, eot_id=tokenizer.eot_id)
+        counts.update(b.counts)
+        tokens += int(b.input_ids.numel())
+        lp = get_response_log_probs(model, b.input_ids, b.labels)["log_probs"]
+        if faults.inject("sft.loss", step):  # test-only (lm.train.faults)
+            lp = lp * float("nan")
+        if cfg.normalize == "tokens":
+            # Σ/(tokens per sequence on average) averaged over sequences = mean NLL per token
+            const = max(float(b.response_mask.sum()) / len(chunk), 1.0)
+        else:
+            const = cfg.normalize_constant
+        loss, _ = sft_microbatch_train_step(lp, b.response_mask, cfg.gradient_accumulation_steps, const)
+        step_loss += loss.item()
+    check_loss("SFT", step, step_loss)  # before the update: no checkpoint of NaN weights
+    if cfg.max_grad_norm > 0:
+        clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    opt.step()
+    if faults.inject("sft.param", step):  # test-only (lm.train.faults)
+        poison_a_weight(model)
+    return step_loss, tokens
+
+
 def train_sft(
     model: torch.nn.Module,
     tokenizer,
@@ -91,9 +126,10 @@ def train_sft(
 
     ``probe_reward(model)`` (e.g. greedy accuracy under a verifier on some training prompts)
     is recorded at each evaluation; with ``cfg.stop_at_reward`` training stops once it
-    reaches that value.
+    reaches that value. ``log`` (e.g. a progress reporter) gets one dict per step (step,
+    total, loss, tokens) and one per evaluation (step, eval_nll, reward).
     """
-    from lm.train import AdamW, clip_grad_norm_
+    from lm.train import AdamW
 
     if not train_pairs:
         raise ValueError("train_sft needs at least one training pair")
@@ -108,53 +144,27 @@ def train_sft(
     order: list[int] = []
     counts: Counter = Counter()
     hist: dict = {"step": [], "loss": [], "eval_step": [], "eval_nll": [], "probe_reward": [], "seconds": 0.0}
+    say = log or (lambda row: None)
     t0 = time.time()
-    hist["eval_step"].append(0)
-    hist["eval_nll"].append(response_nll(model, tokenizer, eval_pairs, max_length=max_length) if eval_pairs else math.nan)
-    if probe_reward is not None:
-        hist["probe_reward"].append(probe_reward(model))
+
+    def evaluate(step: int) -> None:
+        hist["eval_step"].append(step)
+        hist["eval_nll"].append(response_nll(model, tokenizer, eval_pairs, max_length=max_length) if eval_pairs else math.nan)
+        if probe_reward is not None:
+            hist["probe_reward"].append(probe_reward(model))
+        say({"step": step, "total": cfg.num_steps, "eval_nll": hist["eval_nll"][-1],
+             **({"reward": hist["probe_reward"][-1]} if hist["probe_reward"] else {})})
+
+    evaluate(0)
     model.train()
     for step in range(1, cfg.num_steps + 1):
-        lr = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for _ in range(cfg.gradient_accumulation_steps):
-            idx = []
-            while len(idx) < micro:
-                if not order:
-                    order = list(range(len(train_pairs)))
-                    rng.shuffle(order)
-                idx.append(order.pop())
-            chunk = [train_pairs[i] for i in idx]
-            b = tokenize_prompt_and_output([p for p, _ in chunk], [r for _, r in chunk], tokenizer, max_length=max_length, eot_id=tokenizer.eot_id)
-            counts.update(b.counts)
-            lp = get_response_log_probs(model, b.input_ids, b.labels)["log_probs"]
-            if faults.inject("sft.loss", step):  # test-only (lm.train.faults)
-                lp = lp * float("nan")
-            if cfg.normalize == "tokens":
-                # Σ/(tokens per sequence on average) averaged over sequences = mean NLL per token
-                const = max(float(b.response_mask.sum()) / len(chunk), 1.0)
-            else:
-                const = cfg.normalize_constant
-            loss, _ = sft_microbatch_train_step(lp, b.response_mask, cfg.gradient_accumulation_steps, const)
-            step_loss += loss.item()
-        check_loss("SFT", step, step_loss)  # before the update: no checkpoint of NaN weights
-        if cfg.max_grad_norm > 0:
-            clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        opt.step()
-        if faults.inject("sft.param", step):  # test-only (lm.train.faults)
-            poison_a_weight(model)
+        chunks = [[train_pairs[i] for i in next_indices(order, rng, len(train_pairs), micro)] for _ in range(cfg.gradient_accumulation_steps)]
+        step_loss, tokens = sft_step(model, tokenizer, opt, chunks, cfg, step, max_length, counts)
         hist["step"].append(step)
         hist["loss"].append(step_loss)
+        say({"step": step, "total": cfg.num_steps, "loss": step_loss, "tokens": tokens})
         if eval_pairs and (step % cfg.eval_every == 0 or step == cfg.num_steps):
-            hist["eval_step"].append(step)
-            hist["eval_nll"].append(response_nll(model, tokenizer, eval_pairs, max_length=max_length))
-            if probe_reward is not None:
-                hist["probe_reward"].append(probe_reward(model))
-            if log:
-                log({"step": step, "loss": step_loss, "eval_nll": hist["eval_nll"][-1]})
+            evaluate(step)
             if cfg.stop_at_reward is not None and hist["probe_reward"] and hist["probe_reward"][-1] >= cfg.stop_at_reward:
                 hist["stopped_at_step"] = step
                 break

@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +41,7 @@ from lm.eval.datasets import load_gsm8k, load_mmlu, load_sft_jsonl
 from lm.eval.harness import EVAL_SCHEMA, evaluate_generation, perplexity
 
 VERSION = "1"
+OnProgress = Callable[[dict], None]  # a progress hook: {"step": …, "loss": …} per step, {"phase": "…"} between phases
 Kind = Literal["instruction", "preference", "problem"]
 SCHEMAS = {"instruction": INSTRUCTION_SCHEMA, "preference": PREFERENCE_SCHEMA, "problem": PROBLEM_SCHEMA}
 
@@ -249,28 +251,34 @@ class StageOptions(BaseModel):
     seed: int = Field(0, description="torch seed.")
 
 
-def _generate_scores(model, tok, prompts: list[str], refs: list[str], opts: StageOptions) -> tuple[list[str], list[float | None]]:
+def _generate_scores(model, tok, prompts: list[str], refs: list[str], opts: StageOptions, say: OnProgress, when: str) -> tuple[list[str], list[float | None]]:
     if not prompts:
         return [], []
+    say({"phase": f"decoding {len(prompts)} held-out prompts {when} training"})
     fn = get_reward_fn(opts.verifier) if opts.verifier else (lambda r, t: {"reward": math.nan, "format_reward": math.nan})
     m = evaluate_rewards(model, tok, list(zip(prompts, refs)), fn, max_new_tokens=opts.max_new_tokens)
     return m["responses"], [None if math.isnan(r) else r for r in m["rewards"]]
 
 
-def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, opts: StageOptions, ref_key: str, train_fn, curves) -> Path:
-    """Shared body: load model and data, decode held-out prompts, train, decode again, save, commit."""
+def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, opts: StageOptions, ref_key: str, train_fn, curves,
+                 on_progress: OnProgress | None) -> Path:
+    """Shared body: load model and data, decode held-out prompts, train, decode again, save, commit.
+
+    ``train_fn(model, tok, train_rows, eval_rows, say)`` runs the loop, passing ``say`` on as its ``log``.
+    """
     stage = Stage(root, name, version=VERSION, config={**config, "options": opts.model_dump()}, inputs=[model_manifest, data_manifest])
     if stage.is_complete():
         return stage.manifest_path
+    say = on_progress or (lambda event: None)
     seed_everything(opts.seed)
     model, tok, upstream = load_policy(model_manifest)
     train_rows, eval_rows = read_split(data_manifest, "train"), read_split(data_manifest, "eval")
     sample_rows = eval_rows[: opts.num_samples]
     prompts, refs = [r["prompt"] for r in sample_rows], [r[ref_key] for r in sample_rows]
     with torch_threads(opts.num_threads):
-        before, r_before = _generate_scores(model, tok, prompts, refs, opts)
-        hist = train_fn(model, tok, train_rows, eval_rows)
-        after, r_after = _generate_scores(model, tok, prompts, refs, opts)
+        before, r_before = _generate_scores(model, tok, prompts, refs, opts, say, "before")
+        hist = train_fn(model, tok, train_rows, eval_rows, say)
+        after, r_after = _generate_scores(model, tok, prompts, refs, opts, say, "after")
     stage.ensure_dir()
     mcfg = save_policy(model, stage.path / "checkpoint", len(hist.get("step", [])), {"stage": name, "upstream": upstream["_path"]})
     plot_curves(stage.path / "curves.png", f"{name}", curves(hist))
@@ -285,16 +293,17 @@ def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, o
     if scored:
         metrics["accuracy_before"] = sum(scored) / len(scored)
         metrics["accuracy_after"] = sum(x for x in r_after if x is not None) / len(scored)
+        metrics["num_scored"] = len(scored)
     (stage.path / "history.json").write_text(json.dumps({k: v for k, v in hist.items() if k != "eval_samples"}, default=str))
     return stage.commit(num_shards=1, extra={"checkpoint": str(stage.path / "checkpoint"), "model_config": mcfg,
                                              "tokenizer": upstream.get("tokenizer"), "metrics": metrics, "plot": str(stage.path / "curves.png")})
 
 
-def run_sft(root, model_manifest, data_manifest, cfg: SFTConfig, opts: StageOptions) -> Path:
+def run_sft(root, model_manifest, data_manifest, cfg: SFTConfig, opts: StageOptions, *, on_progress: OnProgress | None = None) -> Path:
     if cfg.stop_at_reward is not None and not opts.verifier:
         raise ValueError("sft.stop_at_reward needs options.verifier to score held-out answers")
 
-    def train(model, tok, tr, ev):
+    def train(model, tok, tr, ev, say):
         pair = lambda rs: [(r["prompt"], r["response"]) for r in rs]  # noqa: E731
         # the stop rule looks at training problems only: the held-out ones stay unseen by every choice
         probe = [(r["prompt"], r["response"]) for r in tr[: opts.num_samples]]
@@ -302,42 +311,42 @@ def run_sft(root, model_manifest, data_manifest, cfg: SFTConfig, opts: StageOpti
         if opts.verifier:
             fn = get_reward_fn(opts.verifier)
             reward = lambda m: evaluate_rewards(m, tok, probe, fn, max_new_tokens=opts.max_new_tokens)["reward_mean"]  # noqa: E731
-        return train_sft(model, tok, pair(tr), pair(ev), cfg, probe_reward=reward)
+        return train_sft(model, tok, pair(tr), pair(ev), cfg, probe_reward=reward, log=say)
 
     curves = lambda h: [  # noqa: E731
         ("loss", [("train NLL/token", h["step"], h["loss"])]),
         ("NLL / reward", [("held-out response NLL/token", h["eval_step"], h["eval_nll"])] + ([("verifier reward, train sample (greedy)", h["eval_step"], h["probe_reward"])] if h["probe_reward"] else [])),
     ]
-    return _train_stage("sft", root, model_manifest, data_manifest, {"sft": cfg.model_dump()}, opts, "response", train, curves)
+    return _train_stage("sft", root, model_manifest, data_manifest, {"sft": cfg.model_dump()}, opts, "response", train, curves, on_progress)
 
 
-def run_dpo(root, model_manifest, data_manifest, cfg: DPOConfig, opts: StageOptions) -> Path:
-    def train(model, tok, tr, ev):
+def run_dpo(root, model_manifest, data_manifest, cfg: DPOConfig, opts: StageOptions, *, on_progress: OnProgress | None = None) -> Path:
+    def train(model, tok, tr, ev, say):
         ref, _, _ = load_policy(model_manifest)
         trip = lambda rs: [(r["prompt"], r["chosen"], r["rejected"]) for r in rs]  # noqa: E731
-        return train_dpo(model, ref, tok, trip(tr), trip(ev), cfg)
+        return train_dpo(model, ref, tok, trip(tr), trip(ev), cfg, log=say)
 
     curves = lambda h: [  # noqa: E731
         ("DPO loss", [("train", h["step"], h["loss"]), ("held-out", h["eval_step"], h["eval_loss"])]),
         ("preference accuracy", [("train (margin>0)", h["step"], h["train_accuracy"]), ("held-out (margin>0)", h["eval_step"], h["eval_accuracy"])]),
     ]
-    return _train_stage("dpo", root, model_manifest, data_manifest, {"dpo": cfg.model_dump()}, opts, "chosen", train, curves)
+    return _train_stage("dpo", root, model_manifest, data_manifest, {"dpo": cfg.model_dump()}, opts, "chosen", train, curves, on_progress)
 
 
-def run_grpo(root, model_manifest, data_manifest, cfg: GRPOConfig, opts: StageOptions) -> Path:
+def run_grpo(root, model_manifest, data_manifest, cfg: GRPOConfig, opts: StageOptions, *, on_progress: OnProgress | None = None) -> Path:
     if not opts.verifier:
         raise ValueError("GRPO needs a verifier (options.verifier: arithmetic, gsm8k or r1_zero)")
     reward_fn = get_reward_fn(opts.verifier)
 
-    def train(model, tok, tr, ev):
+    def train(model, tok, tr, ev, say):
         prob = lambda rs: [(r["prompt"], r["answer"]) for r in rs]  # noqa: E731
-        return train_grpo(model, tok, prob(tr), prob(ev), reward_fn, cfg)
+        return train_grpo(model, tok, prob(tr), prob(ev), reward_fn, cfg, log=say)
 
     curves = lambda h: [  # noqa: E731
         ("mean verifier reward", [("rollouts (sampled)", h["step"], h["train_reward"]), ("held-out (greedy)", h["eval_step"], h["eval_reward"])]),
         ("loss / entropy", [("policy loss", h["step"], h["loss"]), ("token entropy", h["step"], h["entropy"])]),
     ]
-    return _train_stage("grpo", root, model_manifest, data_manifest, {"grpo": cfg.model_dump()}, opts, "answer", train, curves)
+    return _train_stage("grpo", root, model_manifest, data_manifest, {"grpo": cfg.model_dump()}, opts, "answer", train, curves, on_progress)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -385,24 +394,38 @@ def _perplexity_texts(path: str) -> list[str]:
     return [t for t in texts if t]
 
 
-def run_evaluate(root, model_manifest, cfg: EvalConfig) -> Path:
-    """One EVAL_SCHEMA shard per task; accuracy per task and perplexity in the manifest's metrics."""
+def evaluate_size(cfg: EvalConfig) -> int:
+    """How many problems the evaluate stage grades (its progress total)."""
+    return sum(len(_eval_rows(cfg, task)) for task in cfg.tasks)
+
+
+def run_evaluate(root, model_manifest, cfg: EvalConfig, *, on_progress: OnProgress | None = None) -> Path:
+    """One EVAL_SCHEMA shard per task; accuracy per task and perplexity in the manifest's metrics.
+
+    ``on_progress`` gets {"step": problems graded so far, "accuracy": of the current task} per generation batch.
+    """
     stage = Stage(root, "evaluate", version=VERSION, config=cfg.model_dump(), inputs=[model_manifest])
     if stage.is_complete():
         return stage.manifest_path
     model, tok, _ = load_policy(model_manifest)
     metrics: dict = {}
     with torch_threads(cfg.num_threads):
-        _evaluate_into(stage, model, tok, cfg, metrics)
+        _evaluate_into(stage, model, tok, cfg, metrics, on_progress or (lambda event: None))
     return stage.commit(num_shards=len(cfg.tasks), extra={"metrics": metrics})
 
 
-def _evaluate_into(stage: Stage, model, tok, cfg: EvalConfig, metrics: dict) -> None:
+def _evaluate_into(stage: Stage, model, tok, cfg: EvalConfig, metrics: dict, say: OnProgress) -> None:
+    graded = 0
     for i, task in enumerate(cfg.tasks):
         rows = _eval_rows(cfg, task)
         tmpl = "{question}" if task == "arithmetic" else load_template(cfg.template, cfg.prompts_dir)
+        start = graded
+
+        def on_batch(done: int, correct: int, task=task, start=start) -> None:
+            say({"step": start + done, f"{task}_accuracy": correct / max(done, 1)})
+
         try:
-            out, counts = evaluate_generation(model, tok, task, rows, template=tmpl, max_new_tokens=cfg.max_new_tokens)
+            out, counts = evaluate_generation(model, tok, task, rows, template=tmpl, max_new_tokens=cfg.max_new_tokens, on_batch=on_batch)
         except ValueError as e:  # e.g. a character the demo tokenizer cannot encode
             raise ValueError(f"evaluate task {task!r} failed before generating: {e}") from e
         with stage.open_shard(i, schema=EVAL_SCHEMA, source=task) as w:
@@ -412,11 +435,13 @@ def _evaluate_into(stage: Stage, model, tok, cfg: EvalConfig, metrics: dict) -> 
             for k, v in counts.items():
                 w.add_count(f"{task}:{k}", int(v))
         metrics[f"{task}_accuracy"] = counts["correct"] / max(len(out), 1)
+        graded += len(out)
     if cfg.perplexity_path:
+        say({"phase": f"perplexity of {cfg.perplexity_path}"})
         metrics["perplexity"] = perplexity(model, tok, _perplexity_texts(cfg.perplexity_path))
 
 
 __all__ = [
     "AlignDataConfig", "BaseModelConfig", "EvalConfig", "StageOptions", "build_align_data", "load_policy", "make_demo_base",
-    "read_split", "run_dpo", "run_evaluate", "run_grpo", "run_sft",
+    "evaluate_size", "read_split", "run_dpo", "run_evaluate", "run_grpo", "run_sft",
 ]

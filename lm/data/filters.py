@@ -124,10 +124,9 @@ class HarmfulContentFilter:
         self.name, self.kind, self.model_path, self.max_score = kind, kind, model_path, max_score
 
     def filter(self, doc: Doc) -> tuple[bool, str | None]:
-        from lm.data.harmful import classify_nsfw, classify_toxic
+        from lm.data.harmful import harmful_score
 
-        label, p = (classify_nsfw if self.kind == "nsfw" else classify_toxic)(doc["text"], self.model_path)
-        score = p if label == self.kind else 1.0 - p
+        score = harmful_score(self.kind, doc["text"], self.model_path)
         doc[f"{self.kind}_score"] = round(score, 4)
         return (False, self.kind) if score >= self.max_score else (True, None)
 

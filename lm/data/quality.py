@@ -6,20 +6,28 @@ the CS336 tests use.
 
 The quality classifier labels text ``"wiki"`` (reads like reference text) or ``"cc"``
 (reads like a random crawl page). No pretrained model can be downloaded here, so
-``classify_quality`` without a model path uses a default model trained on first use from
-data on this machine (see ``lm.data.classifier_data``); users give their own model by path.
+``classify_quality`` without a model path uses a default model trained on first use
+(see ``lm.data.default_classifiers``); users give their own model by path, ours or a
+DCLM-style ``hq``/``cc`` one.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import threading
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib.resources import files
-from pathlib import Path
 
-from lm.data.classifier import load_classifier, predict
+from lm.data.classifier import TERMINAL_PUNCTUATION, positive_labels, positive_probability, predict, quality_features
+from lm.data.default_classifiers import DEFAULT_MODEL_VERSION, LABELS, default_model_path, resolve_model
+
+__all__ = [
+    "gopher_reason", "gopher_quality_ok", "c4_clean", "find_bad_word", "quality_score", "classify_quality",
+    "wiki_probability", "quality_features", "default_model_path", "resolve_model", "DEFAULT_MODEL_VERSION",
+    "QUALITY_LABELS",
+]
+QUALITY_LABELS = LABELS["quality"]
 
 # --------------------------------------------------------------------------- Gopher
 
@@ -62,7 +70,7 @@ def gopher_quality_ok(text: str) -> bool:
 
 # --------------------------------------------------------------------------- C4
 
-_TERMINAL = (".", "!", "?", '"', "'", "”", "’")
+_TERMINAL = TERMINAL_PUNCTUATION
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 _SENTENCE_END = re.compile(r"[.!?]+(?:[\"'”’)]*)(?=\s|$)")
 
@@ -125,64 +133,22 @@ def find_bad_word(text: str, language: str = "en") -> str | None:
 
 # --------------------------------------------------------------------------- classifier
 
-QUALITY_LABELS = ("wiki", "cc")
-# Bump when the default training recipe changes, so a stale cached model is not reused.
-DEFAULT_MODEL_VERSION = "1"
-_train_lock = threading.Lock()
 
+def quality_score(text: str, model_path: str | os.PathLike | None = None,
+                  positive: Sequence[str] | None = None) -> float:
+    """P(high quality): the summed probability of the model's positive labels.
 
-def default_model_path(kind: str) -> Path:
-    """Where the default ``kind`` model (quality, nsfw, toxic) lives: ``$LMPIPE_CACHE/classifiers``."""
-    from lm.cache import cache_dir
-
-    return cache_dir() / "classifiers" / f"{kind}-v{DEFAULT_MODEL_VERSION}.bin"
-
-
-def resolve_model(kind: str, model_path: str | os.PathLike | None):
-    """The loaded model: the given path, or the default one (trained on first use)."""
-    if model_path is not None:
-        return load_classifier(model_path)
-    path = default_model_path(kind)
-    if not path.exists():
-        from lm.data.classifier_data import train_default_model
-
-        with _train_lock:  # shard tasks run in threads: train once
-            if not path.exists():
-                train_default_model(kind, path)
-    return load_classifier(path)
-
-
-_SHORT_LINE_WORDS = 6
-
-
-def quality_features(text: str) -> str:
-    """The text the quality classifier reads: each line prefixed by layout markers.
-
-    A bag of words cannot see that a page is a list of short menu items; the markers
-    ``__eol__`` (every line), ``__short__`` (fewer than 6 words) and ``__noend__`` (no
-    terminal punctuation) make that layout a feature. A model trained without them simply ignores them: fastText
-    drops tokens it has never seen.
-    """
-    out = []
-    for line in text.splitlines():
-        s = line.strip()
-        if not s:
-            continue
-        marks = ["__eol__"]
-        if len(s.split()) < _SHORT_LINE_WORDS:
-            marks.append("__short__")
-        if not s.endswith(_TERMINAL + (":",)):
-            marks.append("__noend__")
-        out.append(" ".join(marks + [s]))
-    return "\n".join(out)
+    Positive labels: ``positive`` if given, else the known ones (``wiki`` for ours, ``hq`` for
+    DCLM's ``hq``/``cc`` models); see ``lm.data.classifier.positive_labels``."""
+    model = resolve_model("quality", model_path)
+    return positive_probability(model, quality_features(text), positive_labels(model, "quality", positive))
 
 
 def classify_quality(text: str, model_path: str | os.PathLike | None = None) -> tuple[str, float]:
-    """``("wiki" | "cc", probability)`` from the quality classifier."""
+    """``("wiki" | "cc", probability)`` from the quality classifier (the model's own top label)."""
     return predict(resolve_model("quality", model_path), quality_features(text))
 
 
 def wiki_probability(text: str, model_path: str | os.PathLike | None = None) -> float:
-    """P(wiki): the score the quality stage thresholds."""
-    label, p = classify_quality(text, model_path)
-    return p if label == "wiki" else 1.0 - p
+    """P(wiki): the score the quality stage thresholds (``quality_score`` with the known labels)."""
+    return quality_score(text, model_path)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 import torch
@@ -66,25 +66,43 @@ def evaluate_generation(
     template: str = "{question}",
     max_new_tokens: int = 256,
     batch_size: int = 32,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict], Counter]:
-    """Greedy-decode every row's prompt and grade it. Returns (EVAL_SCHEMA rows, counts)."""
+    """Greedy-decode every row's prompt and grade it. Returns (EVAL_SCHEMA rows, counts).
+
+    Rows are graded as their generation batch finishes; ``on_batch(graded, correct)`` then
+    reports the totals so far (progress).
+    """
     if task not in TASKS:
         raise ValueError(f"unknown eval task {task!r}; choose one of {TASKS}")
     prompts = [render(template, question=mmlu_question(r) if task == "mmlu" else r["question"]) for r in rows]
-    stop = [tokenizer.eot_id]
-    ro = generate(model, [tokenizer.encode(p) for p in prompts], max_new_tokens=max_new_tokens, stop_ids=stop, temperature=0.0, batch_size=batch_size)
+    out: list[dict | None] = [None] * len(rows)
+    errors: list[str | None] = [None] * len(rows)
+    graded = correct = 0
+
+    def grade(idx: list[int], completions: list[list[int]]) -> None:
+        nonlocal graded, correct
+        for i, ids in zip(idx, completions):
+            r, gen = rows[i], tokenizer.decode(ids)
+            try:
+                parsed, ok = _grade(task, r, gen)
+            except Exception as e:  # a malformed record is graded wrong and counted, never fatal
+                errors[i] = f"grader_error:{type(e).__name__}"
+                parsed, ok = None, False
+            correct += int(ok)
+            out[i] = {"id": str(r["id"]), "task": task, "prompt": prompts[i], "generation": gen, "parsed": parsed, "answer": str(r["answer"]), "correct": ok}
+        graded += len(idx)
+        if on_batch is not None:
+            on_batch(graded, correct)
+
+    ro = generate(model, [tokenizer.encode(p) for p in prompts], max_new_tokens=max_new_tokens, stop_ids=[tokenizer.eot_id],
+                  temperature=0.0, batch_size=batch_size, on_batch=grade)
     counts: Counter = Counter(ro.counts)
-    out = []
-    for r, prompt, ids in zip(rows, prompts, ro.completions):
-        gen = tokenizer.decode(ids)
-        try:
-            parsed, ok = _grade(task, r, gen)
-        except Exception as e:  # a malformed record is graded wrong and counted, never fatal
-            counts[f"grader_error:{type(e).__name__}"] += 1
-            parsed, ok = None, False
-        counts["correct"] += int(ok)
-        counts["unparsed"] += int(parsed is None)
-        out.append({"id": str(r["id"]), "task": task, "prompt": prompt, "generation": gen, "parsed": parsed, "answer": str(r["answer"]), "correct": ok})
+    for o, err in zip(out, errors):  # in row order: the counts read the same whatever order batches finish in
+        if err:
+            counts[err] += 1
+        counts["correct"] += int(o["correct"])
+        counts["unparsed"] += int(o["parsed"] is None)
     return out, counts
 
 

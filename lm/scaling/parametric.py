@@ -36,6 +36,7 @@ from threadpoolctl import threadpool_limits
 from lm.scaling._checks import as_positive, drop_nan_losses, same_length
 
 HUBER_DELTA = 1e-3
+FRONTIER_MIN_N = 1e3  # the numeric frontier search starts here: an optimum at it is a bound, not a result
 PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
 CHINCHILLA_GRID = {
     "alpha": np.arange(0.0, 2.01, 0.5),
@@ -149,7 +150,7 @@ def frontier(p: np.ndarray, budget: float, flops_per_token: Callable[[float], fl
             n_ = math.exp(ln_n)
             return float(law_loss(p, n_, budget / flops_per_token(n_)))
 
-        grid = np.linspace(math.log(1e3), math.log(budget / 6) - math.log(10), 200)  # ≥ 10 tokens per param·6
+        grid = np.linspace(math.log(FRONTIER_MIN_N), math.log(budget / 6) - math.log(10), 200)  # ≥ 10 tokens per param·6
         vals = [f(x) for x in grid]
         i = int(np.argmin(vals))
         lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]

@@ -3,6 +3,11 @@
 Input is the sweep's runs table (rows with budget, params, tokens, compute, final losses,
 status; see lm.scaling.sweep), so everything here is testable on synthetic tables. Runs
 that failed, diverged or have no loss are left out with a note naming them.
+
+A fit can succeed numerically and still say nothing: an IsoFLOP law needs ≥ 2 budgets whose
+profile brackets a minimum, and a parametric fit whose E ran to 0, whose exponents are not
+positive or whose frontier sits at the edge of its search has fitted the noise. ``judge``
+names these problems; such an approach gives no recommendation, and the report says why.
 """
 
 from __future__ import annotations
@@ -10,13 +15,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from lm.scaling.flops import family_flops_per_token, flops_per_token, non_embedding_params, shape_for_params, tokens_for_budget
-from lm.scaling.isoflop import IsoFlopFit, fit_budget, fit_isoflop
-from lm.scaling.parametric import ParametricFit, fit_parametric
+from lm.scaling.isoflop import IsoFlopFit, fit_isoflop
+from lm.markdown import markdown_table
+from lm.scaling.parametric import FRONTIER_MIN_N, ParametricFit, fit_parametric
 
 
 @dataclass
@@ -28,6 +33,8 @@ class SweepFits:
     used_runs: list[dict]
     notes: list[str] = field(default_factory=list)
     recommendation: dict = field(default_factory=dict)
+    verdict: dict = field(default_factory=dict)  # per approach: {"ok": bool, "problems": [...]}; see judge()
+    min_loss: float = math.nan  # lowest loss among the used runs (E above it is impossible, near 0 implausible)
     flops_rule: tuple[int, int, float] = (1, 1, 1.0)  # (context_length, vocab_size, aspect_ratio) of the sweep
 
     def flops_per_token(self, n: float) -> float:
@@ -37,20 +44,22 @@ class SweepFits:
     def law_rows(self) -> list[dict]:
         """The fitted-law table: one row per fitted quantity, value and interval."""
         rows = []
+        trust = {k: "ok" if v.get("ok") else "NOT A RESULT" for k, v in self.verdict.items()}
         if self.isoflop is not None:
             for r in self.isoflop.law_rows():
                 rows.append({"approach": "isoflop (2)", "quantity": r["law"].replace("k·C^e", "k·C^e: exponent e"),
-                             "value": _g(r["exponent"]), "interval": _ci(r["exponent_ci"]), "se": ""})
+                             "value": _g(r["exponent"]), "interval": _ci(r["exponent_ci"]), "se": "", "trust": trust.get("isoflop", "")})
                 rows.append({"approach": "isoflop (2)", "quantity": r["law"].replace("k·C^e", "k·C^e: coefficient k"),
-                             "value": _g(r["coefficient"]), "interval": _ci(r["coefficient_ci"]), "se": ""})
+                             "value": _g(r["coefficient"]), "interval": _ci(r["coefficient_ci"]), "se": "", "trust": trust.get("isoflop", "")})
         if self.parametric is not None:
             for r in self.parametric.law_rows():
                 rows.append({"approach": "parametric (3)", "quantity": f"L = E + A/N^alpha + B/D^beta: {r['parameter']}",
-                             "value": _g(r["value"]), "interval": _ci(r["ci"]), "se": _g(r["se"])})
+                             "value": _g(r["value"]), "interval": _ci(r["ci"]), "se": _g(r["se"]), "trust": trust.get("parametric", "")})
         return rows
 
     def to_json(self) -> dict:
-        out: dict = {"notes": self.notes, "recommendation": self.recommendation, "runs_used": len(self.used_runs)}
+        out: dict = {"notes": self.notes, "recommendation": self.recommendation, "runs_used": len(self.used_runs),
+                     "verdict": self.verdict}
         if self.isoflop is not None:
             f = self.isoflop
             out["isoflop"] = {
@@ -120,9 +129,89 @@ def fit_runs(
             notes.append(f"parametric fit not possible: {e}")
     else:
         notes.append("no usable runs: nothing to fit")
-    fits = SweepFits(iso, par, used, notes, flops_rule=(context_length, vocab_size, aspect_ratio))
+    fits = SweepFits(iso, par, used, notes, flops_rule=(context_length, vocab_size, aspect_ratio),
+                     min_loss=min((r["loss"] for r in used), default=math.nan))
     fits.recommendation = recommend(fits, target_budget)
+    fits.verdict = judge(fits)
+    for key, v in fits.verdict.items():
+        if key in fits.recommendation and not v["ok"]:
+            fits.recommendation[key]["not_a_result"] = v["problems"]
     return fits
+
+
+def judge(fits: SweepFits) -> dict:
+    """Per approach: ``{"ok": bool, "problems": [plain sentences]}``; "ok" only for a law that says something."""
+    iso, par = _isoflop_problems(fits), _parametric_problems(fits)
+    return {"isoflop": {"ok": not iso, "problems": iso}, "parametric": {"ok": not par, "problems": par}}
+
+
+def _not_fitted(fits: SweepFits, approach: str) -> str:
+    why = next((n.split(": ", 1)[1] for n in fits.notes if n.startswith(f"{approach} fit not possible")), "no usable runs")
+    return f"no {approach} fit: {why}"
+
+
+def _isoflop_problems(fits: SweepFits) -> list[str]:
+    f = fits.isoflop
+    if f is None:
+        return [_not_fitted(fits, "isoflop")]
+    out = []
+    bracketed = sum(b.used for b in f.budgets)
+    if bracketed < 2:
+        out.append(f"only {bracketed} budget(s) bracket a minimum; a law needs ≥ 2")
+    for name, e in (("N_opt", f.a), ("D_opt", f.b)):
+        if not 0 < e < 1:
+            out.append(f"{name} ∝ C^{e:.3g}: the exponent must lie in (0, 1) (both grow with compute, each slower than it)")
+    if f.loss_law[1] >= 0:
+        out.append(f"L_opt ∝ C^{f.loss_law[1]:.3g}: the loss does not fall with compute")
+    return out
+
+
+def _parametric_problems(fits: SweepFits) -> list[str]:
+    p = fits.parametric
+    if p is None:
+        return [_not_fitted(fits, "parametric")]
+    out = []
+    if p.alpha <= 0 or p.beta <= 0:
+        out.append(f"exponents alpha={p.alpha:.3g}, beta={p.beta:.3g} are not both positive: the loss would not fall with N or D")
+    if max(p.alpha, p.beta) > 3:
+        out.append(f"exponents alpha={p.alpha:.3g}, beta={p.beta:.3g}: steeper than 3 is not a law, the optimizer ran off")
+    if math.isfinite(fits.min_loss) and p.E < 0.01 * fits.min_loss:
+        out.append(f"E={p.E:.3g}: the irreducible loss ran down to its bound, 0 (under 1% of the lowest loss): the runs do not constrain it")
+    if max(p.A, p.B) > 1e12:
+        out.append(f"A={p.A:.3g}, B={p.B:.3g}: a coefficient ran off to its bound")
+    rec = fits.recommendation.get("parametric") or {}
+    if "n_opt" in rec and rec["n_opt"] <= FRONTIER_MIN_N * 1.01:
+        out.append(f"the compute-optimal N ({rec['n_opt']:.3g}) sits at the lower edge of the frontier search ({FRONTIER_MIN_N:g})")
+    if "error" in rec:
+        out.append(rec["error"])
+    return out
+
+
+def verdict_short(fits_json: dict) -> str:
+    """A few words for a summary table, from fits.json: the recommended N and D, or why there is none."""
+    verdict, rec = fits_json.get("verdict", {}), fits_json.get("recommendation", {})
+    ok = [k for k, v in verdict.items() if v.get("ok")]
+    if not ok:
+        iso = " ".join(verdict.get("isoflop", {}).get("problems", []))
+        why = ["too few budgets bracket a minimum" if "bracket" in iso else "isoflop fit degenerate", "parametric fit degenerate"]
+        return "⚠ no scaling law: " + "; ".join(why) + " (laws.md)"
+    r = rec[ok[0]]
+    return f"{ok[0]}: N_opt {r['n_opt']:.3g}, D_opt {r['d_opt']:.3g} at C={rec['target_budget']:.3g}" + (
+        " (extrapolation)" if r.get("extrapolation") else "")
+
+
+def verdict_message(verdict: dict) -> str:
+    """One plain sentence for the top of a report: what, if anything, this sweep can be trusted for."""
+    ok = [k for k, v in verdict.items() if v["ok"]]
+    if not verdict:
+        return ""
+    if not ok:
+        return ("**No scaling law from this sweep.** Neither fit is a result: "
+                + "; ".join(p for v in verdict.values() for p in v["problems"]) + ".")
+    bad = [k for k in verdict if k not in ok]
+    if bad:
+        return f"Only the {ok[0]} fit is a result; the {bad[0]} fit is not: " + "; ".join(verdict[bad[0]]["problems"]) + "."
+    return "Both fits are usable (check the intervals and the extrapolation flag)."
 
 
 def recommend(fits: SweepFits, budget: float) -> dict:
@@ -150,14 +239,25 @@ def _concrete(n_opt: float, budget: float, ctx: int, vocab: int, aspect: float) 
             "shape_tokens": tokens_for_budget(shape, budget, ctx, vocab), "shape_flops_per_token": flops_per_token(shape, ctx, vocab)}
 
 
-def recommendation_markdown(fits: SweepFits) -> str:
+def recommendation_markdown(fits: SweepFits, laws: list[dict] | None = None) -> str:
+    """laws.md: the verdict, the fitted-law table, then what each approach recommends (or why it cannot)."""
     rec = fits.recommendation
-    lines = [f"# Recommendation for C = {rec['target_budget']:.3g} FLOPs", ""]
+    lines = []
+    message = verdict_message(fits.verdict)
+    if message:
+        lines += [("> ⚠ " if not all(v["ok"] for v in fits.verdict.values()) else "> ") + message, ""]
+    if laws is not None:
+        lines += ["# Fitted laws", "", markdown_table(laws)]
+    lines += [f"# Recommendation for C = {rec['target_budget']:.3g} FLOPs", ""]
     for key, title in (("isoflop", "IsoFLOP profiles (approach 2)"), ("parametric", "Parametric L(N, D) (approach 3)")):
         r = rec.get(key)
         if r is None:
             continue
         lines.append(f"## {title}")
+        if r.get("not_a_result"):
+            lines += ["**Not a result** — this fit is degenerate, so it recommends nothing:", ""]
+            lines += [f"- {p}" for p in r["not_a_result"]] + [""]
+            continue
         if "error" in r:
             lines += [r["error"], ""]
             continue
@@ -175,80 +275,6 @@ def recommendation_markdown(fits: SweepFits) -> str:
     if fits.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in fits.notes]
     return "\n".join(lines) + "\n"
-
-
-def plot_isoflop(rows: list[dict], fits: SweepFits, path: str | Path, fit_on: str = "val") -> Path:
-    """IsoFLOP curves (loss vs N per budget, with parabolas) and N_opt vs C (with both laws)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    budgets = sorted({r["budget"] for r in rows})
-    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(budgets), 1)))
-    if fits.isoflop is not None:
-        per_budget = {b.budget: b for b in fits.isoflop.budgets}
-    else:  # no law, but each profile's parabola still shows where its minimum lies
-        per_budget = {}
-        for budget in budgets:
-            pts = [r for r in fits.used_runs if r["budget"] == budget]
-            if pts:
-                per_budget[budget] = fit_budget(budget, np.log([r["params"] for r in pts]), np.array([r["loss"] for r in pts]), None)
-    used_ids = {r.get("run_id") for r in fits.used_runs}
-    for color, budget in zip(colors, budgets):
-        pts = sorted((r for r in fits.used_runs if r["budget"] == budget), key=lambda r: r["params"])
-        if pts:
-            left.plot([r["params"] for r in pts], [r["loss"] for r in pts], "o", color=color, label=f"C={budget:.2g}")
-        bad = [r for r in rows if r["budget"] == budget and r.get("run_id") not in used_ids]
-        if bad:
-            top = max((r["loss"] for r in pts), default=1.0)
-            left.plot([r["params"] for r in bad], [top] * len(bad), "x", color=color)
-        b = per_budget.get(budget)
-        if b is not None and b.coeffs is not None and pts:
-            xs = np.linspace(math.log(pts[0]["params"]), math.log(pts[-1]["params"]), 100)
-            left.plot(np.exp(xs), np.polyval(b.coeffs, xs), "-", color=color, alpha=0.7)
-            if b.used:
-                left.plot([b.n_opt], [b.loss_opt], "*", color=color, markersize=12, markeredgecolor="k")
-    left.set_xscale("log")
-    left.set_xlabel("non-embedding parameters N")
-    left.set_ylabel(f"final {fit_on} loss")
-    left.set_title("IsoFLOP profiles (× = excluded run)")
-    left.legend(fontsize=8)
-
-    target = fits.recommendation.get("target_budget")
-    lo_c = min(budgets) if budgets else 1.0
-    hi_c = max([*budgets, target or 0.0]) if budgets else 10.0
-    cs = np.logspace(math.log10(lo_c), math.log10(hi_c), 100)
-    if fits.isoflop is not None:
-        f = fits.isoflop
-        used = [b for b in f.budgets if b.used]
-        right.plot([b.budget for b in used], [b.n_opt for b in used], "ko", label="IsoFLOP minima")
-        right.plot(cs, np.exp(f.n_law[0] + f.n_law[1] * np.log(cs)), "k-", label=f"approach 2: N ∝ C^{f.a:.3f}")
-        reps = np.exp(f.boot[:, 0:1] + f.boot[:, 1:2] * np.log(cs)[None, :])
-        q = (1 - f.confidence) / 2 * 100
-        right.fill_between(cs, *np.percentile(reps, [q, 100 - q], axis=0), color="k", alpha=0.15)
-    rec_par = fits.recommendation.get("parametric") or {}
-    if fits.parametric is not None and "error" not in rec_par and rec_par:
-        p = fits.parametric
-        few = cs[::-5][::-1]  # 20 budgets ending at the target: each is a numeric search
-        ns = [p.frontier(c, fits.flops_per_token)[0] for c in few]
-        right.plot(few, ns, "C3--", label=f"approach 3: α={p.alpha:.2f}, β={p.beta:.2f}")
-    for key, marker in (("isoflop", "ks"), ("parametric", "C3s")):
-        r = fits.recommendation.get(key) or {}
-        if "n_opt" in r:
-            right.plot([target], [r["n_opt"]], marker, markersize=9, markerfacecolor="none")
-    right.set_xscale("log")
-    right.set_yscale("log")
-    right.set_xlabel("compute C (FLOPs)")
-    right.set_ylabel("compute-optimal N")
-    right.set_title("N_opt vs compute (□ = target budget)")
-    right.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _g(x) -> str:

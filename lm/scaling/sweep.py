@@ -1,28 +1,24 @@
-"""An IsoFLOP sweep: its config, the plan (budget × model size → one training run), and one run.
+"""An IsoFLOP sweep's plan: its config, the corpus it reads, and budget × model size → one run each.
 
-Each planned run is identified by a fingerprint of (its training config, the corpus); its
-results live in ``<root>/scaling-runs/<fingerprint>/``::
+Each planned run is identified by a fingerprint of (its training config, the corpus); the run
+itself, its cache and the stage that fits the laws are in lm.scaling.stage.
 
-    result.json        the run's row of the runs table (written last: the completion marker)
-    metrics.jsonl, summary.json, checkpoints/   what lm.train.trainer writes (a killed run resumes)
-
-so rerunning a sweep trains nothing, and extending it (one more budget, one more size) trains
-only the new points. A run that raises is reported with status "failed" and is retried on the
-next sweep; a run whose loss went NaN ("diverged") is kept, and left out of the fits.
+``budgets: auto`` chooses the budgets from the corpus and the grid (``auto_budgets``): centred
+where a Chinchilla-like 20 tokens per parameter puts the optimum of the grid's middle model, as
+wide as the grid's range of sizes allows, and capped so that the middle model reads at most
+``max_epochs`` passes over the training tokens.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
-import traceback
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lm.data.shards import atomic_write_json, file_sha256, fingerprint, read_manifest
+from lm.data.shards import file_sha256, fingerprint, read_manifest
 from lm.data.storage import as_path, check_local_root, check_root
 from lm.scaling.flops import (
     ModelShape,
@@ -34,7 +30,7 @@ from lm.scaling.flops import (
 
 RUN_STAGE = "scaling-runs"
 RUN_VERSION = "1"
-RESULT_NAME = "result.json"
+TOKENS_PER_PARAM = 20  # Chinchilla's compute-optimal ratio: where auto budgets are centred
 
 
 class ShapeSpec(BaseModel):
@@ -56,7 +52,12 @@ class ScalingConfig(BaseModel):
     corpus: str | None = Field(None, description="Token-shard directory (with _manifest.json) from the tokenize stage; needs train and val shards.")
     text: str | None = Field(None, description="Instead of corpus: a UTF-8 text file, byte-tokenized (vocab 257, 10% val) into `<root>/scaling-bytes/<fp>/` (for demos).")
     root: str = Field("outputs", description="Output root: runs go to `<root>/scaling-runs/<fp>/`, the fits to `<root>/scaling/<fp>/`.")
-    budgets: list[float] = Field(description="Compute budgets in training FLOPs; each model size is trained to spend each budget.")
+    budgets: list[float] | Literal["auto"] = Field(
+        description="Compute budgets in training FLOPs; each model size is trained to spend each budget. "
+        "'auto': num_budgets budgets chosen from the corpus size and the grid (see docs/scaling.md)."
+    )
+    num_budgets: int = Field(3, ge=2, description="budgets='auto': how many budgets (log-spaced).")
+    max_epochs: float = Field(4.0, gt=0, description="budgets='auto': the grid's middle model reads at most this many passes over the training tokens at the largest budget.")
     model_sizes: list[int] = Field(default_factory=list, description="Target non-embedding parameter counts N; each is mapped to a shape of the family (lm.scaling.flops.shape_for_params).")
     shapes: list[ShapeSpec] = Field(default_factory=list, description="Explicit model shapes, in addition to (or instead of) model_sizes.")
     aspect_ratio: float = Field(32.0, gt=0, description="Target d_model / num_layers of the shape family.")
@@ -92,7 +93,9 @@ class ScalingConfig(BaseModel):
 
     @field_validator("budgets")
     @classmethod
-    def _budgets(cls, v: list[float]) -> list[float]:
+    def _budgets(cls, v: list[float] | str) -> list[float] | str:
+        if v == "auto":
+            return v
         bad = [b for b in v if not (math.isfinite(b) and b > 0)]
         if bad:
             raise ValueError(f"budgets must be positive FLOP counts, got {bad}")
@@ -176,7 +179,9 @@ def learning_rate(cfg: ScalingConfig, shape: ModelShape) -> float:
 
 
 def plan_runs(cfg: ScalingConfig, corpus: dict) -> tuple[list[dict], list[str]]:
-    """Every (budget, shape) run of the sweep, and notes on the ones skipped."""
+    """Every (budget, shape) run of the sweep, and notes on the ones skipped (budgets resolved first)."""
+    if cfg.budgets == "auto":
+        raise ValueError("budgets='auto' must be resolved against the corpus first (lm.scaling.sweep.resolve_budgets)")
     vocab, ctx, tokens_per_step = corpus["vocab_size"], cfg.context_length, cfg.batch_size * cfg.context_length
     runs, notes = [], []
     for budget in cfg.budgets:
@@ -215,58 +220,50 @@ def plan_runs(cfg: ScalingConfig, corpus: dict) -> tuple[list[dict], list[str]]:
     return runs, notes
 
 
-def run_dir(root: str | Path, run_id: str) -> Path:
-    return Path(root) / RUN_STAGE / run_id
+def auto_budgets(cfg: ScalingConfig, corpus: dict) -> tuple[list[float], list[str]]:
+    """``cfg.num_budgets`` log-spaced budgets for this grid on this corpus, and notes saying how.
+
+    Centre: the budget at which the grid's middle model (by N) reads TOKENS_PER_PARAM tokens
+    per parameter, so that a Chinchilla-like optimum falls inside the grid. Width: a factor
+    √(N_max/N_min) either side (the optimum moves as √C, so it stays well inside the grid), cut
+    below where the largest model would get fewer than min_steps steps, and above where the
+    middle model would read more than max_epochs passes over the training tokens. When that cap
+    leaves less than a factor 2, the window reaches down to (N_max/N_min)× below the centre
+    (where the optimum nears the smallest model); when even that is too narrow the corpus is too
+    small for the grid, and a note says so plainly. The fits then say whether the runs
+    bracketed a minimum.
+    """
+    shapes = [s for _, s in grid_shapes(cfg)]
+    vocab, ctx = corpus["vocab_size"], cfg.context_length
+    ns = [non_embedding_params(s) for s in shapes]
+    mid = min(shapes, key=lambda s: abs(math.log(non_embedding_params(s)) - (math.log(ns[0]) + math.log(ns[-1])) / 2))
+    fpt_mid, n_mid = flops_per_token(mid, ctx, vocab), non_embedding_params(mid)
+    centre = fpt_mid * TOKENS_PER_PARAM * n_mid
+    spread = math.sqrt(ns[-1] / ns[0])
+    floor = cfg.min_steps * cfg.batch_size * ctx * flops_per_token(shapes[-1], ctx, vocab) * 1.001
+    train_tokens = corpus["tokens"]["train"]
+    cap = fpt_mid * cfg.max_epochs * train_tokens
+    lo, hi = max(centre / spread, floor), min(centre * spread, cap)
+    notes = [f"budgets chosen from the corpus ({train_tokens:,} training tokens) and the grid (N {ns[0]:,}…{ns[-1]:,}): "
+             f"centred on {centre:.3g} FLOPs, where the middle model (N={n_mid:,}) reads {TOKENS_PER_PARAM} tokens per parameter"]
+    if cap < centre * spread:
+        notes.append(f"the corpus caps the largest budget at {cap:.3g} FLOPs (the middle model reads max_epochs={cfg.max_epochs:g} "
+                     "passes over the training tokens)")
+    if hi < lo * 2:  # the corpus caps the top budget: reach down to where the optimum nears the smallest model
+        lo = max(centre / spread**2, floor)
+        notes.append("the window reaches down, where the optimum moves towards the smallest models")
+    if hi < lo * 2:
+        hi = lo * 4
+        notes.append(f"the corpus is small for this grid: at {hi:.3g} FLOPs the middle model reads "
+                     f"{hi / fpt_mid / train_tokens:.1f} passes over the training tokens (max_epochs={cfg.max_epochs:g}); "
+                     "expect overfitting and no bracketed minimum: use more text or smaller models")
+    budgets = [float(f"{b:.3g}") for b in np.geomspace(lo, hi, cfg.num_budgets)]
+    return budgets, notes
 
 
-def cached_result(root: str | Path, run: dict) -> dict | None:
-    path = run_dir(root, run["run_id"]) / RESULT_NAME
-    if path.exists():
-        return json.loads(path.read_text())
-    return None
-
-
-def execute_run(run: dict, corpus: dict, *, root: str | Path, device: str = "auto", cpu_threads: int = 1) -> dict:
-    """Train one planned run (or read its cached result); returns its runs-table row + ``cached``."""
-    done = cached_result(root, run)
-    if done is not None:
-        return {**done, "cached": True}
-    import torch
-
-    from lm.train.trainer import TrainConfig, train
-
-    out = run_dir(root, run["run_id"])
-    row = {k: v for k, v in run.items() if k != "train"}
-    started = time.time()
-    threads = torch.get_num_threads()
-    try:
-        cfg = TrainConfig(
-            **run["train"], data=corpus["dir"], out_dir=str(out), device=device,
-            eval_interval=run["steps"], checkpoint_interval=run["steps"], keep_last=1, log_interval=max(1, run["steps"] // 5),
-        )
-        if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
-            torch.set_num_threads(cpu_threads)  # tiny matmuls: more threads only contend
-        summary = train(cfg)
-    except Exception as e:  # one bad run must not sink the sweep; it is retried next time
-        return {**row, "final_train_loss": math.nan, "final_val_loss": math.nan, "wall_time_s": round(time.time() - started, 3),
-                "status": "failed", "note": f"{type(e).__name__}: {e}"[:500], "trace": traceback.format_exc()[-2000:], "cached": False}
-    finally:
-        torch.set_num_threads(threads)
-    status = summary["status"]
-    result = {
-        **row,
-        "final_train_loss": _loss(summary["final_train_loss"], status),
-        "final_val_loss": _loss(summary["final_val_loss"], status),
-        "wall_time_s": summary["wall_time_s"],
-        "status": status,
-        "note": "loss went non-finite: excluded from the fits" if status == "diverged" else "",
-    }
-    if status in ("completed", "diverged"):  # deterministic outcomes are cached; a time limit is not
-        atomic_write_json(out / RESULT_NAME, result)
-    return {**result, "cached": False}
-
-
-def _loss(value, status: str) -> float:
-    if status == "diverged" or value is None:
-        return math.nan
-    return float(value)
+def resolve_budgets(cfg: ScalingConfig, corpus: dict) -> tuple[ScalingConfig, list[str]]:
+    """The config with its budgets as numbers (``auto`` chosen from the corpus), and notes on the choice."""
+    if cfg.budgets != "auto":
+        return cfg, []
+    budgets, notes = auto_budgets(cfg, corpus)
+    return cfg.model_copy(update={"budgets": budgets}), notes

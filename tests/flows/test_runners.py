@@ -175,7 +175,7 @@ def test_cli_sets_the_runner(tmp_path):
 
 def test_runner_does_not_change_the_scaling_fingerprint(tmp_path):
     from flows.scaling import ScalingFlowConfig
-    from tasks.scaling import stage_for
+    from lm.scaling.stage import scaling_stage
 
     import pyarrow as pa
 
@@ -186,8 +186,8 @@ def test_runner_does_not_change_the_scaling_fingerprint(tmp_path):
         pass
     base = {"corpus": "c", "budgets": [1e9, 2e9], "model_sizes": [1, 2, 3], "target_budget": 1e11}
     corpus = {"fingerprint": "f", "manifest": str(tokens.commit(num_shards=1))}
-    a = stage_for(ScalingFlowConfig.model_validate(base), corpus, [])
-    b = stage_for(ScalingFlowConfig.model_validate({**base, "runner": {"kind": "dask", "max_workers": 2}}), corpus, [])
+    a = scaling_stage(ScalingFlowConfig.model_validate(base), corpus, [])
+    b = scaling_stage(ScalingFlowConfig.model_validate({**base, "runner": {"kind": "dask", "max_workers": 2}}), corpus, [])
     assert a.fingerprint == b.fingerprint
 
 

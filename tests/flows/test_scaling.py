@@ -4,9 +4,11 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from artifact_checks import assert_progress, latest_artifact  # tests/flows is on sys.path
 
 from flows.scaling import scaling_flow
 from lm.data.shards import read_manifest
+from lm.scaling.report import verdict_message
 from lm.scaling.sweep import ScalingConfig
 from lm.train.data import byte_tokens, write_token_shards
 
@@ -31,8 +33,13 @@ def config(corpus, root, budgets):
 def test_scaling_flow_caches_runs_and_extends(prefect_harness, corpus, tmp_path):
     from prefect.artifacts import Artifact
 
-    first = scaling_flow(config=config(corpus, tmp_path, [1e9, 2e9]))
+    state = scaling_flow(config=config(corpus, tmp_path, [1e9, 2e9]), return_state=True)
+    first = state.result()
     assert (first["runs"], first["trained"], first["cached"], first["failed"]) == (6, 6, 0, 0)
+    # progress per finished run (6 runs: a line each), the closing artifact with every run's training curve and the verdict
+    assert_progress("scaling", flow_run_id=state.state_details.flow_run_id, total=6, every=1, unit="run")
+    assert verdict_message(first["verdict"]) in latest_artifact("scaling-curves").data
+    assert verdict_message(first["verdict"]) in latest_artifact("scaling-recommendation").data
     m = read_manifest(first["manifest"])
     assert m["stage"] == "scaling" and m["counts"]["runs_completed"] == 6
     stage = m["_path"].rsplit("/", 1)[0]

@@ -2,7 +2,7 @@
 uninterrupted run: every stage directory byte-identical (JSON without timings), no record
 lost or duplicated, every input row accounted for (in = kept + rejected + failed).
 
-Stages (in order): extract → langid → pii → rules → quality → line_counts (exact dedup's
+Stages (in order): extract → langid → pii → rules → quality → harmful → line_counts (exact dedup's
 counting pass) → line_duplicates → exact_dedup → minhash_signatures → minhash_buckets →
 minhash_clusters → minhash. A trial is one seed: for each stage it targets, the seed draws a kill point (after k of the
 stage's shards finished plus a small delay, or a random delay after the run started writing
@@ -26,7 +26,7 @@ from lm.data.shards import accounted, read_manifest
 CC = "commoncrawl"
 FAULT = "SIGKILL flow process"
 # Every stage directory the data flow writes, in order (single-task stages included).
-STAGES = ["extract", "langid", "pii", "rules", "quality", "line_counts", "line_duplicates", "exact_dedup",
+STAGES = ["extract", "langid", "pii", "rules", "quality", "harmful", "line_counts", "line_duplicates", "exact_dedup",
           "minhash_signatures", "minhash_buckets", "minhash_clusters", "minhash"]
 SHARDS = 4  # extract slices of the input (and so shards of every per-shard stage after it)
 # Slow every shard's commit a little so a kill often lands between or inside shards.
@@ -61,7 +61,7 @@ def reference_run(prefect_harness, reference, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("data-clean")
     stages = data_flow(config=DataConfig.model_validate(_config(reference, root)))
-    assert list(stages) == ["extract", "langid", "pii", "rules", "quality", "exact_dedup", "minhash"]
+    assert list(stages) == ["extract", "langid", "pii", "rules", "quality", "harmful", "exact_dedup", "minhash"]
     snaps = _snapshots(root)
     assert sum(1 for k in snaps["extract"] if k.endswith(".done.json")) == SHARDS
     return root, stages, snaps
