@@ -56,7 +56,7 @@ def test_byte_tokenizer_round_trip():
     assert tok.decode(ids) == text
 
 
-def test_compiled_model_generates_the_same_tokens(model):
+def test_compiled_model_generates_the_same_tokens(model, one_thread):
     # prefill (T=4), then one token at a time with a growing cache: dynamo compiles each shape once
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     want = generate(model, [1, 2, 3, 4], max_new_tokens=12, temperature=0)

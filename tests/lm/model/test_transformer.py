@@ -132,7 +132,7 @@ def _tiny(**kw):
 
 
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
-def test_dynamo_finds_no_graph_break_and_compiled_grads_equal_eager(kernels):
+def test_dynamo_finds_no_graph_break_and_compiled_grads_equal_eager(kernels, one_thread):
     if kernels == "triton":
         pytest.importorskip("triton")  # our kernels are custom ops: opaque nodes in the graph
     model = _tiny(**(dict(attention="triton", norm="triton") if kernels == "triton" else {}))
@@ -157,7 +157,7 @@ def _logits_and_grads(model, ids):
 
 
 @pytest.mark.parametrize("kind", ["sdpa", "triton", "flash_torch"])
-def test_attention_implementations_agree_forward_and_backward(kind):
+def test_attention_implementations_agree_forward_and_backward(kind, one_thread):
     if kind == "triton":
         pytest.importorskip("triton")  # on CPU under TRITON_INTERPRET=1 (tests/conftest.py)
     ref, other = _tiny(attention="math"), _tiny(attention=kind, norm="triton" if kind == "triton" else "torch")
@@ -169,7 +169,7 @@ def test_attention_implementations_agree_forward_and_backward(kind):
         torch.testing.assert_close(got_grads[n], want_grads[n], rtol=1e-3, atol=1e-5, msg=n)
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
+def test_activation_checkpointing_gives_the_same_gradients(one_thread):
     model = _tiny()
     ids = torch.randint(0, 97, (2, 32))
     want, want_grads = _logits_and_grads(model, ids)

@@ -38,7 +38,7 @@ def test_adamw_matches_torch_after_1000_steps():
 
 
 @pytest.mark.parametrize("impl", ["foreach", "fused"])
-def test_adamw_implementations_equal_the_for_loop_over_100_steps(impl):
+def test_adamw_implementations_equal_the_for_loop_over_100_steps(impl, one_thread):
     from lm.model import ModelConfig, TransformerLM
 
     def train(impl):

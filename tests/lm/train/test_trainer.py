@@ -34,7 +34,7 @@ def _losses(run_dir):
     return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"], [(r["step"], r["val_loss"]) for r in rows if r["kind"] == "eval"]
 
 
-def test_train_learns_and_writes_metrics_and_checkpoints(byte_shards, tmp_path):
+def test_train_learns_and_writes_metrics_and_checkpoints(byte_shards, tmp_path, one_thread):
     s = train(_cfg(byte_shards, tmp_path / "run"))
     assert s["status"] == "completed" and s["steps"] == 40 and s["tokens"] == 40 * 8 * 32
     train_losses, val_losses = _losses(tmp_path / "run")
@@ -86,7 +86,7 @@ def test_kill_and_resume_gives_identical_losses(byte_shards, tmp_path):
     assert _losses(run) == _losses(tmp_path / "full")  # every train and val loss, bit for bit
 
 
-def test_compiled_checkpointed_and_bf16_runs_train_like_eager(byte_shards, tmp_path):
+def test_compiled_checkpointed_and_bf16_runs_train_like_eager(byte_shards, tmp_path, one_thread):
     kw = dict(max_steps=6, eval_interval=100, checkpoint_interval=100, model={**MODEL, "num_heads": 2, "d_model": 32})
     eager = train(_cfg(byte_shards, tmp_path / "eager", **kw))
     # aot_eager: dynamo + AOTAutograd trace forward and backward (fullgraph), without inductor's C++ build
@@ -100,7 +100,7 @@ def test_compiled_checkpointed_and_bf16_runs_train_like_eager(byte_shards, tmp_p
     assert all(p.dtype == torch.float32 for p in load_model(bf16["checkpoint"]).parameters())  # fp32 master weights
 
 
-def test_nan_guard_stops_and_keeps_last_good_checkpoint(byte_shards, tmp_path, monkeypatch):
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(byte_shards, tmp_path, monkeypatch, one_thread):
     calls = {"n": 0}
     real = trainer.cross_entropy
 
@@ -129,7 +129,7 @@ def test_token_id_beyond_vocab_is_refused(tmp_path):
         train(_cfg(tmp_path / "tok2", tmp_path / "run"))
 
 
-def test_cli_takes_the_vocab_size_from_the_token_manifest(reference, tmp_path, capsys):
+def test_cli_takes_the_vocab_size_from_the_token_manifest(reference, tmp_path, capsys, one_thread):
     # docs/pretrain.md: python -m lm.train --config configs/pretrain-demo.yaml --set data=<token dir>
     from lm.train.__main__ import main
 
@@ -143,7 +143,7 @@ def test_cli_takes_the_vocab_size_from_the_token_manifest(reference, tmp_path, c
     assert "model.vocab_size=257 is smaller than the vocabulary of" in capsys.readouterr().err
 
 
-def test_resume_with_changed_settings_is_refused_unless_allowed(byte_shards, tmp_path, capsys):
+def test_resume_with_changed_settings_is_refused_unless_allowed(byte_shards, tmp_path, capsys, one_thread):
     from lm.train.__main__ import main
 
     cfg = tmp_path / "c.yaml"
