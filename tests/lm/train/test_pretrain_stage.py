@@ -11,7 +11,7 @@ import pytest
 
 from lm.data.shards import read_manifest
 from lm.train.data import byte_tokens, write_token_shards
-from lm.train.stage import PretrainConfig, run_training
+from lm.train.stage import PretrainConfig, pretrain_stage, run_training
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -62,3 +62,21 @@ print(json.dumps(first))
     assert "is complete; skipping" in done.stdout
     m = read_manifest(json.loads(done.stdout.splitlines()[-1]))
     assert m["stage"] == "pretrain" and m["model_config"]["vocab_size"] == 257 and m["counts"]["steps"] == 3
+
+
+def test_fingerprint_resolves_auto_vocab_and_ignores_run_settings(reference, tmp_path):
+    ids = byte_tokens((reference / "assignment1-basics/fixtures/corpus.en").read_text()[:20_000])
+    manifest = str(write_token_shards(tmp_path / "tok", {"train": [ids]}, vocab_size=257))
+    model = dict(vocab_size="auto", context_length=32, d_model=32, num_layers=1, num_heads=2, d_ff=96)
+
+    def fingerprint(**train):
+        cfg = PretrainConfig(root=str(tmp_path), tokens=str(tmp_path / "tok"), train={"model": model, "max_steps": 10, **train})
+        return pretrain_stage(cfg, manifest).fingerprint
+
+    base = fingerprint()
+    assert fingerprint(model={**model, "vocab_size": 257}) == base  # auto = the manifest's 257
+    assert fingerprint(compile=True, optimizer_impl="for_loop", activation_checkpointing=True, allow_tf32=False,
+                       compile_backend="aot_eager", allow_changed=True, device="cpu") == base
+    assert fingerprint(lr=1e-3) != base and fingerprint(dtype="bfloat16") != base
+    with pytest.raises(ValueError, match="model.vocab_size=200 is smaller than the vocabulary"):
+        fingerprint(model={**model, "vocab_size": 200})
