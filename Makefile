@@ -4,21 +4,38 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lmpipe-installed
+# Every transitive dependency pinned (pip constraints); `make lock` regenerates it.
+LOCK := requirements/lock.txt
 
 # The environment tests and CI run with (see DESIGN.md).
 TEST_ENV := DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 TRITON_INTERPRET=1
 
-.PHONY: setup demo test chaos clean
+.PHONY: setup lock demo test chaos clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c $(LOCK) torch==2.13.0
+	$(PY) -m pip install -q -c $(LOCK) -e '.[test]'
+	# The venv must be exactly the lock: fails naming any package that differs.
+	$(PY) requirements/check_lock.py
 	touch $(STAMP)
+
+# Re-resolve every dependency in a fresh venv (what pyproject.toml allows, newest first) and
+# write it as the lock. Review the diff, run `make clean test`, commit both files.
+lock:
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/pip" install -q torch==2.13.0 && \
+	"$$tmp/venv/bin/pip" install -q -e '.[test]' && \
+	"$$tmp/venv/bin/pip" check && \
+	{ sed -n '1,/^[^#]/{/^#/p}' $(LOCK); \
+	  "$$tmp/venv/bin/pip" freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/'; } > "$$tmp/lock.txt" && \
+	mv "$$tmp/lock.txt" $(LOCK)
+	@echo "wrote $(LOCK); make clean setup installs it"
 
 demo: $(STAMP)
 	# Optional demo data: 127 HTML pages in each of 26 languages (the demo works without it).

@@ -1,7 +1,9 @@
 """The alignment demo on a CPU: tiny char-level model, addition problems, SFT → DPO and SFT → GRPO.
 
-    lmpipe run align-demo                       # ~3-5 CPU minutes
-    lmpipe run align-demo --set root=/tmp/demo
+    lmpipe run align-demo --config configs/align-demo.yaml                  # ~3-5 CPU minutes
+    lmpipe run align-demo --config configs/align-demo.yaml --set root=/tmp/demo
+
+configs/align-demo.yaml holds the demo's sizes (the model's defaults are the stages' own).
 
 Stages: align-base (short pretraining) → sft (lowers held-out response NLL) → dpo (raises
 preference accuracy on held-out right-vs-wrong answers) and grpo (raises the mean verifier
@@ -14,13 +16,14 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from lm.align.dpo import DPOConfig
 from lm.align.grpo import GRPOConfig
 from lm.align.sft import SFTConfig
 from lm.align.stages import AlignDataConfig, BaseModelConfig, EvalConfig, StageOptions
 from lm.align.verdict import chain_warnings, verdict_from_metrics
+from lm.config import Config
 from lm.data.shards import read_manifest
 from lm.data.storage import check_local_root
 from tasks.align import (
@@ -35,16 +38,16 @@ from tasks.align import (
 from tasks.artifacts import artifact_key, markdown_table
 
 
-class AlignDemoConfig(BaseModel):
+class AlignDemoConfig(Config):
     """The whole alignment chain on the addition task, sized for a CPU."""
 
     root: str = Field("outputs", description="Artifact root.")
     data: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Addition problems.")
     base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Tiny base model.")
-    sft: SFTConfig = Field(default_factory=lambda: SFTConfig(num_steps=800, batch_size=64, lr=3e-3, eval_every=25, stop_at_reward=0.3), description="SFT, stopped once the model is right on 30% of a sample of training problems, leaving GRPO room.")
-    dpo: DPOConfig = Field(default_factory=lambda: DPOConfig(num_steps=300, batch_size=32, lr=1e-3, beta=0.5, eval_every=30), description="DPO on right-vs-wrong answers.")
-    grpo: GRPOConfig = Field(default_factory=lambda: GRPOConfig(num_steps=200, num_prompts_per_step=16, group_size=8, lr=5e-4, max_new_tokens=5, microbatch_size=128, eval_every=20), description="GRPO with the exact-arithmetic verifier.")
-    options: StageOptions = Field(default_factory=lambda: StageOptions(verifier="arithmetic", max_new_tokens=5, num_threads=1), description="Verifier, sampling, threads.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT; configs/align-demo.yaml stops it once the model is right on 30% of a sample of training problems, leaving GRPO room.")
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO on right-vs-wrong answers.")
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="GRPO with the exact-arithmetic verifier.")
+    options: StageOptions = Field(default_factory=StageOptions, description="Verifier, sampling, threads.")
 
     @field_validator("root")
     @classmethod

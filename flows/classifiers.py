@@ -23,8 +23,9 @@ from typing import Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from lm.config import Config
 from lm.data.classifier import LAYOUTS, train_classifier
 from lm.data.classifier_data import read_labeled
 from lm.data.default_classifiers import DEFAULT_MODEL_VERSION, OPTIONS, default_model_path, train_default_model
@@ -34,19 +35,19 @@ from lm.data.storage import check_local_root
 from tasks.artifacts import artifact_key, markdown_table
 
 
-class TrainClassifierConfig(BaseModel):
+class TrainClassifierConfig(Config):
     kind: Literal["quality", "nsfw", "toxic"] = Field("quality", description="which classifier: quality (wiki/cc), nsfw or toxic")
-    data: list[str] = Field(default_factory=list, description="labelled CSV/Parquet files (text,label); empty = the built-in data for this kind")
-    crawl_paths: list[str] = Field(default_factory=list, description="WARC/WET files for the built-in data's crawl examples; empty = the Common Crawl samples in shared/reference")
+    data: list[str] = Field(default_factory=list, max_length=10_000, description="labelled CSV/Parquet files (text,label); empty = the built-in data for this kind")
+    crawl_paths: list[str] = Field(default_factory=list, max_length=10_000, description="WARC/WET files for the built-in data's crawl examples; empty = the Common Crawl samples in shared/reference")
     root: str = Field("outputs", description="artifact root; the model goes to `<root>/classifiers/<kind>/<fingerprint>/`")
     holdout: float = Field(0.2, gt=0.0, lt=0.9, description="fraction of each label held out for evaluation")
-    seed: int = Field(0, ge=0, description="seed of the split and of fastText")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the split and of fastText")
     epoch: int | None = Field(None, ge=1, le=500, description="training epochs; empty = the kind's default")
     lr: float | None = Field(None, gt=0.0, le=2.0, description="learning rate; empty = the kind's default")
     word_ngrams: int | None = Field(None, ge=1, le=5, description="word n-gram length; empty = the kind's default")
     install_as_default: bool = Field(False, description="also copy the model to the cache as the default model for this kind")
     export_layout: Literal["lmpipe", "dolma", "dclm"] | None = Field(
-        None, description="also write model-<layout>.bin with that layout's labels (dclm: hq/cc for quality; dolma: nsfw/toxic)")
+        None, description="also write `model-<layout>.bin` with that layout's labels (dclm: hq/cc for quality; dolma: nsfw/toxic)")
 
     @model_validator(mode="after")
     def _layout_has_kind(self):

@@ -30,8 +30,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from lm.config import Config
 from lm.data.ingest import ExtractConfig, plan_shards
 from lm.data.remote import CC_BASE_URL, INDEX_PREFIX, HttpOptions, expand_sources
 from lm.data.shards import read_manifest
@@ -42,12 +43,10 @@ from tasks.artifacts import artifact_key, markdown_table, publish_stage
 from tasks.extract import commit_extract, extract_shard, extract_stage, plan_digest
 
 
-class HttpConfig(BaseModel):
+class HttpConfig(Config):
     """How remote sources are fetched (does not change the output, so not fingerprinted)."""
 
-    model_config = ConfigDict(extra="forbid")  # a misspelt key fails, naming it
-
-    retries: int = Field(default=5, ge=0, description="attempts after the first per request (5xx, resets, timeouts)")
+    retries: int = Field(default=5, ge=0, le=100, description="attempts after the first per request (5xx, resets, timeouts)")
     backoff_s: float = Field(default=0.5, gt=0, description="first wait between attempts; doubles each time")
     timeout_s: float = Field(default=60.0, gt=0, description="socket timeout per connect/read, seconds")
     cc_base_url: str = Field(default=CC_BASE_URL, description="base URL for cc:// listings without &base= and for relative filenames in index: files")
@@ -56,16 +55,16 @@ class HttpConfig(BaseModel):
         return HttpOptions(retries=self.retries, backoff_s=self.backoff_s, timeout_s=self.timeout_s)
 
 
-class DataConfig(BaseModel):
+class DataConfig(Config):
     """Configuration of the data flow (the Prefect UI shows it as the run form)."""
 
     # extra="forbid": a misspelt key fails, naming it. hide_input_in_errors: a root URL with
     # credentials in it must not be echoed back (our messages name the value, redacted).
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     sources: list[str] = Field(
         min_length=1,
-        description="inputs: WARC/WET/ARC paths, globs, directories, http(s) URLs, "
+        max_length=10_000, description="inputs: WARC/WET/ARC paths, globs, directories, http(s) URLs, "
         "`cc://CC-MAIN-2024-22?kind=wet&files=2` (first N files of a Common Crawl listing), or "
         "`index:<file>` (JSON/CDXJ lines with filename, offset, length: one Range request per record)",
     )
@@ -108,6 +107,10 @@ class DataConfig(BaseModel):
                     raise ValueError(f"sources: {s!r} is relative; workers of the cluster at runner.address={self.runner.address} "
                                      "cannot resolve it: give an absolute path on the shared filesystem, or a URL")
         return self
+
+    def check_inputs(self) -> None:
+        """Local sources exist (no network: URLs and cc:// listings are checked when read)."""
+        expand_sources([s for s in self.sources if "://" not in s])
 
     def locations(self) -> list[str]:
         """Concrete input files/URLs. FileNotFoundError names a missing local path (before any work)."""

@@ -17,12 +17,18 @@ Prefect UI.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-import yaml
-
-from lm.cache import fetch_from_package
+from flows.align_demo import AlignDemoConfig, align_demo_flow
+from flows.pipeline import PipelineConfig, pipeline_flow
+from flows.registry import load_named_config
+from lm.align.verdict import verdict_from_metrics
+from lm.cache import cache_dir, fetch_from_package
+from lm.data.shards import read_manifest
+from lm.data.warc_write import html_folder_pages, write_warc
+from lm.scaling.report import verdict_short
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "pipeline-demo.yaml"
@@ -37,9 +43,6 @@ def handbook_warc() -> str | None:
     once into a WARC in the lmpipe cache: a multilingual stand-in for a crawl. None without it."""
     if not HANDBOOK_HTML.is_dir():
         return None
-    from lm.cache import cache_dir
-    from lm.data.warc_write import html_folder_pages, write_warc
-
     out = cache_dir() / "debian-handbook" / "debian-handbook.warc.gz"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,10 +67,6 @@ def demo_sources() -> list[str]:
 
 def _summary_rows(lineage: dict) -> list[tuple[str, str, str]]:
     """(stage, what it produced, directory) for the demo's closing table."""
-    from lm.align.verdict import verdict_from_metrics
-    from lm.data.shards import read_manifest
-    from lm.scaling.report import verdict_short
-
     rows = []
     for entry in lineage.get("lineage", []):  # every stage output, data stages one by one
         path = Path(entry["directory"]) / "_manifest.json"
@@ -75,7 +74,8 @@ def _summary_rows(lineage: dict) -> list[tuple[str, str, str]]:
         c = m.get("counts", {})
         metrics = m.get("metrics") or {}
         if m["stage"] == "pretrain":
-            what = f"train loss {m.get('final_train_loss', 0):.3f}, val loss {m.get('final_val_loss', 0):.3f}"
+            val = m.get("final_val_loss")
+            what = f"train loss {m.get('final_train_loss') or 0:.3f}, " + (f"val loss {val:.3f}" if val is not None else "NO val loss (no validation split)")
         elif "accuracy_before" in metrics:
             what = f"held-out reward {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f}"
             what += "  " + verdict_from_metrics(metrics, c.get("kept")).flag()  # a fall, flat or chance-level reward, loudly
@@ -94,10 +94,7 @@ def _summary_rows(lineage: dict) -> list[tuple[str, str, str]]:
 def _align_demo(root: str) -> list[tuple[str, str, str]]:
     """GRPO on a task a tiny CPU model can learn (2-digit addition, exact-answer verifier):
     the pipeline's web-text model is too small to show it, so the demo also runs align-demo."""
-    from flows.align_demo import AlignDemoConfig, align_demo_flow
-    from lm.align.verdict import verdict_from_metrics
-
-    data = yaml.safe_load((REPO / "configs" / "align-demo.yaml").read_text())
+    data = load_named_config("configs/align-demo.yaml")
     data["root"] = root
     summary = align_demo_flow(config=AlignDemoConfig.model_validate(data))
     return [
@@ -109,11 +106,7 @@ def _align_demo(root: str) -> list[tuple[str, str, str]]:
 
 
 def run_demo(args) -> int:
-    import json
-
-    from flows.pipeline import PipelineConfig, pipeline_flow
-
-    base = yaml.safe_load(DEMO_CONFIG.read_text())
+    base = load_named_config(DEMO_CONFIG)
     base["root"] = str(Path(args.root).resolve())
     sources = list(args.source) if args.source else demo_sources()
     base["stages"]["data"]["sources"] = sources
@@ -126,13 +119,16 @@ def run_demo(args) -> int:
     if getattr(args, "stop_after", None):
         base["stop_after"] = args.stop_after
     cfg = PipelineConfig.model_validate(base)
+    cfg.check_inputs()  # a missing source or a bad stage config fails before a server starts
     print("lmpipe demo: the pipeline flow on these sources:")
-    for s in cfg.stages["data"]["sources"]:
+    for s in sources:
         print(f"  {s}")
     lineage_path = pipeline_flow(config=cfg)
     lineage = json.loads(Path(lineage_path).read_text())
 
     rows = _summary_rows(lineage)
+    for warning in lineage.get("warnings", []):
+        print(f"WARNING: {warning}")
     if not getattr(args, "stop_after", None):
         rows += _align_demo(base["root"])
     w0 = max([len(r[0]) for r in rows] + [5])

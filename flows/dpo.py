@@ -9,19 +9,20 @@ answer, rejected = the same with a wrong final number.
 from __future__ import annotations
 
 from prefect import flow
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from lm.align.dpo import DPOConfig
 from lm.align.stages import AlignDataConfig, BaseModelConfig, StageOptions
+from lm.config import Config, StageRef
 from lm.data.storage import check_local_root
 from tasks.align import align_data_task, dpo_task, model_manifest_or_demo, publish_training_stage
 
 
-class DPOFlowConfig(BaseModel):
+class DPOFlowConfig(Config):
     """Direct Preference Optimization of a checkpoint."""
 
     root: str = Field("outputs", description="Artifact root: stages are written under `<root>/<stage>/<fingerprint>/`.")
-    model_manifest: str | None = Field(None, description="Manifest of the model to tune (also the frozen reference); empty = demo base model.")
+    model_manifest: StageRef | None = Field(None, description="Manifest of the model to tune (also the frozen reference; or e.g. `sft@latest`); empty = demo base model.")
     data: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Source of preference triples (train and held-out).")
     base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO hyperparameters.")

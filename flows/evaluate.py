@@ -10,20 +10,21 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from lm.align.stages import BaseModelConfig, EvalConfig
+from lm.config import Config, StageRef
 from lm.data.shards import read_manifest
 from lm.data.storage import check_local_root
 from tasks.align import evaluate_task, model_manifest_or_demo
 from tasks.artifacts import artifact_key, markdown_table, publish_stage, sample_rows
 
 
-class EvaluateFlowConfig(BaseModel):
+class EvaluateFlowConfig(Config):
     """Evaluation of a checkpoint."""
 
     root: str = Field("outputs", description="Artifact root: stages are written under `<root>/<stage>/<fingerprint>/`.")
-    model_manifest: str | None = Field(None, description="Manifest of the model to evaluate (pretrain/align-base/sft/dpo/grpo stage); empty = the demo base model.")
+    model_manifest: StageRef | None = Field(None, description="Manifest of the model to evaluate (pretrain/align-base/sft/dpo/grpo stage, or e.g. `grpo@latest`); empty = the demo base model.")
     base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Tasks, data paths and generation settings.")
 

@@ -21,10 +21,11 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import TaskRunner
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from flows.funnel_config import FunnelConfig
 from flows.runners import RunnerConfig, resolve_location, task_runner
+from lm.config import Config, StageRef
 from lm.data.shards import atomic_write_json, iter_stage_tables, read_manifest, source_fingerprint
 from lm.data.storage import RemotePath, as_path, check_root, commit_file, local_scratch
 from tasks import dedup
@@ -230,12 +231,12 @@ def publish_funnel(extract_manifest: str, stages: dict[str, str], root: str) -> 
 # --------------------------------------------------------------------------- flow
 
 
-class FiltersFlowConfig(BaseModel):
+class FiltersFlowConfig(Config):
     """Run the funnel on an existing extract stage (the ``data`` flow runs it after extract)."""
 
     model_config = ConfigDict(hide_input_in_errors=True)  # never echo a root URL with credentials
 
-    extract_manifest: str = Field(description="_manifest.json (or directory) of the stage whose documents to filter")
+    extract_manifest: StageRef = Field(description="_manifest.json (or directory, or `extract@latest`) of the stage whose documents to filter")
     root: str = Field("outputs", description="artifact root: each stage writes `<root>/<stage>/<fingerprint>/`; "
                       "a local directory or a URL such as `s3://bucket/prefix`")
     filters: FunnelConfig = Field(default_factory=FunnelConfig, description="which stages run and their thresholds")

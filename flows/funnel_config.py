@@ -8,12 +8,12 @@ path that is missing or not a fastText model fails there too, before any work st
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from lm.config import Config
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _Section(Config):
     def stage_config(self) -> dict:
         return self.model_dump(exclude={"enabled"})
 
@@ -35,7 +35,7 @@ def _check_model(path: str | None, kind: str | None = None) -> str | None:
 
 class LangIdConfig(_Section):
     enabled: bool = Field(True, description="run language identification (fastText lid.176)")
-    languages: list[str] = Field(["en"], description="language codes to keep (ISO 639, e.g. en, de, zh); empty keeps all")
+    languages: list[str] = Field(["en"], max_length=256, description="language codes to keep (ISO 639, e.g. en, de, zh); empty keeps all")
     min_score: float = Field(0.65, ge=0.0, le=1.0, description="minimum probability of the detected language")
 
 
@@ -46,10 +46,9 @@ class PIIConfig(_Section):
     ips: bool = Field(True, description="replace IPv4 addresses with |||IP_ADDRESS|||")
 
 
-class GopherThresholds(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    min_words: int = Field(50, ge=0, description="fewest whitespace-separated words")
-    max_words: int = Field(100_000, ge=1, description="most words")
+class GopherThresholds(Config):
+    min_words: int = Field(50, ge=0, le=10**9, description="fewest whitespace-separated words")
+    max_words: int = Field(100_000, ge=1, le=10**9, description="most words")
     min_mean_word_length: float = Field(3.0, ge=0.0, description="smallest mean word length (characters)")
     max_mean_word_length: float = Field(10.0, gt=0.0, description="largest mean word length (characters)")
     max_ellipsis_line_fraction: float = Field(0.3, ge=0.0, le=1.0, description="largest fraction of lines ending in '...'")
@@ -64,10 +63,9 @@ class GopherThresholds(BaseModel):
         return self
 
 
-class C4Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    min_words_per_line: int = Field(3, ge=0, description="lines with fewer words are dropped")
-    min_sentences: int = Field(5, ge=0, description="documents with fewer sentences left are dropped")
+class C4Options(Config):
+    min_words_per_line: int = Field(3, ge=0, le=100_000, description="lines with fewer words are dropped")
+    min_sentences: int = Field(5, ge=0, le=100_000, description="documents with fewer sentences left are dropped")
     drop_lorem_ipsum: bool = Field(True, description="drop documents containing 'lorem ipsum'")
     drop_curly_braces: bool = Field(True, description="drop documents containing '{' (code)")
 
@@ -119,7 +117,7 @@ class MinHashConfig(_Section):
     num_bands: int = Field(16, ge=1, le=4096, description="LSH bands; must divide num_hashes")
     ngrams: int = Field(5, ge=1, le=50, description="word n-gram length of the shingles")
     threshold: float = Field(0.8, gt=0.0, le=1.0, description="true Jaccard similarity at or above which documents are duplicates")
-    seed: int = Field(1, ge=0, description="seed of the hash permutations")
+    seed: int = Field(1, ge=0, le=2**32 - 1, description="seed of the hash permutations")
     num_bucket_tasks: int = Field(4, ge=1, le=256, description="tasks the LSH bucketing is split into (by band)")
 
     @model_validator(mode="after")
@@ -129,10 +127,9 @@ class MinHashConfig(_Section):
         return self
 
 
-class FunnelConfig(BaseModel):
+class FunnelConfig(Config):
     """Which funnel stages run, in this order, and their thresholds."""
 
-    model_config = ConfigDict(extra="forbid")
     langid: LangIdConfig = Field(default_factory=LangIdConfig, description="language identification")
     pii: PIIConfig = Field(default_factory=PIIConfig, description="PII masking")
     rules: RulesConfig = Field(default_factory=RulesConfig, description="Gopher / C4 / bad-words rules")

@@ -8,20 +8,21 @@
 from __future__ import annotations
 
 from prefect import flow
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from lm.align.grpo import GRPOConfig
 from lm.align.sft import SFTConfig
 from lm.align.stages import AlignDataConfig, BaseModelConfig, StageOptions
+from lm.config import Config, StageRef
 from lm.data.storage import check_local_root
 from tasks.align import align_data_task, grpo_task, model_manifest_or_demo, publish_training_stage, sft_task
 
 
-class GRPOFlowConfig(BaseModel):
+class GRPOFlowConfig(Config):
     """Group Relative Policy Optimization of a checkpoint with a verifier."""
 
     root: str = Field("outputs", description="Artifact root: stages are written under `<root>/<stage>/<fingerprint>/`.")
-    model_manifest: str | None = Field(None, description="Manifest of the policy to train; empty = demo base model.")
+    model_manifest: StageRef | None = Field(None, description="Manifest of the policy to train (or e.g. `dpo@latest`); empty = demo base model.")
     data: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Verifiable problems (train and held-out).")
     base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")
     sft_first: SFTConfig | None = Field(None, description="Warm start: SFT on the same data before GRPO (the demo base model is right too rarely for rewards to vary); null = none.")

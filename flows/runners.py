@@ -32,7 +32,9 @@ from typing import Literal
 from prefect.logging import get_logger
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
+
+from lm.config import Config
 
 RunnerKind = Literal["threads", "processes", "dask", "ray"]
 
@@ -42,10 +44,8 @@ _DASK_ADDRESS = re.compile(r"^((tcp|tls|ucx|ws|wss)://)?[\w.\-\[\]:]+:\d+$")
 _RAY_ADDRESS = re.compile(r"^(auto|(ray://)?[\w.\-\[\]:]+:\d+)$")
 
 
-class RunnerConfig(BaseModel):
+class RunnerConfig(Config):
     """Which Prefect task runner executes a flow's shard tasks (does not change any output)."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt key fails, naming it
 
     kind: RunnerKind = Field(
         default="threads",

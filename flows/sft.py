@@ -10,19 +10,20 @@ With no model_manifest and data.source=addition it first trains the demo's tiny 
 from __future__ import annotations
 
 from prefect import flow
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from lm.align.sft import SFTConfig
 from lm.align.stages import AlignDataConfig, BaseModelConfig, StageOptions
+from lm.config import Config, StageRef
 from lm.data.storage import check_local_root
 from tasks.align import align_data_task, model_manifest_or_demo, publish_training_stage, sft_task
 
 
-class SFTFlowConfig(BaseModel):
+class SFTFlowConfig(Config):
     """Supervised fine-tuning of a checkpoint."""
 
     root: str = Field("outputs", description="Artifact root: stages are written under `<root>/<stage>/<fingerprint>/`.")
-    model_manifest: str | None = Field(None, description="Manifest of the model to fine-tune (pretrain/sft/dpo/grpo stage); empty = demo base model.")
+    model_manifest: StageRef | None = Field(None, description="Manifest of the model to fine-tune (pretrain/sft/dpo/grpo stage, or e.g. `pretrain@latest`); empty = demo base model.")
     data: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Instruction pairs (train and held-out).")
     base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT hyperparameters.")

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from lm.config import Config, StageRef
 from lm.data.shards import MANIFEST_NAME, manifest_dir, read_manifest
 from lm.data.storage import as_path, check_root, local_copy
 from lm.tokenizer.stages import load_stage_tokenizer, local_tokenizer_dir, tokenize_stage
@@ -29,13 +30,13 @@ from tasks.artifacts import artifact_key, counts_rows, markdown_table
 from tasks.tokenize import commit_tokenize_task, tokenize_shard_task
 
 
-class TokenizeConfig(BaseModel):
+class TokenizeConfig(Config):
     """Tokenize a corpus stage into memory-mappable token shards."""
 
     model_config = ConfigDict(hide_input_in_errors=True)  # never echo a root URL with credentials
 
-    input: str = Field(description="Corpus stage manifest (or its directory): Parquet shards with a text column")
-    tokenizer: str = Field(description="Tokenizer directory (or its _manifest.json) written by the tokenizer flow or Tokenizer.save")
+    input: StageRef = Field(description="Corpus stage manifest (or its directory, or `minhash@latest`): Parquet shards with a text column")
+    tokenizer: StageRef = Field(description="Tokenizer directory (or its _manifest.json, or `tokenizer@latest`) written by the tokenizer flow or Tokenizer.save")
     root: str = Field("outputs", description="Artifact root; shards go to `<root>/tokenize/<fingerprint>/`; a local directory or a URL such as `s3://bucket/prefix`")
     val_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Fraction of documents (by hash of id or text) written to val-*.bin")
     text_field: str = Field("text", min_length=1, description="Column of the corpus shards that holds the document text")

@@ -15,8 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from lm.config import Config, StageRef
 from lm.data.shards import read_manifest
 from lm.data.storage import RemotePath, as_path, check_root, commit_file, local_scratch
 from lm.tokenizer.stages import local_tokenizer_dir
@@ -25,20 +26,20 @@ from tasks.artifacts import image_markdown, markdown_table, publish_stage
 from tasks.tokenizer import train_tokenizer_task
 
 
-class TokenizerConfig(BaseModel):
+class TokenizerConfig(Config):
     """Train a BPE tokenizer on a corpus stage."""
 
     model_config = ConfigDict(hide_input_in_errors=True)  # never echo a root URL with credentials
 
-    input: str = Field(description="Corpus stage manifest (or its directory): Parquet shards with a text column, e.g. the final dedup stage")
+    input: StageRef = Field(description="Corpus stage manifest (or its directory, or `minhash@latest`): Parquet shards with a text column, e.g. the final dedup stage")
     root: str = Field("outputs", description="Artifact root; the tokenizer goes to `<root>/tokenizer/<fingerprint>/`; a local directory or a URL such as `s3://bucket/prefix`")
     vocab_size: int = Field(10_000, ge=257, le=1 << 20, description="Vocabulary size: 256 bytes + special tokens + merges")
-    special_tokens: list[str] = Field(default_factory=lambda: [EOT], description="Special tokens (never merged); `<|endoftext|>` separates documents")
-    sample_bytes: int = Field(100_000_000, gt=0, description="Training sample budget in bytes, taken evenly across corpus shards")
+    special_tokens: list[str] = Field(default_factory=lambda: [EOT], max_length=1024, description="Special tokens (never merged); `<|endoftext|>` separates documents")
+    sample_bytes: int = Field(100_000_000, gt=0, le=1 << 40, description="Training sample budget in bytes, taken evenly across corpus shards")
     heldout_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Fraction of documents (by hash) held out to measure bytes per token")
-    heldout_bytes: int = Field(1_000_000, ge=0, description="At most this many bytes of held-out documents")
+    heldout_bytes: int = Field(1_000_000, ge=0, le=1 << 40, description="At most this many bytes of held-out documents")
     text_field: str = Field("text", min_length=1, description="Column of the corpus shards that holds the document text")
-    num_workers: int | None = Field(None, ge=1, description="Pre-tokenization processes (default: all cores for samples over 8 MB)")
+    num_workers: int | None = Field(None, ge=1, le=1024, description="Pre-tokenization processes (default: all cores for samples over 8 MB)")
 
     @field_validator("root")
     @classmethod

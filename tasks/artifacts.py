@@ -8,8 +8,12 @@ stage name so the UI groups a stage's artifacts across runs.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -50,6 +54,37 @@ def sample_rows(manifest: Mapping, n: int = 3, kind: str = "shards", width: int 
     return out
 
 
+# Set by `lmpipe server` for its workers: where its read-only artifact file server listens.
+FILES_URL_ENV = "LMPIPE_FILES_URL"
+
+
+def link_key(auth: str) -> bytes:
+    """The key artifact links are signed with, derived from the server's auth string (so a
+    link proves it was made by someone holding it, and never reveals it)."""
+    return hmac.new(auth.encode(), b"lmpipe artifact links v1", hashlib.sha256).digest()
+
+
+def sign_path(key: bytes, path: str) -> str:
+    return hmac.new(key, path.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def files_url(path: str, base: str, key: bytes) -> str:
+    return f"{base.rstrip('/')}/files{urllib.parse.quote(path)}?sig={sign_path(key, path)}"
+
+
+def path_markdown(path: str | Path) -> str:
+    """A local path as an absolute path in backticks, linked to the server's artifact file
+    server when this run has one (`file://` links do not open from a browser); URLs as given."""
+    s = str(path)
+    if "://" in s:
+        return f"`{s}`"
+    s = str(Path(s).expanduser().resolve())
+    base, auth = os.environ.get(FILES_URL_ENV), os.environ.get("PREFECT_API_AUTH_STRING")
+    if not (base and auth):
+        return f"`{s}`"
+    return f"[{s}]({files_url(s, base, link_key(auth))})"  # no code span: the UI shows backticks inside link text
+
+
 def image_markdown(png: str | Path, alt: str) -> str:
     """Embed a PNG as a data URI so the UI shows it without serving files."""
     data = base64.b64encode(Path(png).read_bytes()).decode()
@@ -63,12 +98,12 @@ def publish_stage(manifest_path: str | Path, *, samples: int = 3, text_field: st
     create_table_artifact(table=counts_rows(m), key=artifact_key(name, "counts"), description=f"{name}: records in / kept / rejected / failed")
     md = [
         f"# {name}",
-        f"Fingerprint `{m['fingerprint']}` · directory `{manifest_dir(m)}` · {len(m['shards'])} shard(s)",
+        f"Fingerprint `{m['fingerprint']}` · directory {path_markdown(manifest_dir(m))} · {len(m['shards'])} shard(s)",
         "",
         markdown_table(counts_rows(m)),
     ]
     if m.get("inputs"):
-        md += ["**Inputs**", ""] + [f"- {i['stage']} `{i['fingerprint']}` ({i['path']})" for i in m["inputs"]] + [""]
+        md += ["**Inputs**", ""] + [f"- {i['stage']} `{i['fingerprint']}` ({path_markdown(i['path'])})" for i in m["inputs"]] + [""]
     rows = sample_rows(m, samples)
     if rows:
         md.append("## Sample rows\n")

@@ -48,6 +48,7 @@ def extract_stage(root: str | Path, cfg: ExtractConfig, plan: str) -> Stage:
 def _retry_transient(task, task_run, state) -> bool:
     """Retry network trouble, not missing files or bugs."""
     try:
+        # security-ok: this task run's own failed state, in memory (the exception it raised), not a stored record
         state.result()
     except (FileNotFoundError, DiskFullError):  # a full disk does not empty itself in seconds
         return False

@@ -15,29 +15,30 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from lm.align.batches import TokenizedBatch, next_indices, tokenize_prompt_and_output
 from lm.align.guard import check_loss, check_weights
 from lm.align.losses import dpo_loss
 from lm.align.ops import sequence_log_probs
 from lm.align.sft import max_length_for
+from lm.config import Config
 from lm.train import faults
 
 Triple = tuple[str, str, str]  # (prompt, chosen, rejected)
 
 
-class DPOConfig(BaseModel):
+class DPOConfig(Config):
     """Hyperparameters of the DPO loop."""
 
     beta: float = Field(0.1, gt=0, description="DPO β: strength of the implicit KL penalty to the reference.")
-    num_steps: int = Field(100, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(16, ge=1, description="Preference pairs per optimizer step.")
+    num_steps: int = Field(100, ge=1, le=1000000000, description="Optimizer steps.")
+    batch_size: int = Field(16, ge=1, le=1 << 16, description="Preference pairs per optimizer step.")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
-    max_length: int | None = Field(None, ge=2, description="Cap on prompt+response tokens (default: model context + 1).")
-    eval_every: int = Field(25, ge=1, description="Measure held-out preference accuracy every this many steps.")
-    seed: int = Field(0, description="Seed for batch order.")
+    max_length: int | None = Field(None, ge=2, le=1 << 20, description="Cap on prompt+response tokens (default: model context + 1).")
+    eval_every: int = Field(25, ge=1, le=1000000000, description="Measure held-out preference accuracy every this many steps.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for batch order.")
 
 
 def split_identical(triples: Sequence[Triple]) -> tuple[list[Triple], int]:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from lm.align.batches import TokenizedBatch, batch_from_ids, next_indices
 from lm.align.guard import check_loss, check_weights
@@ -32,30 +32,31 @@ from lm.align.losses import LossType, compute_group_normalized_rewards, grpo_mic
 from lm.align.ops import get_response_log_probs, masked_mean
 from lm.align.rewards import RewardFn, score_responses
 from lm.align.rollout import context_length, generate
+from lm.config import Config
 from lm.train import faults
 
 Problem = tuple[str, str]  # (prompt, ground-truth answer)
 
 
-class GRPOConfig(BaseModel):
+class GRPOConfig(Config):
     """Hyperparameters of the GRPO loop."""
 
-    num_steps: int = Field(50, ge=1, description="Rollout + update rounds.")
-    num_prompts_per_step: int = Field(16, ge=1, description="Problems sampled per rollout batch.")
-    group_size: int = Field(8, ge=1, description="Responses sampled per problem (the group advantages are relative to).")
+    num_steps: int = Field(50, ge=1, le=1000000000, description="Rollout + update rounds.")
+    num_prompts_per_step: int = Field(16, ge=1, le=1 << 16, description="Problems sampled per rollout batch.")
+    group_size: int = Field(8, ge=1, le=1024, description="Responses sampled per problem (the group advantages are relative to).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
-    max_new_tokens: int = Field(16, ge=1, description="Longest response sampled.")
+    max_new_tokens: int = Field(16, ge=1, le=1 << 16, description="Longest response sampled.")
     loss_type: LossType = Field("grpo_clip", description="Policy-gradient loss: no_baseline, reinforce_with_baseline or grpo_clip.")
     normalize_by_std: bool = Field(True, description="Divide advantages by the group's std (+eps).")
     advantage_eps: float = Field(1e-6, ge=0, description="Added to the group std before dividing.")
     cliprange: float = Field(0.2, gt=0, description="ε of grpo_clip: the ratio is clipped to [1−ε, 1+ε].")
-    epochs_per_rollout: int = Field(1, ge=1, description="Passes over each rollout batch (>1 = off-policy, uses stored old log-probs).")
-    microbatch_size: int = Field(32, ge=1, description="Rollouts per forward/backward (gradient accumulation over the rest).")
+    epochs_per_rollout: int = Field(1, ge=1, le=1000, description="Passes over each rollout batch (>1 = off-policy, uses stored old log-probs).")
+    microbatch_size: int = Field(32, ge=1, le=1 << 16, description="Rollouts per forward/backward (gradient accumulation over the rest).")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
-    eval_every: int = Field(10, ge=1, description="Greedy evaluation on held-out problems every this many steps.")
-    seed: int = Field(0, description="Seed for problem order and sampling.")
+    eval_every: int = Field(10, ge=1, le=1000000000, description="Greedy evaluation on held-out problems every this many steps.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for problem order and sampling.")
 
 
 @torch.no_grad()

@@ -24,32 +24,33 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from lm.align.batches import next_indices, tokenize_prompt_and_output
 from lm.align.guard import check_loss, check_weights, poison_a_weight
 from lm.align.losses import sft_microbatch_train_step
 from lm.align.ops import get_response_log_probs
 from lm.align.rollout import context_length
+from lm.config import Config
 from lm.train import faults
 
 
-class SFTConfig(BaseModel):
+class SFTConfig(Config):
     """Hyperparameters of the SFT loop."""
 
-    num_steps: int = Field(200, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(16, ge=1, description="Examples per optimizer step (split into microbatches).")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Microbatches per step; batch_size must divide by it.")
+    num_steps: int = Field(200, ge=1, le=1000000000, description="Optimizer steps.")
+    batch_size: int = Field(16, ge=1, le=1 << 16, description="Examples per optimizer step (split into microbatches).")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1 << 16, description="Microbatches per step; batch_size must divide by it.")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (constant after warmup).")
-    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
+    warmup_steps: int = Field(10, ge=0, le=1000000000, description="Linear warmup steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
     normalize: Literal["tokens", "constant"] = Field("tokens", description="Loss normalization: per response token, or Σ/normalize_constant.")
     normalize_constant: float = Field(1.0, gt=0, description="Divisor of the summed NLL when normalize='constant'.")
-    max_length: int | None = Field(None, ge=2, description="Cap on prompt+response tokens (default: model context + 1); longer responses are truncated and counted.")
-    eval_every: int = Field(50, ge=1, description="Measure held-out NLL every this many steps.")
+    max_length: int | None = Field(None, ge=2, le=1 << 20, description="Cap on prompt+response tokens (default: model context + 1); longer responses are truncated and counted.")
+    eval_every: int = Field(50, ge=1, le=1000000000, description="Measure held-out NLL every this many steps.")
     stop_at_reward: float | None = Field(None, ge=0, le=1, description="Stop once the verifier reward (greedy) on a sample of training prompts reaches this, checked every eval_every steps; the demo uses it to leave GRPO room. Null = train all steps.")
-    seed: int = Field(0, description="Seed for batch order.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for batch order.")
 
 
 def max_length_for(model, cfg_max: int | None) -> int | None:

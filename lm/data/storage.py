@@ -66,6 +66,8 @@ def check_root(root: str | os.PathLike, what: str = "root") -> str:
     s = os.fspath(root)
     if not isinstance(s, str) or not s.strip():
         raise ValueError(f"{what} is blank; give a local directory or a URL such as s3://bucket/prefix")
+    if what == "root":
+        _check_allowed_root(s)
     scheme = _scheme(s)
     if scheme in _LOCAL_SCHEMES:
         return s
@@ -88,6 +90,24 @@ def check_root(root: str | os.PathLike, what: str = "root") -> str:
         raise ValueError(f"{what} {s!r} names no bucket/host; write it as {scheme}://<bucket>/<prefix>")
     _check_installed(scheme, what, s)
     return s if not rest.strip("/") else s.rstrip("/")
+
+
+def _check_allowed_root(s: str) -> None:
+    """Under ``lmpipe server`` (``LMPIPE_ALLOWED_ROOTS`` set for its workers), a run may write
+    only under the allowed roots: a run's parameters come from whoever can reach the API."""
+    # `:`-separated like PATH; a `:` that starts `://` belongs to a URL root (s3://bucket/prefix).
+    allowed = [a for a in re.split(r":(?!//)", os.environ.get("LMPIPE_ALLOWED_ROOTS", "")) if a]
+    if not allowed:
+        return
+    if _scheme(s) not in _LOCAL_SCHEMES:
+        ok = any(s.rstrip("/") == a.rstrip("/") or s.startswith(a.rstrip("/") + "/") for a in allowed if "://" in a)
+    else:
+        # realpath: a symlink or `..` cannot lead out of an allowed root.
+        real = os.path.realpath(os.path.expanduser(s.removeprefix("file://")))
+        ok = any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in (os.path.realpath(a) for a in allowed if "://" not in a))
+    if not ok:
+        raise ValueError(f"root {redact(s)!r} is outside the roots this server allows ({', '.join(allowed)}); "
+                         "choose a root under one of them, or restart `lmpipe server` with --allow-root DIR")
 
 
 @functools.lru_cache(maxsize=None)

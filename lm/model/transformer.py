@@ -37,32 +37,31 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch.utils.checkpoint import checkpoint
 
+from lm.config import Config
 from lm.model.kernels.flash_torch import flash_attention_torch
 
 AttentionKind = Literal["auto", "math", "sdpa", "flash_torch", "triton"]
 NormKind = Literal["auto", "torch", "triton"]
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(Config):
     """Shape of a TransformerLM. Cross-field errors name the field at fault."""
-
-    model_config = ConfigDict(extra="forbid")
 
     vocab_size: int | Literal["auto"] = Field(
         description="Number of token ids (tokenizer vocabulary incl. special tokens), or 'auto': the vocab_size of the "
         "token shards trained on (resolved by the trainer from their manifest before the model is built)."
     )
-    context_length: int = Field(gt=0, description="Longest sequence the model is trained and run on.")
-    d_model: int = Field(gt=0, description="Width of the residual stream.")
-    num_layers: int = Field(gt=0, description="Number of Transformer blocks.")
-    num_heads: int = Field(gt=0, description="Attention heads per block; d_model must be divisible by it.")
-    d_ff: int = Field(gt=0, description="Hidden width of the SwiGLU feed-forward (≈ 8/3 · d_model, multiple of 64).")
+    context_length: int = Field(gt=0, le=1 << 20, description="Longest sequence the model is trained and run on.")
+    d_model: int = Field(gt=0, le=1 << 16, description="Width of the residual stream.")
+    num_layers: int = Field(gt=0, le=1024, description="Number of Transformer blocks.")
+    num_heads: int = Field(gt=0, le=1024, description="Attention heads per block; d_model must be divisible by it.")
+    d_ff: int = Field(gt=0, le=1 << 20, description="Hidden width of the SwiGLU feed-forward (≈ 8/3 · d_model, multiple of 64).")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency Θ.")
     rope_max_seq_len: int | None = Field(
-        None, description="Longest position RoPE tables cover (default: context_length); must be ≥ context_length."
+        None, ge=1, le=1 << 22, description="Longest position RoPE tables cover (default: context_length); must be ≥ context_length."
     )
     rms_eps: float = Field(1e-5, gt=0, description="Epsilon inside RMSNorm's square root.")
     tie_embeddings: bool = Field(False, description="Share the weights of token_embeddings and lm_head.")
@@ -76,8 +75,8 @@ class ModelConfig(BaseModel):
     @field_validator("vocab_size")
     @classmethod
     def _positive_vocab(cls, v):
-        if v != "auto" and v <= 0:
-            raise ValueError(f"vocab_size={v} must be a positive number of token ids, or 'auto'")
+        if v != "auto" and not 0 < v <= 1 << 24:
+            raise ValueError(f"vocab_size={v} must be a number of token ids in 1..{1 << 24}, or 'auto'")
         return v
 
     @field_validator("attention", mode="before")

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from lm.config import Config, StageRef
 from lm.data.shards import file_sha256, fingerprint, read_manifest
 from lm.data.storage import as_path, check_local_root, check_root
 from lm.scaling.flops import (
@@ -33,53 +34,49 @@ RUN_VERSION = "1"
 TOKENS_PER_PARAM = 20  # Chinchilla's compute-optimal ratio: where auto budgets are centred
 
 
-class ShapeSpec(BaseModel):
+class ShapeSpec(Config):
     """One explicit model shape of the grid."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    d_model: int = Field(gt=0, description="Width of the residual stream.")
-    num_layers: int = Field(gt=0, description="Number of Transformer blocks.")
-    num_heads: int = Field(gt=0, description="Attention heads; must divide d_model.")
-    d_ff: int = Field(gt=0, description="SwiGLU hidden width.")
+    d_model: int = Field(gt=0, le=1 << 16, description="Width of the residual stream.")
+    num_layers: int = Field(gt=0, le=1024, description="Number of Transformer blocks.")
+    num_heads: int = Field(gt=0, le=1024, description="Attention heads; must divide d_model.")
+    d_ff: int = Field(gt=0, le=1 << 20, description="SwiGLU hidden width.")
 
 
-class ScalingConfig(BaseModel):
+class ScalingConfig(Config):
     """An IsoFLOP sweep and the scaling-law fits on its results (the `scaling` flow's form)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    corpus: str | None = Field(None, description="Token-shard directory (with _manifest.json) from the tokenize stage; needs train and val shards.")
+    corpus: StageRef | None = Field(None, description="Token-shard directory (with _manifest.json) from the tokenize stage, or `tokenize@latest`; needs train and val shards.")
     text: str | None = Field(None, description="Instead of corpus: a UTF-8 text file, byte-tokenized (vocab 257, 10% val) into `<root>/scaling-bytes/<fp>/` (for demos).")
     root: str = Field("outputs", description="Output root: runs go to `<root>/scaling-runs/<fp>/`, the fits to `<root>/scaling/<fp>/`.")
-    budgets: list[float] | Literal["auto"] = Field(
+    budgets: Annotated[list[float], Field(max_length=64)] | Literal["auto"] = Field(
         description="Compute budgets in training FLOPs; each model size is trained to spend each budget. "
         "'auto': num_budgets budgets chosen from the corpus size and the grid (see docs/scaling.md)."
     )
-    num_budgets: int = Field(3, ge=2, description="budgets='auto': how many budgets (log-spaced).")
+    num_budgets: int = Field(3, ge=2, le=64, description="budgets='auto': how many budgets (log-spaced).")
     max_epochs: float = Field(4.0, gt=0, description="budgets='auto': the grid's middle model reads at most this many passes over the training tokens at the largest budget.")
-    model_sizes: list[int] = Field(default_factory=list, description="Target non-embedding parameter counts N; each is mapped to a shape of the family (lm.scaling.flops.shape_for_params).")
-    shapes: list[ShapeSpec] = Field(default_factory=list, description="Explicit model shapes, in addition to (or instead of) model_sizes.")
+    model_sizes: list[Annotated[int, Field(le=10**13)]] = Field(default_factory=list, max_length=64, description="Target non-embedding parameter counts N; each is mapped to a shape of the family (lm.scaling.flops.shape_for_params).")
+    shapes: list[ShapeSpec] = Field(default_factory=list, max_length=64, description="Explicit model shapes, in addition to (or instead of) model_sizes.")
     aspect_ratio: float = Field(32.0, gt=0, description="Target d_model / num_layers of the shape family.")
-    context_length: int = Field(64, gt=0, description="Tokens per training sequence.")
-    batch_size: int = Field(8, gt=0, description="Sequences per optimizer step.")
+    context_length: int = Field(64, gt=0, le=1 << 20, description="Tokens per training sequence.")
+    batch_size: int = Field(8, gt=0, le=1 << 16, description="Sequences per optimizer step.")
     lr: float = Field(3e-3, gt=0, description="Peak learning rate at lr_reference_width.")
     lr_rule: Literal["constant", "inverse_width"] = Field(
         "inverse_width", description="constant: every run uses lr; inverse_width: lr · lr_reference_width / d_model (wider models take smaller steps, as in μP for Adam)."
     )
-    lr_reference_width: int = Field(64, gt=0, description="The d_model at which lr applies unchanged (inverse_width rule).")
+    lr_reference_width: int = Field(64, gt=0, le=1 << 20, description="The d_model at which lr applies unchanged (inverse_width rule).")
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of each run's steps spent in linear warmup.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate of the cosine as a fraction of the peak.")
-    min_steps: int = Field(10, gt=0, description="Runs whose budget buys fewer optimizer steps are skipped (with a note).")
-    eval_batches: int = Field(8, gt=0, description="Validation batches for each run's final val loss.")
+    min_steps: int = Field(10, gt=0, le=1000000000, description="Runs whose budget buys fewer optimizer steps are skipped (with a note).")
+    eval_batches: int = Field(8, gt=0, le=1_000_000, description="Validation batches for each run's final val loss.")
     fit_on: Literal["val", "train"] = Field("val", description="Which final loss the fits use.")
     target_budget: float = Field(gt=0, description="The compute budget (FLOPs) to recommend a model size and token count for.")
-    num_bootstrap: int = Field(200, ge=0, description="Bootstrap replicates for the intervals (both approaches).")
+    num_bootstrap: int = Field(200, ge=0, le=100_000, description="Bootstrap replicates for the intervals (both approaches).")
     confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the reported intervals.")
-    seed: int = Field(0, description="Seed of every run (weights and data order) and of the bootstrap.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of every run (weights and data order) and of the bootstrap.")
     device: str = Field("auto", description="Training device: auto (cuda if present), cpu, cuda, cuda:N.")
-    cpu_threads: int = Field(1, gt=0, description="torch threads for CPU runs (1 is fastest for tiny models on a shared machine).")
-    max_parallel_runs: int = Field(1, gt=0, description="Training runs in flight at once (1 per GPU; on CPU, per spare core).")
+    cpu_threads: int = Field(1, gt=0, le=1024, description="torch threads for CPU runs (1 is fastest for tiny models on a shared machine).")
+    max_parallel_runs: int = Field(1, gt=0, le=1024, description="Training runs in flight at once (1 per GPU; on CPU, per spare core).")
 
     @field_validator("root")
     @classmethod

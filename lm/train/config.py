@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from lm.config import Config
 from lm.data.shards import read_manifest
 from lm.model.transformer import ModelConfig
 from lm.train.optim import AdamWImpl
@@ -41,23 +42,21 @@ NOT_FINGERPRINTED = frozenset({
 })
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Config):
     """Everything a training run needs; also the form of the pretrain flow's training part."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: ModelConfig = Field(description="Shape of the Transformer to train (vocab_size 'auto' = the token manifest's).")
     data: str | None = Field(None, description="Token-shard directory (holding _manifest.json) from the tokenize stage.")
     out_dir: str | None = Field(None, description="Run directory: checkpoints/, metrics.jsonl, summary.json.")
-    batch_size: int = Field(16, gt=0, description="Sequences per micro-batch, all ranks together (each rank takes batch_size / world_size).")
-    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
-    max_steps: int | None = Field(None, gt=0, description="Optimizer steps to run (give this or max_tokens).")
-    max_tokens: int | None = Field(None, gt=0, description="Training tokens to consume; converted to steps.")
+    batch_size: int = Field(16, gt=0, le=1 << 16, description="Sequences per micro-batch, all ranks together (each rank takes batch_size / world_size).")
+    grad_accum: int = Field(1, gt=0, le=1 << 16, description="Micro-batches accumulated per optimizer step.")
+    max_steps: int | None = Field(None, gt=0, le=1000000000, description="Optimizer steps to run (give this or max_tokens).")
+    max_tokens: int | None = Field(None, gt=0, le=10**15, description="Training tokens to consume; converted to steps.")
     max_seconds: float | None = Field(None, gt=0, description="Stop early (with a checkpoint) after this much wall time.")
     lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
     min_lr: float | None = Field(None, ge=0, description="Final learning rate of the cosine (default lr/10).")
-    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
-    cosine_steps: int | None = Field(None, gt=0, description="Step where the cosine reaches min_lr (default: the last step).")
+    warmup_steps: int = Field(0, ge=0, le=1000000000, description="Linear warmup steps.")
+    cosine_steps: int | None = Field(None, gt=0, le=1000000000, description="Step where the cosine reaches min_lr (default: the last step).")
     weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay.")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW β1.")
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW β2.")
@@ -66,12 +65,12 @@ class TrainConfig(BaseModel):
         "fused", description="How our AdamW runs the same update: fused (torch's fused kernel; fastest on CPU and GPU), "
         "foreach (one multi-tensor op per line) or for_loop (one parameter at a time; the readable one).")
     grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
-    eval_interval: int = Field(100, gt=0, description="Steps between validation-loss evaluations.")
-    eval_batches: int = Field(10, gt=0, description="Micro-batches per validation-loss evaluation.")
-    checkpoint_interval: int = Field(100, gt=0, description="Steps between checkpoints (the last step is always saved).")
-    keep_last: int = Field(2, gt=0, description="Checkpoints kept; older ones are deleted.")
-    log_interval: int = Field(10, gt=0, description="Steps between log lines on stdout (metrics.jsonl gets every step).")
-    seed: int = Field(0, description="Seed of the initial weights and the data sampler.")
+    eval_interval: int = Field(100, gt=0, le=1000000000, description="Steps between validation-loss evaluations.")
+    eval_batches: int = Field(10, gt=0, le=1_000_000, description="Micro-batches per validation-loss evaluation.")
+    checkpoint_interval: int = Field(100, gt=0, le=1000000000, description="Steps between checkpoints (the last step is always saved).")
+    keep_last: int = Field(2, gt=0, le=10_000, description="Checkpoints kept; older ones are deleted.")
+    log_interval: int = Field(10, gt=0, le=1000000000, description="Steps between log lines on stdout (metrics.jsonl gets every step).")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the initial weights and the data sampler.")
     device: str = Field("auto", description="'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:N', 'mps'.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Compute dtype: bfloat16 = autocast (matmuls in bf16; weights, optimizer state, RMSNorm, "

@@ -29,9 +29,10 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 import torch
+from pydantic import Field, field_validator
+
+from lm.config import Config
 
 
 class LaunchTimeout(TimeoutError):
@@ -46,10 +47,8 @@ class LaunchFailed(RuntimeError):
         self.returncode = returncode
 
 
-class LaunchConfig(BaseModel):
+class LaunchConfig(Config):
     """How many processes run the trainer, and where (torchrun's arguments)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     nproc_per_node: int | Literal["auto"] = Field(
         "auto", description="Processes per node: 'auto' = one per visible GPU (1 without GPUs), or a number (e.g. 2 CPU processes for a gloo test).")

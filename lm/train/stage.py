@@ -29,11 +29,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from lm.config import Config, StageRef
 from lm.data.shards import Stage, atomic_write_json, read_manifest
 from lm.data.storage import as_path, check_local_root, check_root
 from lm.train.config import NOT_FINGERPRINTED, TrainConfig, resolve_vocab_size
@@ -47,25 +48,23 @@ REPO = Path(__file__).resolve().parents[2]
 Log = Callable[[str], None]
 
 
-class PretrainConfig(BaseModel):
+class PretrainConfig(Config):
     """The pretrain flow's form: input tokens, the training run, how to launch it, what to sample."""
 
-    model_config = ConfigDict(extra="forbid")
-
     root: str = Field("outputs", description="Artifact root; the stage writes `<root>/pretrain/<fingerprint>/`.")
-    tokens: str | None = Field(None, description="Token-shard directory from the tokenize stage (holds _manifest.json).")
+    tokens: StageRef | None = Field(None, description="Token-shard directory from the tokenize stage (holds _manifest.json), or `tokenize@latest`.")
     text_file: str | None = Field(None, description="Instead of tokens: a text file trained on as bytes (257-token vocab; demo only).")
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of text_file's bytes held out for validation.")
     train: TrainConfig = Field(description="The training run (data and out_dir are filled in by the flow).")
     launcher: Literal["python", "torchrun"] = Field("python", description="python -m lm.train, or torchrun for several GPUs.")
-    nproc_per_node: int | Literal["auto"] = Field(1, description="Processes per node when launcher is torchrun: a number, or 'auto' = one per visible GPU.")
+    nproc_per_node: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(1, description="Processes per node when launcher is torchrun: a number, or 'auto' = one per visible GPU.")
     nnodes: str = Field("1", description="torchrun nodes: a number or 'MIN:MAX'; above 1 needs rdzv_endpoint (see docs/distributed.md).")
     rdzv_endpoint: str | None = Field(None, description="host:port of torchrun's c10d rendezvous for multi-node runs (unset: single node).")
     rdzv_id: str = Field("lmpipe", description="Rendezvous id: the same on every node of one job, unique per job.")
     timeout_s: float = Field(6 * 3600, gt=0, description="Kill the training process group after this many seconds (per attempt).")
-    retries: int = Field(2, ge=0, description="Attempts after a failure or timeout; each resumes from the last checkpoint.")
-    sample_prompts: list[str] = Field(["Once upon a time", "The "], description="Prompts for the sample generations.")
-    sample_tokens: int = Field(80, gt=0, description="Tokens generated per prompt.")
+    retries: int = Field(2, ge=0, le=100, description="Attempts after a failure or timeout; each resumes from the last checkpoint.")
+    sample_prompts: list[str] = Field(["Once upon a time", "The "], max_length=64, description="Prompts for the sample generations.")
+    sample_tokens: int = Field(80, gt=0, le=1 << 16, description="Tokens generated per prompt.")
     temperature: float = Field(0.8, ge=0, description="Sampling temperature of the sample generations (0 = greedy).")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus mass of the sample generations.")
 

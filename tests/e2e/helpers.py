@@ -15,26 +15,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_by_name(api: str, name: str, parameters: dict, timeout: float = 150):
+def settings(server):
+    """Prefect client settings for the e2e server: its API and its auth string."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    return temporary_settings(updates={PREFECT_API_URL: server.api, PREFECT_API_AUTH_STRING: server.auth})
+
+
+def run_by_name(server, name: str, parameters: dict, timeout: float = 150, **kw):
     """Trigger a deployment by name (``flow/deployment``) and wait for a final state."""
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: api}):
-        return run_deployment(name=name, parameters=parameters, timeout=timeout, poll_interval=1, as_subflow=False)
+    with settings(server):
+        return run_deployment(name=name, parameters=parameters, timeout=timeout, poll_interval=1, as_subflow=False, **kw)
 
 
-def api_client(api: str):
+def api_client(server):
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: api}):
+    with settings(server):
         return get_client(sync_client=True)
 
 
 # The model-based filters fetch or train models on first use (slow on a fresh machine); these
 # tests are about deployments and the UI, so the data stage runs extract, PII and dedup only.
-LEAN_FILTERS = {"langid": {"enabled": False}, "rules": {"enabled": False}, "quality": {"enabled": False}}
+LEAN_FILTERS = {"langid": {"enabled": False}, "rules": {"enabled": False}, "quality": {"enabled": False},
+                "harmful": {"enabled": False}}  # on by default since the classifiers landed: ~100 s on a fresh cache
 
 
 def data_config(root: Path, reference: Path) -> dict:

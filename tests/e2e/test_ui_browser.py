@@ -79,6 +79,28 @@ def shown_images(driver) -> list[dict]:
     )
 
 
+def login(driver, server) -> None:
+    """The UI asks for the server's auth string (`lmpipe server` enables basic auth): type it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver.get(server.ui)
+    box = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"), what="the login form")[0]
+    box.send_keys(server.auth + Keys.ENTER)
+    wait_for(driver, lambda d: "/login" not in d.current_url and not d.find_elements(By.CSS_SELECTOR, "input[type=password]"),
+             what="the UI after logging in")
+
+
+def click_opening(driver, element) -> None:
+    """Click a link; follow it into a new tab if it opens one."""
+    before = set(driver.window_handles)
+    driver.execute_script("arguments[0].scrollIntoView()", element)
+    element.click()
+    new = set(wait_for(driver, lambda d: d.window_handles, timeout=5)) - before
+    if new:
+        driver.switch_to.window(new.pop())
+
+
 def submit_run_form(driver, ui: str, deployment_id, parameters: dict) -> None:
     """Open a deployment's Run form prefilled with ``parameters`` and press Submit."""
     import json
@@ -106,12 +128,14 @@ def ui_pipeline_run(browser, local_prefect, deployed, reference, tmp_path_factor
 
     root = tmp_path_factory.mktemp("pipeline-outputs")
     shots = tmp_path_factory.mktemp("screenshots")
+    login(browser, local_prefect)
+    browser.save_screenshot(str(shots / "0-logged-in.png"))
     params = {"config": {"root": str(root), "stages": {"data": data_config(root, reference)}, "stop_after": "data", "use_deployments": True}}
-    with api_client(local_prefect.api) as client:
+    with api_client(local_prefect) as client:
         dep = client.read_deployment_by_name("pipeline/pipeline")
 
     def ours():
-        with api_client(local_prefect.api) as client:
+        with api_client(local_prefect) as client:
             runs = client.read_flow_runs(limit=50)
         return [r for r in runs if r.deployment_id == dep.id and r.parameters.get("config", {}).get("root") == str(root)]
 
@@ -135,7 +159,7 @@ def ui_pipeline_run(browser, local_prefect, deployed, reference, tmp_path_factor
     run_id = ours()[0].id
 
     def finished(_):
-        with api_client(local_prefect.api) as client:
+        with api_client(local_prefect) as client:
             r = client.read_flow_run(run_id)
         return r if r.state is not None and r.state.is_final() else None
 
@@ -168,6 +192,18 @@ def test_run_started_from_the_ui_shows_its_stages_artifacts(browser, local_prefe
         assert row["fingerprint"] in page, row
     browser.save_screenshot(str(tmp_path / "2-pipeline-summary.png"))
 
+    # Stage directories link to the server's read-only file server: click one, then its manifest.
+    summary_page = browser.current_window_handle
+    links = browser.find_elements(By.CSS_SELECTOR, f"a[href^='{local_prefect.files}/files/']")
+    assert links, "the lineage links no stage directory to the artifact file server"
+    click_opening(browser, links[-1])
+    manifest = wait_for(browser, lambda d: d.find_elements(By.PARTIAL_LINK_TEXT, "_manifest.json"), what="the directory listing")[0]
+    browser.save_screenshot(str(tmp_path / "2b-stage-directory.png"))
+    manifest.click()
+    body = wait_for(browser, lambda d: d.find_element(By.TAG_NAME, "body").text, what="the manifest's text")
+    assert json.loads(body)["fingerprint"] == lineage[-1]["fingerprint"], body[:300]
+    browser.switch_to.window(summary_page)
+
     # The data stage ran as a subflow: its own run page carries the stage's artifacts.
     # The tab's list loads lazily; on a loaded machine a click can land before it is wired up
     # (seen once in ~10 CI runs), so open the page afresh up to 3 times.
@@ -188,7 +224,7 @@ def test_run_started_from_the_ui_shows_its_stages_artifacts(browser, local_prefe
     # The pipeline ran on the gpu pool and its data stage, through the `data` deployment, on cpu.
     from tests.e2e.helpers import api_client
 
-    with api_client(local_prefect.api) as client:
+    with api_client(local_prefect) as client:
         pools = (client.read_flow_run(run.id).work_pool_name, client.read_flow_run(sub_id).work_pool_name)
     assert pools == ("gpu", "cpu"), pools
     stage_cards = open_artifacts_tab(browser, ui, sub_id)

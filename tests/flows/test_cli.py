@@ -68,3 +68,102 @@ def test_descriptions_render_in_the_ui_form():
             if re.search(r"<[A-Za-z|]", re.sub(r"`[^`]*`", "", text)):
                 bad.append(f"{flow}: {where}: {text}")
     assert not bad, "\n".join(bad)
+
+
+# --------------------------------------------------------------------------- the real command
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def lmpipe(*args: str, env: dict | None = None, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``lmpipe …`` as a user runs it (the console script's module), output captured."""
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env or dict(os.environ), timeout=timeout)
+
+
+def test_lmpipe_alone_prints_help():
+    r = lmpipe()
+    assert r.returncode == 0 and r.stdout.startswith("usage: lmpipe")
+    for command in ("run", "ls", "inspect", "compare", "demo", "server", "deploy"):
+        assert f"\n    {command} " in r.stdout, command
+
+
+def test_a_config_error_is_one_line_naming_the_key_value_and_nearest_key():
+    r = lmpipe("run", "tokenizer", "--config", "configs/tokenizer-demo.yaml", "--set", "vocabsize=300")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "lmpipe: configs/tokenizer-demo.yaml: vocabsize=300: unknown key; did you mean vocab_size?"
+    r = lmpipe("run", "tokenizer", "--set", "input=x", "--set", "vocab_size=12")
+    assert r.returncode == 2 and r.stderr.strip() == "lmpipe: tokenizer config: vocab_size=12: Input should be greater than or equal to 257"
+    r = lmpipe("run", "tokenizr")
+    assert r.returncode != 0 and "did you mean 'tokenizer'" in r.stderr
+
+
+def test_a_missing_source_fails_before_a_server_starts(tmp_path):
+    missing = tmp_path / "crawl" / "*.warc.gz"
+    r = lmpipe("run", "data", "--set", f'sources=["{missing}"]', "--set", f"root={tmp_path / 'out'}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"lmpipe: data config: source glob '{missing}' matches no file"
+    assert "temporary server" not in (r.stdout + r.stderr).lower()  # failed before Prefect started one
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def rules_outputs(reference, tmp_path_factory):
+    """Two real outputs of one filter stage (different thresholds) under a root."""
+    from tests.lm.test_catalog import pages, word_rule_stage
+
+    root = tmp_path_factory.mktemp("root")
+    docs = pages(reference)
+    older = word_rule_stage(root, docs, 150)
+    os.utime(older, (os.path.getmtime(older) - 100,) * 2)
+    return root, older, word_rule_stage(root, docs, 282)
+
+
+def test_ls_inspect_and_compare_through_the_command(rules_outputs):
+    root, older, newer = rules_outputs
+    fp_old, fp_new = Path(older).parent.name, Path(newer).parent.name
+    r = lmpipe("ls", "--root", str(root))
+    assert r.returncode == 0 and r.stdout.splitlines()[1].split()[:3] == ["rules", "2", fp_new]
+    r = lmpipe("inspect", str(root / "rules"))  # a stage folder: its fingerprints
+    assert r.returncode == 0 and f"latest = {fp_new}" in r.stdout and f"config {fp_old} -> {fp_new}:\n  min_words: 150 -> 282" in r.stdout
+    assert lmpipe("ls", "rules", "--root", str(root)).stdout.splitlines()[0] == r.stdout.splitlines()[0]
+    r = lmpipe("inspect", "rules@latest", "--root", str(root), "--samples", "1")
+    assert r.returncode == 0 and f"fingerprint {fp_new}" in r.stdout and "sample 1:" in r.stdout
+    r = lmpipe("compare", str(Path(older).parent), "rules@latest", "--root", str(root))
+    assert r.returncode == 0 and "min_words  150" in r.stdout and "rejected: too_few_words" in r.stdout, r.stdout
+    r = lmpipe("inspect", "tokenizer@latest", "--root", str(root))
+    assert r.returncode == 2 and "has not run under this root" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_telemetry_is_off_in_the_command_even_when_the_shell_does_not_say_so(tmp_path):
+    """An offline machine: Prefect's temporary server must not try to send usage reports
+    ("ERROR … Failed to send telemetry"). What Prefect's settings say before and after
+    ``lmpipe`` started, in a shell that sets neither variable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED")}
+    code = ("import sys; from prefect.settings import Settings; print(Settings().server.analytics_enabled); "
+            "from flows.cli import main; main(['ls', '--root', sys.argv[1]]); print(Settings().server.analytics_enabled)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and (lines[0], lines[-1]) == ("True", "False"), r.stdout + r.stderr
+
+
+def test_compare_flow_publishes_the_comparison(prefect_harness, rules_outputs):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from flows.compare import CompareConfig, compare_flow
+
+    root, older, newer = rules_outputs
+    out = compare_flow(CompareConfig(a=older, b="rules@latest", root=str(root)))
+    assert out == {"rules": {"a": Path(older).parent.name, "b": Path(newer).parent.name, "config_changes": 1}}
+    with get_client(sync_client=True) as client:
+        [art] = client.read_artifacts(limit=1, sort=ArtifactSort.CREATED_DESC,
+                                      artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["compare-rules"])))
+    assert "## config" in art.data and "| min_words | 150 | 282 |" in art.data
+    assert "rejected: too_few_words" in art.data

@@ -8,13 +8,14 @@ import re
 import pytest
 import yaml
 
-from flows.cli import FLOWS, config_model, load_flow
 from flows.pipeline import PipelineConfig, STAGES, plan, stage_config
-from flows.server import REPO, deployment_entries
-from deployments.sync_parameters import named_config, synced
+from flows.registry import FLOWS, config_model, expand_prefect_yaml, expanded_prefect_file, load_flow
+from flows.server import REPO, PREFECT_YAML, deployment_entries
 
 GPU_STAGES = {"pretrain", "scaling", "sft", "dpo", "grpo", "evaluate", "align-demo", "pipeline"}
 ENTRIES = deployment_entries()
+# What `lmpipe deploy` registers: the named configs read into the parameters.
+EXPANDED = {d["name"]: d for d in expand_prefect_yaml(yaml.safe_load(PREFECT_YAML.read_text()))["deployments"]}
 
 
 def test_every_registered_flow_has_a_deployment_with_its_entrypoint():
@@ -32,30 +33,44 @@ def test_pools_route_training_to_gpu_and_data_to_cpu():
         assert e["work_pool"]["name"] == want, e["name"]
 
 
+def test_parameters_name_a_named_config_instead_of_repeating_it():
+    """One source per named config: a deployment's parameters are `config: configs/<file>`."""
+    for e in ENTRIES:
+        cfg = (e.get("parameters") or {}).get("config")
+        if e["name"] == "compare":  # two outputs to compare: nothing to default
+            assert cfg is None
+            continue
+        assert isinstance(cfg, str) and cfg.startswith("configs/") and (REPO / cfg).is_file(), (e["name"], cfg)
+
+
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if e["exists"]], ids=lambda e: e["name"])
-def test_parameters_are_the_named_config_and_validate(entry):
-    named = named_config(entry["name"])
+def test_deployed_parameters_are_the_named_config_and_validate(entry):
     model = config_model(load_flow(entry["name"]))
-    if named is not None:
-        assert entry["parameters"] == {"config": yaml.safe_load(named.read_text())}, (
-            f"prefect.yaml parameters of {entry['name']} differ from {named}: run python deployments/sync_parameters.py"
-        )
-    if entry["parameters"]:
-        model.model_validate(entry["parameters"]["config"])
-    for s in entry.get("schedules", []):
+    params = EXPANDED[entry["name"]]["parameters"]
+    named = entry["parameters"].get("config")
+    if named:
+        assert params == {"config": yaml.safe_load((REPO / named).read_text())}
+        model.model_construct(**params["config"])  # a named config may refer to stage@latest: resolved at run time
+        for key in params["config"]:
+            assert key in model.model_fields, f"{named}: unknown key {key!r}"
+    for s in EXPANDED[entry["name"]].get("schedules", []):
         model.model_validate(s["parameters"]["config"])
         assert s["active"] is False, "example schedules ship inactive"
 
 
-def test_prefect_yaml_is_in_sync_with_configs():
-    text = (REPO / "deployments" / "prefect.yaml").read_text()
-    assert synced(text) == text, "run python deployments/sync_parameters.py"
+def test_lmpipe_deploy_registers_the_expanded_file():
+    with expanded_prefect_file(PREFECT_YAML) as path:
+        doc = yaml.safe_load(path.read_text())
+    assert [d["name"] for d in doc["deployments"]] == [e["name"] for e in ENTRIES]
+    assert doc["deployments"][0]["parameters"]["config"]["sources"], "data's named config read in"
+    assert doc["pull"] == yaml.safe_load(PREFECT_YAML.read_text())["pull"]
 
 
 def test_pipeline_demo_config_fits_every_stage():
     cfg = PipelineConfig.model_validate(yaml.safe_load((REPO / "configs" / "pipeline-demo.yaml").read_text()))
     assert [s.name for s in plan(cfg)] == [s.name for s in STAGES if not s.optional]
-    assert set(cfg.stages) == {s.name for s in STAGES}, "pipeline-demo.yaml: a section per stage"
+    assert cfg.stages.model_fields_set == {s.name for s in STAGES}, "pipeline-demo.yaml: a section per stage"
+    assert all(getattr(cfg.stages, s.name).config for s in STAGES), "every section starts from its named config"
     for spec in STAGES:  # optional ones too: raises naming the bad field
         stage_config(spec, cfg, {}, config_model(load_flow(spec.name)))
 

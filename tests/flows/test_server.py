@@ -50,3 +50,36 @@ def test_deployment_entries_know_which_flows_exist(tmp_path):
         "  - {name: wrong-func, entrypoint: flows/data.py:no_such_flow}\n"
     )
     assert {e["name"]: e["exists"] for e in deployment_entries(f)} == {"data": True, "ghost": False, "wrong-func": False}
+
+
+def test_the_auth_secret_is_generated_once_kept_0600_and_sent_only_to_our_api(tmp_path, monkeypatch):
+    import stat
+
+    from flows import server_auth
+
+    monkeypatch.delenv("PREFECT_API_AUTH_STRING", raising=False)
+    monkeypatch.delenv("LMPIPE_AUTH_FILE", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    path = server_auth.auth_path()
+    secret = server_auth.load_or_create_auth(path)
+    assert secret.startswith("lmpipe:") and len(secret) > 40
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert server_auth.load_or_create_auth(path) == secret  # read, not regenerated
+    # Sent only to the API that `lmpipe server` recorded, never to another PREFECT_API_URL.
+    assert server_auth.client_auth("http://127.0.0.1:4200/api") is None
+    server_auth.write_state(tmp_path, api="http://127.0.0.1:4200/api")
+    assert server_auth.client_auth("http://127.0.0.1:4200/api") == secret
+    assert server_auth.client_auth("http://evil.example:4200/api") is None
+    path.chmod(0o644)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        server_auth.read_auth(path)
+    assert secret.split(":")[1] not in str(pytest.raises(PermissionError, server_auth.read_auth, path).value)
+
+
+def test_the_process_pools_template_offers_a_run_nothing_that_chooses_what_runs():
+    from flows.server import RUN_SETTABLE, locked_job_template
+
+    t = locked_job_template("process")
+    assert set(t["variables"]["properties"]) == set(RUN_SETTABLE) == set(t["job_configuration"])
+    assert t["variables"]["additionalProperties"] is False
+    assert "{{ command }}" not in str(t) and "{{ env }}" not in str(t) and "{{ working_dir }}" not in str(t)

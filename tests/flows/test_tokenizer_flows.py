@@ -37,7 +37,10 @@ def test_flows_registered_and_configs_validate(tmp_path):
     assert config_model(load_flow("tokenizer")) is TokenizerConfig
     cfg = build_config(TokenizerConfig, "configs/tokenizer-demo.yaml", ["input=x", "vocab_size=2000"])
     assert cfg.vocab_size == 2000 and cfg.special_tokens == [EOT]
-    assert build_config(TokenizeConfig, "configs/tokenize-demo.yaml", []).val_fraction == 0.05
+    assert build_config(TokenizeConfig, "configs/tokenize-demo.yaml", ["input=x", "tokenizer=y"]).val_fraction == 0.05
+    # The named configs read the newest corpus and tokenizer under root: none there yet.
+    with pytest.raises(ValueError, match=r"input='minhash@latest': no stage folder at .*minhash"):
+        build_config(TokenizeConfig, "configs/tokenize-demo.yaml", [f"root={tmp_path}"])
     with pytest.raises(ValueError, match="vocab_size"):
         TokenizerConfig(input="x", vocab_size=100)
     with pytest.raises(ValueError, match="val_fraction"):

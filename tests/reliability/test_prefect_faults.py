@@ -91,21 +91,23 @@ def server(tmp_path_factory):
     from tests.e2e.helpers import free_port
 
     home = tmp_path_factory.mktemp("prefect-home")
-    lp = LocalPrefect(port=free_port(), pools={"cpu": "process"}, log_dir=home / "logs",
+    # Runs may set no env (the pool's template refuses it): the shard delay is the workers'.
+    lp = LocalPrefect(port=free_port(), pools={"cpu": "process"}, log_dir=home / "logs", files_port=0,
+                      allowed_roots=[tmp_path_factory.getbasetemp()],
                       env={"PREFECT_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "1",
-                           "PREFECT_WORKER_PREFETCH_SECONDS": "1"})
+                           "PREFECT_WORKER_PREFETCH_SECONDS": "1", "LMPIPE_TEST_SHARD_DELAY_S": "0.3"})
     lp.start(timeout=180)
     try:
-        deploy(lp.api, ["data"])
+        deploy(lp.api, ["data"], env={"PREFECT_API_AUTH_STRING": lp.auth})
         yield lp
     finally:
         lp.stop()
 
 
-def _client(api: str):
+def _client(server):
     from tests.e2e.helpers import api_client
 
-    return api_client(api)
+    return api_client(server)
 
 
 def _flow_run_pids(run_id) -> list[int]:
@@ -156,18 +158,19 @@ def _flow_run_killed_under_worker(server, clean_root, reference, tmp_path, trial
     import random
 
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import AwaitingRetry
 
+    from tests.e2e.helpers import settings
+
     survived, lost, dup, notes, failures, retries_needed = 0, 0, 0, [], [], []
-    with temporary_settings(updates={PREFECT_API_URL: server.api}):
-        client = _client(server.api)
+    with settings(server):
+        client = _client(server)
         for seed in range(trials):
             rng = random.Random(seed)
             root = tmp_path / f"seed-{seed}"
             k = rng.randint(1, 3)  # extract shards finished before the kill (of 4)
             run = run_deployment(name="data/data", parameters={"config": _config(reference, root)}, timeout=0,
-                                 as_subflow=False, job_variables={"env": {"LMPIPE_TEST_SHARD_DELAY_S": "0.3"}})
+                                 as_subflow=False)
             deadline = time.monotonic() + 120
             while len(list(root.glob("extract/*/part-*.done.json"))) < k:
                 assert time.monotonic() < deadline, f"no extract shard finished; worker log in {server.log_dir}"
@@ -252,7 +255,7 @@ def _server_restarted(server, clean_root, reference, tmp_path, trials, chaos_rec
         cfg_path = tmp_path / f"seed-{seed}.yaml"
         cfg_path.write_text(yaml.safe_dump(_config(reference, root)))
         log = tmp_path / f"seed-{seed}.log"
-        env = flow_env({"PREFECT_API_URL": server.api, "LMPIPE_TEST_SHARD_DELAY_S": "0.3"})
+        env = flow_env({"PREFECT_API_URL": server.api, "PREFECT_API_AUTH_STRING": server.auth, "LMPIPE_TEST_SHARD_DELAY_S": "0.3"})
         with open(log, "wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "data", "--config", str(cfg_path)], cwd=REPO,
                                     env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

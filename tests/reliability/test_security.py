@@ -5,13 +5,18 @@ the server listens on loopback, credentials never reach manifests.
   marshal/shelve), ``torch.load`` without ``weights_only=True``, ``np.load(allow_pickle=True)``,
   ``yaml.load`` without a safe loader, ``eval``/``exec``, a shell (``shell=True``,
   ``os.system``, ``os.popen``), and ``Model.from_pretrained`` without ``use_safetensors=True``.
+  Prefect results: ``<state>.result()`` (it deserializes with whatever serializer the stored
+  record names: cloudpickle by default), ``persist_result=True`` or a ``result_serializer``
+  other than ``"json"``, and ``PREFECT_RESULTS_DEFAULT_SERIALIZER`` set to anything but json.
   A line may be allowed only with a ``# security-ok: <reason>`` comment on it or just above.
 * Weights only as safetensors: a pickle checkpoint in a checkpoint directory is refused with
   a clear error and never unpickled (a booby-trapped pickle would create a file).
 * Model and tokenizer files come only from configured paths.
 * Stage names and name-like flow parameters cannot leave the root; a symlink in the stage
   tree that points outside is refused; a symlink planted as a shard is replaced, not followed.
-* ``lmpipe server`` binds 127.0.0.1 (checked on the real listening socket).
+* ``lmpipe server`` binds 127.0.0.1, requires its auth string, refuses run-chosen commands:
+  tests/e2e/test_server_security.py (against the e2e session's real server; ``_listening``
+  below reads the real listening sockets).
 * A source URL with credentials is refused before any work, without echoing the secret.
 """
 
@@ -20,11 +25,7 @@ from __future__ import annotations
 import ast
 import os
 import pickle
-import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,11 +60,32 @@ def _is_const(node, value) -> bool:
     return isinstance(node, ast.Constant) and node.value is value
 
 
+def _is_const_str(node, value: str) -> bool:
+    return isinstance(node, ast.Constant) and node.value == value
+
+
+def _serializer_settings(tree: ast.AST) -> list[tuple[int, str]]:
+    """String constants that set Prefect's default result serializer to something but json:
+    ``{"PREFECT_RESULTS_DEFAULT_SERIALIZER": "pickle"}`` or ``env[...] = "pickle"``."""
+    found = []
+    for node in ast.walk(tree):
+        pairs = []
+        if isinstance(node, ast.Dict):
+            pairs = list(zip(node.keys, node.values))
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript):
+            pairs = [(node.targets[0].slice, node.value)]
+        for k, v in pairs:
+            if _is_const_str(k, "PREFECT_RESULTS_DEFAULT_SERIALIZER") and not _is_const_str(v, "json"):
+                found.append((node.lineno, "PREFECT_RESULTS_DEFAULT_SERIALIZER must be \"json\" (anything else persists pickles)"))
+    return found
+
+
 def unsafe_calls(source: str, filename: str = "<src>") -> list[tuple[int, str]]:
     """(line, why) for every unsafe call in ``source`` not allowed by a ``# security-ok:`` comment."""
     lines = source.splitlines()
-    found = []
-    for node in ast.walk(ast.parse(source, filename)):
+    tree = ast.parse(source, filename)
+    found = [(line, why) for line, why in _serializer_settings(tree) if not _allowed(lines, line)]
+    for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
         name = _dotted(node.func)
@@ -91,13 +113,23 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[tuple[int, str]]:
             why = f"subprocess.{attr}(shell=...) runs a shell"
         elif attr == "from_pretrained" and "Model" in head and not _is_const(_kw(node, "use_safetensors"), True):
             why = f"{name} without use_safetensors=True may unpickle pytorch_model.bin"
+        elif attr == "result" and head.rpartition(".")[2].lower().endswith("state"):
+            why = f"{name}(): a Prefect state's result is deserialized with the record's serializer (pickle by default)"
+        elif _kw(node, "result_serializer") is not None and not _is_const_str(_kw(node, "result_serializer"), "json"):
+            why = "result_serializer other than \"json\" persists (and later loads) pickles"
+        elif _is_const(_kw(node, "persist_result"), True) and not _is_const_str(_kw(node, "result_serializer"), "json"):
+            why = "persist_result=True without result_serializer=\"json\" persists cloudpickle"
         if why is None:
             continue
-        context = lines[max(0, node.lineno - 2) : node.lineno]
-        if any("# security-ok:" in ln and ln.split("# security-ok:", 1)[1].strip() for ln in context):
+        if _allowed(lines, node.lineno):
             continue
         found.append((node.lineno, why))
     return found
+
+
+def _allowed(lines: list[str], lineno: int) -> bool:
+    context = lines[max(0, lineno - 2) : lineno]
+    return any("# security-ok:" in ln and ln.split("# security-ok:", 1)[1].strip() for ln in context)
 
 
 def test_no_unsafe_loading_or_shell_in_the_code(chaos_record):
@@ -131,6 +163,14 @@ def test_no_unsafe_loading_or_shell_in_the_code(chaos_record):
     "import os\nos.popen(cmd)",
     "AutoModelForCausalLM.from_pretrained(path)",
     "# security-ok:\neval(x)",  # an allowlist comment needs a reason
+    "run = run_deployment(name)\nrun.state.result()",
+    "state.result(raise_on_failure=False)",
+    "flow_state.result()",
+    "@flow(persist_result=True)\ndef f(): pass",
+    "@task(persist_result=True, result_serializer='pickle')\ndef f(): pass",
+    "@flow(result_serializer='compressed/pickle')\ndef f(): pass",
+    "env = {'PREFECT_RESULTS_DEFAULT_SERIALIZER': 'pickle'}",
+    "os.environ['PREFECT_RESULTS_DEFAULT_SERIALIZER'] = 'cloudpickle'",
 ])
 def test_the_scan_catches(snippet):
     assert unsafe_calls(snippet), snippet
@@ -145,6 +185,9 @@ def test_the_scan_catches(snippet):
     "AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)",
     "AutoTokenizer.from_pretrained(path)",
     "# security-ok: parses our own constant\neval('1 + 1')",
+    "@flow(persist_result=True, result_serializer='json')\ndef f(): pass",
+    "future.result()",
+    "env = {'PREFECT_RESULTS_DEFAULT_SERIALIZER': 'json'}",
 ])
 def test_the_scan_allows(snippet):
     assert not unsafe_calls(snippet), snippet
@@ -308,33 +351,6 @@ def _listening(port: int) -> set[str]:
     return out
 
 
-def test_lmpipe_server_binds_loopback(tmp_path, chaos_record):
-    from flows.server import is_healthy
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "server", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 150
-        while not is_healthy(f"http://127.0.0.1:{port}/api") and time.time() < deadline:
-            assert proc.poll() is None, f"lmpipe server exited with {proc.returncode}"
-            time.sleep(1)
-        addrs = _listening(port)
-        chaos_record("server bind address", "lmpipe server", 1, int(addrs == {"127.0.0.1"}), note=f"listening on {sorted(addrs)}")
-        assert addrs == {"127.0.0.1"}, addrs
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)  # lmpipe server stops its server and workers on SIGINT
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 # --------------------------------------------------------------------------- credentials
 
 
@@ -349,3 +365,29 @@ def test_source_urls_with_credentials_are_refused_before_work(prefect_harness, t
                  note="refused before work; secret not echoed")
     assert not leaked
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- roots under lmpipe server
+
+
+def test_roots_outside_the_allowed_ones_are_refused(tmp_path, monkeypatch):
+    """`lmpipe server` sets LMPIPE_ALLOWED_ROOTS for its workers: a run's config may name a root
+    only under them (realpath: no `..` or symlink way out); unset, any root is fine."""
+    from flows.data import DataConfig
+    from lm.data.storage import check_root
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (allowed / "link").symlink_to(outside)
+    assert check_root(str(outside)) == str(outside)  # no server: no confinement
+    monkeypatch.setenv("LMPIPE_ALLOWED_ROOTS", f"{allowed}{os.pathsep}s3://team-bucket/lmpipe")
+    for ok in (allowed, allowed / "new" / "dir", "s3://team-bucket/lmpipe/run1"):
+        assert check_root(str(ok)) == str(ok)
+    for bad in (outside, allowed / ".." / "outside", allowed / "link" / "x", "/etc", "s3://team-bucket/other", "s3://team-bucket/lmpipe2"):
+        with pytest.raises(ValueError, match="outside the roots this server allows"):
+            check_root(str(bad))
+    with pytest.raises(ValueError, match="outside the roots this server allows"):
+        DataConfig(sources=["x.warc.gz"], root=str(outside))
+    # A path that is not a root (an input to read) is not confined by this rule.
+    assert check_root(str(outside), "tokens") == str(outside)

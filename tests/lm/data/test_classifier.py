@@ -29,7 +29,8 @@ def test_quality_reference_cases(reference, quality_model):
 
 
 def test_quality_holdout_metrics(quality_model):
-    """Figures on the held-out set (other sources than training: a Wikipedia page, pywb's pages, comments)."""
+    """Figures on the held-out set (other sources than training: Wikipedia sections, CS336's page, pywb's pages,
+    comments, spam, boilerplate and made pages)."""
     _, result = quality_model
     assert result.num_test > 0
     assert set(result.metrics) == {"wiki", "cc", "accuracy", "auc", "threshold", "confusion"}

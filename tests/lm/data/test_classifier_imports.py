@@ -5,7 +5,8 @@ from pathlib import Path
 
 import lm
 
-MODULES = ["classifier", "classifier_data", "default_classifiers", "fasttext_format", "harmful", "obfuscation", "quality"]
+MODULES = ["classifier", "classifier_data", "default_classifiers", "fasttext_format", "harmful", "lowquality", "obfuscation",
+           "quality"]
 ROOT = Path(lm.__file__).parent / "data"
 
 

