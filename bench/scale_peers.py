@@ -13,7 +13,6 @@ import gzip
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path

@@ -5,9 +5,11 @@
     lmpipe generate --checkpoint outputs/pretrain/<fp> --prompt "Once upon a time"
 
 Reads the tokenize stage's token shards (``tokens``) or a text file as bytes (``text_file``);
-writes ``<root>/pretrain/<fingerprint>/`` (see tasks/pretrain.py). A finished stage is skipped;
+writes ``<root>/pretrain/<fingerprint>/`` (the stage: lm/train/stage.py, also runnable without
+Prefect as ``lm.train.stage.run_pretrain``). A finished stage is skipped;
 a failed or timed-out training attempt is retried ``retries`` times, resuming from its last
-checkpoint. Publishes: a loss table, a markdown summary with the loss curve and sample generations.
+checkpoint. Publishes: a loss table, a markdown summary with the loss and throughput curves and
+sample generations.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from lm.data.shards import read_manifest
+from lm.train.stage import diverged_message
 from tasks.artifacts import artifact_key, image_markdown, markdown_table
 from tasks.pretrain import PretrainConfig, byte_tokenize_task, finalize_task, pretrain_stage, train_task
 
@@ -37,13 +40,9 @@ def pretrain_flow(config: PretrainConfig) -> str:
     else:
         summary = train_task.with_options(retries=config.retries, retry_delay_seconds=5)(config, tokens_manifest, str(stage.path / "run"))
         if summary["status"] == "diverged":
-            create_markdown_artifact(
-                key=artifact_key("pretrain", "summary"),
-                markdown=f"# pretrain diverged\n\nNon-finite loss, gradient or weights at step {summary.get('diverged_step')}; "
-                f"last good checkpoint `{summary['checkpoint']}`. Lower `train.lr` or raise `train.warmup_steps` and rerun.",
-            )
-            raise RuntimeError(f"training diverged at step {summary.get('diverged_step')} (non-finite loss, gradient or weights); "
-                               f"last good checkpoint {summary['checkpoint']}")
+            create_markdown_artifact(key=artifact_key("pretrain", "summary"),
+                                     markdown=f"# pretrain diverged\n\n{diverged_message(summary)}")
+            raise RuntimeError(diverged_message(summary))
         finalize_task(config, tokens_manifest, summary)
     publish_pretrain(stage.manifest_path)
     return str(stage.manifest_path)
@@ -61,7 +60,7 @@ def publish_pretrain(manifest_path: Path) -> None:
         f"Fingerprint `{m['fingerprint']}` · checkpoint `{m['checkpoint']}` · tokenizer `{m.get('tokenizer')}`",
         "",
         markdown_table(rows),
-        image_markdown(d / "loss_curve.png", "loss curve"),
+        image_markdown(d / "loss_curve.png", "loss and throughput"),
         "## Model",
         "```json\n" + json.dumps(m["model_config"], indent=1) + "\n```",
         "## Samples",

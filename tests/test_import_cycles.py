@@ -10,19 +10,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("lm", "tasks", "flows")
-
-# Cycles that other helpers of this session are removing (issue #15.4); listed by their
-# modules so that any other cycle fails now. Delete an entry once its cycle is gone
-# (test_known_cycle_is_gone then stops xfailing).
-KNOWN_CYCLES = [
-    frozenset(
-        {"lm.train.distributed", "lm.train.dist_strategy", "lm.train.dist_checkpoint"}
-    ),  # a public Strategy protocol
-]
 
 
 def module_name(path: Path, repo: Path = REPO) -> str:
@@ -113,15 +103,8 @@ def test_the_checker_finds_a_cycle_closed_inside_a_function(tmp_path):
     assert cycles(graph) == [frozenset({"lm.a", "lm.b"})]
 
 
-def test_no_new_import_cycles():
-    new = [sorted(c) for c in cycles(import_graph()) if not any(c <= known for known in KNOWN_CYCLES)]
-    assert not new, (
-        f"import cycles (move the shared piece down a layer; a function-level import does not hide it): {new}"
+def test_no_import_cycles():
+    found = [sorted(c) for c in cycles(import_graph())]
+    assert not found, (
+        f"import cycles (move the shared piece down a layer; a function-level import does not hide it): {found}"
     )
-
-
-@pytest.mark.parametrize("known", KNOWN_CYCLES, ids=lambda c: "+".join(sorted(c)))
-def test_known_cycle_is_gone(known):
-    still = [c for c in cycles(import_graph()) if c & known]
-    if still:
-        pytest.xfail(f"still a cycle (being removed under #15.4): {[sorted(c) for c in still]}")

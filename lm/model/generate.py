@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
+from lm.model import load_model
 from lm.model.transformer import TransformerLM
+from lm.train.data import byte_tokens
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -82,8 +84,6 @@ class ByteTokenizer:
     special = "<|endoftext|>"
 
     def encode(self, text: str) -> list[int]:
-        from lm.train.data import byte_tokens
-
         return [int(i) for i in byte_tokens(text, self.special, self.eot_id)]
 
     def decode(self, ids: list[int]) -> str:
@@ -124,8 +124,6 @@ def generate_text(model: TransformerLM, tokenizer, prompt: str, eot_id: int | No
 def generate_from_checkpoint(checkpoint: str | Path, prompt: str, *, max_new_tokens: int = 100, temperature: float = 0.8,
                              top_p: float = 0.95, seed: int = 0, device: str = "cpu") -> str:
     """Prompt + continuation from a checkpoint directory or a pretrain stage directory (its manifest's checkpoint)."""
-    from lm.model import load_model
-
     path = Path(checkpoint)
     if not (path / "meta.json").exists() and (path / "_manifest.json").exists():
         path = Path(json.loads((path / "_manifest.json").read_text())["checkpoint"])

@@ -13,34 +13,47 @@ State-dict keys follow the CS336 adapters: ``token_embeddings.weight``,
 ``layers.N.ffn.{w1,w2,w3}.weight``, ``ln_final.weight``, ``lm_head.weight`` (with
 ``tie_embeddings`` the last one is the same tensor as ``token_embeddings.weight``).
 
-Attention implementations (``ModelConfig.attention``): ``reference`` (ours, below), ``sdpa``
-(``torch.nn.functional.scaled_dot_product_attention``), ``flash_torch`` (our tiled
-FlashAttention-2 in plain PyTorch), ``triton`` (our FlashAttention-2 Triton kernel; CUDA, or CPU
-under ``TRITON_INTERPRET=1``), ``auto`` (sdpa: torch's fused kernels were the fastest on both
-CPU and GPU in bench/kernels.py). ``norm``: ``torch``, ``triton`` (fused RMSNorm) or ``auto``
-(triton on CUDA when importable and not under torch.compile, else torch).
+Attention implementations (``ModelConfig.attention``): ``math`` (ours, below; ``reference`` is
+its old name), ``sdpa`` (``torch.nn.functional.scaled_dot_product_attention``), ``flash_torch``
+(our tiled FlashAttention-2 in plain PyTorch), ``triton`` (our FlashAttention-2 Triton kernel;
+CUDA, or CPU under ``TRITON_INTERPRET=1``), ``auto`` (sdpa: torch's fused kernels were the
+fastest on both CPU and GPU in bench/gpu_kernels.py). ``norm``: ``torch``, ``triton`` (fused
+RMSNorm) or ``auto`` (triton on CUDA when importable and not under torch.compile, else torch).
+
+``torch.compile(model, fullgraph=True)`` traces forward and backward without a graph break
+(tested): RoPE is real-valued (cos/sin tables; inductor generates no code for complex tensors),
+and the Triton kernels are registered as torch custom ops, opaque to the compiler.
+Mixed precision: under ``torch.autocast(dtype=bfloat16)`` the matmuls run in bf16 while
+RMSNorm, RoPE and the math attention's softmax compute in float32 (and the loss, in
+lm.train.loss); the weights stay float32.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from torch.utils.checkpoint import checkpoint
 
 from lm.config import Config
+from lm.model.kernels.flash_torch import flash_attention_torch
 
-AttentionKind = Literal["auto", "reference", "sdpa", "flash_torch", "triton"]
+AttentionKind = Literal["auto", "math", "sdpa", "flash_torch", "triton"]
 NormKind = Literal["auto", "torch", "triton"]
 
 
 class ModelConfig(Config):
     """Shape of a TransformerLM. Cross-field errors name the field at fault."""
 
-    vocab_size: int = Field(gt=0, le=1 << 24, description="Number of token ids (tokenizer vocabulary incl. special tokens).")
+    vocab_size: int | Literal["auto"] = Field(
+        description="Number of token ids (tokenizer vocabulary incl. special tokens), or 'auto': the vocab_size of the "
+        "token shards trained on (resolved by the trainer from their manifest before the model is built)."
+    )
     context_length: int = Field(gt=0, le=1 << 20, description="Longest sequence the model is trained and run on.")
     d_model: int = Field(gt=0, le=1 << 16, description="Width of the residual stream.")
     num_layers: int = Field(gt=0, le=1024, description="Number of Transformer blocks.")
@@ -52,8 +65,24 @@ class ModelConfig(Config):
     )
     rms_eps: float = Field(1e-5, gt=0, description="Epsilon inside RMSNorm's square root.")
     tie_embeddings: bool = Field(False, description="Share the weights of token_embeddings and lm_head.")
-    attention: AttentionKind = Field("auto", description="Attention implementation: auto, reference, sdpa, flash_torch or triton.")
+    attention: AttentionKind = Field(
+        "auto", description="Attention implementation: auto (= sdpa), math (plain softmax(QKᵀ)V, float32 softmax), sdpa "
+        "(torch's fused kernels), triton (our FlashAttention-2 kernel; CUDA or TRITON_INTERPRET=1) or flash_torch "
+        "(the same algorithm in torch tiles). All compute the same function; 'reference' is accepted for math."
+    )
     norm: NormKind = Field("auto", description="RMSNorm implementation: auto (Triton on CUDA), torch or triton.")
+
+    @field_validator("vocab_size")
+    @classmethod
+    def _positive_vocab(cls, v):
+        if v != "auto" and not 0 < v <= 1 << 24:
+            raise ValueError(f"vocab_size={v} must be a number of token ids in 1..{1 << 24}, or 'auto'")
+        return v
+
+    @field_validator("attention", mode="before")
+    @classmethod
+    def _old_attention_name(cls, v):
+        return "math" if v == "reference" else v  # checkpoints written before 'math' was named so
 
     @model_validator(mode="after")
     def _check_shapes(self) -> "ModelConfig":
@@ -117,9 +146,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # auto: our fused kernel on CUDA, except under torch.compile, whose generated kernel fuses it anyway
-        auto_triton = self.impl == "auto" and x.is_cuda and not torch.compiler.is_compiling() and _triton_available()
+        auto_triton = self.impl == "auto" and x.is_cuda and not torch.compiler.is_compiling() and TRITON_AVAILABLE
         if self.impl == "triton" or auto_triton:
-            from lm.model.kernels.rmsnorm import rmsnorm_triton
+            from lm.model.kernels.rmsnorm import rmsnorm_triton  # imports triton: only when asked for
 
             return rmsnorm_triton(x, self.weight, self.eps)
         in_dtype = x.dtype
@@ -140,24 +169,27 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", angles.sin().float(), persistent=False)
         self.max_seq_len = max_seq_len
 
-    def rotation(self, token_positions: torch.Tensor) -> torch.Tensor:
-        """e^{i·pos·θ_k} for these positions, complex (..., T, d_k/2); looked up once per model forward."""
-        return torch.complex(self.cos[token_positions], self.sin[token_positions])
+    def rotation(self, token_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) of pos·θ_k for these positions, each (..., T, d_k/2); looked up once per model forward."""
+        return self.cos[token_positions], self.sin[token_positions]
 
     def forward(self, x: torch.Tensor, token_positions: torch.Tensor) -> torch.Tensor:
         # x (..., T, d_k); token_positions (..., T) broadcastable to x's leading dims
         if int(token_positions.max()) >= self.max_seq_len:
             raise ValueError(f"token position {int(token_positions.max())} ≥ RoPE max_seq_len {self.max_seq_len}")
-        return apply_rope(x, self.rotation(token_positions))
+        return apply_rope(x, *self.rotation(token_positions))
 
 
-def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[2i], x[2i+1]) of x (..., T, d_k) as complex numbers x[2i] + i·x[2i+1].
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (a, b) = (x[2i], x[2i+1]) of x (..., T, d_k): (a·cos − b·sin, a·sin + b·cos), in float32.
 
-    One complex multiply instead of four real ones plus a stack: 5-9x faster fwd+bwd on CPU.
+    The real and imaginary parts of (a + ib)·e^{iθ}: bit for bit what the complex multiply this
+    replaced computed (tested against a checkpoint of that code), but real-valued, so
+    torch.compile fuses it (inductor generates no code for complex tensors).
     """
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (..., T, d_k/2) complex64
-    return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
+    pairs = x.float().unflatten(-1, (-1, 2))  # (..., T, d_k/2, 2)
+    a, b = pairs[..., 0], pairs[..., 1]
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(x.dtype)
 
 
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -170,12 +202,13 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q kᵀ / sqrt(d_k)) v; ``mask`` True where a query may attend a key. Any leading dims.
 
-    q (..., Tq, d_k), k (..., Tk, d_k), v (..., Tk, d_v), mask (..., Tq, Tk) -> (..., Tq, d_v)
+    q (..., Tq, d_k), k (..., Tk, d_k), v (..., Tk, d_v), mask (..., Tq, Tk) -> (..., Tq, d_v).
+    The softmax runs in float32 whatever the input dtype (bf16 under autocast).
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., Tq, Tk)
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])  # (..., Tq, Tk)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return softmax(scores, dim=-1) @ v
+    return softmax(scores, dim=-1).to(v.dtype) @ v
 
 
 class SwiGLU(nn.Module):
@@ -191,12 +224,7 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))  # silu(a) = a·σ(a), one fused kernel
 
 
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None  # looked up, not imported (that takes a while)
 
 
 # --------------------------------------------------------------------------- attention, block, model
@@ -226,10 +254,11 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         return x.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, H, T, dh)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        q = apply_rope(self._heads(self.q_proj(x)), rope)  # (B, H, T, dh)
-        k = apply_rope(self._heads(self.k_proj(x)), rope)
+        q = apply_rope(self._heads(self.q_proj(x)), cos, sin)  # (B, H, T, dh)
+        k = apply_rope(self._heads(self.k_proj(x)), cos, sin)
         v = self._heads(self.v_proj(x))
         if cache is None:
             y = causal_attention(q, k, v, self.attention)
@@ -241,7 +270,7 @@ class CausalSelfAttention(nn.Module):
             v_all = cache.v[layer][:, :, : start + T]
             # query i sits at absolute position start+i and sees keys 0..start+i
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            if self.attention == "reference":
+            if self.attention == "math":
                 y = scaled_dot_product_attention(q, k_all, v_all, mask)
             else:
                 y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
@@ -252,19 +281,17 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: st
     """Causal attention over (B, H, T, dh) with the chosen implementation."""
     if kind in ("auto", "sdpa"):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    if kind == "reference":
+    if kind == "math":
         T = q.shape[-2]
         mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         return scaled_dot_product_attention(q, k, v, mask)
     if kind == "flash_torch":
-        from lm.model.kernels.flash_torch import flash_attention_torch
-
         return flash_attention_torch(q, k, v, causal=True)
     if kind == "triton":
-        from lm.model.kernels.flash_triton import flash_attention_triton
+        from lm.model.kernels.flash_triton import flash_attention_triton  # imports triton: only when asked for
 
         return flash_attention_triton(q, k, v, causal=True)
-    raise ValueError(f"unknown attention kind {kind!r}; use auto, reference, sdpa, flash_torch or triton")
+    raise ValueError(f"unknown attention kind {kind!r}; use auto, math, sdpa, flash_torch or triton")
 
 
 class TransformerBlock(nn.Module):
@@ -277,18 +304,28 @@ class TransformerBlock(nn.Module):
         self.ln2 = RMSNorm(cfg.d_model, cfg.rms_eps, cfg.norm, device, dtype)
         self.ffn = SwiGLU(cfg.d_model, cfg.d_ff, device, dtype)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), rope, cache, layer)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cos, sin, cache, layer)
         return x + self.ffn(self.ln2(x))
 
 
 class TransformerLM(nn.Module):
-    """Token ids (B, T) -> next-token logits (B, T, vocab_size)."""
+    """Token ids (B, T) -> next-token logits (B, T, vocab_size).
+
+    ``checkpoint_blocks = True`` recomputes each block's activations in backward instead of
+    keeping them (activation checkpointing: less memory, about one more forward of compute);
+    it is a way of running, not part of the model, so it is an attribute and not in the config.
+    """
 
     def __init__(self, config: ModelConfig | dict, device=None, dtype=None):
         super().__init__()
         cfg = config if isinstance(config, ModelConfig) else ModelConfig.model_validate(config)
+        if cfg.vocab_size == "auto":
+            raise ValueError("ModelConfig.vocab_size is 'auto': set it to the tokenizer's vocabulary size "
+                             "(the trainer does so from the token manifest: lm.train.config.resolve_vocab_size)")
         self.config = cfg
+        self.checkpoint_blocks = False
         self.token_embeddings = Embedding(cfg.vocab_size, cfg.d_model, device, dtype)
         # RoPE tables are buffers (derived from the config), so they add no state-dict keys
         self.rope = RotaryEmbedding(cfg.rope_theta, cfg.head_dim, cfg.rope_max_seq_len or cfg.context_length, device)
@@ -304,10 +341,14 @@ class TransformerLM(nn.Module):
         if start + T > self.config.context_length:
             raise ValueError(f"sequence of {start + T} tokens exceeds context_length={self.config.context_length}")
         positions = torch.arange(start, start + T, device=ids.device)  # (T,)
-        rope = self.rope.rotation(positions)  # (T, dh/2) complex, shared by every layer
+        cos, sin = self.rope.rotation(positions)  # (T, dh/2) each, shared by every layer
         x = self.token_embeddings(ids)  # (B, T, C)
+        recompute = self.checkpoint_blocks and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.layers):
-            x = block(x, rope, cache, i)
+            if recompute:
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += T
         return self.lm_head(self.ln_final(x))  # (B, T, V)

@@ -35,7 +35,7 @@ from lm.data.shards import atomic_write_json, file_sha256
 META = "meta.json"
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.safetensors"
-# what a person can do about a damaged checkpoint (lm.train.trainer.usable_checkpoints does it on resume)
+# what a person can do about a damaged checkpoint (lm.train.resume.usable_checkpoints does it on resume)
 _WHAT_TO_DO = "; rerun the training: a damaged newest checkpoint is set aside and training resumes from the one before"
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}  # torch.save / pickle formats: never loaded
 

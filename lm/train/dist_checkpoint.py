@@ -15,6 +15,7 @@ saved at world size 2 resumes at world size 1 and the other way round.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +24,17 @@ import torch.distributed as dist
 from torch import nn
 
 from lm.train.checkpoint import load_checkpoint, save_checkpoint
-from lm.train.distributed import _DataParallel, _world
+from lm.train.distributed import DataParallel, rank_and_world_size
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The user's module inside our DDP wrappers (FSDP2 shards in place: no wrapper)."""
-    return model.module if isinstance(model, _DataParallel) else model
+    return model.module if isinstance(model, DataParallel) else model
 
 
 def _is_fsdp(model: nn.Module) -> bool:
+    if "torch.distributed.fsdp" not in sys.modules:  # nothing was sharded in this process
+        return False
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
@@ -52,7 +55,7 @@ def consolidated_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer)
     """
     inner = unwrap(model)
     if _is_fsdp(inner):
-        from torch.distributed.checkpoint.state_dict import (
+        from torch.distributed.checkpoint.state_dict import (  # slow to import (seconds): only under FSDP
             StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -77,7 +80,7 @@ def load_consolidated_state_dicts(model: nn.Module, optimizer: torch.optim.Optim
     full dicts, read from the same checkpoint). `model_sd=None` loads the optimizer only."""
     inner = unwrap(model)
     if _is_fsdp(inner):
-        from torch.distributed.checkpoint.state_dict import (
+        from torch.distributed.checkpoint.state_dict import (  # slow to import (seconds): only under FSDP
             StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
 
         opts = StateDictOptions(full_state_dict=True)
@@ -116,7 +119,7 @@ def save_distributed_checkpoint(model: nn.Module, optimizer: torch.optim.Optimiz
                                 out: str | os.PathLike, **kwargs: Any) -> Path:
     """Consolidate on all ranks (collective), write on rank 0, then wait for it.
     `kwargs` go to `lm.train.checkpoint.save_checkpoint` (configs, data_state, extra)."""
-    rank, world = _world()
+    rank, world = rank_and_world_size()
     msd, osd = consolidated_state_dicts(model, optimizer)
     if rank == 0:
         plain = unwrap(model)

@@ -1,13 +1,13 @@
 """The trainer's distributed strategies: what `strategy: ddp | ddp_bucketed | zero1 | fsdp`
 means inside `lm.train.trainer.train`.
 
-A strategy implements the same methods as the trainer's `SingleDevice` (the seam): it joins
+A strategy implements `lm.train.strategy.Strategy` (the seam; `SingleDevice` is the one-process one): it joins
 the process group torchrun set up, wraps the model, swaps the optimizer for its sharded
 form, hands each rank its slice of the batch, syncs gradients on the last micro-step,
 averages logged scalars, and writes consolidated checkpoints. Started without torchrun it
 is a world of one and trains exactly like `none`.
 
-    torchrun --nproc-per-node 2 -m lm.train --config configs/train-demo.yaml --set strategy=ddp
+    torchrun --nproc-per-node 2 -m lm.train --config run.yaml --set strategy=ddp
 
 Batches are global: every rank draws the same `batch_size` windows from one shared data
 stream and keeps rows [rank·B/W, (rank+1)·B/W). So the same config gives the same losses at

@@ -28,12 +28,17 @@ AVG reduction, so gradients are divided by the world size before a SUM all-reduc
 
 from __future__ import annotations
 
+import inspect
 import os
+import socket
+import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 
 STRATEGY_NAMES = ("none", "ddp", "ddp_bucketed", "zero1", "fsdp")
@@ -94,8 +99,6 @@ def destroy_distributed() -> None:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -123,8 +126,6 @@ def exit_without_teardown(code: int) -> None:
     is destroyed while still joinable. Nothing is left to run or to flush at this point, so
     the rank exits at once instead of tearing the interpreter down.
     """
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -134,15 +135,12 @@ def run_local(fn, world_size: int, *args: Any) -> None:
     """Run `fn(env: DistEnv, *args)` in `world_size` fresh local processes joined in one
     process group (tests, notebooks, benchmarks; training proper goes through torchrun).
     `fn` must be importable (module level). An exception in any rank is raised here."""
-    import tempfile
-
-    import torch.multiprocessing as mp
-
     with tempfile.TemporaryDirectory(prefix="lmpipe-dist-") as tmp:
         mp.spawn(_run_rank, args=(fn, world_size, os.path.join(tmp, "store"), args), nprocs=world_size, join=True)
 
 
-def _world() -> tuple[int, int]:
+def rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) without a process group."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -162,7 +160,7 @@ def unique_parameters(module: nn.Module) -> list[nn.Parameter]:
 
 def broadcast_module(module: nn.Module, src: int = 0) -> None:
     """Make every rank start from rank `src`'s parameters and buffers."""
-    _, world = _world()
+    _, world = rank_and_world_size()
     if world == 1:
         return
     with torch.no_grad():
@@ -173,13 +171,14 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
 # ----------------------------------------------------------------------------- DDP
 
 
-class _DataParallel(nn.Module):
-    """Shared part of our DDP wrappers: broadcast at start, forward passes through."""
+class DataParallel(nn.Module):
+    """Shared part of our DDP wrappers: broadcast at start, forward passes through (``.module``
+    is the user's model)."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
-        self.rank, self.world_size = _world()
+        self.rank, self.world_size = rank_and_world_size()
         broadcast_module(module)
         self.params = unique_parameters(module)
         # False during gradient accumulation's inner micro-steps: gradients keep summing
@@ -193,7 +192,7 @@ class _DataParallel(nn.Module):
         raise NotImplementedError
 
 
-class DDPNaive(_DataParallel):
+class DDPNaive(DataParallel):
     """Baseline: after backward, all-reduce every gradient, one blocking call each.
 
     Nothing overlaps with compute; kept for the benchmark (bench/ddp.py)."""
@@ -207,7 +206,7 @@ class DDPNaive(_DataParallel):
                 dist.all_reduce(p.grad)
 
 
-class DDPIndividualParameters(_DataParallel):
+class DDPIndividualParameters(DataParallel):
     """All-reduce each parameter's gradient asynchronously as soon as it is accumulated.
 
     `register_post_accumulate_grad_hook` fires once per Parameter per backward, after all
@@ -266,7 +265,7 @@ class _Bucket:
         self.flat, self.handle, self.num_ready = None, None, 0
 
 
-class DDPBucketed(_DataParallel):
+class DDPBucketed(DataParallel):
     """All-reduce gradients in buckets of at most `bucket_size_mb` (a parameter larger than
     that gets a bucket of its own).
 
@@ -333,7 +332,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable, optimizer_cls: type[torch.optim.Optimizer], **kwargs: Any):
-        self.rank, self.world_size = _world()
+        self.rank, self.world_size = rank_and_world_size()
         self.optimizer_cls, self.optimizer_kwargs = optimizer_cls, kwargs
         self.owner: dict[int, int] = {}  # id(param) -> rank that steps it
         self._load = [0] * self.world_size
@@ -435,8 +434,6 @@ class ShardedOptimizer(torch.optim.Optimizer):
 def optimizer_hyperparameters(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The keyword arguments that rebuild `optimizer`'s class with its defaults (torch adds
     entries such as `differentiable` to `defaults` that not every class accepts)."""
-    import inspect
-
     accepted = inspect.signature(type(optimizer).__init__).parameters
     if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
         return dict(optimizer.defaults)
@@ -461,7 +458,7 @@ def apply_fsdp(model: nn.Module, param_dtype: str = "bf16", reduce_dtype: str = 
     Compute runs in `param_dtype`, gradients are reduced in `reduce_dtype`, and the sharded
     master weights and optimizer state stay fp32.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # slow to import (seconds): only under FSDP
 
     for name, value in (("param_dtype", param_dtype), ("reduce_dtype", reduce_dtype)):
         if value not in _DTYPES:
@@ -502,13 +499,3 @@ def build_optimizer(params: Iterable, strategy: str, optimizer_cls: type[torch.o
     if strategy == "zero1":
         return ShardedOptimizer(params, optimizer_cls, **kwargs)
     return optimizer_cls(params, **kwargs)
-
-
-def __getattr__(name: str):
-    # The trainer looks strategies up here (lm.train.trainer.strategies); they live in
-    # lm.train.dist_strategy, which imports this module, hence the lazy attribute.
-    if name == "STRATEGIES":
-        from lm.train.dist_strategy import STRATEGIES
-
-        return STRATEGIES
-    raise AttributeError(name)

@@ -1,181 +1,101 @@
 """The training loop: TrainConfig in, checkpoints + metrics out; resumable to the exact same losses.
 
-    python -m lm.train --config configs/train-demo.yaml --set max_steps=200 --set out_dir=runs/demo
+    python -m lm.train --config configs/pretrain-demo.yaml --set data=outputs/tokenize/<fp> --set out_dir=runs/demo
+    torchrun --standalone --nproc-per-node 2 -m lm.train --config ... --set strategy=ddp
     # in-process (what scaling sweeps do):
     from lm.train.trainer import TrainConfig, train
     summary = train(TrainConfig(model=..., data="outputs/tokenize/<fp>", out_dir="runs/x", max_steps=100))
+
+Read top to bottom, as in torchtitan: ``setup`` builds everything a run needs (device,
+strategy, data, model, optimizer) and resumes it; ``train_step`` is one optimizer step;
+``evaluate`` the validation loss; ``save`` one checkpoint; ``train`` the loop calling them.
 
 Reads a token-shard directory (``_manifest.json`` + ``.bin`` shards, see ``lm.train.data``).
 Writes into ``out_dir``::
 
     checkpoints/step-0000100/   model.safetensors, optimizer.safetensors, meta.json (last ``keep_last`` kept)
-    metrics.jsonl               one line per step (loss, lr, grad_norm, tokens/s, MFU) and per eval (val_loss)
+    metrics.jsonl               one line per step (loss, lr, grad_norm, tokens/s, step time, MFU) and per
+                                eval (val_loss); the fields: lm.train.metrics
     summary.json                what ``train`` returns
     tb/                         TensorBoard events, only if tensorboard is installed
 
 Resuming: with ``resume`` (default) a run restarts from the newest checkpoint in ``out_dir``;
 weights, AdamW state, RNG states and the data sampler's state come back, and metrics lines past
-that step are dropped, so an interrupted run logs exactly what an uninterrupted one does.
-A non-finite loss or gradient norm stops the run before the optimizer step, and non-finite
-weights stop it before a checkpoint would be written (status "diverged", ``diverged_step`` in
-the summary, the last good checkpoint kept).
-
-Distributed seam: ``strategy`` names an entry of ``STRATEGIES``; ``SingleDevice`` is the
-default. A distributed strategy (lm/train/distributed.py) supplies rank/world size, wraps the
-model, syncs gradients on the last micro-step and says which rank writes files.
+that step are dropped, so an interrupted run logs exactly what an uninterrupted one does. A
+resume with changed settings is refused (lm.train.resume). A non-finite loss or gradient norm
+stops the run before the optimizer step, and non-finite weights stop it before a checkpoint
+would be written (status "diverged", ``diverged_step`` in the summary, the last good checkpoint
+kept).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import re
 import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator, model_validator
+from tqdm import tqdm
 
 from lm import faults
-from lm.config import Config
-from lm.model.transformer import ModelConfig, TransformerLM
-from lm.train.checkpoint import (
-    CheckpointCorruptError, load_checkpoint, read_checkpoint_meta, save_checkpoint, set_numpy_rng_state, verify_checkpoint,
-)
+from lm.data.shards import atomic_write_json
+from lm.model.transformer import TransformerLM
+from lm.train.checkpoint import load_checkpoint, read_checkpoint_meta, set_numpy_rng_state
+from lm.train.config import TrainConfig, resolve_vocab_size
 from lm.train.data import TokenShards, check_device, sampler
 from lm.train.loss import cross_entropy
-from lm.train.optim import AdamW, clip_grad_norm_
+from lm.train.metrics import MetricsLog, compute_dtype_name, last_logged_losses, model_flops_per_token, peak_flops, throughput
+from lm.train.optim import AdamW
+from lm.train.resume import check_resume_settings, list_checkpoints, usable_checkpoints
 from lm.train.schedule import cosine_lr
+from lm.train.strategy import STRATEGIES, SingleDevice, Strategy
 
 EXIT_DIVERGED = 3
-# Dense bf16 peak FLOP/s by device name fragment, for the MFU estimate.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
 
 
-class TrainConfig(Config):
-    """Everything a training run needs; also the form of the pretrain flow's training part."""
+@dataclass
+class TrainState:
+    """What changes from step to step (and what a checkpoint must bring back)."""
 
-    model: ModelConfig = Field(description="Shape of the Transformer to train.")
-    data: str | None = Field(None, description="Token-shard directory (holding _manifest.json) from the tokenize stage.")
-    out_dir: str | None = Field(None, description="Run directory: checkpoints/, metrics.jsonl, summary.json.")
-    batch_size: int = Field(16, gt=0, le=1 << 16, description="Sequences per micro-batch, all ranks together (each rank takes batch_size / world_size).")
-    grad_accum: int = Field(1, gt=0, le=1 << 16, description="Micro-batches accumulated per optimizer step.")
-    max_steps: int | None = Field(None, gt=0, le=1000000000, description="Optimizer steps to run (give this or max_tokens).")
-    max_tokens: int | None = Field(None, gt=0, le=10**15, description="Training tokens to consume; converted to steps.")
-    max_seconds: float | None = Field(None, gt=0, description="Stop early (with a checkpoint) after this much wall time.")
-    lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
-    min_lr: float | None = Field(None, ge=0, description="Final learning rate of the cosine (default lr/10).")
-    warmup_steps: int = Field(0, ge=0, le=1000000000, description="Linear warmup steps.")
-    cosine_steps: int | None = Field(None, gt=0, le=1000000000, description="Step where the cosine reaches min_lr (default: the last step).")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay.")
-    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW β1.")
-    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW β2.")
-    eps: float = Field(1e-8, gt=0, description="AdamW ε.")
-    grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
-    eval_interval: int = Field(100, gt=0, le=1000000000, description="Steps between validation-loss evaluations.")
-    eval_batches: int = Field(10, gt=0, le=1_000_000, description="Micro-batches per validation-loss evaluation.")
-    checkpoint_interval: int = Field(100, gt=0, le=1000000000, description="Steps between checkpoints (the last step is always saved).")
-    keep_last: int = Field(2, gt=0, le=10_000, description="Checkpoints kept; older ones are deleted.")
-    log_interval: int = Field(10, gt=0, le=1000000000, description="Steps between log lines on stdout.")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the initial weights and the data sampler.")
-    device: str = Field("auto", description="'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:N', 'mps'.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Autocast dtype; auto = bfloat16 on CUDA, float32 elsewhere.")
-    compile: bool = Field(False, description="torch.compile the model (needs a C++ compiler on CPU).")
-    resume: bool = Field(True, description="Resume from the newest checkpoint in out_dir when there is one.")
-    peak_flops: float | None = Field(None, gt=0, description="Device peak FLOP/s for MFU (default: looked up for known GPUs).")
-    strategy: str = Field("none", description="Parallelism: 'none' (one device) or a name from lm.train.distributed.")
-    bucket_size_mb: float = Field(25.0, gt=0, description="Gradient bucket size (MB) of strategies ddp_bucketed and zero1.")
-
-    @field_validator("strategy")
-    @classmethod
-    def _known_strategy(cls, v: str) -> str:
-        if v not in strategies():
-            raise ValueError(f"unknown strategy {v!r}; choose one of {sorted(strategies())}")
-        return v
-
-    @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
-        if self.max_steps is None and self.max_tokens is None:
-            raise ValueError("give max_steps or max_tokens (how long to train)")
-        if self.min_lr is not None and self.min_lr > self.lr:
-            raise ValueError(f"min_lr={self.min_lr} is above lr={self.lr}")
-        return self
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.grad_accum * self.model.context_length
-
-    def total_steps(self) -> int:
-        if self.max_steps is not None:
-            return self.max_steps
-        return max(1, math.ceil(self.max_tokens / self.tokens_per_step))
+    step: int = 0
+    tokens_seen: int = 0
+    last_loss: float | None = None
+    val_loss: float | None = None
+    status: str = "completed"
+    diverged_step: int | None = None  # the step whose loss, gradient or update was not finite
+    changed_on_resume: list[dict] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- strategies (the distributed seam)
+@dataclass
+class Run:
+    """Everything ``setup`` builds; the loop's functions read it."""
+
+    cfg: TrainConfig
+    strategy: Strategy
+    device: torch.device
+    out: Path
+    log: Callable[[str], None]
+    train_data: TokenShards
+    val_data: TokenShards | None
+    data_info: dict  # what generation needs to turn ids back into text, recorded in every checkpoint
+    model: TransformerLM  # the plain model (checkpoints, parameters)
+    run_model: torch.nn.Module  # what forward/backward run on (compiled, wrapped)
+    optimizer: torch.optim.Optimizer
+    data_rng: np.random.Generator
+    amp_dtype: torch.dtype | None
+    flops_per_token: int
+    peak: float | None
+    started: float = field(default_factory=time.time)
 
 
-class SingleDevice:
-    """One process on one device. Distributed strategies implement the same methods."""
-
-    rank = 0
-    world_size = 1
-    is_main = True
-
-    def __init__(self, cfg: TrainConfig, device: torch.device):
-        self.device = device
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model
-
-    def sync_grads(self, model: torch.nn.Module, last_micro_step: bool):
-        """Context for one micro-step's backward; DDP skips the all-reduce until the last one."""
-        return contextlib.nullcontext()
-
-    def mean(self, x: float) -> float:
-        """Average a scalar over ranks (losses for logging)."""
-        return x
-
-    def wrap_optimizer(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        """The optimizer to step (ZeRO-1 shards it; FSDP rebuilds it over sharded parameters)."""
-        return optimizer
-
-    def get_batch(self, shards: TokenShards, batch_size: int, context_length: int, device, rng):
-        """This rank's rows of the global batch; every rank advances ``rng`` alike."""
-        return shards.get_batch(batch_size, context_length, device, rng)
-
-    def clip_grad_norm_(self, model: torch.nn.Module, max_norm: float) -> torch.Tensor:
-        return clip_grad_norm_(model.parameters(), max_norm)
-
-    def save_checkpoint(self, model, optimizer, iteration: int, out, **kwargs) -> Path:
-        """Called on every rank (sharded states are gathered collectively); the main rank writes."""
-        return save_checkpoint(model, optimizer, iteration, out, **kwargs)
-
-    def barrier(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def strategies() -> dict[str, type]:
-    found = {"none": SingleDevice}
-    try:
-        from lm.train import distributed  # added by the distributed issue
-
-        found.update(getattr(distributed, "STRATEGIES", {}))
-    except ImportError:
-        pass
-    return found
-
-
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- setup
 
 
 def resolve_device(name: str) -> torch.device:
@@ -190,105 +110,119 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     return None
 
 
-def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
-    if cfg.peak_flops:
-        return cfg.peak_flops
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for frag, flops in PEAK_FLOPS.items():
-            if frag in name:
-                return flops
-    return None
+def compile_model(model: TransformerLM, cfg: TrainConfig) -> None:
+    """torch.compile in place (state-dict keys unchanged), one graph per model; under FSDP one per
+    block's forward, so FSDP's gather/reshard hooks around each block run outside the graph."""
+    if cfg.strategy == "fsdp":
+        for block in model.layers:
+            block.forward = torch.compile(block.forward, fullgraph=True, backend=cfg.compile_backend)
+    else:
+        model.compile(fullgraph=True, backend=cfg.compile_backend)
 
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def list_checkpoints(out_dir: str | Path) -> list[Path]:
-    """Finished checkpoints (those with meta.json), oldest first."""
-    root = Path(out_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "meta.json").exists()]
-    return [p for _, p in sorted(found)]
-
-
-def usable_checkpoints(out_dir: str | Path, log=print) -> list[Path]:
-    """Finished checkpoints, oldest first, after setting aside corrupt ones from the newest end.
-
-    A damaged newest checkpoint (flipped bytes, truncation) is renamed ``step-N.corrupt`` and
-    the run resumes from the one before it (or from scratch): resuming is exact, so the
-    recomputed steps give the same weights the damaged checkpoint held."""
-    found = list_checkpoints(out_dir)
-    while found:
-        try:
-            verify_checkpoint(found[-1])
-            break
-        except (CheckpointCorruptError, FileNotFoundError) as e:
-            bad = found.pop()
-            aside = bad.with_name(f"{bad.name}.corrupt")
-            shutil.rmtree(aside, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):  # another rank moved it already
-                os.replace(bad, aside)
-            log(f"checkpoint {bad} is damaged ({e}); set aside as {aside.name}, resuming from "
-                f"{found[-1].name if found else 'scratch'}")
-    return found
-
-
-class MetricsLog:
-    """metrics.jsonl (append; on resume, lines past the resumed step are dropped) + optional TensorBoard."""
-
-    def __init__(self, out_dir: Path, resume_step: int, enabled: bool):
-        self.path = out_dir / "metrics.jsonl"
-        self.enabled = enabled
-        self.tb = None
-        if not enabled:
-            return
-        if self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and _step_of(ln) <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step + 1)
-        except ImportError:  # tensorboard not installed: JSONL only
-            self.tb = None
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "kind") and isinstance(v, (int, float)) and v is not None:
-                    self.tb.add_scalar(f"{row.get('kind', 'train')}/{k}", v, row["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def last_logged_losses(path: Path) -> tuple[float | None, float | None]:
-    """(last train loss, last val loss) in a metrics.jsonl."""
-    train_loss = val_loss = None
-    for line in Path(path).read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("kind") == "train":
-            train_loss = row["loss"]
-        elif row.get("kind") == "eval":
-            val_loss = row["val_loss"]
-    return train_loss, val_loss
-
-
-def _step_of(line: str) -> int:
+def setup(cfg: TrainConfig) -> tuple[Run, TrainState]:
+    """Device, strategy, data, model and optimizer for ``cfg``; resumed from out_dir's newest checkpoint."""
+    for name in ("data", "out_dir"):
+        if not getattr(cfg, name):
+            raise ValueError(f"{name} is not set: give the token-shard directory (data) and the run directory (out_dir)")
+    cfg = resolve_vocab_size(cfg)
+    device = resolve_device(cfg.device)
+    strategy = STRATEGIES[cfg.strategy](cfg, device)
+    device = strategy.device
+    out = Path(cfg.out_dir)
+    if strategy.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in (out / "checkpoints").glob(".step-*.tmp-*"):  # a run killed while writing a checkpoint
+            shutil.rmtree(stale, ignore_errors=True)
+    train_data = TokenShards(cfg.data, "train", cfg.model.vocab_size)
     try:
-        return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError):
-        return 1 << 62  # a torn last line from a killed run: drop it
+        val_data = TokenShards(cfg.data, "val", cfg.model.vocab_size)
+    except ValueError:
+        warnings.warn(f"no 'val' shards in {cfg.data}: validation loss is not computed", stacklevel=2)
+        val_data = None
+    data_info = {key: train_data.manifest.get(key) for key in ("tokenizer", "eot_id", "vocab_size")}
+    data_info["manifest"] = str(train_data.dir)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
+        torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
+
+    torch.manual_seed(cfg.seed)
+    model = TransformerLM(cfg.model).to(device)
+    model.checkpoint_blocks = cfg.activation_checkpointing
+    optimizer = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                      weight_decay=cfg.weight_decay, impl=cfg.optimizer_impl)
+    amp_dtype = autocast_dtype(cfg, device)
+    run = Run(cfg=cfg, strategy=strategy, device=device, out=out, log=_log if strategy.is_main else _quiet,
+              train_data=train_data, val_data=val_data, data_info=data_info, model=model, run_model=model,
+              optimizer=optimizer, data_rng=sampler(cfg.seed), amp_dtype=amp_dtype,
+              flops_per_token=model_flops_per_token(cfg.model),
+              peak=peak_flops(device, compute_dtype_name(amp_dtype, cfg.allow_tf32), cfg.peak_flops))
+    state = resume(run) if cfg.resume else TrainState()
+    if cfg.compile:
+        compile_model(model, cfg)
+    run.run_model = strategy.wrap(model)
+    run.optimizer = strategy.wrap_optimizer(model, optimizer)
+    return run, state
+
+
+def resume(run: Run) -> TrainState:
+    """Weights, optimizer state, RNG and data position from the newest usable checkpoint (if any)."""
+    checkpoints = usable_checkpoints(run.out, run.log)
+    if not checkpoints:
+        return TrainState()
+    latest = checkpoints[-1]
+    meta = read_checkpoint_meta(latest)
+    changes = check_resume_settings(meta, run.cfg, latest)  # before any state is touched
+    step = load_checkpoint(latest, run.model, run.optimizer)
+    cfg = run.cfg
+    for group in run.optimizer.param_groups:  # the config's values, not the checkpoint's (they match unless allowed)
+        group.update(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    data_state = meta.get("data") or {}
+    if "0" in data_state.get("rng_by_rank", {}):
+        set_numpy_rng_state(run.data_rng, data_state["rng_by_rank"]["0"])
+    run.log(f"resumed from {latest} at step {step}")
+    return TrainState(step=step, tokens_seen=int(data_state.get("tokens_seen", 0)), changed_on_resume=changes)
+
+
+# --------------------------------------------------------------------------- one step, evaluation, checkpoint
+
+
+def train_step(run: Run, state: TrainState) -> dict:
+    """One optimizer step (grad_accum micro-batches); its metrics line (kind "diverged": not taken)."""
+    cfg, strategy = run.cfg, run.strategy
+    total = cfg.total_steps()
+    lr = cosine_lr(state.step, cfg.lr, cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10, cfg.warmup_steps,
+                   cfg.cosine_steps or total)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = 0.0
+    for micro in range(cfg.grad_accum):
+        x, y = strategy.get_batch(run.train_data, cfg.batch_size, cfg.model.context_length, run.device, run.data_rng)
+        with strategy.sync_grads(run.run_model, micro == cfg.grad_accum - 1):
+            with _autocast(run.device, run.amp_dtype):
+                loss = cross_entropy(run.run_model(x), y)  # x, y (B/world, T); loss in float32
+                if faults.inject("loss", state.step + 1):  # test-only (lm.faults)
+                    loss = loss * float("nan")
+            (loss / cfg.grad_accum).backward()
+        loss_sum += loss.item()
+    faults.inject("backward", state.step + 1)
+    grad_norm = strategy.clip_grad_norm_(run.model, cfg.grad_clip).item()
+    train_loss = strategy.mean(loss_sum / cfg.grad_accum)
+    if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
+        run.optimizer.zero_grad(set_to_none=True)
+        state.status, state.diverged_step = "diverged", state.step + 1
+        run.log(f"step {state.step + 1}: loss {train_loss} grad_norm {grad_norm} is not finite; stopping, last good checkpoint kept")
+        return {"kind": "diverged", "step": state.step + 1, "loss": str(train_loss), "grad_norm": str(grad_norm)}
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if faults.inject("param", state.step + 1):  # test-only: as if the update overflowed
+        with torch.no_grad():
+            next(run.model.parameters()).view(-1)[0] = float("nan")
+    state.step += 1
+    state.tokens_seen += cfg.tokens_per_step
+    state.last_loss = train_loss
+    return {"kind": "train", "step": state.step, "total_steps": total, "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+            "tokens": state.tokens_seen}
 
 
 @torch.no_grad()
@@ -313,6 +247,122 @@ def weights_finite(model: torch.nn.Module, strategy) -> bool:
     return strategy.mean(1.0 if ok else 0.0) == 1.0
 
 
+def save(run: Run, state: TrainState) -> Path:
+    """Checkpoint ``state.step`` (all ranks call; the main rank writes), then keep the newest ``keep_last``."""
+    strategy, cfg = run.strategy, run.cfg
+    strategy.barrier()
+    extra = {"data": run.data_info}
+    if state.changed_on_resume:
+        extra["changed_on_resume"] = state.changed_on_resume
+    path = strategy.save_checkpoint(
+        run.model, run.optimizer, state.step, run.out / "checkpoints" / f"step-{state.step:07d}",
+        model_config=cfg.model.model_dump(), train_config=cfg.model_dump(),
+        data_state={"rng_by_rank": {"0": run.data_rng.bit_generator.state}, "tokens_seen": state.tokens_seen},
+        extra=extra,
+    )
+    if strategy.is_main:
+        for old in list_checkpoints(run.out)[: -cfg.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    strategy.barrier()
+    return path
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(config: TrainConfig | dict) -> dict:
+    """Run (or resume) training; returns the summary also written to ``out_dir/summary.json``."""
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
+    run, state = setup(cfg)
+    cfg, total = run.cfg, run.cfg.total_steps()
+    metrics = MetricsLog(run.out, state.step, run.strategy.is_main)
+    run.log(f"training {run.model.num_params():,} non-embedding params on {run.device} ({run.amp_dtype or torch.float32}"
+            f"{', compiled' if cfg.compile else ''}) for {total} steps × {cfg.tokens_per_step:,} tokens; "
+            f"data {run.train_data.num_tokens:,} tokens")
+    progress = tqdm(total=total, initial=state.step, desc="train", unit="step") if sys.stderr.isatty() and run.strategy.is_main else None
+    try:
+        while state.step < total:
+            t0 = time.time()
+            row = train_step(run, state)
+            if row["kind"] == "diverged":
+                metrics.write(row)
+                break
+            if run.device.type == "cuda":
+                torch.cuda.synchronize(run.device)
+            row |= throughput(cfg.tokens_per_step, time.time() - t0, run.flops_per_token, run.peak, run.strategy.world_size)
+            metrics.write(row | {"time": round(time.time() - run.started, 3)})
+            _report(run, row, progress)
+            if not after_step(run, state, metrics):
+                break
+    finally:
+        if progress is not None:
+            progress.close()
+        metrics.close()
+    return finish(run, state, metrics)
+
+
+def after_step(run: Run, state: TrainState, metrics: MetricsLog) -> bool:
+    """Evaluate and checkpoint when due; False when the run must stop here."""
+    cfg, step = run.cfg, state.step
+    last = step == cfg.total_steps()
+    out_of_time = cfg.max_seconds is not None and time.time() - run.started > cfg.max_seconds
+    must_save = step % cfg.checkpoint_interval == 0 or last or out_of_time
+    if must_save and not weights_finite(run.model, run.strategy):
+        # The update itself went non-finite (the loss was finite): never checkpoint it.
+        state.status, state.diverged_step = "diverged", step
+        metrics.write({"kind": "diverged", "step": step, "reason": "non-finite weights after the optimizer step"})
+        run.log(f"step {step}: weights are not finite after the optimizer step; stopping, last good checkpoint kept")
+        return False
+    if run.val_data is not None and (step % cfg.eval_interval == 0 or last or out_of_time):
+        state.val_loss = run.strategy.mean(evaluate(run.run_model, run.val_data, cfg, run.device, run.amp_dtype, run.strategy))
+        metrics.write({"kind": "eval", "step": step, "val_loss": state.val_loss})
+        run.log(f"step {step}: val_loss {state.val_loss:.4f}")
+    if must_save:
+        save(run, state)
+    if out_of_time:
+        state.status = "time_limit"
+        run.log(f"max_seconds={cfg.max_seconds} reached at step {step}; stopping with a checkpoint")
+        return False
+    return True
+
+
+def finish(run: Run, state: TrainState, metrics: MetricsLog) -> dict:
+    """The summary (also summary.json on the main rank); closes the strategy."""
+    if state.last_loss is None and metrics.path.exists():  # nothing left to do after a resume: the logged values
+        state.last_loss, logged_val = last_logged_losses(metrics.path)
+        state.val_loss = state.val_loss if state.val_loss is not None else logged_val
+    final = list_checkpoints(run.out)
+    summary = {
+        "status": state.status,
+        "steps": state.step,
+        "diverged_step": state.diverged_step,
+        "tokens": state.tokens_seen,
+        "final_train_loss": state.last_loss,
+        "final_val_loss": state.val_loss,
+        "wall_time_s": round(time.time() - run.started, 3),
+        "checkpoint": str(final[-1]) if final else None,
+        "metrics": str(metrics.path),
+        "out_dir": str(run.out),
+        "num_params": run.model.num_params(),
+        "flops_per_token": run.flops_per_token,
+        "model_config": run.cfg.model.model_dump(),
+    }
+    if run.strategy.is_main:
+        atomic_write_json(run.out / "summary.json", summary)
+    run.strategy.close()
+    return summary
+
+
+def _report(run: Run, row: dict, progress) -> None:
+    if progress is not None:
+        progress.update(1)
+        progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}")
+    if row["step"] % run.cfg.log_interval == 0 or row["step"] == row["total_steps"]:
+        mfu = f" mfu {row['mfu']:.1%}" if row["mfu"] is not None else ""
+        run.log(f"step {row['step']}/{row['total_steps']} loss {row['loss']:.4f} lr {row['lr']:.3e} "
+                f"grad_norm {row['grad_norm']:.3f} tok/s {row['tokens_per_s']:,.0f}{mfu}")
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
@@ -323,188 +373,13 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-# --------------------------------------------------------------------------- the loop
-
-
-def train(config: TrainConfig | dict) -> dict:
-    """Run (or resume) training; returns the summary also written to ``out_dir/summary.json``."""
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
-    for field in ("data", "out_dir"):
-        if not getattr(cfg, field):
-            raise ValueError(f"{field} is not set: give the token-shard directory (data) and the run directory (out_dir)")
-    device = resolve_device(cfg.device)
-    strategy = strategies()[cfg.strategy](cfg, device)
-    device = getattr(strategy, "device", device)
-    log = _log if strategy.is_main else (lambda msg: None)  # one rank speaks for all
-    out = Path(cfg.out_dir)
-    if strategy.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        # a run killed while writing a checkpoint leaves its temporary directory behind
-        for stale in (out / "checkpoints").glob(".step-*.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-    train_data = TokenShards(cfg.data, "train", cfg.model.vocab_size)
-    try:
-        val_data = TokenShards(cfg.data, "val", cfg.model.vocab_size)
-    except ValueError:
-        warnings.warn(f"no 'val' shards in {cfg.data}: validation loss is not computed", stacklevel=2)
-        val_data = None
-    # what generation needs to turn ids back into text, recorded in every checkpoint
-    data_info = {key: train_data.manifest.get(key) for key in ("tokenizer", "eot_id", "vocab_size")}
-    data_info["manifest"] = str(train_data.dir)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    torch.manual_seed(cfg.seed)
-    model = TransformerLM(cfg.model).to(device)
-    optimizer = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    data_rng = sampler(cfg.seed)  # one stream: every rank draws the global batch and keeps its rows
-    step, tokens_seen = 0, 0
-    checkpoints = usable_checkpoints(out, log) if cfg.resume else []
-    if checkpoints:
-        latest = checkpoints[-1]
-        step = load_checkpoint(latest, model, optimizer)
-        data_state = read_checkpoint_meta(latest).get("data") or {}
-        ranks = data_state.get("rng_by_rank", {})
-        if "0" in ranks:
-            set_numpy_rng_state(data_rng, ranks["0"])
-        tokens_seen = int(data_state.get("tokens_seen", 0))
-        log(f"resumed from {latest} at step {step}")
-
-    run_model = strategy.wrap(torch.compile(model) if cfg.compile else model)
-    optimizer = strategy.wrap_optimizer(model, optimizer)
-    amp_dtype = autocast_dtype(cfg, device)
-    total_steps = cfg.total_steps()
-    cosine_steps = cfg.cosine_steps or total_steps
-    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
-    flops_per_token = model.flops_per_token()
-    peak = peak_flops(cfg, device)
-    metrics = MetricsLog(out, step, strategy.is_main)
-    ctx = cfg.model.context_length
-    status, last_loss, val_loss, diverged_step = "completed", None, None, None
-    started = time.time()
-    log(
-        f"training {model.num_params():,} non-embedding params on {device} ({amp_dtype or torch.float32}) "
-        f"for {total_steps} steps × {cfg.tokens_per_step:,} tokens; data {train_data.num_tokens:,} tokens"
-    )
-    progress = None
-    if sys.stderr.isatty() and strategy.is_main:
-        from tqdm import tqdm
-
-        progress = tqdm(total=total_steps, initial=step, desc="train", unit="step")
-
-    def save(at: int) -> Path | None:
-        strategy.barrier()
-        path = strategy.save_checkpoint(
-            model, optimizer, at, out / "checkpoints" / f"step-{at:07d}",
-            model_config=cfg.model.model_dump(), train_config=cfg.model_dump(),
-            data_state={"rng_by_rank": {"0": data_rng.bit_generator.state}, "tokens_seen": tokens_seen},
-            extra={"data": data_info},
-        )
-        if strategy.is_main:
-            for old in list_checkpoints(out)[: -cfg.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        strategy.barrier()
-        return path
-
-    try:
-        while step < total_steps:
-            t0 = time.time()
-            lr = cosine_lr(step, cfg.lr, min_lr, cfg.warmup_steps, cosine_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for micro in range(cfg.grad_accum):
-                x, y = strategy.get_batch(train_data, cfg.batch_size, ctx, device, data_rng)  # (B/world, T) each
-                with strategy.sync_grads(run_model, micro == cfg.grad_accum - 1):
-                    with _autocast(device, amp_dtype):
-                        loss = cross_entropy(run_model(x), y)
-                        if faults.inject("loss", step + 1):  # test-only (lm.faults)
-                            loss = loss * float("nan")
-                    (loss / cfg.grad_accum).backward()
-                loss_sum += loss.item()
-            faults.inject("backward", step + 1)
-            grad_norm = strategy.clip_grad_norm_(model, cfg.grad_clip).item()
-            train_loss = strategy.mean(loss_sum / cfg.grad_accum)
-            if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
-                status, diverged_step = "diverged", step + 1
-                metrics.write({"kind": "diverged", "step": step + 1, "loss": str(train_loss), "grad_norm": str(grad_norm)})
-                log(f"step {step + 1}: loss {train_loss} grad_norm {grad_norm} is not finite; stopping, last good checkpoint kept")
-                optimizer.zero_grad(set_to_none=True)
-                break
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if faults.inject("param", step + 1):  # test-only: as if the update overflowed
-                with torch.no_grad():
-                    next(model.parameters()).view(-1)[0] = float("nan")
-            step += 1
-            tokens_seen += cfg.tokens_per_step
-            last_loss = train_loss
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            dt = max(time.time() - t0, 1e-9)
-            tps = cfg.tokens_per_step / dt
-            mfu = flops_per_token * tps / (peak * strategy.world_size) if peak else None
-            metrics.write({"kind": "train", "step": step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
-                           "tokens": tokens_seen, "tokens_per_s": round(tps, 1), "mfu": mfu, "time": round(time.time() - started, 3)})
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
-            if step % cfg.log_interval == 0 or step == total_steps:
-                log(f"step {step}/{total_steps} loss {train_loss:.4f} lr {lr:.3e} grad_norm {grad_norm:.3f} "
-                     f"tok/s {tps:,.0f}" + (f" mfu {mfu:.1%}" if mfu is not None else ""))
-            out_of_time = cfg.max_seconds is not None and time.time() - started > cfg.max_seconds
-            must_save = step % cfg.checkpoint_interval == 0 or step == total_steps or out_of_time
-            if must_save and not weights_finite(model, strategy):
-                # The update itself went non-finite (the loss was finite): never checkpoint it.
-                status, diverged_step = "diverged", step
-                metrics.write({"kind": "diverged", "step": step, "reason": "non-finite weights after the optimizer step"})
-                log(f"step {step}: weights are not finite after the optimizer step; stopping, last good checkpoint kept")
-                break
-            if val_data is not None and (step % cfg.eval_interval == 0 or step == total_steps or out_of_time):
-                val_loss = strategy.mean(evaluate(run_model, val_data, cfg, device, amp_dtype, strategy))
-                metrics.write({"kind": "eval", "step": step, "val_loss": val_loss})
-                log(f"step {step}: val_loss {val_loss:.4f}")
-            if must_save:
-                save(step)
-            if out_of_time:
-                status = "time_limit"
-                log(f"max_seconds={cfg.max_seconds} reached at step {step}; stopping with a checkpoint")
-                break
-    finally:
-        if progress is not None:
-            progress.close()
-        metrics.close()
-
-    if last_loss is None and metrics.path.exists():  # nothing left to do after a resume: report the logged values
-        last_loss, logged_val = last_logged_losses(metrics.path)
-        val_loss = val_loss if val_loss is not None else logged_val
-    final = list_checkpoints(out)
-    summary = {
-        "status": status,
-        "steps": step,
-        "diverged_step": diverged_step,  # the step whose loss, gradient or update was not finite
-        "tokens": tokens_seen,
-        "final_train_loss": last_loss,
-        "final_val_loss": val_loss,
-        "wall_time_s": round(time.time() - started, 3),
-        "checkpoint": str(final[-1]) if final else None,
-        "metrics": str(metrics.path),
-        "out_dir": str(out),
-        "num_params": model.num_params(),
-        "flops_per_token": flops_per_token,
-        "model_config": cfg.model.model_dump(),
-    }
-    if strategy.is_main:
-        from lm.data.shards import atomic_write_json
-
-        atomic_write_json(out / "summary.json", summary)
-    strategy.close()
-    return summary
+def _quiet(msg: str) -> None:  # ranks other than the main one: one rank speaks for all
+    pass
 
 
 def main_exit_code(summary: dict) -> int:
     return EXIT_DIVERGED if summary["status"] == "diverged" else 0
 
 
-__all__ = ["TrainConfig", "train", "SingleDevice", "strategies", "list_checkpoints", "EXIT_DIVERGED"]
+__all__ = ["EXIT_DIVERGED", "TrainConfig", "TrainState", "evaluate", "list_checkpoints", "save", "setup", "train",
+           "train_step"]

@@ -7,7 +7,7 @@ import pytest
 
 from lm.data.shards import read_manifest
 from lm.model import load_model
-from tasks.pretrain import PretrainConfig
+from lm.train.stage import PretrainConfig
 
 TINY = dict(
     model=dict(vocab_size=257, context_length=32, d_model=32, num_layers=1, num_heads=2, d_ff=96),

@@ -162,19 +162,50 @@ def flash_backward_triton(q, k, v, o, lse, do, causal: bool = False):
     return dq.view(q.shape), dk.view(k.shape), dv.view(v.shape)
 
 
-class FlashAttentionTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, causal: bool = False):
-        o, lse = flash_forward_triton(q, k, v, causal)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal = causal
-        return o
+# Registered as torch custom ops so torch.compile treats each launch as one opaque node
+# (no graph break, no tracing into Triton's Python launcher); autograd pairs them below.
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        return (*flash_backward_triton(q, k, v, o, lse, do, ctx.causal), None)
+
+@torch.library.custom_op("lm::flash_attention_fwd", mutates_args=())
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    o, lse = flash_forward_triton(q, k, v, causal)
+    return o, lse
+
+
+@_fwd_op.register_fake
+def _(q, k, v, causal):
+    # contiguous, like the real outputs (empty_like would copy q's strides: a transposed view)
+    return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("lm::flash_attention_bwd", mutates_args=())
+def _bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
+            causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return flash_backward_triton(q, k, v, o, lse, do, causal)
+
+
+@_bwd_op.register_fake
+def _(q, k, v, o, lse, do, causal):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.causal = causal
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = _bwd_op(q, k, v, o, lse, do.contiguous(), ctx.causal)
+    return dq, dk, dv, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def flash_attention_triton(q, k, v, causal: bool = False) -> torch.Tensor:
-    return FlashAttentionTriton.apply(q, k, v, causal)
+    """Attention output (B, H, Tq, d), differentiable, for q (B, H, Tq, d) and k, v (B, H, Tk, d)."""
+    o, _ = _fwd_op(q, k, v, causal)
+    return o

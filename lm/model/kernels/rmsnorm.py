@@ -44,33 +44,57 @@ def _rmsnorm_bwd(X, W, DY, R, DX, DW, stride_x, stride_dy, stride_dx, M, N, ROWS
     tl.store(DW + pid * N + cols, dw, mask=mask)
 
 
-class RMSNormTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float):
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).contiguous()  # (M, N)
-        M, N = x2.shape
-        y = torch.empty_like(x2)
-        r = torch.empty(M, device=x.device, dtype=torch.float32)
-        block = triton.next_power_of_2(N)
-        _rmsnorm_fwd[(M,)](x2, weight, y, r, x2.stride(0), y.stride(0), N, eps, BLOCK=block)
-        ctx.save_for_backward(x2, weight, r)
-        ctx.shape = shape
-        return y.view(shape)
+# Custom ops (opaque to torch.compile, like the FlashAttention kernel), with autograd below.
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x2, weight, r = ctx.saved_tensors
-        M, N = x2.shape
-        dy2 = dy.reshape(-1, N).contiguous()
-        dx = torch.empty_like(x2)
-        rows_per = max(1, triton.cdiv(M, 256))  # ≤ 256 partial dw rows to sum
-        programs = triton.cdiv(M, rows_per)
-        dw_part = torch.empty(programs, N, device=x2.device, dtype=torch.float32)
-        _rmsnorm_bwd[(programs,)](x2, weight, dy2, r, dx, dw_part, x2.stride(0), dy2.stride(0), dx.stride(0), M, N,
-                                  ROWS_PER=rows_per, BLOCK=triton.next_power_of_2(N))
-        return dx.view(ctx.shape), dw_part.sum(0).to(weight.dtype), None
+
+@torch.library.custom_op("lm::rmsnorm_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()  # (M, N)
+    M, N = x2.shape
+    y = torch.empty_like(x2)
+    r = torch.empty(M, device=x.device, dtype=torch.float32)
+    _rmsnorm_fwd[(M,)](x2, weight, y, r, x2.stride(0), y.stride(0), N, eps, BLOCK=triton.next_power_of_2(N))
+    return y.view(x.shape), r
+
+
+@_fwd_op.register_fake
+def _(x, weight, eps):
+    return x.new_empty(x.shape), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("lm::rmsnorm_bwd", mutates_args=())
+def _bwd_op(x: torch.Tensor, weight: torch.Tensor, r: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    M, N = x2.shape
+    dy2 = dy.reshape(-1, N).contiguous()
+    dx = torch.empty_like(x2)
+    rows_per = max(1, triton.cdiv(M, 256))  # ≤ 256 partial dw rows to sum
+    programs = triton.cdiv(M, rows_per)
+    dw_part = torch.empty(programs, N, device=x2.device, dtype=torch.float32)
+    _rmsnorm_bwd[(programs,)](x2, weight, dy2, r, dx, dw_part, x2.stride(0), dy2.stride(0), dx.stride(0), M, N,
+                              ROWS_PER=rows_per, BLOCK=triton.next_power_of_2(N))
+    return dx.view(x.shape), dw_part.sum(0).to(weight.dtype)
+
+
+@_bwd_op.register_fake
+def _(x, weight, r, dy):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, _eps = inputs
+    ctx.save_for_backward(x, weight, output[1])
+
+
+def _backward(ctx, dy, _dr):
+    x, weight, r = ctx.saved_tensors
+    dx, dw = _bwd_op(x, weight, r, dy)
+    return dx, dw, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def rmsnorm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    return RMSNormTriton.apply(x, weight, eps)
+    """RMSNorm of x (..., N) with weight (N,), differentiable in both."""
+    return _fwd_op(x, weight, eps)[0]

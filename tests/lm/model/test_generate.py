@@ -54,3 +54,10 @@ def test_byte_tokenizer_round_trip():
     ids = tok.encode(text)
     assert ids.count(256) == 1 and len(ids) == len("héllo".encode()) + 1 + 5
     assert tok.decode(ids) == text
+
+
+def test_compiled_model_generates_the_same_tokens(model, one_thread):
+    # prefill (T=4), then one token at a time with a growing cache: dynamo compiles each shape once
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    want = generate(model, [1, 2, 3, 4], max_new_tokens=12, temperature=0)
+    assert generate(compiled, [1, 2, 3, 4], max_new_tokens=12, temperature=0) == want

@@ -37,6 +37,31 @@ def test_adamw_matches_torch_after_1000_steps():
     assert (ours - theirs).abs().max().item() <= 1e-6
 
 
+@pytest.mark.parametrize("impl", ["foreach", "fused"])
+def test_adamw_implementations_equal_the_for_loop_over_100_steps(impl, one_thread):
+    from lm.model import ModelConfig, TransformerLM
+
+    def train(impl):
+        torch.manual_seed(0)  # a tied-embedding model: one tensor reached by two paths
+        model = TransformerLM(ModelConfig(vocab_size=97, context_length=16, d_model=32, num_layers=2, num_heads=2,
+                                          d_ff=64, tie_embeddings=True))
+        opt = AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, impl=impl)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(100):
+            ids = torch.randint(0, 97, (4, 17), generator=g)
+            opt.zero_grad()
+            cross_entropy(model(ids[:, :-1]), ids[:, 1:]).backward()
+            opt.step()
+        return model.state_dict(), opt.state_dict()
+
+    (want, want_opt), (got, got_opt) = train("for_loop"), train(impl)
+    for name in want:
+        assert (got[name] - want[name]).abs().max().item() <= 1e-6, name
+    for i, state in want_opt["state"].items():
+        assert got_opt["state"][i]["step"].item() == state["step"].item() == 100
+        torch.testing.assert_close(got_opt["state"][i]["exp_avg_sq"], state["exp_avg_sq"], rtol=1e-5, atol=1e-9)
+
+
 def test_adamw_matches_cs336_snapshot(reference):
     expected = np.load(reference / "assignment1-basics/_snapshots/test_adamw.npz")["array"]
     np.testing.assert_allclose(_optimize(AdamW).numpy(), expected, atol=1e-4)
