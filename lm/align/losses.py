@@ -1,7 +1,7 @@
 """The alignment losses: SFT masked NLL, GRPO advantages and policy-gradient losses, DPO.
 
 Each function is checked against hand-computed values and the CS336 assignment-5
-snapshots (tests/lm/align/test_losses.py). Per-token losses are (B, T); a reward or
+snapshots (tests/lm/align/test_align_losses.py). Per-token losses are (B, T); a reward or
 advantage per rollout is (B, 1) so it broadcasts over the response.
 """
 
