@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
@@ -50,7 +50,7 @@ NormKind = Literal["auto", "torch", "triton"]
 class ModelConfig(Config):
     """Shape of a TransformerLM. Cross-field errors name the field at fault."""
 
-    vocab_size: int | Literal["auto"] = Field(
+    vocab_size: Annotated[int, Field(gt=0, le=1 << 24)] | Literal["auto"] = Field(
         description="Number of token ids (tokenizer vocabulary incl. special tokens), or 'auto': the vocab_size of the "
         "token shards trained on (resolved by the trainer from their manifest before the model is built)."
     )
@@ -71,13 +71,6 @@ class ModelConfig(Config):
         "(the same algorithm in torch tiles). All compute the same function; 'reference' is accepted for math."
     )
     norm: NormKind = Field("auto", description="RMSNorm implementation: auto (Triton on CUDA), torch or triton.")
-
-    @field_validator("vocab_size")
-    @classmethod
-    def _positive_vocab(cls, v):
-        if v != "auto" and not 0 < v <= 1 << 24:
-            raise ValueError(f"vocab_size={v} must be a number of token ids in 1..{1 << 24}, or 'auto'")
-        return v
 
     @field_validator("attention", mode="before")
     @classmethod
