@@ -11,7 +11,7 @@ LOCK := requirements/lock.txt
 TEST_ENV := DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 TRITON_INTERPRET=1
 
-.PHONY: setup lock demo test chaos clean
+.PHONY: setup lock demo lint format test chaos clean
 
 setup: $(STAMP)
 
@@ -46,7 +46,17 @@ demo: $(STAMP)
 	DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 $(VENV)/bin/lmpipe demo
 
-test: $(STAMP)
+# Lint and format check (ruff, configured in pyproject.toml); `make format` rewrites the tree.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# Lint first: a lint error fails before the (long) suite starts.
+test: $(STAMP) lint
 	# Headless Chromium + ChromeDriver (Debian packages) for the real-browser UI test.
 	bash tests/e2e/install_browser.sh
 	home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \

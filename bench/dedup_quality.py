@@ -67,7 +67,9 @@ def variant(doc: str, rate: float, shuffle: bool, vocab: list[str], rng: random.
     return " ".join(out)
 
 
-def run(num_hashes: int, num_bands: int, ngrams: int, threshold: float, seed: int = 0, verify: str = "shingles") -> dict:
+def run(
+    num_hashes: int, num_bands: int, ngrams: int, threshold: float, seed: int = 0, verify: str = "shingles"
+) -> dict:
     rng = random.Random(seed)
     bases = base_documents()
     vocab = sorted({w for d in bases for w in d.split()})
@@ -83,8 +85,18 @@ def run(num_hashes: int, num_bands: int, ngrams: int, threshold: float, seed: in
             truth[i] = j >= threshold
             sims.append(j)
         t = time.time()
-        kept = {p.name for p in minhash_dedup(sorted(src.iterdir()), Path(tmp) / "out", num_hashes=num_hashes,
-                                              num_bands=num_bands, ngrams=ngrams, threshold=threshold, verify=verify)}
+        kept = {
+            p.name
+            for p in minhash_dedup(
+                sorted(src.iterdir()),
+                Path(tmp) / "out",
+                num_hashes=num_hashes,
+                num_bands=num_bands,
+                ngrams=ngrams,
+                threshold=threshold,
+                verify=verify,
+            )
+        }
         seconds = time.time() - t
     tp = fp = fn = 0
     for i, dup in truth.items():
@@ -99,9 +111,14 @@ def run(num_hashes: int, num_bands: int, ngrams: int, threshold: float, seed: in
         elif dup:
             fn += 1
     return {
-        "num_hashes": num_hashes, "num_bands": num_bands, "verify": verify, "pairs": len(truth), "true_dups": sum(truth.values()),
+        "num_hashes": num_hashes,
+        "num_bands": num_bands,
+        "verify": verify,
+        "pairs": len(truth),
+        "true_dups": sum(truth.values()),
         "jaccard_range": (round(min(sims), 3), round(max(sims), 3)),
-        "precision": round(tp / (tp + fp), 4) if tp + fp else 1.0, "recall": round(tp / (tp + fn), 4) if tp + fn else 1.0,
+        "precision": round(tp / (tp + fp), 4) if tp + fp else 1.0,
+        "recall": round(tp / (tp + fn), 4) if tp + fn else 1.0,
         "docs_per_s": round(2 * len(truth) / seconds, 1),
     }
 
@@ -116,8 +133,11 @@ def main() -> None:
     for h, b in [(100, 10), (128, 16), (128, 32), (500, 50)]:
         for verify in ("shingles", "signature"):
             r = run(h, b, args.ngrams, args.threshold, verify=verify)
-            print(f"| {h} | {b} | {verify} | {r['pairs']} | {r['true_dups']} | {r['jaccard_range']} | {r['precision']} | {r['recall']} "
-                  f"| {r['docs_per_s']} |")
+            print(
+                f"| {h} | {b} | {verify} | {r['pairs']} | {r['true_dups']} "
+                f"| {r['jaccard_range']} | {r['precision']} | {r['recall']} "
+                f"| {r['docs_per_s']} |"
+            )
 
 
 if __name__ == "__main__":

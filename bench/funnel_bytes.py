@@ -47,7 +47,9 @@ def main() -> None:
     from lm import config as lm_config
 
     root = Path(args.root).resolve()
-    cfg = lm_config.build_config(DataConfig, None, [f"sources={json.dumps(args.source or demo_sources())}", f"root={root}", *args.set])
+    cfg = lm_config.build_config(
+        DataConfig, None, [f"sources={json.dumps(args.source or demo_sources())}", f"root={root}", *args.set]
+    )
     stages = data_flow(config=cfg)
     rows = measure(root, stages)
     extract = sum(r["bytes"] for r in rows if r["stage"] == "extract")
@@ -55,8 +57,11 @@ def main() -> None:
     print(f"{'stage':<20} {'fingerprint':<18} {'files':>6} {'bytes':>12} {'x extract':>10}")
     for r in rows:
         print(f"{r['stage']:<20} {r['fingerprint']:<18} {r['files']:>6} {r['bytes']:>12,} {r['x_extract']:>10}")
-    print(f"\nextract: {extract:,} bytes; funnel (every stage after extract, score cache included, funnel report excluded): "
-          f"{funnel:,} bytes = {funnel / extract:.2f}x extract   (load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"\nextract: {extract:,} bytes; funnel (every stage after "
+        "extract, score cache included, funnel report excluded): "
+        f"{funnel:,} bytes = {funnel / extract:.2f}x extract   (load average {os.getloadavg()[0]:.1f})"
+    )
 
 
 if __name__ == "__main__":

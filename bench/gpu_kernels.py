@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lm.model.transformer import RMSNorm  # noqa: E402
+from lm.model.transformer import RMSNorm
 
 
 def bench_ms(fn, warmup: int = 3, reps: int = 10) -> float:
@@ -84,8 +84,9 @@ def attention_part(seqs, device, dtype, smoke: bool) -> list[dict]:
             flops = 3.5 * 4 * B * heads * T * T * d / 2  # fwd 4·T²·d per head (QKᵀ, PV), causal half; bwd 2.5× fwd
             row[f"{name}_tflops"] = round(flops / (row[f"{name}_ms"] / 1000) / 1e12, 2)
         row["ours_over_torch"] = round(row["ours-triton_ms"] / row["torch-sdpa-flash_ms"], 3)
-        row["max_abs_diff"] = max(float((a.float() - b.float()).abs().max())
-                                  for a, b in zip(outs["ours-triton"], outs["torch-sdpa-flash"]))
+        row["max_abs_diff"] = max(
+            float((a.float() - b.float()).abs().max()) for a, b in zip(outs["ours-triton"], outs["torch-sdpa-flash"])
+        )
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -94,14 +95,18 @@ def attention_part(seqs, device, dtype, smoke: bool) -> list[dict]:
 def rmsnorm_part(device, dtype, smoke: bool) -> list[dict]:
     rows_n = 64 if smoke else 16384
     rows = []
-    for d in ([48] if smoke else [768, 2048, 4096]):
+    for d in [48] if smoke else [768, 2048, 4096]:
         x = torch.randn(rows_n, d, device=device, dtype=dtype, requires_grad=True)
         dy = torch.randn_like(x)
         w = torch.ones(d, device=device, dtype=dtype, requires_grad=True)
-        impls = {"ours-triton": RMSNorm(d, impl="triton").to(device, dtype), "ours-torch": RMSNorm(d, impl="torch").to(device, dtype),
-                 "F.rms_norm": lambda t: F.rms_norm(t, (d,), w, 1e-5)}
+        impls = {
+            "ours-triton": RMSNorm(d, impl="triton").to(device, dtype),
+            "ours-torch": RMSNorm(d, impl="torch").to(device, dtype),
+            "F.rms_norm": lambda t: F.rms_norm(t, (d,), w, 1e-5),
+        }
         row = {"rows": rows_n, "d": d}
         for name, norm in impls.items():
+
             def step(norm=norm):
                 x.grad = None
                 norm(x).backward(dy)
@@ -119,7 +124,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["all", "attention", "rmsnorm"], default="all")
     p.add_argument("--seqs", type=int, nargs="+", default=[4096, 16384])
-    p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (set TRITON_INTERPRET=1) to check the script")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny shapes on CPU (set TRITON_INTERPRET=1) to check the script"
+    )
     p.add_argument("--json", help="write {'attention': [...], 'rmsnorm': [...]} here")
     args = p.parse_args()
     if not torch.cuda.is_available() and not args.smoke:

@@ -15,7 +15,8 @@ Reports records and MB (compressed input) per CPU-second (user + system, childre
 this machine is shared, so wall time is reported but noisy),
 documents extracted and docs/s, and the ratio. Note the two sides keep different documents:
 datatrove's WarcReader trusts ``WARC-Identified-Payload-Type`` and drops records where it is
-empty (all ClueWeb pages); lmpipe uses the HTTP Content-Type. Single process each, one after the other, on an otherwise idle machine if possible.
+empty (all ClueWeb pages); lmpipe uses the HTTP Content-Type. Single process each, one after
+the other, on an otherwise idle machine if possible.
 """
 
 from __future__ import annotations
@@ -65,7 +66,14 @@ def run_ours(path: Path) -> dict:
     t, c = time.perf_counter() - t0, cpu_seconds() - c0
     c1 = cpu_seconds()
     n_read = sum(1 for _ in iter_records(str(path)))
-    return {"records": n, "docs": kept, "seconds": t, "cpu": c, "read_only_cpu": cpu_seconds() - c1, "read_only_records": n_read}
+    return {
+        "records": n,
+        "docs": kept,
+        "seconds": t,
+        "cpu": c,
+        "read_only_cpu": cpu_seconds() - c1,
+        "read_only_records": n_read,
+    }
 
 
 def run_peer(path: Path, timeout: float) -> dict:
@@ -103,8 +111,12 @@ def count_records(path: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=50.0, help="input size to reach by repetition (MB of gzip)")
-    ap.add_argument("--peer-python", default="/work/bench-venv-ingest/bin/python", help="interpreter with datatrove installed")
-    ap.add_argument("--peer-timeout", type=float, default=1.0, help="datatrove's per-document extraction timeout (its default: 1 s)")
+    ap.add_argument(
+        "--peer-python", default="/work/bench-venv-ingest/bin/python", help="interpreter with datatrove installed"
+    )
+    ap.add_argument(
+        "--peer-timeout", type=float, default=1.0, help="datatrove's per-document extraction timeout (its default: 1 s)"
+    )
     ap.add_argument("--peer-only", help=argparse.SUPPRESS)  # internal: run the peer on this file, print JSON
     args = ap.parse_args()
     if args.peer_only:
@@ -126,13 +138,24 @@ def main() -> None:
             sys.exit(f"peer failed:\n{peer_proc.stderr[-3000:]}")
         peer = json.loads(peer_proc.stdout.strip().splitlines()[-1])
 
-    print(f"{'':38s} {'wall s':>7s} {'CPU s':>7s} {'records/CPU-s':>13s} {'MB/CPU-s':>8s} {'docs':>6s} {'docs/CPU-s':>10s} {'read CPU s':>10s}")
+    print(
+        f"{'':38s} {'wall s':>7s} {'CPU s':>7s} {'records/CPU-s':>13s} "
+        f"{'MB/CPU-s':>8s} {'docs':>6s} {'docs/CPU-s':>10s} {'read CPU s':>10s}"
+    )
     for name, r in (("lmpipe (iter_records + resiliparse)", ours), ("datatrove (WarcReader + Trafilatura)", peer)):
-        print(f"{name:38s} {r['seconds']:7.1f} {r['cpu']:7.1f} {total / r['cpu']:13,.0f} {mb / r['cpu']:8.2f} "
-              f"{r['docs']:6,d} {r['docs'] / r['cpu']:10.1f} {r['read_only_cpu']:10.2f}")
-    print(f"datatrove: {peer['docs_read']:,} documents read, {peer['docs']:,} extracted; extractor stats {peer.get('stats')}")
-    print(f"ratio lmpipe/datatrove, records per CPU-second: {peer['cpu'] / ours['cpu']:.2f}x "
-          f"(read only: {peer['read_only_cpu'] / ours['read_only_cpu']:.2f}x); wall-time ratio {peer['seconds'] / ours['seconds']:.2f}x")
+        print(
+            f"{name:38s} {r['seconds']:7.1f} {r['cpu']:7.1f} {total / r['cpu']:13,.0f} {mb / r['cpu']:8.2f} "
+            f"{r['docs']:6,d} {r['docs'] / r['cpu']:10.1f} {r['read_only_cpu']:10.2f}"
+        )
+    print(
+        f"datatrove: {peer['docs_read']:,} documents read, "
+        f"{peer['docs']:,} extracted; extractor stats {peer.get('stats')}"
+    )
+    print(
+        f"ratio lmpipe/datatrove, records per CPU-second: {peer['cpu'] / ours['cpu']:.2f}x "
+        f"(read only: {peer['read_only_cpu'] / ours['read_only_cpu']:.2f}x); "
+        f"wall-time ratio {peer['seconds'] / ours['seconds']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

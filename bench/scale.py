@@ -55,7 +55,14 @@ sys.path.insert(0, str(REPO / "bench"))
 
 FLOW_STAGES = ("extract", "filters")
 THREADS = 2
-MINHASH = {"num_hashes": 128, "num_bands": 16, "ngrams": 5, "threshold": 0.8, "num_bucket_tasks": None, "memory_mb": 512}
+MINHASH = {
+    "num_hashes": 128,
+    "num_bands": 16,
+    "ngrams": 5,
+    "threshold": 0.8,
+    "num_bucket_tasks": None,
+    "memory_mb": 512,
+}
 
 
 def peak_rss_mb() -> float:
@@ -94,12 +101,23 @@ def child_stage(name: str, root: str, corpus: str) -> dict:
     if name in FLOW_STAGES:
         from flows.data import DataConfig, data_flow
 
-        cfg = {"sources": [str(Path(corpus) / "warc")], "root": root, "max_workers": THREADS,
-               "filters": None if name == "extract" else funnel(dedup=False)}
+        cfg = {
+            "sources": [str(Path(corpus) / "warc")],
+            "root": root,
+            "max_workers": THREADS,
+            "filters": None if name == "extract" else funnel(dedup=False),
+        }
         stages = data_flow(config=DataConfig.model_validate(cfg))
         out = {"stages": stages}
     else:
-        from lm.data.dedup.stages import EXACT_STAGES, ExactDedupConfig, MinHashConfig, run_exact_dedup, run_minhash, threads
+        from lm.data.dedup.stages import (
+            EXACT_STAGES,
+            ExactDedupConfig,
+            MinHashConfig,
+            run_exact_dedup,
+            run_minhash,
+            threads,
+        )
 
         docs = json.loads(Path(root, "filters.json").read_text())["final"]
         if name in EXACT_STAGES:
@@ -113,8 +131,16 @@ def child_stage(name: str, root: str, corpus: str) -> dict:
 def child_flow(root: str, corpus: str) -> dict:
     from flows.data import DataConfig, data_flow
 
-    stages = data_flow(config=DataConfig.model_validate({"sources": [str(Path(corpus) / "warc")], "root": root,
-                                                          "max_workers": THREADS, "filters": funnel(dedup=True)}))
+    stages = data_flow(
+        config=DataConfig.model_validate(
+            {
+                "sources": [str(Path(corpus) / "warc")],
+                "root": root,
+                "max_workers": THREADS,
+                "filters": funnel(dedup=True),
+            }
+        )
+    )
     return {"stages": stages, **usage_self()}
 
 
@@ -122,8 +148,13 @@ def run_child(args: list[str], env: dict | None = None, python: str = sys.execut
     """Run ``bench/scale.py <args>`` (or another script) in a child; its JSON result + wall time."""
     t = time.time()
     before = load()
-    proc = subprocess.run([python, *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    proc = subprocess.run(
+        [python, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{args} failed:\n{proc.stderr[-4000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -152,8 +183,12 @@ def stage_rows(results: dict, warc_bytes: int, dedup_input: str) -> list[dict]:
     def docs_of(manifest: str) -> tuple[int, int]:
         return read_manifest(manifest)["counts"]["kept"], _shard_bytes(manifest)
 
-    inputs = {"extract": (read_manifest(results["extract"]["manifests"][0])["counts"]["in"], warc_bytes) if "extract" in results else None,
-              "filters": docs_of(results["extract"]["manifests"][0]) if "extract" in results else None}
+    inputs = {
+        "extract": (read_manifest(results["extract"]["manifests"][0])["counts"]["in"], warc_bytes)
+        if "extract" in results
+        else None,
+        "filters": docs_of(results["extract"]["manifests"][0]) if "extract" in results else None,
+    }
     for name in ("line_counts", "line_duplicates", "exact_dedup"):
         inputs[name] = docs_of(dedup_input)
     for name in ("minhash_signatures", "minhash_buckets", "minhash_clusters", "minhash"):
@@ -162,16 +197,29 @@ def stage_rows(results: dict, warc_bytes: int, dedup_input: str) -> list[dict]:
     for name, r in results.items():
         docs, nbytes = inputs[name]
         written = sum(stage_dir_bytes(p) for p in r["manifests"])
-        rows.append({"stage": name, "docs_in": docs, "docs_per_s": round(docs / r["wall_s"], 1), "wall_s": r["wall_s"],
-                     "cpu_s": r["cpu_s"], "peak_rss_mb": r["peak_rss_mb"], "bytes_per_input_byte": round(written / nbytes, 3),
-                     "load": r["load_before"]})
+        rows.append(
+            {
+                "stage": name,
+                "docs_in": docs,
+                "docs_per_s": round(docs / r["wall_s"], 1),
+                "wall_s": r["wall_s"],
+                "cpu_s": r["cpu_s"],
+                "peak_rss_mb": r["peak_rss_mb"],
+                "bytes_per_input_byte": round(written / nbytes, 3),
+                "load": r["load_before"],
+            }
+        )
     return rows
 
 
 def markdown(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join("" if r.get(c) is None else f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in columns) + " |"
-              for r in rows]
+    lines += [
+        "| "
+        + " | ".join("" if r.get(c) is None else f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in columns)
+        + " |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -197,7 +245,10 @@ def ours_by_stage(corpus: Path, root: Path, dedup_only: bool) -> dict:
         else:
             manifests = [r["manifest"]]
         results[name] = {**r, "manifests": manifests}
-        print(f"  {name}: {r['wall_s']} s wall, {r['cpu_s']} CPU s, {r['peak_rss_mb']} MB (load {r['load_before']})", flush=True)
+        print(
+            f"  {name}: {r['wall_s']} s wall, {r['cpu_s']} CPU s, {r['peak_rss_mb']} MB (load {r['load_before']})",
+            flush=True,
+        )
     return results
 
 
@@ -206,9 +257,15 @@ def main() -> None:
     p.add_argument("--docs", type=int, help="corpus size (built under --work/<N> when missing)")
     p.add_argument("--work", type=Path, default=Path(os.environ.get("LMPIPE_SCALE_DIR", "/tmp/lmpipe-scale")))
     p.add_argument("--flow", action="store_true", help="also run the whole data flow end to end on a fresh root")
-    p.add_argument("--datasketch", action="store_true", help="also run datasketch MinHashLSH on our MinHash stage's input")
-    p.add_argument("--datatrove", action="store_true", help="also run datatrove's pipeline (bench/.venv-peers) on the WARCs")
-    p.add_argument("--dedup-only", action="store_true", help="only the 7 dedup stages, on the pages' text (no extract, no filters)")
+    p.add_argument(
+        "--datasketch", action="store_true", help="also run datasketch MinHashLSH on our MinHash stage's input"
+    )
+    p.add_argument(
+        "--datatrove", action="store_true", help="also run datatrove's pipeline (bench/.venv-peers) on the WARCs"
+    )
+    p.add_argument(
+        "--dedup-only", action="store_true", help="only the 7 dedup stages, on the pages' text (no extract, no filters)"
+    )
     p.add_argument("--child-stage", help=argparse.SUPPRESS)
     p.add_argument("--child-flow", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
@@ -247,7 +304,12 @@ def main() -> None:
         report["datatrove"] = run_datatrove(corpus, run_child)
     report["load_end"] = load()
     (corpus / f"report{'-dedup' if a.dedup_only else ''}.json").write_text(json.dumps(report, indent=2))
-    print(markdown(report["stages"], ["stage", "docs_in", "docs_per_s", "wall_s", "cpu_s", "peak_rss_mb", "bytes_per_input_byte", "load"]))
+    print(
+        markdown(
+            report["stages"],
+            ["stage", "docs_in", "docs_per_s", "wall_s", "cpu_s", "peak_rss_mb", "bytes_per_input_byte", "load"],
+        )
+    )
     print(json.dumps({k: v for k, v in report.items() if k != "stages"}, indent=2))
 
 

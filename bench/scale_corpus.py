@@ -49,20 +49,40 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lm.data.classifier_data import reference_dir, reference_texts  # noqa: E402
-from lm.data.shards import Stage  # noqa: E402
-from lm.data.warc_write import write_warc  # noqa: E402
+import pyarrow as pa
 
-import pyarrow as pa  # noqa: E402
+from lm.data.classifier_data import reference_dir, reference_texts
+from lm.data.shards import Stage
+from lm.data.warc_write import write_warc
 
 PER_FILE = 10_000
 TEXT_SCHEMA = pa.schema([("id", pa.string()), ("url", pa.string()), ("text", pa.string())])
-DOCSTRING_PACKAGES = ("numpy", "scipy", "pyarrow", "pydantic", "prefect", "torch", "sqlalchemy", "fsspec", "httpx",
-                      "jinja2", "click", "rich", "fastapi", "starlette", "matplotlib", "dask", "distributed", "ray")
+DOCSTRING_PACKAGES = (
+    "numpy",
+    "scipy",
+    "pyarrow",
+    "pydantic",
+    "prefect",
+    "torch",
+    "sqlalchemy",
+    "fsspec",
+    "httpx",
+    "jinja2",
+    "click",
+    "rich",
+    "fastapi",
+    "starlette",
+    "matplotlib",
+    "dask",
+    "distributed",
+    "ray",
+)
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _GOOD_END = re.compile(r"[A-Za-z0-9)\"'][.!?]$")
-LOREM = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore "
-         "magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation ullamco laboris nisi ut aliquip ex ea commodo.")
+LOREM = (
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore "
+    "magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation ullamco laboris nisi ut aliquip ex ea commodo."
+)
 
 
 # --------------------------------------------------------------------------- sentence pool
@@ -157,10 +177,31 @@ class PageMaker:
     def _site(self, i: int) -> dict:
         rng = self.rng
         name = f"site{i:06d}.example"
-        sections = rng.sample(["Home", "About us", "Products", "Blog", "News", "Contact", "Careers", "Support", "Pricing",
-                               "Documentation", "Community", "Events", "Press", "Partners", "Shop"], 6)
-        return {"name": name, "nav": [f"{s} of {name}" for s in sections],
-                "footer": [f"Copyright 2024 {name}. All rights reserved.", f"Privacy policy and terms of use of {name}."]}
+        sections = rng.sample(
+            [
+                "Home",
+                "About us",
+                "Products",
+                "Blog",
+                "News",
+                "Contact",
+                "Careers",
+                "Support",
+                "Pricing",
+                "Documentation",
+                "Community",
+                "Events",
+                "Press",
+                "Partners",
+                "Shop",
+            ],
+            6,
+        )
+        return {
+            "name": name,
+            "nav": [f"{s} of {name}" for s in sections],
+            "footer": [f"Copyright 2024 {name}. All rights reserved.", f"Privacy policy and terms of use of {name}."],
+        }
 
     def content(self) -> tuple[str, list[str]]:
         rng = self.rng
@@ -177,7 +218,15 @@ class PageMaker:
             new = []
             for w in p.split():
                 r = rng.random()
-                new += [w] if r >= rate else [rng.choice(self.vocab)] if r < rate / 3 else [w, rng.choice(self.vocab)] if r < 2 * rate / 3 else []
+                new += (
+                    [w]
+                    if r >= rate
+                    else [rng.choice(self.vocab)]
+                    if r < rate / 3
+                    else [w, rng.choice(self.vocab)]
+                    if r < 2 * rate / 3
+                    else []
+                )
             out.append(" ".join(new))
         return out
 
@@ -191,8 +240,10 @@ class PageMaker:
         if kind == "lorem":
             return "Lorem", [LOREM] * 3 + [rng.choice(self.pool)]
         if kind == "code":
-            return "Code", [f"def {rng.choice(self.vocab).lower()}(x): return {{'{rng.choice(self.vocab)}': x}}"
-                            for _ in range(rng.randint(10, 30))]
+            return "Code", [
+                f"def {rng.choice(self.vocab).lower()}(x): return {{'{rng.choice(self.vocab)}': x}}"
+                for _ in range(rng.randint(10, 30))
+            ]
         if self.foreign:
             return "Page", [rng.choice(self.foreign) for _ in range(rng.randint(3, 7))]
         return "Page", [LOREM]
@@ -202,9 +253,11 @@ class PageMaker:
         nav = "".join(f'<li><a href="/{i}">{html.escape(s)}</a></li>' for i, s in enumerate(site["nav"]))
         body = "".join(f"<p>{html.escape(p)}</p>\n" for p in paras)
         foot = "".join(f"<p>{html.escape(s)}</p>" for s in site["footer"])
-        return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title></head><body>"
-                f"<nav><ul>{nav}</ul></nav><h1>{html.escape(title)}</h1>\n<main>{body}</main><footer>{foot}</footer>"
-                "</body></html>").encode()
+        return (
+            f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head><body>'
+            f"<nav><ul>{nav}</ul></nav><h1>{html.escape(title)}</h1>\n<main>{body}</main><footer>{foot}</footer>"
+            "</body></html>"
+        ).encode()
 
 
 def build(num_docs: int, out: Path, seed: int = 0, exact: float = 0.03, near: float = 0.06, low: float = 0.12) -> dict:
@@ -217,7 +270,7 @@ def build(num_docs: int, out: Path, seed: int = 0, exact: float = 0.03, near: fl
     pool, foreign = json.loads(gzip.decompress(cache.read_bytes()))
     maker = PageMaker(pool, foreign, max(1, num_docs // 50), rng)
     (out / "warc").mkdir(parents=True, exist_ok=True)
-    date = _dt.datetime(2024, 5, 1, tzinfo=_dt.timezone.utc)
+    date = _dt.datetime(2024, 5, 1, tzinfo=_dt.UTC)
     originals: list[tuple[str, str, list[str]]] = []  # (url, title, paragraphs) of recent normal pages
     truth = []
     counts = {"normal": 0, "exact": 0, "near": 0, "low": 0}
@@ -241,7 +294,9 @@ def build(num_docs: int, out: Path, seed: int = 0, exact: float = 0.03, near: fl
                 if len(originals) > 20_000:  # copies of recent pages: bounded memory
                     originals.pop(rng.randrange(len(originals)))
             counts[kind] += 1
-            texts.append({"id": f"{i:08d}", "url": url, "text": "\n".join([*site["nav"], title, *paras, *site["footer"]])})
+            texts.append(
+                {"id": f"{i:08d}", "url": url, "text": "\n".join([*site["nav"], title, *paras, *site["footer"]])}
+            )
             yield url, maker.html(site, title, paras), date
 
     # The pages' text as extraction gives it, as a stage: the input of ``scale.py --dedup-only``.
@@ -255,8 +310,14 @@ def build(num_docs: int, out: Path, seed: int = 0, exact: float = 0.03, near: fl
     text_stage.commit(num_shards=-(-num_docs // PER_FILE))
     with open(out / "truth.jsonl", "w") as fh:
         fh.writelines(json.dumps(t) + "\n" for t in truth)
-    info = {"docs": num_docs, "seed": seed, "pool_sentences": len(pool), "foreign_paragraphs": len(foreign), **counts,
-            "warc_bytes": sum(p.stat().st_size for p in (out / "warc").iterdir())}
+    info = {
+        "docs": num_docs,
+        "seed": seed,
+        "pool_sentences": len(pool),
+        "foreign_paragraphs": len(foreign),
+        **counts,
+        "warc_bytes": sum(p.stat().st_size for p in (out / "warc").iterdir()),
+    }
     (out / "corpus.json").write_text(json.dumps(info, indent=2))
     return info
 

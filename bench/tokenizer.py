@@ -142,15 +142,31 @@ def child(mode: str, corpus: str, vocab_size: int, out_dir: str) -> None:
         elapsed = time.perf_counter() - t
         if out_dir:
             Tokenizer(vocab, merges, [EOT]).save(out_dir)
-        res = {"train_s": round(elapsed, 2), "vocab": len(vocab), "pretokenize_s": stats["pretokenize_seconds"], "merge_s": stats["merge_seconds"], "distinct_pretokens": stats["distinct_pretokens"]}
+        res = {
+            "train_s": round(elapsed, 2),
+            "vocab": len(vocab),
+            "pretokenize_s": stats["pretokenize_seconds"],
+            "merge_s": stats["merge_seconds"],
+            "distinct_pretokens": stats["distinct_pretokens"],
+        }
     else:
         from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
         from lm.tokenizer.gpt2 import GPT2_PATTERN
 
         tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(GPT2_PATTERN), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(GPT2_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
         t = time.perf_counter()
         tok.train([corpus], trainer)
         res = {"train_s": round(time.perf_counter() - t, 2), "vocab": tok.get_vocab_size()}
@@ -173,7 +189,9 @@ def encode_mbps(fn, text: str, repeat: int = 1) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200], help="corpus sizes in MB (ours at each; HF at the first)")
+    ap.add_argument(
+        "--sizes", type=int, nargs="+", default=[50, 200], help="corpus sizes in MB (ours at each; HF at the first)"
+    )
     ap.add_argument("--vocab-size", type=int, default=10_000)
     ap.add_argument("--encode-mb", type=float, default=4.0, help="MB of text for the encoding benchmark")
     ap.add_argument("--child", nargs=4, metavar=("MODE", "CORPUS", "VOCAB", "OUT"), help=argparse.SUPPRESS)
@@ -210,13 +228,17 @@ def main() -> None:
             hf = run_child(["hf", str(corpora[mb]), str(args.vocab_size), ""])
             rows.append(("hf", mb, hf))
             print(f"hf    {mb:>4} MB: {hf}", flush=True)
-            print(f"  ratio time ours/hf = {ours['train_s'] / hf['train_s']:.2f} (target <= 2), "
-                  f"CPU seconds ours/hf = {ours['cpu_s'] / hf['cpu_s']:.2f}, "
-                  f"peak RSS ours/hf = {ours['peak_rss_mb'] / hf['peak_rss_mb']:.2f} (target <= 1)")
+            print(
+                f"  ratio time ours/hf = {ours['train_s'] / hf['train_s']:.2f} (target <= 2), "
+                f"CPU seconds ours/hf = {ours['cpu_s'] / hf['cpu_s']:.2f}, "
+                f"peak RSS ours/hf = {ours['peak_rss_mb'] / hf['peak_rss_mb']:.2f} (target <= 1)"
+            )
     if len(args.sizes) > 1:
         a, b = [r for r in rows if r[0] == "ours"][:2]
-        print(f"  ours peak RSS {a[1]} MB -> {b[1]} MB corpus: {a[2]['peak_rss_mb']} -> {b[2]['peak_rss_mb']} MB "
-              f"({b[2]['peak_rss_mb'] / a[2]['peak_rss_mb']:.2f}x for {b[1] / a[1]:.0f}x the bytes)")
+        print(
+            f"  ours peak RSS {a[1]} MB -> {b[1]} MB corpus: {a[2]['peak_rss_mb']} -> {b[2]['peak_rss_mb']} MB "
+            f"({b[2]['peak_rss_mb'] / a[2]['peak_rss_mb']:.2f}x for {b[1] / a[1]:.0f}x the bytes)"
+        )
 
     # 3. encoding throughput on the same held-out real text (the tail of the first corpus)
     import tiktoken
@@ -229,7 +251,12 @@ def main() -> None:
     gpt2_py = Tokenizer.from_files(fixtures / "gpt2_vocab.json", fixtures / "gpt2_merges.txt", [EOT], use_fast=False)
     gpt2_fast = Tokenizer.from_files(fixtures / "gpt2_vocab.json", fixtures / "gpt2_merges.txt", [EOT])
     raw = json.loads((fixtures / "gpt2_vocab.json").read_text(encoding="utf-8"))
-    tik = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks={decode_token(k): v for k, v in raw.items() if k != EOT}, special_tokens={EOT: 50256})
+    tik = tiktoken.Encoding(
+        "gpt2",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks={decode_token(k): v for k, v in raw.items() if k != EOT},
+        special_tokens={EOT: 50256},
+    )
     assert ours_fast.fast_path is not None, ours_fast.fast_path_reason
     assert ours_fast.encode(text) == ours_py.encode(text)
     print(f"\nencoding {len(text.encode()) / 1e6:.1f} MB, one thread, MB/s:")
@@ -243,7 +270,9 @@ def main() -> None:
     for k, v in results.items():
         print(f"  {k:<34} {v:>7.2f}")
     print(f"  load average after: {os.getloadavg()}")
-    print(f"  fast path / tiktoken (GPT-2): {results['GPT-2 fast path'] / results['tiktoken GPT-2 encode_ordinary']:.2f}")
+    print(
+        f"  fast path / tiktoken (GPT-2): {results['GPT-2 fast path'] / results['tiktoken GPT-2 encode_ordinary']:.2f}"
+    )
 
 
 if __name__ == "__main__":

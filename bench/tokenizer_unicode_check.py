@@ -38,8 +38,10 @@ def main() -> None:
     t0 = time.perf_counter()
     newer_unicode()
     print(f"building the code-point table (once per process): {time.perf_counter() - t0:.2f} s")
-    corpora = {"german": [(fx / "german.txt").read_text(encoding="utf-8")] * 400,
-               "japanese": ["日本語のテキストです。東京は大きな都市です。" * 500] * 40}
+    corpora = {
+        "german": [(fx / "german.txt").read_text(encoding="utf-8")] * 400,
+        "japanese": ["日本語のテキストです。東京は大きな都市です。" * 500] * 40,
+    }
     for name, docs in corpora.items():
         chars = sum(map(len, docs)) / 1e6
         raw = best(lambda: fast.encode_ordinary_batch(docs, num_threads=1))

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lm.model import ModelConfig, TransformerLM  # noqa: E402
-from lm.train import AdamW, cross_entropy  # noqa: E402
-from lm.train.metrics import compute_dtype_name, model_flops_per_token, peak_flops  # noqa: E402
+from lm.model import ModelConfig, TransformerLM
+from lm.train import AdamW, cross_entropy
+from lm.train.metrics import compute_dtype_name, model_flops_per_token, peak_flops
 
 PRESETS = {  # vocab, context, d_model, layers, heads, d_ff
     "cpu-5m": dict(vocab=4096, ctx=256, d_model=256, layers=4, heads=8, d_ff=704),  # 5.3M parameters
@@ -48,13 +48,32 @@ def build(shape: dict, device: torch.device):
     """(our model, an HF Llama of the same shape), on ``device``, float32 weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = ModelConfig(vocab_size=shape["vocab"], context_length=shape["ctx"], d_model=shape["d_model"],
-                      num_layers=shape["layers"], num_heads=shape["heads"], d_ff=shape["d_ff"], attention="sdpa", norm="torch")
+    cfg = ModelConfig(
+        vocab_size=shape["vocab"],
+        context_length=shape["ctx"],
+        d_model=shape["d_model"],
+        num_layers=shape["layers"],
+        num_heads=shape["heads"],
+        d_ff=shape["d_ff"],
+        attention="sdpa",
+        norm="torch",
+    )
     ours = TransformerLM(cfg).to(device)
-    hf_cfg = LlamaConfig(vocab_size=shape["vocab"], hidden_size=shape["d_model"], intermediate_size=shape["d_ff"],
-                         num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"], num_key_value_heads=shape["heads"],
-                         max_position_embeddings=shape["ctx"], rms_norm_eps=1e-5, rope_theta=10000.0,
-                         tie_word_embeddings=False, attention_bias=False, mlp_bias=False, use_cache=False)
+    hf_cfg = LlamaConfig(
+        vocab_size=shape["vocab"],
+        hidden_size=shape["d_model"],
+        intermediate_size=shape["d_ff"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["heads"],
+        max_position_embeddings=shape["ctx"],
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        use_cache=False,
+    )
     hf_cfg._attn_implementation = "sdpa"
     theirs = LlamaForCausalLM(hf_cfg).to(device)
     n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
@@ -98,7 +117,9 @@ def make_step(name: str, shape: dict, device: torch.device, amp: torch.dtype | N
 def measure(args, shape: dict, device: torch.device) -> dict:
     amp = torch.bfloat16 if args.dtype == "bfloat16" else None
     g = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, shape["vocab"], (args.batch, shape["ctx"] + 1), generator=g).to(device) for _ in range(4)]
+    batches = [
+        torch.randint(0, shape["vocab"], (args.batch, shape["ctx"] + 1), generator=g).to(device) for _ in range(4)
+    ]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     steps = {}
     for name in args.variants:
@@ -112,7 +133,7 @@ def measure(args, shape: dict, device: torch.device) -> dict:
     cpu = {k: [] for k in steps}
     names = list(steps)
     for i in range(args.steps):
-        for name in names[i % len(names):] + names[: i % len(names)]:  # rotate who goes first
+        for name in names[i % len(names) :] + names[: i % len(names)]:  # rotate who goes first
             sync()
             t0, c0 = time.perf_counter(), time.process_time()
             steps[name](batches[i % len(batches)])
@@ -120,15 +141,26 @@ def measure(args, shape: dict, device: torch.device) -> dict:
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
     tokens = args.batch * shape["ctx"]
-    cfg = ModelConfig(vocab_size=shape["vocab"], context_length=shape["ctx"], d_model=shape["d_model"],
-                      num_layers=shape["layers"], num_heads=shape["heads"], d_ff=shape["d_ff"])
+    cfg = ModelConfig(
+        vocab_size=shape["vocab"],
+        context_length=shape["ctx"],
+        d_model=shape["d_model"],
+        num_layers=shape["layers"],
+        num_heads=shape["heads"],
+        d_ff=shape["d_ff"],
+    )
     fpt = model_flops_per_token(cfg)
     peak = peak_flops(device, compute_dtype_name(amp, allow_tf32=True))
     rows = {}
     for name in names:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
-        rows[name] = {"step_ms": round(w * 1000, 2), "cpu_ms": round(c * 1000, 2), "tokens_per_s": round(tokens / w, 1),
-                      "tokens_per_cpu_s": round(tokens / c, 1), "mfu": round(fpt * tokens / w / peak, 4) if peak else None}
+        rows[name] = {
+            "step_ms": round(w * 1000, 2),
+            "cpu_ms": round(c * 1000, 2),
+            "tokens_per_s": round(tokens / w, 1),
+            "tokens_per_cpu_s": round(tokens / c, 1),
+            "mfu": round(fpt * tokens / w / peak, 4) if peak else None,
+        }
     return rows
 
 
@@ -137,8 +169,10 @@ def ratios(rows: dict) -> dict:
     for mode in ("eager", "compiled"):
         a, b = rows.get(f"ours-{mode}"), rows.get(f"llama-{mode}")
         if a and b:
-            out[mode] = {"tokens_per_s": round(a["tokens_per_s"] / b["tokens_per_s"], 3),
-                         "tokens_per_cpu_s": round(a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"], 3)}
+            out[mode] = {
+                "tokens_per_s": round(a["tokens_per_s"] / b["tokens_per_s"], 3),
+                "tokens_per_cpu_s": round(a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"], 3),
+            }
     return out
 
 
@@ -159,17 +193,34 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
     shape = PRESETS[args.preset]
     load = os.getloadavg()
-    print(f"{args.preset}: {shape}, batch {args.batch}, {args.dtype}, {device}, {args.threads} threads, torch {torch.__version__}, "
-          f"load average {load[0]:.1f}", flush=True)
+    print(
+        f"{args.preset}: {shape}, batch {args.batch}, {args.dtype}, "
+        f"{device}, {args.threads} threads, torch {torch.__version__}, "
+        f"load average {load[0]:.1f}",
+        flush=True,
+    )
     rows = measure(args, shape, device)
-    result = {"preset": args.preset, "shape": shape, "batch": args.batch, "dtype": args.dtype, "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "threads": args.threads, "torch": torch.__version__, "load_before": round(load[0], 2),
-              "load_after": round(os.getloadavg()[0], 2), "variants": rows, "ours_over_llama": ratios(rows)}
+    result = {
+        "preset": args.preset,
+        "shape": shape,
+        "batch": args.batch,
+        "dtype": args.dtype,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "load_before": round(load[0], 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "variants": rows,
+        "ours_over_llama": ratios(rows),
+    }
     print("| variant | step ms (wall) | step ms (CPU) | tokens/s | tokens/CPU-s | MFU |\n|---|---|---|---|---|---|")
     for name, r in rows.items():
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-        print(f"| {name} | {r['step_ms']:.1f} | {r['cpu_ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['tokens_per_cpu_s']:,.0f} | {mfu} |")
+        print(
+            f"| {name} | {r['step_ms']:.1f} | {r['cpu_ms']:.1f} | "
+            f"{r['tokens_per_s']:,.0f} | {r['tokens_per_cpu_s']:,.0f} | {mfu} |"
+        )
     for mode, r in result["ours_over_llama"].items():
         print(f"ours / llama, {mode}: tokens/s {r['tokens_per_s']:.2f}×, tokens/CPU-s {r['tokens_per_cpu_s']:.2f}×")
     print(f"load average after: {result['load_after']}")

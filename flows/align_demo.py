@@ -44,7 +44,13 @@ class AlignDemoConfig(Config):
     root: str = Field("outputs", description="Artifact root.")
     data: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Addition problems.")
     base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Tiny base model.")
-    sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT; configs/align-demo.yaml stops it once the model is right on 30% of a sample of training problems, leaving GRPO room.")
+    sft: SFTConfig = Field(
+        default_factory=SFTConfig,
+        description=(
+            "SFT; configs/align-demo.yaml stops it once the model is right "
+            "on 30% of a sample of training problems, leaving GRPO room."
+        ),
+    )
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO on right-vs-wrong answers.")
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="GRPO with the exact-arithmetic verifier.")
     options: StageOptions = Field(default_factory=StageOptions, description="Verifier, sampling, threads.")
@@ -65,10 +71,23 @@ def align_demo_flow(config: AlignDemoConfig) -> dict:
     dpo = dpo_task(root, sft, prefs, config.dpo, config.options)
     problems = align_data_task(root, config.data, "problem")
     grpo = grpo_task(root, sft, problems, config.grpo, config.options)
-    ev = evaluate_task(root, grpo, EvalConfig(tasks=["arithmetic"], arithmetic=config.data, limit=config.data.num_eval, max_new_tokens=config.options.max_new_tokens, num_threads=config.options.num_threads))
+    ev = evaluate_task(
+        root,
+        grpo,
+        EvalConfig(
+            tasks=["arithmetic"],
+            arithmetic=config.data,
+            limit=config.data.num_eval,
+            max_new_tokens=config.options.max_new_tokens,
+            num_threads=config.options.num_threads,
+        ),
+    )
     for path, title in ((sft, "SFT"), (dpo, "DPO"), (grpo, "GRPO")):
         publish_training_stage(path, title)
-    summary = {name: {**read_manifest(p)["metrics"], "manifest": str(p)} for name, p in (("sft", sft), ("dpo", dpo), ("grpo", grpo), ("evaluate", ev))}
+    summary = {
+        name: {**read_manifest(p)["metrics"], "manifest": str(p)}
+        for name, p in (("sft", sft), ("dpo", dpo), ("grpo", grpo), ("evaluate", ev))
+    }
     for name, m in summary.items():
         print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()})
     publish_chain_summary("align-demo", summary)
@@ -80,12 +99,25 @@ def publish_chain_summary(name: str, summary: dict[str, dict]) -> list[str]:
     not raise it and a chain that never rose above chance. Returns the warnings (also logged)."""
     verdicts = [(stage.upper(), v) for stage, m in summary.items() if (v := verdict_from_metrics(m)) is not None]
     warnings = chain_warnings(verdicts)
-    rows = [{"stage": s, "reward before": f"{v.before:.3f}", "reward after": f"{v.after:.3f}", "prompts": v.num_prompts,
-             "trend": v.trend.upper() if v.warn else v.trend, "above chance": v.above_chance} for s, v in verdicts]
+    rows = [
+        {
+            "stage": s,
+            "reward before": f"{v.before:.3f}",
+            "reward after": f"{v.after:.3f}",
+            "prompts": v.num_prompts,
+            "trend": v.trend.upper() if v.warn else v.trend,
+            "above chance": v.above_chance,
+        }
+        for s, v in verdicts
+    ]
     md = [f"# {name}: held-out verifier reward through the chain", ""]
     md += [f"> {w}" for w in warnings] + ([""] if warnings else ["Every stage raised the held-out reward.", ""])
     md.append(markdown_table(rows))
-    create_markdown_artifact(markdown="\n".join(md), key=artifact_key(name, "summary"), description=f"{name}: rewards before → after each stage")
+    create_markdown_artifact(
+        markdown="\n".join(md),
+        key=artifact_key(name, "summary"),
+        description=f"{name}: rewards before → after each stage",
+    )
     log = get_run_logger()
     for w in warnings:
         log.warning(w)

@@ -20,8 +20,8 @@ from pydantic import ValidationError
 
 from flows.registry import FLOWS, config_model, load_flow
 from lm import config as lm_config
-from lm.compare import compare, comparison_text
 from lm.catalog import describe_root, describe_stage_folder, is_latest_ref, is_stage_dir, resolve_latest
+from lm.compare import compare, comparison_text
 
 __all__ = ["FLOWS", "build_config", "config_model", "load_flow", "main"]
 
@@ -117,8 +117,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     from flows.server import LocalPrefect, serve_forever
 
-    return serve_forever(LocalPrefect(host=args.host, port=args.port, database_url=args.database_url,
-                                      allowed_roots=args.allow_root or LocalPrefect.allowed_roots, files_port=args.files_port))
+    return serve_forever(
+        LocalPrefect(
+            host=args.host,
+            port=args.port,
+            database_url=args.database_url,
+            allowed_roots=args.allow_root or LocalPrefect.allowed_roots,
+            files_port=args.files_port,
+        )
+    )
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -190,12 +197,24 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("server", help="start a local Prefect server (UI) and one worker per work pool")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; for a team, a TLS reverse proxy in front: docs/ui.md)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; for a team, a TLS reverse proxy in front: docs/ui.md)",
+    )
     p.add_argument("--port", type=int, default=4200)
-    p.add_argument("--files-port", type=int, help="read-only artifact file server (default: --port + 1; 0 = any free port)")
-    p.add_argument("--allow-root", action="append", metavar="DIR",
-                   help="artifact root that runs may write and the file server shows (repeatable; default: ./outputs of this checkout)")
+    p.add_argument(
+        "--files-port", type=int, help="read-only artifact file server (default: --port + 1; 0 = any free port)"
+    )
+    p.add_argument(
+        "--allow-root",
+        action="append",
+        metavar="DIR",
+        help=(
+            "artifact root that runs may write and the file server "
+            "shows (repeatable; default: ./outputs of this checkout)"
+        ),
+    )
     p.add_argument(
         "--database-url",
         help="SQLAlchemy URL, e.g. postgresql+asyncpg://user:pw@host/db (default: SQLite under PREFECT_HOME)",
@@ -246,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `lmpipe ls | head`
         if args.command not in READ_ONLY:
             raise
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the interpreter flushes stdout at exit)
+        sys.stdout = open(os.devnull, "w")  # the interpreter flushes stdout at exit
         return 0
 
 

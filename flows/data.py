@@ -34,6 +34,9 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from flows.funnel import finish_stage, run_funnel
+from flows.funnel_config import FunnelConfig
+from flows.runners import RunnerConfig, task_runner
 from lm.config import Config
 from lm.data.filters.stage import plan_filters
 from lm.data.ingest import ExtractConfig
@@ -41,9 +44,6 @@ from lm.data.remote import CC_BASE_URL, INDEX_PREFIX, HttpOptions, expand_source
 from lm.data.shards import read_manifest
 from lm.data.stages import check_root_outside_sources, extract_stage, plan_extract
 from lm.data.storage import as_path, check_root, resolve_root
-from flows.funnel import finish_stage, run_funnel
-from flows.funnel_config import FunnelConfig
-from flows.runners import RunnerConfig, task_runner
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.extract import commit_extract, extract_shard
 
@@ -51,18 +51,35 @@ from tasks.extract import commit_extract, extract_shard
 class HttpConfig(Config):
     """How remote sources are fetched (does not change the output, so not fingerprinted)."""
 
-    retries: int = Field(default=5, ge=0, le=100, description="attempts after the first per request (5xx, resets, timeouts)")
+    retries: int = Field(
+        default=5, ge=0, le=100, description="attempts after the first per request (5xx, resets, timeouts)"
+    )
     backoff_s: float = Field(default=0.5, gt=0, description="first wait between attempts; doubles each time")
     timeout_s: float = Field(default=60.0, gt=0, description="socket timeout per connect/read, seconds")
-    cc_base_url: str = Field(default=CC_BASE_URL, description="base URL for cc:// listings without &base= and for relative filenames in index: files")
-    deadline_s: float | None = Field(default=3600.0, gt=0, description="overall time limit per remote source, seconds (a server "
-                                     "that drips bytes is cut off there; the rest of that source is counted failed: source_deadline); null: none")
-    allow_local_index_paths: bool = Field(default=False, description="let index: files name local absolute paths (otherwise only "
-                                          "http(s) URLs without credentials and paths relative to cc_base_url)")
+    cc_base_url: str = Field(
+        default=CC_BASE_URL,
+        description="base URL for cc:// listings without &base= and for relative filenames in index: files",
+    )
+    deadline_s: float | None = Field(
+        default=3600.0,
+        gt=0,
+        description="overall time limit per remote source, seconds (a server "
+        "that drips bytes is cut off there; the rest of that source is counted failed: source_deadline); null: none",
+    )
+    allow_local_index_paths: bool = Field(
+        default=False,
+        description="let index: files name local absolute paths (otherwise only "
+        "http(s) URLs without credentials and paths relative to cc_base_url)",
+    )
 
     def options(self) -> HttpOptions:
-        return HttpOptions(retries=self.retries, backoff_s=self.backoff_s, timeout_s=self.timeout_s, deadline_s=self.deadline_s,
-                           allow_local_index_paths=self.allow_local_index_paths)
+        return HttpOptions(
+            retries=self.retries,
+            backoff_s=self.backoff_s,
+            timeout_s=self.timeout_s,
+            deadline_s=self.deadline_s,
+            allow_local_index_paths=self.allow_local_index_paths,
+        )
 
 
 class DataConfig(Config):
@@ -74,7 +91,8 @@ class DataConfig(Config):
 
     sources: list[str] = Field(
         min_length=1,
-        max_length=10_000, description="inputs: WARC/WET/ARC paths, globs, directories, http(s) URLs, "
+        max_length=10_000,
+        description="inputs: WARC/WET/ARC paths, globs, directories, http(s) URLs, "
         "`cc://CC-MAIN-2024-22?kind=wet&files=2` (first N files of a Common Crawl listing), or "
         "`index:<file>` (JSON/CDXJ lines with filename, offset, length: one Range request per record)",
     )
@@ -85,16 +103,32 @@ class DataConfig(Config):
     )
     extract: ExtractConfig = Field(default_factory=ExtractConfig, description="extract stage settings")
     http: HttpConfig = Field(default_factory=HttpConfig, description="remote fetching: retries, backoff, timeouts")
-    max_workers: int = Field(default=4, ge=1, le=256, description="shards processed at once on this machine (threads, processes, "
-                             "or a local Dask/Ray cluster's workers) unless runner.max_workers is set")
-    runner: RunnerConfig = Field(default_factory=RunnerConfig, description="where shard tasks run: threads (default), processes, "
-                                 "a Dask or a Ray cluster (local, or an existing one by address); outputs are identical")
-    num_samples: int = Field(default=3, ge=0, le=50, description="sample documents shown in each stage's summary artifact")
+    max_workers: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="shards processed at once on this machine (threads, processes, "
+        "or a local Dask/Ray cluster's workers) unless runner.max_workers is set",
+    )
+    runner: RunnerConfig = Field(
+        default_factory=RunnerConfig,
+        description="where shard tasks run: threads (default), processes, "
+        "a Dask or a Ray cluster (local, or an existing one by address); outputs are identical",
+    )
+    num_samples: int = Field(
+        default=3, ge=0, le=50, description="sample documents shown in each stage's summary artifact"
+    )
     filters: FunnelConfig | None = Field(
         default_factory=FunnelConfig,
-        description="filtering funnel after extract (langid, PII, rules, quality, harmful, exact and MinHash dedup); null = stop after extract",
+        description=(
+            "filtering funnel after extract (langid, PII, rules, quality, "
+            "harmful, exact and MinHash dedup); null = stop after extract"
+        ),
     )
-    allow_empty: bool = Field(default=False, description="let a stage that keeps no document pass (the flow fails on an empty output otherwise)")
+    allow_empty: bool = Field(
+        default=False,
+        description="let a stage that keeps no document pass (the flow fails on an empty output otherwise)",
+    )
 
     @field_validator("root")
     @classmethod
@@ -109,19 +143,21 @@ class DataConfig(Config):
         return v
 
     @model_validator(mode="after")
-    def _root_outside_sources(self) -> "DataConfig":
+    def _root_outside_sources(self) -> DataConfig:
         check_root_outside_sources(self.root, self.sources)
         return self
 
     @model_validator(mode="after")
-    def _reachable_by_cluster(self) -> "DataConfig":
+    def _reachable_by_cluster(self) -> DataConfig:
         # Workers of an existing cluster run elsewhere: a path relative to this process's
         # working directory means nothing there (a local pool or cluster shares it).
         if self.runner.address:
             for s in self.sources:
                 if "://" not in s and not s.startswith(INDEX_PREFIX) and not os.path.isabs(os.path.expanduser(s)):
-                    raise ValueError(f"sources: {s!r} is relative; workers of the cluster at runner.address={self.runner.address} "
-                                     "cannot resolve it: give an absolute path on the shared filesystem, or a URL")
+                    raise ValueError(
+                        f"sources: {s!r} is relative; workers of the cluster at runner.address={self.runner.address} "
+                        "cannot resolve it: give an absolute path on the shared filesystem, or a URL"
+                    )
         return self
 
     def check_inputs(self) -> None:
@@ -165,16 +201,22 @@ def data_flow(config: DataConfig) -> dict[str, str]:
         finish_stage(manifest, config.allow_empty, samples=config.num_samples, extra_md=_per_source_md(manifest))
         stages = {"extract": manifest}
         if config.filters is not None:
-            stages.update(run_funnel(manifest, root, config.filters, runner, allow_empty=config.allow_empty, plan=filters))
+            stages.update(
+                run_funnel(manifest, root, config.filters, runner, allow_empty=config.allow_empty, plan=filters)
+            )
     return stages
 
 
 def _run_shards(runner: TaskRunner, config: DataConfig, root: str, plan: str, shards: list[dict]) -> None:
     """Map extract_shard over the shards on ``runner``; a progress artifact tracks them."""
-    progress = create_progress_artifact(0.0, key=artifact_key("extract", "progress"), description="extract: shards finished")
+    progress = create_progress_artifact(
+        0.0, key=artifact_key("extract", "progress"), description="extract: shards finished"
+    )
     http = config.http.options()
     futures = [
-        runner.submit(extract_shard, {"root": root, "cfg": config.extract, "plan": plan, "index": i, "shard": shard, "http": http})
+        runner.submit(
+            extract_shard, {"root": root, "cfg": config.extract, "plan": plan, "index": i, "shard": shard, "http": http}
+        )
         for i, shard in enumerate(shards)
     ]
     for done, fut in enumerate(as_completed(futures), 1):
@@ -195,7 +237,15 @@ def _per_source_md(manifest_path: str) -> str:
     rows = []
     for s in m["shards"]:
         mk = json.loads((d / f"part-{s['index']:05d}.done.json").read_text())
-        rows.append({"shard": s["index"], "source": mk["source"], "in": mk["rows_in"], "kept": mk["kept"],
-                     "rejected": sum(mk["rejected"].values()), "failed": sum(mk["failed"].values()),
-                     "failed kinds": ", ".join(f"{k}: {v}" for k, v in mk["failed"].items())})
+        rows.append(
+            {
+                "shard": s["index"],
+                "source": mk["source"],
+                "in": mk["rows_in"],
+                "kept": mk["kept"],
+                "rejected": sum(mk["rejected"].values()),
+                "failed": sum(mk["failed"].values()),
+                "failed kinds": ", ".join(f"{k}: {v}" for k, v in mk["failed"].items()),
+            }
+        )
     return "## Per shard\n\n" + markdown_table(rows[:200])

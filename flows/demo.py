@@ -75,14 +75,20 @@ def _summary_rows(lineage: dict) -> list[tuple[str, str, str]]:
         metrics = m.get("metrics") or {}
         if m["stage"] == "pretrain":
             val = m.get("final_val_loss")
-            what = f"train loss {m.get('final_train_loss') or 0:.3f}, " + (f"val loss {val:.3f}" if val is not None else "NO val loss (no validation split)")
+            what = f"train loss {m.get('final_train_loss') or 0:.3f}, " + (
+                f"val loss {val:.3f}" if val is not None else "NO val loss (no validation split)"
+            )
         elif "accuracy_before" in metrics:
             what = f"held-out reward {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f}"
-            what += "  " + verdict_from_metrics(metrics, c.get("kept")).flag()  # a fall, flat or chance-level reward, loudly
+            what += (
+                "  " + verdict_from_metrics(metrics, c.get("kept")).flag()
+            )  # a fall, flat or chance-level reward, loudly
         elif m["stage"] == "scaling":
             what = verdict_short(m.get("summary", {}))
         elif metrics:
-            what = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in list(metrics.items())[:3])
+            what = ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in list(metrics.items())[:3]
+            )
         elif "tokens_train" in c:
             what = f"{c['tokens_train']:,} train / {c.get('tokens_val', 0):,} val tokens"
         else:
@@ -98,8 +104,14 @@ def _align_demo(root: str) -> list[tuple[str, str, str]]:
     data["root"] = root
     summary = align_demo_flow(config=AlignDemoConfig.model_validate(data))
     return [
-        (f"{stage} (addition)", f"held-out reward {m['accuracy_before']:.3f} -> {m['accuracy_after']:.3f}  {verdict_from_metrics(m).flag()}",
-         str(Path(m["manifest"]).parent))
+        (
+            f"{stage} (addition)",
+            (
+                f"held-out reward {m['accuracy_before']:.3f} -> "
+                f"{m['accuracy_after']:.3f}  {verdict_from_metrics(m).flag()}"
+            ),
+            str(Path(m["manifest"]).parent),
+        )
         for stage, m in summary.items()
         if "accuracy_before" in m
     ]

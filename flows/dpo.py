@@ -22,9 +22,18 @@ class DPOFlowConfig(Config):
     """Direct Preference Optimization of a checkpoint."""
 
     root: str = Field("outputs", description="Artifact root: stages are written under `<root>/<stage>/<fingerprint>/`.")
-    model_manifest: StageRef | None = Field(None, description="Manifest of the model to tune (also the frozen reference; or e.g. `sft@latest`); empty = demo base model.")
-    data: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Source of preference triples (train and held-out).")
-    base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")
+    model_manifest: StageRef | None = Field(
+        None,
+        description=(
+            "Manifest of the model to tune (also the frozen reference; or e.g. `sft@latest`); empty = demo base model."
+        ),
+    )
+    data: AlignDataConfig = Field(
+        default_factory=AlignDataConfig, description="Source of preference triples (train and held-out)."
+    )
+    base: BaseModelConfig = Field(
+        default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest)."
+    )
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO hyperparameters.")
     options: StageOptions = Field(default_factory=StageOptions, description="Verifier, sampling and threads.")
 

@@ -24,8 +24,16 @@ class EvaluateFlowConfig(Config):
     """Evaluation of a checkpoint."""
 
     root: str = Field("outputs", description="Artifact root: stages are written under `<root>/<stage>/<fingerprint>/`.")
-    model_manifest: StageRef | None = Field(None, description="Manifest of the model to evaluate (pretrain/align-base/sft/dpo/grpo stage, or e.g. `grpo@latest`); empty = the demo base model.")
-    base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")
+    model_manifest: StageRef | None = Field(
+        None,
+        description=(
+            "Manifest of the model to evaluate (pretrain/align-base/sft/dpo/grpo "
+            "stage, or e.g. `grpo@latest`); empty = the demo base model."
+        ),
+    )
+    base: BaseModelConfig = Field(
+        default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest)."
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Tasks, data paths and generation settings.")
 
     @field_validator("root")
@@ -41,9 +49,18 @@ def evaluate_flow(config: EvaluateFlowConfig) -> str:
     publish_stage(out, text_field=None)
     m = read_manifest(out)
     metrics = m["metrics"]
-    md = ["# Evaluation", f"Model `{model}`", "",
-          markdown_table([{"metric": k, "value": v if not isinstance(v, dict) else v.get("perplexity")} for k, v in metrics.items()]),
-          "## Sample rows", markdown_table(sample_rows(m, n=10, width=120))]
-    create_markdown_artifact(markdown="\n".join(md), key=artifact_key("evaluate", "report"), description="accuracy per task and samples")
+    md = [
+        "# Evaluation",
+        f"Model `{model}`",
+        "",
+        markdown_table(
+            [{"metric": k, "value": v if not isinstance(v, dict) else v.get("perplexity")} for k, v in metrics.items()]
+        ),
+        "## Sample rows",
+        markdown_table(sample_rows(m, n=10, width=120)),
+    ]
+    create_markdown_artifact(
+        markdown="\n".join(md), key=artifact_key("evaluate", "report"), description="accuracy per task and samples"
+    )
     print(metrics)
     return out

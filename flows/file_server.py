@@ -94,11 +94,18 @@ class _Handler(BaseHTTPRequestHandler):
             return hmac.compare_digest(given, self.server.auth)
         return False
 
-    def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8", extra: dict | None = None) -> None:
+    def _send(
+        self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8", extra: dict | None = None
+    ) -> None:
         self.send_response(code)
-        for k, v in {"Content-Type": ctype, "Content-Length": str(len(body)), "X-Content-Type-Options": "nosniff",
-                     "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'",
-                     "Cache-Control": "no-store", **(extra or {})}.items():
+        for k, v in {
+            "Content-Type": ctype,
+            "Content-Length": str(len(body)),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'",
+            "Cache-Control": "no-store",
+            **(extra or {}),
+        }.items():
             self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
@@ -111,25 +118,39 @@ class _Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         if not url.path.startswith("/files/"):
             return self._send(404, b"not found\n")
-        path = urllib.parse.unquote(url.path[len("/files"):])
+        path = urllib.parse.unquote(url.path[len("/files") :])
         if not self._authorized(path, urllib.parse.parse_qs(url.query)):
-            return self._send(401, b"unauthorized: open this link from a Prefect artifact, or send the server's auth string\n",
-                              extra={"WWW-Authenticate": 'Basic realm="lmpipe artifacts"'})
+            return self._send(
+                401,
+                b"unauthorized: open this link from a Prefect artifact, or send the server's auth string\n",
+                extra={"WWW-Authenticate": 'Basic realm="lmpipe artifacts"'},
+            )
         real = self.server.allowed(path)
         if real is None or not os.path.exists(real):
             return self._send(404, b"not found (or outside the artifact roots)\n")
         if os.path.isdir(real):
             return self._send(200, self._listing(path, real).encode(), "text/html; charset=utf-8")
         suffix = Path(real).suffix.lower()
-        ctype = "text/plain; charset=utf-8" if suffix in TEXT_SUFFIXES else INLINE_TYPES.get(suffix, "application/octet-stream")
+        ctype = (
+            "text/plain; charset=utf-8"
+            if suffix in TEXT_SUFFIXES
+            else INLINE_TYPES.get(suffix, "application/octet-stream")
+        )
         with open(real, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             self.send_response(200)
-            for k, v in {"Content-Type": ctype, "Content-Length": str(size), "X-Content-Type-Options": "nosniff",
-                         "Content-Security-Policy": "default-src 'none'", "Cache-Control": "no-store"}.items():
+            for k, v in {
+                "Content-Type": ctype,
+                "Content-Length": str(size),
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'",
+                "Cache-Control": "no-store",
+            }.items():
                 self.send_header(k, v)
             if ctype == "application/octet-stream":
-                self.send_header("Content-Disposition", f"attachment; filename*=UTF-8''{urllib.parse.quote(Path(real).name)}")
+                self.send_header(
+                    "Content-Disposition", f"attachment; filename*=UTF-8''{urllib.parse.quote(Path(real).name)}"
+                )
             self.end_headers()
             if self.command != "HEAD":
                 shutil.copyfileobj(f, self.wfile)

@@ -20,9 +20,14 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger, unmapped
-from prefect.task_runners import TaskRunner
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner
 from pydantic import ConfigDict, Field, field_validator
 
 from flows.funnel_config import FunnelConfig
@@ -41,7 +46,9 @@ from tasks.filters import filter_shard
 def _wait(futures, stage: str) -> None:
     """Wait for a stage's shard tasks; a progress artifact shows how many have finished."""
     futures = list(futures)
-    progress = create_progress_artifact(0.0, key=artifact_key(stage, "progress"), description=f"{stage}: shards finished")
+    progress = create_progress_artifact(
+        0.0, key=artifact_key(stage, "progress"), description=f"{stage}: shards finished"
+    )
     for done, f in enumerate(as_completed(futures), 1):
         f.result()  # re-raises a shard's error after its retries
         update_progress_artifact(progress, 100.0 * done / len(futures))
@@ -69,8 +76,15 @@ def _minhash(runner: TaskRunner, root: str, cfg: MinHashConfig, docs: str) -> st
     return run_minhash(root, cfg, docs, dedup.map_calls(runner, _wait))
 
 
-def run_funnel(extract_manifest: str, root: str, config: FunnelConfig, runner: TaskRunner, *,
-               allow_empty: bool = False, plan: dict | None = None) -> dict[str, str]:
+def run_funnel(
+    extract_manifest: str,
+    root: str,
+    config: FunnelConfig,
+    runner: TaskRunner,
+    *,
+    allow_empty: bool = False,
+    plan: dict | None = None,
+) -> dict[str, str]:
     """Run the enabled stages in order, shard tasks on ``runner`` (started); returns stage
     name → manifest path (last = final corpus). ``plan``: the filter plan when the caller
     made it already (``lm.data.filters.stage.plan_filters``, which fetches or trains models)."""
@@ -105,8 +119,11 @@ def finish_stage(manifest: str, allow_empty: bool, *, samples: int = 3, extra_md
     for w in warnings:
         log.warning("⚠ %s: %s", m["stage"], w)
     if warnings:
-        create_markdown_artifact(markdown="# ⚠ Warnings\n\n" + "".join(f"- **{m['stage']}**: {w}\n" for w in warnings),
-                                 key=artifact_key("warnings", m["stage"]), description=f"{m['stage']}: settings that reject nearly everything")
+        create_markdown_artifact(
+            markdown="# ⚠ Warnings\n\n" + "".join(f"- **{m['stage']}**: {w}\n" for w in warnings),
+            key=artifact_key("warnings", m["stage"]),
+            description=f"{m['stage']}: settings that reject nearly everything",
+        )
     log.info("%s: %s", m["stage"], manifest)
     check_output(m, allow_empty)
     return [f"{m['stage']}: {w}" for w in warnings]
@@ -114,12 +131,19 @@ def finish_stage(manifest: str, allow_empty: bool, *, samples: int = 3, extra_md
 
 def per_filter_md(manifest: str, materialized: dict[str, str] | None = None) -> str:
     """The filter stage's per-filter table for its summary artifact."""
-    rows = [{"filter": f["filter"], "in": f["in"], "kept": f["kept"],
-             "rejected": ", ".join(f"{k}: {v}" for k, v in f["rejected"].items()),
-             "failed": ", ".join(f"{k}: {v}" for k, v in f["failed"].items()),
-             "text bytes kept": f["text_bytes_kept"], "counts": ", ".join(f"{k}: {v}" for k, v in f["counts"].items()),
-             **({"materialized": materialized.get(f["filter"], "")} if materialized else {})}
-            for f in filter_counts(manifest)]
+    rows = [
+        {
+            "filter": f["filter"],
+            "in": f["in"],
+            "kept": f["kept"],
+            "rejected": ", ".join(f"{k}: {v}" for k, v in f["rejected"].items()),
+            "failed": ", ".join(f"{k}: {v}" for k, v in f["failed"].items()),
+            "text bytes kept": f["text_bytes_kept"],
+            "counts": ", ".join(f"{k}: {v}" for k, v in f["counts"].items()),
+            **({"materialized": materialized.get(f["filter"], "")} if materialized else {}),
+        }
+        for f in filter_counts(manifest)
+    ]
     return "## Per filter\n\n" + markdown_table(rows)
 
 
@@ -136,10 +160,15 @@ def text_bytes(manifest: dict) -> int:
 
 
 def _row(name: str, docs: int, nbytes: int, rejected: int, failed: int, docs0: int, bytes0: int) -> dict:
-    return {"stage": name, "docs": docs, "bytes": nbytes,
-            "docs_%": round(100 * docs / docs0, 1) if docs0 else 0.0,
-            "bytes_%": round(100 * nbytes / bytes0, 1) if bytes0 else 0.0,
-            "rejected": rejected, "failed": failed}
+    return {
+        "stage": name,
+        "docs": docs,
+        "bytes": nbytes,
+        "docs_%": round(100 * docs / docs0, 1) if docs0 else 0.0,
+        "bytes_%": round(100 * nbytes / bytes0, 1) if bytes0 else 0.0,
+        "rejected": rejected,
+        "failed": failed,
+    }
 
 
 def funnel_rows(extract_manifest: str, stages: dict[str, str]) -> list[dict]:
@@ -151,11 +180,31 @@ def funnel_rows(extract_manifest: str, stages: dict[str, str]) -> list[dict]:
     for name, path in stages.items():
         m = read_manifest(path)
         if m["stage"] == "filters":
-            rows += [_row(f["filter"], f["kept"], f["text_bytes_kept"], sum(f["rejected"].values()), sum(f["failed"].values()), docs0, bytes0)
-                     for f in filter_counts(m)]
+            rows += [
+                _row(
+                    f["filter"],
+                    f["kept"],
+                    f["text_bytes_kept"],
+                    sum(f["rejected"].values()),
+                    sum(f["failed"].values()),
+                    docs0,
+                    bytes0,
+                )
+                for f in filter_counts(m)
+            ]
         else:
             c = m["counts"]
-            rows.append(_row(name, c["kept"], text_bytes(m), sum(c["rejected"].values()), sum(c["failed"].values()), docs0, bytes0))
+            rows.append(
+                _row(
+                    name,
+                    c["kept"],
+                    text_bytes(m),
+                    sum(c["rejected"].values()),
+                    sum(c["failed"].values()),
+                    docs0,
+                    bytes0,
+                )
+            )
     return rows
 
 
@@ -196,23 +245,48 @@ def plot_funnel(rows: list[dict], png: Path) -> Path:
     return png
 
 
-def publish_funnel(extract_manifest: str, stages: dict[str, str], root: str, warnings: list[str] | None = None) -> Path | RemotePath:
+def publish_funnel(
+    extract_manifest: str, stages: dict[str, str], root: str, warnings: list[str] | None = None
+) -> Path | RemotePath:
     rows = funnel_rows(extract_manifest, stages)
     final = read_manifest(list(stages.values())[-1] if stages else extract_manifest)
     out = as_path(root) / "funnel" / final["fingerprint"]
     out.mkdir(parents=True, exist_ok=True)
     samples = reject_samples(stages)
     per_filter = filter_counts(stages["filters"]) if "filters" in stages else []
-    atomic_write_json(out / "funnel.json", {"input": str(extract_manifest), "stages": stages, "rows": rows, "filters": per_filter,
-                                            "reject_samples": samples, "warnings": list(warnings or [])})
+    atomic_write_json(
+        out / "funnel.json",
+        {
+            "input": str(extract_manifest),
+            "stages": stages,
+            "rows": rows,
+            "filters": per_filter,
+            "reject_samples": samples,
+            "warnings": list(warnings or []),
+        },
+    )
     # The plot is drawn into a local file (matplotlib, and the artifact embeds it), then
     # uploaded when the root is remote.
     local = out if isinstance(out, Path) else local_scratch("lmpipe-funnel-")
     png = plot_funnel(rows, local / "funnel.png")
-    create_table_artifact(table=rows, key=artifact_key("funnel"), description="documents and text bytes kept after each stage")
+    create_table_artifact(
+        table=rows, key=artifact_key("funnel"), description="documents and text bytes kept after each stage"
+    )
     loud = [f"> **⚠ Warning:** {w}" for w in warnings or []]
-    md = ["# Filtering funnel", "", *loud, "", markdown_table(rows), image_markdown(png, "funnel"), "## Sample rejects per reason", "", markdown_table(samples)]
-    create_markdown_artifact(markdown="\n".join(md), key=artifact_key("funnel", "summary"), description="funnel, plot and sample rejects")
+    md = [
+        "# Filtering funnel",
+        "",
+        *loud,
+        "",
+        markdown_table(rows),
+        image_markdown(png, "funnel"),
+        "## Sample rejects per reason",
+        "",
+        markdown_table(samples),
+    ]
+    create_markdown_artifact(
+        markdown="\n".join(md), key=artifact_key("funnel", "summary"), description="funnel, plot and sample rejects"
+    )
     if isinstance(out, RemotePath):
         commit_file(png, out / "funnel.png")
         png.parent.rmdir()
@@ -227,14 +301,24 @@ class FiltersFlowConfig(Config):
 
     model_config = ConfigDict(hide_input_in_errors=True)  # never echo a root URL with credentials
 
-    extract_manifest: StageRef = Field(description="_manifest.json (or directory, or `extract@latest`) of the stage whose documents to filter")
-    root: str = Field("outputs", description="artifact root: each stage writes `<root>/<stage>/<fingerprint>/`; "
-                      "a local directory or a URL such as `s3://bucket/prefix`")
+    extract_manifest: StageRef = Field(
+        description="_manifest.json (or directory, or `extract@latest`) of the stage whose documents to filter"
+    )
+    root: str = Field(
+        "outputs",
+        description="artifact root: each stage writes `<root>/<stage>/<fingerprint>/`; "
+        "a local directory or a URL such as `s3://bucket/prefix`",
+    )
     filters: FunnelConfig = Field(default_factory=FunnelConfig, description="which stages run and their thresholds")
-    allow_empty: bool = Field(False, description="let a stage that keeps no document pass (the flow fails on an empty output otherwise)")
-    max_workers: int = Field(4, ge=1, le=256, description="shards processed at once on this machine unless runner.max_workers is set")
-    runner: RunnerConfig = Field(default_factory=RunnerConfig, description="where shard tasks run: threads (default), processes, Dask or Ray")
-
+    allow_empty: bool = Field(
+        False, description="let a stage that keeps no document pass (the flow fails on an empty output otherwise)"
+    )
+    max_workers: int = Field(
+        4, ge=1, le=256, description="shards processed at once on this machine unless runner.max_workers is set"
+    )
+    runner: RunnerConfig = Field(
+        default_factory=RunnerConfig, description="where shard tasks run: threads (default), processes, Dask or Ray"
+    )
 
     @field_validator("root")
     @classmethod
@@ -245,7 +329,12 @@ class FiltersFlowConfig(Config):
 @flow(name="filters", log_prints=True)
 def filters_flow(config: FiltersFlowConfig) -> dict[str, str]:
     with task_runner(config.runner, config.max_workers) as runner:
-        stages = run_funnel(resolve_location(config.extract_manifest), resolve_location(config.root), config.filters, runner,
-                            allow_empty=config.allow_empty)
+        stages = run_funnel(
+            resolve_location(config.extract_manifest),
+            resolve_location(config.root),
+            config.filters,
+            runner,
+            allow_empty=config.allow_empty,
+        )
     print(json.dumps(stages, indent=2))
     return stages

@@ -22,12 +22,26 @@ class GRPOFlowConfig(Config):
     """Group Relative Policy Optimization of a checkpoint with a verifier."""
 
     root: str = Field("outputs", description="Artifact root: stages are written under `<root>/<stage>/<fingerprint>/`.")
-    model_manifest: StageRef | None = Field(None, description="Manifest of the policy to train (or e.g. `dpo@latest`); empty = demo base model.")
-    data: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Verifiable problems (train and held-out).")
-    base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")
-    sft_first: SFTConfig | None = Field(None, description="Warm start: SFT on the same data before GRPO (the demo base model is right too rarely for rewards to vary); null = none.")
+    model_manifest: StageRef | None = Field(
+        None, description="Manifest of the policy to train (or e.g. `dpo@latest`); empty = demo base model."
+    )
+    data: AlignDataConfig = Field(
+        default_factory=AlignDataConfig, description="Verifiable problems (train and held-out)."
+    )
+    base: BaseModelConfig = Field(
+        default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest)."
+    )
+    sft_first: SFTConfig | None = Field(
+        None,
+        description=(
+            "Warm start: SFT on the same data before GRPO (the demo base "
+            "model is right too rarely for rewards to vary); null = none."
+        ),
+    )
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="GRPO hyperparameters.")
-    options: StageOptions = Field(default_factory=StageOptions, description="Verifier (required), sampling and threads.")
+    options: StageOptions = Field(
+        default_factory=StageOptions, description="Verifier (required), sampling and threads."
+    )
 
     @field_validator("root")
     @classmethod

@@ -53,8 +53,15 @@ class TemporaryServer:
 
         from flows.server import die_with_parent, child_env, wait_healthy
 
-        env = child_env(None, {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-                               "PREFECT_SERVER_API_AUTH_STRING": self.auth})
+        env = child_env(
+            None,
+            {
+                "PREFECT_UI_ENABLED": "0",
+                "PREFECT__SERVER_EPHEMERAL": "1",
+                "PREFECT__SERVER_FINAL": "1",
+                "PREFECT_SERVER_API_AUTH_STRING": self.auth,
+            },
+        )
         env.pop("PREFECT_API_URL", None)
         env.pop("PREFECT_API_AUTH_STRING", None)
         cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
@@ -130,21 +137,36 @@ def _mark_crashed(state: _Interrupted) -> None:
     """Crashed, for every unfinished flow run of this command (its tag: the flow and its
     subflows), unless Prefect's own handling got there first."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, FlowRunFilterTags
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.settings import temporary_settings
     from prefect.states import Crashed
 
-    unfinished = FlowRunFilter(tags=FlowRunFilterTags(all_=[state.tag]), state=FlowRunFilterState(
-        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED])))
+    unfinished = FlowRunFilter(
+        tags=FlowRunFilterTags(all_=[state.tag]),
+        state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED])
+        ),
+    )
     with temporary_settings(updates=state.settings), get_client(sync_client=True) as client:
         for run in client.read_flow_runs(flow_run_filter=unfinished):
-            client.set_flow_run_state(run.id, Crashed(message=f"Execution was aborted by {state.name} (lmpipe)"), force=True)
+            client.set_flow_run_state(
+                run.id, Crashed(message=f"Execution was aborted by {state.name} (lmpipe)"), force=True
+            )
 
 
 def _say_stopped(state: _Interrupted) -> None:
-    print(f"lmpipe: stopped by {state.name}; the run is marked Crashed, finished shards are kept and a rerun "
-          "redoes the rest", file=sys.stderr, flush=True)
+    print(
+        f"lmpipe: stopped by {state.name}; the run is marked Crashed, finished shards are kept and a rerun "
+        "redoes the rest",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _watchdog(state: _Interrupted, read_fd: int, grace: float) -> None:
@@ -196,7 +218,10 @@ def run_flow(call: Callable[[], Any], grace: float = GRACE_S) -> Any:
             from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 
             state.server = server
-            state.settings = {PREFECT_API_URL: PREFECT_API_URL.value(), PREFECT_API_AUTH_STRING: PREFECT_API_AUTH_STRING.value()}
+            state.settings = {
+                PREFECT_API_URL: PREFECT_API_URL.value(),
+                PREFECT_API_AUTH_STRING: PREFECT_API_AUTH_STRING.value(),
+            }
             try:
                 from prefect import tags
 

@@ -26,7 +26,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
@@ -68,12 +68,24 @@ def _vocab_from_tokens(manifests: Mapping[str, str]) -> int:
 ALL_STAGES: list[StageSpec] = [
     StageSpec("data", about="Crawl to corpus: extract, filters, exact and MinHash dedup."),
     StageSpec("tokenizer", inputs={"input": "data"}, about="Train the BPE tokenizer on the corpus."),
-    StageSpec("tokenize", inputs={"input": "data", "tokenizer": "tokenizer"}, about="Encode the corpus into token shards."),
-    StageSpec("pretrain", inputs={"tokens": "tokenize"}, fixed={"text_file": None},
-              derive={"train.model.vocab_size": _vocab_from_tokens}, about="Pretrain the Transformer on the token shards."),
+    StageSpec(
+        "tokenize", inputs={"input": "data", "tokenizer": "tokenizer"}, about="Encode the corpus into token shards."
+    ),
+    StageSpec(
+        "pretrain",
+        inputs={"tokens": "tokenize"},
+        fixed={"text_file": None},
+        derive={"train.model.vocab_size": _vocab_from_tokens},
+        about="Pretrain the Transformer on the token shards.",
+    ),
     # A side branch: fits scaling laws on the same token shards; nothing downstream reads it.
-    StageSpec("scaling", inputs={"corpus": "tokenize"}, fixed={"text": None}, optional=True,
-              about="IsoFLOP sweep and scaling-law fits on the token shards (optional)."),
+    StageSpec(
+        "scaling",
+        inputs={"corpus": "tokenize"},
+        fixed={"text": None},
+        optional=True,
+        about="IsoFLOP sweep and scaling-law fits on the token shards (optional).",
+    ),
     StageSpec("sft", inputs={"model_manifest": "pretrain"}, about="Supervised fine-tuning of the pretrained model."),
     StageSpec("dpo", inputs={"model_manifest": "sft"}, about="DPO on top of the SFT model."),
     StageSpec("grpo", inputs={"model_manifest": "dpo"}, about="GRPO with verifier rewards on top of the DPO model."),
@@ -98,7 +110,7 @@ _NAMED = Field(
 def _section_model(spec: StageSpec) -> type[Config]:
     """A stage's section of the run form: a named config plus any of the stage's fields."""
     model = config_model(spec.name)
-    return partial_model(model, name=f"{model.__name__}Section", config=(Optional[str], _NAMED))
+    return partial_model(model, name=f"{model.__name__}Section", config=(str | None, _NAMED))
 
 
 def _stages_model() -> type[Config]:
@@ -106,15 +118,30 @@ def _stages_model() -> type[Config]:
     for s in STAGES:
         section = _section_model(s)
         fed = ", ".join(f"`{f}` from {up}" for f, up in s.inputs.items())
-        fields[s.name] = (section, Field(default_factory=section, description=f"{s.about} The pipeline fills `root`"
-                                         + (f" and {fed}" if fed else "") + "."))
-    return create_model("PipelineStages", __base__=Config, __doc__="Each stage's config: a named config file plus overrides.", **fields)
+        fields[s.name] = (
+            section,
+            Field(
+                default_factory=section,
+                description=f"{s.about} The pipeline fills `root`" + (f" and {fed}" if fed else "") + ".",
+            ),
+        )
+    return create_model(
+        "PipelineStages", __base__=Config, __doc__="Each stage's config: a named config file plus overrides.", **fields
+    )
 
 
 def _manifests_model() -> type[Config]:
-    fields = {s.name: (Optional[str], Field(None, description=f"Output of `{s.name}` from an earlier run (manifest, stage "
-                                                    f"directory or `stage@latest`); needed when starting after it."))
-              for s in STAGES}
+    fields = {
+        s.name: (
+            str | None,
+            Field(
+                None,
+                description=f"Output of `{s.name}` from an earlier run (manifest, stage "
+                f"directory or `stage@latest`); needed when starting after it.",
+            ),
+        )
+        for s in STAGES
+    }
     return create_model("PipelineManifests", __base__=Config, __doc__="Outputs of stages that already ran.", **fields)
 
 
@@ -130,10 +157,14 @@ class PipelineConfig(Config):
     stages: PipelineStages = Field(  # type: ignore[valid-type]
         default_factory=PipelineStages,
         description="Config of each stage: its named config file and fields that override it (see configs/). "
-        "Fields left empty come from the named config, else the stage's defaults; input manifests are filled by the pipeline.",
+        "Fields left empty come from the named config, else the "
+        "stage's defaults; input manifests are filled by the pipeline.",
     )
-    start_from: Optional[StageName] = Field(None, description="First stage to run (default: the first stage). Stages before it must be given in `manifests`.")  # type: ignore[valid-type]
-    stop_after: Optional[StageName] = Field(None, description="Last stage to run (default: the last stage).")  # type: ignore[valid-type]
+    start_from: StageName | None = Field(  # type: ignore[valid-type]
+        None,
+        description="First stage to run (default: the first stage). Stages before it must be given in `manifests`.",
+    )
+    stop_after: StageName | None = Field(None, description="Last stage to run (default: the last stage).")  # type: ignore[valid-type]
     manifests: PipelineManifests = Field(  # type: ignore[valid-type]
         default_factory=PipelineManifests,
         description="Outputs of stages that already ran, by stage; needed for stages before start_from.",
@@ -163,7 +194,9 @@ class PipelineConfig(Config):
                     raise ValueError(f"manifests.{name}={ref!r}: {e}") from e
         names = stage_names()
         if self.start_from and self.stop_after and names.index(self.start_from) > names.index(self.stop_after):
-            raise ValueError(f"start_from={self.start_from!r} comes after stop_after={self.stop_after!r} (order: {names})")
+            raise ValueError(
+                f"start_from={self.start_from!r} comes after stop_after={self.stop_after!r} (order: {names})"
+            )
         optional = {s.name for s in STAGES if s.optional}
         bad = [s for s in self.optional_stages if s not in optional]
         if bad:
@@ -210,7 +243,7 @@ def plan(config: PipelineConfig, stages: list[StageSpec] | None = None) -> list[
                 f"give manifests.{missing[0]}=<path to its _manifest.json, or stage@latest>"
             )
         available.add(s.name)
-    for name, path in given.items():
+    for path in given.values():
         read_manifest(path)  # FileNotFoundError/ShardCorruptError now, not halfway through
     return run
 
@@ -232,7 +265,9 @@ _PLACEHOLDER = "<manifest from upstream stage>"
 
 def _is_list_field(model: type[BaseModel], name: str) -> bool:
     ann = model.model_fields[name].annotation
-    return typing.get_origin(ann) in (list, tuple) or any(typing.get_origin(a) in (list, tuple) for a in typing.get_args(ann))
+    return typing.get_origin(ann) in (list, tuple) or any(
+        typing.get_origin(a) in (list, tuple) for a in typing.get_args(ann)
+    )
 
 
 def _set(d: dict, dotted: str, value: Any) -> None:
@@ -242,14 +277,20 @@ def _set(d: dict, dotted: str, value: Any) -> None:
     d[last] = value
 
 
-def stage_config(spec: StageSpec, config: PipelineConfig, manifests: Mapping[str, str], model: type[BaseModel]) -> BaseModel:
+def stage_config(
+    spec: StageSpec, config: PipelineConfig, manifests: Mapping[str, str], model: type[BaseModel]
+) -> BaseModel:
     """Validate a stage's config: its named config and section, root, fixed and derived
     fields, upstream manifest paths.
 
     Before the upstream stages have run (the check before any work), input fields hold a
     placeholder and only errors in the other fields count.
     """
-    section = getattr(config.stages, spec.name, None) if not isinstance(config.stages, Mapping) else config.stages.get(spec.name)
+    section = (
+        getattr(config.stages, spec.name, None)
+        if not isinstance(config.stages, Mapping)
+        else config.stages.get(spec.name)
+    )
     own = set(partial_overrides(section)) if isinstance(section, BaseModel) else set(section or {})
     data = stage_section(config, spec.name)
     if spec.root_field and spec.root_field in model.model_fields and spec.root_field not in own:
@@ -263,7 +304,9 @@ def stage_config(spec: StageSpec, config: PipelineConfig, manifests: Mapping[str
     for dotted, upstream in spec.inputs.items():
         top = dotted.split(".")[0]
         if top not in model.model_fields:
-            raise ValueError(f"stage {spec.name!r}: {model.__name__} has no field {top!r} for the {upstream} manifest (fix STAGES)")
+            raise ValueError(
+                f"stage {spec.name!r}: {model.__name__} has no field {top!r} for the {upstream} manifest (fix STAGES)"
+            )
         path = manifests.get(upstream, _PLACEHOLDER)
         _set(data, dotted, [path] if "." not in dotted and _is_list_field(model, dotted) else path)
     try:
@@ -271,7 +314,9 @@ def stage_config(spec: StageSpec, config: PipelineConfig, manifests: Mapping[str
     except ValidationError as e:
         # Before upstream stages ran, their outputs (and what derives from them) are unknown.
         filled_later = [tuple(d.split(".")) for d in (*spec.inputs, *spec.derive)]
-        errors = [err for err in e.errors() if not (dry and any(tuple(err["loc"][: len(f)]) == f for f in filled_later))]
+        errors = [
+            err for err in e.errors() if not (dry and any(tuple(err["loc"][: len(f)]) == f for f in filled_later))
+        ]
         if errors:
             raise StageConfigError(spec.name, e) from e
         return model.model_construct(**data)
@@ -307,9 +352,14 @@ def run_stage_deployment(name: str, cfg: BaseModel) -> Any:
     from prefect.deployments import run_deployment
 
     flow_name = load_flow(name).name
-    run = run_deployment(name=f"{flow_name}/{name}", parameters={"config": cfg.model_dump(mode="json")}, as_subflow=True)
+    run = run_deployment(
+        name=f"{flow_name}/{name}", parameters={"config": cfg.model_dump(mode="json")}, as_subflow=True
+    )
     if run.state is None or not run.state.is_completed():
-        raise RuntimeError(f"stage {name!r} (deployment {flow_name}/{name}, flow run {run.id}) ended {run.state}; see its logs in the UI")
+        raise RuntimeError(
+            f"stage {name!r} (deployment {flow_name}/{name}, flow "
+            f"run {run.id}) ended {run.state}; see its logs in the UI"
+        )
     try:
         return read_json_result(run.state)
     except (OSError, ValueError, KeyError, TypeError) as e:  # missing/foreign records: say what to configure
@@ -323,7 +373,9 @@ def run_stage_deployment(name: str, cfg: BaseModel) -> Any:
 def _json_serialized(meta: Mapping, where: str) -> None:
     kind = (meta.get("serializer") or {}).get("type")
     if kind != "json":
-        raise ValueError(f"the result {where} names serializer {kind!r}; lmpipe reads only 'json' results (never pickle)")
+        raise ValueError(
+            f"the result {where} names serializer {kind!r}; lmpipe reads only 'json' results (never pickle)"
+        )
 
 
 def read_json_result(state: Any) -> Any:
@@ -363,12 +415,17 @@ def too_small(name: str, manifest_path: str) -> str | None:
     m = read_manifest(manifest_path)
     c = m.get("counts", {})
     if name == "tokenize" and not c.get("tokens_val"):
-        return (f"tokenize wrote no validation tokens ({c.get('tokens_train', 0):,} train tokens): pretraining will report a "
-                "training loss with no validation loss to judge it by. Add sources (the demo adds the debian-handbook WARC "
-                "when that package is installed) or raise stages.tokenize.val_fraction.")
+        return (
+            f"tokenize wrote no validation tokens ({c.get('tokens_train', 0):,} "
+            "train tokens): pretraining will report a "
+            "training loss with no validation loss to judge it by. Add sources (the demo adds the debian-handbook WARC "
+            "when that package is installed) or raise stages.tokenize.val_fraction."
+        )
     if name == "pretrain" and m.get("final_val_loss") is None:
-        return (f"pretrain has no validation loss (train loss {m.get('final_train_loss')}): the corpus had no validation "
-                "split, so the training loss says nothing about what the model learned.")
+        return (
+            f"pretrain has no validation loss (train loss {m.get('final_train_loss')}): the corpus had no validation "
+            "split, so the training loss says nothing about what the model learned."
+        )
     return None
 
 
@@ -472,15 +529,22 @@ def lineage_markdown(rows: list[dict], png: Path | None, out_dir: Path, warnings
     return "\n".join(md)
 
 
-def write_lineage(root: str, final: Mapping[str, str], started_at: str, given: Mapping[str, str] | None = None,
-                  warnings: list[str] = ()) -> tuple[Path, list[dict], Path | None]:
+def write_lineage(
+    root: str,
+    final: Mapping[str, str],
+    started_at: str,
+    given: Mapping[str, str] | None = None,
+    warnings: list[str] = (),
+) -> tuple[Path, list[dict], Path | None]:
     rows = lineage(final, started_at, given)
     fp = fingerprint("pipeline", VERSION, {}, [r["fingerprint"] for r in rows])
     out = Path(root) / "pipeline" / fp
     out.mkdir(parents=True, exist_ok=True)
     # A list, not a mapping: the JSON is written with sorted keys and the run order matters.
     stages = [{"stage": name, "manifest": path} for name, path in final.items()]
-    atomic_write_json(out / "lineage.json", {"stages": stages, "lineage": rows, "started_at": started_at, "warnings": list(warnings)})
+    atomic_write_json(
+        out / "lineage.json", {"stages": stages, "lineage": rows, "started_at": started_at, "warnings": list(warnings)}
+    )
     png = lineage_plot(rows, out / "lineage.png")
     return out, rows, png
 
@@ -496,7 +560,7 @@ def pipeline_flow(config: PipelineConfig) -> str:
     )
 
     log = get_run_logger()
-    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    started_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     # Validate every stage's config before the first one starts: a typo in the last stage
     # must not surface after an hour of training.
     todo = preflight(config)
@@ -505,7 +569,9 @@ def pipeline_flow(config: PipelineConfig) -> str:
     manifests = {k: str(read_manifest(v)["_path"]) for k, v in given_manifests(config).items()}
     produced: dict[str, str] = {}
     warnings: list[str] = []
-    progress = create_progress_artifact(0.0, key="pipeline-progress", description=f"stages finished of {[s.name for s in todo]}")
+    progress = create_progress_artifact(
+        0.0, key="pipeline-progress", description=f"stages finished of {[s.name for s in todo]}"
+    )
     for i, s in enumerate(todo, 1):
         cfg = stage_config(s, config, manifests, models[s.name])
         log.info("stage %s: %s", s.name, FLOWS[s.name])
@@ -527,5 +593,9 @@ def pipeline_flow(config: PipelineConfig) -> str:
         key="pipeline-lineage",
         description="Every stage output this run used: fingerprint, counts, directory",
     )
-    create_markdown_artifact(markdown=lineage_markdown(rows, png, out, warnings), key="pipeline-summary", description="Pipeline lineage with the documents funnel of the data stages")
+    create_markdown_artifact(
+        markdown=lineage_markdown(rows, png, out, warnings),
+        key="pipeline-summary",
+        description="Pipeline lineage with the documents funnel of the data stages",
+    )
     return str(out / "lineage.json")

@@ -38,10 +38,13 @@ def pretrain_flow(config: PretrainConfig) -> str:
     if stage.is_complete():
         logger.info("pretrain stage %s is complete; skipping", stage.path)
     else:
-        summary = train_task.with_options(retries=config.retries, retry_delay_seconds=5)(config, tokens_manifest, str(stage.path / "run"))
+        summary = train_task.with_options(retries=config.retries, retry_delay_seconds=5)(
+            config, tokens_manifest, str(stage.path / "run")
+        )
         if summary["status"] == "diverged":
-            create_markdown_artifact(key=artifact_key("pretrain", "summary"),
-                                     markdown=f"# pretrain diverged\n\n{diverged_message(summary)}")
+            create_markdown_artifact(
+                key=artifact_key("pretrain", "summary"), markdown=f"# pretrain diverged\n\n{diverged_message(summary)}"
+            )
             raise RuntimeError(diverged_message(summary))
         finalize_task(config, tokens_manifest, summary)
     publish_pretrain(stage.manifest_path)
@@ -53,7 +56,9 @@ def publish_pretrain(manifest_path: Path) -> None:
     d = Path(m["_path"]).parent
     losses = json.loads((d / "losses.json").read_text())
     rows = [{"metric": k, "value": round(v, 4) if isinstance(v, float) else v} for k, v in losses.items()]
-    create_table_artifact(table=rows, key=artifact_key("pretrain", "losses"), description="pretrain: final losses vs unigram entropy")
+    create_table_artifact(
+        table=rows, key=artifact_key("pretrain", "losses"), description="pretrain: final losses vs unigram entropy"
+    )
     samples = json.loads((d / "samples.json").read_text())
     md = [
         "# pretrain",
@@ -70,4 +75,6 @@ def publish_pretrain(manifest_path: Path) -> None:
         md.append("> " + (s["prompt"] + s["completion"]).replace("\n", "\n> ") + "\n")
     if not samples:
         md.append("_no samples (tokenizer not loadable)_")
-    create_markdown_artifact(markdown="\n".join(md), key=artifact_key("pretrain", "summary"), description="pretrain: loss curve and samples")
+    create_markdown_artifact(
+        markdown="\n".join(md), key=artifact_key("pretrain", "summary"), description="pretrain: loss curve and samples"
+    )

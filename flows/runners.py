@@ -50,21 +50,30 @@ class RunnerConfig(Config):
     kind: RunnerKind = Field(
         default="threads",
         description="threads: a thread pool in the flow process (default); processes: a local process pool; "
-        "dask: a Dask cluster (prefect-dask, `pip install 'lmpipe[dask]'`); ray: a Ray cluster (prefect-ray, `pip install 'lmpipe[ray]'`)",
+        "dask: a Dask cluster (prefect-dask, `pip install 'lmpipe[dask]'`); "
+        "ray: a Ray cluster (prefect-ray, `pip install 'lmpipe[ray]'`)",
     )
     address: str | None = Field(
         default=None,
         description="dask: scheduler address of an existing cluster (`tcp://host:8786`); ray: an existing cluster "
-        "(`ray://host:10001`, `host:6379` or `auto`). Unset: a local cluster is started for the flow run and stopped after it",
+        "(`ray://host:10001`, `host:6379` or `auto`). Unset: a local "
+        "cluster is started for the flow run and stopped after it",
     )
     max_workers: int | None = Field(
-        default=None, ge=1, le=1024,
+        default=None,
+        ge=1,
+        le=1024,
         description="threads / processes: pool size; dask without address: LocalCluster worker processes; "
         "ray without address: CPUs of the local Ray instance. Unset: the flow's own `max_workers` (or its default)",
     )
     threads_per_worker: int = Field(
-        default=1, ge=1, le=64,
-        description="dask without address: threads per LocalCluster worker process (1: one shard at a time per process, no GIL sharing)",
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "dask without address: threads per LocalCluster worker "
+            "process (1: one shard at a time per process, no GIL sharing)"
+        ),
     )
 
     @field_validator("kind")
@@ -72,7 +81,9 @@ class RunnerConfig(Config):
     def _extra_installed(cls, kind: str) -> str:
         module = _EXTRAS.get(kind)
         if module and importlib.util.find_spec(module) is None:
-            raise ValueError(f"kind={kind!r} needs the {kind} extra ({module} is not installed): pip install 'lmpipe[{kind}]'")
+            raise ValueError(
+                f"kind={kind!r} needs the {kind} extra ({module} is not installed): pip install 'lmpipe[{kind}]'"
+            )
         return kind
 
     @field_validator("address")
@@ -82,9 +93,14 @@ class RunnerConfig(Config):
         if address is None:
             return None
         if kind not in ("dask", "ray"):
-            raise ValueError(f"address={address!r} is only for kind dask or ray (an existing cluster); kind {kind!r} runs on this machine")
+            raise ValueError(
+                f"address={address!r} is only for kind dask or ray (an "
+                f"existing cluster); kind {kind!r} runs on this machine"
+            )
         if kind == "dask" and not _DASK_ADDRESS.match(address):
-            raise ValueError(f"address={address!r} is not a Dask scheduler address; expected tcp://host:port (or host:port)")
+            raise ValueError(
+                f"address={address!r} is not a Dask scheduler address; expected tcp://host:port (or host:port)"
+            )
         if kind == "ray" and not _RAY_ADDRESS.match(address):
             raise ValueError(f"address={address!r} is not a Ray address; expected ray://host:port, host:port or auto")
         return address
@@ -93,7 +109,10 @@ class RunnerConfig(Config):
     @classmethod
     def _workers_need_local(cls, n: int | None, info: ValidationInfo) -> int | None:
         if n is not None and info.data.get("address"):
-            raise ValueError(f"max_workers={n} sizes a local pool or cluster; with address set the cluster's own workers run the tasks: drop one")
+            raise ValueError(
+                f"max_workers={n} sizes a local pool or cluster; with address "
+                "set the cluster's own workers run the tasks: drop one"
+            )
         return n
 
     @field_validator("threads_per_worker")
@@ -108,7 +127,9 @@ class RunnerConfig(Config):
         if self.address:
             return f"{self.kind} cluster at {self.address}"
         n = self.max_workers or default_workers
-        unit = {"threads": "threads", "processes": "processes", "dask": "local worker processes", "ray": "local CPUs"}[self.kind]
+        unit = {"threads": "threads", "processes": "processes", "dask": "local worker processes", "ray": "local CPUs"}[
+            self.kind
+        ]
         return f"{self.kind} ({n} {unit})"
 
 
@@ -130,16 +151,27 @@ def build_task_runner(config: RunnerConfig, default_workers: int = 4) -> TaskRun
             return DaskTaskRunner(address=config.address)
         # Processes, not threads: extraction and filtering are CPU-bound Python (the GIL).
         # No dashboard: it would need bokeh and a free port, and nothing reads it in a flow run.
-        return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": config.threads_per_worker,
-                                              "processes": True, "dashboard_address": None})
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": n,
+                "threads_per_worker": config.threads_per_worker,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
     if config.kind == "ray":
         from prefect_ray import RayTaskRunner  # the ray extra
 
         if config.address:
             return RayTaskRunner(address=config.address)
-        return RayTaskRunner(init_kwargs={"num_cpus": n, "include_dashboard": False,
-                                          # Ray's workers do not inherit the flow's import path.
-                                          "runtime_env": {"env_vars": {"PYTHONPATH": _pythonpath()}}})
+        return RayTaskRunner(
+            init_kwargs={
+                "num_cpus": n,
+                "include_dashboard": False,
+                # Ray's workers do not inherit the flow's import path.
+                "runtime_env": {"env_vars": {"PYTHONPATH": _pythonpath()}},
+            }
+        )
     raise AssertionError(config.kind)  # unreachable: pydantic checked the kind
 
 
@@ -161,8 +193,12 @@ def task_runner(config: RunnerConfig, default_workers: int = 4) -> Iterator[Task
             server.start()  # already running during a flow run: returns at once
             if config.address:
                 get_logger("lmpipe.runners").warning(
-                    "runner.address=%s with Prefect's temporary server at %s: workers on other machines cannot reach it; "
-                    "start a Prefect server they can reach and set PREFECT_API_URL", config.address, server.api_url)
+                    "runner.address=%s with Prefect's temporary server "
+                    "at %s: workers on other machines cannot reach it; "
+                    "start a Prefect server they can reach and set PREFECT_API_URL",
+                    config.address,
+                    server.api_url,
+                )
             stack.enter_context(temporary_settings(updates={PREFECT_API_URL: server.api_url}))
         yield stack.enter_context(build_task_runner(config, default_workers))
 

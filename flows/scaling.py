@@ -37,7 +37,8 @@ class ScalingFlowConfig(ScalingConfig):
 
     runner: RunnerConfig = Field(
         default_factory=RunnerConfig,
-        description="where training runs execute: threads (default), processes, or a Dask/Ray cluster (each run is one task); "
+        description="where training runs execute: threads (default), "
+        "processes, or a Dask/Ray cluster (each run is one task); "
         "a local pool or cluster gets max_parallel_runs workers unless runner.max_workers is set",
     )
 
@@ -54,9 +55,15 @@ class ScalingFlowConfig(ScalingConfig):
 def scaling_flow(config: ScalingFlowConfig) -> dict:
     log = get_run_logger()
     # Absolute paths: runs may execute in other processes or on other machines.
-    config = config.model_copy(update={"root": resolve_location(config.root),
-                                       "corpus": resolve_location(config.corpus) if config.corpus else None})
-    config, corpus, runs, plan_notes = plan_sweep(config)  # a bad corpus or an empty plan fails here, before any training
+    config = config.model_copy(
+        update={
+            "root": resolve_location(config.root),
+            "corpus": resolve_location(config.corpus) if config.corpus else None,
+        }
+    )
+    config, corpus, runs, plan_notes = plan_sweep(
+        config
+    )  # a bad corpus or an empty plan fails here, before any training
     for note in plan_notes:
         log.warning(note)
     log.info(f"{len(runs)} runs planned over {len(config.budgets)} budgets {[f'{b:.3g}' for b in config.budgets]}")
@@ -65,8 +72,16 @@ def scaling_flow(config: ScalingFlowConfig) -> dict:
     step = config.max_parallel_runs
     with task_runner(config.runner, config.max_parallel_runs) as runner:
         for wave in (runs[i : i + step] for i in range(0, len(runs), step)):
-            futures = runner.map(train_scaling_run, {"run": wave, "corpus": unmapped(corpus), "root": unmapped(config.root),
-                                                     "device": unmapped(config.device), "cpu_threads": unmapped(config.cpu_threads)})
+            futures = runner.map(
+                train_scaling_run,
+                {
+                    "run": wave,
+                    "corpus": unmapped(corpus),
+                    "root": unmapped(config.root),
+                    "device": unmapped(config.device),
+                    "cpu_threads": unmapped(config.cpu_threads),
+                },
+            )
             for f in futures:  # in the plan's order (the runs table's); a wave's later runs are done by then
                 rows.append(f.result())
                 progress(run_event(rows[-1], len(rows)))
@@ -76,7 +91,9 @@ def scaling_flow(config: ScalingFlowConfig) -> dict:
     manifest = fit_scaling(rows, config, corpus, plan_notes)
     result = sweep_result(rows, manifest)
     out = Path(manifest).parent
-    progress.finish("Scaling sweep", png=out / "curves.png", note=verdict_message(result["verdict"]), reused=not result["trained"])
+    progress.finish(
+        "Scaling sweep", png=out / "curves.png", note=verdict_message(result["verdict"]), reused=not result["trained"]
+    )
     publish(rows, out, manifest)
     return result
 
@@ -85,8 +102,11 @@ def run_event(row: dict, done: int) -> dict:
     """One finished run as a progress event: its final loss and throughput."""
     loss = row.get("final_val_loss")
     tps = row["tokens"] / row["wall_time_s"] if row.get("wall_time_s") and not row.get("cached") else None
-    return {"step": done, **({"val_loss": loss} if isinstance(loss, float) and math.isfinite(loss) else {}),
-            **({"tokens_per_s": tps} if tps else {})}
+    return {
+        "step": done,
+        **({"val_loss": loss} if isinstance(loss, float) and math.isfinite(loss) else {}),
+        **({"tokens_per_s": tps} if tps else {}),
+    }
 
 
 def finite_or_none(row: dict) -> dict:
@@ -95,13 +115,40 @@ def finite_or_none(row: dict) -> dict:
 
 
 def publish(rows: list[dict], out: Path, manifest: str) -> None:
-    table = [finite_or_none({k: r.get(k) for k in ("budget", "d_model", "num_layers", "params", "tokens", "compute", "steps",
-                                                     "lr", "final_train_loss", "final_val_loss", "wall_time_s", "status", "cached")})
-             for r in rows]
-    create_table_artifact(table=table, key=artifact_key("scaling", "runs"), description="scaling: one row per training run")
+    table = [
+        finite_or_none(
+            {
+                k: r.get(k)
+                for k in (
+                    "budget",
+                    "d_model",
+                    "num_layers",
+                    "params",
+                    "tokens",
+                    "compute",
+                    "steps",
+                    "lr",
+                    "final_train_loss",
+                    "final_val_loss",
+                    "wall_time_s",
+                    "status",
+                    "cached",
+                )
+            }
+        )
+        for r in rows
+    ]
+    create_table_artifact(
+        table=table, key=artifact_key("scaling", "runs"), description="scaling: one row per training run"
+    )
     laws = json.loads((out / "laws.json").read_text())
-    create_table_artifact(table=laws, key=artifact_key("scaling", "laws"), description="scaling: fitted laws with intervals")
+    create_table_artifact(
+        table=laws, key=artifact_key("scaling", "laws"), description="scaling: fitted laws with intervals"
+    )
     md = (out / "laws.md").read_text() + "\n" + image_markdown(out / "isoflop.png", "IsoFLOP profiles and N_opt vs C")
-    create_markdown_artifact(markdown=md, key=artifact_key("scaling", "recommendation"),
-                             description="scaling: verdict and recommendation for the target budget, plot")
+    create_markdown_artifact(
+        markdown=md,
+        key=artifact_key("scaling", "recommendation"),
+        description="scaling: verdict and recommendation for the target budget, plot",
+    )
     publish_stage(manifest, text_field=None, extra_md=markdown_table(table[:50]))

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flows import server_auth
-
 from flows.registry import expanded_prefect_file
 
 if TYPE_CHECKING:
@@ -111,7 +110,9 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _api_request(url: str, body: dict | None = None, *, auth: str | None = None, method: str | None = None) -> dict | None:
+def _api_request(
+    url: str, body: dict | None = None, *, auth: str | None = None, method: str | None = None
+) -> dict | None:
     """GET (or POST ``body``) JSON; None on 404. ``auth``: the basic-auth string (default: the
     one a client of this API uses, see server_auth.client_auth)."""
     import base64
@@ -121,7 +122,9 @@ def _api_request(url: str, body: dict | None = None, *, auth: str | None = None,
     auth = auth if auth is not None else server_auth.client_auth(url.split("/api", 1)[0] + "/api")
     if auth:
         headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
-    req = urllib.request.Request(url, data=data, method=method or ("POST" if body is not None else "GET"), headers=headers)
+    req = urllib.request.Request(
+        url, data=data, method=method or ("POST" if body is not None else "GET"), headers=headers
+    )
     for attempt in range(4):
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
@@ -139,8 +142,10 @@ def _api_request(url: str, body: dict | None = None, *, auth: str | None = None,
 def default_job_template(kind: str) -> dict:
     """The base job template Prefect gives a new pool of this worker type."""
     if kind != "process":
-        raise ValueError(f"pool type {kind!r}: lmpipe server starts process workers only; create other pools with "
-                         "`prefect work-pool create --type ...` (see deployments/k8s-gpu-job-template.json)")
+        raise ValueError(
+            f"pool type {kind!r}: lmpipe server starts process workers only; create other pools with "
+            "`prefect work-pool create --type ...` (see deployments/k8s-gpu-job-template.json)"
+        )
     from prefect.workers.process import ProcessWorker
 
     return ProcessWorker.get_default_base_job_template()
@@ -158,7 +163,11 @@ def locked_job_template(kind: str = "process") -> dict:
     props = base["variables"]["properties"]
     return {
         "job_configuration": {k: v for k, v in base["job_configuration"].items() if k in RUN_SETTABLE},
-        "variables": {**base["variables"], "properties": {k: props[k] for k in RUN_SETTABLE}, "additionalProperties": False},
+        "variables": {
+            **base["variables"],
+            "properties": {k: props[k] for k in RUN_SETTABLE},
+            "additionalProperties": False,
+        },
     }
 
 
@@ -202,7 +211,7 @@ class LocalPrefect:
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (lives as long as the child)
+            out = open(self.log_dir / f"{name}.log", "ab")  # lives as long as the child
         # A new session = a new process group: killpg reaches the child's own children
         # (the worker's flow-run processes, the server's services), and the terminal's
         # Ctrl-C reaches only us, so we decide the order things stop in.
@@ -213,13 +222,19 @@ class LocalPrefect:
 
     def start_server(self, timeout: float = 120.0) -> None:
         if self.host not in LOOPBACK:
-            print(f"warning: binding the Prefect server to {self.host}: its API and UI travel unencrypted; "
-                  "put a TLS reverse proxy in front (docs/ui.md)", file=sys.stderr)
+            print(
+                f"warning: binding the Prefect server to {self.host}: its API and UI travel unencrypted; "
+                "put a TLS reverse proxy in front (docs/ui.md)",
+                file=sys.stderr,
+            )
         if is_healthy(self.api):
             raise RuntimeError(f"something already serves {self.api}; stop it or choose another --port")
         self.auth = self.auth or server_auth.load_or_create_auth(self.auth_file)
-        extra = {"PREFECT_SERVER_API_HOST": self.host, "PREFECT_SERVER_API_PORT": str(self.port),
-                 "PREFECT_SERVER_API_AUTH_STRING": self.auth}
+        extra = {
+            "PREFECT_SERVER_API_HOST": self.host,
+            "PREFECT_SERVER_API_PORT": str(self.port),
+            "PREFECT_SERVER_API_AUTH_STRING": self.auth,
+        }
         if self.database_url:
             extra["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         env = child_env(None, {**self.env, **extra})
@@ -238,12 +253,21 @@ class LocalPrefect:
             template = locked_job_template(kind)
             pool = _api_request(f"{self.api}/work_pools/{name}", auth=self.auth)
             if pool is None:
-                _api_request(f"{self.api}/work_pools/", {"name": name, "type": kind, "base_job_template": template}, auth=self.auth)
+                _api_request(
+                    f"{self.api}/work_pools/",
+                    {"name": name, "type": kind, "base_job_template": template},
+                    auth=self.auth,
+                )
             elif pool["base_job_template"] != template:
                 offered = set(pool["base_job_template"].get("variables", {}).get("properties", {}))
                 if offered - set(RUN_SETTABLE):
-                    print(f"work pool {name}: runs may no longer set {sorted(offered - set(RUN_SETTABLE))}", file=sys.stderr)
-                _api_request(f"{self.api}/work_pools/{name}", {"base_job_template": template}, auth=self.auth, method="PATCH")
+                    print(
+                        f"work pool {name}: runs may no longer set {sorted(offered - set(RUN_SETTABLE))}",
+                        file=sys.stderr,
+                    )
+                _api_request(
+                    f"{self.api}/work_pools/{name}", {"base_job_template": template}, auth=self.auth, method="PATCH"
+                )
 
     def start_files(self) -> None:
         from flows.file_server import ArtifactFileServer
@@ -252,19 +276,25 @@ class LocalPrefect:
         self.files = ArtifactFileServer(self.host, port, list(self.allowed_roots), self.auth).start()
 
     def start_workers(self) -> None:
-        env = child_env(self.api, {
-            "PREFECT_API_AUTH_STRING": self.auth,
-            # Flow results persisted as JSON (never pickle), so a pipeline running stages
-            # through their deployments can read each stage's returned manifest path. Task
-            # results stay in memory: shards talk through files, and nothing reads them back.
-            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json",
-            "PREFECT_TASKS_DEFAULT_PERSIST_RESULT": "false",
-            server_auth.ALLOWED_ROOTS_ENV: server_auth.allowed_roots_value(list(self.allowed_roots)),
-            **({"LMPIPE_FILES_URL": self.files.base_url} if self.files else {}),
-            **self.env,
-        })
+        env = child_env(
+            self.api,
+            {
+                "PREFECT_API_AUTH_STRING": self.auth,
+                # Flow results persisted as JSON (never pickle), so a pipeline running stages
+                # through their deployments can read each stage's returned manifest path. Task
+                # results stay in memory: shards talk through files, and nothing reads them back.
+                "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+                "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json",
+                "PREFECT_TASKS_DEFAULT_PERSIST_RESULT": "false",
+                server_auth.ALLOWED_ROOTS_ENV: server_auth.allowed_roots_value(list(self.allowed_roots)),
+                **({"LMPIPE_FILES_URL": self.files.base_url} if self.files else {}),
+                **self.env,
+            },
+        )
         for name in self.pools:
-            self._spawn(f"worker-{name}", prefect_cmd("worker", "start", "--pool", name, "--name", f"lmpipe-{name}"), env)
+            self._spawn(
+                f"worker-{name}", prefect_cmd("worker", "start", "--pool", name, "--name", f"lmpipe-{name}"), env
+            )
 
     def start(self, timeout: float = 120.0) -> LocalPrefect:
         try:
@@ -275,7 +305,9 @@ class LocalPrefect:
             self.create_pools()
             self.start_files()
             self.start_workers()
-            server_auth.write_state(self.home, api=self.api, ui=self.ui, files=self.files.base_url if self.files else "")
+            server_auth.write_state(
+                self.home, api=self.api, ui=self.ui, files=self.files.base_url if self.files else ""
+            )
         except BaseException:
             self.stop()
             raise
@@ -325,7 +357,9 @@ def deployment_entries(prefect_file: Path = PREFECT_YAML) -> list[dict]:
     return entries
 
 
-def deploy(api: str, names: Sequence[str] = (), prefect_file: Path = PREFECT_YAML, env: Mapping[str, str] | None = None) -> str:
+def deploy(
+    api: str, names: Sequence[str] = (), prefect_file: Path = PREFECT_YAML, env: Mapping[str, str] | None = None
+) -> str:
     """Register deployments from ``prefect.yaml``: ``names``, or every one whose flow exists.
 
     Runs ``prefect deploy`` from the repo root, the directory the entrypoints are relative to,
@@ -380,7 +414,12 @@ def use_demo_sources(api: str, auth: str | None = None) -> list[str]:
 def schedules_by_slug(api: str, auth: str | None = None) -> dict[tuple[str, str], dict]:
     """Every schedule with a slug on the server: (deployment id, slug) -> schedule."""
     deployments = _api_request(f"{api}/deployments/filter", {"limit": 200}, auth=auth) or []
-    return {(d["id"], s["slug"]): {**s, "deployment": d["name"]} for d in deployments for s in d.get("schedules") or [] if s.get("slug")}
+    return {
+        (d["id"], s["slug"]): {**s, "deployment": d["name"]}
+        for d in deployments
+        for s in d.get("schedules") or []
+        if s.get("slug")
+    }
 
 
 def restore_schedules(api: str, before: Mapping[tuple[str, str], dict], auth: str | None = None) -> list[str]:
@@ -403,9 +442,12 @@ def restore_schedules(api: str, before: Mapping[tuple[str, str], dict], auth: st
         params = old["parameters"] or now["parameters"]
         if (old["active"], params) == (now["active"], now["parameters"]):
             continue
-        _api_request(f"{api}/deployments/{key[0]}/schedules/{now['id']}",
-                     {"slug": key[1], "schedule": now["schedule"], "active": old["active"], "parameters": params},
-                     auth=auth, method="PATCH")
+        _api_request(
+            f"{api}/deployments/{key[0]}/schedules/{now['id']}",
+            {"slug": key[1], "schedule": now["schedule"], "active": old["active"], "parameters": params},
+            auth=auth,
+            method="PATCH",
+        )
         kept.append(f"{now['deployment']}/{key[1]}")
     return kept
 
@@ -423,11 +465,15 @@ def serve_forever(lp: LocalPrefect) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         lp.start()
-        print(f"Prefect UI      {lp.ui}   (log in with the auth string in {lp.auth_file})\n"
-              f"Prefect API     {lp.api}\nartifact files  {lp.files.base_url if lp.files else '-'}  (read-only: "
-              f"{', '.join(str(r) for r in lp.allowed_roots)})\nwork pools      {', '.join(lp.pools)} (one worker each; runs write "
-              f"only under the roots above)\nregister the deployments with:  PREFECT_API_URL={lp.api} lmpipe deploy\n"
-              "Ctrl-C stops everything.", flush=True)
+        print(
+            f"Prefect UI      {lp.ui}   (log in with the auth string in {lp.auth_file})\n"
+            f"Prefect API     {lp.api}\nartifact files  {lp.files.base_url if lp.files else '-'}  (read-only: "
+            f"{', '.join(str(r) for r in lp.allowed_roots)})\nwork "
+            f"pools      {', '.join(lp.pools)} (one worker each; runs write "
+            f"only under the roots above)\nregister the deployments with:  PREFECT_API_URL={lp.api} lmpipe deploy\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
         while True:
             dead = [n for n, p in lp.procs.items() if p.poll() is not None]
             if dead:

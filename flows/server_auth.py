@@ -50,11 +50,15 @@ def read_auth(path: Path | None = None) -> str | None:
     except FileNotFoundError:
         return None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise PermissionError(f"{path} holds the server's auth secret but is readable by others "
-                              f"(mode {stat.S_IMODE(st.st_mode):o}); run `chmod 600 {path}`")
+        raise PermissionError(
+            f"{path} holds the server's auth secret but is readable by others "
+            f"(mode {stat.S_IMODE(st.st_mode):o}); run `chmod 600 {path}`"
+        )
     value = path.read_text().strip()
     if ":" not in value:
-        raise ValueError(f"{path} must hold `user:password` (Prefect's basic auth string); delete it to generate a new one")
+        raise ValueError(
+            f"{path} must hold `user:password` (Prefect's basic auth string); delete it to generate a new one"
+        )
     return value
 
 

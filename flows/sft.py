@@ -23,9 +23,19 @@ class SFTFlowConfig(Config):
     """Supervised fine-tuning of a checkpoint."""
 
     root: str = Field("outputs", description="Artifact root: stages are written under `<root>/<stage>/<fingerprint>/`.")
-    model_manifest: StageRef | None = Field(None, description="Manifest of the model to fine-tune (pretrain/sft/dpo/grpo stage, or e.g. `pretrain@latest`); empty = demo base model.")
-    data: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Instruction pairs (train and held-out).")
-    base: BaseModelConfig = Field(default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest).")
+    model_manifest: StageRef | None = Field(
+        None,
+        description=(
+            "Manifest of the model to fine-tune (pretrain/sft/dpo/grpo "
+            "stage, or e.g. `pretrain@latest`); empty = demo base model."
+        ),
+    )
+    data: AlignDataConfig = Field(
+        default_factory=AlignDataConfig, description="Instruction pairs (train and held-out)."
+    )
+    base: BaseModelConfig = Field(
+        default_factory=BaseModelConfig, description="Demo base model (used only without model_manifest)."
+    )
     sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT hyperparameters.")
     options: StageOptions = Field(default_factory=StageOptions, description="Verifier, sampling and threads.")
 

@@ -21,11 +21,11 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import ConfigDict, Field, field_validator
 
+from flows.runners import RunnerConfig, resolve_location, task_runner
 from lm.config import Config, StageRef
 from lm.data.shards import MANIFEST_NAME, manifest_dir, read_manifest
 from lm.data.storage import as_path, check_root, local_copy
 from lm.tokenizer.stages import load_stage_tokenizer, local_tokenizer_dir, tokenize_stage
-from flows.runners import RunnerConfig, resolve_location, task_runner
 from tasks.artifacts import artifact_key, counts_rows, markdown_table
 from tasks.tokenize import commit_tokenize_task, tokenize_shard_task
 
@@ -35,15 +35,34 @@ class TokenizeConfig(Config):
 
     model_config = ConfigDict(hide_input_in_errors=True)  # never echo a root URL with credentials
 
-    input: StageRef = Field(description="Corpus stage manifest (or its directory, or `minhash@latest`): Parquet shards with a text column")
-    tokenizer: StageRef = Field(description="Tokenizer directory (or its _manifest.json, or `tokenizer@latest`) written by the tokenizer flow or Tokenizer.save")
-    root: str = Field("outputs", description="Artifact root; shards go to `<root>/tokenize/<fingerprint>/`; a local directory or a URL such as `s3://bucket/prefix`")
-    val_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Fraction of documents (by hash of id or text) written to val-*.bin")
-    text_field: str = Field("text", min_length=1, description="Column of the corpus shards that holds the document text")
+    input: StageRef = Field(
+        description="Corpus stage manifest (or its directory, or `minhash@latest`): Parquet shards with a text column"
+    )
+    tokenizer: StageRef = Field(
+        description=(
+            "Tokenizer directory (or its _manifest.json, or "
+            "`tokenizer@latest`) written by the tokenizer flow or Tokenizer.save"
+        )
+    )
+    root: str = Field(
+        "outputs",
+        description="Artifact root; shards go to `<root>/tokenize/<fingerprint>/`; a local directory or a URL such as `s3://bucket/prefix`",
+    )
+    val_fraction: float = Field(
+        0.01, ge=0.0, lt=1.0, description="Fraction of documents (by hash of id or text) written to val-*.bin"
+    )
+    text_field: str = Field(
+        "text", min_length=1, description="Column of the corpus shards that holds the document text"
+    )
     num_threads: int = Field(2, ge=1, le=64, description="tiktoken encoding threads per shard task")
-    max_workers: int = Field(4, ge=1, le=256, description="shard tasks at once on this machine unless runner.max_workers is set")
-    runner: RunnerConfig = Field(default_factory=RunnerConfig, description="where shard tasks run: threads (default), processes, "
-                                 "a Dask or a Ray cluster (local, or an existing one by address); outputs are identical")
+    max_workers: int = Field(
+        4, ge=1, le=256, description="shard tasks at once on this machine unless runner.max_workers is set"
+    )
+    runner: RunnerConfig = Field(
+        default_factory=RunnerConfig,
+        description="where shard tasks run: threads (default), processes, "
+        "a Dask or a Ray cluster (local, or an existing one by address); outputs are identical",
+    )
 
     @field_validator("root")
     @classmethod
@@ -55,7 +74,10 @@ def tokenize_markdown(manifest_path: str | Path) -> str:
     m = read_manifest(manifest_path)
     d = manifest_dir(m)
     md = [
-        f"# tokenize\nFingerprint `{m['fingerprint']}` · directory `{d}` · dtype `{m['dtype']}` · vocab {m['vocab_size']} · eot {m['eot_id']}",
+        (
+            f"# tokenize\nFingerprint `{m['fingerprint']}` · directory `{d}` · "
+            f"dtype `{m['dtype']}` · vocab {m['vocab_size']} · eot {m['eot_id']}"
+        ),
         f"Tokenizer: `{m['tokenizer']}`",
         "",
         markdown_table(counts_rows(m)),
@@ -91,14 +113,30 @@ def tokenize_flow(config: TokenizeConfig) -> str:
         n = len(corpus["shards"])
         get_run_logger().info("tokenize: %d shard(s) on %s", n, config.runner.describe(config.max_workers))
         with task_runner(config.runner, config.max_workers) as runner:
-            params = dict(root=root, corpus_manifest=manifest_path, tokenizer_dir=tok_dir, val_fraction=config.val_fraction,
-                          text_field=config.text_field, num_threads=config.num_threads)
-            futures = runner.map(tokenize_shard_task, {**{k: unmapped(v) for k, v in params.items()}, "index": list(range(n))})
+            params = dict(
+                root=root,
+                corpus_manifest=manifest_path,
+                tokenizer_dir=tok_dir,
+                val_fraction=config.val_fraction,
+                text_field=config.text_field,
+                num_threads=config.num_threads,
+            )
+            futures = runner.map(
+                tokenize_shard_task, {**{k: unmapped(v) for k, v in params.items()}, "index": list(range(n))}
+            )
             futures.result()  # raises if a shard failed (after its retries)
         commit_tokenize_task(root, manifest_path, tok_dir, n, config.val_fraction, config.text_field)
     path = str(stage.manifest_path)
     m = read_manifest(path)
-    create_table_artifact(table=counts_rows(m), key=artifact_key("tokenize", "counts"), description="tokenize: documents in / kept / rejected / failed, tokens")
-    create_markdown_artifact(markdown=tokenize_markdown(path), key=artifact_key("tokenize", "summary"), description="tokenize: shards and a decoded sample")
+    create_table_artifact(
+        table=counts_rows(m),
+        key=artifact_key("tokenize", "counts"),
+        description="tokenize: documents in / kept / rejected / failed, tokens",
+    )
+    create_markdown_artifact(
+        markdown=tokenize_markdown(path),
+        key=artifact_key("tokenize", "summary"),
+        description="tokenize: shards and a decoded sample",
+    )
     print(f"tokenize: {stage.path} ({m['counts']['tokens_train']:,} train / {m['counts']['tokens_val']:,} val tokens)")
     return path

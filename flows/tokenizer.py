@@ -20,8 +20,8 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from lm.config import Config, StageRef
 from lm.data.shards import read_manifest
 from lm.data.storage import RemotePath, as_path, check_root, commit_file, local_scratch
-from lm.tokenizer.stages import local_tokenizer_dir
 from lm.tokenizer.gpt2 import EOT
+from lm.tokenizer.stages import local_tokenizer_dir
 from tasks.artifacts import image_markdown, markdown_table, publish_stage
 from tasks.tokenizer import train_tokenizer_task
 
@@ -31,15 +31,40 @@ class TokenizerConfig(Config):
 
     model_config = ConfigDict(hide_input_in_errors=True)  # never echo a root URL with credentials
 
-    input: StageRef = Field(description="Corpus stage manifest (or its directory, or `minhash@latest`): Parquet shards with a text column, e.g. the final dedup stage")
-    root: str = Field("outputs", description="Artifact root; the tokenizer goes to `<root>/tokenizer/<fingerprint>/`; a local directory or a URL such as `s3://bucket/prefix`")
-    vocab_size: int = Field(10_000, ge=257, le=1 << 20, description="Vocabulary size: 256 bytes + special tokens + merges")
-    special_tokens: list[str] = Field(default_factory=lambda: [EOT], max_length=1024, description="Special tokens (never merged); `<|endoftext|>` separates documents")
-    sample_bytes: int = Field(100_000_000, gt=0, le=1 << 40, description="Training sample budget in bytes, taken evenly across corpus shards")
-    heldout_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Fraction of documents (by hash) held out to measure bytes per token")
+    input: StageRef = Field(
+        description=(
+            "Corpus stage manifest (or its directory, or `minhash@latest`): "
+            "Parquet shards with a text column, e.g. the final dedup stage"
+        )
+    )
+    root: str = Field(
+        "outputs",
+        description=(
+            "Artifact root; the tokenizer goes to `<root>/tokenizer/<fingerprint>/`; "
+            "a local directory or a URL such as `s3://bucket/prefix`"
+        ),
+    )
+    vocab_size: int = Field(
+        10_000, ge=257, le=1 << 20, description="Vocabulary size: 256 bytes + special tokens + merges"
+    )
+    special_tokens: list[str] = Field(
+        default_factory=lambda: [EOT],
+        max_length=1024,
+        description="Special tokens (never merged); `<|endoftext|>` separates documents",
+    )
+    sample_bytes: int = Field(
+        100_000_000, gt=0, le=1 << 40, description="Training sample budget in bytes, taken evenly across corpus shards"
+    )
+    heldout_fraction: float = Field(
+        0.01, ge=0.0, lt=1.0, description="Fraction of documents (by hash) held out to measure bytes per token"
+    )
     heldout_bytes: int = Field(1_000_000, ge=0, le=1 << 40, description="At most this many bytes of held-out documents")
-    text_field: str = Field("text", min_length=1, description="Column of the corpus shards that holds the document text")
-    num_workers: int | None = Field(None, ge=1, le=1024, description="Pre-tokenization processes (default: all cores for samples over 8 MB)")
+    text_field: str = Field(
+        "text", min_length=1, description="Column of the corpus shards that holds the document text"
+    )
+    num_workers: int | None = Field(
+        None, ge=1, le=1024, description="Pre-tokenization processes (default: all cores for samples over 8 MB)"
+    )
 
     @field_validator("root")
     @classmethod
@@ -49,7 +74,9 @@ class TokenizerConfig(Config):
     @model_validator(mode="after")
     def _check(self):
         if self.vocab_size < 256 + len(set(self.special_tokens)):
-            raise ValueError(f"vocab_size={self.vocab_size} must be at least 256 + {len(set(self.special_tokens))} special tokens")
+            raise ValueError(
+                f"vocab_size={self.vocab_size} must be at least 256 + {len(set(self.special_tokens))} special tokens"
+            )
         if any(not s for s in self.special_tokens):
             raise ValueError("special_tokens must not contain an empty string")
         return self
@@ -62,14 +89,19 @@ def tokenizer_markdown(manifest_path: str | Path) -> str:
     d = as_path(manifest_path).parent
     md = [
         "## Tokenizer",
-        markdown_table([
-            {"field": "vocab size", "value": s["vocab_size"]},
-            {"field": "merges", "value": s["num_merges"]},
-            {"field": "bytes per token (held-out)", "value": s["bytes_per_token"]},
-            {"field": "held-out documents", "value": s["heldout_docs"]},
-            {"field": "training sample bytes", "value": m["counts"]["sample_bytes"]},
-            {"field": "train seconds (pre-tokenize + merge)", "value": f"{s['train_stats'].get('pretokenize_seconds')} + {s['train_stats'].get('merge_seconds')}"},
-        ]),
+        markdown_table(
+            [
+                {"field": "vocab size", "value": s["vocab_size"]},
+                {"field": "merges", "value": s["num_merges"]},
+                {"field": "bytes per token (held-out)", "value": s["bytes_per_token"]},
+                {"field": "held-out documents", "value": s["heldout_docs"]},
+                {"field": "training sample bytes", "value": m["counts"]["sample_bytes"]},
+                {
+                    "field": "train seconds (pre-tokenize + merge)",
+                    "value": f"{s['train_stats'].get('pretokenize_seconds')} + {s['train_stats'].get('merge_seconds')}",
+                },
+            ]
+        ),
         "**Longest tokens:** " + ", ".join(f"`{t!r}`" for t in s["longest_tokens"]),
         "",
         "**First merges:** " + ", ".join(s["first_merges"]),

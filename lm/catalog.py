@@ -54,10 +54,10 @@ class StageOutput:
         if self.committed_at:
             when = dt.datetime.fromisoformat(self.committed_at)
         else:
-            when = dt.datetime.fromtimestamp(self.path.stat().st_mtime, dt.timezone.utc)
+            when = dt.datetime.fromtimestamp(self.path.stat().st_mtime, dt.UTC)
         if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc)
-        return human_age(((now or dt.datetime.now(dt.timezone.utc)) - when).total_seconds())
+            when = when.replace(tzinfo=dt.UTC)
+        return human_age(((now or dt.datetime.now(dt.UTC)) - when).total_seconds())
 
 
 def human_age(seconds: float) -> str:
@@ -113,7 +113,7 @@ def _newest_first(outs: list[StageOutput]) -> list[StageOutput]:
     def when(o: StageOutput) -> tuple[str, int]:
         # commit time (seconds), then the manifest's (or, while incomplete, the folder's) mtime
         stamp = (o.manifest if o.manifest.exists() else o.path).stat()
-        iso = o.committed_at or dt.datetime.fromtimestamp(stamp.st_mtime, dt.timezone.utc).isoformat(timespec="seconds")
+        iso = o.committed_at or dt.datetime.fromtimestamp(stamp.st_mtime, dt.UTC).isoformat(timespec="seconds")
         return iso, stamp.st_mtime_ns
 
     return sorted(outs, key=when, reverse=True)

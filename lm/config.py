@@ -116,7 +116,7 @@ def _partial_annotation(ann: Any) -> Any:
         meta = [m for m in meta if not isinstance(m, StageRefMarker)]
         return Annotated[(_partial_annotation(base), *meta)] if meta else _partial_annotation(base)
     if typing.get_origin(ann) in (Union, types.UnionType):
-        return Union[tuple(_partial_annotation(a) for a in typing.get_args(ann))]
+        return Union[tuple(_partial_annotation(a) for a in typing.get_args(ann))]  # noqa: UP007 (built at runtime)
     return ann
 
 
@@ -144,7 +144,7 @@ def partial_model(model: type[BaseModel], name: str | None = None, **extra_field
         meta = [m for m in f.metadata if not isinstance(m, StageRefMarker)]  # resolved once merged
         if meta:
             ann = Annotated[(ann, *meta)]
-        fields[fname] = (Optional[ann], Field(None, description=f.description))
+        fields[fname] = (Optional[ann], Field(None, description=f.description))  # noqa: UP045 (ann: any annotation)
     doc = f"Overrides of {model.__name__}: {(model.__doc__ or '').strip().splitlines()[0] if model.__doc__ else ''}"
     out = create_model(name or f"{model.__name__}Overrides", __base__=Config, __doc__=doc, **extra_fields, **fields)
     out.__nullable__ = frozenset(n for n, f in model.model_fields.items() if _allows_none(f.annotation))

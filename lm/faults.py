@@ -58,15 +58,19 @@ class FaultPlan:
                 point, step = rest.rsplit(":", 1)
                 steps.append((action, point, int(step)))
             except ValueError:
-                raise ValueError(f"{INJECT_ENV}={inject!r}: {item!r} is not ACTION@POINT:STEP "
-                                 "(e.g. nan@loss:8, kill@checkpoint.meta:20)") from None
+                raise ValueError(
+                    f"{INJECT_ENV}={inject!r}: {item!r} is not ACTION@POINT:STEP "
+                    "(e.g. nan@loss:8, kill@checkpoint.meta:20)"
+                ) from None
             if action not in _ACTIONS:
                 raise ValueError(f"{INJECT_ENV}={inject!r}: action {action!r} must be one of {_ACTIONS}")
         return cls(tuple(steps), float(shard_delay_s or 0), float(shard_stall_s or 0))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> FaultPlan:
-        return cls.parse(environ.get(INJECT_ENV, ""), environ.get(SHARD_DELAY_ENV, "0"), environ.get(SHARD_STALL_ENV, "0"))
+        return cls.parse(
+            environ.get(INJECT_ENV, ""), environ.get(SHARD_DELAY_ENV, "0"), environ.get(SHARD_STALL_ENV, "0")
+        )
 
 
 _plan: FaultPlan | None = None

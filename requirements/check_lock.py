@@ -63,8 +63,11 @@ def main() -> int:
     for line in diff:
         print(f"check_lock: {line}", file=sys.stderr)
     if diff:
-        print(f"check_lock: this venv differs from {LOCK} in {len(diff)} package(s); "
-              "`make clean setup` reinstalls from the lock, `make lock` regenerates it", file=sys.stderr)
+        print(
+            f"check_lock: this venv differs from {LOCK} in {len(diff)} package(s); "
+            "`make clean setup` reinstalls from the lock, `make lock` regenerates it",
+            file=sys.stderr,
+        )
         return 1
     print(f"check_lock: {len(read_lock())} packages match {LOCK.name}")
     return 0

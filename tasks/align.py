@@ -37,8 +37,12 @@ def _tracked(name: str, title: str, total: int, run, *args) -> str:
         out = run(*args, on_progress=progress)
     m = read_manifest(out)
     verdict = verdict_from_metrics(m.get("metrics", {}), m.get("counts", {}).get("kept"))
-    progress.finish(title, png=Path(out).parent / "curves.png", note=verdict.message(title) if verdict else "",
-                    reused=not progress.history)
+    progress.finish(
+        title,
+        png=Path(out).parent / "curves.png",
+        note=verdict.message(title) if verdict else "",
+        reused=not progress.history,
+    )
     return str(out)
 
 
@@ -62,24 +66,34 @@ def evaluate_task(root: str, model_manifest: str, cfg: stages.EvalConfig) -> str
     with Progress("evaluate", stages.evaluate_size(cfg), unit="problem") as progress:
         out = stages.run_evaluate(root, model_manifest, cfg, on_progress=progress)
     metrics = read_manifest(out)["metrics"]
-    progress.finish("Evaluation", note=", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)),
-                    reused=not progress.history)
+    progress.finish(
+        "Evaluation",
+        note=", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)),
+        reused=not progress.history,
+    )
     return str(out)
 
 
-def model_manifest_or_demo(root: str, model_manifest: str | None, data: stages.AlignDataConfig, base: stages.BaseModelConfig) -> str:
+def model_manifest_or_demo(
+    root: str, model_manifest: str | None, data: stages.AlignDataConfig, base: stages.BaseModelConfig
+) -> str:
     """The given model manifest, or (none given, addition data) the demo base model's."""
     if model_manifest:
         if not Path(model_manifest).exists():
-            raise FileNotFoundError(f"model_manifest {model_manifest} does not exist (expected <root>/<stage>/<fp>/_manifest.json)")
+            raise FileNotFoundError(
+                f"model_manifest {model_manifest} does not exist (expected <root>/<stage>/<fp>/_manifest.json)"
+            )
         return model_manifest
     if data.source != "addition":
-        raise ValueError("model_manifest is required unless data.source='addition' (the demo trains its own base model)")
+        raise ValueError(
+            "model_manifest is required unless data.source='addition' (the demo trains its own base model)"
+        )
     return demo_base_task(root, data, base)
 
 
 def publish_training_stage(manifest_path: str, title: str) -> None:
-    """Counts + samples (publish_stage), then the reward verdict, metrics before/after, the curves and sample generations."""
+    """Counts + samples (publish_stage), then the reward verdict, metrics before/after, the curves
+    and sample generations."""
     from prefect.artifacts import create_markdown_artifact
 
     from tasks.artifacts import artifact_key, image_markdown, markdown_table, publish_stage, sample_rows
@@ -91,10 +105,20 @@ def publish_training_stage(manifest_path: str, title: str) -> None:
     verdict = verdict_from_metrics(metrics, m.get("counts", {}).get("kept"))
     if verdict is not None:
         md += [f"> {verdict.message(title)}" if verdict.warn else verdict.message(title), ""]
-    md.append(markdown_table([{"metric": k, "value": round(v, 4) if isinstance(v, float) else v} for k, v in metrics.items() if not isinstance(v, dict)]))
+    md.append(
+        markdown_table(
+            [
+                {"metric": k, "value": round(v, 4) if isinstance(v, float) else v}
+                for k, v in metrics.items()
+                if not isinstance(v, dict)
+            ]
+        )
+    )
     if m.get("plot") and Path(m["plot"]).exists():
         md.append(image_markdown(m["plot"], f"{m['stage']} curves"))
     rows = sample_rows(m, n=8, width=120)
     if rows:
         md += ["## Sample generations", markdown_table(rows)]
-    create_markdown_artifact(markdown="\n".join(md), key=artifact_key(m["stage"], "report"), description=f"{title}: metrics, curves, samples")
+    create_markdown_artifact(
+        markdown="\n".join(md), key=artifact_key(m["stage"], "report"), description=f"{title}: metrics, curves, samples"
+    )

@@ -91,11 +91,17 @@ def image_markdown(png: str | Path, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{data})\n"
 
 
-def publish_stage(manifest_path: str | Path, *, samples: int = 3, text_field: str | None = "text", extra_md: str = "") -> None:
+def publish_stage(
+    manifest_path: str | Path, *, samples: int = 3, text_field: str | None = "text", extra_md: str = ""
+) -> None:
     """Publish the counts table and a markdown summary (with sample rows) of a finished stage."""
     m = read_manifest(manifest_path)
     name = m["stage"]
-    create_table_artifact(table=counts_rows(m), key=artifact_key(name, "counts"), description=f"{name}: records in / kept / rejected / failed")
+    create_table_artifact(
+        table=counts_rows(m),
+        key=artifact_key(name, "counts"),
+        description=f"{name}: records in / kept / rejected / failed",
+    )
     md = [
         f"# {name}",
         f"Fingerprint `{m['fingerprint']}` · directory {path_markdown(manifest_dir(m))} · {len(m['shards'])} shard(s)",
@@ -103,7 +109,11 @@ def publish_stage(manifest_path: str | Path, *, samples: int = 3, text_field: st
         markdown_table(counts_rows(m)),
     ]
     if m.get("inputs"):
-        md += ["**Inputs**", ""] + [f"- {i['stage']} `{i['fingerprint']}` ({path_markdown(i['path'])})" for i in m["inputs"]] + [""]
+        md += (
+            ["**Inputs**", ""]
+            + [f"- {i['stage']} `{i['fingerprint']}` ({path_markdown(i['path'])})" for i in m["inputs"]]
+            + [""]
+        )
     rows = sample_rows(m, samples)
     if rows:
         md.append("## Sample rows\n")
@@ -115,7 +125,13 @@ def publish_stage(manifest_path: str | Path, *, samples: int = 3, text_field: st
     rejects = sample_rows(m, samples, kind="rejects", width=200)
     if rejects:
         md.append("## Sample rejects\n")
-        md.append(markdown_table([{"id": r.get("id"), "reason": r.get("reason"), "text": r.get(text_field or "", "")} for r in rejects]))
+        md.append(
+            markdown_table(
+                [{"id": r.get("id"), "reason": r.get("reason"), "text": r.get(text_field or "", "")} for r in rejects]
+            )
+        )
     if extra_md:
         md.append(extra_md)
-    create_markdown_artifact(markdown="\n".join(md), key=artifact_key(name, "summary"), description=f"{name}: summary and samples")
+    create_markdown_artifact(
+        markdown="\n".join(md), key=artifact_key(name, "summary"), description=f"{name}: summary and samples"
+    )

@@ -34,9 +34,21 @@ clusters_verify_group = _wrap(S.clusters_verify_group, "minhash-verify", "minhas
 clusters_components = _wrap(S.clusters_components, "minhash-clusters", "minhash-clusters")
 minhash_filter_shard = _wrap(S.minhash_filter_shard, "minhash-filter-shard", "minhash-filter-{index}")
 
-TASKS = {t.fn: t for t in (line_counts_shard, line_duplicates_partition, line_duplicates_finish, exact_dedup_shard,
-                           signatures_shard, buckets_partition, clusters_features_shard, clusters_verify_group,
-                           clusters_components, minhash_filter_shard)}
+TASKS = {
+    t.fn: t
+    for t in (
+        line_counts_shard,
+        line_duplicates_partition,
+        line_duplicates_finish,
+        exact_dedup_shard,
+        signatures_shard,
+        buckets_partition,
+        clusters_features_shard,
+        clusters_verify_group,
+        clusters_components,
+        minhash_filter_shard,
+    )
+}
 
 
 def map_calls(runner, wait: Callable[[list, str], None]) -> S.MapCalls:

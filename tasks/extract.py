@@ -35,7 +35,7 @@ def _retry_transient(task, task_run, state) -> bool:
         return False
     except (RemoteError, OSError, TimeoutError):
         return True
-    except Exception:  # noqa: BLE001 - a bug reruns the same way: do not retry it
+    except Exception:  # a bug reruns the same way: do not retry it
         return False
     return False
 
@@ -46,13 +46,30 @@ def _last_attempt() -> bool:
 
 
 # NO_CACHE: the stage contract (markers, manifest, fingerprint) decides what is already done.
-@task(retries=TASK_RETRIES, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient,
-      task_run_name="extract-{index:05d}", cache_policy=NO_CACHE)
-def extract_shard(root: str, cfg: ExtractConfig, plan: str, index: int, shard: dict, http: HttpOptions | None = None) -> str:
+@task(
+    retries=TASK_RETRIES,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=_retry_transient,
+    task_run_name="extract-{index:05d}",
+    cache_policy=NO_CACHE,
+)
+def extract_shard(
+    root: str, cfg: ExtractConfig, plan: str, index: int, shard: dict, http: HttpOptions | None = None
+) -> str:
     """Extract ``shard`` (number ``index`` of the plan with digest ``plan``); returns the marker path."""
     on_progress = _progress_reporter(shard) if (shard["size"] or 0) >= PROGRESS_MIN_BYTES else None
-    return stages.extract_shard(root, cfg, plan, index, shard, http, on_progress=on_progress, on_open=faults.shard_stall,
-                                give_up=_last_attempt(), log=get_run_logger())
+    return stages.extract_shard(
+        root,
+        cfg,
+        plan,
+        index,
+        shard,
+        http,
+        on_progress=on_progress,
+        on_open=faults.shard_stall,
+        give_up=_last_attempt(),
+        log=get_run_logger(),
+    )
 
 
 def _progress_reporter(shard: dict):

@@ -34,8 +34,12 @@ def train_task(config: PretrainConfig, tokens_manifest: str, run_dir: str) -> di
     with progress, tail_metrics(Path(run_dir) / "metrics.jsonl", progress):
         summary = run_training(config, tokens_manifest, run_dir, log=logger.info)
     progress.finish("Pretraining", note=f"status {summary['status']}")
-    logger.info("training %s after %.0f s: %s", summary["status"], time.time() - started,
-                {k: summary[k] for k in ("steps", "final_train_loss", "final_val_loss")})
+    logger.info(
+        "training %s after %.0f s: %s",
+        summary["status"],
+        time.time() - started,
+        {k: summary[k] for k in ("steps", "final_train_loss", "final_val_loss")},
+    )
     return summary
 
 

@@ -5,8 +5,9 @@ description), a log line at a fixed cadence, and at the end a markdown artifact 
 curve plot and a table of the logged points. ``lm/`` stays Prefect-free: its loops take a
 plain ``Callable[[dict], None]`` hook, and a ``Progress`` is one::
 
-    with Progress("sft", total=cfg.num_steps) as progress:   # a failure is written on the artifact
-        stages.run_sft(..., on_progress=progress)            # the loop calls progress({"step": 3, "loss": 1.2, "tokens": 512})
+    with Progress("sft", total=cfg.num_steps) as progress:  # a failure is written on the artifact
+        # the loop calls progress({"step": 3, "loss": 1.2, "tokens": 512})
+        stages.run_sft(..., on_progress=progress)
     progress.finish("SFT", png=stage_dir / "curves.png")
 
 A pretraining subprocess reports through its metrics.jsonl instead: ``tail_metrics`` follows
@@ -42,7 +43,15 @@ from lm.markdown import markdown_table
 from tasks.artifacts import artifact_key, image_markdown
 
 MAX_POINTS = 4000  # per metric, for the closing plot
-_SHOWN = ("loss", "reward", "val_loss", "eval_nll", "eval_reward", "eval_accuracy", "eval_loss")  # first; then the rest by name
+_SHOWN = (
+    "loss",
+    "reward",
+    "val_loss",
+    "eval_nll",
+    "eval_reward",
+    "eval_accuracy",
+    "eval_loss",
+)  # first; then the rest by name
 
 
 def _logger():
@@ -57,8 +66,16 @@ def _logger():
 class Progress:
     """A progress artifact, cadenced log lines and a closing curves artifact for one loop."""
 
-    def __init__(self, name: str, total: int, *, unit: str = "step", lines: int = 20, max_silence_s: float = 30.0,
-                 keyed: bool = True):
+    def __init__(
+        self,
+        name: str,
+        total: int,
+        *,
+        unit: str = "step",
+        lines: int = 20,
+        max_silence_s: float = 30.0,
+        keyed: bool = True,
+    ):
         if total < 0:
             raise ValueError(f"total={total}: the number of {unit}s must be >= 0")
         self.name, self.total, self.unit = name, total, unit
@@ -74,16 +91,20 @@ class Progress:
         self.logged: list[dict] = []  # the rows of the cadence (the closing table)
         self._next_mark = self.every
         self._lock = threading.Lock()
-        self.artifact_id = create_progress_artifact(0.0, key=self.key, description=f"{name}: starting ({total} {unit}s)")
+        self.artifact_id = create_progress_artifact(
+            0.0, key=self.key, description=f"{name}: starting ({total} {unit}s)"
+        )
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         """A loop that raised leaves its artifact saying so (where it stopped and why), not a stale bar."""
         if exc is not None:
             with self._lock:
-                message = f"{self.name}: FAILED at {self.unit} {self.step}/{self.total}: {type(exc).__name__}: {exc}"[:500]
+                message = f"{self.name}: FAILED at {self.unit} {self.step}/{self.total}: {type(exc).__name__}: {exc}"[
+                    :500
+                ]
                 self.log.error(message)
                 update_progress_artifact(self.artifact_id, self._percent(), description=message)
         return False
@@ -103,7 +124,12 @@ class Progress:
             step = int(event.get("step", self.step))
             self.tokens += int(event.get("tokens", 0) or 0)
             for k, v in event.items():
-                if k not in ("step", "total", "tokens", "phase") and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+                if (
+                    k not in ("step", "total", "tokens", "phase")
+                    and isinstance(v, (int, float))
+                    and v is not None
+                    and math.isfinite(v)
+                ):
                     self.latest[k] = float(v)
                     points = self.history.setdefault(k, [])
                     points.append((step, float(v)))
@@ -113,7 +139,11 @@ class Progress:
                 self.latest["tokens_per_s"] = self.tokens / max(time.time() - self.started, 1e-9)
             advanced = step > self.step
             self.step = max(self.step, step)
-            due = self.step >= self._next_mark or (self.total and self.step >= self.total) or time.time() - self.last_line >= self.max_silence_s
+            due = (
+                self.step >= self._next_mark
+                or (self.total and self.step >= self.total)
+                or time.time() - self.last_line >= self.max_silence_s
+            )
             evaluation = any(k.startswith(("eval_", "val_")) for k in event)  # evaluations are rare: each gets its line
             if (advanced and due) or evaluation:
                 while self._next_mark <= self.step:
@@ -137,8 +167,13 @@ class Progress:
         line = self._line()
         self.log.info(line)
         self.last_line = time.time()
-        self.logged.append({"step": self.step, **{k: round(v, 4) for k, v in self.latest.items()},
-                            "elapsed_s": round(self.last_line - self.started, 1)})
+        self.logged.append(
+            {
+                "step": self.step,
+                **{k: round(v, 4) for k, v in self.latest.items()},
+                "elapsed_s": round(self.last_line - self.started, 1),
+            }
+        )
         update_progress_artifact(self.artifact_id, self._percent(), description=line)
 
     def close(self, message: str = "done") -> None:
@@ -165,16 +200,29 @@ class Progress:
                     md.append(image_markdown(plot, f"{self.name} curves"))
             if self.logged:
                 cols = list(dict.fromkeys(k for row in self.logged for k in row))  # every metric any row has
-                md += [f"## Logged every {self.every} {self.unit}(s)", "", markdown_table([{c: row.get(c, "") for c in cols} for row in self.logged])]
-            create_markdown_artifact(markdown="\n".join(md), key=artifact_key(self.name, "curves"),
-                                     description=f"{self.name}: curves and the metrics logged as it ran")
+                md += [
+                    f"## Logged every {self.every} {self.unit}(s)",
+                    "",
+                    markdown_table([{c: row.get(c, "") for c in cols} for row in self.logged]),
+                ]
+            create_markdown_artifact(
+                markdown="\n".join(md),
+                key=artifact_key(self.name, "curves"),
+                description=f"{self.name}: curves and the metrics logged as it ran",
+            )
 
     def _plot(self, out: Path) -> Path | None:
         """Losses in one panel, rewards and accuracies in another (what a person watches)."""
         series = self.history
-        groups = {"loss": [k for k in series if "loss" in k or "nll" in k],
-                  "reward / accuracy": [k for k in series if "reward" in k or "accuracy" in k]}
-        panels = [(label, [(k, [s for s, _ in series[k]], [y for _, y in series[k]]) for k in keys]) for label, keys in groups.items() if keys]
+        groups = {
+            "loss": [k for k in series if "loss" in k or "nll" in k],
+            "reward / accuracy": [k for k in series if "reward" in k or "accuracy" in k],
+        }
+        panels = [
+            (label, [(k, [s for s, _ in series[k]], [y for _, y in series[k]]) for k in keys])
+            for label, keys in groups.items()
+            if keys
+        ]
         if not panels:
             return None
         return plot_curves(out, self.name, panels)

@@ -26,14 +26,34 @@ def cached_tokenizer(tokenizer_dir: str):
 
 
 @task(name="tokenize-shard", retries=2, retry_delay_seconds=2)
-def tokenize_shard_task(root: str, corpus_manifest: str, tokenizer_dir: str, index: int, val_fraction: float, text_field: str, num_threads: int) -> str:
+def tokenize_shard_task(
+    root: str,
+    corpus_manifest: str,
+    tokenizer_dir: str,
+    index: int,
+    val_fraction: float,
+    text_field: str,
+    num_threads: int,
+) -> str:
     """Corpus shard ``index`` → ``train-NNNNN.bin`` / ``val-NNNNN.bin`` + marker; returns the marker path."""
     stage = tokenize_stage(root, corpus_manifest, tokenizer_dir, val_fraction=val_fraction, text_field=text_field)
     tok = cached_tokenizer(tokenizer_dir)
-    return str(tokenize_shard(stage, corpus_manifest, tok, index, val_fraction=val_fraction, text_field=text_field, num_threads=num_threads))
+    return str(
+        tokenize_shard(
+            stage,
+            corpus_manifest,
+            tok,
+            index,
+            val_fraction=val_fraction,
+            text_field=text_field,
+            num_threads=num_threads,
+        )
+    )
 
 
 @task(name="commit-tokenize")
-def commit_tokenize_task(root: str, corpus_manifest: str, tokenizer_dir: str, num_shards: int, val_fraction: float, text_field: str) -> str:
+def commit_tokenize_task(
+    root: str, corpus_manifest: str, tokenizer_dir: str, num_shards: int, val_fraction: float, text_field: str
+) -> str:
     stage = tokenize_stage(root, corpus_manifest, tokenizer_dir, val_fraction=val_fraction, text_field=text_field)
     return str(commit_tokenize(stage, num_shards, tokenizer_dir, cached_tokenizer(tokenizer_dir)))

@@ -51,7 +51,9 @@ _rows: list[Row] = []
 _lock = threading.Lock()
 
 
-def record(fault: str, stage: str, trials: int, survived: int, lost: int = 0, duplicated: int = 0, note: str = "") -> Row:
+def record(
+    fault: str, stage: str, trials: int, survived: int, lost: int = 0, duplicated: int = 0, note: str = ""
+) -> Row:
     row = Row(fault, stage, int(trials), int(survived), int(lost), int(duplicated), note)
     with _lock:
         _rows.append(row)
@@ -84,7 +86,7 @@ def format_table(rows: list[Row]) -> str:
     header = ["fault", "stage", "trials", "survived", "records lost", "records duplicated", "note"]
     body = [[r.fault, r.stage, str(r.trials), str(r.survived), str(r.lost), str(r.duplicated), r.note] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(b) for b in body]
     bad = [r for r in rows if not r.ok]

@@ -21,6 +21,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+
 class FaultServer:
     def __init__(self):
         self.files: dict[str, bytes] = {}
@@ -71,7 +72,9 @@ class FaultServer:
                     if fault.startswith("reset:"):
                         time.sleep(0.3)  # let the client read what was sent before the RST
                         # SO_LINGER 0: close() sends RST, the client sees "connection reset".
-                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                        self.connection.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                        )
                     self.close_connection = True
                     self.connection.close()
                     return

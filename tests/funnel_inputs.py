@@ -38,11 +38,23 @@ def documents(reference: Path) -> list[dict]:
     for name in ["moby_extracted.txt", "low_quality_cc.txt"]:
         docs.append({"url": f"fixture://{name}", "source": name, "text": (fx / name).read_text()})
     for name in ["rails_mit_license.txt", "react_mit_license.txt", "pytorch_license.txt"]:
-        docs.append({"url": f"fixture://{name}", "source": name, "text": (fx / "documents_with_fuzzy_duplicates" / name).read_text()})
+        docs.append(
+            {
+                "url": f"fixture://{name}",
+                "source": name,
+                "text": (fx / "documents_with_fuzzy_duplicates" / name).read_text(),
+            }
+        )
     docs.append({"url": "bad://empty", "source": "bad", "text": ""})
     moby = (fx / "moby_extracted.txt").read_text().replace("\n", " ")
     docs.append({"url": "bad://huge-line", "source": "bad", "text": " ".join([moby] * 1500)})  # 1 MB, one line
-    docs.append({"url": "bad://control", "source": "bad", "text": "\x00\x01\x02 Contact me at a@b.com or 283-182-3829 \x1b[0m" * 3})
+    docs.append(
+        {
+            "url": "bad://control",
+            "source": "bad",
+            "text": "\x00\x01\x02 Contact me at a@b.com or 283-182-3829 \x1b[0m" * 3,
+        }
+    )
     for d in docs:
         d["id"] = hashlib.sha256(d["url"].encode()).hexdigest()[:16]
     return docs

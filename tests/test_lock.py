@@ -23,7 +23,9 @@ def test_every_requirement_of_lmpipe_and_its_tests_is_locked_at_an_allowed_versi
         req = Requirement(line)
         name = canonical(req.name)
         assert name in pins, f"{req.name} is required but not in requirements/lock.txt: run `make lock`"
-        assert req.specifier.contains(pins[name], prereleases=True), f"lock has {name}=={pins[name]}, pyproject wants {line}"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"lock has {name}=={pins[name]}, pyproject wants {line}"
+        )
     # The versions the issue was about: torch as the Makefile installs it, a SQLAlchemy that
     # prefect 3.8.8's scheduler works with.
     assert pins["torch"] == "2.13.0" and pins["prefect"] == "3.8.8"
@@ -32,9 +34,20 @@ def test_every_requirement_of_lmpipe_and_its_tests_is_locked_at_an_allowed_versi
 
 def test_differences_name_what_drifted():
     pins = {"prefect": "3.8.8", "torch": "2.13.0", "sqlalchemy": "2.0.58"}
-    have = {"prefect": "3.8.8", "torch": "2.13.0+cpu", "sqlalchemy": "2.1.9", "extra-pkg": "1.0", "pip": "25.0", "lmpipe": "0.1.0"}
-    assert differences(pins, have) == ["extra-pkg==1.0 is installed but not in the lock",
-                                      "sqlalchemy: installed 2.1.9, the lock says 2.0.58"]
-    assert differences(pins, {"prefect": "3.8.8"}) == ["sqlalchemy==2.0.58 is in the lock but not installed",
-                                                      "torch==2.13.0 is in the lock but not installed"]
+    have = {
+        "prefect": "3.8.8",
+        "torch": "2.13.0+cpu",
+        "sqlalchemy": "2.1.9",
+        "extra-pkg": "1.0",
+        "pip": "25.0",
+        "lmpipe": "0.1.0",
+    }
+    assert differences(pins, have) == [
+        "extra-pkg==1.0 is installed but not in the lock",
+        "sqlalchemy: installed 2.1.9, the lock says 2.0.58",
+    ]
+    assert differences(pins, {"prefect": "3.8.8"}) == [
+        "sqlalchemy==2.0.58 is in the lock but not installed",
+        "torch==2.13.0 is in the lock but not installed",
+    ]
     assert public("2.13.0+cpu") == "2.13.0"

@@ -71,7 +71,7 @@ def tokenize_prompt_and_output(
         if max_length is not None and len(p) + len(o) > max_length:
             if len(p) >= max_length:
                 counts["truncated_prompts"] += 1
-                p = p[len(p) - (max_length - 1):] if max_length > 1 else []
+                p = p[len(p) - (max_length - 1) :] if max_length > 1 else []
             keep = max_length - len(p)
             if keep < len(o):
                 counts["truncated_responses"] += 1
@@ -82,7 +82,7 @@ def tokenize_prompt_and_output(
     mask = torch.zeros((len(rows), length), dtype=torch.bool)
     for i, (p, o) in enumerate(rows):
         full[i, : len(p) + len(o)] = torch.tensor(p + o, dtype=torch.long)
-        mask[i, len(p): len(p) + len(o)] = True
+        mask[i, len(p) : len(p) + len(o)] = True
     return TokenizedBatch(full[:, :-1], full[:, 1:], mask[:, 1:], counts)
 
 
@@ -127,13 +127,15 @@ def pack_examples(
         resp += [False] * len(p) + [True] * (len(o) + 1)
     out = []
     for start in range(0, len(ids) - seq_length, seq_length):
-        window = torch.tensor(ids[start: start + seq_length + 1], dtype=torch.long)
-        m = torch.tensor(resp[start + 1: start + seq_length + 1], dtype=torch.bool)
+        window = torch.tensor(ids[start : start + seq_length + 1], dtype=torch.long)
+        m = torch.tensor(resp[start + 1 : start + seq_length + 1], dtype=torch.bool)
         out.append({"input_ids": window[:-1], "labels": window[1:], "response_mask": m})
     return out
 
 
-def iterate_batches(examples: Sequence[dict[str, Tensor]], batch_size: int, *, shuffle: bool = False, seed: int = 0) -> Iterator[dict[str, Tensor]]:
+def iterate_batches(
+    examples: Sequence[dict[str, Tensor]], batch_size: int, *, shuffle: bool = False, seed: int = 0
+) -> Iterator[dict[str, Tensor]]:
     """One epoch over fixed-length examples in batches of ``batch_size`` (the last may be smaller)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
@@ -141,7 +143,7 @@ def iterate_batches(examples: Sequence[dict[str, Tensor]], batch_size: int, *, s
     if shuffle:
         random.Random(seed).shuffle(order)
     for s in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[s: s + batch_size]]
+        chunk = [examples[i] for i in order[s : s + batch_size]]
         yield {k: torch.stack([c[k] for c in chunk]) for k in chunk[0]}
 
 
@@ -190,5 +192,5 @@ def batch_from_ids(prompts: Sequence[Sequence[int]], responses: Sequence[Sequenc
     mask = torch.zeros((len(prompts), length), dtype=torch.bool)
     for i, (p, r) in enumerate(zip(prompts, responses)):
         full[i, : len(p) + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)
-        mask[i, len(p): len(p) + len(r)] = True
+        mask[i, len(p) : len(p) + len(r)] = True
     return TokenizedBatch(full[:, :-1], full[:, 1:], mask[:, 1:])

@@ -87,7 +87,7 @@ def make_base_model(
     losses = []
     t0 = time.time()
     model.train()
-    for step in range(num_steps):
+    for _step in range(num_steps):
         idx = torch.randint(0, ids.shape[0], (batch_size,), generator=g)
         loss = cross_entropy(model(ids[idx]), labels[idx])
         opt.zero_grad(set_to_none=True)

@@ -2,9 +2,9 @@
 
 loss = −log σ(β·((log πθ(c) − log πref(c)) − (log πθ(r) − log πref(r)))) per (prompt,
 chosen, rejected) triple, where log π(·) is the summed log-probability of the response
-tokens, end-of-text included (so "8" and "89" differ), given the prompt. A triple with chosen == rejected carries no preference: it is
-skipped and counted (``skipped_identical``). The reference's log-probs are computed once,
-up front, since the reference never changes.
+tokens, end-of-text included (so "8" and "89" differ), given the prompt. A triple with
+chosen == rejected carries no preference: it is skipped and counted (``skipped_identical``).
+The reference's log-probs are computed once, up front, since the reference never changes.
 """
 
 from __future__ import annotations
@@ -36,8 +36,12 @@ class DPOConfig(Config):
     batch_size: int = Field(16, ge=1, le=1 << 16, description="Preference pairs per optimizer step.")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
-    max_length: int | None = Field(None, ge=2, le=1 << 20, description="Cap on prompt+response tokens (default: model context + 1).")
-    eval_every: int = Field(25, ge=1, le=1000000000, description="Measure held-out preference accuracy every this many steps.")
+    max_length: int | None = Field(
+        None, ge=2, le=1 << 20, description="Cap on prompt+response tokens (default: model context + 1)."
+    )
+    eval_every: int = Field(
+        25, ge=1, le=1000000000, description="Measure held-out preference accuracy every this many steps."
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for batch order.")
 
 
@@ -47,16 +51,22 @@ def split_identical(triples: Sequence[Triple]) -> tuple[list[Triple], int]:
     return kept, len(triples) - len(kept)
 
 
-def _pair_logps(model, tokenizer, triples: Sequence[Triple], max_length: int | None) -> tuple[torch.Tensor, torch.Tensor, TokenizedBatch]:
+def _pair_logps(
+    model, tokenizer, triples: Sequence[Triple], max_length: int | None
+) -> tuple[torch.Tensor, torch.Tensor, TokenizedBatch]:
     """Summed response log-probs of chosen and rejected, each (B,), one forward over 2B rows (and those rows)."""
     prompts = [t[0] for t in triples] * 2
     responses = [t[1] for t in triples] + [t[2] for t in triples]
-    b = tokenize_prompt_and_output(prompts, responses, tokenizer, max_length=max_length, eot_id=getattr(tokenizer, "eot_id", None))
+    b = tokenize_prompt_and_output(
+        prompts, responses, tokenizer, max_length=max_length, eot_id=getattr(tokenizer, "eot_id", None)
+    )
     lp = sequence_log_probs(model, b.input_ids, b.labels, b.response_mask)  # (2B,)
-    return lp[: len(triples)], lp[len(triples):], b
+    return lp[: len(triples)], lp[len(triples) :], b
 
 
-def per_instance_dpo_loss(lm, lm_ref, tokenizer, beta: float, prompt: str, response_chosen: str, response_rejected: str) -> torch.Tensor:
+def per_instance_dpo_loss(
+    lm, lm_ref, tokenizer, beta: float, prompt: str, response_chosen: str, response_rejected: str
+) -> torch.Tensor:
     """The DPO loss of one preference pair (the CS336 adapter's signature)."""
     pc, pr, _ = _pair_logps(lm, tokenizer, [(prompt, response_chosen, response_rejected)], None)
     with torch.no_grad():
@@ -65,25 +75,36 @@ def per_instance_dpo_loss(lm, lm_ref, tokenizer, beta: float, prompt: str, respo
 
 
 @torch.no_grad()
-def reference_logps(ref, tokenizer, triples: Sequence[Triple], max_length: int | None, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_logps(
+    ref, tokenizer, triples: Sequence[Triple], max_length: int | None, batch_size: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
     ref.eval()
     cs, rs = [], []
     for s in range(0, len(triples), batch_size):
-        c, r, _ = _pair_logps(ref, tokenizer, triples[s: s + batch_size], max_length)
+        c, r, _ = _pair_logps(ref, tokenizer, triples[s : s + batch_size], max_length)
         cs.append(c)
         rs.append(r)
     return torch.cat(cs), torch.cat(rs)
 
 
 @torch.no_grad()
-def preference_metrics(model, tokenizer, triples: Sequence[Triple], ref_c: torch.Tensor, ref_r: torch.Tensor, beta: float, max_length: int | None, batch_size: int = 32) -> dict:
+def preference_metrics(
+    model,
+    tokenizer,
+    triples: Sequence[Triple],
+    ref_c: torch.Tensor,
+    ref_r: torch.Tensor,
+    beta: float,
+    max_length: int | None,
+    batch_size: int = 32,
+) -> dict:
     """Held-out DPO loss, preference accuracy (margin > 0) and mean reward margin."""
     was = model.training
     model.eval()
     losses, accs, margins = [], [], []
     for s in range(0, len(triples), batch_size):
-        c, r, _ = _pair_logps(model, tokenizer, triples[s: s + batch_size], max_length)
-        loss, meta = dpo_loss(c, r, ref_c[s: s + batch_size], ref_r[s: s + batch_size], beta)
+        c, r, _ = _pair_logps(model, tokenizer, triples[s : s + batch_size], max_length)
+        loss, meta = dpo_loss(c, r, ref_c[s : s + batch_size], ref_r[s : s + batch_size], beta)
         losses.append(loss)
         accs.append(meta["accuracy"])
         margins.append(meta["margin"])
@@ -96,7 +117,9 @@ def preference_metrics(model, tokenizer, triples: Sequence[Triple], ref_c: torch
 
 
 @torch.no_grad()
-def likelihood_accuracy(model, tokenizer, triples: Sequence[Triple], max_length: int | None = None, batch_size: int = 32) -> float:
+def likelihood_accuracy(
+    model, tokenizer, triples: Sequence[Triple], max_length: int | None = None, batch_size: int = 32
+) -> float:
     """Fraction of pairs where the model gives the chosen response a higher log-probability.
 
     DPO's own accuracy (implicit-reward margin > 0) is 0 at step 0, when policy == reference;
@@ -106,14 +129,24 @@ def likelihood_accuracy(model, tokenizer, triples: Sequence[Triple], max_length:
     model.eval()
     wins = []
     for s in range(0, len(triples), batch_size):
-        c, r, _ = _pair_logps(model, tokenizer, triples[s: s + batch_size], max_length)
+        c, r, _ = _pair_logps(model, tokenizer, triples[s : s + batch_size], max_length)
         wins.append((c > r).float())
     model.train(was)
     return torch.cat(wins).mean().item() if wins else float("nan")
 
 
-def dpo_step(model, tokenizer, opt, batch: Sequence[Triple], ref_c: torch.Tensor, ref_r: torch.Tensor, cfg: DPOConfig, step: int,
-             max_length: int | None, counts: Counter) -> dict:
+def dpo_step(
+    model,
+    tokenizer,
+    opt,
+    batch: Sequence[Triple],
+    ref_c: torch.Tensor,
+    ref_r: torch.Tensor,
+    cfg: DPOConfig,
+    step: int,
+    max_length: int | None,
+    counts: Counter,
+) -> dict:
     """One optimizer step on ``batch`` against the reference log-probs of the same pairs."""
     from lm.train import clip_grad_norm_
 
@@ -128,8 +161,12 @@ def dpo_step(model, tokenizer, opt, batch: Sequence[Triple], ref_c: torch.Tensor
     if cfg.max_grad_norm > 0:
         clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     opt.step()
-    return {"loss": loss.mean().item(), "train_accuracy": meta["accuracy"].mean().item(), "margin": meta["margin"].mean().item(),
-            "tokens": int(b.input_ids.numel())}
+    return {
+        "loss": loss.mean().item(),
+        "train_accuracy": meta["accuracy"].mean().item(),
+        "margin": meta["margin"].mean().item(),
+        "tokens": int(b.input_ids.numel()),
+    }
 
 
 def train_dpo(
@@ -162,7 +199,16 @@ def train_dpo(
     opt = AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     counts: Counter = Counter({"skipped_identical": skipped_train + skipped_eval})
-    hist: dict = {"step": [], "loss": [], "train_accuracy": [], "margin": [], "eval_step": [], "eval_accuracy": [], "eval_margin": [], "eval_loss": []}
+    hist: dict = {
+        "step": [],
+        "loss": [],
+        "train_accuracy": [],
+        "margin": [],
+        "eval_step": [],
+        "eval_accuracy": [],
+        "eval_margin": [],
+        "eval_loss": [],
+    }
     say = log or (lambda row: None)
 
     def evaluate(step: int) -> None:
@@ -175,7 +221,9 @@ def train_dpo(
         say({"step": step, "total": cfg.num_steps, "eval_accuracy": m["accuracy"], "eval_loss": m["loss"]})
 
     evaluate(0)
-    hist["likelihood_accuracy_before"] = likelihood_accuracy(model, tokenizer, evals, max_length) if evals else float("nan")
+    hist["likelihood_accuracy_before"] = (
+        likelihood_accuracy(model, tokenizer, evals, max_length) if evals else float("nan")
+    )
     model.train()
     order: list[int] = []
     for step in range(1, cfg.num_steps + 1):
@@ -189,7 +237,9 @@ def train_dpo(
         if step % cfg.eval_every == 0 or step == cfg.num_steps:
             evaluate(step)
     check_weights("DPO", model, cfg.num_steps)
-    hist["likelihood_accuracy_after"] = likelihood_accuracy(model, tokenizer, evals, max_length) if evals else float("nan")
+    hist["likelihood_accuracy_after"] = (
+        likelihood_accuracy(model, tokenizer, evals, max_length) if evals else float("nan")
+    )
     hist["seconds"] = round(time.time() - t0, 2)
     hist["counts"] = dict(counts)
     return hist

@@ -43,24 +43,43 @@ class GRPOConfig(Config):
 
     num_steps: int = Field(50, ge=1, le=1000000000, description="Rollout + update rounds.")
     num_prompts_per_step: int = Field(16, ge=1, le=1 << 16, description="Problems sampled per rollout batch.")
-    group_size: int = Field(8, ge=1, le=1024, description="Responses sampled per problem (the group advantages are relative to).")
+    group_size: int = Field(
+        8, ge=1, le=1024, description="Responses sampled per problem (the group advantages are relative to)."
+    )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
     max_new_tokens: int = Field(16, ge=1, le=1 << 16, description="Longest response sampled.")
-    loss_type: LossType = Field("grpo_clip", description="Policy-gradient loss: no_baseline, reinforce_with_baseline or grpo_clip.")
+    loss_type: LossType = Field(
+        "grpo_clip", description="Policy-gradient loss: no_baseline, reinforce_with_baseline or grpo_clip."
+    )
     normalize_by_std: bool = Field(True, description="Divide advantages by the group's std (+eps).")
     advantage_eps: float = Field(1e-6, ge=0, description="Added to the group std before dividing.")
     cliprange: float = Field(0.2, gt=0, description="ε of grpo_clip: the ratio is clipped to [1−ε, 1+ε].")
-    epochs_per_rollout: int = Field(1, ge=1, le=1000, description="Passes over each rollout batch (>1 = off-policy, uses stored old log-probs).")
-    microbatch_size: int = Field(32, ge=1, le=1 << 16, description="Rollouts per forward/backward (gradient accumulation over the rest).")
+    epochs_per_rollout: int = Field(
+        1, ge=1, le=1000, description="Passes over each rollout batch (>1 = off-policy, uses stored old log-probs)."
+    )
+    microbatch_size: int = Field(
+        32, ge=1, le=1 << 16, description="Rollouts per forward/backward (gradient accumulation over the rest)."
+    )
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
-    eval_every: int = Field(10, ge=1, le=1000000000, description="Greedy evaluation on held-out problems every this many steps.")
+    eval_every: int = Field(
+        10, ge=1, le=1000000000, description="Greedy evaluation on held-out problems every this many steps."
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for problem order and sampling.")
 
 
 @torch.no_grad()
-def evaluate_rewards(policy, tokenizer, problems: Sequence[Problem], reward_fn: RewardFn, *, max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> dict:
+def evaluate_rewards(
+    policy,
+    tokenizer,
+    problems: Sequence[Problem],
+    reward_fn: RewardFn,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> dict:
     """Decode each problem once (greedy by default) and score it: mean reward, format rate, samples."""
     prompts = [tokenizer.encode(p) for p, _ in problems]
     g = torch.Generator().manual_seed(seed)
@@ -113,8 +132,17 @@ def setup_grpo(policy: torch.nn.Module, train_problems: Sequence[Problem], cfg: 
         rng=random.Random(cfg.seed),
         gen=torch.Generator().manual_seed(cfg.seed),
         counts=Counter(),
-        hist={"step": [], "train_reward": [], "loss": [], "clip_fraction": [], "entropy": [], "response_tokens": [],
-              "eval_step": [], "eval_reward": [], "eval_format": []},
+        hist={
+            "step": [],
+            "train_reward": [],
+            "loss": [],
+            "clip_fraction": [],
+            "entropy": [],
+            "response_tokens": [],
+            "eval_step": [],
+            "eval_reward": [],
+            "eval_format": [],
+        },
         need_old=cfg.loss_type == "grpo_clip" or cfg.epochs_per_rollout > 1,
         ctx=context_length(policy),
     )
@@ -125,19 +153,23 @@ def next_problems(loop: GRPOLoop, train_problems: Sequence[Problem], n: int) -> 
     return [train_problems[i] for i in next_indices(loop.order, loop.rng, len(train_problems), n)]
 
 
-def rollout(policy, tokenizer, picks: Sequence[Problem], reward_fn: RewardFn, cfg: GRPOConfig, loop: GRPOLoop) -> RolloutBatch:
+def rollout(
+    policy, tokenizer, picks: Sequence[Problem], reward_fn: RewardFn, cfg: GRPOConfig, loop: GRPOLoop
+) -> RolloutBatch:
     """Sample ``group_size`` responses per problem, score them, and compute group-relative advantages."""
     eot = tokenizer.eot_id
     prompt_ids = [tokenizer.encode(p) for p, _ in picks for _ in range(cfg.group_size)]
     if loop.ctx is not None:  # keep each prompt's tail, as generate does, so the scored rows match the rollouts
         loop.counts["truncated_prompts"] += sum(len(p) >= loop.ctx for p in prompt_ids)
-        prompt_ids = [p[len(p) - (loop.ctx - 1):] if len(p) >= loop.ctx else p for p in prompt_ids]
+        prompt_ids = [p[len(p) - (loop.ctx - 1) :] if len(p) >= loop.ctx else p for p in prompt_ids]
     truths = [a for _, a in picks for _ in range(cfg.group_size)]
     ro = generate_rollouts(policy, prompt_ids, max_new_tokens=cfg.max_new_tokens, stop_ids=[eot], temperature=cfg.temperature, generator=loop.gen)
     loop.counts.update(ro.counts)
     loop.counts["unfinished_responses"] += sum(not f for f in ro.finished)
     texts = [tokenizer.decode(c) for c in ro.completions]
-    adv, raw, meta = compute_group_normalized_rewards(reward_fn, texts, truths, cfg.group_size, cfg.advantage_eps, cfg.normalize_by_std)
+    adv, raw, meta = compute_group_normalized_rewards(
+        reward_fn, texts, truths, cfg.group_size, cfg.advantage_eps, cfg.normalize_by_std
+    )
     loop.counts["verifier_errors"] += meta["reward_errors"]
     loop.counts["zero_signal_groups"] += meta["zero_signal_groups"]
     # The stop token is part of the response: the policy must learn to end its answer.
@@ -146,8 +178,12 @@ def rollout(policy, tokenizer, picks: Sequence[Problem], reward_fn: RewardFn, cf
     old_lp = None
     if loop.need_old:
         with torch.no_grad():
-            old_lp = torch.cat([get_response_log_probs(policy, batch.input_ids[sl], batch.labels[sl])["log_probs"]
-                                for sl in _microbatches(batch.input_ids.shape[0], cfg.microbatch_size)])
+            old_lp = torch.cat(
+                [
+                    get_response_log_probs(policy, batch.input_ids[sl], batch.labels[sl])["log_probs"]
+                    for sl in _microbatches(batch.input_ids.shape[0], cfg.microbatch_size)
+                ]
+            )
     return RolloutBatch(batch, adv, raw, meta["reward_mean"], old_lp)
 
 
@@ -172,9 +208,14 @@ def policy_update(policy, rb: RolloutBatch, cfg: GRPOConfig, loop: GRPOLoop, ste
             if faults.inject("grpo.loss", step):  # test-only (lm.faults)
                 out["log_probs"] = out["log_probs"] * float("nan")
             loss, m = grpo_microbatch_train_step(
-                out["log_probs"], batch.response_mask[sl], accum, cfg.loss_type,
-                raw_rewards=rb.raw_rewards[sl, None], advantages=rb.advantages[sl, None],
-                old_log_probs=rb.old_log_probs[sl] if rb.old_log_probs is not None else None, cliprange=cfg.cliprange,
+                out["log_probs"],
+                batch.response_mask[sl],
+                accum,
+                cfg.loss_type,
+                raw_rewards=rb.raw_rewards[sl, None],
+                advantages=rb.advantages[sl, None],
+                old_log_probs=rb.old_log_probs[sl] if rb.old_log_probs is not None else None,
+                cliprange=cfg.cliprange,
             )
             step_loss += loss.item()
             if batch.response_mask[sl].any():
@@ -194,7 +235,9 @@ def policy_update(policy, rb: RolloutBatch, cfg: GRPOConfig, loop: GRPOLoop, ste
     }
 
 
-def evaluate_policy(policy, tokenizer, eval_problems: Sequence[Problem], reward_fn: RewardFn, cfg: GRPOConfig, loop: GRPOLoop, step: int) -> dict | None:
+def evaluate_policy(
+    policy, tokenizer, eval_problems: Sequence[Problem], reward_fn: RewardFn, cfg: GRPOConfig, loop: GRPOLoop, step: int
+) -> dict | None:
     """Greedy decoding of the held-out problems: appended to the history; None without problems."""
     if not eval_problems:
         return None
@@ -233,14 +276,25 @@ def train_grpo(
 
     evaluate(0)
     for step in range(1, cfg.num_steps + 1):
-        rb = rollout(policy, tokenizer, next_problems(loop, train_problems, cfg.num_prompts_per_step), reward_fn, cfg, loop)
+        rb = rollout(
+            policy, tokenizer, next_problems(loop, train_problems, cfg.num_prompts_per_step), reward_fn, cfg, loop
+        )
         m = policy_update(policy, rb, cfg, loop, step)
         hist["step"].append(step)
         hist["train_reward"].append(rb.reward_mean)
         for k, v in m.items():
             hist[k].append(v)
-        say({"step": step, "total": cfg.num_steps, "loss": m["loss"], "reward": rb.reward_mean, "entropy": m["entropy"],
-             "clip_fraction": m["clip_fraction"], "tokens": int(rb.batch.input_ids.numel())})
+        say(
+            {
+                "step": step,
+                "total": cfg.num_steps,
+                "loss": m["loss"],
+                "reward": rb.reward_mean,
+                "entropy": m["entropy"],
+                "clip_fraction": m["clip_fraction"],
+                "tokens": int(rb.batch.input_ids.numel()),
+            }
+        )
         if step % cfg.eval_every == 0 or step == cfg.num_steps:
             evaluate(step)
     check_weights("GRPO", policy, cfg.num_steps)

@@ -15,13 +15,16 @@ import torch
 def check_loss(loop: str, step: int, loss: float) -> None:
     """Raise before the optimizer step when ``loss`` is NaN or infinite."""
     if not math.isfinite(loss):
-        raise FloatingPointError(f"{loop} diverged at step {step}: loss {loss} is not finite; no checkpoint written "
-                                 f"(lower the learning rate or raise the warmup)")
+        raise FloatingPointError(
+            f"{loop} diverged at step {step}: loss {loss} is not finite; no checkpoint written "
+            f"(lower the learning rate or raise the warmup)"
+        )
 
 
 def check_weights(loop: str, model: torch.nn.Module, step: int) -> None:
     """Raise when any weight is NaN or infinite (an update that overflowed)."""
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
-        raise FloatingPointError(f"{loop} diverged: weights {bad[:3]} are not finite after step {step}; no checkpoint written")
-
+        raise FloatingPointError(
+            f"{loop} diverged: weights {bad[:3]} are not finite after step {step}; no checkpoint written"
+        )

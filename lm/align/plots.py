@@ -7,7 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def plot_curves(path: str | os.PathLike, title: str, panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[float], Sequence[float]]]]]) -> Path:
+def plot_curves(
+    path: str | os.PathLike,
+    title: str,
+    panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[float], Sequence[float]]]]],
+) -> Path:
     """One row of panels; each panel is (y label, [(series label, xs, ys), ...]). Returns the path."""
     import matplotlib
 

@@ -76,13 +76,13 @@ def generate_rollouts(
             raise ValueError(f"prompt {i} is empty: a prompt needs at least one token")
         if ctx is not None and len(p) >= ctx:
             counts["truncated_prompts"] += 1
-            p = p[len(p) - (ctx - 1):]
+            p = p[len(p) - (ctx - 1) :]
         clipped.append(p)
         buckets[len(p)].append(i)
     for plen, idx in sorted(buckets.items()):
         steps = max_new_tokens if ctx is None else min(max_new_tokens, ctx - plen)
         for s in range(0, len(idx), batch_size):
-            rows = idx[s: s + batch_size]
+            rows = idx[s : s + batch_size]
             ids = torch.tensor([clipped[i] for i in rows], dtype=torch.long, device=device)  # (b, plen)
             out, done = _sample_batch(model, ids, steps, stop, temperature, top_k, generator)
             for j, i in enumerate(rows):

@@ -40,16 +40,35 @@ class SFTConfig(Config):
 
     num_steps: int = Field(200, ge=1, le=1000000000, description="Optimizer steps.")
     batch_size: int = Field(16, ge=1, le=1 << 16, description="Examples per optimizer step (split into microbatches).")
-    gradient_accumulation_steps: int = Field(1, ge=1, le=1 << 16, description="Microbatches per step; batch_size must divide by it.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=1 << 16, description="Microbatches per step; batch_size must divide by it."
+    )
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (constant after warmup).")
     warmup_steps: int = Field(10, ge=0, le=1000000000, description="Linear warmup steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
-    normalize: Literal["tokens", "constant"] = Field("tokens", description="Loss normalization: per response token, or Σ/normalize_constant.")
+    normalize: Literal["tokens", "constant"] = Field(
+        "tokens", description="Loss normalization: per response token, or Σ/normalize_constant."
+    )
     normalize_constant: float = Field(1.0, gt=0, description="Divisor of the summed NLL when normalize='constant'.")
-    max_length: int | None = Field(None, ge=2, le=1 << 20, description="Cap on prompt+response tokens (default: model context + 1); longer responses are truncated and counted.")
+    max_length: int | None = Field(
+        None,
+        ge=2,
+        le=1 << 20,
+        description=(
+            "Cap on prompt+response tokens (default: model context + 1); longer responses are truncated and counted."
+        ),
+    )
     eval_every: int = Field(50, ge=1, le=1000000000, description="Measure held-out NLL every this many steps.")
-    stop_at_reward: float | None = Field(None, ge=0, le=1, description="Stop once the verifier reward (greedy) on a sample of training prompts reaches this, checked every eval_every steps; the demo uses it to leave GRPO room. Null = train all steps.")
+    stop_at_reward: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "Stop once the verifier reward (greedy) on a sample of training prompts reaches this, "
+            "checked every eval_every steps; the demo uses it to leave GRPO room. Null = train all steps."
+        ),
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for batch order.")
 
 
@@ -62,15 +81,19 @@ def max_length_for(model, cfg_max: int | None) -> int | None:
 
 
 @torch.no_grad()
-def response_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32, max_length: int | None = None) -> float:
+def response_nll(
+    model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32, max_length: int | None = None
+) -> float:
     """Mean negative log-likelihood per response token (end-of-text included) of held-out pairs."""
     was = model.training
     model.eval()
     total, n = 0.0, 0
     max_length = max_length_for(model, max_length)
     for s in range(0, len(pairs), batch_size):
-        chunk = pairs[s: s + batch_size]
-        b = tokenize_prompt_and_output([p for p, _ in chunk], [r for _, r in chunk], tokenizer, max_length=max_length, eot_id=tokenizer.eot_id)
+        chunk = pairs[s : s + batch_size]
+        b = tokenize_prompt_and_output(
+            [p for p, _ in chunk], [r for _, r in chunk], tokenizer, max_length=max_length, eot_id=tokenizer.eot_id
+        )
         lp = get_response_log_probs(model, b.input_ids, b.labels)["log_probs"]
         total += -(lp * b.response_mask).sum().item()
         n += int(b.response_mask.sum())
@@ -82,7 +105,16 @@ def _lr_at(step: int, cfg: SFTConfig) -> float:
     return cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
 
 
-def sft_step(model, tokenizer, opt, chunks: Sequence[Sequence[tuple[str, str]]], cfg: SFTConfig, step: int, max_length: int | None, counts: Counter) -> tuple[float, int]:
+def sft_step(
+    model,
+    tokenizer,
+    opt,
+    chunks: Sequence[Sequence[tuple[str, str]]],
+    cfg: SFTConfig,
+    step: int,
+    max_length: int | None,
+    counts: Counter,
+) -> tuple[float, int]:
     """One optimizer step over ``chunks`` (the microbatches); returns (loss, tokens processed)."""
     from lm.train import clip_grad_norm_
 
@@ -91,7 +123,9 @@ def sft_step(model, tokenizer, opt, chunks: Sequence[Sequence[tuple[str, str]]],
     opt.zero_grad(set_to_none=True)
     step_loss, tokens = 0.0, 0
     for chunk in chunks:
-        b = tokenize_prompt_and_output([p for p, _ in chunk], [r for _, r in chunk], tokenizer, max_length=max_length, eot_id=tokenizer.eot_id)
+        b = tokenize_prompt_and_output(
+            [p for p, _ in chunk], [r for _, r in chunk], tokenizer, max_length=max_length, eot_id=tokenizer.eot_id
+        )
         counts.update(b.counts)
         tokens += int(b.input_ids.numel())
         lp = get_response_log_probs(model, b.input_ids, b.labels)["log_probs"]
@@ -136,7 +170,8 @@ def train_sft(
         raise ValueError("train_sft needs at least one training pair")
     if cfg.batch_size % cfg.gradient_accumulation_steps:
         raise ValueError(
-            f"batch_size={cfg.batch_size} is not divisible by gradient_accumulation_steps={cfg.gradient_accumulation_steps}"
+            f"batch_size={cfg.batch_size} is not divisible by "
+            f"gradient_accumulation_steps={cfg.gradient_accumulation_steps}"
         )
     micro = cfg.batch_size // cfg.gradient_accumulation_steps
     max_length = max_length_for(model, cfg.max_length)
@@ -150,23 +185,38 @@ def train_sft(
 
     def evaluate(step: int) -> None:
         hist["eval_step"].append(step)
-        hist["eval_nll"].append(response_nll(model, tokenizer, eval_pairs, max_length=max_length) if eval_pairs else math.nan)
+        hist["eval_nll"].append(
+            response_nll(model, tokenizer, eval_pairs, max_length=max_length) if eval_pairs else math.nan
+        )
         if probe_reward is not None:
             hist["probe_reward"].append(probe_reward(model))
-        say({"step": step, "total": cfg.num_steps, "eval_nll": hist["eval_nll"][-1],
-             **({"reward": hist["probe_reward"][-1]} if hist["probe_reward"] else {})})
+        say(
+            {
+                "step": step,
+                "total": cfg.num_steps,
+                "eval_nll": hist["eval_nll"][-1],
+                **({"reward": hist["probe_reward"][-1]} if hist["probe_reward"] else {}),
+            }
+        )
 
     evaluate(0)
     model.train()
     for step in range(1, cfg.num_steps + 1):
-        chunks = [[train_pairs[i] for i in next_indices(order, rng, len(train_pairs), micro)] for _ in range(cfg.gradient_accumulation_steps)]
+        chunks = [
+            [train_pairs[i] for i in next_indices(order, rng, len(train_pairs), micro)]
+            for _ in range(cfg.gradient_accumulation_steps)
+        ]
         step_loss, tokens = sft_step(model, tokenizer, opt, chunks, cfg, step, max_length, counts)
         hist["step"].append(step)
         hist["loss"].append(step_loss)
         say({"step": step, "total": cfg.num_steps, "loss": step_loss, "tokens": tokens})
         if eval_pairs and (step % cfg.eval_every == 0 or step == cfg.num_steps):
             evaluate(step)
-            if cfg.stop_at_reward is not None and hist["probe_reward"] and hist["probe_reward"][-1] >= cfg.stop_at_reward:
+            if (
+                cfg.stop_at_reward is not None
+                and hist["probe_reward"]
+                and hist["probe_reward"][-1] >= cfg.stop_at_reward
+            ):
                 hist["stopped_at_step"] = step
                 break
     check_weights("SFT", model, step)

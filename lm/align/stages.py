@@ -51,14 +51,29 @@ SCHEMAS = {"instruction": INSTRUCTION_SCHEMA, "preference": PREFERENCE_SCHEMA, "
 class AlignDataConfig(Config):
     """Where alignment examples come from and how prompts are written."""
 
-    source: Literal["addition", "gsm8k", "sft_jsonl"] = Field("addition", description="addition: generated demo problems; gsm8k: GSM8K jsonl; sft_jsonl: {prompt, response} lines.")
+    source: Literal["addition", "gsm8k", "sft_jsonl"] = Field(
+        "addition",
+        description="addition: generated demo problems; gsm8k: GSM8K jsonl; sft_jsonl: {prompt, response} lines.",
+    )
     train_path: str | None = Field(None, description="Training file (gsm8k / sft_jsonl).")
-    eval_path: str | None = Field(None, description="Held-out file (gsm8k / sft_jsonl); default: the last num_eval training rows.")
-    num_train: int = Field(4000, ge=1, le=10**8, description="Training examples (generated, or the first N of the file).")
+    eval_path: str | None = Field(
+        None, description="Held-out file (gsm8k / sft_jsonl); default: the last num_eval training rows."
+    )
+    num_train: int = Field(
+        4000, ge=1, le=10**8, description="Training examples (generated, or the first N of the file)."
+    )
     num_eval: int = Field(200, ge=1, le=10**8, description="Held-out examples.")
     digits: int = Field(2, ge=1, le=6, description="addition: operands have up to this many digits.")
-    template: str = Field("plain", description="Prompt template: builtin name (plain, question_answer), a .prompt file, or a name in prompts_dir (r1_zero).")
-    prompts_dir: str | None = Field(None, description="Directory of .prompt templates (e.g. ../shared/reference/assignment5-alignment/prompts).")
+    template: str = Field(
+        "plain",
+        description=(
+            "Prompt template: builtin name (plain, question_answer), "
+            "a .prompt file, or a name in prompts_dir (r1_zero)."
+        ),
+    )
+    prompts_dir: str | None = Field(
+        None, description="Directory of .prompt templates (e.g. ../shared/reference/assignment5-alignment/prompts)."
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for generated problems and wrong answers.")
 
 
@@ -74,7 +89,9 @@ class BaseModelConfig(Config):
     batch_size: int = Field(32, ge=1, le=1 << 16, description="Sequences per pretraining step.")
     lr: float = Field(3e-3, gt=0, description="Pretraining learning rate.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Initialization and batch seed.")
-    num_threads: int | None = Field(1, ge=1, le=1024, description="torch CPU threads (1 is fastest for this tiny model); null = torch default.")
+    num_threads: int | None = Field(
+        1, ge=1, le=1024, description="torch CPU threads (1 is fastest for this tiny model); null = torch default."
+    )
 
 
 @contextlib.contextmanager
@@ -108,7 +125,7 @@ def _split(loader, cfg: AlignDataConfig) -> tuple[list[dict], list[dict]]:
         return loader(cfg.train_path, limit=cfg.num_train)[0], loader(cfg.eval_path, limit=cfg.num_eval)[0]
     rows, _ = loader(cfg.train_path, limit=cfg.num_train + cfg.num_eval)
     n_eval = min(cfg.num_eval, max(1, len(rows) // 5)) if len(rows) > 1 else 0
-    return rows[: len(rows) - n_eval][: cfg.num_train], rows[len(rows) - n_eval:]
+    return rows[: len(rows) - n_eval][: cfg.num_train], rows[len(rows) - n_eval :]
 
 
 def _prompt(template: str, text: str) -> str:
@@ -125,7 +142,9 @@ def _rows(cfg: AlignDataConfig, kind: Kind) -> tuple[list[dict], list[dict]]:
     tmpl = load_template(cfg.template, cfg.prompts_dir)
     if cfg.source == "addition":
         train, evals = demo.split_problems(cfg.num_train, cfg.num_eval, cfg.digits, cfg.seed)
-        items = lambda ps, split: [{"id": f"{split}-{i}", "question": p, "answer": a, "solution": a} for i, (p, a) in enumerate(ps)]  # noqa: E731
+        items = lambda ps, split: [
+            {"id": f"{split}-{i}", "question": p, "answer": a, "solution": a} for i, (p, a) in enumerate(ps)
+        ]
         tr, ev = items(train, "train"), items(evals, "eval")
     elif cfg.source == "gsm8k":
         if not cfg.train_path:
@@ -133,11 +152,14 @@ def _rows(cfg: AlignDataConfig, kind: Kind) -> tuple[list[dict], list[dict]]:
         tr, ev = _split(load_gsm8k, cfg)
     else:
         if kind != "instruction":
-            raise ValueError(f"data.source='sft_jsonl' has no answers to verify or rank; it only gives kind='instruction', not {kind!r}")
+            raise ValueError(
+                "data.source='sft_jsonl' has no answers to verify or "
+                f"rank; it only gives kind='instruction', not {kind!r}"
+            )
         if not cfg.train_path:
             raise ValueError("data.source='sft_jsonl' needs data.train_path")
         tr, ev = _split(load_sft_jsonl, cfg)
-        conv = lambda rs: [{"id": r["id"], "prompt": _prompt(tmpl, r["prompt"]), "response": r["response"]} for r in rs]  # noqa: E731
+        conv = lambda rs: [{"id": r["id"], "prompt": _prompt(tmpl, r["prompt"]), "response": r["response"]} for r in rs]
         return conv(tr), conv(ev)
 
     def convert(r: dict) -> dict:
@@ -147,7 +169,11 @@ def _rows(cfg: AlignDataConfig, kind: Kind) -> tuple[list[dict], list[dict]]:
         if kind == "instruction":
             return {"id": r["id"], "prompt": prompt, "response": r["solution"]}
         wrong = demo.wrong_answer(r["answer"], rng)
-        rejected = r["solution"][: len(r["solution"]) - len(r["answer"])] + wrong if r["solution"].endswith(r["answer"]) else wrong
+        rejected = (
+            r["solution"][: len(r["solution"]) - len(r["answer"])] + wrong
+            if r["solution"].endswith(r["answer"])
+            else wrong
+        )
         return {"id": r["id"], "prompt": prompt, "chosen": r["solution"], "rejected": rejected}
 
     return [convert(r) for r in tr], [convert(r) for r in ev]
@@ -197,11 +223,15 @@ def load_policy(model_manifest: str | Path):
         # safetensors weights only: a pytorch_model.bin is a pickle and is refused, not unpickled
         model = AutoModelForCausalLM.from_pretrained(str(ckpt), use_safetensors=True)
     else:
-        raise FileNotFoundError(f"{ckpt} is neither our checkpoint (meta.json) nor a Hugging Face model dir (config.json)")
+        raise FileNotFoundError(
+            f"{ckpt} is neither our checkpoint (meta.json) nor a Hugging Face model dir (config.json)"
+        )
     tok = load_tokenizer(m.get("tokenizer"))  # no tokenizer recorded = byte-level
     if getattr(tok, "eot_id", None) is None:
-        raise ValueError(f"tokenizer {m.get('tokenizer')} has no <|endoftext|> token: alignment needs it to end responses "
-                         "(train the tokenizer with special_tokens=['<|endoftext|>'])")
+        raise ValueError(
+            f"tokenizer {m.get('tokenizer')} has no <|endoftext|> token: alignment needs it to end responses "
+            "(train the tokenizer with special_tokens=['<|endoftext|>'])"
+        )
     return model, tok, m
 
 
@@ -218,7 +248,9 @@ def save_policy(model, out: Path, step: int, extra: dict) -> dict:
 def make_demo_base(root: str | Path, data: AlignDataConfig, cfg: BaseModelConfig) -> Path:
     """Pretrain the demo's char-level model on the addition training problems (text only)."""
     if data.source != "addition":
-        raise ValueError(f"the demo base model is for data.source='addition', not {data.source!r}; pass a model manifest")
+        raise ValueError(
+            f"the demo base model is for data.source='addition', not {data.source!r}; pass a model manifest"
+        )
     stage = Stage(root, "align-base", version=VERSION, config={"data": data.model_dump(), "model": cfg.model_dump()})
     if stage.is_complete():
         return stage.manifest_path
@@ -226,49 +258,105 @@ def make_demo_base(root: str | Path, data: AlignDataConfig, cfg: BaseModelConfig
     train, _ = demo.split_problems(data.num_train, data.num_eval, data.digits, data.seed)
     mc = cfg.model_dump(include={"context_length", "d_model", "num_layers", "num_heads", "d_ff"})
     with torch_threads(cfg.num_threads):
-        model, tok, info = demo.make_base_model(train, model_config=mc, num_steps=cfg.num_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+        model, tok, info = demo.make_base_model(
+            train, model_config=mc, num_steps=cfg.num_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed
+        )
     stage.ensure_dir()
     tok.save(stage.path / "tokenizer")
     mcfg = save_policy(model, stage.path / "checkpoint", cfg.num_steps, {"stage": "align-base"})
-    plot_curves(stage.path / "curves.png", "demo base pretraining", [("loss", [("train loss", range(1, len(info["loss"]) + 1), info["loss"])])])
-    return stage.commit(extra={"checkpoint": str(stage.path / "checkpoint"), "model_config": mcfg, "tokenizer": str(stage.path / "tokenizer"),
-                               "metrics": {"final_loss": info["loss"][-1], "seconds": info["seconds"]}})
+    plot_curves(
+        stage.path / "curves.png",
+        "demo base pretraining",
+        [("loss", [("train loss", range(1, len(info["loss"]) + 1), info["loss"])])],
+    )
+    return stage.commit(
+        extra={
+            "checkpoint": str(stage.path / "checkpoint"),
+            "model_config": mcfg,
+            "tokenizer": str(stage.path / "tokenizer"),
+            "metrics": {"final_loss": info["loss"][-1], "seconds": info["seconds"]},
+        }
+    )
 
 
 # --------------------------------------------------------------------------- training stages
 
 SAMPLE_SCHEMA = pa.schema(
-    [("id", "string"), ("prompt", "string"), ("reference", "string"), ("generation_before", "string"),
-     ("generation_after", "string"), ("reward_before", "float64"), ("reward_after", "float64")]
+    [
+        ("id", "string"),
+        ("prompt", "string"),
+        ("reference", "string"),
+        ("generation_before", "string"),
+        ("generation_after", "string"),
+        ("reward_before", "float64"),
+        ("reward_after", "float64"),
+    ]
 )
 
 
 class StageOptions(Config):
     """Settings shared by the SFT, DPO and GRPO stages."""
 
-    verifier: str | None = Field("arithmetic", description="Verifier for accuracy before/after on held-out prompts (arithmetic, gsm8k, r1_zero) or null for none.")
+    verifier: str | None = Field(
+        "arithmetic",
+        description=(
+            "Verifier for accuracy before/after on held-out prompts (arithmetic, gsm8k, r1_zero) or null for none."
+        ),
+    )
     max_new_tokens: int = Field(8, ge=1, le=1 << 16, description="Longest generation when sampling held-out answers.")
-    num_samples: int = Field(200, ge=0, le=10**8, description="Held-out prompts decoded before and after training (accuracy and the samples shard).")
-    num_threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (1 is fastest for tiny models on a busy machine); null = torch default.")
+    num_samples: int = Field(
+        200,
+        ge=0,
+        le=10**8,
+        description="Held-out prompts decoded before and after training (accuracy and the samples shard).",
+    )
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="torch CPU threads (1 is fastest for tiny models on a busy machine); null = torch default.",
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="torch seed.")
 
 
-def _generate_scores(model, tok, prompts: list[str], refs: list[str], opts: StageOptions, say: OnProgress, when: str) -> tuple[list[str], list[float | None]]:
+def _generate_scores(
+    model, tok, prompts: list[str], refs: list[str], opts: StageOptions, say: OnProgress, when: str
+) -> tuple[list[str], list[float | None]]:
     if not prompts:
         return [], []
     say({"phase": f"decoding {len(prompts)} held-out prompts {when} training"})
-    fn = get_reward_fn(opts.verifier) if opts.verifier else (lambda r, t: {"reward": math.nan, "format_reward": math.nan})
+    fn = (
+        get_reward_fn(opts.verifier)
+        if opts.verifier
+        else (lambda r, t: {"reward": math.nan, "format_reward": math.nan})
+    )
     m = evaluate_rewards(model, tok, list(zip(prompts, refs)), fn, max_new_tokens=opts.max_new_tokens)
     return m["responses"], [None if math.isnan(r) else r for r in m["rewards"]]
 
 
-def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, opts: StageOptions, ref_key: str, train_fn, curves,
-                 on_progress: OnProgress | None) -> Path:
+def _train_stage(
+    name: str,
+    root,
+    model_manifest,
+    data_manifest,
+    config: dict,
+    opts: StageOptions,
+    ref_key: str,
+    train_fn,
+    curves,
+    on_progress: OnProgress | None,
+) -> Path:
     """Shared body: load model and data, decode held-out prompts, train, decode again, save, commit.
 
     ``train_fn(model, tok, train_rows, eval_rows, say)`` runs the loop, passing ``say`` on as its ``log``.
     """
-    stage = Stage(root, name, version=VERSION, config={**config, "options": opts.model_dump()}, inputs=[model_manifest, data_manifest])
+    stage = Stage(
+        root,
+        name,
+        version=VERSION,
+        config={**config, "options": opts.model_dump()},
+        inputs=[model_manifest, data_manifest],
+    )
     if stage.is_complete():
         return stage.manifest_path
     say = on_progress or (lambda event: None)
@@ -282,12 +370,24 @@ def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, o
         hist = train_fn(model, tok, train_rows, eval_rows, say)
         after, r_after = _generate_scores(model, tok, prompts, refs, opts, say, "after")
     stage.ensure_dir()
-    mcfg = save_policy(model, stage.path / "checkpoint", len(hist.get("step", [])), {"stage": name, "upstream": upstream["_path"]})
+    mcfg = save_policy(
+        model, stage.path / "checkpoint", len(hist.get("step", [])), {"stage": name, "upstream": upstream["_path"]}
+    )
     plot_curves(stage.path / "curves.png", f"{name}", curves(hist))
     with stage.open_shard(0, schema=SAMPLE_SCHEMA, source="eval") as w:
         for r, p, ref, b, a, rb, ra in zip(sample_rows, prompts, refs, before, after, r_before, r_after):
             w.count_in()
-            w.write({"id": r["id"], "prompt": p, "reference": ref, "generation_before": b, "generation_after": a, "reward_before": rb, "reward_after": ra})
+            w.write(
+                {
+                    "id": r["id"],
+                    "prompt": p,
+                    "reference": ref,
+                    "generation_before": b,
+                    "generation_after": a,
+                    "reward_before": rb,
+                    "reward_after": ra,
+                }
+            )
         for k, v in hist.get("counts", {}).items():
             w.add_count(k, int(v))
     scored = [x for x in r_before if x is not None]
@@ -296,59 +396,128 @@ def _train_stage(name: str, root, model_manifest, data_manifest, config: dict, o
         metrics["accuracy_before"] = sum(scored) / len(scored)
         metrics["accuracy_after"] = sum(x for x in r_after if x is not None) / len(scored)
         metrics["num_scored"] = len(scored)
-    (stage.path / "history.json").write_text(json.dumps({k: v for k, v in hist.items() if k != "eval_samples"}, default=str))
-    return stage.commit(num_shards=1, extra={"checkpoint": str(stage.path / "checkpoint"), "model_config": mcfg,
-                                             "tokenizer": upstream.get("tokenizer"), "metrics": metrics, "plot": str(stage.path / "curves.png")})
+    (stage.path / "history.json").write_text(
+        json.dumps({k: v for k, v in hist.items() if k != "eval_samples"}, default=str)
+    )
+    return stage.commit(
+        num_shards=1,
+        extra={
+            "checkpoint": str(stage.path / "checkpoint"),
+            "model_config": mcfg,
+            "tokenizer": upstream.get("tokenizer"),
+            "metrics": metrics,
+            "plot": str(stage.path / "curves.png"),
+        },
+    )
 
 
-def run_sft(root, model_manifest, data_manifest, cfg: SFTConfig, opts: StageOptions, *, on_progress: OnProgress | None = None) -> Path:
+def run_sft(
+    root, model_manifest, data_manifest, cfg: SFTConfig, opts: StageOptions, *, on_progress: OnProgress | None = None
+) -> Path:
     if cfg.stop_at_reward is not None and not opts.verifier:
         raise ValueError("sft.stop_at_reward needs options.verifier to score held-out answers")
 
     def train(model, tok, tr, ev, say):
-        pair = lambda rs: [(r["prompt"], r["response"]) for r in rs]  # noqa: E731
+        pair = lambda rs: [(r["prompt"], r["response"]) for r in rs]
         # the stop rule looks at training problems only: the held-out ones stay unseen by every choice
         probe = [(r["prompt"], r["response"]) for r in tr[: opts.num_samples]]
         reward = None
         if opts.verifier:
             fn = get_reward_fn(opts.verifier)
-            reward = lambda m: evaluate_rewards(m, tok, probe, fn, max_new_tokens=opts.max_new_tokens)["reward_mean"]  # noqa: E731
+            reward = lambda m: evaluate_rewards(m, tok, probe, fn, max_new_tokens=opts.max_new_tokens)["reward_mean"]
         return train_sft(model, tok, pair(tr), pair(ev), cfg, probe_reward=reward, log=say)
 
-    curves = lambda h: [  # noqa: E731
+    curves = lambda h: [
         ("loss", [("train NLL/token", h["step"], h["loss"])]),
-        ("NLL / reward", [("held-out response NLL/token", h["eval_step"], h["eval_nll"])] + ([("verifier reward, train sample (greedy)", h["eval_step"], h["probe_reward"])] if h["probe_reward"] else [])),
+        (
+            "NLL / reward",
+            [("held-out response NLL/token", h["eval_step"], h["eval_nll"])]
+            + (
+                [("verifier reward, train sample (greedy)", h["eval_step"], h["probe_reward"])]
+                if h["probe_reward"]
+                else []
+            ),
+        ),
     ]
-    return _train_stage("sft", root, model_manifest, data_manifest, {"sft": cfg.model_dump()}, opts, "response", train, curves, on_progress)
+    return _train_stage(
+        "sft",
+        root,
+        model_manifest,
+        data_manifest,
+        {"sft": cfg.model_dump()},
+        opts,
+        "response",
+        train,
+        curves,
+        on_progress,
+    )
 
 
-def run_dpo(root, model_manifest, data_manifest, cfg: DPOConfig, opts: StageOptions, *, on_progress: OnProgress | None = None) -> Path:
+def run_dpo(
+    root, model_manifest, data_manifest, cfg: DPOConfig, opts: StageOptions, *, on_progress: OnProgress | None = None
+) -> Path:
     def train(model, tok, tr, ev, say):
         ref, _, _ = load_policy(model_manifest)
-        trip = lambda rs: [(r["prompt"], r["chosen"], r["rejected"]) for r in rs]  # noqa: E731
+        trip = lambda rs: [(r["prompt"], r["chosen"], r["rejected"]) for r in rs]
         return train_dpo(model, ref, tok, trip(tr), trip(ev), cfg, log=say)
 
-    curves = lambda h: [  # noqa: E731
+    curves = lambda h: [
         ("DPO loss", [("train", h["step"], h["loss"]), ("held-out", h["eval_step"], h["eval_loss"])]),
-        ("preference accuracy", [("train (margin>0)", h["step"], h["train_accuracy"]), ("held-out (margin>0)", h["eval_step"], h["eval_accuracy"])]),
+        (
+            "preference accuracy",
+            [
+                ("train (margin>0)", h["step"], h["train_accuracy"]),
+                ("held-out (margin>0)", h["eval_step"], h["eval_accuracy"]),
+            ],
+        ),
     ]
-    return _train_stage("dpo", root, model_manifest, data_manifest, {"dpo": cfg.model_dump()}, opts, "chosen", train, curves, on_progress)
+    return _train_stage(
+        "dpo",
+        root,
+        model_manifest,
+        data_manifest,
+        {"dpo": cfg.model_dump()},
+        opts,
+        "chosen",
+        train,
+        curves,
+        on_progress,
+    )
 
 
-def run_grpo(root, model_manifest, data_manifest, cfg: GRPOConfig, opts: StageOptions, *, on_progress: OnProgress | None = None) -> Path:
+def run_grpo(
+    root, model_manifest, data_manifest, cfg: GRPOConfig, opts: StageOptions, *, on_progress: OnProgress | None = None
+) -> Path:
     if not opts.verifier:
         raise ValueError("GRPO needs a verifier (options.verifier: arithmetic, gsm8k or r1_zero)")
     reward_fn = get_reward_fn(opts.verifier)
 
     def train(model, tok, tr, ev, say):
-        prob = lambda rs: [(r["prompt"], r["answer"]) for r in rs]  # noqa: E731
+        prob = lambda rs: [(r["prompt"], r["answer"]) for r in rs]
         return train_grpo(model, tok, prob(tr), prob(ev), reward_fn, cfg, log=say)
 
-    curves = lambda h: [  # noqa: E731
-        ("mean verifier reward", [("rollouts (sampled)", h["step"], h["train_reward"]), ("held-out (greedy)", h["eval_step"], h["eval_reward"])]),
+    curves = lambda h: [
+        (
+            "mean verifier reward",
+            [
+                ("rollouts (sampled)", h["step"], h["train_reward"]),
+                ("held-out (greedy)", h["eval_step"], h["eval_reward"]),
+            ],
+        ),
         ("loss / entropy", [("policy loss", h["step"], h["loss"]), ("token entropy", h["step"], h["entropy"])]),
     ]
-    return _train_stage("grpo", root, model_manifest, data_manifest, {"grpo": cfg.model_dump()}, opts, "answer", train, curves, on_progress)
+    return _train_stage(
+        "grpo",
+        root,
+        model_manifest,
+        data_manifest,
+        {"grpo": cfg.model_dump()},
+        opts,
+        "answer",
+        train,
+        curves,
+        on_progress,
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -357,15 +526,25 @@ def run_grpo(root, model_manifest, data_manifest, cfg: GRPOConfig, opts: StageOp
 class EvalConfig(Config):
     """What the evaluate stage measures."""
 
-    tasks: list[Literal["gsm8k", "mmlu", "arithmetic"]] = Field(["arithmetic"], max_length=16, description="Generation tasks to run.")
+    tasks: list[Literal["gsm8k", "mmlu", "arithmetic"]] = Field(
+        ["arithmetic"], max_length=16, description="Generation tasks to run."
+    )
     gsm8k_path: str | None = Field(None, description="GSM8K test jsonl.")
     mmlu_path: str | None = Field(None, description="MMLU csv file or directory of csvs.")
-    arithmetic: AlignDataConfig = Field(default_factory=AlignDataConfig, description="Held-out addition problems (its eval split).")
+    arithmetic: AlignDataConfig = Field(
+        default_factory=AlignDataConfig, description="Held-out addition problems (its eval split)."
+    )
     limit: int = Field(200, ge=1, le=10**8, description="Problems per task.")
     template: str = Field("plain", description="Prompt template for gsm8k/mmlu questions.")
     prompts_dir: str | None = Field(None, description="Directory of .prompt templates.")
     max_new_tokens: int = Field(8, ge=1, le=1 << 16, description="Longest generation.")
-    perplexity_path: str | None = Field(None, description="Text/jsonl file whose perplexity to measure (one document per line; jsonl: its 'text', 'response' or 'solution').")
+    perplexity_path: str | None = Field(
+        None,
+        description=(
+            "Text/jsonl file whose perplexity to measure (one document "
+            "per line; jsonl: its 'text', 'response' or 'solution')."
+        ),
+    )
     num_threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads; null = torch default.")
 
 
@@ -390,7 +569,9 @@ def _perplexity_texts(path: str) -> list[str]:
             continue
         if path.endswith(".jsonl"):
             r = json.loads(line)
-            texts.append(next((r[k] for k in ("text", "response", "solution", "answer") if isinstance(r.get(k), str)), ""))
+            texts.append(
+                next((r[k] for k in ("text", "response", "solution", "answer") if isinstance(r.get(k), str)), "")
+            )
         else:
             texts.append(line)
     return [t for t in texts if t]
@@ -427,7 +608,9 @@ def _evaluate_into(stage: Stage, model, tok, cfg: EvalConfig, metrics: dict, say
             say({"step": start + done, f"{task}_accuracy": correct / max(done, 1)})
 
         try:
-            out, counts = evaluate_generation(model, tok, task, rows, template=tmpl, max_new_tokens=cfg.max_new_tokens, on_batch=on_batch)
+            out, counts = evaluate_generation(
+                model, tok, task, rows, template=tmpl, max_new_tokens=cfg.max_new_tokens, on_batch=on_batch
+            )
         except ValueError as e:  # e.g. a character the demo tokenizer cannot encode
             raise ValueError(f"evaluate task {task!r} failed before generating: {e}") from e
         with stage.open_shard(i, schema=EVAL_SCHEMA, source=task) as w:
@@ -444,6 +627,17 @@ def _evaluate_into(stage: Stage, model, tok, cfg: EvalConfig, metrics: dict, say
 
 
 __all__ = [
-    "AlignDataConfig", "BaseModelConfig", "EvalConfig", "StageOptions", "build_align_data", "load_policy", "make_demo_base",
-    "evaluate_size", "read_split", "run_dpo", "run_evaluate", "run_grpo", "run_sft",
+    "AlignDataConfig",
+    "BaseModelConfig",
+    "EvalConfig",
+    "StageOptions",
+    "build_align_data",
+    "load_policy",
+    "make_demo_base",
+    "evaluate_size",
+    "read_split",
+    "run_dpo",
+    "run_evaluate",
+    "run_grpo",
+    "run_sft",
 ]

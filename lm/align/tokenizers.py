@@ -52,7 +52,7 @@ class CharTokenizer:
         return d
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "CharTokenizer":
+    def load(cls, directory: str | os.PathLike) -> CharTokenizer:
         return cls(json.loads((Path(directory) / CHAR_FILE).read_text())["alphabet"])
 
 
@@ -85,5 +85,7 @@ def load_tokenizer(directory: str | os.PathLike | None):
     try:
         from lm.tokenizer import Tokenizer
     except ImportError as e:
-        raise FileNotFoundError(f"{d} holds no char or HF tokenizer, and lm.tokenizer.Tokenizer is unavailable ({e})") from e
+        raise FileNotFoundError(
+            f"{d} holds no char or HF tokenizer, and lm.tokenizer.Tokenizer is unavailable ({e})"
+        ) from e
     return Tokenizer.load(d)

@@ -34,13 +34,18 @@ class RewardVerdict:
     def flag(self) -> str:
         """A few words for a summary table ("" when the reward rose above chance)."""
         change, margin = self.after - self.before, noise(self.before, self.after, self.num_prompts)
-        words = {"fell": [f"FELL ({change:+.3f}, noise ±{margin:.3f})"], "flat": [f"NO GAIN ({change:+.3f}, noise ±{margin:.3f})"]}.get(self.trend, [])
+        words = {
+            "fell": [f"FELL ({change:+.3f}, noise ±{margin:.3f})"],
+            "flat": [f"NO GAIN ({change:+.3f}, noise ±{margin:.3f})"],
+        }.get(self.trend, [])
         words += ["never above chance"] if not self.above_chance else []
         return ("⚠ " + ", ".join(words)) if words else ""
 
     def message(self, stage: str = "the stage") -> str:
         margin = noise(self.before, self.after, self.num_prompts)
-        what = f"held-out reward {self.before:.3f} → {self.after:.3f} on {self.num_prompts} prompts, noise ±{margin:.3f}"
+        what = (
+            f"held-out reward {self.before:.3f} → {self.after:.3f} on {self.num_prompts} prompts, noise ±{margin:.3f}"
+        )
         if self.trend == "fell":
             text = f"⚠ {stage} made the reward FALL ({what}): this stage made the model worse at the task"
         elif self.trend == "flat":
@@ -83,6 +88,8 @@ def chain_warnings(stages: list[tuple[str, RewardVerdict]]) -> list[str]:
     reward, and the whole chain if its reward never rose above chance."""
     out = [v.message(name) for name, v in stages if v.trend != "rose"]
     if stages and not any(v.above_chance for _, v in stages):
-        out.append(f"⚠ the reward never rose above chance in {' → '.join(n for n, _ in stages)}: "
-                   "no stage taught the model this task")
+        out.append(
+            f"⚠ the reward never rose above chance in {' → '.join(n for n, _ in stages)}: "
+            "no stage taught the model this task"
+        )
     return out

@@ -75,7 +75,9 @@ def check_fasttext_file(path: str | os.PathLike) -> Path:
     with open(p, "rb") as f:
         head = f.read(4)
     if head != _FASTTEXT_MAGIC:
-        raise ValueError(f"{str(path)!r} is not a fastText model (bad magic number); give a .bin/.ftz written by fastText")
+        raise ValueError(
+            f"{str(path)!r} is not a fastText model (bad magic number); give a .bin/.ftz written by fastText"
+        )
     return p
 
 
@@ -106,8 +108,10 @@ def positive_scores(model, texts: Iterable[str], positive: Collection[str]) -> l
     if not lines:
         return []
     labels, probs = model.predict(lines, k=-1)
-    return [min(1.0, max(0.0, sum(float(p) for lab, p in zip(ls, ps) if lab.removeprefix("__label__") in positive)))
-            for ls, ps in zip(labels, probs)]
+    return [
+        min(1.0, max(0.0, sum(float(p) for lab, p in zip(ls, ps) if lab.removeprefix("__label__") in positive)))
+        for ls, ps in zip(labels, probs)
+    ]
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -122,7 +126,7 @@ def text_chunks(text: str, max_words: int) -> list[str]:
     out = []
     for sentence in _SENTENCE.split(text[:MAX_CHARS]):
         words = sentence.split()
-        out += [" ".join(words[i:i + max_words]) for i in range(0, len(words), max_words)]
+        out += [" ".join(words[i : i + max_words]) for i in range(0, len(words), max_words)]
     return out or [""]
 
 
@@ -132,7 +136,7 @@ def max_chunk_scores(model, texts: Iterable[str], positive: Collection[str], max
     flat = positive_scores(model, [c for chunks in chunked for c in chunks], positive)
     out, i = [], 0
     for chunks in chunked:
-        out.append(max(flat[i:i + len(chunks)]))
+        out.append(max(flat[i : i + len(chunks)]))
         i += len(chunks)
     return out
 
@@ -180,8 +184,10 @@ def choose_positive(labels: Sequence[str], kind: str, positive: Sequence[str] | 
     else:
         chosen = frozenset(KNOWN_POSITIVE.get(kind, ())) & set(labels)
         if not chosen:
-            raise ValueError(f"the {kind} model's labels {labels} include none of {list(KNOWN_POSITIVE.get(kind, ()))}; "
-                             f"name its positive label(s) in the config (positive_labels)")
+            raise ValueError(
+                f"the {kind} model's labels {labels} include none of {list(KNOWN_POSITIVE.get(kind, ()))}; "
+                f"name its positive label(s) in the config (positive_labels)"
+            )
     if chosen == set(labels):
         raise ValueError(f"every label of the {kind} model ({labels}) is positive: the score would always be 1")
     return chosen
@@ -281,7 +287,12 @@ def evaluate(model, examples: Iterable[tuple[str, str]]) -> dict:
         precision = t / (t + p_) if t + p_ else 0.0
         recall = t / (t + f_) if t + f_ else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out[label] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "support": t + f_}
+        out[label] = {
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "f1": round(f1, 4),
+            "support": t + f_,
+        }
     out["accuracy"] = round(correct / n, 4) if n else 0.0
     return out
 
@@ -304,8 +315,9 @@ def roc_auc(scores: Sequence[float], gold: Sequence[bool]) -> float | None:
     return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
 
 
-def evaluate_scores(scores: Sequence[float], gold: Sequence[bool], threshold: float,
-                    labels: tuple[str, str] = ("positive", "negative")) -> dict:
+def evaluate_scores(
+    scores: Sequence[float], gold: Sequence[bool], threshold: float, labels: tuple[str, str] = ("positive", "negative")
+) -> dict:
     """Per-class precision / recall / F1 / support at ``threshold``, AUC, accuracy and the confusion table.
 
     ``gold[i]`` is True for the positive class (``labels[0]``); a score ≥ ``threshold`` predicts it."""
@@ -323,12 +335,16 @@ def evaluate_scores(scores: Sequence[float], gold: Sequence[bool], threshold: fl
 
     auc = roc_auc(scores, gold)
     return {
-        labels[0]: prf(tp, fp, fn), labels[1]: prf(tn, fn, fp),
+        labels[0]: prf(tp, fp, fn),
+        labels[1]: prf(tn, fn, fp),
         "accuracy": round((tp + tn) / len(gold), 4) if gold else 0.0,
         "auc": round(auc, 4) if auc is not None else None,
         "threshold": threshold,
         # rows: gold, columns: predicted
-        "confusion": {f"gold {labels[0]}": {labels[0]: tp, labels[1]: fn}, f"gold {labels[1]}": {labels[0]: fp, labels[1]: tn}},
+        "confusion": {
+            f"gold {labels[0]}": {labels[0]: tp, labels[1]: fn},
+            f"gold {labels[1]}": {labels[0]: fp, labels[1]: tn},
+        },
     }
 
 
@@ -358,7 +374,9 @@ def train_classifier(
         raise ValueError(f"training needs at least two labels, got {labels}; check the label column of the data")
     for label in labels:
         if not re.fullmatch(r"[\w-]+", label):
-            raise ValueError(f"label {label!r} must be one word (letters, digits, '_', '-'): fastText reads it as a token")
+            raise ValueError(
+                f"label {label!r} must be one word (letters, digits, '_', '-'): fastText reads it as a token"
+            )
     train, test = split_holdout(examples, holdout, seed)
     out = Path(model_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -373,8 +391,20 @@ def train_classifier(
     try:
         with _lock:  # one training at a time per process: each already uses a core
             for attempt in range(4):
-                params = dict(input=train_file, epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim, minCount=min_count,
-                              bucket=buckets, minn=minn, maxn=maxn, thread=1, seed=seed, verbose=0)
+                params = dict(
+                    input=train_file,
+                    epoch=epoch,
+                    lr=lr,
+                    wordNgrams=word_ngrams,
+                    dim=dim,
+                    minCount=min_count,
+                    bucket=buckets,
+                    minn=minn,
+                    maxn=maxn,
+                    thread=1,
+                    seed=seed,
+                    verbose=0,
+                )
                 try:
                     _train_in_fresh_process(params, tmp)
                     break
@@ -419,8 +449,11 @@ def _train_in_fresh_process(params: dict, out: Path) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", _TRAIN_CODE, json.dumps(params), str(out)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRAIN_CODE, json.dumps(params), str(out)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:]
-        raise RuntimeError(f"fastText training on {params['input']} failed (exit {proc.returncode}): {' | '.join(tail)}")
+        raise RuntimeError(
+            f"fastText training on {params['input']} failed (exit {proc.returncode}): {' | '.join(tail)}"
+        )

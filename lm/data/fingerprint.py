@@ -26,8 +26,13 @@ from lm.data.storage import RemotePath, as_path, file_sha256
 _sha_cache: dict[tuple, str] = {}
 
 
-def fingerprint(stage: str, version: str, config: Mapping[str, Any], inputs: Sequence[str],
-                declared: Mapping[str, Any] | None = None) -> str:
+def fingerprint(
+    stage: str,
+    version: str,
+    config: Mapping[str, Any],
+    inputs: Sequence[str],
+    declared: Mapping[str, Any] | None = None,
+) -> str:
     """Hash of (stage, code version, config, input fingerprints[, declared files and env]); 16 hex chars."""
     payload = {"stage": stage, "version": str(version), "config": config, "inputs": list(inputs)}
     if declared:

@@ -217,7 +217,9 @@ def gunzip_capped(data: bytes, limit: int, what: str) -> bytes:
         except zlib.error as e:
             raise ValueError(f"{what} is not valid gzip ({e})") from None
         if len(out) > limit:
-            raise ValueError(f"{what} decompresses to more than {limit:,} bytes; split it (or it is a compression bomb)")
+            raise ValueError(
+                f"{what} decompresses to more than {limit:,} bytes; split it (or it is a compression bomb)"
+            )
         if not d.eof:
             raise ValueError(f"{what} ends inside a gzip member (truncated)")
         data = d.unused_data.lstrip(b"\x00")

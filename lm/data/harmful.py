@@ -46,8 +46,9 @@ def classify_toxic(text: str, model_path: str | os.PathLike | None = None) -> tu
     return _classify("toxic", text, model_path)
 
 
-def harmful_score(kind: str, text: str, model_path: str | os.PathLike | None = None,
-                  positive: Sequence[str] | None = None) -> float:
+def harmful_score(
+    kind: str, text: str, model_path: str | os.PathLike | None = None, positive: Sequence[str] | None = None
+) -> float:
     """P(``kind``) of ``text`` as the harmful stage scores it: disguises undone
     (``harmful_text``), the summed probability of the model's positive labels, and for nsfw
     the highest over the text's sentences."""

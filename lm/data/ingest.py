@@ -18,9 +18,9 @@ Each record ends as exactly one of:
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,10 +59,14 @@ class ExtractConfig(Config):
 
     html_types: list[str] = Field(
         default=["text/html", "application/xhtml+xml"],
-        max_length=64, description="media types sent to the HTML extractor; other responses are rejected as non_html",
+        max_length=64,
+        description="media types sent to the HTML extractor; other responses are rejected as non_html",
     )
     max_payload_bytes: int = Field(
-        default=2_000_000, gt=0, le=1 << 34, description="responses larger than this are rejected (over_size_cap) without extraction"
+        default=2_000_000,
+        gt=0,
+        le=1 << 34,
+        description="responses larger than this are rejected (over_size_cap) without extraction",
     )
     main_content: bool = Field(
         default=False, description="keep only the main content (resiliparse heuristic: drops menus, headers, footers)"
@@ -72,15 +76,18 @@ class ExtractConfig(Config):
         ge=0,
         le=MAX_SLICE_BYTES,
         description="split local gzip files bigger than this into slices of this many bytes, one task each "
-        f"(0: one task per file; else {MIN_SLICE_BYTES // 1024} KiB to 64 GiB, and at most {MAX_SLICES_PER_FILE} slices per file)",
+        f"(0: one task per file; else {MIN_SLICE_BYTES // 1024} KiB "
+        f"to 64 GiB, and at most {MAX_SLICES_PER_FILE} slices per file)",
     )
 
     @field_validator("slice_bytes")
     @classmethod
     def _slice_bounds(cls, v: int) -> int:
         if 0 < v < MIN_SLICE_BYTES:
-            raise ValueError(f"slice_bytes={v} would plan one task per {v} bytes; use 0 (one task per file) "
-                             f"or at least {MIN_SLICE_BYTES} ({MIN_SLICE_BYTES // 1024} KiB; 268435456 = 256 MiB is the default)")
+            raise ValueError(
+                f"slice_bytes={v} would plan one task per {v} bytes; use 0 (one task per file) "
+                f"or at least {MIN_SLICE_BYTES} ({MIN_SLICE_BYTES // 1024} KiB; 268435456 = 256 MiB is the default)"
+            )
         return v
 
 
@@ -167,8 +174,10 @@ def plan_shards(locations: list[str], slice_bytes: int, base_url: str = remote.C
         size = None if remote.is_url(loc) else Path(loc).stat().st_size
         if slice_bytes and size is not None and size > slice_bytes and _per_record_gzip(loc):
             if -(-size // slice_bytes) > MAX_SLICES_PER_FILE:
-                raise ValueError(f"slice_bytes={slice_bytes} cuts {loc} ({size} bytes) into more than {MAX_SLICES_PER_FILE} "
-                                 f"tasks; use slice_bytes >= {-(-size // MAX_SLICES_PER_FILE)} (or 0: one task per file)")
+                raise ValueError(
+                    f"slice_bytes={slice_bytes} cuts {loc} ({size} bytes) into more than {MAX_SLICES_PER_FILE} "
+                    f"tasks; use slice_bytes >= {-(-size // MAX_SLICES_PER_FILE)} (or 0: one task per file)"
+                )
             for start in range(0, size, slice_bytes):
                 shards.append({"location": loc, "start": start, "end": min(start + slice_bytes, size), "size": size})
         else:

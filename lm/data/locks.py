@@ -50,15 +50,22 @@ def lock_path(stage_dir: Path | RemotePath, part: str) -> Path | RemotePath:
 
 
 def holder_info(what: str) -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
-            "command": " ".join(sys.argv)[:300], "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "what": what,
+        "command": " ".join(sys.argv)[:300],
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def _describe(info: dict | None, path: Path) -> str:
     if not info:
         return f"another process (it has not written its details yet; lock {path})"
-    return (f"pid {info.get('pid')} on host {info.get('host')} since {info.get('since')} "
-            f"(command: {info.get('command')!r}; lock {path})")
+    return (
+        f"pid {info.get('pid')} on host {info.get('host')} since {info.get('since')} "
+        f"(command: {info.get('command')!r}; lock {path})"
+    )
 
 
 def _read_info(fd: int) -> dict | None:

@@ -23,9 +23,11 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{3,}")
-_STOP = frozenset("""this that with from have will your they them there their what when which would could
+_STOP = frozenset(
+    """this that with from have will your they them there their what when which would could
 should about into than then these those were been being also just like more most some such only over very
-here where while after before because other first last many much make made does did done each every""".split())
+here where while after before because other first last many much make made does did done each every""".split()
+)
 
 
 def keywords(texts: Iterable[str], n: int = 200) -> list[str]:
@@ -53,7 +55,10 @@ def keyword_stuffed(rng: random.Random, words: Sequence[str], lines: int = 12) -
 # Two template sets: the held-out pages are spun from ``HELDOUT_SPINTAX``, training's from
 # ``TRAINING_SPINTAX`` (other wording, other keywords), so a model must generalize from one to the other.
 HELDOUT_SPINTAX = [
-    "{Looking for|Searching for|Need} {KW}? {We offer|Find|Get} the {best|top|cheapest|most affordable} {KW} {online|today|near you}.",
+    (
+        "{Looking for|Searching for|Need} {KW}? {We offer|Find|Get} the "
+        "{best|top|cheapest|most affordable} {KW} {online|today|near you}."
+    ),
     "{Our|The} {KW} {is|are} {rated|reviewed|ranked} #1 by {thousands of|many|happy} {customers|users|clients}.",
     "{Buy|Order|Shop} {KW} {now|today} and {save|get} {up to 70%|50% off|a free gift}!",
     "{Why|How} {choose|pick|select} {KW}? {Because|Since} {KW} {is|are} {the best|great|amazing} for {KW2}.",
@@ -62,10 +67,22 @@ HELDOUT_SPINTAX = [
     "{Top|Best} {10|7|5} {KW} {deals|offers|sites} - {KW2} {cheap|discount|sale}.",
 ]
 TRAINING_SPINTAX = [
-    "{Welcome to|Discover|Explore} our {KW} {store|shop|website}, {your|the} {number one|leading|trusted} source for {KW2}.",
-    "{We have|We carry|You will find} {a huge|a wide|the largest} {selection|range|choice} of {KW} at {unbeatable|low|great} prices.",
-    "{Don't miss|Hurry up for|Check out} {our|this week's|today's} {special|exclusive|limited} {offer|deal|promotion} on {KW}.",
-    "{Many|Most|All} {experts|people|buyers} {agree|say|know} that {KW} {is|are} {essential|important|a must} for {KW2}.",
+    (
+        "{Welcome to|Discover|Explore} our {KW} {store|shop|website}, "
+        "{your|the} {number one|leading|trusted} source for {KW2}."
+    ),
+    (
+        "{We have|We carry|You will find} {a huge|a wide|the largest} "
+        "{selection|range|choice} of {KW} at {unbeatable|low|great} prices."
+    ),
+    (
+        "{Don't miss|Hurry up for|Check out} {our|this week's|today's} "
+        "{special|exclusive|limited} {offer|deal|promotion} on {KW}."
+    ),
+    (
+        "{Many|Most|All} {experts|people|buyers} {agree|say|know} "
+        "that {KW} {is|are} {essential|important|a must} for {KW2}."
+    ),
     "{Sign up|Subscribe|Register} {now|today|for free} {and|to} {receive|get} {KW2} {news|updates|coupons}.",
     "{Read|See|Compare} {our|the latest|honest} {KW} {reviews|ratings|comparisons} {before you buy|and save money}.",
     "{Fast|Free|Express} {delivery|shipping} {on all|for every} {KW} {order|purchase} {over $50|worldwide|today}.",
@@ -78,8 +95,9 @@ def spin(rng: random.Random, template: str) -> str:
     return _CHOICE.sub(lambda m: rng.choice(m.group(1).split("|")), template)
 
 
-def spun_page(rng: random.Random, words: Sequence[str], sentences: int = 10,
-              templates: Sequence[str] = HELDOUT_SPINTAX) -> str:
+def spun_page(
+    rng: random.Random, words: Sequence[str], sentences: int = 10, templates: Sequence[str] = HELDOUT_SPINTAX
+) -> str:
     """A template-spun 'article' about keywords: one spintax sentence (of ``templates``) a line."""
     kw, kw2 = _phrase(rng, words), _phrase(rng, words)
     out = [f"{kw.title()}: {spin(rng, '{The Complete|The Ultimate|Your} {Guide|Review}')}"]

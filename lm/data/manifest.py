@@ -33,8 +33,21 @@ import pyarrow.parquet as pq
 from lm.data.stage_io import MANIFEST_NAME, canonical_json, plain_name, read_signed_json, stage_file
 from lm.data.storage import RemotePath, ShardCorruptError, as_path, file_sha256, local_copy, open_no_follow
 
-_CORE = ("stage", "fingerprint", "version", "config", "inputs", "sources", "declared", "schema", "shards", "rejects",
-         "counts", "failed_ids", "timings")
+_CORE = (
+    "stage",
+    "fingerprint",
+    "version",
+    "config",
+    "inputs",
+    "sources",
+    "declared",
+    "schema",
+    "shards",
+    "rejects",
+    "counts",
+    "failed_ids",
+    "timings",
+)
 _ADVICE = "rerun the stage: it recomputes what is damaged"
 _VOLATILE = ("timings", "manifest_sha256", "manifest_hmac", "_path")
 
@@ -56,9 +69,16 @@ class ShardInfo:
     def parse(cls, entry: object, where: str) -> ShardInfo:
         if not isinstance(entry, Mapping):
             raise ShardCorruptError(f"{where} lists a shard that is not an object; {_ADVICE}")
-        return cls(name=plain_name(entry.get("name"), where), num_bytes=entry.get("bytes"), sha256=entry.get("sha256"),
-                   index=entry.get("index"), num_rows=entry.get("rows"), split=entry.get("split"),
-                   num_tokens=entry.get("tokens"), source=entry.get("source"))
+        return cls(
+            name=plain_name(entry.get("name"), where),
+            num_bytes=entry.get("bytes"),
+            sha256=entry.get("sha256"),
+            index=entry.get("index"),
+            num_rows=entry.get("rows"),
+            split=entry.get("split"),
+            num_tokens=entry.get("tokens"),
+            source=entry.get("source"),
+        )
 
 
 @dataclass(frozen=True)
@@ -134,24 +154,38 @@ class Manifest(Mapping):
             raise ShardCorruptError(f"{where} lacks {sorted(missing)}; {_ADVICE}")
         try:
             c = body["counts"]
-            counts = Counts(int(c["in"]), int(c["kept"]), dict(c["rejected"]), dict(c["failed"]),
-                            {k: v for k, v in c.items() if k not in ("in", "kept", "rejected", "failed")})
+            counts = Counts(
+                int(c["in"]),
+                int(c["kept"]),
+                dict(c["rejected"]),
+                dict(c["failed"]),
+                {k: v for k, v in c.items() if k not in ("in", "kept", "rejected", "failed")},
+            )
             inputs = tuple(InputRef(i["stage"], i["fingerprint"], i["path"]) for i in body.get("inputs") or [])
         except (KeyError, TypeError, ValueError) as e:
             raise ShardCorruptError(f"{where} has malformed counts or inputs ({e!r}); {_ADVICE}") from None
-        for name in (body.get("files_sha256") or {}):
+        for name in body.get("files_sha256") or {}:
             plain_name(name, where, allow_subdirs=True)
         if isinstance(body.get("files"), Mapping):
             for name in body["files"].values():
                 plain_name(name, where)
         return cls(
-            stage=body["stage"], fingerprint=body["fingerprint"], version=body.get("version"), config=body.get("config") or {},
-            inputs=inputs, sources=tuple(body.get("sources") or ()), declared=body.get("declared") or {},
+            stage=body["stage"],
+            fingerprint=body["fingerprint"],
+            version=body.get("version"),
+            config=body.get("config") or {},
+            inputs=inputs,
+            sources=tuple(body.get("sources") or ()),
+            declared=body.get("declared") or {},
             shards=tuple(ShardInfo.parse(s, where) for s in body["shards"]),
             rejects=tuple(ShardInfo.parse(s, where) for s in body.get("rejects") or []),
-            counts=counts, failed_ids=tuple(body.get("failed_ids") or ()), schema=body.get("schema"),
-            timings=body.get("timings") or {}, extra={k: v for k, v in body.items() if k not in _CORE},
-            path=path, raw={**body, "_path": str(path)},
+            counts=counts,
+            failed_ids=tuple(body.get("failed_ids") or ()),
+            schema=body.get("schema"),
+            timings=body.get("timings") or {},
+            extra={k: v for k, v in body.items() if k not in _CORE},
+            path=path,
+            raw={**body, "_path": str(path)},
         )
 
     # -- the mapping over the JSON (transition: new code reads the typed fields)
@@ -187,7 +221,9 @@ class Manifest(Mapping):
         return stage_file(self.dir, name, f"manifest {self.path}", allow_subdirs=True)
 
     # -- reading shards, verified
-    def read_shard(self, i: int, columns: list[str] | None = None, kind: str = "shards", verify: bool = True) -> pa.Table:
+    def read_shard(
+        self, i: int, columns: list[str] | None = None, kind: str = "shards", verify: bool = True
+    ) -> pa.Table:
         """Parquet shard ``i`` as a table, after checking its sha256 against this manifest."""
         return read_shard(self.shard_path(i, kind), self.entries(kind)[i].sha256 if verify else None, columns)
 
@@ -203,11 +239,15 @@ class Manifest(Mapping):
         if not path.exists():
             raise FileNotFoundError(f"shard {path} listed in {self.path} does not exist")
         if info.sha256 and file_sha256(path, follow_links=False) != info.sha256:
-            raise ShardCorruptError(f"shard {path} does not match the sha256 in {self.path} (corrupted or changed after "
-                                    "the stage finished); rerun the stage that wrote it: it recomputes the damaged shard")
+            raise ShardCorruptError(
+                f"shard {path} does not match the sha256 in {self.path} (corrupted or changed after "
+                "the stage finished); rerun the stage that wrote it: it recomputes the damaged shard"
+            )
         return path
 
-    def iter_tables(self, kind: str = "shards", columns: list[str] | None = None, verify: bool = True) -> Iterator[pa.Table]:
+    def iter_tables(
+        self, kind: str = "shards", columns: list[str] | None = None, verify: bool = True
+    ) -> Iterator[pa.Table]:
         for i in range(len(self.entries(kind))):
             yield self.read_shard(i, columns, kind, verify)
 
@@ -265,7 +305,9 @@ def shard_paths(manifest: Mapping | str | os.PathLike, kind: str = "shards") -> 
     return [m.shard_path(i, kind) for i in range(len(m.entries(kind)))]
 
 
-def read_shard(path: str | os.PathLike, expected_sha256: str | None = None, columns: list[str] | None = None) -> pa.Table:
+def read_shard(
+    path: str | os.PathLike, expected_sha256: str | None = None, columns: list[str] | None = None
+) -> pa.Table:
     """Read one Parquet shard, verifying its checksum when one is given. A local file is opened
     once (never through a link), hashed, then parsed from the same descriptor; a remote one is
     fetched with one GET, and the checksum is verified on exactly the bytes that are parsed."""
@@ -312,16 +354,21 @@ def read_shard_schema(path: str | os.PathLike | RemotePath) -> pa.Schema:
         return pq.read_schema(f)
 
 
-def iter_stage_tables(manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None,
-                      verify: bool = True) -> Iterator[pa.Table]:
+def iter_stage_tables(
+    manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None, verify: bool = True
+) -> Iterator[pa.Table]:
     return read_manifest(manifest).iter_tables(kind, columns, verify)
 
 
-def iter_rows(manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None) -> Iterator[dict]:
+def iter_rows(
+    manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None
+) -> Iterator[dict]:
     return read_manifest(manifest).iter_rows(kind, columns)
 
 
-def read_stage_table(manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None) -> pa.Table:
+def read_stage_table(
+    manifest: Mapping | str | os.PathLike, kind: str = "shards", columns: list[str] | None = None
+) -> pa.Table:
     return read_manifest(manifest).read_table(kind, columns)
 
 

@@ -20,9 +20,15 @@ class DiskFullError(OSError):
     """A stage's output did not fit: no space left (ENOSPC), quota (EDQUOT) or file size limit (EFBIG)."""
 
 
-_NO_ROOM = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit exceeded"}
+_NO_ROOM = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit exceeded",
+}
 # pyarrow (a plain OSError) and safetensors (SafetensorError) carry the errno only in their text.
-_NO_ROOM_TEXT = re.compile(r"(?:\[errno |\(os error )(28|122|27)\b|No space left on device|Disk quota exceeded|File too large", re.I)
+_NO_ROOM_TEXT = re.compile(
+    r"(?:\[errno |\(os error )(28|122|27)\b|No space left on device|Disk quota exceeded|File too large", re.I
+)
 
 
 def no_room_errno(e: BaseException) -> int | None:
@@ -31,7 +37,11 @@ def no_room_errno(e: BaseException) -> int | None:
     m = _NO_ROOM_TEXT.search(str(e)) if isinstance(e, Exception) else None
     if m is None:
         return None
-    return int(m.group(1)) if m.group(1) else {"n": errno.ENOSPC, "d": errno.EDQUOT, "f": errno.EFBIG}[m.group(0)[0].lower()]
+    return (
+        int(m.group(1))
+        if m.group(1)
+        else {"n": errno.ENOSPC, "d": errno.EDQUOT, "f": errno.EFBIG}[m.group(0)[0].lower()]
+    )
 
 
 def _human(n: int) -> str:
@@ -55,7 +65,10 @@ def disk_full_error(path: str | os.PathLike, e: OSError) -> DiskFullError:
     if code == errno.EFBIG:
         advice = "the process's file size limit (ulimit -f / RLIMIT_FSIZE) is too small for this output; raise it"
     else:
-        advice = "the stage's output needs more room; free space or set root to a larger disk, then rerun (finished shards are kept)"
+        advice = (
+            "the stage's output needs more room; free space or set root "
+            "to a larger disk, then rerun (finished shards are kept)"
+        )
     return DiskFullError(code, f"{_NO_ROOM[code]} while writing {path}: {free}; {advice}")
 
 

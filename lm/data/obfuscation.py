@@ -52,10 +52,18 @@ def _core(token: str) -> tuple[str, str, str]:
     return token[:start], token[start:end], token[end:]
 
 
-def obfuscate(text: str, rng: random.Random, targets: Collection[str] = (), *,
-              target_rate: float = 0.8, noise_rate: float = 0.05, styles: Sequence[str] = STYLES) -> str:
+def obfuscate(
+    text: str,
+    rng: random.Random,
+    targets: Collection[str] = (),
+    *,
+    target_rate: float = 0.8,
+    noise_rate: float = 0.05,
+    styles: Sequence[str] = STYLES,
+) -> str:
     """``text`` with words in ``targets`` (lower case) and a few others written in obfuscated
     forms, each in a style drawn from ``styles`` (repeat a style to weight it)."""
+
     def rewrite(m: re.Match) -> str:
         pre, word, post = _core(m.group(0))
         rate = target_rate if word.lower() in targets else noise_rate
@@ -134,7 +142,7 @@ class Deobfuscator:
     def _token(self, m: re.Match) -> str:
         token = m.group(0)
         core = token.rstrip("!")
-        bang = token[len(core):]
+        bang = token[len(core) :]
         if not core:
             return token
         if _RUN.search(core):

@@ -16,9 +16,7 @@ IP_TOKEN = "|||IP_ADDRESS|||"
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}")
 # US numbers: optional +1, area code with or without parentheses, separators ' ', '-', '.'
 # or none: 2831823829, (283)-182-3829, (283) 182 3829, 283-182-3829, +1 283.182.3829.
-_PHONE = re.compile(
-    r"(?<![\w+])(?:\+?1[\s.-]?)?(?:\(\d{3}\)|\d{3})[\s.-]?\d{3}[\s.-]?\d{4}(?!\w)"
-)
+_PHONE = re.compile(r"(?<![\w+])(?:\+?1[\s.-]?)?(?:\(\d{3}\)|\d{3})[\s.-]?\d{3}[\s.-]?\d{4}(?!\w)")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 # Four octets, not part of a longer dotted number (a version string like 1.2.3.4.5).
 _IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\d|\.\d)")

@@ -23,8 +23,17 @@ from lm.data.classifier import TERMINAL_PUNCTUATION, positive_labels, positive_p
 from lm.data.default_classifiers import DEFAULT_MODEL_VERSION, LABELS, default_model_path, resolve_model
 
 __all__ = [
-    "gopher_reason", "gopher_quality_ok", "c4_clean", "find_bad_word", "quality_score", "classify_quality",
-    "wiki_probability", "quality_features", "default_model_path", "resolve_model", "DEFAULT_MODEL_VERSION",
+    "gopher_reason",
+    "gopher_quality_ok",
+    "c4_clean",
+    "find_bad_word",
+    "quality_score",
+    "classify_quality",
+    "wiki_probability",
+    "quality_features",
+    "default_model_path",
+    "resolve_model",
+    "DEFAULT_MODEL_VERSION",
     "QUALITY_LABELS",
 ]
 QUALITY_LABELS = LABELS["quality"]
@@ -134,8 +143,9 @@ def find_bad_word(text: str, language: str = "en") -> str | None:
 # --------------------------------------------------------------------------- classifier
 
 
-def quality_score(text: str, model_path: str | os.PathLike | None = None,
-                  positive: Sequence[str] | None = None) -> float:
+def quality_score(
+    text: str, model_path: str | os.PathLike | None = None, positive: Sequence[str] | None = None
+) -> float:
     """P(high quality): the summed probability of the model's positive labels.
 
     Positive labels: ``positive`` if given, else the known ones (``wiki`` for ours, ``hq`` for

@@ -89,8 +89,14 @@ class HttpFile(io.RawIOBase):
     """A read-only stream over an http(s) resource (or its byte range ``[offset, offset+length)``)
     that reconnects with a Range request when the transfer breaks."""
 
-    def __init__(self, url: str, offset: int = 0, length: int | None = None, options: HttpOptions | None = None,
-                 deadline: float | None = None):
+    def __init__(
+        self,
+        url: str,
+        offset: int = 0,
+        length: int | None = None,
+        options: HttpOptions | None = None,
+        deadline: float | None = None,
+    ):
         """``deadline``: absolute ``time.monotonic()`` value by which the whole read must be done
         (default: ``options.deadline_s`` from now)."""
         super().__init__()
@@ -125,8 +131,10 @@ class HttpFile(io.RawIOBase):
         if self.deadline is not None and time.monotonic() >= self.deadline:
             of = f" of {self.expected_end}" if getattr(self, "expected_end", None) is not None else ""
             raise SourceDeadlineError(
-                f"{self.url}: the source's overall deadline of {self.opts.deadline_s:g} s (http.deadline_s) passed at byte "
-                f"{self.pos}{of}; the server is too slow or stalls. Counted as a failed source; raise http.deadline_s for a slow link"
+                f"{self.url}: the source's overall deadline of "
+                f"{self.opts.deadline_s:g} s (http.deadline_s) passed at byte "
+                f"{self.pos}{of}; the server is too slow or stalls. Counted "
+                "as a failed source; raise http.deadline_s for a slow link"
             )
 
     def _connect(self) -> None:
@@ -136,11 +144,15 @@ class HttpFile(io.RawIOBase):
             if self.pos or self.end is not None:
                 headers["Range"] = f"bytes={self.pos}-{'' if self.end is None else self.end - 1}"
             try:
-                resp = urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=self._timeout())
+                resp = urllib.request.urlopen(
+                    urllib.request.Request(self.url, headers=headers), timeout=self._timeout()
+                )
             except urllib.error.HTTPError as e:
                 e.close()
                 if e.code in (404, 410):
-                    raise FileNotFoundError(f"{self.url}: HTTP {e.code} {e.reason} (no such remote file; check the URL)") from None
+                    raise FileNotFoundError(
+                        f"{self.url}: HTTP {e.code} {e.reason} (no such remote file; check the URL)"
+                    ) from None
                 if e.code == 416:  # nothing left in range: we are at the end
                     self.resp = None
                     self.expected_end = self.pos
@@ -234,8 +246,14 @@ class _Window:
         self.f.close()
 
 
-def open_location(location: str, *, offset: int = 0, length: int | None = None, http: HttpOptions | None = None,
-                  deadline: float | None = None) -> BinaryIO:
+def open_location(
+    location: str,
+    *,
+    offset: int = 0,
+    length: int | None = None,
+    http: HttpOptions | None = None,
+    deadline: float | None = None,
+) -> BinaryIO:
     """A binary stream for a local path or http(s) URL, from ``offset`` (for ``length`` bytes).
     ``deadline``: see :class:`HttpFile` (local files have none)."""
     if is_url(location):
@@ -276,7 +294,7 @@ class CCListing:
             raise ValueError(f"num_files={self.num_files}: read at least 1 file of the listing")
 
     @classmethod
-    def parse(cls, spec: str) -> "CCListing":
+    def parse(cls, spec: str) -> CCListing:
         """``cc://CC-MAIN-2024-22?kind=wet&files=2&base=http://127.0.0.1:8000/``"""
         u = urllib.parse.urlsplit(spec)
         q = dict(urllib.parse.parse_qsl(u.query))
@@ -293,8 +311,10 @@ class CCListing:
         """The first ``num_files`` entries, checked like index entries (:func:`resolve_index_entry`)."""
         allow_local = (http or HttpOptions()).allow_local_index_paths
         paths = read_paths_listing(self.listing_url, http)
-        return [resolve_index_entry(p, self.base_url, allow_local, f"{redact(self.listing_url)} line {n}")
-                for n, p in enumerate(paths[: self.num_files], 1)]
+        return [
+            resolve_index_entry(p, self.base_url, allow_local, f"{redact(self.listing_url)} line {n}")
+            for n, p in enumerate(paths[: self.num_files], 1)
+        ]
 
 
 def _read_small(location: str, http: HttpOptions | None, what: str) -> str:
@@ -319,14 +339,21 @@ def read_index(location: str, http: HttpOptions | None = None, base_url: str = C
             continue
         where = f"{redact(location)} line {n}"
         try:
-            row = json.loads(line[line.index("{"):])
+            row = json.loads(line[line.index("{") :])
             file, offset, length = row["filename"], int(row["offset"]), int(row["length"])
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{where}: expected a JSON object with filename, offset, length ({type(e).__name__})") from None
+            raise ValueError(
+                f"{where}: expected a JSON object with filename, offset, length ({type(e).__name__})"
+            ) from None
         if offset < 0 or length < 0:
             raise ValueError(f"{where}: offset and length must be ≥ 0 (got {offset}, {length})")
-        rows.append({"filename": resolve_index_entry(file, base_url, opts.allow_local_index_paths, where),
-                     "offset": offset, "length": length})
+        rows.append(
+            {
+                "filename": resolve_index_entry(file, base_url, opts.allow_local_index_paths, where),
+                "offset": offset,
+                "length": length,
+            }
+        )
     return rows
 
 
@@ -343,11 +370,15 @@ def resolve_index_entry(file: object, base_url: str, allow_local: bool, where: s
         return file
     if Path(file).is_absolute() or file.startswith("~"):
         if not allow_local:
-            raise ValueError(f"{where}: filename names the local path {file!r}; an index file may name local files only "
-                             "when http.allow_local_index_paths is true (otherwise give paths relative to cc_base_url, or URLs)")
+            raise ValueError(
+                f"{where}: filename names the local path {file!r}; an index file may name local files only "
+                "when http.allow_local_index_paths is true (otherwise give paths relative to cc_base_url, or URLs)"
+            )
         return str(Path(file).expanduser())
     if ".." in Path(file).parts or "\\" in file:
-        raise ValueError(f"{where}: filename {file!r} climbs out of the base ({base_url}) with '..'; give it relative to the base")
+        raise ValueError(
+            f"{where}: filename {file!r} climbs out of the base ({base_url}) with '..'; give it relative to the base"
+        )
     if is_url(base_url):
         return urllib.parse.urljoin(base_url if base_url.endswith("/") else base_url + "/", file)
     return os.path.abspath(Path(base_url).expanduser() / file)
@@ -381,7 +412,11 @@ def expand_sources(specs, http: HttpOptions | None = None) -> list[str]:
         if spec.startswith("cc://"):
             out += CCListing.parse(spec).locations(http)
         elif spec.startswith(INDEX_PREFIX):  # records named by an index file: one source
-            target = str(Path(spec[len(INDEX_PREFIX):]).expanduser()) if not is_url(spec[len(INDEX_PREFIX):]) else spec[len(INDEX_PREFIX):]
+            target = (
+                str(Path(spec[len(INDEX_PREFIX) :]).expanduser())
+                if not is_url(spec[len(INDEX_PREFIX) :])
+                else spec[len(INDEX_PREFIX) :]
+            )
             if not is_url(target) and not Path(target).is_file():
                 raise FileNotFoundError(f"index file {target!r} (source {spec!r}) does not exist")
             read_index(target, http)  # a bad entry (credentials, a local path not allowed) fails now, before any work
@@ -401,5 +436,7 @@ def expand_sources(specs, http: HttpOptions | None = None) -> list[str]:
         elif Path(spec).is_file():
             out.append(spec)
         else:
-            raise FileNotFoundError(f"source {spec!r} does not exist (expected a file, directory, glob, http(s) URL or cc:// listing)")
+            raise FileNotFoundError(
+                f"source {spec!r} does not exist (expected a file, directory, glob, http(s) URL or cc:// listing)"
+            )
     return out

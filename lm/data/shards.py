@@ -59,24 +59,69 @@ from lm.data import locks, stagekey
 from lm.data.describe import describe
 from lm.data.fingerprint import DeclaredInputs, fingerprint, source_fingerprint
 from lm.data.manifest import (
-    Manifest, accounted, iter_rows, iter_stage_tables, manifest_dir, read_manifest, read_shard, read_shard_schema,
-    read_stage_table, shard_paths, table_from_rows,
+    Manifest,
+    accounted,
+    iter_rows,
+    iter_stage_tables,
+    manifest_dir,
+    read_manifest,
+    read_shard,
+    read_shard_schema,
+    read_stage_table,
+    shard_paths,
+    table_from_rows,
 )
 from lm.data.nospace import DiskFullError, disk_full_error, no_room_errno, reraise_disk_full
 from lm.data.sinks import Layout, Sink, parquet_layout, token_layout
 from lm.data.stage_io import (
-    MANIFEST_NAME, atomic_write_bytes, atomic_write_json, canonical_json, check_file, marker_files, now, read_marker,
-    stage_file, write_marker, write_signed_json,
+    MANIFEST_NAME,
+    atomic_write_bytes,
+    atomic_write_json,
+    canonical_json,
+    check_file,
+    marker_files,
+    now,
+    read_marker,
+    stage_file,
+    write_marker,
+    write_signed_json,
 )
 from lm.data.storage import RemotePath, ShardCorruptError, as_path, file_sha256
 
 # Public names of the contract, importable from here while callers move to the modules above.
 __all__ = [
-    "MANIFEST_NAME", "DiskFullError", "Manifest", "ShardCorruptError", "ShardStats", "ShardWriter", "Stage",
-    "StageBusyError", "accounted", "atomic_write_bytes", "atomic_write_json", "describe", "disk_full_error",
-    "file_sha256", "fingerprint", "iter_rows", "iter_stage_tables", "manifest_dir", "no_room_errno", "parquet_layout",
-    "read_manifest", "read_marker", "read_shard", "read_shard_schema", "read_stage_table", "reraise_disk_full",
-    "shard_paths", "source_fingerprint", "table_from_rows", "token_layout", "validate_name", "write_marker",
+    "MANIFEST_NAME",
+    "DiskFullError",
+    "Manifest",
+    "ShardCorruptError",
+    "ShardStats",
+    "ShardWriter",
+    "Stage",
+    "StageBusyError",
+    "accounted",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "describe",
+    "disk_full_error",
+    "file_sha256",
+    "fingerprint",
+    "iter_rows",
+    "iter_stage_tables",
+    "manifest_dir",
+    "no_room_errno",
+    "parquet_layout",
+    "read_manifest",
+    "read_marker",
+    "read_shard",
+    "read_shard_schema",
+    "read_stage_table",
+    "reraise_disk_full",
+    "shard_paths",
+    "source_fingerprint",
+    "table_from_rows",
+    "token_layout",
+    "validate_name",
+    "write_marker",
 ]
 
 StageBusyError = locks.StageBusyError
@@ -169,9 +214,14 @@ class ShardWriter:
             else:
                 marker[sink.marker_key] = entry
         marker |= {
-            "rows_in": s.rows_in, "kept": s.kept, "rejected": dict(s.rejected), "failed": dict(s.failed),
-            "failed_ids": s.failed_ids, "extra": dict(s.extra),
-            "seconds": round(time.time() - self._started, 4), "finished_at": now(),
+            "rows_in": s.rows_in,
+            "kept": s.kept,
+            "rejected": dict(s.rejected),
+            "failed": dict(s.failed),
+            "failed_ids": s.failed_ids,
+            "extra": dict(s.extra),
+            "seconds": round(time.time() - self._started, 4),
+            "finished_at": now(),
         }
         write_marker(self.stage.marker_path(self.index), marker)
         return marker
@@ -230,7 +280,9 @@ class Stage:
             stagekey.root_key(self.path, create=True)
 
     @classmethod
-    def at(cls, path: str | os.PathLike, *, name: str, fingerprint: str, version: str = "", config: Mapping | None = None) -> Stage:
+    def at(
+        cls, path: str | os.PathLike, *, name: str, fingerprint: str, version: str = "", config: Mapping | None = None
+    ) -> Stage:
         """A stage in an explicit directory whose identity the caller decides (hand-made token
         shards, tests): ``path`` plays ``<root>/<stage>/<fingerprint>``."""
         stage = cls.__new__(cls)
@@ -252,7 +304,9 @@ class Stage:
             return False
         problems = self.verify()
         if problems:
-            _log.warning("stage %s at %s is damaged and will be recomputed: %s", self.name, self.path, "; ".join(problems))
+            _log.warning(
+                "stage %s at %s is damaged and will be recomputed: %s", self.name, self.path, "; ".join(problems)
+            )
             return False
         return True
 
@@ -261,8 +315,11 @@ class Stage:
         signature, and size + sha256 of every shard, reject and listed file (``files_sha256``)."""
         try:
             m = Manifest.read(self.manifest_path)
-            files = [(m.shard_path(i, kind), e.num_bytes, e.sha256) for kind in ("shards", "rejects")
-                     for i, e in enumerate(m.entries(kind))]
+            files = [
+                (m.shard_path(i, kind), e.num_bytes, e.sha256)
+                for kind in ("shards", "rejects")
+                for i, e in enumerate(m.entries(kind))
+            ]
             files += [(m.file_path(n), None, h) for n, h in (m.extra.get("files_sha256") or {}).items()]
         except (ShardCorruptError, FileNotFoundError) as e:
             return [str(e)]
@@ -296,7 +353,9 @@ class Stage:
             for role, entry in marker_files(m, f"shard marker {marker}"):
                 if role == "rejects" and not entry["rows"]:
                     continue  # nothing rejected: no rejects file
-                if check_file(stage_file(self.path, entry["name"], f"shard marker {marker}"), entry["bytes"], entry.get("sha256")):
+                if check_file(
+                    stage_file(self.path, entry["name"], f"shard marker {marker}"), entry["bytes"], entry.get("sha256")
+                ):
                     return False
         except (ShardCorruptError, KeyError, TypeError) as e:
             _log.warning("shard %d of stage %s will be recomputed: %s", index, self.name, e)
@@ -311,8 +370,9 @@ class Stage:
         return locks.held(locks.lock_path(self.path, part), what, self.lock_wait_s if wait_s is None else wait_s)
 
     @contextlib.contextmanager
-    def open_shard(self, index: int, schema: pa.Schema | None = None, source: str | None = None,
-                   layout: Layout | None = None) -> Iterator[ShardWriter]:
+    def open_shard(
+        self, index: int, schema: pa.Schema | None = None, source: str | None = None, layout: Layout | None = None
+    ) -> Iterator[ShardWriter]:
         """Write shard ``index`` (``layout``: the sinks, Parquet rows by default); it becomes
         visible (with its marker) only if the block succeeds."""
         self.ensure_dir()
@@ -346,12 +406,16 @@ class Stage:
             for p in self.path.glob("part-*.done.json"):
                 m = read_marker(p)
                 if p.name != self.marker_path(m.get("index", -1)).name:
-                    raise ShardCorruptError(f"shard marker {p} names shard {m.get('index')!r}; delete it and rerun the stage")
+                    raise ShardCorruptError(
+                        f"shard marker {p} names shard {m.get('index')!r}; delete it and rerun the stage"
+                    )
                 found[m["index"]] = m
             return [found[i] for i in sorted(found)]
         missing = [i for i in range(num_shards) if not self.marker_path(i).exists()]
         if missing:
-            raise RuntimeError(f"stage {self.name} at {self.path}: shards {missing} not finished; rerun to complete them")
+            raise RuntimeError(
+                f"stage {self.name} at {self.path}: shards {missing} not finished; rerun to complete them"
+            )
         return [read_marker(self.marker_path(i), i) for i in range(num_shards)]
 
     def commit(self, num_shards: int | None = None, extra: Mapping[str, Any] | None = None) -> Path | RemotePath:
@@ -373,7 +437,10 @@ class Stage:
                     if role == "shard":
                         shards.append({**entry, "index": m["index"], "source": m["source"]})
                         if schema is None:
-                            schema = {f.name: str(f.type) for f in read_shard_schema(stage_file(self.path, entry["name"], where))}
+                            schema = {
+                                f.name: str(f.type)
+                                for f in read_shard_schema(stage_file(self.path, entry["name"], where))
+                            }
                     elif role == "rejects" and entry["rows"]:
                         rejects.append({**entry, "index": m["index"]})
                     elif role == "outputs":
@@ -385,12 +452,21 @@ class Stage:
                 extra_counts.update(m.get("extra", {}))
                 failed_ids.extend(m.get("failed_ids", []))
             path = self._write_manifest(
-                shards=shards, rejects=rejects,
-                counts={"in": counts["in"], "kept": counts["kept"], "rejected": dict(counts["rejected"]),
-                        "failed": dict(counts["failed"]), **dict(extra_counts)},
-                schema=schema, failed_ids=failed_ids[:1000],
-                timings={"shard_seconds": {str(m["index"]): m["seconds"] for m in markers},
-                         "total_shard_seconds": round(sum(m["seconds"] for m in markers), 4)},
+                shards=shards,
+                rejects=rejects,
+                counts={
+                    "in": counts["in"],
+                    "kept": counts["kept"],
+                    "rejected": dict(counts["rejected"]),
+                    "failed": dict(counts["failed"]),
+                    **dict(extra_counts),
+                },
+                schema=schema,
+                failed_ids=failed_ids[:1000],
+                timings={
+                    "shard_seconds": {str(m["index"]): m["seconds"] for m in markers},
+                    "total_shard_seconds": round(sum(m["seconds"] for m in markers), 4),
+                },
                 extra=extra,
             )
         locks.sweep(self.path)  # lock files of killed writers of this stage

@@ -182,8 +182,15 @@ class TokenSink:
                 self._file.discard()
                 return None
             size, digest = self._file.publish()
-        return {"name": self.final.name, "index": self.index, "split": self.split, "tokens": self.tokens,
-                "docs": self.docs, "bytes": size, "sha256": digest}
+        return {
+            "name": self.final.name,
+            "index": self.index,
+            "split": self.split,
+            "tokens": self.tokens,
+            "docs": self.docs,
+            "bytes": size,
+            "sha256": digest,
+        }
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
@@ -196,8 +203,12 @@ def parquet_layout(schema: pa.Schema | None) -> Layout:
     reject_schema = schema.append(pa.field("reason", pa.string())) if schema is not None else None
 
     def make(stage_dir: Path | RemotePath, index: int) -> dict[str, Sink]:
-        return {"shard": ParquetSink(stage_dir / f"part-{index:05d}.parquet", schema, "shard"),
-                "rejects": ParquetSink(stage_dir / f"rejects-{index:05d}.parquet", reject_schema, "rejects", keep_empty=False)}
+        return {
+            "shard": ParquetSink(stage_dir / f"part-{index:05d}.parquet", schema, "shard"),
+            "rejects": ParquetSink(
+                stage_dir / f"rejects-{index:05d}.parquet", reject_schema, "rejects", keep_empty=False
+            ),
+        }
 
     return make
 

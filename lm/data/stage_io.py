@@ -26,8 +26,20 @@ from lm.data.nospace import DiskFullError, disk_full_error, no_room_errno
 from lm.data.storage import RemotePath, ShardCorruptError, as_path, file_sha256, write_bytes_atomic
 
 __all__ = [
-    "MANIFEST_NAME", "ShardCorruptError", "atomic_write_bytes", "atomic_write_json", "canonical_json", "check_file",
-    "file_sha256", "marker_files", "now", "plain_name", "read_marker", "read_signed_json", "stage_file", "write_marker",
+    "MANIFEST_NAME",
+    "ShardCorruptError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "canonical_json",
+    "check_file",
+    "file_sha256",
+    "marker_files",
+    "now",
+    "plain_name",
+    "read_marker",
+    "read_signed_json",
+    "stage_file",
+    "write_marker",
     "write_signed_json",
 ]
 
@@ -36,7 +48,7 @@ _MAX_NAME = 255
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def canonical_json(obj: Any) -> str:
@@ -76,9 +88,20 @@ def plain_name(name: object, where: str, *, allow_subdirs: bool = False) -> str:
     """``name`` if it is a plain file name (``allow_subdirs``: '/'-separated plain names), else
     ShardCorruptError: a marker or manifest may only name files inside its stage directory."""
     parts = name.split("/") if isinstance(name, str) and allow_subdirs else [name]
-    ok = isinstance(name, str) and 0 < len(name) <= 4 * _MAX_NAME and all(
-        isinstance(p, str) and 0 < len(p) <= _MAX_NAME and p not in (".", "..") and "/" not in p and "\\" not in p
-        and "\x00" not in p and not os.path.isabs(p) for p in parts)
+    ok = (
+        isinstance(name, str)
+        and 0 < len(name) <= 4 * _MAX_NAME
+        and all(
+            isinstance(p, str)
+            and 0 < len(p) <= _MAX_NAME
+            and p not in (".", "..")
+            and "/" not in p
+            and "\\" not in p
+            and "\x00" not in p
+            and not os.path.isabs(p)
+            for p in parts
+        )
+    )
     if not ok:
         raise ShardCorruptError(
             f"{where} names the file {str(name)[:80]!r}, which is not a plain name inside the stage directory "
@@ -87,7 +110,9 @@ def plain_name(name: object, where: str, *, allow_subdirs: bool = False) -> str:
     return name
 
 
-def stage_file(stage_dir: Path | RemotePath, name: object, where: str, *, allow_subdirs: bool = False) -> Path | RemotePath:
+def stage_file(
+    stage_dir: Path | RemotePath, name: object, where: str, *, allow_subdirs: bool = False
+) -> Path | RemotePath:
     """The path of file ``name`` listed by ``where`` (a marker or manifest) of ``stage_dir``,
     refused when the name could leave the directory or (local) a component is a symbolic link."""
     rel = plain_name(name, where, allow_subdirs=allow_subdirs)
@@ -95,8 +120,10 @@ def stage_file(stage_dir: Path | RemotePath, name: object, where: str, *, allow_
     for part in rel.split("/"):
         path = path / part
         if isinstance(path, Path) and path.is_symlink():
-            raise ShardCorruptError(f"{where} names {rel!r}, and {path} is a symbolic link; stage files are never links: "
-                                    "refusing to follow it (delete the link and rerun the stage)")
+            raise ShardCorruptError(
+                f"{where} names {rel!r}, and {path} is a symbolic link; stage files are never links: "
+                "refusing to follow it (delete the link and rerun the stage)"
+            )
     return path
 
 
@@ -123,8 +150,11 @@ def write_signed_json(path: Path | RemotePath, body: Mapping[str, Any], kind: st
     path = as_path(path)
     body = {k: v for k, v in body.items() if k not in (f"{kind}_sha256", f"{kind}_hmac", "_path")}
     text = canonical_json(body)
-    signed = {**body, f"{kind}_sha256": hashlib.sha256(text.encode()).hexdigest(),
-              f"{kind}_hmac": stagekey.sign(kind, path.parent, path.name, text)}
+    signed = {
+        **body,
+        f"{kind}_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        f"{kind}_hmac": stagekey.sign(kind, path.parent, path.name, text),
+    }
     atomic_write_json(path, signed)
     return signed
 
@@ -165,7 +195,9 @@ def read_marker(path: str | os.PathLike, index: int | None = None) -> dict:
     given) not the marker of that shard."""
     marker = read_signed_json(as_path(path), "marker", "shard marker", "rerun the stage: the shard is recomputed")
     if index is not None and marker.get("index") != index:
-        raise ShardCorruptError(f"shard marker {path} is for shard {marker.get('index')!r}, not {index}; rerun the stage")
+        raise ShardCorruptError(
+            f"shard marker {path} is for shard {marker.get('index')!r}, not {index}; rerun the stage"
+        )
     return marker
 
 

@@ -56,8 +56,10 @@ def _env_key() -> bytes | None:
         return None
     raw = raw.strip()
     if len(raw) < _MIN_ENV_KEY:
-        raise ValueError(f"${KEY_ENV} is {len(raw)} characters long; give at least {_MIN_ENV_KEY} random characters "
-                         "(e.g. the output of `openssl rand -hex 32`), or unset it to use <root>/.lmpipe-key")
+        raise ValueError(
+            f"${KEY_ENV} is {len(raw)} characters long; give at least {_MIN_ENV_KEY} random characters "
+            "(e.g. the output of `openssl rand -hex 32`), or unset it to use <root>/.lmpipe-key"
+        )
     return raw.encode()
 
 
@@ -89,7 +91,9 @@ def _read_local(path: Path) -> bytes | None:
     with open(path, "rb") as f:
         key = bytes.fromhex(f.read().decode("ascii").strip())
     if len(key) < _MIN_ENV_KEY:
-        raise PermissionError(f"stage key {path} is too short; delete it (every stage under the root is then recomputed)")
+        raise PermissionError(
+            f"stage key {path} is too short; delete it (every stage under the root is then recomputed)"
+        )
     _local_cache[str(path)] = (ident, key)
     return key
 
@@ -156,7 +160,10 @@ def verify(kind: str, stage_dir: Path | RemotePath, name: str, body: str, mac: o
         return "it carries no signature (written without this root's key)"
     key = root_key(stage_dir, create=False)
     if key is None:
-        return f"the root has no key ({key_path(stage_dir)} is missing and ${KEY_ENV} is unset), so nothing there can be trusted"
+        return (
+            f"the root has no key ({key_path(stage_dir)} is missing "
+            f"and ${KEY_ENV} is unset), so nothing there can be trusted"
+        )
     want = hmac.new(key, _message(kind, stage_dir, name, body), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(want, mac):
         return "its signature does not match this root's key (written elsewhere, moved, or forged)"

@@ -46,7 +46,7 @@ def _identity(location: str) -> tuple[str, str]:
     """(location to read, key that is equal for the same file): local paths made absolute,
     compared by real path (symlinks, ``a/../a``); URLs as given."""
     prefix = INDEX_PREFIX if location.startswith(INDEX_PREFIX) else ""
-    target = location[len(prefix):]
+    target = location[len(prefix) :]
     if is_url(target):
         return location, location
     return prefix + os.path.abspath(target), prefix + os.path.realpath(target)
@@ -59,8 +59,10 @@ def unique_locations(locations: list[str]) -> tuple[list[str], list[str]]:
     for loc in locations:
         path, key = _identity(loc)
         if key in seen:
-            notes.append(f"source {loc!r} is the same file as {seen[key]!r} (listed twice, or inside a directory/glob "
-                         "also listed): read once")
+            notes.append(
+                f"source {loc!r} is the same file as {seen[key]!r} (listed twice, or inside a directory/glob "
+                "also listed): read once"
+            )
             continue
         seen[key] = loc
         out.append(path)
@@ -70,8 +72,16 @@ def unique_locations(locations: list[str]) -> tuple[list[str], list[str]]:
 def plan_digest(shards: list[dict]) -> str:
     """Identity of a shard plan: each shard's location and byte range, and each input's
     identity (local files by size and mtime). Tasks get this short digest, not the plan."""
-    plan = [[s["location"], s["start"], s["end"], s.get("base_url"), source_fingerprint(s["location"].removeprefix(INDEX_PREFIX))]
-            for s in shards]
+    plan = [
+        [
+            s["location"],
+            s["start"],
+            s["end"],
+            s.get("base_url"),
+            source_fingerprint(s["location"].removeprefix(INDEX_PREFIX)),
+        ]
+        for s in shards
+    ]
     return hashlib.sha256(json.dumps(plan, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -105,16 +115,28 @@ def check_root_outside_sources(root: str, sources: list[str]) -> None:
             continue
         base = Path(os.path.realpath(s or "."))
         if here == base or here.is_relative_to(base):
-            raise ValueError(f"root {root!r} is inside source {spec!r} ({base}): every run would read its own outputs "
-                             "as input; put the root outside the source directories (or list the archives by glob)")
+            raise ValueError(
+                f"root {root!r} is inside source {spec!r} ({base}): every run would read its own outputs "
+                "as input; put the root outside the source directories (or list the archives by glob)"
+            )
 
 
 # --------------------------------------------------------------------------- extract: shards
 
 
-def extract_shard(root, cfg: ExtractConfig, digest: str, index: int, shard: dict, http: HttpOptions | None = None, *,
-                  on_progress: Callable[[int], None] | None = None, on_open: Callable[[], None] | None = None,
-                  give_up: bool = True, log=None) -> str:
+def extract_shard(
+    root,
+    cfg: ExtractConfig,
+    digest: str,
+    index: int,
+    shard: dict,
+    http: HttpOptions | None = None,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    on_open: Callable[[], None] | None = None,
+    give_up: bool = True,
+    log=None,
+) -> str:
     """Extract ``shard`` (number ``index`` of the plan with ``digest``); skip it if its marker
     exists. Returns the marker path. A source that cannot be read is counted failed
     (``source_error``) when ``give_up``; otherwise the error propagates (a caller that retries)."""
@@ -124,9 +146,15 @@ def extract_shard(root, cfg: ExtractConfig, digest: str, index: int, shard: dict
     with stage.open_shard(index, schema=DOC_SCHEMA, source=shard_label(shard)) as w:
         if on_open is not None:
             on_open()
-        records = iter_file(shard["location"], start=shard["start"], end=shard["end"], http=http,
-                            max_block_bytes=max_block_bytes(cfg), base_url=shard.get("base_url") or CC_BASE_URL,
-                            on_progress=on_progress)
+        records = iter_file(
+            shard["location"],
+            start=shard["start"],
+            end=shard["end"],
+            http=http,
+            max_block_bytes=max_block_bytes(cfg),
+            base_url=shard.get("base_url") or CC_BASE_URL,
+            on_progress=on_progress,
+        )
         try:
             for out in extract_documents(records, cfg):
                 w.count_in()
@@ -171,15 +199,21 @@ def stage_warnings(manifest: Mapping | str) -> list[str]:
     """Loud warnings for a finished stage: a filter (or a stage after extract) that rejected
     more than 99% of the documents it saw."""
     m = read_manifest(manifest) if not isinstance(manifest, Mapping) else manifest
-    parts = ([(f"filter {f['filter']}", f["in"], f["kept"], f["rejected"]) for f in filter_counts(m)]
-             if m["stage"] == "filters" else
-             [] if m["stage"] == EXTRACT else [(f"stage {m['stage']}", m["counts"]["in"], m["counts"]["kept"], m["counts"]["rejected"])])
+    parts = (
+        [(f"filter {f['filter']}", f["in"], f["kept"], f["rejected"]) for f in filter_counts(m)]
+        if m["stage"] == "filters"
+        else []
+        if m["stage"] == EXTRACT
+        else [(f"stage {m['stage']}", m["counts"]["in"], m["counts"]["kept"], m["counts"]["rejected"])]
+    )
     out = []
     for what, n_in, n_kept, rejected in parts:
         if n_in and (n_in - n_kept) / n_in > REJECT_ALL_FRACTION:
             top = ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1])[:3])
-            out.append(f"{what} rejected {n_in - n_kept} of {n_in} documents ({100 * (n_in - n_kept) / n_in:.1f}%; {top}): "
-                       "check its settings")
+            out.append(
+                f"{what} rejected {n_in - n_kept} of {n_in} documents ({100 * (n_in - n_kept) / n_in:.1f}%; {top}): "
+                "check its settings"
+            )
     return out
 
 
@@ -190,17 +224,25 @@ def check_output(manifest: Mapping | str, allow_empty: bool = False) -> list[str
     warnings = stage_warnings(m)
     if not m["counts"]["kept"] and not allow_empty:
         why = "; ".join(warnings) or f"counts {m['counts']}"
-        raise EmptyStageError(f"stage {m['stage']} kept no document ({why}); its output is at {m['_path']}. "
-                              "Check the settings (e.g. langid.languages takes codes such as en), "
-                              "or set allow_empty: true to continue with an empty output")
+        raise EmptyStageError(
+            f"stage {m['stage']} kept no document ({why}); its output is at {m['_path']}. "
+            "Check the settings (e.g. langid.languages takes codes such as en), "
+            "or set allow_empty: true to continue with an empty output"
+        )
     return warnings
 
 
 # --------------------------------------------------------------------------- drivers
 
 
-def run_extract(root, sources: list[str], cfg: ExtractConfig | None = None, http: HttpOptions | None = None, *,
-                allow_empty: bool = False) -> str:
+def run_extract(
+    root,
+    sources: list[str],
+    cfg: ExtractConfig | None = None,
+    http: HttpOptions | None = None,
+    *,
+    allow_empty: bool = False,
+) -> str:
     """Extract ``sources`` (paths, globs, directories, URLs) shard after shard; returns the manifest path."""
     cfg = cfg or ExtractConfig()
     check_root_outside_sources(str(root), sources)

@@ -92,8 +92,10 @@ def check_root(root: str | os.PathLike, what: str = "root") -> str:
             "environment instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or AWS_PROFILE)"
         )
     if "?" in rest or "#" in rest:
-        raise ValueError(f"{what} {redact(s)!r}: a root URL takes no query string or fragment; "
-                         "filesystem options (endpoint, region, credentials) come from the environment")
+        raise ValueError(
+            f"{what} {redact(s)!r}: a root URL takes no query string or fragment; "
+            "filesystem options (endpoint, region, credentials) come from the environment"
+        )
     if scheme != "memory" and not netloc:
         raise ValueError(f"{what} {s!r} names no bucket/host; write it as {scheme}://<bucket>/<prefix>")
     _check_installed(scheme, what, s)
@@ -112,13 +114,18 @@ def _check_allowed_root(s: str) -> None:
     else:
         # realpath: a symlink or `..` cannot lead out of an allowed root.
         real = os.path.realpath(os.path.expanduser(s.removeprefix("file://")))
-        ok = any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in (os.path.realpath(a) for a in allowed if "://" not in a))
+        ok = any(
+            real == r or real.startswith(r.rstrip(os.sep) + os.sep)
+            for r in (os.path.realpath(a) for a in allowed if "://" not in a)
+        )
     if not ok:
-        raise ValueError(f"root {redact(s)!r} is outside the roots this server allows ({', '.join(allowed)}); "
-                         "choose a root under one of them, or restart `lmpipe server` with --allow-root DIR")
+        raise ValueError(
+            f"root {redact(s)!r} is outside the roots this server allows ({', '.join(allowed)}); "
+            "choose a root under one of them, or restart `lmpipe server` with --allow-root DIR"
+        )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _missing_package(scheme: str) -> str | None:
     """fsspec's install hint when the filesystem's package for ``scheme`` is not importable."""
     import importlib.util
@@ -159,15 +166,23 @@ def as_path(p: str | os.PathLike | RemotePath) -> Path | RemotePath:
     if scheme == "":
         return Path(s)
     if scheme == "file":
-        return Path(s[len("file://"):])
+        return Path(s[len("file://") :])
     return RemotePath(check_root(s, "path"))
 
 
 _FILESYSTEMS: dict[tuple, Any] = {}
 # The environment an S3 filesystem is built from (botocore reads these itself): a change
 # (another endpoint or profile) gets a new filesystem object, not a stale cached one.
-_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-             "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION")
+_ENV_KEYS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
 
 
 def filesystem(protocol: str):
@@ -220,7 +235,7 @@ class RemotePath:
     @property
     def suffix(self) -> str:
         n = self.name
-        return n[n.rfind("."):] if "." in n.lstrip(".") else ""
+        return n[n.rfind(".") :] if "." in n.lstrip(".") else ""
 
     @property
     def parent(self) -> RemotePath:
@@ -422,6 +437,8 @@ def check_local_root(root: str | os.PathLike, stage: str) -> str:
     validation time rather than fail half-way through."""
     s = check_root(root)
     if is_remote(s):
-        raise ValueError(f"root {redact(s)!r} is not supported by stage {stage} yet; use a local root "
-                         f"(URL roots work for: {', '.join(REMOTE_READY)})")
+        raise ValueError(
+            f"root {redact(s)!r} is not supported by stage {stage} yet; use a local root "
+            f"(URL roots work for: {', '.join(REMOTE_READY)})"
+        )
     return s

@@ -174,8 +174,9 @@ def split_http(block: bytes) -> tuple[int | None, dict[str, str], bytes]:
     return status, headers, body
 
 
-def _make_record(location: str, offset: int, headers: dict[str, str], block: bytes, *, arc: bool = False,
-                 member_pos: int = 0) -> Record:
+def _make_record(
+    location: str, offset: int, headers: dict[str, str], block: bytes, *, arc: bool = False, member_pos: int = 0
+) -> Record:
     if arc:
         rtype = headers.get("_type", "response")
         url, date, ctype = headers.get("url", ""), headers.get("archive-date", ""), headers.get("content-type", "")
@@ -188,17 +189,41 @@ def _make_record(location: str, offset: int, headers: dict[str, str], block: byt
         status, http_headers, payload = split_http(block)
         ctype = _get(http_headers, "Content-Type")
     return Record(
-        id=record_id(location, offset, member_pos), url=url, source=f"{location}:{offset}", record_type=rtype, content_type=ctype,
-        date=date, payload=payload, headers=headers, http_status=status, http_headers=http_headers,
+        id=record_id(location, offset, member_pos),
+        url=url,
+        source=f"{location}:{offset}",
+        record_type=rtype,
+        content_type=ctype,
+        date=date,
+        payload=payload,
+        headers=headers,
+        http_status=status,
+        http_headers=http_headers,
     )
 
 
-def _failure(location: str, offset: int, kind: str, detail: str, headers: dict | None = None, block: bytes = b"",
-             member_pos: int = 0) -> Record:
+def _failure(
+    location: str,
+    offset: int,
+    kind: str,
+    detail: str,
+    headers: dict | None = None,
+    block: bytes = b"",
+    member_pos: int = 0,
+) -> Record:
     headers = headers or {}
-    rec = _make_record(location, offset, headers, block, member_pos=member_pos) if headers else Record(
-        id=record_id(location, offset, member_pos), url="", source=f"{location}:{offset}",
-        record_type="unknown", content_type="", date="", payload=block,
+    rec = (
+        _make_record(location, offset, headers, block, member_pos=member_pos)
+        if headers
+        else Record(
+            id=record_id(location, offset, member_pos),
+            url="",
+            source=f"{location}:{offset}",
+            record_type="unknown",
+            content_type="",
+            date="",
+            payload=block,
+        )
     )
     rec.error, rec.error_detail = kind, detail
     return rec
@@ -265,8 +290,14 @@ def _read_block(stream: MemberStream, length: int, max_block: int | None) -> tup
     return block, len(block)
 
 
-def parse_stream(stream: MemberStream, location: str, *, end: int | None = None, max_records: int | None = None,
-                 max_block_bytes: int | None = None) -> Iterator[Record]:
+def parse_stream(
+    stream: MemberStream,
+    location: str,
+    *,
+    end: int | None = None,
+    max_records: int | None = None,
+    max_block_bytes: int | None = None,
+) -> Iterator[Record]:
     """Yield the records of one decompressed stream; ``end``: stop at records starting at or
     after this file offset (slices); ``max_records``: stop after that many; ``max_block_bytes``:
     records with a bigger block come with an empty payload and ``oversized=True``."""
@@ -286,18 +317,39 @@ def parse_stream(stream: MemberStream, location: str, *, end: int | None = None,
         if line.startswith(b"WARC/"):
             headers, complete, next_start = _read_warc_headers(stream)
             if next_start:
-                yield _failure(location, offset, "bad_header", "the header block runs into the next WARC/ line", headers, member_pos=pos)
+                yield _failure(
+                    location,
+                    offset,
+                    "bad_header",
+                    "the header block runs into the next WARC/ line",
+                    headers,
+                    member_pos=pos,
+                )
                 line, first = next_start, False
                 continue
             if not complete:
-                yield _failure(location, offset, stream.error or "truncated_record", "input ends inside the WARC header", headers, member_pos=pos)
+                yield _failure(
+                    location,
+                    offset,
+                    stream.error or "truncated_record",
+                    "input ends inside the WARC header",
+                    headers,
+                    member_pos=pos,
+                )
                 return
             try:
                 length = int(_get(headers, "Content-Length"))
                 if length < 0:
                     raise ValueError
             except ValueError:
-                yield _failure(location, offset, "bad_header", f"Content-Length {_get(headers, 'Content-Length')!r}", headers, member_pos=pos)
+                yield _failure(
+                    location,
+                    offset,
+                    "bad_header",
+                    f"Content-Length {_get(headers, 'Content-Length')!r}",
+                    headers,
+                    member_pos=pos,
+                )
                 line, first = _resync(stream, arc), False
                 continue
             block, got = _read_block(stream, length, max_block_bytes)
@@ -312,7 +364,13 @@ def parse_stream(stream: MemberStream, location: str, *, end: int | None = None,
             block, got = _read_block(stream, length, max_block_bytes)
             rec = _make_record(location, offset, h, block, arc=True, member_pos=pos)
         elif first:
-            yield _failure(location, offset, stream.error or "not_warc", f"input starts with {line[:60]!r}, not a WARC/ARC record", member_pos=pos)
+            yield _failure(
+                location,
+                offset,
+                stream.error or "not_warc",
+                f"input starts with {line[:60]!r}, not a WARC/ARC record",
+                member_pos=pos,
+            )
             return
         else:  # unreachable: lines are only handed on when they start a record
             raise AssertionError(line[:60])
@@ -388,8 +446,10 @@ def iter_file(
     ``index:<file>`` reads the records that index file points to (see ``remote.read_index``)."""
     deadline = (http or remote.HttpOptions()).deadline()  # one overall deadline per source
     if location.startswith(remote.INDEX_PREFIX):
-        rows = remote.read_index(location[len(remote.INDEX_PREFIX):], http, base_url)
-        yield from iter_pointers(rows[:max_records], http=http, base_url=base_url, max_block_bytes=max_block_bytes, deadline=deadline)
+        rows = remote.read_index(location[len(remote.INDEX_PREFIX) :], http, base_url)
+        yield from iter_pointers(
+            rows[:max_records], http=http, base_url=base_url, max_block_bytes=max_block_bytes, deadline=deadline
+        )
         return
     try:
         raw = remote.open_location(location, offset=start, http=http, deadline=deadline)
@@ -468,8 +528,14 @@ class _Prefixed:
         return self.raw.read(size)
 
 
-def iter_pointers(pointers: Iterable, *, http: remote.HttpOptions | None = None, base_url: str = remote.CC_BASE_URL,
-                  max_block_bytes: int | None = None, deadline: float | None = None) -> Iterator[Record]:
+def iter_pointers(
+    pointers: Iterable,
+    *,
+    http: remote.HttpOptions | None = None,
+    base_url: str = remote.CC_BASE_URL,
+    max_block_bytes: int | None = None,
+    deadline: float | None = None,
+) -> Iterator[Record]:
     """Records at ``(file, offset, length)`` pointers (tuples or dicts with filename/offset/length,
     as the CC index returns them): one Range request (or seek) per record. Past ``deadline``
     (monotonic), each pointer left is one failed record (``source_deadline``)."""
@@ -492,14 +558,18 @@ def iter_pointers(pointers: Iterable, *, http: remote.HttpOptions | None = None,
             yield _failure(location, offset, "source_error", str(e))
             continue
         try:
-            yield from parse_stream(MemberStream(raw, base=offset), location, max_records=1, max_block_bytes=max_block_bytes)
+            yield from parse_stream(
+                MemberStream(raw, base=offset), location, max_records=1, max_block_bytes=max_block_bytes
+            )
         except remote.SourceDeadlineError as e:
             yield _failure(location, offset, "source_deadline", str(e))
         finally:
             raw.close()
 
 
-def iter_records(source, *, errors: str = "record", http: remote.HttpOptions | None = None, **kwargs) -> Iterator[Record]:
+def iter_records(
+    source, *, errors: str = "record", http: remote.HttpOptions | None = None, **kwargs
+) -> Iterator[Record]:
     """Yield every record of ``source`` (see the module docstring for the accepted forms).
 
     ``errors="record"`` (default) yields unreadable records with ``error`` set;

@@ -37,7 +37,7 @@ def write_warc(path: str | os.PathLike, pages: Iterable[tuple[str, bytes, _dt.da
                 + f"Content-Length: {len(html)}\r\n\r\n".encode()
                 + html
             )
-            stamp = date.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            stamp = date.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             headers = [
                 ("WARC-Type", "response"),
                 ("WARC-Record-ID", f"<urn:uuid:{uuid.uuid5(_NS, url)}>"),
@@ -57,5 +57,5 @@ def html_folder_pages(folder: str | os.PathLike, base_url: str) -> Iterable[tupl
     """``(url, html, date)`` for every ``*.html`` under ``folder``, in sorted order."""
     folder = Path(folder)
     for p in sorted(folder.rglob("*.html")):
-        date = _dt.datetime.fromtimestamp(p.stat().st_mtime, _dt.timezone.utc)
+        date = _dt.datetime.fromtimestamp(p.stat().st_mtime, _dt.UTC)
         yield f"{base_url.rstrip('/')}/{p.relative_to(folder).as_posix()}", p.read_bytes(), date

@@ -52,7 +52,9 @@ def load_gsm8k(path: str | os.PathLike, limit: int | None = None) -> tuple[list[
         except ValueError:
             counts["bad_answer"] += 1
             continue
-        rows.append({"id": f"{Path(path).stem}-{lineno}", "question": r["question"], "answer": final, "solution": r["answer"]})
+        rows.append(
+            {"id": f"{Path(path).stem}-{lineno}", "question": r["question"], "answer": final, "solution": r["answer"]}
+        )
     return rows, counts
 
 
@@ -76,15 +78,28 @@ def load_mmlu(path: str | os.PathLike, limit: int | None = None) -> tuple[list[d
                     counts["bad_row"] += 1
                     continue
                 counts["rows"] += 1
-                rows.append({"id": f"{f.stem}-{i}", "subject": subject, "question": rec[0], "options": rec[1:5], "answer": rec[5].strip()})
+                rows.append(
+                    {
+                        "id": f"{f.stem}-{i}",
+                        "subject": subject,
+                        "question": rec[0],
+                        "options": rec[1:5],
+                        "answer": rec[5].strip(),
+                    }
+                )
     return rows, counts
 
 
 def load_alpaca_eval(path: str | os.PathLike, limit: int | None = None) -> tuple[list[dict], Counter]:
     counts: Counter = Counter()
     rows = [
-        {"id": f"alpaca-{lineno}", "instruction": r["instruction"], "output": r.get("output", ""),
-         "generator": r.get("generator", ""), "dataset": r.get("dataset", "")}
+        {
+            "id": f"alpaca-{lineno}",
+            "instruction": r["instruction"],
+            "output": r.get("output", ""),
+            "generator": r.get("generator", ""),
+            "dataset": r.get("dataset", ""),
+        }
         for lineno, r in _read_jsonl(path, ("instruction",), counts, limit)
     ]
     return rows, counts

@@ -41,7 +41,10 @@ TASKS = ("gsm8k", "mmlu", "arithmetic")
 
 def mmlu_question(row: dict) -> str:
     opts = "\n".join(f"{letter}. {text}" for letter, text in zip("ABCD", row["options"]))
-    return f"Answer the following multiple choice question about {row['subject'].replace('_', ' ')}.\n\n{row['question']}\n{opts}"
+    return (
+        "Answer the following multiple choice question about "
+        f"{row['subject'].replace('_', ' ')}.\n\n{row['question']}\n{opts}"
+    )
 
 
 def _grade(task: str, row: dict, generation: str) -> tuple[str | None, bool]:
@@ -90,7 +93,15 @@ def evaluate_generation(
                 errors[i] = f"grader_error:{type(e).__name__}"
                 parsed, ok = None, False
             correct += int(ok)
-            out[i] = {"id": str(r["id"]), "task": task, "prompt": prompts[i], "generation": gen, "parsed": parsed, "answer": str(r["answer"]), "correct": ok}
+            out[i] = {
+                "id": str(r["id"]),
+                "task": task,
+                "prompt": prompts[i],
+                "generation": gen,
+                "parsed": parsed,
+                "answer": str(r["answer"]),
+                "correct": ok,
+            }
         graded += len(idx)
         if on_batch is not None:
             on_batch(graded, correct)
@@ -124,7 +135,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], *, context_length: int | 
             bad += 1
             continue
         for s in range(0, len(ids) - 1, ctx):
-            chunk = torch.tensor(ids[s: s + ctx + 1], dtype=torch.long)[None]
+            chunk = torch.tensor(ids[s : s + ctx + 1], dtype=torch.long)[None]
             if chunk.shape[1] < 2:
                 continue
             lp = get_response_log_probs(model, chunk[:, :-1], chunk[:, 1:])["log_probs"]
@@ -133,4 +144,10 @@ def perplexity(model, tokenizer, texts: Sequence[str], *, context_length: int | 
             windows += 1
     model.train(was)
     mean = nll / max(n, 1)
-    return {"tokens": n, "windows": windows, "unencodable": bad, "nll": mean, "perplexity": math.exp(mean) if n else math.nan}
+    return {
+        "tokens": n,
+        "windows": windows,
+        "unencodable": bad,
+        "nll": mean,
+        "perplexity": math.exp(mean) if n else math.nan,
+    }

@@ -23,7 +23,9 @@ from lm.model.transformer import TransformerLM
 from lm.train.data import byte_tokens
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """logits (B, V) -> next ids (B,). temperature 0 = greedy; top_p < 1 samples from the nucleus."""
     if temperature <= 0:
         return logits.argmax(-1)
@@ -52,7 +54,7 @@ def generate(
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature ≥ 0 and 0 < top_p ≤ 1, got temperature={temperature}, top_p={top_p}")
     ctx = model.config.context_length
-    ids = torch.as_tensor(prompt, dtype=torch.long).flatten()[-(ctx - 1):]
+    ids = torch.as_tensor(prompt, dtype=torch.long).flatten()[-(ctx - 1) :]
     if ids.numel() == 0:
         raise ValueError("prompt is empty: give at least one token id (e.g. the end-of-text id)")
     if int(ids.max()) >= model.config.vocab_size:
@@ -102,7 +104,6 @@ def load_tokenizer(tokenizer: str | None):
     if tokenizer in (None, "", "bytes"):
         return ByteTokenizer()
     from lm.tokenizer import Tokenizer  # the tokenizer stage's class
-
     from lm.tokenizer.stages import local_tokenizer_dir  # a remote tokenizer dir: via the local cache
 
     return Tokenizer.load(local_tokenizer_dir(tokenizer))
@@ -121,8 +122,16 @@ def generate_text(model: TransformerLM, tokenizer, prompt: str, eot_id: int | No
     return tokenizer.decode(generate(model, ids, eot_id=eot_id, **kw))
 
 
-def generate_from_checkpoint(checkpoint: str | Path, prompt: str, *, max_new_tokens: int = 100, temperature: float = 0.8,
-                             top_p: float = 0.95, seed: int = 0, device: str = "cpu") -> str:
+def generate_from_checkpoint(
+    checkpoint: str | Path,
+    prompt: str,
+    *,
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    seed: int = 0,
+    device: str = "cpu",
+) -> str:
     """Prompt + continuation from a checkpoint directory or a pretrain stage directory (its manifest's checkpoint)."""
     path = Path(checkpoint)
     if not (path / "meta.json").exists() and (path / "_manifest.json").exists():
@@ -130,5 +139,13 @@ def generate_from_checkpoint(checkpoint: str | Path, prompt: str, *, max_new_tok
     model = load_model(path, device)
     tok_dir, eot_id = checkpoint_tokenizer(path)
     g = torch.Generator(device=device).manual_seed(seed)
-    return prompt + generate_text(model, load_tokenizer(tok_dir), prompt, eot_id=eot_id, max_new_tokens=max_new_tokens,
-                                  temperature=temperature, top_p=top_p, generator=g)
+    return prompt + generate_text(
+        model,
+        load_tokenizer(tok_dir),
+        prompt,
+        eot_id=eot_id,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        generator=g,
+    )

@@ -58,17 +58,23 @@ class ModelConfig(Config):
     d_model: int = Field(gt=0, le=1 << 16, description="Width of the residual stream.")
     num_layers: int = Field(gt=0, le=1024, description="Number of Transformer blocks.")
     num_heads: int = Field(gt=0, le=1024, description="Attention heads per block; d_model must be divisible by it.")
-    d_ff: int = Field(gt=0, le=1 << 20, description="Hidden width of the SwiGLU feed-forward (≈ 8/3 · d_model, multiple of 64).")
+    d_ff: int = Field(
+        gt=0, le=1 << 20, description="Hidden width of the SwiGLU feed-forward (≈ 8/3 · d_model, multiple of 64)."
+    )
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency Θ.")
     rope_max_seq_len: int | None = Field(
-        None, ge=1, le=1 << 22, description="Longest position RoPE tables cover (default: context_length); must be ≥ context_length."
+        None,
+        ge=1,
+        le=1 << 22,
+        description="Longest position RoPE tables cover (default: context_length); must be ≥ context_length.",
     )
     rms_eps: float = Field(1e-5, gt=0, description="Epsilon inside RMSNorm's square root.")
     tie_embeddings: bool = Field(False, description="Share the weights of token_embeddings and lm_head.")
     attention: AttentionKind = Field(
-        "auto", description="Attention implementation: auto (= sdpa), math (plain softmax(QKᵀ)V, float32 softmax), sdpa "
+        "auto",
+        description="Attention implementation: auto (= sdpa), math (plain softmax(QKᵀ)V, float32 softmax), sdpa "
         "(torch's fused kernels), triton (our FlashAttention-2 kernel; CUDA or TRITON_INTERPRET=1) or flash_torch "
-        "(the same algorithm in torch tiles). All compute the same function; 'reference' is accepted for math."
+        "(the same algorithm in torch tiles). All compute the same function; 'reference' is accepted for math.",
     )
     norm: NormKind = Field("auto", description="RMSNorm implementation: auto (Triton on CUDA), torch or triton.")
 
@@ -78,14 +84,17 @@ class ModelConfig(Config):
         return "math" if v == "reference" else v  # checkpoints written before 'math' was named so
 
     @model_validator(mode="after")
-    def _check_shapes(self) -> "ModelConfig":
+    def _check_shapes(self) -> ModelConfig:
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
                 f"pick num_heads among the divisors of d_model"
             )
         if (self.d_model // self.num_heads) % 2:
-            raise ValueError(f"head size d_model/num_heads={self.d_model // self.num_heads} must be even for RoPE (d_model, num_heads)")
+            raise ValueError(
+                f"head size d_model/num_heads={self.d_model // self.num_heads} "
+                "must be even for RoPE (d_model, num_heads)"
+            )
         if self.rope_max_seq_len is not None and self.context_length > self.rope_max_seq_len:
             raise ValueError(
                 f"context_length={self.context_length} is longer than rope_max_seq_len={self.rope_max_seq_len}; "
@@ -192,7 +201,9 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return e / e.sum(dim=dim, keepdim=True)
 
 
-def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """softmax(q kᵀ / sqrt(d_k)) v; ``mask`` True where a query may attend a key. Any leading dims.
 
     q (..., Tq, d_k), k (..., Tk, d_k), v (..., Tk, d_v), mask (..., Tq, Tk) -> (..., Tq, d_v).
@@ -227,8 +238,12 @@ class KVCache:
     """Keys and values of the tokens seen so far, per layer: (B, H, max_len, d_head) buffers."""
 
     def __init__(self, num_layers: int, batch: int, num_heads: int, max_len: int, head_dim: int, device, dtype):
-        self.k = [torch.zeros(batch, num_heads, max_len, head_dim, device=device, dtype=dtype) for _ in range(num_layers)]
-        self.v = [torch.zeros(batch, num_heads, max_len, head_dim, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.k = [
+            torch.zeros(batch, num_heads, max_len, head_dim, device=device, dtype=dtype) for _ in range(num_layers)
+        ]
+        self.v = [
+            torch.zeros(batch, num_heads, max_len, head_dim, device=device, dtype=dtype) for _ in range(num_layers)
+        ]
         self.length = 0  # tokens already cached (same for all layers)
         self.max_len = max_len
 
@@ -247,8 +262,9 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         return x.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, H, T, dh)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q = apply_rope(self._heads(self.q_proj(x)), cos, sin)  # (B, H, T, dh)
         k = apply_rope(self._heads(self.k_proj(x)), cos, sin)
@@ -297,8 +313,9 @@ class TransformerBlock(nn.Module):
         self.ln2 = RMSNorm(cfg.d_model, cfg.rms_eps, cfg.norm, device, dtype)
         self.ffn = SwiGLU(cfg.d_model, cfg.d_ff, device, dtype)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), cos, sin, cache, layer)
         return x + self.ffn(self.ln2(x))
 
@@ -315,8 +332,10 @@ class TransformerLM(nn.Module):
         super().__init__()
         cfg = config if isinstance(config, ModelConfig) else ModelConfig.model_validate(config)
         if cfg.vocab_size == "auto":
-            raise ValueError("ModelConfig.vocab_size is 'auto': set it to the tokenizer's vocabulary size "
-                             "(the trainer does so from the token manifest: lm.train.config.resolve_vocab_size)")
+            raise ValueError(
+                "ModelConfig.vocab_size is 'auto': set it to the tokenizer's vocabulary size "
+                "(the trainer does so from the token manifest: lm.train.config.resolve_vocab_size)"
+            )
         self.config = cfg
         self.checkpoint_blocks = False
         self.token_embeddings = Embedding(cfg.vocab_size, cfg.d_model, device, dtype)

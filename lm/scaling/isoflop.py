@@ -118,14 +118,16 @@ class IsoFlopFit:
         for j, (name, law) in enumerate([("N_opt", self.n_law), ("D_opt", self.d_law), ("L_opt", self.loss_law)]):
             k_lo, k_hi = self.interval(2 * j)
             e_lo, e_hi = self.interval(2 * j + 1)
-            rows.append({
-                "approach": "isoflop",
-                "law": f"{name} = k·C^e",
-                "exponent": law[1],
-                "exponent_ci": (e_lo, e_hi),
-                "coefficient": math.exp(law[0]),
-                "coefficient_ci": (math.exp(k_lo), math.exp(k_hi)),
-            })
+            rows.append(
+                {
+                    "approach": "isoflop",
+                    "law": f"{name} = k·C^e",
+                    "exponent": law[1],
+                    "exponent_ci": (e_lo, e_hi),
+                    "coefficient": math.exp(law[0]),
+                    "coefficient_ci": (math.exp(k_lo), math.exp(k_hi)),
+                }
+            )
         return rows
 
 
@@ -133,12 +135,28 @@ def fit_budget(budget: float, log_n: np.ndarray, loss: np.ndarray, log_d: np.nda
     """Fit one IsoFLOP profile; ``used=False`` with a note when it cannot give an optimum."""
     n_unique = len(np.unique(log_n))
     if n_unique < MIN_POINTS:
-        return BudgetFit(budget, len(log_n), None, None, None, None, False,
-                         f"budget {budget:.3g}: {n_unique} distinct model size(s), need ≥ {MIN_POINTS} for a parabola")
+        return BudgetFit(
+            budget,
+            len(log_n),
+            None,
+            None,
+            None,
+            None,
+            False,
+            f"budget {budget:.3g}: {n_unique} distinct model size(s), need ≥ {MIN_POINTS} for a parabola",
+        )
     c2, c1, c0 = np.polyfit(log_n, loss, 2)
     if c2 <= 0:
-        return BudgetFit(budget, len(log_n), (c2, c1, c0), None, None, None, False,
-                         f"budget {budget:.3g}: loss is not convex in ln N (no minimum); add smaller and larger models")
+        return BudgetFit(
+            budget,
+            len(log_n),
+            (c2, c1, c0),
+            None,
+            None,
+            None,
+            False,
+            f"budget {budget:.3g}: loss is not convex in ln N (no minimum); add smaller and larger models",
+        )
     x = -c1 / (2 * c2)
     loss_opt = c0 - c1 * c1 / (4 * c2)
     if log_d is not None:
@@ -150,8 +168,10 @@ def fit_budget(budget: float, log_n: np.ndarray, loss: np.ndarray, log_d: np.nda
     if not log_n.min() <= x <= log_n.max():
         side = "larger" if x > log_n.max() else "smaller"
         fit.used = False
-        fit.note = (f"budget {budget:.3g}: the minimum (N≈{math.exp(x):.3g}) is outside the runs' N range "
-                    f"[{math.exp(log_n.min()):.3g}, {math.exp(log_n.max()):.3g}]: not bracketed; add {side} models")
+        fit.note = (
+            f"budget {budget:.3g}: the minimum (N≈{math.exp(x):.3g}) is outside the runs' N range "
+            f"[{math.exp(log_n.min()):.3g}, {math.exp(log_n.max()):.3g}]: not bracketed; add {side} models"
+        )
     return fit
 
 
@@ -220,7 +240,9 @@ def fit_isoflop(
             reps.append(_fit_laws(rfits))
     boot = np.array(reps).reshape(-1, 6)
     if num_bootstrap and len(boot) < num_bootstrap / 2:
-        notes.append(f"only {len(boot)} of {num_bootstrap} bootstrap replicates had ≥ 2 bracketed budgets: intervals are rough")
+        notes.append(
+            f"only {len(boot)} of {num_bootstrap} bootstrap replicates had ≥ 2 bracketed budgets: intervals are rough"
+        )
     if len(boot) == 0:
         boot = laws[None, :]  # no replicates: degenerate intervals at the point estimate
     budgets_used = [f.budget for f in used]

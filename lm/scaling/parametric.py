@@ -47,7 +47,9 @@ CHINCHILLA_GRID = {
 }
 
 
-def huber_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float = HUBER_DELTA) -> tuple[float, np.ndarray]:
+def huber_objective(
+    theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float = HUBER_DELTA
+) -> tuple[float, np.ndarray]:
     """Σ Huber_δ(ln L̂ − ln L) and its gradient in θ = (a, b, e, α, β)."""
     a, b, e, alpha, beta = theta
     terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])  # (3, R)
@@ -59,13 +61,15 @@ def huber_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log
     ar = np.abs(r)
     value = np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta)).sum()
     dr = np.clip(r, -delta, delta)  # Huber'(r)
-    grad = np.array([
-        (dr * w[0]).sum(),
-        (dr * w[1]).sum(),
-        (dr * w[2]).sum(),
-        -(dr * w[0] * log_n).sum(),
-        -(dr * w[1] * log_d).sum(),
-    ])
+    grad = np.array(
+        [
+            (dr * w[0]).sum(),
+            (dr * w[1]).sum(),
+            (dr * w[2]).sum(),
+            -(dr * w[0] * log_n).sum(),
+            -(dr * w[1] * log_d).sum(),
+        ]
+    )
     return float(value), grad
 
 
@@ -99,20 +103,26 @@ class ParametricFit:
         with np.errstate(over="ignore", invalid="ignore"):
             return {k: float(s) for k, s in zip(PARAM_NAMES, self.boot.std(axis=0, ddof=1))}
 
-    def frontier(self, budget: float, flops_per_token: Callable[[float], float] | None = None) -> tuple[float, float, float]:
+    def frontier(
+        self, budget: float, flops_per_token: Callable[[float], float] | None = None
+    ) -> tuple[float, float, float]:
         """(N_opt, D_opt, loss) at ``budget`` FLOPs."""
         return frontier(self.params, budget, flops_per_token)
 
     def predict(self, budget: float, flops_per_token: Callable[[float], float] | None = None) -> dict:
         """Frontier point at ``budget`` with bootstrap SEs and percentile intervals."""
         (budget,) = as_positive("budget", [budget])
-        n, d, l = self.frontier(budget, flops_per_token)
-        reps = np.array([frontier(p, budget, flops_per_token) for p in self.boot]) if len(self.boot) else np.empty((0, 3))
-        out = {"budget": float(budget), "n_opt": n, "d_opt": d, "loss": l}
+        n, d, loss = self.frontier(budget, flops_per_token)
+        reps = (
+            np.array([frontier(p, budget, flops_per_token) for p in self.boot]) if len(self.boot) else np.empty((0, 3))
+        )
+        out = {"budget": float(budget), "n_opt": n, "d_opt": d, "loss": loss}
         for j, key in enumerate(("n_opt", "d_opt", "loss")):
             col = reps[:, j] if len(reps) else np.array([out[key]])
             # sizes spread multiplicatively: their SE is reported in ln space
-            out[f"{key}_se" if key == "loss" else f"ln_{key}_se"] = float(np.std(col if key == "loss" else np.log(col), ddof=1)) if len(col) > 1 else math.nan
+            out[f"{key}_se" if key == "loss" else f"ln_{key}_se"] = (
+                float(np.std(col if key == "loss" else np.log(col), ddof=1)) if len(col) > 1 else math.nan
+            )
             q = (1 - self.confidence) / 2 * 100
             out[f"{key}_ci"] = tuple(float(x) for x in np.percentile(col, [q, 100 - q]))
         lo, hi = self.compute_range
@@ -124,9 +134,16 @@ class ParametricFit:
         q = (1 - self.confidence) / 2 * 100
         rows = []
         for j, name in enumerate(PARAM_NAMES):
-            lo, hi = (np.percentile(self.boot[:, j], [q, 100 - q]) if len(self.boot) else (math.nan, math.nan))
-            rows.append({"approach": "parametric", "parameter": name, "value": float(self.params[j]),
-                         "se": se[name], "ci": (float(lo), float(hi))})
+            lo, hi = np.percentile(self.boot[:, j], [q, 100 - q]) if len(self.boot) else (math.nan, math.nan)
+            rows.append(
+                {
+                    "approach": "parametric",
+                    "parameter": name,
+                    "value": float(self.params[j]),
+                    "se": se[name],
+                    "ci": (float(lo), float(hi)),
+                }
+            )
         return rows
 
 
@@ -136,7 +153,9 @@ def law_loss(p: np.ndarray, n: np.ndarray, d: np.ndarray) -> np.ndarray:
         return E + A / np.power(n, alpha) + B / np.power(d, beta)
 
 
-def frontier(p: np.ndarray, budget: float, flops_per_token: Callable[[float], float] | None = None) -> tuple[float, float, float]:
+def frontier(
+    p: np.ndarray, budget: float, flops_per_token: Callable[[float], float] | None = None
+) -> tuple[float, float, float]:
     """Minimize L(N, D) over N with D = C / flops_per_token(N) (default 6·N)."""
     E, A, B, alpha, beta = p
     if flops_per_token is None:
@@ -146,11 +165,14 @@ def frontier(p: np.ndarray, budget: float, flops_per_token: Callable[[float], fl
         n = g * (budget / 6) ** (beta / (alpha + beta))
         d = budget / 6 / n
     else:
+
         def f(ln_n: float) -> float:
             n_ = math.exp(ln_n)
             return float(law_loss(p, n_, budget / flops_per_token(n_)))
 
-        grid = np.linspace(math.log(FRONTIER_MIN_N), math.log(budget / 6) - math.log(10), 200)  # ≥ 10 tokens per param·6
+        grid = np.linspace(
+            math.log(FRONTIER_MIN_N), math.log(budget / 6) - math.log(10), 200
+        )  # ≥ 10 tokens per param·6
         vals = [f(x) for x in grid]
         i = int(np.argmin(vals))
         lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
@@ -174,8 +196,14 @@ def _minimize(start: np.ndarray, log_n, log_d, log_l, delta) -> tuple[float, np.
     # One BLAS thread: L-BFGS-B's tiny (5-dim) BLAS calls are 40× slower when OpenBLAS's
     # threads contend for busy cores (measured: 7 ms vs 0.2 ms per iteration).
     with threadpool_limits(limits=1, user_api="blas"):
-        res = minimize(huber_objective, start, args=(log_n, log_d, log_l, delta), jac=True, method="L-BFGS-B",
-                       options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-12})
+        res = minimize(
+            huber_objective,
+            start,
+            args=(log_n, log_d, log_l, delta),
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-12},
+        )
     return float(res.fun), res.x
 
 
@@ -216,8 +244,9 @@ def fit_parametric(
         raise ValueError(f"the parametric fit has 5 parameters and needs ≥ 5 finite runs, got {len(lo)}")
     log_n, log_d, log_l = np.log(n), np.log(d), np.log(lo)
     g = {**CHINCHILLA_GRID, **(grid or {})}
-    starts = np.array([[a, b, e, al, be] for al, be, e, a, b in
-                       itertools.product(g["alpha"], g["beta"], g["e"], g["a"], g["b"])])
+    starts = np.array(
+        [[a, b, e, al, be] for al, be, e, a, b in itertools.product(g["alpha"], g["beta"], g["e"], g["a"], g["b"])]
+    )
     if num_starts is not None and num_starts < len(starts):
         # screen the grid: L-BFGS from the starts that already fit best (all of them is ~minutes)
         starts = starts[np.argsort(_grid_objective(starts, log_n, log_d, log_l, delta))[:num_starts]]
@@ -237,12 +266,26 @@ def fit_parametric(
     boot = np.array(reps).reshape(-1, 5)
     finite = np.isfinite(boot).all(axis=1)
     if not finite.all():
-        notes.append(f"{int((~finite).sum())} of {num_bootstrap} bootstrap replicates ran off to infinity and were dropped")
+        notes.append(
+            f"{int((~finite).sum())} of {num_bootstrap} bootstrap replicates ran off to infinity and were dropped"
+        )
         boot = boot[finite]
     E, A, B, alpha, beta = _theta_to_params(theta)
     if alpha <= 0 or beta <= 0:
-        notes.append(f"fitted exponents alpha={alpha:.3g}, beta={beta:.3g} are not both positive: "
-                     "the runs do not constrain one of the terms; the frontier is undefined")
-    return ParametricFit(E=E, A=A, B=B, alpha=float(alpha), beta=float(beta), objective=obj,
-                         compute_range=(float(c.min()), float(c.max())), boot=boot,
-                         confidence=confidence, num_starts=len(starts), notes=notes)
+        notes.append(
+            f"fitted exponents alpha={alpha:.3g}, beta={beta:.3g} are not both positive: "
+            "the runs do not constrain one of the terms; the frontier is undefined"
+        )
+    return ParametricFit(
+        E=E,
+        A=A,
+        B=B,
+        alpha=float(alpha),
+        beta=float(beta),
+        objective=obj,
+        compute_range=(float(c.min()), float(c.max())),
+        boot=boot,
+        confidence=confidence,
+        num_starts=len(starts),
+        notes=notes,
+    )

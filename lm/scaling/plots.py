@@ -77,7 +77,9 @@ def plot_isoflop(rows: list[dict], fits: SweepFits, path: str | Path, fit_on: st
         for budget in budgets:
             pts = [r for r in fits.used_runs if r["budget"] == budget]
             if pts:
-                per_budget[budget] = fit_budget(budget, np.log([r["params"] for r in pts]), np.array([r["loss"] for r in pts]), None)
+                per_budget[budget] = fit_budget(
+                    budget, np.log([r["params"] for r in pts]), np.array([r["loss"] for r in pts]), None
+                )
     used_ids = {r.get("run_id") for r in fits.used_runs}
     for color, budget in zip(colors, budgets):
         pts = sorted((r for r in fits.used_runs if r["budget"] == budget), key=lambda r: r["params"])

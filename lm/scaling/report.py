@@ -18,9 +18,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lm.scaling.flops import family_flops_per_token, flops_per_token, non_embedding_params, shape_for_params, tokens_for_budget
-from lm.scaling.isoflop import IsoFlopFit, fit_isoflop
 from lm.markdown import markdown_table
+from lm.scaling.flops import (
+    family_flops_per_token,
+    flops_per_token,
+    non_embedding_params,
+    shape_for_params,
+    tokens_for_budget,
+)
+from lm.scaling.isoflop import IsoFlopFit, fit_isoflop
 from lm.scaling.parametric import FRONTIER_MIN_N, ParametricFit, fit_parametric
 
 
@@ -47,33 +53,82 @@ class SweepFits:
         trust = {k: "ok" if v.get("ok") else "NOT A RESULT" for k, v in self.verdict.items()}
         if self.isoflop is not None:
             for r in self.isoflop.law_rows():
-                rows.append({"approach": "isoflop (2)", "quantity": r["law"].replace("k·C^e", "k·C^e: exponent e"),
-                             "value": _g(r["exponent"]), "interval": _ci(r["exponent_ci"]), "se": "", "trust": trust.get("isoflop", "")})
-                rows.append({"approach": "isoflop (2)", "quantity": r["law"].replace("k·C^e", "k·C^e: coefficient k"),
-                             "value": _g(r["coefficient"]), "interval": _ci(r["coefficient_ci"]), "se": "", "trust": trust.get("isoflop", "")})
+                rows.append(
+                    {
+                        "approach": "isoflop (2)",
+                        "quantity": r["law"].replace("k·C^e", "k·C^e: exponent e"),
+                        "value": _g(r["exponent"]),
+                        "interval": _ci(r["exponent_ci"]),
+                        "se": "",
+                        "trust": trust.get("isoflop", ""),
+                    }
+                )
+                rows.append(
+                    {
+                        "approach": "isoflop (2)",
+                        "quantity": r["law"].replace("k·C^e", "k·C^e: coefficient k"),
+                        "value": _g(r["coefficient"]),
+                        "interval": _ci(r["coefficient_ci"]),
+                        "se": "",
+                        "trust": trust.get("isoflop", ""),
+                    }
+                )
         if self.parametric is not None:
             for r in self.parametric.law_rows():
-                rows.append({"approach": "parametric (3)", "quantity": f"L = E + A/N^alpha + B/D^beta: {r['parameter']}",
-                             "value": _g(r["value"]), "interval": _ci(r["ci"]), "se": _g(r["se"]), "trust": trust.get("parametric", "")})
+                rows.append(
+                    {
+                        "approach": "parametric (3)",
+                        "quantity": f"L = E + A/N^alpha + B/D^beta: {r['parameter']}",
+                        "value": _g(r["value"]),
+                        "interval": _ci(r["ci"]),
+                        "se": _g(r["se"]),
+                        "trust": trust.get("parametric", ""),
+                    }
+                )
         return rows
 
     def to_json(self) -> dict:
-        out: dict = {"notes": self.notes, "recommendation": self.recommendation, "runs_used": len(self.used_runs),
-                     "verdict": self.verdict}
+        out: dict = {
+            "notes": self.notes,
+            "recommendation": self.recommendation,
+            "runs_used": len(self.used_runs),
+            "verdict": self.verdict,
+        }
         if self.isoflop is not None:
             f = self.isoflop
             out["isoflop"] = {
-                "n_opt_exponent": f.a, "n_opt_exponent_ci": f.interval(1),
-                "d_opt_exponent": f.b, "d_opt_exponent_ci": f.interval(3),
-                "loss_exponent": f.loss_law[1], "budget_range": f.budget_range,
+                "n_opt_exponent": f.a,
+                "n_opt_exponent_ci": f.interval(1),
+                "d_opt_exponent": f.b,
+                "d_opt_exponent_ci": f.interval(3),
+                "loss_exponent": f.loss_law[1],
+                "budget_range": f.budget_range,
                 "bootstrap_replicates_used": len(f.boot),
-                "budgets": [{"budget": b.budget, "points": b.num_points, "n_opt": b.n_opt, "d_opt": b.d_opt,
-                             "loss_opt": b.loss_opt, "used": b.used, "note": b.note} for b in f.budgets],
+                "budgets": [
+                    {
+                        "budget": b.budget,
+                        "points": b.num_points,
+                        "n_opt": b.n_opt,
+                        "d_opt": b.d_opt,
+                        "loss_opt": b.loss_opt,
+                        "used": b.used,
+                        "note": b.note,
+                    }
+                    for b in f.budgets
+                ],
             }
         if self.parametric is not None:
             p = self.parametric
-            out["parametric"] = {"E": p.E, "A": p.A, "B": p.B, "alpha": p.alpha, "beta": p.beta,
-                                 "se": p.standard_errors(), "objective": p.objective, "starts": p.num_starts}
+            out["parametric"] = {
+                "E": p.E,
+                "A": p.A,
+                "B": p.B,
+                "alpha": p.alpha,
+                "beta": p.beta,
+                "se": p.standard_errors(),
+                "objective": p.objective,
+                "starts": p.num_starts,
+            }
         return _plain(out)
 
 
@@ -122,15 +177,29 @@ def fit_runs(
             except ValueError as e:
                 notes.append(f"isoflop fit not possible: {e}")
         try:
-            par = fit_parametric(n, d, loss, compute=[r["compute"] for r in used], num_bootstrap=num_bootstrap,
-                                 confidence=confidence, seed=seed, num_starts=num_starts)
+            par = fit_parametric(
+                n,
+                d,
+                loss,
+                compute=[r["compute"] for r in used],
+                num_bootstrap=num_bootstrap,
+                confidence=confidence,
+                seed=seed,
+                num_starts=num_starts,
+            )
             notes += par.notes
         except ValueError as e:
             notes.append(f"parametric fit not possible: {e}")
     else:
         notes.append("no usable runs: nothing to fit")
-    fits = SweepFits(iso, par, used, notes, flops_rule=(context_length, vocab_size, aspect_ratio),
-                     min_loss=min((r["loss"] for r in used), default=math.nan))
+    fits = SweepFits(
+        iso,
+        par,
+        used,
+        notes,
+        flops_rule=(context_length, vocab_size, aspect_ratio),
+        min_loss=min((r["loss"] for r in used), default=math.nan),
+    )
     fits.recommendation = recommend(fits, target_budget)
     fits.verdict = judge(fits)
     for key, v in fits.verdict.items():
@@ -146,7 +215,9 @@ def judge(fits: SweepFits) -> dict:
 
 
 def _not_fitted(fits: SweepFits, approach: str) -> str:
-    why = next((n.split(": ", 1)[1] for n in fits.notes if n.startswith(f"{approach} fit not possible")), "no usable runs")
+    why = next(
+        (n.split(": ", 1)[1] for n in fits.notes if n.startswith(f"{approach} fit not possible")), "no usable runs"
+    )
     return f"no {approach} fit: {why}"
 
 
@@ -160,7 +231,9 @@ def _isoflop_problems(fits: SweepFits) -> list[str]:
         out.append(f"only {bracketed} budget(s) bracket a minimum; a law needs ≥ 2")
     for name, e in (("N_opt", f.a), ("D_opt", f.b)):
         if not 0 < e < 1:
-            out.append(f"{name} ∝ C^{e:.3g}: the exponent must lie in (0, 1) (both grow with compute, each slower than it)")
+            out.append(
+                f"{name} ∝ C^{e:.3g}: the exponent must lie in (0, 1) (both grow with compute, each slower than it)"
+            )
     if f.loss_law[1] >= 0:
         out.append(f"L_opt ∝ C^{f.loss_law[1]:.3g}: the loss does not fall with compute")
     return out
@@ -172,16 +245,27 @@ def _parametric_problems(fits: SweepFits) -> list[str]:
         return [_not_fitted(fits, "parametric")]
     out = []
     if p.alpha <= 0 or p.beta <= 0:
-        out.append(f"exponents alpha={p.alpha:.3g}, beta={p.beta:.3g} are not both positive: the loss would not fall with N or D")
+        out.append(
+            f"exponents alpha={p.alpha:.3g}, beta={p.beta:.3g} are "
+            "not both positive: the loss would not fall with N or D"
+        )
     if max(p.alpha, p.beta) > 3:
-        out.append(f"exponents alpha={p.alpha:.3g}, beta={p.beta:.3g}: steeper than 3 is not a law, the optimizer ran off")
+        out.append(
+            f"exponents alpha={p.alpha:.3g}, beta={p.beta:.3g}: steeper than 3 is not a law, the optimizer ran off"
+        )
     if math.isfinite(fits.min_loss) and p.E < 0.01 * fits.min_loss:
-        out.append(f"E={p.E:.3g}: the irreducible loss ran down to its bound, 0 (under 1% of the lowest loss): the runs do not constrain it")
+        out.append(
+            f"E={p.E:.3g}: the irreducible loss ran down to its bound, 0 "
+            "(under 1% of the lowest loss): the runs do not constrain it"
+        )
     if max(p.A, p.B) > 1e12:
         out.append(f"A={p.A:.3g}, B={p.B:.3g}: a coefficient ran off to its bound")
     rec = fits.recommendation.get("parametric") or {}
     if "n_opt" in rec and rec["n_opt"] <= FRONTIER_MIN_N * 1.01:
-        out.append(f"the compute-optimal N ({rec['n_opt']:.3g}) sits at the lower edge of the frontier search ({FRONTIER_MIN_N:g})")
+        out.append(
+            f"the compute-optimal N ({rec['n_opt']:.3g}) sits at the "
+            f"lower edge of the frontier search ({FRONTIER_MIN_N:g})"
+        )
     if "error" in rec:
         out.append(rec["error"])
     return out
@@ -193,11 +277,15 @@ def verdict_short(fits_json: dict) -> str:
     ok = [k for k, v in verdict.items() if v.get("ok")]
     if not ok:
         iso = " ".join(verdict.get("isoflop", {}).get("problems", []))
-        why = ["too few budgets bracket a minimum" if "bracket" in iso else "isoflop fit degenerate", "parametric fit degenerate"]
+        why = [
+            "too few budgets bracket a minimum" if "bracket" in iso else "isoflop fit degenerate",
+            "parametric fit degenerate",
+        ]
         return "⚠ no scaling law: " + "; ".join(why) + " (laws.md)"
     r = rec[ok[0]]
     return f"{ok[0]}: N_opt {r['n_opt']:.3g}, D_opt {r['d_opt']:.3g} at C={rec['target_budget']:.3g}" + (
-        " (extrapolation)" if r.get("extrapolation") else "")
+        " (extrapolation)" if r.get("extrapolation") else ""
+    )
 
 
 def verdict_message(verdict: dict) -> str:
@@ -206,11 +294,18 @@ def verdict_message(verdict: dict) -> str:
     if not verdict:
         return ""
     if not ok:
-        return ("**No scaling law from this sweep.** Neither fit is a result: "
-                + "; ".join(p for v in verdict.values() for p in v["problems"]) + ".")
+        return (
+            "**No scaling law from this sweep.** Neither fit is a result: "
+            + "; ".join(p for v in verdict.values() for p in v["problems"])
+            + "."
+        )
     bad = [k for k in verdict if k not in ok]
     if bad:
-        return f"Only the {ok[0]} fit is a result; the {bad[0]} fit is not: " + "; ".join(verdict[bad[0]]["problems"]) + "."
+        return (
+            f"Only the {ok[0]} fit is a result; the {bad[0]} fit is not: "
+            + "; ".join(verdict[bad[0]]["problems"])
+            + "."
+        )
     return "Both fits are usable (check the intervals and the extrapolation flag)."
 
 
@@ -235,8 +330,12 @@ def _concrete(n_opt: float, budget: float, ctx: int, vocab: int, aspect: float) 
         shape = shape_for_params(n_opt, aspect_ratio=aspect)
     except ValueError as e:
         return {"shape": None, "shape_note": str(e)}
-    return {"shape": shape.to_dict(), "shape_params": non_embedding_params(shape),
-            "shape_tokens": tokens_for_budget(shape, budget, ctx, vocab), "shape_flops_per_token": flops_per_token(shape, ctx, vocab)}
+    return {
+        "shape": shape.to_dict(),
+        "shape_params": non_embedding_params(shape),
+        "shape_tokens": tokens_for_budget(shape, budget, ctx, vocab),
+        "shape_flops_per_token": flops_per_token(shape, ctx, vocab),
+    }
 
 
 def recommendation_markdown(fits: SweepFits, laws: list[dict] | None = None) -> str:
@@ -267,8 +366,10 @@ def recommendation_markdown(fits: SweepFits, laws: list[dict] | None = None) -> 
         lines.append(f"- predicted loss = {r['loss']:.4g} (interval {_ci(r['loss_ci'])})")
         if r.get("shape"):
             s = r["shape"]
-            lines.append(f"- shape: d_model={s['d_model']}, num_layers={s['num_layers']}, num_heads={s['num_heads']}, "
-                         f"d_ff={s['d_ff']} (N={r['shape_params']:,}), train on {r['shape_tokens']:,} tokens")
+            lines.append(
+                f"- shape: d_model={s['d_model']}, num_layers={s['num_layers']}, num_heads={s['num_heads']}, "
+                f"d_ff={s['d_ff']} (N={r['shape_params']:,}), train on {r['shape_tokens']:,} tokens"
+            )
         elif r.get("shape_note"):
             lines.append(f"- no shape: {r['shape_note']}")
         lines.append("")

@@ -45,18 +45,42 @@ from lm.scaling.sweep import RUN_STAGE, ScalingConfig, byte_corpus, corpus_info,
 
 STAGE_VERSION = "2"
 RESULT_NAME = "result.json"
-RUNS_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("budget", pa.float64()), ("target_params", pa.int64()),
-    ("d_model", pa.int64()), ("num_layers", pa.int64()), ("num_heads", pa.int64()), ("d_ff", pa.int64()),
-    ("params", pa.int64()), ("total_params", pa.int64()), ("tokens", pa.int64()), ("compute", pa.float64()),
-    ("steps", pa.int64()), ("lr", pa.float64()), ("final_train_loss", pa.float64()), ("final_val_loss", pa.float64()),
-    ("wall_time_s", pa.float64()), ("status", pa.string()), ("note", pa.string()),
-])
+RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("budget", pa.float64()),
+        ("target_params", pa.int64()),
+        ("d_model", pa.int64()),
+        ("num_layers", pa.int64()),
+        ("num_heads", pa.int64()),
+        ("d_ff", pa.int64()),
+        ("params", pa.int64()),
+        ("total_params", pa.int64()),
+        ("tokens", pa.int64()),
+        ("compute", pa.float64()),
+        ("steps", pa.int64()),
+        ("lr", pa.float64()),
+        ("final_train_loss", pa.float64()),
+        ("final_val_loss", pa.float64()),
+        ("wall_time_s", pa.float64()),
+        ("status", pa.string()),
+        ("note", pa.string()),
+    ]
+)
 # How and where runs execute does not change what they compute; auto-budget settings matter
 # only through the budgets they resolve to (which are fingerprinted).
 _NOT_FINGERPRINTED = {"root", "device", "cpu_threads", "max_parallel_runs", "runner", "num_budgets", "max_epochs"}
 
-__all__ = ["RUNS_SCHEMA", "ScalingConfig", "execute_run", "fit_stage", "plan_sweep", "run_dir", "run_scaling", "scaling_stage"]
+__all__ = [
+    "RUNS_SCHEMA",
+    "ScalingConfig",
+    "execute_run",
+    "fit_stage",
+    "plan_sweep",
+    "run_dir",
+    "run_scaling",
+    "scaling_stage",
+]
 
 
 def run_dir(root: str | Path, run_id: str) -> Path:
@@ -85,15 +109,29 @@ def execute_run(run: dict, corpus: dict, *, root: str | Path, device: str = "aut
     threads = torch.get_num_threads()
     try:
         cfg = TrainConfig(
-            **run["train"], data=corpus["dir"], out_dir=str(out), device=device,
-            eval_interval=run["steps"], checkpoint_interval=run["steps"], keep_last=1, log_interval=max(1, run["steps"] // 5),
+            **run["train"],
+            data=corpus["dir"],
+            out_dir=str(out),
+            device=device,
+            eval_interval=run["steps"],
+            checkpoint_interval=run["steps"],
+            keep_last=1,
+            log_interval=max(1, run["steps"] // 5),
         )
         if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
             torch.set_num_threads(cpu_threads)  # tiny matmuls: more threads only contend
         summary = train(cfg)
     except Exception as e:  # one bad run must not sink the sweep; it is retried next time
-        return {**row, "final_train_loss": math.nan, "final_val_loss": math.nan, "wall_time_s": round(time.time() - started, 3),
-                "status": "failed", "note": f"{type(e).__name__}: {e}"[:500], "trace": traceback.format_exc()[-2000:], "cached": False}
+        return {
+            **row,
+            "final_train_loss": math.nan,
+            "final_val_loss": math.nan,
+            "wall_time_s": round(time.time() - started, 3),
+            "status": "failed",
+            "note": f"{type(e).__name__}: {e}"[:500],
+            "trace": traceback.format_exc()[-2000:],
+            "cached": False,
+        }
     finally:
         torch.set_num_threads(threads)
     status = summary["status"]
@@ -117,7 +155,10 @@ def _loss(value, status: str) -> float:
 
 
 def plan_sweep(config: ScalingConfig) -> tuple[ScalingConfig, dict, list[dict], list[str]]:
-    """(config with numeric budgets, corpus info, planned runs, notes); a bad corpus or an empty plan fails here, before any training."""
+    """(config with numeric budgets, corpus info, planned runs, notes).
+
+    A bad corpus or an empty plan fails here, before any training.
+    """
     corpus = corpus_info(config.corpus if config.corpus else byte_corpus(config.text, config.root))
     config, notes = resolve_budgets(config, corpus)
     runs, skipped = plan_runs(config, corpus)
@@ -149,13 +190,23 @@ def fit_stage(rows: list[dict], config: ScalingConfig, corpus: dict, plan_notes:
             w.add_count(f"runs_{r['status']}")
             w.write({f.name: r.get(f.name) for f in RUNS_SCHEMA})
     fits = fit_runs(
-        [r for r in rows if r["status"] != "skipped"], target_budget=config.target_budget,
-        context_length=config.context_length, vocab_size=corpus["vocab_size"], aspect_ratio=config.aspect_ratio,
-        fit_on=config.fit_on, num_bootstrap=config.num_bootstrap, confidence=config.confidence, seed=config.seed,
+        [r for r in rows if r["status"] != "skipped"],
+        target_budget=config.target_budget,
+        context_length=config.context_length,
+        vocab_size=corpus["vocab_size"],
+        aspect_ratio=config.aspect_ratio,
+        fit_on=config.fit_on,
+        num_bootstrap=config.num_bootstrap,
+        confidence=config.confidence,
+        seed=config.seed,
     )
     fits.notes = plan_notes + fits.notes
     plot_isoflop(rows, fits, stage.path / "isoflop.png", fit_on=config.fit_on)
-    plot_run_curves(rows, {r["run_id"]: run_dir(config.root, r["run_id"]) / "metrics.jsonl" for r in rows}, stage.path / "curves.png")
+    plot_run_curves(
+        rows,
+        {r["run_id"]: run_dir(config.root, r["run_id"]) / "metrics.jsonl" for r in rows},
+        stage.path / "curves.png",
+    )
     summary = fits.to_json()
     atomic_write_json(stage.path / "fits.json", summary)
     laws = fits.law_rows()
@@ -183,6 +234,12 @@ def sweep_result(rows: list[dict], manifest: str | Path) -> dict:
     """The sweep's outcome: counts, the manifest, the recommendation and the verdict on the fits."""
     fits = json.loads((Path(manifest).parent / "fits.json").read_text())
     trained = sum(not r.get("cached") for r in rows)
-    return {"manifest": str(manifest), "runs": len(rows), "trained": trained, "cached": len(rows) - trained,
-            "failed": sum(r["status"] == "failed" for r in rows), "recommendation": fits["recommendation"],
-            "verdict": fits.get("verdict", {})}
+    return {
+        "manifest": str(manifest),
+        "runs": len(rows),
+        "trained": trained,
+        "cached": len(rows) - trained,
+        "failed": sum(r["status"] == "failed" for r in rows),
+        "recommendation": fits["recommendation"],
+        "verdict": fits.get("verdict", {}),
+    }

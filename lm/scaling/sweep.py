@@ -46,37 +46,90 @@ class ShapeSpec(Config):
 class ScalingConfig(Config):
     """An IsoFLOP sweep and the scaling-law fits on its results (the `scaling` flow's form)."""
 
-    corpus: StageRef | None = Field(None, description="Token-shard directory (with _manifest.json) from the tokenize stage, or `tokenize@latest`; needs train and val shards.")
-    text: str | None = Field(None, description="Instead of corpus: a UTF-8 text file, byte-tokenized (vocab 257, 10% val) into `<root>/scaling-bytes/<fp>/` (for demos).")
-    root: str = Field("outputs", description="Output root: runs go to `<root>/scaling-runs/<fp>/`, the fits to `<root>/scaling/<fp>/`.")
+    corpus: StageRef | None = Field(
+        None,
+        description=(
+            "Token-shard directory (with _manifest.json) from the tokenize "
+            "stage, or `tokenize@latest`; needs train and val shards."
+        ),
+    )
+    text: str | None = Field(
+        None,
+        description=(
+            "Instead of corpus: a UTF-8 text file, byte-tokenized (vocab "
+            "257, 10% val) into `<root>/scaling-bytes/<fp>/` (for demos)."
+        ),
+    )
+    root: str = Field(
+        "outputs",
+        description="Output root: runs go to `<root>/scaling-runs/<fp>/`, the fits to `<root>/scaling/<fp>/`.",
+    )
     budgets: Annotated[list[float], Field(max_length=64)] | Literal["auto"] = Field(
         description="Compute budgets in training FLOPs; each model size is trained to spend each budget. "
         "'auto': num_budgets budgets chosen from the corpus size and the grid (see docs/scaling.md)."
     )
     num_budgets: int = Field(3, ge=2, le=64, description="budgets='auto': how many budgets (log-spaced).")
-    max_epochs: float = Field(4.0, gt=0, description="budgets='auto': the grid's middle model reads at most this many passes over the training tokens at the largest budget.")
-    model_sizes: list[Annotated[int, Field(le=10**13)]] = Field(default_factory=list, max_length=64, description="Target non-embedding parameter counts N; each is mapped to a shape of the family (lm.scaling.flops.shape_for_params).")
-    shapes: list[ShapeSpec] = Field(default_factory=list, max_length=64, description="Explicit model shapes, in addition to (or instead of) model_sizes.")
+    max_epochs: float = Field(
+        4.0,
+        gt=0,
+        description=(
+            "budgets='auto': the grid's middle model reads at most this "
+            "many passes over the training tokens at the largest budget."
+        ),
+    )
+    model_sizes: list[Annotated[int, Field(le=10**13)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Target non-embedding parameter counts N; each is mapped to "
+            "a shape of the family (lm.scaling.flops.shape_for_params)."
+        ),
+    )
+    shapes: list[ShapeSpec] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Explicit model shapes, in addition to (or instead of) model_sizes.",
+    )
     aspect_ratio: float = Field(32.0, gt=0, description="Target d_model / num_layers of the shape family.")
     context_length: int = Field(64, gt=0, le=1 << 20, description="Tokens per training sequence.")
     batch_size: int = Field(8, gt=0, le=1 << 16, description="Sequences per optimizer step.")
     lr: float = Field(3e-3, gt=0, description="Peak learning rate at lr_reference_width.")
     lr_rule: Literal["constant", "inverse_width"] = Field(
-        "inverse_width", description="constant: every run uses lr; inverse_width: lr · lr_reference_width / d_model (wider models take smaller steps, as in μP for Adam)."
+        "inverse_width",
+        description=(
+            "constant: every run uses lr; inverse_width: lr · lr_reference_width "
+            "/ d_model (wider models take smaller steps, as in μP for Adam)."
+        ),
     )
-    lr_reference_width: int = Field(64, gt=0, le=1 << 20, description="The d_model at which lr applies unchanged (inverse_width rule).")
+    lr_reference_width: int = Field(
+        64, gt=0, le=1 << 20, description="The d_model at which lr applies unchanged (inverse_width rule)."
+    )
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of each run's steps spent in linear warmup.")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate of the cosine as a fraction of the peak.")
-    min_steps: int = Field(10, gt=0, le=1000000000, description="Runs whose budget buys fewer optimizer steps are skipped (with a note).")
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="Final learning rate of the cosine as a fraction of the peak."
+    )
+    min_steps: int = Field(
+        10, gt=0, le=1000000000, description="Runs whose budget buys fewer optimizer steps are skipped (with a note)."
+    )
     eval_batches: int = Field(8, gt=0, le=1_000_000, description="Validation batches for each run's final val loss.")
     fit_on: Literal["val", "train"] = Field("val", description="Which final loss the fits use.")
-    target_budget: float = Field(gt=0, description="The compute budget (FLOPs) to recommend a model size and token count for.")
-    num_bootstrap: int = Field(200, ge=0, le=100_000, description="Bootstrap replicates for the intervals (both approaches).")
+    target_budget: float = Field(
+        gt=0, description="The compute budget (FLOPs) to recommend a model size and token count for."
+    )
+    num_bootstrap: int = Field(
+        200, ge=0, le=100_000, description="Bootstrap replicates for the intervals (both approaches)."
+    )
     confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the reported intervals.")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of every run (weights and data order) and of the bootstrap.")
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="Seed of every run (weights and data order) and of the bootstrap."
+    )
     device: str = Field("auto", description="Training device: auto (cuda if present), cpu, cuda, cuda:N.")
-    cpu_threads: int = Field(1, gt=0, le=1024, description="torch threads for CPU runs (1 is fastest for tiny models on a shared machine).")
-    max_parallel_runs: int = Field(1, gt=0, le=1024, description="Training runs in flight at once (1 per GPU; on CPU, per spare core).")
+    cpu_threads: int = Field(
+        1, gt=0, le=1024, description="torch threads for CPU runs (1 is fastest for tiny models on a shared machine)."
+    )
+    max_parallel_runs: int = Field(
+        1, gt=0, le=1024, description="Training runs in flight at once (1 per GPU; on CPU, per spare core)."
+    )
 
     @field_validator("root")
     @classmethod
@@ -109,9 +162,11 @@ class ScalingConfig(Config):
         return sorted(set(v))
 
     @model_validator(mode="after")
-    def _grid(self) -> "ScalingConfig":
+    def _grid(self) -> ScalingConfig:
         if (self.corpus is None) == (self.text is None):
-            raise ValueError("give exactly one of corpus (a token-shard directory) and text (a text file to byte-tokenize)")
+            raise ValueError(
+                "give exactly one of corpus (a token-shard directory) and text (a text file to byte-tokenize)"
+            )
         if len(self.model_sizes) + len(self.shapes) < 3:
             raise ValueError("model_sizes + shapes must give ≥ 3 models per budget (a parabola needs 3 points)")
         return self
@@ -129,8 +184,15 @@ def byte_corpus(text_path: str | Path, root: str | Path, val_fraction: float = 0
     if not (out / "_manifest.json").exists():
         ids = byte_tokens(path.read_text(encoding="utf-8", errors="replace"))
         cut = int(len(ids) * (1 - val_fraction))
-        write_token_shards(out, {"train": [ids[:cut]], "val": [ids[cut:]]}, vocab_size=257, eot_id=256,
-                           tokenizer="bytes", stage="scaling-bytes", fingerprint=fp)
+        write_token_shards(
+            out,
+            {"train": [ids[:cut]], "val": [ids[cut:]]},
+            vocab_size=257,
+            eot_id=256,
+            tokenizer="bytes",
+            stage="scaling-bytes",
+            fingerprint=fp,
+        )
     return out
 
 
@@ -147,9 +209,12 @@ def corpus_info(corpus: str | Path) -> dict:
         "dir": str(path.parent),
         "manifest": str(path),
         "vocab_size": int(m["vocab_size"]),
-        "tokens": {sp: sum(s["tokens"] for s in m["shards"] if s.get("split", "train") == sp) for sp in ("train", "val")},
-        # the stage fingerprint alone is not enough: hand-written corpora all say "manual"
-        "fingerprint": f"{m['fingerprint']}:{m.content_digest()[:16]}",  # content, not the signed file (its key is per root)
+        "tokens": {
+            sp: sum(s["tokens"] for s in m["shards"] if s.get("split", "train") == sp) for sp in ("train", "val")
+        },
+        # the stage fingerprint alone is not enough: hand-written corpora all say "manual";
+        # the digest is of the content, not the signed file (its key is per root)
+        "fingerprint": f"{m['fingerprint']}:{m.content_digest()[:16]}",
     }
 
 
@@ -186,8 +251,11 @@ def plan_runs(cfg: ScalingConfig, corpus: dict) -> tuple[list[dict], list[str]]:
             fpt = flops_per_token(shape, ctx, vocab)
             steps = int(budget // (fpt * tokens_per_step))
             if steps < cfg.min_steps:
-                notes.append(f"skipped budget {budget:.3g} × N={non_embedding_params(shape):,} ({shape.d_model}×{shape.num_layers}): "
-                             f"{steps} step(s) < min_steps={cfg.min_steps}")
+                notes.append(
+                    f"skipped budget {budget:.3g} × N={non_embedding_params(shape):,} "
+                    f"({shape.d_model}×{shape.num_layers}): "
+                    f"{steps} step(s) < min_steps={cfg.min_steps}"
+                )
                 continue
             tokens = steps * tokens_per_step
             lr = learning_rate(cfg, shape)
@@ -201,19 +269,21 @@ def plan_runs(cfg: ScalingConfig, corpus: dict) -> tuple[list[dict], list[str]]:
                 "eval_batches": cfg.eval_batches,
                 "seed": cfg.seed,
             }
-            runs.append({
-                "run_id": fingerprint(RUN_STAGE, RUN_VERSION, train, [corpus["fingerprint"]]),
-                "budget": float(budget),
-                "target_params": target,
-                **shape.to_dict(),
-                "params": non_embedding_params(shape),
-                "total_params": num_params(shape, vocab),
-                "tokens": tokens,
-                "compute": float(tokens * fpt),
-                "steps": steps,
-                "lr": lr,
-                "train": train,
-            })
+            runs.append(
+                {
+                    "run_id": fingerprint(RUN_STAGE, RUN_VERSION, train, [corpus["fingerprint"]]),
+                    "budget": float(budget),
+                    "target_params": target,
+                    **shape.to_dict(),
+                    "params": non_embedding_params(shape),
+                    "total_params": num_params(shape, vocab),
+                    "tokens": tokens,
+                    "compute": float(tokens * fpt),
+                    "steps": steps,
+                    "lr": lr,
+                    "train": train,
+                }
+            )
     return runs, notes
 
 
@@ -241,19 +311,30 @@ def auto_budgets(cfg: ScalingConfig, corpus: dict) -> tuple[list[float], list[st
     train_tokens = corpus["tokens"]["train"]
     cap = fpt_mid * cfg.max_epochs * train_tokens
     lo, hi = max(centre / spread, floor), min(centre * spread, cap)
-    notes = [f"budgets chosen from the corpus ({train_tokens:,} training tokens) and the grid (N {ns[0]:,}…{ns[-1]:,}): "
-             f"centred on {centre:.3g} FLOPs, where the middle model (N={n_mid:,}) reads {TOKENS_PER_PARAM} tokens per parameter"]
+    notes = [
+        (
+            f"budgets chosen from the corpus ({train_tokens:,} training tokens) "
+            f"and the grid (N {ns[0]:,}…{ns[-1]:,}): "
+            f"centred on {centre:.3g} FLOPs, "
+            f"where the middle model (N={n_mid:,}) reads {TOKENS_PER_PARAM} tokens per parameter"
+        )
+    ]
     if cap < centre * spread:
-        notes.append(f"the corpus caps the largest budget at {cap:.3g} FLOPs (the middle model reads max_epochs={cfg.max_epochs:g} "
-                     "passes over the training tokens)")
+        notes.append(
+            f"the corpus caps the largest budget at {cap:.3g} FLOPs "
+            f"(the middle model reads max_epochs={cfg.max_epochs:g} "
+            "passes over the training tokens)"
+        )
     if hi < lo * 2:  # the corpus caps the top budget: reach down to where the optimum nears the smallest model
         lo = max(centre / spread**2, floor)
         notes.append("the window reaches down, where the optimum moves towards the smallest models")
     if hi < lo * 2:
         hi = lo * 4
-        notes.append(f"the corpus is small for this grid: at {hi:.3g} FLOPs the middle model reads "
-                     f"{hi / fpt_mid / train_tokens:.1f} passes over the training tokens (max_epochs={cfg.max_epochs:g}); "
-                     "expect overfitting and no bracketed minimum: use more text or smaller models")
+        notes.append(
+            f"the corpus is small for this grid: at {hi:.3g} FLOPs the middle model reads "
+            f"{hi / fpt_mid / train_tokens:.1f} passes over the training tokens (max_epochs={cfg.max_epochs:g}); "
+            "expect overfitting and no bracketed minimum: use more text or smaller models"
+        )
     budgets = [float(f"{b:.3g}") for b in np.geomspace(lo, hi, cfg.num_budgets)]
     return budgets, notes
 

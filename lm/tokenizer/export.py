@@ -26,10 +26,20 @@ def hf_tokenizer_dict(tok: Tokenizer) -> dict:
     for i, t in sorted(tok.vocab.items()):
         name = special.get(t) or encode_token(t)
         if name in vocab:
-            raise ValueError(f"token {t!r} has two ids ({vocab[name]} and {i}); a tokenizer.json vocab needs unique tokens")
+            raise ValueError(
+                f"token {t!r} has two ids ({vocab[name]} and {i}); a tokenizer.json vocab needs unique tokens"
+            )
         vocab[name] = i
     added = [
-        {"id": tok.special_ids[s], "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        {
+            "id": tok.special_ids[s],
+            "content": s,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
         for s in tok.special_tokens
     ]
     return {
@@ -94,8 +104,15 @@ def load_tiktoken_ranks(path: str | os.PathLike) -> dict[bytes, int]:
     return ranks
 
 
-def tiktoken_encoding(ranks_path: str | os.PathLike, special_tokens: dict[str, int] | None = None, name: str = "lmpipe"):
+def tiktoken_encoding(
+    ranks_path: str | os.PathLike, special_tokens: dict[str, int] | None = None, name: str = "lmpipe"
+):
     """A ``tiktoken.Encoding`` from a local ranks file (GPT-2 regex), no download."""
     import tiktoken
 
-    return tiktoken.Encoding(name=name, pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_ranks(ranks_path), special_tokens=special_tokens or {})
+    return tiktoken.Encoding(
+        name=name,
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=load_tiktoken_ranks(ranks_path),
+        special_tokens=special_tokens or {},
+    )

@@ -28,7 +28,9 @@ VOCAB_FILE, MERGES_FILE, CONFIG_FILE = "vocab.json", "merges.txt", "tokenizer_co
 def _check_file(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} file {path} does not exist (expected a {what} file from save() or GPT-2's format)")
+        raise FileNotFoundError(
+            f"{what} file {path} does not exist (expected a {what} file from save() or GPT-2's format)"
+        )
     return path
 
 
@@ -54,7 +56,9 @@ def read_vocab(path: str | os.PathLike, special_tokens: Sequence[str] = ()) -> d
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: vocab file is not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{path}: vocab must be a non-empty JSON object ({{token: id}} or {{id: token}}), got {type(raw).__name__}")
+        raise ValueError(
+            f"{path}: vocab must be a non-empty JSON object ({{token: id}} or {{id: token}}), got {type(raw).__name__}"
+        )
     specials = set(special_tokens)
     vocab: dict[int, bytes] = {}
     ours = all(isinstance(v, str) for v in raw.values())
@@ -64,7 +68,9 @@ def read_vocab(path: str | os.PathLike, special_tokens: Sequence[str] = ()) -> d
             try:
                 tid = int(tid)
             except ValueError:
-                raise ValueError(f"{path}: vocab key {key!r} is not an integer id (our format maps id -> token)") from None
+                raise ValueError(
+                    f"{path}: vocab key {key!r} is not an integer id (our format maps id -> token)"
+                ) from None
         elif not isinstance(tid, int) or isinstance(tid, bool):
             raise ValueError(f"{path}: vocab entry {key!r}: {value!r} must map a token to an integer id")
         if tid < 0:
@@ -85,8 +91,10 @@ def read_merges(path: str | os.PathLike, special_tokens: Sequence[str] = ()) -> 
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: merges file is not UTF-8 ({err.reason} at byte {err.start})") from None
-            if lineno == 1 and (line.startswith("#version") or line.startswith("#lmpipe-bpe")):
+                raise ValueError(
+                    f"{path}:{lineno}: merges file is not UTF-8 ({err.reason} at byte {err.start})"
+                ) from None
+            if lineno == 1 and line.startswith(("#version", "#lmpipe-bpe")):
                 continue
             if not line:
                 continue
@@ -110,7 +118,13 @@ def write_merges(path: str | os.PathLike, merges: Sequence[tuple[bytes, bytes]])
 
 
 def write_config(path: str | os.PathLike, special_tokens: Sequence[str], **extra) -> None:
-    body = {"format": "lmpipe-bpe", "version": 1, "pattern": GPT2_PATTERN, "special_tokens": list(special_tokens), **extra}
+    body = {
+        "format": "lmpipe-bpe",
+        "version": 1,
+        "pattern": GPT2_PATTERN,
+        "special_tokens": list(special_tokens),
+        **extra,
+    }
     Path(path).write_text(json.dumps(body, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
@@ -121,7 +135,9 @@ def read_config(path: str | os.PathLike) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: tokenizer config is not valid JSON ({e.msg})") from None
     if cfg.get("pattern", GPT2_PATTERN) != GPT2_PATTERN:
-        raise ValueError(f"{path}: pre-tokenization pattern {cfg['pattern']!r} is not GPT-2's; only GPT-2's is supported")
+        raise ValueError(
+            f"{path}: pre-tokenization pattern {cfg['pattern']!r} is not GPT-2's; only GPT-2's is supported"
+        )
     if not isinstance(cfg.get("special_tokens", []), list):
         raise ValueError(f"{path}: special_tokens must be a list of strings")
     return cfg

@@ -19,7 +19,9 @@ EOT = "<|endoftext|>"
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
     """byte value -> the printable character GPT-2 uses for it in its files."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     table = {b: chr(b) for b in printable}
     n = 0
     for b in range(256):

@@ -118,7 +118,9 @@ def _count_range(args: tuple[str, int, int, tuple[str, ...]]) -> tuple[dict[byte
     return {k.encode("utf-8", "surrogatepass"): v for k, v in counts.items()}, bad, end - start
 
 
-def iter_chunk_counts(path: str | os.PathLike, special_tokens: Sequence[str], num_workers: int, chunk_bytes: int) -> Iterator[tuple[dict[bytes, int], int, int]]:
+def iter_chunk_counts(
+    path: str | os.PathLike, special_tokens: Sequence[str], num_workers: int, chunk_bytes: int
+) -> Iterator[tuple[dict[bytes, int], int, int]]:
     """Yield (pre-token counts, bad byte runs, bytes) per chunk, from ``num_workers`` processes."""
     path = str(path)
     bounds = chunk_boundaries(path, chunk_bytes, special_tokens)
@@ -136,7 +138,13 @@ def iter_chunk_counts(path: str | os.PathLike, special_tokens: Sequence[str], nu
         yield from pool.imap_unordered(_count_range, jobs)
 
 
-def count_pretokens(path: str | os.PathLike, special_tokens: Sequence[str] = (), *, num_workers: int | None = None, chunk_bytes: int = 4 << 20) -> tuple[dict[bytes, int], dict]:
+def count_pretokens(
+    path: str | os.PathLike,
+    special_tokens: Sequence[str] = (),
+    *,
+    num_workers: int | None = None,
+    chunk_bytes: int = 4 << 20,
+) -> tuple[dict[bytes, int], dict]:
     """Counts of distinct pre-tokens (UTF-8 bytes) in a file, and stats (bytes, replaced runs)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"training corpus {path} does not exist")

@@ -55,7 +55,9 @@ def doc_fraction(key: str) -> float:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") / 2**64
 
 
-def iter_shard_docs(manifest: Manifest, index: int, text_field: str, id_field: str = "id") -> Iterator[list[tuple[str | None, object]]]:
+def iter_shard_docs(
+    manifest: Manifest, index: int, text_field: str, id_field: str = "id"
+) -> Iterator[list[tuple[str | None, object]]]:
     """Batches of (id, text) from corpus shard ``index`` (sha256-verified first; a remote shard
     through the local cache), streamed one row group at a time."""
     path = manifest.local_shard(index)
@@ -77,7 +79,15 @@ def tokenizer_stage(root: str | os.PathLike, corpus_manifest: str | os.PathLike,
     return Stage(root, "tokenizer", version=TOKENIZER_VERSION, config=config, inputs=[corpus_manifest])
 
 
-def sample_corpus(manifest: Manifest, out_path: Path, *, sample_bytes: int, heldout_fraction: float, heldout_bytes: int, text_field: str) -> tuple[Counter, list[str]]:
+def sample_corpus(
+    manifest: Manifest,
+    out_path: Path,
+    *,
+    sample_bytes: int,
+    heldout_fraction: float,
+    heldout_bytes: int,
+    text_field: str,
+) -> tuple[Counter, list[str]]:
     """Write up to ``sample_bytes`` of documents (each + EOT) to ``out_path``, spread evenly
     over the shards; set aside held-out documents. Returns (counts, held-out texts)."""
     counts: Counter = Counter()
@@ -95,7 +105,10 @@ def sample_corpus(manifest: Manifest, out_path: Path, *, sample_bytes: int, held
                         counts["failed:not_text"] += 1
                     elif not text.strip():
                         counts["rejected:empty"] += 1
-                    elif held < heldout_bytes and doc_fraction(str(doc_id) if doc_id is not None else text) < heldout_fraction:
+                    elif (
+                        held < heldout_bytes
+                        and doc_fraction(str(doc_id) if doc_id is not None else text) < heldout_fraction
+                    ):
                         heldout.append(text)
                         held += len(text.encode("utf-8", "replace"))
                         counts["rejected:heldout"] += 1
@@ -154,8 +167,14 @@ def _build_tokenizer(stage: Stage, manifest: Manifest, config: dict, num_workers
         stale.unlink(missing_ok=True)
     sample = out / f".sample-{os.getpid()}.txt"
     try:
-        counts, heldout = sample_corpus(manifest, sample, sample_bytes=config["sample_bytes"], heldout_fraction=config["heldout_fraction"],
-                                        heldout_bytes=config["heldout_bytes"], text_field=text_field)
+        counts, heldout = sample_corpus(
+            manifest,
+            sample,
+            sample_bytes=config["sample_bytes"],
+            heldout_fraction=config["heldout_fraction"],
+            heldout_bytes=config["heldout_bytes"],
+            text_field=text_field,
+        )
         if counts["kept"] == 0:
             raise ValueError(f"corpus {manifest.path} has no non-empty {text_field!r} documents to train on")
         stats: dict = {}
@@ -191,8 +210,12 @@ def _build_tokenizer(stage: Stage, manifest: Manifest, config: dict, num_workers
         "heldout_docs": len(heldout),
         "heldout_bytes": held_bytes,
         "bytes_per_token": round(held_bytes / held_tokens, 4) if held_tokens else None,
-        "longest_tokens": [tok.decode([i]) for i, t in by_len[:20] if t not in {s.encode() for s in special_tokens}][:15],
-        "first_merges": [f"{a.decode('utf-8', 'replace')!r} + {b.decode('utf-8', 'replace')!r}" for a, b in merges[:20]],
+        "longest_tokens": [tok.decode([i]) for i, t in by_len[:20] if t not in {s.encode() for s in special_tokens}][
+            :15
+        ],
+        "first_merges": [
+            f"{a.decode('utf-8', 'replace')!r} + {b.decode('utf-8', 'replace')!r}" for a, b in merges[:20]
+        ],
         "train_stats": stats,
     }
     rejected = {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")}
@@ -200,11 +223,23 @@ def _build_tokenizer(stage: Stage, manifest: Manifest, config: dict, num_workers
     faults.shard_pause(1)  # fault-injection hook: a kill here leaves tokenizer files without a manifest
     return stage.write_manifest(
         shards=[],
-        counts={"in": counts["in"], "kept": counts["kept"], "rejected": rejected, "failed": failed,
-                "sample_bytes": counts["sample_bytes"], "replaced_bytes": stats.get("replaced", 0)},
+        counts={
+            "in": counts["in"],
+            "kept": counts["kept"],
+            "rejected": rejected,
+            "failed": failed,
+            "sample_bytes": counts["sample_bytes"],
+            "replaced_bytes": stats.get("replaced", 0),
+        },
         timings={"total_seconds": round(time.time() - t0, 3)},
         extra={
-            "files": {"vocab": "vocab.json", "merges": "merges.txt", "config": "tokenizer_config.json", "hf": "tokenizer.json", "tiktoken": "tokenizer.tiktoken"},
+            "files": {
+                "vocab": "vocab.json",
+                "merges": "merges.txt",
+                "config": "tokenizer_config.json",
+                "hf": "tokenizer.json",
+                "tiktoken": "tokenizer.tiktoken",
+            },
             # checked by Stage.is_complete (a damaged file retrains) and load_stage_tokenizer
             "files_sha256": {f: file_sha256(stage.path / f, follow_links=False) for f in TOKENIZER_FILES},
             "summary": summary,
@@ -215,7 +250,14 @@ def _build_tokenizer(stage: Stage, manifest: Manifest, config: dict, num_workers
 # --------------------------------------------------------------------------- tokenize stage
 
 
-def tokenize_stage(root: str | os.PathLike, corpus_manifest: str | os.PathLike, tokenizer_dir: str | os.PathLike, *, val_fraction: float, text_field: str) -> Stage:
+def tokenize_stage(
+    root: str | os.PathLike,
+    corpus_manifest: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike,
+    *,
+    val_fraction: float,
+    text_field: str,
+) -> Stage:
     """The tokenize stage's directory; its fingerprint covers the corpus and the tokenizer."""
     tdir = as_path(tokenizer_dir)
     if not (tdir.is_dir() if isinstance(tdir, Path) else (tdir / "vocab.json").exists()):
@@ -225,7 +267,9 @@ def tokenize_stage(root: str | os.PathLike, corpus_manifest: str | os.PathLike, 
     if (tdir / MANIFEST_NAME).exists():
         inputs.append(tdir / MANIFEST_NAME)
     else:  # a tokenizer saved by hand: its files identify it
-        config["tokenizer_sha256"] = {f: file_sha256(tdir / f) for f in ("vocab.json", "merges.txt", "tokenizer_config.json")}
+        config["tokenizer_sha256"] = {
+            f: file_sha256(tdir / f) for f in ("vocab.json", "merges.txt", "tokenizer_config.json")
+        }
     return Stage(root, "tokenize", version=TOKENIZE_VERSION, config=config, inputs=inputs)
 
 
@@ -243,7 +287,9 @@ def local_tokenizer_dir(tokenizer_dir: str | os.PathLike) -> Path:
     for name in LOAD_FILES:
         src = d / name
         if not src.exists():
-            raise FileNotFoundError(f"tokenizer directory {d} has no {name} (write one with Tokenizer.save or the tokenizer flow)")
+            raise FileNotFoundError(
+                f"tokenizer directory {d} has no {name} (write one with Tokenizer.save or the tokenizer flow)"
+            )
         tmp = target / f".{name}.{os.getpid()}.tmp"
         tmp.write_bytes(src.read_bytes())
         os.replace(tmp, target / name)
@@ -253,11 +299,23 @@ def local_tokenizer_dir(tokenizer_dir: str | os.PathLike) -> Path:
 def load_stage_tokenizer(tokenizer_dir: str | os.PathLike) -> Tokenizer:
     tok = Tokenizer.load(local_tokenizer_dir(tokenizer_dir))
     if tok.eot_id is None:
-        raise ValueError(f"tokenizer {tokenizer_dir} has no {EOT!r} token; the tokenize stage separates documents with it (add it to special_tokens)")
+        raise ValueError(
+            f"tokenizer {tokenizer_dir} has no {EOT!r} token; the tokenize "
+            "stage separates documents with it (add it to special_tokens)"
+        )
     return tok
 
 
-def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: Tokenizer, index: int, *, val_fraction: float, text_field: str, num_threads: int = 2) -> Path:
+def tokenize_shard(
+    stage: Stage,
+    corpus_manifest: str | os.PathLike,
+    tokenizer: Tokenizer,
+    index: int,
+    *,
+    val_fraction: float,
+    text_field: str,
+    num_threads: int = 2,
+) -> Path:
     """Tokenize corpus shard ``index`` into ``train-``/``val-NNNNN.bin`` and its marker (the
     stage's shard writer with the token layout); returns the marker path."""
     if stage.shard_done(index):
@@ -276,7 +334,9 @@ def tokenize_shard(stage: Stage, corpus_manifest: str | os.PathLike, tokenizer: 
                 elif not text.strip():
                     w.reject(None, "empty")
                 else:
-                    split = "val" if doc_fraction(str(doc_id) if doc_id is not None else text) < val_fraction else "train"
+                    split = (
+                        "val" if doc_fraction(str(doc_id) if doc_id is not None else text) < val_fraction else "train"
+                    )
                     keep.append((split, text))
             for (split, _), ids in zip(keep, tokenizer.encode_batch([t for _, t in keep], num_threads=num_threads)):
                 ids.append(tokenizer.eot_id)  # ids < vocab_size fit the dtype
@@ -290,9 +350,12 @@ def commit_tokenize(stage: Stage, num_shards: int, tokenizer_dir: str | os.PathL
     for i in range(num_shards):
         if not stage.shard_done(i):
             raise RuntimeError(f"tokenize stage at {stage.path}: shard {i} not finished; rerun to complete it")
-    return stage.commit(num_shards, extra={
-        "dtype": token_dtype(tokenizer.vocab_size).name,
-        "vocab_size": tokenizer.vocab_size,
-        "eot_id": tokenizer.eot_id,
-        "tokenizer": str(as_path(tokenizer_dir).resolve()),
-    })
+    return stage.commit(
+        num_shards,
+        extra={
+            "dtype": token_dtype(tokenizer.vocab_size).name,
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+            "tokenizer": str(as_path(tokenizer_dir).resolve()),
+        },
+    )

@@ -26,7 +26,17 @@ from pathlib import Path
 import numpy as np
 import regex
 
-from lm.tokenizer.formats import CONFIG_FILE, MERGES_FILE, VOCAB_FILE, read_config, read_merges, read_vocab, write_config, write_merges, write_vocab
+from lm.tokenizer.formats import (
+    CONFIG_FILE,
+    MERGES_FILE,
+    VOCAB_FILE,
+    read_config,
+    read_merges,
+    read_vocab,
+    write_config,
+    write_merges,
+    write_vocab,
+)
 from lm.tokenizer.gpt2 import EOT, GPT2_PATTERN
 from lm.tokenizer.pretokenize import special_split_pattern
 
@@ -87,7 +97,14 @@ def sanitize(text: str) -> str:
 class Tokenizer:
     """A byte-level BPE tokenizer from a vocab (id -> bytes), merges in order and special tokens."""
 
-    def __init__(self, vocab: dict[int, bytes], merges: Sequence[tuple[bytes, bytes]], special_tokens: Sequence[str] | None = None, *, use_fast: bool = True):
+    def __init__(
+        self,
+        vocab: dict[int, bytes],
+        merges: Sequence[tuple[bytes, bytes]],
+        special_tokens: Sequence[str] | None = None,
+        *,
+        use_fast: bool = True,
+    ):
         """``use_fast=False`` keeps every call on the pure-Python encoder (for tests and checks)."""
         self.vocab: dict[int, bytes] = dict(vocab)
         self.merges: list[tuple[bytes, bytes]] = [(bytes(a), bytes(b)) for a, b in merges]
@@ -105,7 +122,10 @@ class Tokenizer:
         self.special_ids: dict[str, int] = {s: self.encoder[s.encode("utf-8")] for s in self.special_tokens}
         missing = [b for b in range(256) if bytes([b]) not in self.encoder]
         if missing:
-            raise ValueError(f"vocab lacks single-byte tokens for bytes {missing[:10]}{'…' if len(missing) > 10 else ''}: a byte-level BPE vocab needs all 256")
+            raise ValueError(
+                "vocab lacks single-byte tokens for bytes "
+                f"{missing[:10]}{'…' if len(missing) > 10 else ''}: a byte-level BPE vocab needs all 256"
+            )
         self.byte_ids: list[int] = [self.encoder[bytes([b])] for b in range(256)]
         # (left id, right id) -> (rank, merged id)
         self.ranks: dict[tuple[int, int], tuple[int, int]] = {}
@@ -221,8 +241,10 @@ class Tokenizer:
             self.fast_path_reason = "the vocab has multi-byte tokens that no merge produces"
             return None
         try:
-            return tiktoken.Encoding(name="lmpipe-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=dict(self.special_ids))
-        except Exception as e:  # noqa: BLE001 - any refusal by tiktoken just disables the fast path
+            return tiktoken.Encoding(
+                name="lmpipe-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=dict(self.special_ids)
+            )
+        except Exception as e:  # any refusal by tiktoken just disables the fast path
             self.fast_path_reason = f"tiktoken refused the vocab: {e}"
             return None
 
@@ -296,7 +318,9 @@ class Tokenizer:
                 return 0
             cut = m.end()
             # A special token holding whitespace could straddle the cut: cut before it.
-            straddle = [j for s in self._spaced_specials if 0 <= (j := buf.find(s, max(0, cut - len(s) + 1))) < cut < j + len(s)]
+            straddle = [
+                j for s in self._spaced_specials if 0 <= (j := buf.find(s, max(0, cut - len(s) + 1))) < cut < j + len(s)
+            ]
             if not straddle:
                 return cut
             end = min(straddle)
@@ -317,7 +341,14 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ files
     @classmethod
-    def from_files(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, special_tokens: Sequence[str] | None = None, *, use_fast: bool = True) -> Tokenizer:
+    def from_files(
+        cls,
+        vocab_path: str | os.PathLike,
+        merges_path: str | os.PathLike,
+        special_tokens: Sequence[str] | None = None,
+        *,
+        use_fast: bool = True,
+    ) -> Tokenizer:
         """Read GPT-2's vocab.json/merges.txt or our saved files."""
         specials = list(special_tokens or [])
         return cls(read_vocab(vocab_path, specials), read_merges(merges_path, specials), specials, use_fast=use_fast)
@@ -328,7 +359,9 @@ class Tokenizer:
         d.mkdir(parents=True, exist_ok=True)
         write_vocab(d / VOCAB_FILE, self.vocab, self.special_tokens)
         write_merges(d / MERGES_FILE, self.merges)
-        write_config(d / CONFIG_FILE, self.special_tokens, vocab_size=self.vocab_size, eot_id=self.eot_id, **config_extra)
+        write_config(
+            d / CONFIG_FILE, self.special_tokens, vocab_size=self.vocab_size, eot_id=self.eot_id, **config_extra
+        )
         return d
 
     @classmethod
@@ -336,13 +369,17 @@ class Tokenizer:
         """Load a tokenizer directory written by ``save`` (or the tokenizer stage)."""
         d = Path(directory)
         if not d.is_dir():
-            raise FileNotFoundError(f"tokenizer directory {d} does not exist (write one with Tokenizer.save or the tokenizer flow)")
+            raise FileNotFoundError(
+                f"tokenizer directory {d} does not exist (write one with Tokenizer.save or the tokenizer flow)"
+            )
         verify_tokenizer_files(d)
         specials = read_config(d / CONFIG_FILE).get("special_tokens", [])
         return cls.from_files(d / VOCAB_FILE, d / MERGES_FILE, specials, use_fast=use_fast)
 
     def __repr__(self) -> str:
-        return f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, special_tokens={self.special_tokens})"
+        return (
+            f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, special_tokens={self.special_tokens})"
+        )
 
 
 def verify_tokenizer_files(directory: str | os.PathLike) -> None:

@@ -17,10 +17,10 @@ Where the time goes and what we do about it:
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
-from array import array
 import os
 import time
+from array import array
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from lm.tokenizer.pretokenize import count_pretokens
@@ -44,7 +44,9 @@ def _inverse_key(token: bytes) -> str:
     return "".join(chr(255 - b) for b in token) + chr(256)
 
 
-def merge_counts(word_counts: Mapping[bytes, int], vocab_size: int, special_tokens: list[str]) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+def merge_counts(
+    word_counts: Mapping[bytes, int], vocab_size: int, special_tokens: list[str]
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """The BPE merge loop over distinct pre-tokens and their counts."""
     words: list[list[int]] = []  # distinct pre-tokens as token ids
     counts: list[int] = []
@@ -55,7 +57,9 @@ def merge_counts(word_counts: Mapping[bytes, int], vocab_size: int, special_toke
     return merge_words(words, counts, vocab_size, special_tokens)
 
 
-def merge_words(words: list[list[int]], counts: list[int], vocab_size: int, special_tokens: list[str]) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+def merge_words(
+    words: list[list[int]], counts: list[int], vocab_size: int, special_tokens: list[str]
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """The merge loop; ``words`` (pre-tokens as byte ids) are rewritten in place."""
     vocab: dict[int, bytes] = {i: bytes([i]) for i in range(256)}
     for s in special_tokens:
@@ -177,7 +181,9 @@ def train_bpe(
     special_tokens = list(dict.fromkeys(special_tokens or []))
     check_vocab_size(vocab_size, special_tokens)
     t0 = time.perf_counter()
-    word_counts, pre_stats = count_pretokens(input_path, special_tokens, num_workers=num_workers, chunk_bytes=chunk_bytes)
+    word_counts, pre_stats = count_pretokens(
+        input_path, special_tokens, num_workers=num_workers, chunk_bytes=chunk_bytes
+    )
     t1 = time.perf_counter()
     words = [list(w) for w in word_counts if len(w) > 1]  # single bytes have no pair to merge
     counts = [c for w, c in word_counts.items() if len(w) > 1]
@@ -185,5 +191,9 @@ def train_bpe(
     vocab, merges = merge_words(words, counts, vocab_size, special_tokens)
     if stats is not None:
         stats.update(pre_stats)
-        stats.update(pretokenize_seconds=round(t1 - t0, 3), merge_seconds=round(time.perf_counter() - t1, 3), num_merges=len(merges))
+        stats.update(
+            pretokenize_seconds=round(t1 - t0, 3),
+            merge_seconds=round(time.perf_counter() - t1, 3),
+            num_merges=len(merges),
+        )
     return vocab, merges

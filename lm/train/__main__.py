@@ -38,11 +38,16 @@ def load_config(path: str | None, overrides: list[str], allow_changed: bool = Fa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lm.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m lm.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="YAML file holding a TrainConfig (or a pretrain config with a train: section)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (repeatable)")
-    parser.add_argument("--allow-changed", action="store_true",
-                        help="resume even if settings that change the computation differ from the checkpoint's (recorded in meta.json)")
+    parser.add_argument(
+        "--allow-changed",
+        action="store_true",
+        help="resume even if settings that change the computation differ from the checkpoint's (recorded in meta.json)",
+    )
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.set, args.allow_changed)

@@ -92,7 +92,9 @@ def set_rng_state(state: dict) -> None:
     if "torch_cpu" in state:
         torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_cpu"])), dtype=torch.uint8))
     if "torch_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8) for s in state["torch_cuda"]])
+        torch.cuda.set_rng_state_all(
+            [torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8) for s in state["torch_cuda"]]
+        )
 
 
 def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -185,7 +187,9 @@ def verify_checkpoint(src: str | os.PathLike) -> dict:
         if not (src / name).exists():
             raise FileNotFoundError(f"checkpoint file {src / name} is missing")
         if file_sha256(src / name) != digest:
-            raise CheckpointCorruptError(f"checkpoint file {src / name} does not match the sha256 in {META}: corrupted or truncated{_WHAT_TO_DO}")
+            raise CheckpointCorruptError(
+                f"checkpoint file {src / name} does not match the sha256 in {META}: corrupted or truncated{_WHAT_TO_DO}"
+            )
     return meta
 
 
@@ -196,16 +200,23 @@ def read_checkpoint_meta(src: str | os.PathLike) -> dict:
         raise ValueError(
             f"refusing to load {src / pickled[0]}: it is a pickle-format checkpoint, and unpickling a file can run "
             "arbitrary code; lmpipe reads weights only as safetensors (model.safetensors + meta.json, written by "
-            "save_checkpoint); convert it where you trust it: safetensors.torch.save_file(torch.load(f, weights_only=True), ...)"
+            "save_checkpoint); convert it where you trust it: "
+            "safetensors.torch.save_file(torch.load(f, weights_only=True), ...)"
         )
     if not (src / META).exists():
-        raise FileNotFoundError(f"{src} is not a checkpoint directory (no {META}); expected model.safetensors + meta.json")
+        raise FileNotFoundError(
+            f"{src} is not a checkpoint directory (no {META}); expected model.safetensors + meta.json"
+        )
     try:
         meta = json.loads((src / META).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointCorruptError(f"checkpoint metadata {src / META} is not valid JSON ({e}): corrupted or truncated{_WHAT_TO_DO}") from e
+        raise CheckpointCorruptError(
+            f"checkpoint metadata {src / META} is not valid JSON ({e}): corrupted or truncated{_WHAT_TO_DO}"
+        ) from e
     if not isinstance(meta, dict) or ("meta_sha256" in meta and _meta_digest(meta) != meta["meta_sha256"]):
-        raise CheckpointCorruptError(f"checkpoint metadata {src / META} does not match its checksum: corrupted{_WHAT_TO_DO}")
+        raise CheckpointCorruptError(
+            f"checkpoint metadata {src / META} does not match its checksum: corrupted{_WHAT_TO_DO}"
+        )
     return meta
 
 
@@ -215,7 +226,9 @@ def _load_tensors(src: Path, name: str, meta: dict) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"checkpoint file {path} is missing")
     expected = meta.get("files", {}).get(name)
     if expected is not None and file_sha256(path) != expected:
-        raise CheckpointCorruptError(f"checkpoint file {path} does not match the sha256 in {META}: corrupted or truncated{_WHAT_TO_DO}")
+        raise CheckpointCorruptError(
+            f"checkpoint file {path} does not match the sha256 in {META}: corrupted or truncated{_WHAT_TO_DO}"
+        )
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -245,7 +258,13 @@ def load_weights(src: str | os.PathLike, model: torch.nn.Module, meta: dict | No
     plain.load_state_dict(weights, strict=True)
 
 
-def load_checkpoint(src: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *, restore_rng: bool = True) -> int:
+def load_checkpoint(
+    src: str | os.PathLike,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    restore_rng: bool = True,
+) -> int:
     """Restore weights (and optimizer state, RNG states) from ``src``; returns the iteration."""
     src = Path(src)
     meta = read_checkpoint_meta(src)

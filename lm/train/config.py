@@ -1,7 +1,10 @@
 """What a training run needs (``TrainConfig``), and the checks made with it before training starts.
 
-    cfg = TrainConfig(model=ModelConfig(vocab_size="auto", ...), data="outputs/tokenize/<fp>", out_dir="runs/x", max_steps=100)
-    cfg = resolve_vocab_size(cfg)   # "auto" -> the token manifest's vocab_size; a model too small for the tokens fails here
+    cfg = TrainConfig(
+        model=ModelConfig(vocab_size="auto", ...), data="outputs/tokenize/<fp>", out_dir="runs/x", max_steps=100
+    )
+    # "auto" -> the token manifest's vocab_size; a model too small for the tokens fails here
+    cfg = resolve_vocab_size(cfg)
 
 Fields fall in three groups, which decide what a resume may change (``changed_settings``) and
 what the pretrain stage's fingerprint covers:
@@ -28,70 +31,147 @@ from lm.model.transformer import ModelConfig
 from lm.train.optim import AdamWImpl
 from lm.train.strategy import STRATEGIES
 
-RUN_SETTINGS = frozenset({
-    "data", "out_dir", "device", "compile", "compile_backend", "log_interval", "resume", "max_seconds", "eval_interval",
-    "eval_batches", "checkpoint_interval", "keep_last", "peak_flops", "strategy", "bucket_size_mb", "allow_tf32",
-    "activation_checkpointing", "optimizer_impl", "allow_changed", "model.attention", "model.norm",
-})
+RUN_SETTINGS = frozenset(
+    {
+        "data",
+        "out_dir",
+        "device",
+        "compile",
+        "compile_backend",
+        "log_interval",
+        "resume",
+        "max_seconds",
+        "eval_interval",
+        "eval_batches",
+        "checkpoint_interval",
+        "keep_last",
+        "peak_flops",
+        "strategy",
+        "bucket_size_mb",
+        "allow_tf32",
+        "activation_checkpointing",
+        "optimizer_impl",
+        "allow_changed",
+        "model.attention",
+        "model.norm",
+    }
+)
 LENGTH_SETTINGS = frozenset({"max_steps", "max_tokens"})
 # Left out of the pretrain stage's fingerprint: the run settings that existed when it was
 # introduced plus every one added since (so a config that sets none of them keeps its fingerprint).
-NOT_FINGERPRINTED = frozenset({
-    "data", "out_dir", "device", "compile", "log_interval", "resume", "max_seconds",
-    "compile_backend", "allow_tf32", "activation_checkpointing", "optimizer_impl", "allow_changed",
-})
+NOT_FINGERPRINTED = frozenset(
+    {
+        "data",
+        "out_dir",
+        "device",
+        "compile",
+        "log_interval",
+        "resume",
+        "max_seconds",
+        "compile_backend",
+        "allow_tf32",
+        "activation_checkpointing",
+        "optimizer_impl",
+        "allow_changed",
+    }
+)
 
 
 class TrainConfig(Config):
     """Everything a training run needs; also the form of the pretrain flow's training part."""
 
-    model: ModelConfig = Field(description="Shape of the Transformer to train (vocab_size 'auto' = the token manifest's).")
-    data: str | None = Field(None, description="Token-shard directory (holding _manifest.json) from the tokenize stage.")
+    model: ModelConfig = Field(
+        description="Shape of the Transformer to train (vocab_size 'auto' = the token manifest's)."
+    )
+    data: str | None = Field(
+        None, description="Token-shard directory (holding _manifest.json) from the tokenize stage."
+    )
     out_dir: str | None = Field(None, description="Run directory: checkpoints/, metrics.jsonl, summary.json.")
-    batch_size: int = Field(16, gt=0, le=1 << 16, description="Sequences per micro-batch, all ranks together (each rank takes batch_size / world_size).")
+    batch_size: int = Field(
+        16,
+        gt=0,
+        le=1 << 16,
+        description="Sequences per micro-batch, all ranks together (each rank takes batch_size / world_size).",
+    )
     grad_accum: int = Field(1, gt=0, le=1 << 16, description="Micro-batches accumulated per optimizer step.")
-    max_steps: int | None = Field(None, gt=0, le=1000000000, description="Optimizer steps to run (give this or max_tokens).")
+    max_steps: int | None = Field(
+        None, gt=0, le=1000000000, description="Optimizer steps to run (give this or max_tokens)."
+    )
     max_tokens: int | None = Field(None, gt=0, le=10**15, description="Training tokens to consume; converted to steps.")
-    max_seconds: float | None = Field(None, gt=0, description="Stop early (with a checkpoint) after this much wall time.")
+    max_seconds: float | None = Field(
+        None, gt=0, description="Stop early (with a checkpoint) after this much wall time."
+    )
     lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
     min_lr: float | None = Field(None, ge=0, description="Final learning rate of the cosine (default lr/10).")
     warmup_steps: int = Field(0, ge=0, le=1000000000, description="Linear warmup steps.")
-    cosine_steps: int | None = Field(None, gt=0, le=1000000000, description="Step where the cosine reaches min_lr (default: the last step).")
+    cosine_steps: int | None = Field(
+        None, gt=0, le=1000000000, description="Step where the cosine reaches min_lr (default: the last step)."
+    )
     weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay.")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW β1.")
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW β2.")
     eps: float = Field(1e-8, gt=0, description="AdamW ε.")
     optimizer_impl: AdamWImpl = Field(
-        "fused", description="How our AdamW runs the same update: fused (torch's fused kernel; fastest on CPU and GPU), "
-        "foreach (one multi-tensor op per line) or for_loop (one parameter at a time; the readable one).")
+        "fused",
+        description="How our AdamW runs the same update: fused (torch's fused kernel; fastest on CPU and GPU), "
+        "foreach (one multi-tensor op per line) or for_loop (one parameter at a time; the readable one).",
+    )
     grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
     eval_interval: int = Field(100, gt=0, le=1000000000, description="Steps between validation-loss evaluations.")
     eval_batches: int = Field(10, gt=0, le=1_000_000, description="Micro-batches per validation-loss evaluation.")
-    checkpoint_interval: int = Field(100, gt=0, le=1000000000, description="Steps between checkpoints (the last step is always saved).")
+    checkpoint_interval: int = Field(
+        100, gt=0, le=1000000000, description="Steps between checkpoints (the last step is always saved)."
+    )
     keep_last: int = Field(2, gt=0, le=10_000, description="Checkpoints kept; older ones are deleted.")
-    log_interval: int = Field(10, gt=0, le=1000000000, description="Steps between log lines on stdout (metrics.jsonl gets every step).")
+    log_interval: int = Field(
+        10, gt=0, le=1000000000, description="Steps between log lines on stdout (metrics.jsonl gets every step)."
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the initial weights and the data sampler.")
     device: str = Field("auto", description="'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:N', 'mps'.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="Compute dtype: bfloat16 = autocast (matmuls in bf16; weights, optimizer state, RMSNorm, "
-        "RoPE, softmax and loss in float32); float32 = everything in float32; auto = bfloat16 on CUDA, float32 elsewhere.")
-    allow_tf32: bool = Field(True, description="On CUDA, let float32 matmuls and convolutions use TF32 tensor cores "
-                                               "(torch.backends.cuda.matmul.allow_tf32); ignored elsewhere.")
-    compile: bool = Field(False, description="torch.compile the model (fullgraph: forward and backward, no graph breaks; "
-                                             "needs a C++ compiler on CPU).")
+        "auto",
+        description="Compute dtype: bfloat16 = autocast (matmuls in bf16; weights, optimizer state, RMSNorm, "
+        "RoPE, softmax and loss in float32); float32 = everything "
+        "in float32; auto = bfloat16 on CUDA, float32 elsewhere.",
+    )
+    allow_tf32: bool = Field(
+        True,
+        description="On CUDA, let float32 matmuls and convolutions use TF32 tensor cores "
+        "(torch.backends.cuda.matmul.allow_tf32); ignored elsewhere.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model (fullgraph: forward and backward, no graph breaks; "
+        "needs a C++ compiler on CPU).",
+    )
     compile_backend: Literal["inductor", "aot_eager"] = Field(
-        "inductor", description="torch.compile backend: inductor (generated kernels) or aot_eager (traces forward and "
-        "backward, runs them without code generation: a quick check that the model compiles).")
+        "inductor",
+        description="torch.compile backend: inductor (generated kernels) or aot_eager (traces forward and "
+        "backward, runs them without code generation: a quick check that the model compiles).",
+    )
     activation_checkpointing: bool = Field(
-        False, description="Recompute each Transformer block's activations in backward instead of storing them: "
-        "less memory for about a third more compute.")
+        False,
+        description="Recompute each Transformer block's activations in backward instead of storing them: "
+        "less memory for about a third more compute.",
+    )
     resume: bool = Field(True, description="Resume from the newest checkpoint in out_dir when there is one.")
-    allow_changed: bool = Field(False, description="Resume even when settings that change the computation differ from "
-                                                  "the checkpoint's (they are listed and recorded in meta.json).")
-    peak_flops: float | None = Field(None, gt=0, description="Device peak FLOP/s for MFU (default: looked up for known GPUs; "
-                                                            "none on CPU, where MFU is not reported).")
-    strategy: str = Field("none", description="Parallelism: 'none' (one device) or ddp, ddp_bucketed, zero1, fsdp (torchrun).")
-    bucket_size_mb: float = Field(25.0, gt=0, description="Gradient bucket size (MB) of strategies ddp_bucketed and zero1.")
+    allow_changed: bool = Field(
+        False,
+        description="Resume even when settings that change the computation differ from "
+        "the checkpoint's (they are listed and recorded in meta.json).",
+    )
+    peak_flops: float | None = Field(
+        None,
+        gt=0,
+        description="Device peak FLOP/s for MFU (default: looked up for known GPUs; "
+        "none on CPU, where MFU is not reported).",
+    )
+    strategy: str = Field(
+        "none", description="Parallelism: 'none' (one device) or ddp, ddp_bucketed, zero1, fsdp (torchrun)."
+    )
+    bucket_size_mb: float = Field(
+        25.0, gt=0, description="Gradient bucket size (MB) of strategies ddp_bucketed and zero1."
+    )
 
     @field_validator("strategy")
     @classmethod
@@ -101,7 +181,7 @@ class TrainConfig(Config):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.max_steps is None and self.max_tokens is None:
             raise ValueError("give max_steps or max_tokens (how long to train)")
         if self.min_lr is not None and self.min_lr > self.lr:
@@ -131,12 +211,16 @@ def resolve_vocab_size(cfg: TrainConfig, manifest: dict | None = None) -> TrainC
     where = f"the token shards in {cfg.data or manifest.get('_path')} (tokenizer {manifest.get('tokenizer')!r})"
     if cfg.model.vocab_size == "auto":
         if not isinstance(have, int) or have <= 0:
-            raise ValueError(f"model.vocab_size is 'auto' but {where} record no vocab_size in their manifest; "
-                             "set model.vocab_size to the tokenizer's vocabulary size")
+            raise ValueError(
+                f"model.vocab_size is 'auto' but {where} record no vocab_size in their manifest; "
+                "set model.vocab_size to the tokenizer's vocabulary size"
+            )
         return cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": have})})
     if isinstance(have, int) and cfg.model.vocab_size < have:
-        raise ValueError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary of {where}: "
-                         f"vocab_size {have}; set model.vocab_size to auto (or to at least {have})")
+        raise ValueError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary of {where}: "
+            f"vocab_size {have}; set model.vocab_size to auto (or to at least {have})"
+        )
     return cfg
 
 

@@ -37,7 +37,11 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 def get_batch(
-    dataset: npt.NDArray, batch_size: int, context_length: int, device: str | torch.device, rng: np.random.Generator | None = None
+    dataset: npt.NDArray,
+    batch_size: int,
+    context_length: int,
+    device: str | torch.device,
+    rng: np.random.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch_size`` random windows of ``context_length`` tokens and their next-token targets.
 
@@ -73,13 +77,18 @@ class TokenShards:
             raise ValueError(f"token shard dtype {dtype!r} in {self.dir} is not uint16 or uint32")
         entries = [(i, s) for i, s in enumerate(m.shards) if (s.split or "train") == split]
         if not entries:
-            raise ValueError(f"no {split!r} shards in {self.dir} (splits present: {sorted({s.split for s in m.shards}, key=str)})")
+            raise ValueError(
+                f"no {split!r} shards in {self.dir} (splits present: {sorted({s.split for s in m.shards}, key=str)})"
+            )
         self.arrays: list[np.memmap] = []
         for i, s in entries:
             path = m.local_shard(i)  # sha256-verified; a remote shard is verified as it downloads into the cache
             arr = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r")
             if s.num_tokens is not None and len(arr) != s.num_tokens:
-                raise ValueError(f"token shard {path} holds {len(arr)} tokens, the manifest says {s.num_tokens}: truncated or wrong dtype")
+                raise ValueError(
+                    f"token shard {path} holds {len(arr)} tokens, the "
+                    f"manifest says {s.num_tokens}: truncated or wrong dtype"
+                )
             self.arrays.append(arr)
         self.vocab_size = vocab_size
         if vocab_size is not None:
@@ -88,7 +97,8 @@ class TokenShards:
                 if top >= vocab_size:
                     raise ValueError(
                         f"token shard {self.dir / s.name} holds token id {top} ≥ model vocab_size={vocab_size}; "
-                        f"the model's vocab_size must cover the tokenizer (manifest vocab_size={m.extra.get('vocab_size')})"
+                        "the model's vocab_size must cover the tokenizer "
+                        f"(manifest vocab_size={m.extra.get('vocab_size')})"
                     )
         self.lengths = np.array([len(a) for a in self.arrays], dtype=np.int64)
 
@@ -96,7 +106,9 @@ class TokenShards:
     def num_tokens(self) -> int:
         return int(self.lengths.sum())
 
-    def get_batch(self, batch_size: int, context_length: int, device, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_batch(
+        self, batch_size: int, context_length: int, device, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows drawn from shards in proportion to their usable length."""
         usable = np.maximum(self.lengths - context_length, 0)
         if usable.sum() == 0:
@@ -146,8 +158,10 @@ def write_token_shards(
                 w.count_in()
                 w.write(splits[s][i], to=s)
                 w.add_count(f"tokens_{s}", len(splits[s][i]))
-    return st.commit(num_shards=num_shards, extra={"dtype": dtype.name, "vocab_size": vocab_size, "eot_id": eot_id,
-                                                   "tokenizer": tokenizer})
+    return st.commit(
+        num_shards=num_shards,
+        extra={"dtype": dtype.name, "vocab_size": vocab_size, "eot_id": eot_id, "tokenizer": tokenizer},
+    )
 
 
 def byte_tokens(text: str, eot: str = "<|endoftext|>", eot_id: int = 256) -> np.ndarray:

@@ -56,41 +56,54 @@ def consolidated_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer)
     inner = unwrap(model)
     if _is_fsdp(inner):
         from torch.distributed.checkpoint.state_dict import (  # slow to import (seconds): only under FSDP
-            StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         msd = {k: v.detach().cpu() for k, v in get_model_state_dict(inner, options=opts).items()}
         osd = get_optimizer_state_dict(inner, optimizer, options=opts)
         index = {n: i for i, n in enumerate(_param_names(inner))}
-        state = {index[n]: {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in s.items()}
-                 for n, s in osd.get("state", {}).items()}
+        state = {
+            index[n]: {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in s.items()}
+            for n, s in osd.get("state", {}).items()
+        }
         groups = [g | {"params": [index[n] for n in g["params"]]} for g in osd.get("param_groups", [])]
         return msd, {"state": dict(sorted(state.items())), "param_groups": groups}
     msd = {k: v.detach().cpu() for k, v in inner.state_dict().items()}
     osd = optimizer.state_dict()  # ShardedOptimizer consolidates here
-    osd = {"state": {i: {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in s.items()}
-                     for i, s in osd["state"].items()},
-           "param_groups": osd["param_groups"]}
+    osd = {
+        "state": {
+            i: {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in s.items()} for i, s in osd["state"].items()
+        },
+        "param_groups": osd["param_groups"],
+    }
     return msd, osd
 
 
-def load_consolidated_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                                  model_sd: dict, optimizer_sd: dict | None) -> None:
+def load_consolidated_state_dicts(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, model_sd: dict, optimizer_sd: dict | None
+) -> None:
     """Inverse of consolidated_state_dicts, at this run's world size (every rank passes the
     full dicts, read from the same checkpoint). `model_sd=None` loads the optimizer only."""
     inner = unwrap(model)
     if _is_fsdp(inner):
         from torch.distributed.checkpoint.state_dict import (  # slow to import (seconds): only under FSDP
-            StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True)
         if model_sd is not None:
             set_model_state_dict(inner, model_sd, options=opts)
         if optimizer is not None and optimizer_sd is not None:
             names = _param_names(inner)
-            osd = {"state": {names[i]: s for i, s in optimizer_sd["state"].items()},
-                   "param_groups": [g | {"params": [names[i] for i in g["params"]]}
-                                    for g in optimizer_sd["param_groups"]]}
+            osd = {
+                "state": {names[i]: s for i, s in optimizer_sd["state"].items()},
+                "param_groups": [g | {"params": [names[i] for i in g["params"]]} for g in optimizer_sd["param_groups"]],
+            }
             set_optimizer_state_dict(inner, optimizer, osd, options=opts)
         return
     if model_sd is not None:
@@ -115,8 +128,9 @@ class _Snapshot:
         self._state = state
 
 
-def save_distributed_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
-                                out: str | os.PathLike, **kwargs: Any) -> Path:
+def save_distributed_checkpoint(
+    model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int, out: str | os.PathLike, **kwargs: Any
+) -> Path:
     """Consolidate on all ranks (collective), write on rank 0, then wait for it.
     `kwargs` go to `lm.train.checkpoint.save_checkpoint` (configs, data_state, extra)."""
     rank, world = rank_and_world_size()
@@ -129,8 +143,9 @@ def save_distributed_checkpoint(model: nn.Module, optimizer: torch.optim.Optimiz
     return Path(out)
 
 
-def read_distributed_checkpoint(src: str | os.PathLike, model: nn.Module, *,
-                                restore_rng: bool = True) -> tuple[int, dict]:
+def read_distributed_checkpoint(
+    src: str | os.PathLike, model: nn.Module, *, restore_rng: bool = True
+) -> tuple[int, dict]:
     """Load weights into the plain (not yet wrapped or sharded) `model` on this rank and
     return (iteration, consolidated optimizer state) for `load_consolidated_state_dicts`
     once the optimizer exists."""

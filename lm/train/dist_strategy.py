@@ -27,8 +27,13 @@ import torch.distributed as dist
 from torch import nn
 
 from lm.train.dist_checkpoint import load_consolidated_state_dicts, save_distributed_checkpoint
-from lm.train.distributed import (ShardedOptimizer, destroy_distributed, init_distributed, optimizer_hyperparameters,
-                                  wrap_model)
+from lm.train.distributed import (
+    ShardedOptimizer,
+    destroy_distributed,
+    init_distributed,
+    optimizer_hyperparameters,
+    wrap_model,
+)
 from lm.train.optim import clip_grad_norm_
 
 
@@ -44,8 +49,10 @@ class DataParallelStrategy:
         self.rank, self.world_size, self.device = self.env.rank, self.env.world_size, self.env.device
         self.is_main = self.env.is_main
         if cfg.batch_size % self.world_size:
-            raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the world size {self.world_size} "
-                             f"(each rank takes batch_size / world_size sequences)")
+            raise ValueError(
+                f"batch_size={cfg.batch_size} must be divisible by the world size {self.world_size} "
+                f"(each rank takes batch_size / world_size sequences)"
+            )
         self.bucket_size_mb = getattr(cfg, "bucket_size_mb", 25.0)
         # FSDP computes in bf16 where the trainer would autocast to bf16, else fp32.
         bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and self.device.type == "cuda")
@@ -54,8 +61,7 @@ class DataParallelStrategy:
     # -- model and optimizer
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        return wrap_model(model, self.name, bucket_size_mb=self.bucket_size_mb,
-                          fsdp_param_dtype=self.fsdp_param_dtype)
+        return wrap_model(model, self.name, bucket_size_mb=self.bucket_size_mb, fsdp_param_dtype=self.fsdp_param_dtype)
 
     def wrap_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Rebuild `optimizer` (already holding any resumed state) for this strategy: sharded
@@ -114,8 +120,9 @@ class DataParallelStrategy:
 
     # -- files
 
-    def save_checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
-                        out: str | os.PathLike, **kwargs: Any) -> Path:
+    def save_checkpoint(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int, out: str | os.PathLike, **kwargs: Any
+    ) -> Path:
         """All ranks call (consolidation is collective); rank 0 writes."""
         return save_distributed_checkpoint(model, optimizer, iteration, out, **kwargs)
 

@@ -33,8 +33,9 @@ import os
 import socket
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -108,8 +109,12 @@ def _run_rank(rank: int, fn, world_size: int, store_file: str, args: tuple) -> N
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     device = f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
     # A file rendezvous: no TCP port to pick, so no race with other programs for it.
-    dist.init_process_group(backend="nccl" if device != "cpu" else "gloo", init_method=f"file://{store_file}",
-                            rank=rank, world_size=world_size)
+    dist.init_process_group(
+        backend="nccl" if device != "cpu" else "gloo",
+        init_method=f"file://{store_file}",
+        rank=rank,
+        world_size=world_size,
+    )
     env = init_distributed(device=device)  # the group exists: this only describes the rank
     try:
         fn(env, *args)
@@ -392,8 +397,10 @@ class ShardedOptimizer(torch.optim.Optimizer):
         gidx = self._global_index()
         local_params = [p for g in self.local.param_groups for p in g["params"]]
         local_sd = self.local.state_dict()
-        mine = {gidx[id(local_params[i])]: {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in s.items()}
-                for i, s in local_sd["state"].items()}
+        mine = {
+            gidx[id(local_params[i])]: {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in s.items()}
+            for i, s in local_sd["state"].items()
+        }
         parts = [mine]
         if self.world_size > 1:
             parts = [None] * self.world_size
@@ -416,8 +423,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
             s = state_dict["state"].get(gidx[id(p)])
             if s is not None:
                 # Copy: the caller's tensors must not become this optimizer's live state.
-                local_state[li] = {k: (v.to(p.device, copy=True) if torch.is_tensor(v) else v)
-                                   for k, v in s.items()}
+                local_state[li] = {k: (v.to(p.device, copy=True) if torch.is_tensor(v) else v) for k, v in s.items()}
         groups, start = [], 0
         for g in self.local.param_groups:
             n = len(g["params"])
@@ -441,8 +447,7 @@ def optimizer_hyperparameters(optimizer: torch.optim.Optimizer) -> dict[str, Any
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-               if torch.is_tensor(v))
+    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
 
 
 # ----------------------------------------------------------------------------- FSDP2
@@ -473,8 +478,9 @@ def apply_fsdp(model: nn.Module, param_dtype: str = "bf16", reduce_dtype: str = 
 # ----------------------------------------------------------------------------- strategy glue
 
 
-def wrap_model(model: nn.Module, strategy: str, *, bucket_size_mb: float = 25.0,
-               fsdp_param_dtype: str = "bf16") -> nn.Module:
+def wrap_model(
+    model: nn.Module, strategy: str, *, bucket_size_mb: float = 25.0, fsdp_param_dtype: str = "bf16"
+) -> nn.Module:
     """Return the model to train under `strategy` (see the module docstring).
 
     The result always has `finish_gradient_synchronization()` (a no-op where the engine
@@ -493,8 +499,9 @@ def wrap_model(model: nn.Module, strategy: str, *, bucket_size_mb: float = 25.0,
     return model
 
 
-def build_optimizer(params: Iterable, strategy: str, optimizer_cls: type[torch.optim.Optimizer],
-                    **kwargs: Any) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable, strategy: str, optimizer_cls: type[torch.optim.Optimizer], **kwargs: Any
+) -> torch.optim.Optimizer:
     """`optimizer_cls(params, **kwargs)`, sharded across ranks under zero1."""
     if strategy == "zero1":
         return ShardedOptimizer(params, optimizer_cls, **kwargs)

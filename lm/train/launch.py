@@ -26,8 +26,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -51,15 +52,35 @@ class LaunchConfig(Config):
     """How many processes run the trainer, and where (torchrun's arguments)."""
 
     nproc_per_node: int | Literal["auto"] = Field(
-        "auto", description="Processes per node: 'auto' = one per visible GPU (1 without GPUs), or a number (e.g. 2 CPU processes for a gloo test).")
-    nnodes: str = Field("1", description="Number of nodes, or 'MIN:MAX' for elastic membership; above 1 needs rdzv_endpoint.")
+        "auto",
+        description=(
+            "Processes per node: 'auto' = one per visible GPU (1 without "
+            "GPUs), or a number (e.g. 2 CPU processes for a gloo test)."
+        ),
+    )
+    nnodes: str = Field(
+        "1", description="Number of nodes, or 'MIN:MAX' for elastic membership; above 1 needs rdzv_endpoint."
+    )
     rdzv_endpoint: str | None = Field(
-        None, description="host:port of the c10d rendezvous (any reachable node, usually node 0) for multi-node runs; unset = single node (--standalone).")
-    rdzv_id: str = Field("lmpipe", description="Rendezvous id: the same on every node of one job, different between concurrent jobs.")
-    max_restarts: int = Field(0, ge=0, description="torchrun's own restarts of failed ranks before giving up (Prefect retries come on top).")
-    timeout_s: float | None = Field(None, gt=0, description="Kill the whole run (every rank) after this many seconds; unset = no limit.")
+        None,
+        description=(
+            "host:port of the c10d rendezvous (any reachable node, usually "
+            "node 0) for multi-node runs; unset = single node (--standalone)."
+        ),
+    )
+    rdzv_id: str = Field(
+        "lmpipe", description="Rendezvous id: the same on every node of one job, different between concurrent jobs."
+    )
+    max_restarts: int = Field(
+        0, ge=0, description="torchrun's own restarts of failed ranks before giving up (Prefect retries come on top)."
+    )
+    timeout_s: float | None = Field(
+        None, gt=0, description="Kill the whole run (every rank) after this many seconds; unset = no limit."
+    )
     kill_grace_s: float = Field(10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping a run.")
-    omp_num_threads: int | None = Field(None, gt=0, description="OMP_NUM_THREADS for each rank (CPU runs: cores / processes).")
+    omp_num_threads: int | None = Field(
+        None, gt=0, description="OMP_NUM_THREADS for each rank (CPU runs: cores / processes)."
+    )
 
     @field_validator("nproc_per_node")
     @classmethod
@@ -88,8 +109,10 @@ class LaunchConfig(Config):
             return
         world = self.nproc_per_node * int(self.nnodes)
         if batch_size % world:
-            raise ValueError(f"train.batch_size={batch_size} must be divisible by the world size "
-                             f"{world} (nproc_per_node × nnodes); each rank takes batch_size / world_size sequences")
+            raise ValueError(
+                f"train.batch_size={batch_size} must be divisible by the world size "
+                f"{world} (nproc_per_node × nnodes); each rank takes batch_size / world_size sequences"
+            )
 
     def max_world_size(self) -> int:
         return int(self.nnodes.split(":")[-1]) * self.processes_per_node()
@@ -101,14 +124,26 @@ class LaunchConfig(Config):
 def torchrun_command(launch: LaunchConfig, module: str, args: list[str]) -> list[str]:
     """The command line that runs `python -m <module> <args>` under torchrun."""
     if launch.multi_node() and not launch.rdzv_endpoint:
-        raise ValueError(f"nnodes={launch.nnodes!r} needs rdzv_endpoint (host:port of the rendezvous, e.g. node0:29400)")
+        raise ValueError(
+            f"nnodes={launch.nnodes!r} needs rdzv_endpoint (host:port of the rendezvous, e.g. node0:29400)"
+        )
     # --local-ranks-filter=0: only local rank 0 reaches our stdout. The trainer's other ranks
     # are quiet anyway, but warnings would otherwise arrive once per rank.
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.processes_per_node()}",
-           f"--max-restarts={launch.max_restarts}", "--local-ranks-filter=0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={launch.processes_per_node()}",
+        f"--max-restarts={launch.max_restarts}",
+        "--local-ranks-filter=0",
+    ]
     if launch.rdzv_endpoint:
-        cmd += [f"--nnodes={launch.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={launch.rdzv_endpoint}",
-                f"--rdzv-id={launch.rdzv_id}"]
+        cmd += [
+            f"--nnodes={launch.nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={launch.rdzv_endpoint}",
+            f"--rdzv-id={launch.rdzv_id}",
+        ]
     else:
         cmd += ["--standalone"]  # a free local port: concurrent runs on one machine do not collide
     return cmd + ["-m", module, *args]
@@ -193,15 +228,30 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def run_supervised(cmd: list[str], *, on_line: Callable[[str], None] = print, timeout_s: float | None = None,
-                   kill_grace_s: float = 10.0, env: dict[str, str] | None = None, cwd: str | None = None) -> list[str]:
+def run_supervised(
+    cmd: list[str],
+    *,
+    on_line: Callable[[str], None] = print,
+    timeout_s: float | None = None,
+    kill_grace_s: float = 10.0,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> list[str]:
     """Run `cmd`, pass each output line to `on_line`, return the last 200 lines.
 
     Raises LaunchTimeout past `timeout_s`, LaunchFailed on a non-zero exit; in every case,
     KeyboardInterrupt and cancellation included, no process of the tree survives.
     """
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            env=env, cwd=cwd, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
     tail: deque[str] = deque(maxlen=200)
 
     def pump() -> None:
@@ -228,16 +278,23 @@ def run_supervised(cmd: list[str], *, on_line: Callable[[str], None] = print, ti
     return list(tail)
 
 
-def run_torchrun(launch: LaunchConfig, args: list[str], *, module: str = "lm.train",
-                 on_line: Callable[[str], None] = print, cwd: str | None = None) -> dict | None:
+def run_torchrun(
+    launch: LaunchConfig,
+    args: list[str],
+    *,
+    module: str = "lm.train",
+    on_line: Callable[[str], None] = print,
+    cwd: str | None = None,
+) -> dict | None:
     """Run `python -m <module> <args>` under torchrun; return the JSON summary it printed last
     (lm.train prints one), or None."""
     env = dict(os.environ)
     if launch.omp_num_threads:
         env["OMP_NUM_THREADS"] = str(launch.omp_num_threads)
     cmd = torchrun_command(launch, module, args)
-    tail = run_supervised(cmd, on_line=on_line, timeout_s=launch.timeout_s, kill_grace_s=launch.kill_grace_s,
-                          env=env, cwd=cwd)
+    tail = run_supervised(
+        cmd, on_line=on_line, timeout_s=launch.timeout_s, kill_grace_s=launch.kill_grace_s, env=env, cwd=cwd
+    )
     for line in reversed(tail):
         if line.startswith("{"):
             try:

@@ -75,7 +75,11 @@ def throughput(tokens: int, seconds: float, flops_per_token: float, peak: float 
     seconds = max(seconds, 1e-9)
     tps = tokens / seconds
     mfu = flops_per_token * tps / (peak * world_size) if peak else None
-    return {"tokens_per_s": round(tps, 1), "step_time_s": round(seconds, 4), "mfu": None if mfu is None else round(mfu, 4)}
+    return {
+        "tokens_per_s": round(tps, 1),
+        "step_time_s": round(seconds, 4),
+        "mfu": None if mfu is None else round(mfu, 4),
+    }
 
 
 class MetricsLog:

@@ -31,8 +31,15 @@ ADAMW_IMPLS = ("for_loop", "foreach", "fused")
 class AdamW(torch.optim.Optimizer):
     """Adam with decoupled weight decay (Loshchilov & Hutter). State per parameter: step, exp_avg, exp_avg_sq."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, impl: AdamWImpl = "for_loop"):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        impl: AdamWImpl = "for_loop",
+    ):
         if lr < 0:
             raise ValueError(f"lr={lr} must be ≥ 0")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
@@ -118,9 +125,21 @@ def _fused(params: list[torch.Tensor], states: list[dict], group: dict) -> None:
             steps = [s.to(device) for s in steps]
         torch._foreach_add_(steps, 1.0)
         ps = [params[i] for i in idx]
-        torch._fused_adamw_(ps, [p.grad for p in ps], [states[i]["exp_avg"] for i in idx],
-                            [states[i]["exp_avg_sq"] for i in idx], [], steps, lr=lr, beta1=beta1, beta2=beta2,
-                            weight_decay=wd, eps=eps, amsgrad=False, maximize=False)
+        torch._fused_adamw_(
+            ps,
+            [p.grad for p in ps],
+            [states[i]["exp_avg"] for i in idx],
+            [states[i]["exp_avg_sq"] for i in idx],
+            [],
+            steps,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=wd,
+            eps=eps,
+            amsgrad=False,
+            maximize=False,
+        )
         if device.type != "cpu":
             for i, s in zip(idx, steps):
                 states[i]["step"] = s.cpu()  # kept on the CPU like the other implementations' (checkpoints)

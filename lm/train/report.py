@@ -59,14 +59,17 @@ def plot_training(metrics_path: Path, png: Path, entropy: float | None) -> None:
         twin.plot(*zip(*mfu), lw=1, c="tab:purple", label="MFU")
         twin.set_ylabel("MFU (%)")
     else:
-        tp.text(0.02, 0.02, "MFU: not reported (no peak FLOP/s known for this device)", transform=tp.transAxes, fontsize=8)
+        tp.text(
+            0.02, 0.02, "MFU: not reported (no peak FLOP/s known for this device)", transform=tp.transAxes, fontsize=8
+        )
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
 
 
-def sample_generations(checkpoint: str, prompts: list[str], *, max_new_tokens: int, temperature: float,
-                       top_p: float) -> list[dict]:
+def sample_generations(
+    checkpoint: str, prompts: list[str], *, max_new_tokens: int, temperature: float, top_p: float
+) -> list[dict]:
     """One seeded continuation per prompt from the checkpoint, decoded with the tokenizer it records."""
     model = load_model(checkpoint)
     tok_dir, eot_id = checkpoint_tokenizer(checkpoint)
@@ -74,8 +77,16 @@ def sample_generations(checkpoint: str, prompts: list[str], *, max_new_tokens: i
     out = []
     for i, prompt in enumerate(prompts):
         g = torch.Generator().manual_seed(i)
-        text = generate_text(model, tokenizer, prompt, eot_id=eot_id, max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_p=top_p, generator=g)
+        text = generate_text(
+            model,
+            tokenizer,
+            prompt,
+            eot_id=eot_id,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            generator=g,
+        )
         out.append({"prompt": prompt, "completion": text})
     return out
 

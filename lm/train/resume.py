@@ -35,7 +35,9 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     root = Path(out_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "meta.json").exists()]
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "meta.json").exists()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -56,8 +58,10 @@ def usable_checkpoints(out_dir: str | Path, log=print) -> list[Path]:
             shutil.rmtree(aside, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):  # another rank moved it already
                 os.replace(bad, aside)
-            log(f"checkpoint {bad} is damaged ({e}); set aside as {aside.name}, resuming from "
-                f"{found[-1].name if found else 'scratch'}")
+            log(
+                f"checkpoint {bad} is damaged ({e}); set aside as {aside.name}, resuming from "
+                f"{found[-1].name if found else 'scratch'}"
+            )
     return found
 
 
@@ -73,12 +77,20 @@ def check_resume_settings(meta: dict, cfg: TrainConfig, checkpoint: Path) -> lis
         raise ChangedSettingsError(
             f"refusing to resume {checkpoint} with changed settings (they change what is computed):\n{lines}\n"
             f"restore them, start a new out_dir, or resume anyway with --allow-changed (allow_changed: true), "
-            f"which applies the new values from step {meta.get('iteration')} on and records the change in meta.json")
+            f"which applies the new values from step {meta.get('iteration')} on and records the change in meta.json"
+        )
     if changed:
         history.append({"step": int(meta.get("iteration", 0)), "changed": {k: list(v) for k, v in changed.items()}})
     old_total = saved.get("max_steps")
-    if saved and cfg.cosine_steps is None and saved.get("cosine_steps") is None and old_total not in (None, cfg.total_steps()):
-        warnings.warn(f"resuming with max_steps {old_total} → {cfg.total_steps()}: cosine_steps is not set, so the "
-                      f"learning-rate schedule now ends at step {cfg.total_steps()} (set cosine_steps to keep it)",
-                      stacklevel=2)
+    if (
+        saved
+        and cfg.cosine_steps is None
+        and saved.get("cosine_steps") is None
+        and old_total not in (None, cfg.total_steps())
+    ):
+        warnings.warn(
+            f"resuming with max_steps {old_total} → {cfg.total_steps()}: cosine_steps is not set, so the "
+            f"learning-rate schedule now ends at step {cfg.total_steps()} (set cosine_steps to keep it)",
+            stacklevel=2,
+        )
     return history

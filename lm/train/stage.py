@@ -28,8 +28,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import Field, field_validator, model_validator
@@ -52,18 +53,36 @@ class PretrainConfig(Config):
     """The pretrain flow's form: input tokens, the training run, how to launch it, what to sample."""
 
     root: str = Field("outputs", description="Artifact root; the stage writes `<root>/pretrain/<fingerprint>/`.")
-    tokens: StageRef | None = Field(None, description="Token-shard directory from the tokenize stage (holds _manifest.json), or `tokenize@latest`.")
-    text_file: str | None = Field(None, description="Instead of tokens: a text file trained on as bytes (257-token vocab; demo only).")
+    tokens: StageRef | None = Field(
+        None, description="Token-shard directory from the tokenize stage (holds _manifest.json), or `tokenize@latest`."
+    )
+    text_file: str | None = Field(
+        None, description="Instead of tokens: a text file trained on as bytes (257-token vocab; demo only)."
+    )
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of text_file's bytes held out for validation.")
     train: TrainConfig = Field(description="The training run (data and out_dir are filled in by the flow).")
-    launcher: Literal["python", "torchrun"] = Field("python", description="python -m lm.train, or torchrun for several GPUs.")
-    nproc_per_node: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(1, description="Processes per node when launcher is torchrun: a number, or 'auto' = one per visible GPU.")
-    nnodes: str = Field("1", description="torchrun nodes: a number or 'MIN:MAX'; above 1 needs rdzv_endpoint (see docs/distributed.md).")
-    rdzv_endpoint: str | None = Field(None, description="host:port of torchrun's c10d rendezvous for multi-node runs (unset: single node).")
+    launcher: Literal["python", "torchrun"] = Field(
+        "python", description="python -m lm.train, or torchrun for several GPUs."
+    )
+    nproc_per_node: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
+        1, description="Processes per node when launcher is torchrun: a number, or 'auto' = one per visible GPU."
+    )
+    nnodes: str = Field(
+        "1", description="torchrun nodes: a number or 'MIN:MAX'; above 1 needs rdzv_endpoint (see docs/distributed.md)."
+    )
+    rdzv_endpoint: str | None = Field(
+        None, description="host:port of torchrun's c10d rendezvous for multi-node runs (unset: single node)."
+    )
     rdzv_id: str = Field("lmpipe", description="Rendezvous id: the same on every node of one job, unique per job.")
-    timeout_s: float = Field(6 * 3600, gt=0, description="Kill the training process group after this many seconds (per attempt).")
-    retries: int = Field(2, ge=0, le=100, description="Attempts after a failure or timeout; each resumes from the last checkpoint.")
-    sample_prompts: list[str] = Field(["Once upon a time", "The "], max_length=64, description="Prompts for the sample generations.")
+    timeout_s: float = Field(
+        6 * 3600, gt=0, description="Kill the training process group after this many seconds (per attempt)."
+    )
+    retries: int = Field(
+        2, ge=0, le=100, description="Attempts after a failure or timeout; each resumes from the last checkpoint."
+    )
+    sample_prompts: list[str] = Field(
+        ["Once upon a time", "The "], max_length=64, description="Prompts for the sample generations."
+    )
     sample_tokens: int = Field(80, gt=0, le=1 << 16, description="Tokens generated per prompt.")
     temperature: float = Field(0.8, ge=0, description="Sampling temperature of the sample generations (0 = greedy).")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus mass of the sample generations.")
@@ -79,7 +98,7 @@ class PretrainConfig(Config):
         return v if v is None or "://" not in v else check_root(v, "tokens")  # read via the local cache
 
     @model_validator(mode="after")
-    def _one_input(self) -> "PretrainConfig":
+    def _one_input(self) -> PretrainConfig:
         if (self.tokens is None) == (self.text_file is None):
             raise ValueError("give exactly one of tokens (a token-shard directory) or text_file (byte-level demo)")
         if self.train.strategy != "none" and self.launcher != "torchrun":
@@ -89,8 +108,13 @@ class PretrainConfig(Config):
         return self
 
     def launch_config(self) -> LaunchConfig:
-        return LaunchConfig(nproc_per_node=self.nproc_per_node, nnodes=self.nnodes, rdzv_endpoint=self.rdzv_endpoint,
-                            rdzv_id=self.rdzv_id, timeout_s=self.timeout_s)
+        return LaunchConfig(
+            nproc_per_node=self.nproc_per_node,
+            nnodes=self.nnodes,
+            rdzv_endpoint=self.rdzv_endpoint,
+            rdzv_id=self.rdzv_id,
+            timeout_s=self.timeout_s,
+        )
 
 
 def byte_tokenize(text_file: str, root: str, val_fraction: float, log: Log = print) -> str:
@@ -103,8 +127,15 @@ def byte_tokenize(text_file: str, root: str, val_fraction: float, log: Log = pri
         return str(stage.manifest_path)
     ids = byte_tokens(path.read_text(encoding="utf-8", errors="replace"))
     cut = int(len(ids) * (1 - val_fraction))
-    manifest = write_token_shards(stage.path, {"train": [ids[:cut]], "val": [ids[cut:]]}, vocab_size=257, eot_id=256,
-                                  tokenizer="bytes", stage="bytetokens", fingerprint=stage.fingerprint)
+    manifest = write_token_shards(
+        stage.path,
+        {"train": [ids[:cut]], "val": [ids[cut:]]},
+        vocab_size=257,
+        eot_id=256,
+        tokenizer="bytes",
+        stage="bytetokens",
+        fingerprint=stage.fingerprint,
+    )
     log(f"byte-tokenized {path}: {cut} train, {len(ids) - cut} val tokens -> {manifest.parent}")
     return str(manifest)
 
@@ -131,7 +162,8 @@ def run_training(config: PretrainConfig, tokens_manifest: str, run_dir: str, log
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     cfg = training_config(config, tokens_manifest).model_copy(
-        update={"data": str(as_path(tokens_manifest).parent), "out_dir": str(run), "resume": True})
+        update={"data": str(as_path(tokens_manifest).parent), "out_dir": str(run), "resume": True}
+    )
     cfg_path = run / "train.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -143,7 +175,10 @@ def run_training(config: PretrainConfig, tokens_manifest: str, run_dir: str, log
         # stopped on timeout, error or cancellation.
         run_supervised(cmd, on_line=log, timeout_s=config.timeout_s, env=env, cwd=str(REPO))
     except LaunchTimeout:
-        raise TimeoutError(f"training exceeded timeout_s={config.timeout_s}; killed (a retry resumes from the last checkpoint in {run})") from None
+        raise TimeoutError(
+            f"training exceeded timeout_s={config.timeout_s}; killed "
+            f"(a retry resumes from the last checkpoint in {run})"
+        ) from None
     except LaunchFailed as e:
         # A diverged run exits 3 (torchrun reports any failed rank as 1): it is a result, not an error.
         summary = run / "summary.json"
@@ -154,8 +189,10 @@ def run_training(config: PretrainConfig, tokens_manifest: str, run_dir: str, log
 
 
 def diverged_message(summary: dict) -> str:
-    return (f"training diverged at step {summary.get('diverged_step')} (non-finite loss, gradient or weights); "
-            f"last good checkpoint {summary['checkpoint']}. Lower train.lr or raise train.warmup_steps and rerun.")
+    return (
+        f"training diverged at step {summary.get('diverged_step')} (non-finite loss, gradient or weights); "
+        f"last good checkpoint {summary['checkpoint']}. Lower train.lr or raise train.warmup_steps and rerun."
+    )
 
 
 def finalize(config: PretrainConfig, tokens_manifest: str, summary: dict, log: Log = print) -> str:
@@ -168,8 +205,13 @@ def finalize(config: PretrainConfig, tokens_manifest: str, summary: dict, log: L
     atomic_write_json(stage.path / "losses.json", losses)
     plot_training(Path(summary["metrics"]), stage.path / "loss_curve.png", entropy)
     try:
-        samples = sample_generations(summary["checkpoint"], config.sample_prompts, max_new_tokens=config.sample_tokens,
-                                     temperature=config.temperature, top_p=config.top_p)
+        samples = sample_generations(
+            summary["checkpoint"],
+            config.sample_prompts,
+            max_new_tokens=config.sample_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+        )
     except (ImportError, AttributeError, FileNotFoundError) as e:  # tokenizer not loadable: keep the stage, say why
         log(f"no sample generations: {e}")
         samples = []
@@ -185,8 +227,14 @@ def finalize(config: PretrainConfig, tokens_manifest: str, summary: dict, log: L
         "metrics": summary["metrics"],
         # the final checkpoint's files: Stage.is_complete checks them, so a damaged one retrains
         "files_sha256": checkpoint_files(stage.path, summary["checkpoint"]),
-        "counts": {"in": summary["tokens"], "kept": summary["tokens"], "rejected": {}, "failed": {},
-                   "steps": summary["steps"], "tokens_trained": summary["tokens"]},
+        "counts": {
+            "in": summary["tokens"],
+            "kept": summary["tokens"],
+            "rejected": {},
+            "failed": {},
+            "steps": summary["steps"],
+            "tokens_trained": summary["tokens"],
+        },
     }
     return str(stage.commit(extra=extra))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, ContextManager, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class Strategy(Protocol):
     def wrap_optimizer(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """The optimizer to step (ZeRO-1 shards it; FSDP rebuilds it over sharded parameters)."""
 
-    def sync_grads(self, model: torch.nn.Module, last_micro_step: bool) -> ContextManager:
+    def sync_grads(self, model: torch.nn.Module, last_micro_step: bool) -> contextlib.AbstractContextManager:
         """Context for one micro-step's forward + backward; gradients are synced after the last one."""
 
     def mean(self, x: float) -> float:
@@ -74,7 +74,7 @@ class SingleDevice:
     def wrap_optimizer(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         return optimizer
 
-    def sync_grads(self, model: torch.nn.Module, last_micro_step: bool) -> ContextManager:
+    def sync_grads(self, model: torch.nn.Module, last_micro_step: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
     def mean(self, x: float) -> float:

@@ -36,9 +36,9 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -51,7 +51,14 @@ from lm.train.checkpoint import load_checkpoint, read_checkpoint_meta, set_numpy
 from lm.train.config import TrainConfig, resolve_vocab_size
 from lm.train.data import TokenShards, check_device, sampler
 from lm.train.loss import cross_entropy
-from lm.train.metrics import MetricsLog, compute_dtype_name, last_logged_losses, model_flops_per_token, peak_flops, throughput
+from lm.train.metrics import (
+    MetricsLog,
+    compute_dtype_name,
+    last_logged_losses,
+    model_flops_per_token,
+    peak_flops,
+    throughput,
+)
 from lm.train.optim import AdamW
 from lm.train.resume import check_resume_settings, list_checkpoints, usable_checkpoints
 from lm.train.schedule import cosine_lr
@@ -124,7 +131,9 @@ def setup(cfg: TrainConfig) -> tuple[Run, TrainState]:
     """Device, strategy, data, model and optimizer for ``cfg``; resumed from out_dir's newest checkpoint."""
     for name in ("data", "out_dir"):
         if not getattr(cfg, name):
-            raise ValueError(f"{name} is not set: give the token-shard directory (data) and the run directory (out_dir)")
+            raise ValueError(
+                f"{name} is not set: give the token-shard directory (data) and the run directory (out_dir)"
+            )
     cfg = resolve_vocab_size(cfg)
     device = resolve_device(cfg.device)
     strategy = STRATEGIES[cfg.strategy](cfg, device)
@@ -149,14 +158,32 @@ def setup(cfg: TrainConfig) -> tuple[Run, TrainState]:
     torch.manual_seed(cfg.seed)
     model = TransformerLM(cfg.model).to(device)
     model.checkpoint_blocks = cfg.activation_checkpointing
-    optimizer = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                      weight_decay=cfg.weight_decay, impl=cfg.optimizer_impl)
+    optimizer = AdamW(
+        model.parameters(),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        impl=cfg.optimizer_impl,
+    )
     amp_dtype = autocast_dtype(cfg, device)
-    run = Run(cfg=cfg, strategy=strategy, device=device, out=out, log=_log if strategy.is_main else _quiet,
-              train_data=train_data, val_data=val_data, data_info=data_info, model=model, run_model=model,
-              optimizer=optimizer, data_rng=sampler(cfg.seed), amp_dtype=amp_dtype,
-              flops_per_token=model_flops_per_token(cfg.model),
-              peak=peak_flops(device, compute_dtype_name(amp_dtype, cfg.allow_tf32), cfg.peak_flops))
+    run = Run(
+        cfg=cfg,
+        strategy=strategy,
+        device=device,
+        out=out,
+        log=_log if strategy.is_main else _quiet,
+        train_data=train_data,
+        val_data=val_data,
+        data_info=data_info,
+        model=model,
+        run_model=model,
+        optimizer=optimizer,
+        data_rng=sampler(cfg.seed),
+        amp_dtype=amp_dtype,
+        flops_per_token=model_flops_per_token(cfg.model),
+        peak=peak_flops(device, compute_dtype_name(amp_dtype, cfg.allow_tf32), cfg.peak_flops),
+    )
     state = resume(run) if cfg.resume else TrainState()
     if cfg.compile:
         compile_model(model, cfg)
@@ -191,8 +218,13 @@ def train_step(run: Run, state: TrainState) -> dict:
     """One optimizer step (grad_accum micro-batches); its metrics line (kind "diverged": not taken)."""
     cfg, strategy = run.cfg, run.strategy
     total = cfg.total_steps()
-    lr = cosine_lr(state.step, cfg.lr, cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10, cfg.warmup_steps,
-                   cfg.cosine_steps or total)
+    lr = cosine_lr(
+        state.step,
+        cfg.lr,
+        cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10,
+        cfg.warmup_steps,
+        cfg.cosine_steps or total,
+    )
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     loss_sum = 0.0
@@ -211,7 +243,10 @@ def train_step(run: Run, state: TrainState) -> dict:
     if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
         run.optimizer.zero_grad(set_to_none=True)
         state.status, state.diverged_step = "diverged", state.step + 1
-        run.log(f"step {state.step + 1}: loss {train_loss} grad_norm {grad_norm} is not finite; stopping, last good checkpoint kept")
+        run.log(
+            f"step {state.step + 1}: loss {train_loss} grad_norm "
+            f"{grad_norm} is not finite; stopping, last good checkpoint kept"
+        )
         return {"kind": "diverged", "step": state.step + 1, "loss": str(train_loss), "grad_norm": str(grad_norm)}
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -221,8 +256,15 @@ def train_step(run: Run, state: TrainState) -> dict:
     state.step += 1
     state.tokens_seen += cfg.tokens_per_step
     state.last_loss = train_loss
-    return {"kind": "train", "step": state.step, "total_steps": total, "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
-            "tokens": state.tokens_seen}
+    return {
+        "kind": "train",
+        "step": state.step,
+        "total_steps": total,
+        "loss": train_loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens": state.tokens_seen,
+    }
 
 
 @torch.no_grad()
@@ -255,8 +297,12 @@ def save(run: Run, state: TrainState) -> Path:
     if state.changed_on_resume:
         extra["changed_on_resume"] = state.changed_on_resume
     path = strategy.save_checkpoint(
-        run.model, run.optimizer, state.step, run.out / "checkpoints" / f"step-{state.step:07d}",
-        model_config=cfg.model.model_dump(), train_config=cfg.model_dump(),
+        run.model,
+        run.optimizer,
+        state.step,
+        run.out / "checkpoints" / f"step-{state.step:07d}",
+        model_config=cfg.model.model_dump(),
+        train_config=cfg.model_dump(),
         data_state={"rng_by_rank": {"0": run.data_rng.bit_generator.state}, "tokens_seen": state.tokens_seen},
         extra=extra,
     )
@@ -276,10 +322,16 @@ def train(config: TrainConfig | dict) -> dict:
     run, state = setup(cfg)
     cfg, total = run.cfg, run.cfg.total_steps()
     metrics = MetricsLog(run.out, state.step, run.strategy.is_main)
-    run.log(f"training {run.model.num_params():,} non-embedding params on {run.device} ({run.amp_dtype or torch.float32}"
-            f"{', compiled' if cfg.compile else ''}) for {total} steps × {cfg.tokens_per_step:,} tokens; "
-            f"data {run.train_data.num_tokens:,} tokens")
-    progress = tqdm(total=total, initial=state.step, desc="train", unit="step") if sys.stderr.isatty() and run.strategy.is_main else None
+    run.log(
+        f"training {run.model.num_params():,} non-embedding params on {run.device} ({run.amp_dtype or torch.float32}"
+        f"{', compiled' if cfg.compile else ''}) for {total} steps × {cfg.tokens_per_step:,} tokens; "
+        f"data {run.train_data.num_tokens:,} tokens"
+    )
+    progress = (
+        tqdm(total=total, initial=state.step, desc="train", unit="step")
+        if sys.stderr.isatty() and run.strategy.is_main
+        else None
+    )
     try:
         while state.step < total:
             t0 = time.time()
@@ -289,7 +341,9 @@ def train(config: TrainConfig | dict) -> dict:
                 break
             if run.device.type == "cuda":
                 torch.cuda.synchronize(run.device)
-            row |= throughput(cfg.tokens_per_step, time.time() - t0, run.flops_per_token, run.peak, run.strategy.world_size)
+            row |= throughput(
+                cfg.tokens_per_step, time.time() - t0, run.flops_per_token, run.peak, run.strategy.world_size
+            )
             metrics.write(row | {"time": round(time.time() - run.started, 3)})
             _report(run, row, progress)
             if not after_step(run, state, metrics):
@@ -314,7 +368,9 @@ def after_step(run: Run, state: TrainState, metrics: MetricsLog) -> bool:
         run.log(f"step {step}: weights are not finite after the optimizer step; stopping, last good checkpoint kept")
         return False
     if run.val_data is not None and (step % cfg.eval_interval == 0 or last or out_of_time):
-        state.val_loss = run.strategy.mean(evaluate(run.run_model, run.val_data, cfg, run.device, run.amp_dtype, run.strategy))
+        state.val_loss = run.strategy.mean(
+            evaluate(run.run_model, run.val_data, cfg, run.device, run.amp_dtype, run.strategy)
+        )
         metrics.write({"kind": "eval", "step": step, "val_loss": state.val_loss})
         run.log(f"step {step}: val_loss {state.val_loss:.4f}")
     if must_save:
@@ -359,8 +415,10 @@ def _report(run: Run, row: dict, progress) -> None:
         progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}")
     if row["step"] % run.cfg.log_interval == 0 or row["step"] == row["total_steps"]:
         mfu = f" mfu {row['mfu']:.1%}" if row["mfu"] is not None else ""
-        run.log(f"step {row['step']}/{row['total_steps']} loss {row['loss']:.4f} lr {row['lr']:.3e} "
-                f"grad_norm {row['grad_norm']:.3f} tok/s {row['tokens_per_s']:,.0f}{mfu}")
+        run.log(
+            f"step {row['step']}/{row['total_steps']} loss {row['loss']:.4f} lr {row['lr']:.3e} "
+            f"grad_norm {row['grad_norm']:.3f} tok/s {row['tokens_per_s']:,.0f}{mfu}"
+        )
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -381,5 +439,14 @@ def main_exit_code(summary: dict) -> int:
     return EXIT_DIVERGED if summary["status"] == "diverged" else 0
 
 
-__all__ = ["EXIT_DIVERGED", "TrainConfig", "TrainState", "evaluate", "list_checkpoints", "save", "setup", "train",
-           "train_step"]
+__all__ = [
+    "EXIT_DIVERGED",
+    "TrainConfig",
+    "TrainState",
+    "evaluate",
+    "list_checkpoints",
+    "save",
+    "setup",
+    "train",
+    "train_step",
+]

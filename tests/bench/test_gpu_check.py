@@ -32,7 +32,9 @@ def test_gpu_check_without_a_gpu_stops_before_any_work(tmp_path):
     if shutil.which("timeout") is None:
         pytest.skip("needs coreutils' timeout")
     env = {**os.environ, "PYTHON": sys.executable}
-    out = subprocess.run(["bash", str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True, env=env, cwd=REPO)
+    out = subprocess.run(
+        ["bash", str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True, env=env, cwd=REPO
+    )
     assert out.returncode == 2 and "no CUDA GPU visible" in out.stderr
     assert not (tmp_path / "parts.jsonl").read_text()  # no part ran
     bad = subprocess.run(["bash", str(SCRIPT), "--fast"], capture_output=True, text=True)

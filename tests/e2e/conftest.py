@@ -64,17 +64,38 @@ def local_prefect(tmp_path_factory) -> Server:
     home = tmp_path_factory.mktemp("prefect-server")
     port, files_port = free_port(), free_port()
     allowed = tmp_path_factory.getbasetemp()  # every test's tmp_path may be a root
-    env = child_env(extra={
-        # Its own PREFECT_HOME (SQLite), apart from the prefect_harness server; workers poll
-        # every second so a run starts at once.
-        "PREFECT_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-        # The scheduler looks for due schedules every 5 s instead of 60 (tests/e2e/test_schedules.py).
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
-    })
-    log = open(home / "lmpipe-server.log", "wb")  # noqa: SIM115
+    env = child_env(
+        extra={
+            # Its own PREFECT_HOME (SQLite), apart from the prefect_harness server; workers poll
+            # every second so a run starts at once.
+            "PREFECT_HOME": str(home),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+            # The scheduler looks for due schedules every 5 s instead of 60 (tests/e2e/test_schedules.py).
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        }
+    )
+    log = open(home / "lmpipe-server.log", "wb")
     env.pop("PREFECT_API_AUTH_STRING", None)  # the server generates its own secret
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "server", "--port", str(port), "--files-port", str(files_port),
-                             "--allow-root", str(allowed)], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "server",
+            "--port",
+            str(port),
+            "--files-port",
+            str(files_port),
+            "--allow-root",
+            str(allowed),
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 180
     while b"Ctrl-C stops everything" not in (home / "lmpipe-server.log").read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -82,7 +103,15 @@ def local_prefect(tmp_path_factory) -> Server:
             raise RuntimeError(f"lmpipe server did not come up: {(home / 'lmpipe-server.log').read_text()[-3000:]}")
         time.sleep(0.5)
     auth = (home / "lmpipe-auth").read_text().strip()
-    server = Server(api_url("127.0.0.1", port), f"http://127.0.0.1:{port}", home, auth, f"http://127.0.0.1:{files_port}", allowed, proc.pid)
+    server = Server(
+        api_url("127.0.0.1", port),
+        f"http://127.0.0.1:{port}",
+        home,
+        auth,
+        f"http://127.0.0.1:{files_port}",
+        allowed,
+        proc.pid,
+    )
     yield server
 
     kids = descendants(proc.pid)

@@ -27,7 +27,9 @@ def run_by_name(server, name: str, parameters: dict, timeout: float = 150, **kw)
     from prefect.deployments import run_deployment
 
     with settings(server):
-        return run_deployment(name=name, parameters=parameters, timeout=timeout, poll_interval=1, as_subflow=False, **kw)
+        return run_deployment(
+            name=name, parameters=parameters, timeout=timeout, poll_interval=1, as_subflow=False, **kw
+        )
 
 
 def api_client(server):
@@ -39,11 +41,13 @@ def api_client(server):
 
 # The model-based filters fetch or train models on first use (slow on a fresh machine); these
 # tests are about deployments and the UI, so the data stage runs extract, PII and dedup only.
-LEAN_FILTERS = {"langid": {"enabled": False}, "rules": {"enabled": False}, "quality": {"enabled": False},
-                "harmful": {"enabled": False}}  # on by default since the classifiers landed: ~100 s on a fresh cache
+LEAN_FILTERS = {
+    "langid": {"enabled": False},
+    "rules": {"enabled": False},
+    "quality": {"enabled": False},
+    "harmful": {"enabled": False},
+}  # on by default since the classifiers landed: ~100 s on a fresh cache
 
 
 def data_config(root: Path, reference: Path) -> dict:
     return {"root": str(root), "sources": [str(reference / DATA_SOURCE)], "max_workers": 1, "filters": LEAN_FILTERS}
-
-

@@ -46,7 +46,9 @@ def test_every_existing_flow_is_deployed_to_its_pool(local_prefect, deployed):
 
 def test_data_deployment_runs_on_a_worker(local_prefect, deployed, reference, tmp_path):
     run = run_by_name(local_prefect, "data/data", {"config": data_config(tmp_path, reference)})
-    assert run.state is not None and run.state.is_completed(), f"{run.state}; workers log to {local_prefect.log_dir}/lmpipe-server.log"
+    assert run.state is not None and run.state.is_completed(), (
+        f"{run.state}; workers log to {local_prefect.log_dir}/lmpipe-server.log"
+    )
     manifests = sorted(tmp_path.glob("*/*/_manifest.json"))
     assert manifests, f"the run completed but wrote no stage under {tmp_path}"
     keys = set(run_artifacts(local_prefect, run.id))
@@ -71,7 +73,11 @@ def test_server_accepts_the_k8s_gpu_job_template(local_prefect):
 
     template = json.loads((REPO / "deployments" / "k8s-gpu-job-template.json").read_text())
     auth = local_prefect.auth
-    _api_request(f"{local_prefect.api}/work_pools/", {"name": "gpu-k8s", "type": "kubernetes", "base_job_template": template}, auth=auth)
+    _api_request(
+        f"{local_prefect.api}/work_pools/",
+        {"name": "gpu-k8s", "type": "kubernetes", "base_job_template": template},
+        auth=auth,
+    )
     pool = _api_request(f"{local_prefect.api}/work_pools/gpu-k8s", auth=auth)
     assert pool["type"] == "kubernetes"
     assert pool["base_job_template"]["variables"]["properties"]["gpu_count"]["default"] == 1
@@ -79,4 +85,8 @@ def test_server_accepts_the_k8s_gpu_job_template(local_prefect):
     bad = json.loads(json.dumps(template))
     bad["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["priorityClassName"] = "{{ no_such_variable }}"
     with pytest.raises(RuntimeError, match="no_such_variable"):
-        _api_request(f"{local_prefect.api}/work_pools/", {"name": "gpu-k8s-bad", "type": "kubernetes", "base_job_template": bad}, auth=auth)
+        _api_request(
+            f"{local_prefect.api}/work_pools/",
+            {"name": "gpu-k8s-bad", "type": "kubernetes", "base_job_template": bad},
+            auth=auth,
+        )

@@ -35,16 +35,29 @@ def server_or_none(request):
     return request.getfixturevalue("local_prefect") if request.param == "sigterm" else None
 
 
-@pytest.mark.parametrize("how,server_or_none", [("ctrl-c", "ctrl-c"), ("sigterm", "sigterm")], indirect=["server_or_none"])
-def test_signal_mid_stage_stops_within_seconds_marks_the_run_and_leaves_nothing_half_written(how, server_or_none, reference, tmp_path):
+@pytest.mark.parametrize(
+    "how,server_or_none", [("ctrl-c", "ctrl-c"), ("sigterm", "sigterm")], indirect=["server_or_none"]
+)
+def test_signal_mid_stage_stops_within_seconds_marks_the_run_and_leaves_nothing_half_written(
+    how, server_or_none, reference, tmp_path
+):
     server = server_or_none
     fault = FaultServer()
     data = (reference / "commoncrawl" / "warcfile.warc.gz").read_bytes()
     url = fault.add("/slow.warc.gz", data, ["slow:64:0.5"])  # ~3 minutes for the whole body
     root, home = tmp_path / "out", tmp_path / "prefect-home"
     cfg = tmp_path / "data.yaml"
-    cfg.write_text(yaml.safe_dump({"sources": [url], "root": str(root), "max_workers": 1, "filters": None,
-                                   "http": {"retries": 0, "backoff_s": 0.1, "timeout_s": 60}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [url],
+                "root": str(root),
+                "max_workers": 1,
+                "filters": None,
+                "http": {"retries": 0, "backoff_s": 0.1, "timeout_s": 60},
+            }
+        )
+    )
     env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONPATH": str(REPO)}
     for k in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
         env.pop(k, None)
@@ -53,8 +66,14 @@ def test_signal_mid_stage_stops_within_seconds_marks_the_run_and_leaves_nothing_
     log = tmp_path / "run.log"
     with open(log, "wb") as out:
         # Its own process group, as a shell gives a foreground job: Ctrl-C reaches the group.
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "data", "--config", str(cfg)], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", "data", "--config", str(cfg)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 180
             while not any(p == "/slow.warc.gz" for p, _ in fault.log):  # the shard is reading
@@ -85,8 +104,11 @@ def test_signal_mid_stage_stops_within_seconds_marks_the_run_and_leaves_nothing_
             states = [s for (s,) in db.execute("select state_type from flow_run")]
     else:
         with api_client(server) as client:
-            states = [r.state_type.value for r in client.read_flow_runs(limit=200)
-                      if r.parameters.get("config", {}).get("root") == str(root)]
+            states = [
+                r.state_type.value
+                for r in client.read_flow_runs(limit=200)
+                if r.parameters.get("config", {}).get("root") == str(root)
+            ]
     assert states and set(states) <= {"CRASHED", "CANCELLED"}, states
     # Nothing half-written: no manifest, and every visible shard file has its marker.
     assert not list(root.glob("*/*/_manifest.json"))

@@ -62,7 +62,7 @@ def test_the_server_refuses_an_unknown_key_in_a_stage_section(local_prefect, dep
     from prefect.states import Scheduled
 
     dep = pipeline_deployment(local_prefect)
-    later = Scheduled(scheduled_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30))  # never picked up here
+    later = Scheduled(scheduled_time=dt.datetime.now(dt.UTC) + dt.timedelta(days=30))  # never picked up here
     bad = {"config": {"stages": {"tokenizer": {"config": "configs/tokenizer-demo.yaml", "vocabsize": 300}}}}
     with api_client(local_prefect) as client:
         with pytest.raises(PrefectHTTPStatusError) as e:

@@ -29,19 +29,28 @@ def test_interval_schedule_turned_on_creates_runs_a_worker_completes(local_prefe
     dep = data_deployment(local_prefect)
     # First run 30 s from now, then hourly: the scheduler (every 5 s here) creates it before it
     # is due (a time already past when it looks is not scheduled), and one run is due in the test.
-    anchor = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)).isoformat()
-    schedule = {"schedule": {"interval": 3600, "anchor_date": anchor, "timezone": "UTC"},
-                "parameters": {"config": data_config(tmp_path, reference)}, "slug": "e2e-interval"}
+    anchor = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)).isoformat()
+    schedule = {
+        "schedule": {"interval": 3600, "anchor_date": anchor, "timezone": "UTC"},
+        "parameters": {"config": data_config(tmp_path, reference)},
+        "slug": "e2e-interval",
+    }
     created = _api_request(f"{api}/deployments/{dep['id']}/schedules", [{**schedule, "active": False}], auth=auth)
     sid = created[0]["id"]
     try:
         # Turned on as the UI's toggle does it: the whole schedule with active=true (a PATCH of
         # `active` alone resets the schedule's parameters to {} in prefect 3.8.8).
-        _api_request(f"{api}/deployments/{dep['id']}/schedules/{sid}", {**schedule, "active": True}, auth=auth, method="PATCH")
+        _api_request(
+            f"{api}/deployments/{dep['id']}/schedules/{sid}", {**schedule, "active": True}, auth=auth, method="PATCH"
+        )
 
         def ours():
             try:
-                runs = _api_request(f"{api}/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}, "limit": 50}, auth=auth)
+                runs = _api_request(
+                    f"{api}/flow_runs/filter",
+                    {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}, "limit": 50},
+                    auth=auth,
+                )
             except (OSError, RuntimeError):  # a busy SQLite server (timeout, 503): ask again at the next poll
                 return []
             return [r for r in runs if r["auto_scheduled"] and r["parameters"]["config"]["root"] == str(tmp_path)]
@@ -78,5 +87,9 @@ def test_redeploy_keeps_a_schedule_turned_on_and_its_parameters(local_prefect, d
         assert "kept the server's active state and parameters of schedule data/weekly-cc-ingest" in out
     finally:
         (now,) = [s for s in data_deployment(local_prefect)["schedules"] if s["slug"] == "weekly-cc-ingest"]
-        _api_request(f"{api}/deployments/{dep['id']}/schedules/{now['id']}", {"active": False, "parameters": weekly["parameters"]},
-                     auth=auth, method="PATCH")
+        _api_request(
+            f"{api}/deployments/{dep['id']}/schedules/{now['id']}",
+            {"active": False, "parameters": weekly["parameters"]},
+            auth=auth,
+            method="PATCH",
+        )

@@ -28,7 +28,9 @@ def status(url: str, auth: str | None = None, method: str = "GET", body: bytes |
     if auth is not None:
         headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body, method=method, headers=headers), timeout=30) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, data=body, method=method, headers=headers), timeout=30
+        ) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -51,7 +53,11 @@ def test_server_listens_on_loopback_and_refuses_unauthenticated_requests(local_p
     auth_file = local_prefect.log_dir / "lmpipe-auth"
     assert stat.S_IMODE(auth_file.stat().st_mode) == 0o600
     password = local_prefect.auth.split(":", 1)[1]
-    leaks = [p for p in local_prefect.log_dir.rglob("*") if p.is_file() and p != auth_file and password.encode() in p.read_bytes()]
+    leaks = [
+        p
+        for p in local_prefect.log_dir.rglob("*")
+        if p.is_file() and p != auth_file and password.encode() in p.read_bytes()
+    ]
     assert not leaks, leaks
 
 
@@ -62,7 +68,11 @@ def test_a_run_cannot_choose_its_command_or_environment(local_prefect, deployed,
     with api_client(local_prefect) as client:
         dep = client.read_deployment_by_name("data/data")
         before = len(client.read_flow_runs(limit=200))
-        for job_variables in ({"command": f"touch {marker}"}, {"env": {"LD_PRELOAD": "/tmp/evil.so"}}, {"working_dir": "/"}):
+        for job_variables in (
+            {"command": f"touch {marker}"},
+            {"env": {"LD_PRELOAD": "/tmp/evil.so"}},
+            {"working_dir": "/"},
+        ):
             with pytest.raises(PrefectHTTPStatusError) as e:
                 client.create_flow_run_from_deployment(dep.id, job_variables=job_variables)
             assert e.value.response.status_code == 422, e.value.response.text
@@ -77,7 +87,9 @@ def test_a_run_writing_outside_the_allowed_roots_fails_before_work(local_prefect
     try:
         run = run_by_name(local_prefect, "data/data", {"config": data_config(outside, reference)})
         assert run.state is not None and run.state.is_failed(), run.state
-        assert "outside the roots this server allows" in run.state.message or "outside the roots" in str(run.state), run.state
+        assert "outside the roots this server allows" in run.state.message or "outside the roots" in str(run.state), (
+            run.state
+        )
         assert not outside.exists()
     finally:
         outside.parent.rmdir()
@@ -100,11 +112,17 @@ def test_artifact_files_are_served_read_only_signed_and_confined(local_prefect, 
         assert status(f"{base}/files{f}", local_prefect.auth) == (200, b'{"stage": "x"}')  # basic auth as the API
         assert status(files_url(f, base, link_key("lmpipe:other")))[0] == 401  # signed with another secret
         # Escapes, even with a valid signature for the exact path asked for: 404.
-        for bad in (f"{tmp_path}/stage/../../../../etc/passwd", f"{tmp_path}/stage/escape/secret.txt", "/etc/passwd",
-                    str(secret_dir / "secret.txt")):
+        for bad in (
+            f"{tmp_path}/stage/../../../../etc/passwd",
+            f"{tmp_path}/stage/escape/secret.txt",
+            "/etc/passwd",
+            str(secret_dir / "secret.txt"),
+        ):
             code, body = status(files_url(bad, base, key))
             assert code == 404 and b"secret" not in body and b"root:" not in body, (bad, code)
-        code, body = status(f"{base}/files{urllib.parse.quote(str(tmp_path))}/stage/%2e%2e/%2e%2e/x?sig=0", local_prefect.auth)
+        code, body = status(
+            f"{base}/files{urllib.parse.quote(str(tmp_path))}/stage/%2e%2e/%2e%2e/x?sig=0", local_prefect.auth
+        )
         assert code == 404
         # A listing links each entry with its own signature; the escaping symlink is not listed.
         code, listing = status(files_url(str(tmp_path / "stage"), base, key))

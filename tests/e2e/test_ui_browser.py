@@ -15,8 +15,15 @@ import pytest
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-    "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
     "--window-size=1400,1600",
 ]
 
@@ -28,7 +35,9 @@ pytestmark = pytest.mark.slow
 def browser(tmp_path_factory):
     for exe in (CHROMIUM, CHROMEDRIVER):
         if not Path(exe).exists():
-            raise FileNotFoundError(f"{exe} not found: run tests/e2e/install_browser.sh (apt-get install chromium chromium-driver)")
+            raise FileNotFoundError(
+                f"{exe} not found: run tests/e2e/install_browser.sh (apt-get install chromium chromium-driver)"
+            )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -58,7 +67,9 @@ def open_artifacts_tab(driver, ui: str, flow_run_id) -> dict[str, str]:
     from selenium.webdriver.common.by import By
 
     driver.get(f"{ui}/runs/flow-run/{flow_run_id}")
-    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.p-tab#artifacts"), what="the Artifacts tab")[0].click()
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.p-tab#artifacts"), what="the Artifacts tab")[
+        0
+    ].click()
 
     def cards(d):
         found = {}
@@ -87,8 +98,11 @@ def login(driver, server) -> None:
     driver.get(server.ui)
     box = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"), what="the login form")[0]
     box.send_keys(server.auth + Keys.ENTER)
-    wait_for(driver, lambda d: "/login" not in d.current_url and not d.find_elements(By.CSS_SELECTOR, "input[type=password]"),
-             what="the UI after logging in")
+    wait_for(
+        driver,
+        lambda d: "/login" not in d.current_url and not d.find_elements(By.CSS_SELECTOR, "input[type=password]"),
+        what="the UI after logging in",
+    )
 
 
 def click_opening(driver, element) -> None:
@@ -108,9 +122,14 @@ def submit_run_form(driver, ui: str, deployment_id, parameters: dict) -> None:
 
     from selenium.webdriver.common.by import By
 
-    driver.get(f"{ui}/deployments/deployment/{deployment_id}/run?parameters={urllib.parse.quote(json.dumps(parameters))}")
-    button = wait_for(driver, lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button[type=submit]") if b.text.strip() == "Submit"],
-                      what="the form's Submit button")[0]
+    driver.get(
+        f"{ui}/deployments/deployment/{deployment_id}/run?parameters={urllib.parse.quote(json.dumps(parameters))}"
+    )
+    button = wait_for(
+        driver,
+        lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button[type=submit]") if b.text.strip() == "Submit"],
+        what="the form's Submit button",
+    )[0]
     driver.execute_script("arguments[0].scrollIntoView()", button)
     button.click()
 
@@ -130,14 +149,23 @@ def ui_pipeline_run(browser, local_prefect, deployed, reference, tmp_path_factor
     shots = tmp_path_factory.mktemp("screenshots")
     login(browser, local_prefect)
     browser.save_screenshot(str(shots / "0-logged-in.png"))
-    params = {"config": {"root": str(root), "stages": {"data": data_config(root, reference)}, "stop_after": "data", "use_deployments": True}}
+    params = {
+        "config": {
+            "root": str(root),
+            "stages": {"data": data_config(root, reference)},
+            "stop_after": "data",
+            "use_deployments": True,
+        }
+    }
     with api_client(local_prefect) as client:
         dep = client.read_deployment_by_name("pipeline/pipeline")
 
     def ours():
         with api_client(local_prefect) as client:
             runs = client.read_flow_runs(limit=50)
-        return [r for r in runs if r.deployment_id == dep.id and r.parameters.get("config", {}).get("root") == str(root)]
+        return [
+            r for r in runs if r.deployment_id == dep.id and r.parameters.get("config", {}).get("root") == str(root)
+        ]
 
     # Submitting creates the run and leaves the form. With SQLite on a busy machine the
     # server can answer "database is locked" (the UI shows "Oops. Something went wrong."):
@@ -197,7 +225,9 @@ def test_run_started_from_the_ui_shows_its_stages_artifacts(browser, local_prefe
     links = browser.find_elements(By.CSS_SELECTOR, f"a[href^='{local_prefect.files}/files/']")
     assert links, "the lineage links no stage directory to the artifact file server"
     click_opening(browser, links[-1])
-    manifest = wait_for(browser, lambda d: d.find_elements(By.PARTIAL_LINK_TEXT, "_manifest.json"), what="the directory listing")[0]
+    manifest = wait_for(
+        browser, lambda d: d.find_elements(By.PARTIAL_LINK_TEXT, "_manifest.json"), what="the directory listing"
+    )[0]
     browser.save_screenshot(str(tmp_path / "2b-stage-directory.png"))
     manifest.click()
     body = wait_for(browser, lambda d: d.find_element(By.TAG_NAME, "body").text, what="the manifest's text")
@@ -209,12 +239,17 @@ def test_run_started_from_the_ui_shows_its_stages_artifacts(browser, local_prefe
     # (seen once in ~10 CI runs), so open the page afresh up to 3 times.
     for attempt in range(3):
         browser.get(f"{ui}/runs/flow-run/{run.id}")
-        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "li.p-tab#subflow-runs"), what="the Subflow Runs tab")[0].click()
+        wait_for(
+            browser, lambda d: d.find_elements(By.CSS_SELECTOR, "li.p-tab#subflow-runs"), what="the Subflow Runs tab"
+        )[0].click()
         try:
             link = wait_for(
                 browser,
-                lambda d: [a for a in d.find_elements(By.CSS_SELECTOR, "#subflow-runs-content a[href*='/runs/flow-run/']")],
-                timeout=30, what="a subflow run link",
+                lambda d: [
+                    a for a in d.find_elements(By.CSS_SELECTOR, "#subflow-runs-content a[href*='/runs/flow-run/']")
+                ],
+                timeout=30,
+                what="a subflow run link",
             )[0]
             break
         except AssertionError:
@@ -241,6 +276,8 @@ def test_run_started_from_the_ui_shows_its_stages_artifacts(browser, local_prefe
 
     # A stage summary renders its markdown (heading and counts).
     browser.get(stage_cards[summaries[-1]])
-    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".markdown-renderer__table"), what="the summary's table")
+    wait_for(
+        browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".markdown-renderer__table"), what="the summary's table"
+    )
     browser.save_screenshot(str(tmp_path / "5-stage-summary.png"))
     print(f"screenshots in {tmp_path}")

@@ -9,7 +9,9 @@ def latest_artifact(key: str):
     from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(limit=1, sort=ArtifactSort.CREATED_DESC, artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        found = client.read_artifacts(
+            limit=1, sort=ArtifactSort.CREATED_DESC, artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
     assert found, f"no artifact {key!r}"
     return found[0]
 
@@ -23,7 +25,9 @@ def run_logs(flow_run_id) -> list[str]:
 
     APILogHandler().flush()
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), sort=LogSort.TIMESTAMP_ASC)
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), sort=LogSort.TIMESTAMP_ASC
+        )
     return [log.message for log in logs]
 
 
@@ -31,8 +35,15 @@ def logged_steps(messages: list[str], name: str, unit: str = "step") -> list[int
     return [int(m.group(1)) for msg in messages if (m := re.match(rf"{re.escape(name)} {unit} (\d+)/\d+", msg))]
 
 
-def assert_progress(name: str, *, flow_run_id=None, total: int | None = None, every: int | None = None, plot: bool = True,
-                    unit: str = "step") -> list[int]:
+def assert_progress(
+    name: str,
+    *,
+    flow_run_id=None,
+    total: int | None = None,
+    every: int | None = None,
+    plot: bool = True,
+    unit: str = "step",
+) -> list[int]:
     """The progress artifact at 100, the closing artifact with its plot, and (given the run) the
     cadence: every multiple of ``every`` up to ``total`` has its log line. Returns the logged steps."""
     progress = latest_artifact(f"{name}-progress")

@@ -40,11 +40,21 @@ def test_toxic_from_labelled_csv(tmp_path, prefect_harness):
     # Dolma's Jigsaw layout has our labels: the export is the same model under the same names.
     exported = Path(model).with_name("model-dolma.bin")
     assert sorted(model_labels(exported)) == ["non-toxic", "toxic"]
-    assert harmful_score("toxic", "what a stupid idiot", exported) == harmful_score("toxic", "what a stupid idiot", model)
+    assert harmful_score("toxic", "what a stupid idiot", exported) == harmful_score(
+        "toxic", "what a stupid idiot", model
+    )
 
 
-@pytest.mark.parametrize("bad, field", [({"holdout": 0.95}, "holdout"), ({"kind": "spam"}, "kind"), ({"data": ["/no/file.csv"]}, "data"),
-                                        ({"lr": 0}, "lr"), ({"kind": "quality", "export_layout": "dolma"}, "export_layout")])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"holdout": 0.95}, "holdout"),
+        ({"kind": "spam"}, "kind"),
+        ({"data": ["/no/file.csv"]}, "data"),
+        ({"lr": 0}, "lr"),
+        ({"kind": "quality", "export_layout": "dolma"}, "export_layout"),
+    ],
+)
 def test_bad_config(bad, field):
     with pytest.raises(ValidationError) as e:
         TrainClassifierConfig.model_validate(bad)

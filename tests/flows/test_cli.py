@@ -1,5 +1,10 @@
 """The `lmpipe` CLI's config building: YAML + --set overrides, validated by the flow's model."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
@@ -72,18 +77,19 @@ def test_descriptions_render_in_the_ui_form():
 
 # --------------------------------------------------------------------------- the real command
 
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[2]
 
 
 def lmpipe(*args: str, env: dict | None = None, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
     """``lmpipe …`` as a user runs it (the console script's module), output captured."""
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env or dict(os.environ), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ),
+        timeout=timeout,
+    )
 
 
 def test_lmpipe_alone_prints_help():
@@ -96,9 +102,14 @@ def test_lmpipe_alone_prints_help():
 def test_a_config_error_is_one_line_naming_the_key_value_and_nearest_key():
     r = lmpipe("run", "tokenizer", "--config", "configs/tokenizer-demo.yaml", "--set", "vocabsize=300")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == "lmpipe: configs/tokenizer-demo.yaml: vocabsize=300: unknown key; did you mean vocab_size?"
+    assert (
+        r.stderr.strip() == "lmpipe: configs/tokenizer-demo.yaml: vocabsize=300: unknown key; did you mean vocab_size?"
+    )
     r = lmpipe("run", "tokenizer", "--set", "input=x", "--set", "vocab_size=12")
-    assert r.returncode == 2 and r.stderr.strip() == "lmpipe: tokenizer config: vocab_size=12: Input should be greater than or equal to 257"
+    assert (
+        r.returncode == 2
+        and r.stderr.strip() == "lmpipe: tokenizer config: vocab_size=12: Input should be greater than or equal to 257"
+    )
     r = lmpipe("run", "tokenizr")
     assert r.returncode != 0 and "did you mean 'tokenizer'" in r.stderr
 
@@ -130,7 +141,11 @@ def test_ls_inspect_and_compare_through_the_command(rules_outputs):
     r = lmpipe("ls", "--root", str(root))
     assert r.returncode == 0 and r.stdout.splitlines()[1].split()[:3] == ["rules", "2", fp_new]
     r = lmpipe("inspect", str(root / "rules"))  # a stage folder: its fingerprints
-    assert r.returncode == 0 and f"latest = {fp_new}" in r.stdout and f"config {fp_old} -> {fp_new}:\n  min_words: 150 -> 282" in r.stdout
+    assert (
+        r.returncode == 0
+        and f"latest = {fp_new}" in r.stdout
+        and f"config {fp_old} -> {fp_new}:\n  min_words: 150 -> 282" in r.stdout
+    )
     assert lmpipe("ls", "rules", "--root", str(root)).stdout.splitlines()[0] == r.stdout.splitlines()[0]
     r = lmpipe("inspect", "rules@latest", "--root", str(root), "--samples", "1")
     assert r.returncode == 0 and f"fingerprint {fp_new}" in r.stdout and "sample 1:" in r.stdout
@@ -145,9 +160,13 @@ def test_telemetry_is_off_in_the_command_even_when_the_shell_does_not_say_so(tmp
     ("ERROR … Failed to send telemetry"). What Prefect's settings say before and after
     ``lmpipe`` started, in a shell that sets neither variable."""
     env = {k: v for k, v in os.environ.items() if k not in ("DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED")}
-    code = ("import sys; from prefect.settings import Settings; print(Settings().server.analytics_enabled); "
-            "from flows.cli import main; main(['ls', '--root', sys.argv[1]]); print(Settings().server.analytics_enabled)")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from prefect.settings import Settings; print(Settings().server.analytics_enabled); "
+        "from flows.cli import main; main(['ls', '--root', sys.argv[1]]); print(Settings().server.analytics_enabled)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     lines = r.stdout.splitlines()
     assert r.returncode == 0 and (lines[0], lines[-1]) == ("True", "False"), r.stdout + r.stderr
 
@@ -163,7 +182,10 @@ def test_compare_flow_publishes_the_comparison(prefect_harness, rules_outputs):
     out = compare_flow(CompareConfig(a=older, b="rules@latest", root=str(root)))
     assert out == {"rules": {"a": Path(older).parent.name, "b": Path(newer).parent.name, "config_changes": 1}}
     with get_client(sync_client=True) as client:
-        [art] = client.read_artifacts(limit=1, sort=ArtifactSort.CREATED_DESC,
-                                      artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["compare-rules"])))
+        [art] = client.read_artifacts(
+            limit=1,
+            sort=ArtifactSort.CREATED_DESC,
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["compare-rules"])),
+        )
     assert "## config" in art.data and "| min_words | 150 | 282 |" in art.data
     assert "rejected: too_few_words" in art.data

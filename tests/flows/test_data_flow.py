@@ -33,7 +33,9 @@ def extract_only(cfg: dict) -> dict:
 
 
 def run(tmp_path, sources, **kw):
-    cfg = DataConfig(**extract_only({"sources": [str(s) for s in sources], "root": str(tmp_path / "out"), "max_workers": 2, **kw}))
+    cfg = DataConfig(
+        **extract_only({"sources": [str(s) for s in sources], "root": str(tmp_path / "out"), "max_workers": 2, **kw})
+    )
     return cfg, data_flow(config=cfg)
 
 
@@ -110,7 +112,14 @@ def test_slices_give_the_same_documents(prefect_harness, reference, tmp_path):
 
 
 def test_missing_path_fails_before_work(prefect_harness, reference, tmp_path):
-    cfg = DataConfig(**extract_only({"sources": [str(reference / CC / "whirlwind.warc.gz"), str(tmp_path / "nope.warc.gz")], "root": str(tmp_path / "out")}))
+    cfg = DataConfig(
+        **extract_only(
+            {
+                "sources": [str(reference / CC / "whirlwind.warc.gz"), str(tmp_path / "nope.warc.gz")],
+                "root": str(tmp_path / "out"),
+            }
+        )
+    )
     with pytest.raises(FileNotFoundError, match="nope.warc.gz"):
         data_flow(config=cfg)
     assert not (tmp_path / "out").exists()
@@ -162,9 +171,15 @@ def test_bad_inputs_are_counted_not_fatal(prefect_harness, reference, tmp_path, 
         + _warc_record("response", "http://a/img", "image/jpeg", b"\xff\xd8\xff" + bytes(100))
     )
     missing_url = fault_server.url + "/gone.warc.gz"
-    flaky = fault_server.add("/flaky.warc.gz", (reference / CC / "whirlwind.warc.gz").read_bytes(), faults=["503", "reset:9000"])
-    _, out = run(tmp_path, [empty, notwarc, mixed, reference / CC / "clipped.warc.gz", missing_url, flaky],
-                 extract={"max_payload_bytes": 100_000}, http={"backoff_s": 0.01, "retries": 3})
+    flaky = fault_server.add(
+        "/flaky.warc.gz", (reference / CC / "whirlwind.warc.gz").read_bytes(), faults=["503", "reset:9000"]
+    )
+    _, out = run(
+        tmp_path,
+        [empty, notwarc, mixed, reference / CC / "clipped.warc.gz", missing_url, flaky],
+        extract={"max_payload_bytes": 100_000},
+        http={"backoff_s": 0.01, "retries": 3},
+    )
     m = read_manifest(out["extract"])
     c = m["counts"]
     assert accounted(m)
@@ -190,8 +205,12 @@ def test_plan_slices_only_per_record_gzip(reference, tmp_path):
     plain.write_bytes(gzip.decompress(w.read_bytes()))
     shards = plan_shards([str(w), str(one), str(plain)], 40_000)
     assert [(s["location"], s["start"], s["end"]) for s in shards] == [
-        (str(w), 0, 40_000), (str(w), 40_000, 80_000), (str(w), 80_000, 120_000), (str(w), 120_000, 135_896),
-        (str(one), 0, None), (str(plain), 0, None),
+        (str(w), 0, 40_000),
+        (str(w), 40_000, 80_000),
+        (str(w), 80_000, 120_000),
+        (str(w), 120_000, 135_896),
+        (str(one), 0, None),
+        (str(plain), 0, None),
     ]
 
 

@@ -38,10 +38,20 @@ def test_sigkill_mid_stage_then_rerun(prefect_harness, reference, tmp_path):
 
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(_config(reference, tmp_path / "killed")))
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "LMPIPE_TEST_SHARD_DELAY_S": "0.4",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "data", "--config", str(cfg_path)], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "LMPIPE_TEST_SHARD_DELAY_S": "0.4",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "data", "--config", str(cfg_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not list((tmp_path / "killed").glob("extract/*/part-*.done.json")):
@@ -70,5 +80,11 @@ def test_sigkill_mid_stage_then_rerun(prefect_harness, reference, tmp_path):
     assert m_killed["counts"] == m_clean["counts"] and accounted(m_killed)
     assert m_killed["counts"]["in"] == 50 + 30
     assert [s["sha256"] for s in m_killed["shards"]] == [s["sha256"] for s in m_clean["shards"]]
-    strip = lambda m: {k: v for k, v in json.loads(m.read_text()).items() if k not in ("seconds", "finished_at", "marker_sha256", "marker_hmac")}  # noqa: E731
-    assert [strip(p) for p in sorted(stage_dir.glob("*.done.json"))] == [strip(p) for p in sorted(clean_dir.glob("*.done.json"))]
+    strip = lambda m: {
+        k: v
+        for k, v in json.loads(m.read_text()).items()
+        if k not in ("seconds", "finished_at", "marker_sha256", "marker_hmac")
+    }
+    assert [strip(p) for p in sorted(stage_dir.glob("*.done.json"))] == [
+        strip(p) for p in sorted(clean_dir.glob("*.done.json"))
+    ]

@@ -20,8 +20,13 @@ FUNNEL = {"quality": {"enabled": False}}
 
 
 def _config(reference, root) -> dict:
-    return {"sources": [str(reference / CC / "warcfile.warc.gz")], "root": str(root), "max_workers": 2,
-            "extract": {"slice_bytes": 40_000}, "filters": FUNNEL}
+    return {
+        "sources": [str(reference / CC / "warcfile.warc.gz")],
+        "root": str(root),
+        "max_workers": 2,
+        "extract": {"slice_bytes": 40_000},
+        "filters": FUNNEL,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +80,23 @@ def test_s3_parquet_reads_back_byte_identical(runs, s3):
 def test_rerun_on_s3_skips_every_stage(runs):
     _, remote, rerun, before, after = runs
     assert rerun == remote
-    stage_objects = lambda objs: {k: v for k, v in objs.items() if not k.startswith("runs/a/funnel/")}  # noqa: E731
+    stage_objects = lambda objs: {k: v for k, v in objs.items() if not k.startswith("runs/a/funnel/")}
     assert stage_objects(after) == stage_objects(before)  # same keys, etags and LastModified: nothing rewritten
-    assert not [k for k in after if k.rsplit("/", 1)[-1].startswith(".") and not k.endswith("/.lmpipe-key")]  # no temporary keys left (the root's signing key stays)
+    assert not [
+        k for k in after if k.rsplit("/", 1)[-1].startswith(".") and not k.endswith("/.lmpipe-key")
+    ]  # no temporary keys left (the root's signing key stays)
     committed = {k.split("/")[2] for k in after if k.endswith("/_manifest.json")}
-    assert committed == {"extract", "filters", "line_counts", "line_duplicates", "exact_dedup",
-                         "minhash_signatures", "minhash_buckets", "minhash_clusters", "minhash"}
+    assert committed == {
+        "extract",
+        "filters",
+        "line_counts",
+        "line_duplicates",
+        "exact_dedup",
+        "minhash_signatures",
+        "minhash_buckets",
+        "minhash_clusters",
+        "minhash",
+    }
 
 
 def test_root_validation_names_the_value_and_hides_secrets(reference):
@@ -97,8 +113,11 @@ def test_root_validation_names_the_value_and_hides_secrets(reference):
     from flows.cli import build_config
 
     with pytest.raises(ValueError) as e:
-        build_config(DataConfig, None, [f"sources=[{reference / CC / 'warcfile.warc.gz'}]",
-                                        f"root=s3://{FAKE_KEY_ID}:{FAKE_SECRET}@{BUCKET}/x"])
+        build_config(
+            DataConfig,
+            None,
+            [f"sources=[{reference / CC / 'warcfile.warc.gz'}]", f"root=s3://{FAKE_KEY_ID}:{FAKE_SECRET}@{BUCKET}/x"],
+        )
     assert "root" in str(e.value) and "s3://***@" in str(e.value) and FAKE_SECRET not in str(e.value)
 
 
@@ -129,10 +148,16 @@ def token_stages(runs, tmp_path_factory):
     out = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LMPIPE_CACHE", str(tmp_path_factory.mktemp("cache")))  # remote shards are fetched here
-        for name, corpus, root in (("local", local["extract"], str(Path(local["extract"]).parents[2])), ("s3", remote["extract"], ROOT)):
+        for name, corpus, root in (
+            ("local", local["extract"], str(Path(local["extract"]).parents[2])),
+            ("s3", remote["extract"], ROOT),
+        ):
             tok = tokenizer_flow(TokenizerConfig(input=corpus, root=root, vocab_size=400, sample_bytes=200_000))
             tok_dir = tok.rsplit("/", 1)[0]
-            out[name] = (tok_dir, tokenize_flow(TokenizeConfig(input=corpus, tokenizer=tok_dir, root=root, val_fraction=0.2)))
+            out[name] = (
+                tok_dir,
+                tokenize_flow(TokenizeConfig(input=corpus, tokenizer=tok_dir, root=root, val_fraction=0.2)),
+            )
     return out
 
 
@@ -172,10 +197,17 @@ def test_stages_not_ported_refuse_a_url_root_at_validation():
     from lm.scaling.sweep import ScalingConfig
     from tasks.pretrain import PretrainConfig
 
-    train = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "pretrain-demo.yaml").read_text())["train"]
-    for build, stage in ((lambda r: PretrainConfig(root=r, tokens="x", train=train), "pretrain"),
-                         (lambda r: DPOFlowConfig(root=r), "dpo"), (lambda r: ScalingConfig(root=r), "scaling")):
-        with pytest.raises(ValueError, match=rf"root 's3://{BUCKET}/x' is not supported by stage {stage} yet; use a local root"):
+    train = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "pretrain-demo.yaml").read_text())[
+        "train"
+    ]
+    for build, stage in (
+        (lambda r: PretrainConfig(root=r, tokens="x", train=train), "pretrain"),
+        (lambda r: DPOFlowConfig(root=r), "dpo"),
+        (lambda r: ScalingConfig(root=r), "scaling"),
+    ):
+        with pytest.raises(
+            ValueError, match=rf"root 's3://{BUCKET}/x' is not supported by stage {stage} yet; use a local root"
+        ):
             build(f"s3://{BUCKET}/x")
     assert PretrainConfig(root="outputs", tokens=f"s3://{BUCKET}/t/tokenize/fp", train=train).tokens.startswith("s3://")
     with pytest.raises(ValueError, match="unsupported scheme 's4'"):
@@ -184,8 +216,15 @@ def test_stages_not_ported_refuse_a_url_root_at_validation():
 
 TINY = dict(
     model=dict(vocab_size=400, context_length=32, d_model=32, num_layers=1, num_heads=2, d_ff=64),
-    batch_size=8, max_steps=20, lr=3e-3, warmup_steps=5, eval_interval=10, eval_batches=2,
-    checkpoint_interval=10, log_interval=10, device="cpu",
+    batch_size=8,
+    max_steps=20,
+    lr=3e-3,
+    warmup_steps=5,
+    eval_interval=10,
+    eval_batches=2,
+    checkpoint_interval=10,
+    log_interval=10,
+    device="cpu",
 )
 
 
@@ -197,8 +236,15 @@ def test_pretrain_trains_on_token_shards_of_an_s3_root(token_stages, tmp_path, m
 
     monkeypatch.setenv("LMPIPE_CACHE", str(tmp_path / "cache"))
     tok_dir, tokens = token_stages["s3"]
-    cfg = PretrainConfig(root=str(tmp_path / "out"), tokens=tokens.rsplit("/", 1)[0], train=TINY,
-                         sample_prompts=["The "], sample_tokens=10, timeout_s=300, retries=0)
+    cfg = PretrainConfig(
+        root=str(tmp_path / "out"),
+        tokens=tokens.rsplit("/", 1)[0],
+        train=TINY,
+        sample_prompts=["The "],
+        sample_tokens=10,
+        timeout_s=300,
+        retries=0,
+    )
     m = read_manifest(pretrain_flow(config=cfg))
     assert m["inputs"][0]["path"] == tokens and m["tokenizer"] == tok_dir
     assert m["counts"]["steps"] == 20 and m["final_val_loss"] is not None

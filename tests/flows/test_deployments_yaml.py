@@ -8,9 +8,9 @@ import re
 import pytest
 import yaml
 
-from flows.pipeline import PipelineConfig, STAGES, plan, stage_config
+from flows.pipeline import STAGES, PipelineConfig, plan, stage_config
 from flows.registry import FLOWS, config_model, expand_prefect_yaml, expanded_prefect_file, load_flow
-from flows.server import REPO, PREFECT_YAML, deployment_entries
+from flows.server import PREFECT_YAML, REPO, deployment_entries
 
 GPU_STAGES = {"pretrain", "scaling", "sft", "dpo", "grpo", "evaluate", "align-demo", "pipeline"}
 ENTRIES = deployment_entries()

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from funnel_inputs import make_extract
 from pydantic import ValidationError
 
 from flows.funnel import FiltersFlowConfig, filters_flow
@@ -13,7 +14,6 @@ from flows.funnel_config import FunnelConfig
 from lm.data.filters.stage import filter_counts, materialized_stages, plan_filters
 from lm.data.shards import accounted, iter_rows, read_manifest
 from lm.data.stages import EmptyStageError
-from funnel_inputs import make_extract
 
 STAGES = ["filters", "exact_dedup", "minhash"]
 FILTERS = ["langid", "pii", "rules", "quality", "harmful"]
@@ -24,12 +24,14 @@ def funnel_run(tmp_path_factory, reference, prefect_harness):
     root = tmp_path_factory.mktemp("funnel")
     extract = make_extract(root, reference)
     # Relaxed C4 rules and quality threshold so documents survive to the dedup stages.
-    cfg = FunnelConfig.model_validate({
-        "rules": {"c4_options": {"min_sentences": 2}},
-        "quality": {"min_score": 0.3},
-        "harmful": {"enabled": True, "toxic": True, "nsfw_max_score": 0.99, "toxic_max_score": 0.99},
-        "minhash": {"num_hashes": 100, "num_bands": 20, "threshold": 0.8, "num_bucket_tasks": 2},
-    })
+    cfg = FunnelConfig.model_validate(
+        {
+            "rules": {"c4_options": {"min_sentences": 2}},
+            "quality": {"min_score": 0.3},
+            "harmful": {"enabled": True, "toxic": True, "nsfw_max_score": 0.99, "toxic_max_score": 0.99},
+            "minhash": {"num_hashes": 100, "num_bands": 20, "threshold": 0.8, "num_bucket_tasks": 2},
+        }
+    )
     config = FiltersFlowConfig(extract_manifest=extract, root=str(root), filters=cfg)
     stages = filters_flow(config=config)
     return root, extract, config, stages
@@ -100,7 +102,9 @@ def test_funnel_report(funnel_run):
     docs = [r["docs"] for r in report["rows"]]
     assert docs == sorted(docs, reverse=True) and docs[-1] == final["counts"]["kept"]
     rows = {r["stage"]: r for r in report["rows"]}
-    assert report["filters"] == filter_counts(stages["filters"])  # in, kept, rejected by rule, failed, bytes, own counts
+    assert report["filters"] == filter_counts(
+        stages["filters"]
+    )  # in, kept, rejected by rule, failed, bytes, own counts
     for f in filter_counts(stages["filters"]):  # per filter: the numbers the separate stages had
         assert (rows[f["filter"]]["docs"], rows[f["filter"]]["bytes"]) == (f["kept"], f["text_bytes_kept"])
         assert rows[f["filter"]]["rejected"] == f["in"] - f["kept"] - sum(f["failed"].values())
@@ -127,7 +131,9 @@ def test_rerun_with_one_threshold_changed_recomputes_only_downstream(funnel_run)
 
 def test_stages_switch_off(funnel_run, tmp_path):
     _, extract, _, _ = funnel_run
-    cfg = FunnelConfig.model_validate({k: {"enabled": False} for k in ["langid", "rules", "quality", "harmful", "minhash"]})
+    cfg = FunnelConfig.model_validate(
+        {k: {"enabled": False} for k in ["langid", "rules", "quality", "harmful", "minhash"]}
+    )
     stages = filters_flow(config=FiltersFlowConfig(extract_manifest=extract, root=str(tmp_path), filters=cfg))
     assert list(stages) == ["filters", "exact_dedup"]
     assert read_manifest(stages["filters"])["filters"] == ["pii"]
@@ -143,7 +149,10 @@ def test_stages_switch_off(funnel_run, tmp_path):
         ({"quality": {"min_score": -0.1}}, "quality.min_score"),
         ({"minhash": {"threshold": 0}}, "minhash.threshold"),
         ({"minhash": {"num_hashes": 100, "num_bands": 7}}, "minhash"),
-        ({"rules": {"gopher_thresholds": {"max_ellipsis_line_fraction": 2}}}, "rules.gopher_thresholds.max_ellipsis_line_fraction"),
+        (
+            {"rules": {"gopher_thresholds": {"max_ellipsis_line_fraction": 2}}},
+            "rules.gopher_thresholds.max_ellipsis_line_fraction",
+        ),
         ({"quality": {"model_path": "/no/such/model.bin"}}, "quality.model_path"),
         ({"harmful": {"nsfw_model_path": __file__}}, "harmful.nsfw_model_path"),
         ({"langid": {"min_scor": 0.5}}, "langid.min_scor"),
@@ -173,7 +182,9 @@ def test_replacing_a_classifier_model_changes_the_stage_fingerprint(tmp_path):
     rows = [("good prose sentence here", "wiki")] * 10 + [("menu home login", "cc")] * 10
     path = tmp_path / "q.bin"
     train_classifier(rows, path, epoch=5)
-    settings = {k: {"enabled": False} for k in ["langid", "pii", "rules", "harmful"]} | {"quality": {"model_path": str(path)}}
+    settings = {k: {"enabled": False} for k in ["langid", "pii", "rules", "harmful"]} | {
+        "quality": {"model_path": str(path)}
+    }
     first = plan_filters(settings)["identity"]
     os.utime(path, ns=(1, 1))  # touched, same content: same stage
     assert plan_filters(settings)["identity"] == first
@@ -193,11 +204,20 @@ def test_wrong_language_code_fails_before_any_work(reference, tmp_path, prefect_
 
 def test_a_filter_that_rejects_everything_fails_the_flow_unless_allowed(funnel_run, tmp_path):
     _, extract, _, _ = funnel_run
-    cfg = FunnelConfig.model_validate({"rules": {"gopher_thresholds": {"min_words": 100_000}}, "quality": {"enabled": False},
-                                       "harmful": {"enabled": False}, "exact_dedup": {"enabled": False}, "minhash": {"enabled": False}})
+    cfg = FunnelConfig.model_validate(
+        {
+            "rules": {"gopher_thresholds": {"min_words": 100_000}},
+            "quality": {"enabled": False},
+            "harmful": {"enabled": False},
+            "exact_dedup": {"enabled": False},
+            "minhash": {"enabled": False},
+        }
+    )
     with pytest.raises(EmptyStageError, match="filter rules rejected .* documents \\(100.0%"):
         filters_flow(config=FiltersFlowConfig(extract_manifest=extract, root=str(tmp_path), filters=cfg))
-    out = filters_flow(config=FiltersFlowConfig(extract_manifest=extract, root=str(tmp_path), filters=cfg, allow_empty=True))
+    out = filters_flow(
+        config=FiltersFlowConfig(extract_manifest=extract, root=str(tmp_path), filters=cfg, allow_empty=True)
+    )
     final = read_manifest(out["filters"])
     assert final["counts"]["kept"] == 0
     report = json.loads((tmp_path / "funnel" / final["fingerprint"] / "funnel.json").read_text())
@@ -239,11 +259,19 @@ def test_a_registered_filter_runs_in_the_flow(funnel_run, tmp_path):
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo), "PREFECT_API_URL": PREFECT_API_URL.value()}  # this test's server
     _, extract, _, _ = funnel_run
-    cfg = {"extract_manifest": extract, "root": str(tmp_path), "filters": {
-        "short_lines": {"max_fraction": 0.2}, "quality": {"enabled": False}, "harmful": {"enabled": False},
-        "minhash": {"enabled": False}}}
-    done = subprocess.run([sys.executable, "-c", TOY, json.dumps(cfg)], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=repo)
+    cfg = {
+        "extract_manifest": extract,
+        "root": str(tmp_path),
+        "filters": {
+            "short_lines": {"max_fraction": 0.2},
+            "quality": {"enabled": False},
+            "harmful": {"enabled": False},
+            "minhash": {"enabled": False},
+        },
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", TOY, json.dumps(cfg)], env=env, capture_output=True, text=True, timeout=600, cwd=repo
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert "drop pages made of short lines" in got["form"] and "largest fraction of lines under 4 words" in got["form"]

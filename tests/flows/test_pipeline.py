@@ -10,8 +10,10 @@ from flows.pipeline import PipelineConfig, StageSpec, lineage, pipeline_flow, pl
 from lm.data.shards import read_manifest
 from tests.e2e.helpers import LEAN_FILTERS, data_config
 
-
-ALIGN_SMALL = {"data": {"num_train": 32, "num_eval": 8}, "options": {"num_samples": 4, "max_new_tokens": 4, "num_threads": 1}}
+ALIGN_SMALL = {
+    "data": {"num_train": 32, "num_eval": 8},
+    "options": {"num_samples": 4, "max_new_tokens": 4, "num_threads": 1},
+}
 
 
 def smallest_stages(reference) -> dict:
@@ -22,17 +24,43 @@ def smallest_stages(reference) -> dict:
         "tokenizer": {"vocab_size": 300},
         "tokenize": {"val_fraction": 0.2, "num_threads": 1},
         "pretrain": {
-            "retries": 0, "timeout_s": 300, "sample_prompts": ["The "], "sample_tokens": 4,
-            "train": {"model": {"context_length": 16, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64},
-                      "batch_size": 4, "max_steps": 4, "eval_interval": 2, "eval_batches": 1,
-                      "checkpoint_interval": 4, "log_interval": 1, "device": "cpu"},
+            "retries": 0,
+            "timeout_s": 300,
+            "sample_prompts": ["The "],
+            "sample_tokens": 4,
+            "train": {
+                "model": {"context_length": 16, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64},
+                "batch_size": 4,
+                "max_steps": 4,
+                "eval_interval": 2,
+                "eval_batches": 1,
+                "checkpoint_interval": 4,
+                "log_interval": 1,
+                "device": "cpu",
+            },
         },
         "sft": {**ALIGN_SMALL, "sft": {"num_steps": 3, "batch_size": 8, "eval_every": 3, "warmup_steps": 0}},
         "dpo": {**ALIGN_SMALL, "dpo": {"num_steps": 3, "batch_size": 8, "eval_every": 3}},
-        "grpo": {**ALIGN_SMALL, "grpo": {"num_steps": 2, "num_prompts_per_step": 4, "group_size": 2, "max_new_tokens": 4,
-                                         "microbatch_size": 8, "eval_every": 2}},
-        "evaluate": {"eval": {"tasks": ["arithmetic"], "arithmetic": {"num_train": 32, "num_eval": 8}, "limit": 8,
-                              "max_new_tokens": 4, "num_threads": 1}},
+        "grpo": {
+            **ALIGN_SMALL,
+            "grpo": {
+                "num_steps": 2,
+                "num_prompts_per_step": 4,
+                "group_size": 2,
+                "max_new_tokens": 4,
+                "microbatch_size": 8,
+                "eval_every": 2,
+            },
+        },
+        "evaluate": {
+            "eval": {
+                "tasks": ["arithmetic"],
+                "arithmetic": {"num_train": 32, "num_eval": 8},
+                "limit": 8,
+                "max_new_tokens": 4,
+                "num_threads": 1,
+            }
+        },
     }
 
 
@@ -46,7 +74,9 @@ def artifact(key: str):
     from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(limit=1, sort=ArtifactSort.CREATED_DESC, artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))[0]
+        return client.read_artifacts(
+            limit=1, sort=ArtifactSort.CREATED_DESC, artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )[0]
 
 
 CHAIN = ["data", "tokenizer", "tokenize", "pretrain", "sft", "dpo", "grpo", "evaluate"]
@@ -64,11 +94,20 @@ def test_pipeline_runs_the_chain_and_reuses_stages_by_fingerprint(prefect_harnes
     assert final["tokenize"]["vocab_size"] == 300
     assert final["data"]["stage"] == "minhash"
     assert [i["fingerprint"] for i in final["tokenizer"]["inputs"]] == [final["data"]["fingerprint"]]
-    for up, down in [("tokenize", "pretrain"), ("pretrain", "sft"), ("sft", "dpo"), ("dpo", "grpo"), ("grpo", "evaluate")]:
+    for up, down in [
+        ("tokenize", "pretrain"),
+        ("pretrain", "sft"),
+        ("sft", "dpo"),
+        ("dpo", "grpo"),
+        ("grpo", "evaluate"),
+    ]:
         assert final[up]["fingerprint"] in {i["fingerprint"] for i in final[down]["inputs"]}, (up, down)
     by_fp = {r["fingerprint"]: r for r in rows}
     assert all(by_fp[m["fingerprint"]]["pipeline_stage"] == name for name, m in final.items())
-    assert rows[0]["stage"] == "extract" and (rows[0]["in"], rows[0]["kept"]) == (88, 46)  # the reference WARCs: 46 pages
+    assert rows[0]["stage"] == "extract" and (rows[0]["in"], rows[0]["kept"]) == (
+        88,
+        46,
+    )  # the reference WARCs: 46 pages
     assert {r["status"] for r in rows} == {"ran"}
     assert all(r["directory"].startswith(str(tmp_path)) for r in rows)
     assert list((tmp_path / "pipeline").glob("*/lineage.png"))
@@ -80,8 +119,12 @@ def test_pipeline_runs_the_chain_and_reuses_stages_by_fingerprint(prefect_harnes
     # after it run again, because their input changed.
     stages = smallest_stages(reference)
     stages["pretrain"]["train"]["max_steps"] = 5
-    late = PipelineConfig(root=str(tmp_path), stages=stages, start_from="tokenize",
-                          manifests={"data": ran["data"], "tokenizer": "tokenizer@latest"})
+    late = PipelineConfig(
+        root=str(tmp_path),
+        stages=stages,
+        start_from="tokenize",
+        manifests={"data": ran["data"], "tokenizer": "tokenizer@latest"},
+    )
     second_path = pipeline_flow(config=late)
     second = json.loads(open(second_path).read())
     assert [s["stage"] for s in second["stages"]] == CHAIN[2:]
@@ -110,8 +153,14 @@ def test_bad_stage_config_fails_before_any_work(prefect_harness, reference, tmp_
         PipelineConfig(root=str(tmp_path), stages={"data": {**data_config(tmp_path, reference), "max_worker": 1}})
     # What only the stage's own model checks, or a stage's missing input, fails before the first stage runs.
     for stages, match in (
-        ({"data": data_config(tmp_path, reference), "tokenizer": {"special_tokens": [""]}}, "stages.tokenizer: special_tokens must not contain an empty string"),
-        ({"data": {**data_config(tmp_path, reference), "sources": [str(tmp_path / "none.warc.gz")]}}, "none.warc.gz' does not exist"),
+        (
+            {"data": data_config(tmp_path, reference), "tokenizer": {"special_tokens": [""]}},
+            "stages.tokenizer: special_tokens must not contain an empty string",
+        ),
+        (
+            {"data": {**data_config(tmp_path, reference), "sources": [str(tmp_path / "none.warc.gz")]}},
+            "none.warc.gz' does not exist",
+        ),
     ):
         with pytest.raises((ValueError, FileNotFoundError), match=match):
             pipeline_flow(config=PipelineConfig(root=str(tmp_path), stages=stages))
@@ -131,16 +180,24 @@ def test_a_stage_section_is_its_named_config_with_overrides():
     sft = stage_config(spec["sft"], cfg, {"pretrain": "P"}, config_model("sft"))
     named = yaml.safe_load((REPO / "configs" / "sft-demo.yaml").read_text())
     assert sft.sft.num_steps == 300 and sft.sft.stop_at_reward is None and sft.sft.eval_every == 50  # overridden
-    assert sft.sft.batch_size == named["sft"]["batch_size"] and sft.data.num_train == named["data"]["num_train"]  # the file's
+    assert (
+        sft.sft.batch_size == named["sft"]["batch_size"] and sft.data.num_train == named["data"]["num_train"]
+    )  # the file's
     assert sft.model_manifest == "P" and sft.root == "outputs"
     grpo = stage_config(spec["grpo"], cfg, {"dpo": "D"}, config_model("grpo"))
     assert grpo.sft_first is None and grpo.grpo.num_steps == 100 and grpo.grpo.group_size == 8
     tok = stage_config(spec["tokenizer"], cfg, {"data": "M"}, config_model("tokenizer"))
     assert tok.input == "M" and tok.vocab_size == 3000  # the file's `input: minhash@latest` is the pipeline's to fill
-    other = PipelineConfig.model_validate({"root": "/elsewhere", "stages": {"sft": {"config": "configs/sft-demo.yaml"}}})
-    assert stage_config(spec["sft"], other, {"pretrain": "P"}, config_model("sft")).root == "/elsewhere"  # not the file's root
+    other = PipelineConfig.model_validate(
+        {"root": "/elsewhere", "stages": {"sft": {"config": "configs/sft-demo.yaml"}}}
+    )
+    assert (
+        stage_config(spec["sft"], other, {"pretrain": "P"}, config_model("sft")).root == "/elsewhere"
+    )  # not the file's root
     with pytest.raises(FileNotFoundError, match="configs/sft-demo.yaml"):
-        stage_config(spec["sft"], PipelineConfig(stages={"sft": {"config": "configs/sft.yaml"}}), {}, config_model("sft"))
+        stage_config(
+            spec["sft"], PipelineConfig(stages={"sft": {"config": "configs/sft.yaml"}}), {}, config_model("sft")
+        )
 
 
 def test_config_names_unknown_stages():
@@ -155,14 +212,28 @@ def test_config_names_unknown_stages():
         PipelineConfig(optional_stages=["sft"])
 
 
-STAGES = [StageSpec("a"), StageSpec("b", {"input_manifest": "a"}), StageSpec("s", {"input_manifest": "b"}, optional=True), StageSpec("c", {"x": "a", "y": "b"})]
+STAGES = [
+    StageSpec("a"),
+    StageSpec("b", {"input_manifest": "a"}),
+    StageSpec("s", {"input_manifest": "b"}, optional=True),
+    StageSpec("c", {"x": "a", "y": "b"}),
+]
 
 
 def test_plan_starts_late_only_with_upstream_manifests(tmp_path, reference):
-    cfg = PipelineConfig.model_construct(start_from="b", stop_after=None, manifests={}, optional_stages=[], stages={}, root="x")
+    cfg = PipelineConfig.model_construct(
+        start_from="b", stop_after=None, manifests={}, optional_stages=[], stages={}, root="x"
+    )
     with pytest.raises(ValueError, match=r"manifests\.a="):
         plan(cfg, STAGES)
-    cfg = PipelineConfig.model_construct(start_from="b", stop_after=None, manifests={"a": str(tmp_path / "nope")}, optional_stages=[], stages={}, root="x")
+    cfg = PipelineConfig.model_construct(
+        start_from="b",
+        stop_after=None,
+        manifests={"a": str(tmp_path / "nope")},
+        optional_stages=[],
+        stages={},
+        root="x",
+    )
     with pytest.raises(FileNotFoundError):
         plan(cfg, STAGES)
 
@@ -170,7 +241,12 @@ def test_plan_starts_late_only_with_upstream_manifests(tmp_path, reference):
 def test_plan_skips_optional_stages_unless_asked():
     base = dict(start_from=None, stop_after=None, manifests={}, stages={}, root="x")
     assert [s.name for s in plan(PipelineConfig.model_construct(optional_stages=[], **base), STAGES)] == ["a", "b", "c"]
-    assert [s.name for s in plan(PipelineConfig.model_construct(optional_stages=["s"], **base), STAGES)] == ["a", "b", "s", "c"]
+    assert [s.name for s in plan(PipelineConfig.model_construct(optional_stages=["s"], **base), STAGES)] == [
+        "a",
+        "b",
+        "s",
+        "c",
+    ]
     stop = {**base, "stop_after": "b"}
     assert [s.name for s in plan(PipelineConfig.model_construct(optional_stages=["s"], **stop), STAGES)] == ["a", "b"]
 

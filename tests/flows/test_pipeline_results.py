@@ -27,7 +27,10 @@ def _state(tmp_path, serializer: str, payload: bytes, record_serializer: str | N
     from prefect.states import Completed
 
     path = tmp_path / "result-record"
-    record = {"metadata": {"storage_key": str(path), "serializer": {"type": record_serializer or serializer}}, "result": payload.decode("latin-1")}
+    record = {
+        "metadata": {"storage_key": str(path), "serializer": {"type": record_serializer or serializer}},
+        "result": payload.decode("latin-1"),
+    }
     path.write_text(json.dumps(record))
     meta = ResultRecordMetadata(storage_key=str(path), serializer=Serializer(type=serializer))
     return Completed(data=meta)
@@ -47,7 +50,9 @@ def test_a_persisted_json_result_is_read_without_prefect(prefect_harness, tmp_pa
     def stage() -> dict:
         return {"manifest": "/out/scaling/cd34/_manifest.json", "runs": 3}
 
-    with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(tmp_path), PREFECT_RESULTS_DEFAULT_SERIALIZER: "json"}):
+    with temporary_settings(
+        updates={PREFECT_LOCAL_STORAGE_PATH: str(tmp_path), PREFECT_RESULTS_DEFAULT_SERIALIZER: "json"}
+    ):
         state = stage(return_state=True)
         assert read_json_result(state) == {"manifest": "/out/scaling/cd34/_manifest.json", "runs": 3}
 
@@ -72,12 +77,18 @@ def test_a_state_without_a_persisted_record_says_so(tmp_path):
 def _manifest(tmp_path, stage: str, counts: dict, **extra) -> str:
     d = tmp_path / stage
     d.mkdir()
-    (d / "_manifest.json").write_text(json.dumps({"stage": stage, "fingerprint": "f" * 16, "shards": [], "counts": counts, **extra}))
+    (d / "_manifest.json").write_text(
+        json.dumps({"stage": stage, "fingerprint": "f" * 16, "shards": [], "counts": counts, **extra})
+    )
     return str(d / "_manifest.json")
 
 
 def test_no_validation_split_is_a_loud_warning(tmp_path):
-    small = _manifest(tmp_path, "tokenize", {"in": 11, "kept": 11, "rejected": {}, "failed": {}, "tokens_train": 5046, "tokens_val": 0})
+    small = _manifest(
+        tmp_path,
+        "tokenize",
+        {"in": 11, "kept": 11, "rejected": {}, "failed": {}, "tokens_train": 5046, "tokens_val": 0},
+    )
     warning = too_small("tokenize", small)
     assert warning and "no validation tokens" in warning and "5,046" in warning and "val_fraction" in warning
     ok = _manifest(tmp_path, "tokenize-ok", {"tokens_train": 5046, "tokens_val": 300})

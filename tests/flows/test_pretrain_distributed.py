@@ -8,16 +8,29 @@ from lm.train.stage import PretrainConfig
 
 TINY = dict(
     model=dict(vocab_size=257, context_length=32, d_model=32, num_layers=1, num_heads=2, d_ff=96, tie_embeddings=True),
-    batch_size=8, max_steps=12, lr=3e-3, warmup_steps=2, eval_interval=6, eval_batches=2,
-    checkpoint_interval=6, log_interval=6, device="cpu",
+    batch_size=8,
+    max_steps=12,
+    lr=3e-3,
+    warmup_steps=2,
+    eval_interval=6,
+    eval_batches=2,
+    checkpoint_interval=6,
+    log_interval=6,
+    device="cpu",
 )
 
 
 def test_pretrain_flow_ddp_matches_single_process(prefect_harness, reference, tmp_path):
     from flows.pretrain import pretrain_flow
 
-    common = dict(root=str(tmp_path), text_file=str(reference / "assignment1-basics/fixtures/corpus.en"),
-                  sample_prompts=["The "], sample_tokens=8, timeout_s=300, retries=0)
+    common = dict(
+        root=str(tmp_path),
+        text_file=str(reference / "assignment1-basics/fixtures/corpus.en"),
+        sample_prompts=["The "],
+        sample_tokens=8,
+        timeout_s=300,
+        retries=0,
+    )
     single = read_manifest(pretrain_flow(config=PretrainConfig(train=TINY, **common)))
     ddp_cfg = PretrainConfig(train={**TINY, "strategy": "ddp"}, launcher="torchrun", nproc_per_node=2, **common)
     ddp = read_manifest(pretrain_flow(config=ddp_cfg))
@@ -29,4 +42,6 @@ def test_pretrain_flow_ddp_matches_single_process(prefect_harness, reference, tm
 
 def test_torchrun_config_checks_the_batch_split():
     with pytest.raises(ValueError, match="batch_size=6 must be divisible by the world size 4"):
-        PretrainConfig(text_file="x", train={**TINY, "batch_size": 6, "strategy": "ddp"}, launcher="torchrun", nproc_per_node=4)
+        PretrainConfig(
+            text_file="x", train={**TINY, "batch_size": 6, "strategy": "ddp"}, launcher="torchrun", nproc_per_node=4
+        )

@@ -11,8 +11,15 @@ from lm.train.stage import PretrainConfig
 
 TINY = dict(
     model=dict(vocab_size=257, context_length=32, d_model=32, num_layers=1, num_heads=2, d_ff=96),
-    batch_size=8, max_steps=60, lr=3e-3, warmup_steps=5, eval_interval=30, eval_batches=2,
-    checkpoint_interval=30, log_interval=30, device="cpu",
+    batch_size=8,
+    max_steps=60,
+    lr=3e-3,
+    warmup_steps=5,
+    eval_interval=30,
+    eval_batches=2,
+    checkpoint_interval=30,
+    log_interval=30,
+    device="cpu",
 )
 
 
@@ -21,8 +28,15 @@ def test_pretrain_flow_trains_publishes_and_skips_on_rerun(prefect_harness, refe
 
     from flows.pretrain import pretrain_flow
 
-    cfg = PretrainConfig(root=str(tmp_path), text_file=str(reference / "assignment1-basics/fixtures/corpus.en"),
-                         train=TINY, sample_prompts=["The "], sample_tokens=20, timeout_s=300, retries=0)
+    cfg = PretrainConfig(
+        root=str(tmp_path),
+        text_file=str(reference / "assignment1-basics/fixtures/corpus.en"),
+        train=TINY,
+        sample_prompts=["The "],
+        sample_tokens=20,
+        timeout_s=300,
+        retries=0,
+    )
     manifest_path = pretrain_flow(config=cfg)
     m = read_manifest(manifest_path)
     stage = Path(manifest_path).parent

@@ -11,8 +11,8 @@ import time
 from artifact_checks import assert_progress, latest_artifact, run_logs  # tests/flows is on sys.path
 from prefect import flow
 
-from tasks.progress import Progress, tail_metrics
 from tasks.pretrain import PretrainConfig
+from tasks.progress import Progress, tail_metrics
 
 
 def test_progress_cadence_artifacts_and_metrics_tail(prefect_harness, tmp_path):
@@ -23,7 +23,12 @@ def test_progress_cadence_artifacts_and_metrics_tail(prefect_harness, tmp_path):
     def trainer():
         with open(metrics, "a") as f:
             for step in range(1, 31):
-                f.write(json.dumps({"kind": "train", "step": step, "loss": 5 - step / 10, "tokens_per_s": 1000.0, "mfu": 0.01}) + "\n")
+                f.write(
+                    json.dumps(
+                        {"kind": "train", "step": step, "loss": 5 - step / 10, "tokens_per_s": 1000.0, "mfu": 0.01}
+                    )
+                    + "\n"
+                )
                 if step % 10 == 0:
                     f.write(json.dumps({"kind": "eval", "step": step, "val_loss": 5 - step / 9}) + "\n")
                 f.flush()
@@ -62,23 +67,50 @@ def test_progress_cadence_artifacts_and_metrics_tail(prefect_harness, tmp_path):
     assert last["step"] == 40 and last["eval_reward"] == 1.0 and last["loss"] == 0.025 and last["tokens_per_s"] > 0
     assert "a note" in latest_artifact("toy-curves").data and "| step |" in latest_artifact("toy-curves").data
     messages = run_logs(run)
-    assert any(re.match(r"toy step 40/40 \(100%\) · loss 0\.025 · reward 1 · eval_reward 1 · [\d,]+ tok/s", m) for m in messages), messages[-5:]
+    assert any(
+        re.match(r"toy step 40/40 \(100%\) · loss 0\.025 · reward 1 · eval_reward 1 · [\d,]+ tok/s", m)
+        for m in messages
+    ), messages[-5:]
     # the tail saw every train row: the cadence (every 2nd of 30) and the 3 evaluations, with the trainer's throughput
     assert_progress("tailed", flow_run_id=run, total=30, every=2)
-    assert tailed[-1]["step"] == 30 and tailed[-1]["val_loss"] == round(5 - 30 / 9, 4) and tailed[-1]["tokens_per_s"] == 1000.0
+    assert (
+        tailed[-1]["step"] == 30
+        and tailed[-1]["val_loss"] == round(5 - 30 / 9, 4)
+        and tailed[-1]["tokens_per_s"] == 1000.0
+    )
     # a loop that raised says where and why on its artifact (and in the log), at the share it reached
     broken = latest_artifact("broken-progress")
-    assert float(broken.data) == 30.0 and broken.description == "broken: FAILED at step 3/10: FloatingPointError: loss is not finite"
+    assert (
+        float(broken.data) == 30.0
+        and broken.description == "broken: FAILED at step 3/10: FloatingPointError: loss is not finite"
+    )
     assert broken.description in run_logs(run)
 
 
 def test_pretrain_progress_from_its_metrics_file(prefect_harness, reference, tmp_path):
     from flows.pretrain import pretrain_flow
 
-    train = dict(model=dict(vocab_size=257, context_length=16, d_model=16, num_layers=1, num_heads=1, d_ff=32), batch_size=4,
-                 max_steps=40, lr=3e-3, warmup_steps=2, eval_interval=20, eval_batches=1, checkpoint_interval=40, log_interval=40, device="cpu")
-    cfg = PretrainConfig(root=str(tmp_path), text_file=str(reference / "assignment1-basics/fixtures/corpus.en"), train=train,
-                         sample_prompts=["The "], sample_tokens=4, timeout_s=300, retries=0)
+    train = dict(
+        model=dict(vocab_size=257, context_length=16, d_model=16, num_layers=1, num_heads=1, d_ff=32),
+        batch_size=4,
+        max_steps=40,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_interval=20,
+        eval_batches=1,
+        checkpoint_interval=40,
+        log_interval=40,
+        device="cpu",
+    )
+    cfg = PretrainConfig(
+        root=str(tmp_path),
+        text_file=str(reference / "assignment1-basics/fixtures/corpus.en"),
+        train=train,
+        sample_prompts=["The "],
+        sample_tokens=4,
+        timeout_s=300,
+        retries=0,
+    )
     state = pretrain_flow(config=cfg, return_state=True)
     assert state.is_completed()
     steps = assert_progress("pretrain", flow_run_id=state.state_details.flow_run_id, total=40, every=2)

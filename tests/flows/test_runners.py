@@ -18,8 +18,16 @@ STAGES = ["extract", "filters", "exact_dedup", "minhash"]
 # every classifier scores every document (a model that differed between processes would show).
 FUNNEL = {
     "langid": {"languages": [], "min_score": 0.0},
-    "rules": {"gopher_thresholds": {"min_words": 20, "min_alpha_word_fraction": 0.1, "min_mean_word_length": 1, "max_mean_word_length": 1000},
-              "c4": False, "bad_words": False},
+    "rules": {
+        "gopher_thresholds": {
+            "min_words": 20,
+            "min_alpha_word_fraction": 0.1,
+            "min_mean_word_length": 1,
+            "max_mean_word_length": 1000,
+        },
+        "c4": False,
+        "bad_words": False,
+    },
     "quality": {"min_score": 0.0},
     "harmful": {"enabled": True, "nsfw_max_score": 0.999, "toxic_max_score": 0.999},
     "minhash": {"num_hashes": 64, "num_bands": 16, "num_bucket_tasks": 2},
@@ -27,14 +35,16 @@ FUNNEL = {
 
 
 def data_config(reference: Path, root: Path, runner: dict) -> DataConfig:
-    return DataConfig.model_validate({
-        "sources": [str(reference / CC / "warcfile.warc.gz"), str(reference / CC / "clueweb-quirk.warc.gz")],
-        "root": str(root),
-        "extract": {"slice_bytes": 100_000},  # 2 + 3 = 5 extract shards
-        "max_workers": 2,
-        "filters": FUNNEL,
-        "runner": runner,
-    })
+    return DataConfig.model_validate(
+        {
+            "sources": [str(reference / CC / "warcfile.warc.gz"), str(reference / CC / "clueweb-quirk.warc.gz")],
+            "root": str(root),
+            "extract": {"slice_bytes": 100_000},  # 2 + 3 = 5 extract shards
+            "max_workers": 2,
+            "filters": FUNNEL,
+            "runner": runner,
+        }
+    )
 
 
 def outputs(stages: dict[str, str]) -> dict[str, dict]:
@@ -62,7 +72,7 @@ def assert_same_outputs(got: dict[str, str], want: dict[str, str]) -> None:
         assert a[name]["parquet"].keys() == b[name]["parquet"].keys(), name
         for f in a[name]["parquet"]:
             assert a[name]["parquet"][f] == b[name]["parquet"][f], f"{name}/{f}"
-    ids = lambda stages, kind="shards": [r["id"] for r in iter_rows(stages["minhash"], kind=kind)]  # noqa: E731
+    ids = lambda stages, kind="shards": [r["id"] for r in iter_rows(stages["minhash"], kind=kind)]
     assert ids(got) == ids(want) and ids(got, "rejects") == ids(want, "rejects")
 
 
@@ -97,8 +107,14 @@ def test_tokenize_on_dask_matches_threads(prefect_harness, reference, tmp_path):
     from lm.tokenizer import Tokenizer
 
     fx = reference / "assignment1-basics" / "fixtures"
-    tok_dir = Tokenizer.from_files(fx / "gpt2_vocab.json", fx / "gpt2_merges.txt", ["<|endoftext|>"]).save(tmp_path / "gpt2")
-    docs = [d.strip() for d in (fx / "tinystories_sample.txt").read_text(encoding="utf-8").split("<|endoftext|>") if d.strip()]
+    tok_dir = Tokenizer.from_files(fx / "gpt2_vocab.json", fx / "gpt2_merges.txt", ["<|endoftext|>"]).save(
+        tmp_path / "gpt2"
+    )
+    docs = [
+        d.strip()
+        for d in (fx / "tinystories_sample.txt").read_text(encoding="utf-8").split("<|endoftext|>")
+        if d.strip()
+    ]
     corpus = Stage(tmp_path / "corpus", "corpus", version="1", config={"fixture": "runners"})
     for i in range(3):
         with corpus.open_shard(i, schema=pa.schema([("id", pa.string()), ("text", pa.string())])) as w:
@@ -108,13 +124,24 @@ def test_tokenize_on_dask_matches_threads(prefect_harness, reference, tmp_path):
     corpus_manifest = str(corpus.commit(3))
 
     def run(root: Path, runner: dict) -> dict:
-        m = read_manifest(tokenize_flow(TokenizeConfig(input=corpus_manifest, tokenizer=str(tok_dir), root=str(root),
-                                                       val_fraction=0.2, runner=runner)))
-        return {"fingerprint": m["fingerprint"], "counts": m["counts"], "sha256": [(s["name"], s["sha256"]) for s in m["shards"]],
-                "bins": {p.name: p.read_bytes() for p in sorted(manifest_dir(m).glob("*.bin"))}}
+        m = read_manifest(
+            tokenize_flow(
+                TokenizeConfig(
+                    input=corpus_manifest, tokenizer=str(tok_dir), root=str(root), val_fraction=0.2, runner=runner
+                )
+            )
+        )
+        return {
+            "fingerprint": m["fingerprint"],
+            "counts": m["counts"],
+            "sha256": [(s["name"], s["sha256"]) for s in m["shards"]],
+            "bins": {p.name: p.read_bytes() for p in sorted(manifest_dir(m).glob("*.bin"))},
+        }
 
     threads = run(tmp_path / "threads", {"kind": "threads"})
-    assert {"train-00000.bin", "train-00001.bin", "train-00002.bin"} <= threads["bins"].keys() and threads["counts"]["tokens_val"] > 0
+    assert {"train-00000.bin", "train-00001.bin", "train-00002.bin"} <= threads["bins"].keys() and threads["counts"][
+        "tokens_val"
+    ] > 0
     assert run(tmp_path / "dask", {"kind": "dask", "max_workers": 2}) == threads
 
 
@@ -149,9 +176,15 @@ def test_missing_extra_fails_at_validation(monkeypatch):
 
 def test_relative_source_with_cluster_address_fails(tmp_path):
     with pytest.raises(ValidationError, match="relative"):
-        DataConfig.model_validate({"sources": ["crawl/x.warc.gz"], "runner": {"kind": "dask", "address": "tcp://10.0.0.5:8786"}})
-    ok = DataConfig.model_validate({"sources": [str(tmp_path / "x.warc.gz"), "https://example.com/x.warc.gz"],
-                                    "runner": {"kind": "dask", "address": "tcp://10.0.0.5:8786"}})
+        DataConfig.model_validate(
+            {"sources": ["crawl/x.warc.gz"], "runner": {"kind": "dask", "address": "tcp://10.0.0.5:8786"}}
+        )
+    ok = DataConfig.model_validate(
+        {
+            "sources": [str(tmp_path / "x.warc.gz"), "https://example.com/x.warc.gz"],
+            "runner": {"kind": "dask", "address": "tcp://10.0.0.5:8786"},
+        }
+    )
     assert ok.runner.address == "tcp://10.0.0.5:8786"
 
 
@@ -169,17 +202,20 @@ def test_cli_sets_the_runner(tmp_path):
 
     for flow in ("data", "filters", "tokenize", "scaling"):
         assert "runner" in config_model(load_flow(flow)).model_fields, flow
-    cfg = build_config(DataConfig, None, ["sources=[\"/data/crawl/*.warc.gz\"]", "runner.kind=dask", "runner.address=tcp://10.0.0.5:8786"])
+    cfg = build_config(
+        DataConfig,
+        None,
+        ['sources=["/data/crawl/*.warc.gz"]', "runner.kind=dask", "runner.address=tcp://10.0.0.5:8786"],
+    )
     assert (cfg.runner.kind, cfg.runner.address) == ("dask", "tcp://10.0.0.5:8786")
 
 
 def test_runner_does_not_change_the_scaling_fingerprint(tmp_path):
-    from flows.scaling import ScalingFlowConfig
-    from lm.scaling.stage import scaling_stage
-
     import pyarrow as pa
 
+    from flows.scaling import ScalingFlowConfig
     from lm.data.shards import Stage
+    from lm.scaling.stage import scaling_stage
 
     tokens = Stage(tmp_path, "tokens", version="test", config={})
     with tokens.open_shard(0, schema=pa.schema([("a", pa.int64())])):
@@ -187,7 +223,9 @@ def test_runner_does_not_change_the_scaling_fingerprint(tmp_path):
     base = {"corpus": "c", "budgets": [1e9, 2e9], "model_sizes": [1, 2, 3], "target_budget": 1e11}
     corpus = {"fingerprint": "f", "manifest": str(tokens.commit(num_shards=1))}
     a = scaling_stage(ScalingFlowConfig.model_validate(base), corpus, [])
-    b = scaling_stage(ScalingFlowConfig.model_validate({**base, "runner": {"kind": "dask", "max_workers": 2}}), corpus, [])
+    b = scaling_stage(
+        ScalingFlowConfig.model_validate({**base, "runner": {"kind": "dask", "max_workers": 2}}), corpus, []
+    )
     assert a.fingerprint == b.fingerprint
 
 
@@ -207,8 +245,23 @@ def test_cli_without_server_workers_report_to_the_flows_temporary_server(referen
     repo = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(repo), PREFECT_LOGGING_LEVEL="INFO")
-    cmd = [sys.executable, "-m", "flows.cli", "run", "data", "--set", f'sources=["{reference / CC / "whirlwind.warc.gz"}"]',
-           "--set", f"root={tmp_path / 'out'}", "--set", "filters=null", "--set", "runner.kind=processes", "--set", "runner.max_workers=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "run",
+        "data",
+        "--set",
+        f'sources=["{reference / CC / "whirlwind.warc.gz"}"]',
+        "--set",
+        f"root={tmp_path / 'out'}",
+        "--set",
+        "filters=null",
+        "--set",
+        "runner.kind=processes",
+        "--set",
+        "runner.max_workers=1",
+    ]
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]

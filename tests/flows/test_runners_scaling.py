@@ -11,9 +11,18 @@ from lm.train.data import byte_tokens, write_token_shards
 
 def _sweep(corpus, root, runner: dict) -> dict:
     cfg = ScalingFlowConfig(
-        corpus=str(corpus), root=str(root), budgets=[1e9, 2e9], model_sizes=[16000, 33000, 53000],
-        context_length=32, batch_size=4, eval_batches=2, min_steps=5, target_budget=1e11,
-        num_bootstrap=10, device="cpu", runner=runner,
+        corpus=str(corpus),
+        root=str(root),
+        budgets=[1e9, 2e9],
+        model_sizes=[16000, 33000, 53000],
+        context_length=32,
+        batch_size=4,
+        eval_batches=2,
+        min_steps=5,
+        target_budget=1e11,
+        num_bootstrap=10,
+        device="cpu",
+        runner=runner,
     )
     out = scaling_flow(config=cfg)
     stage = manifest_dir(read_manifest(out["manifest"]))

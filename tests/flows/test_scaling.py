@@ -24,9 +24,17 @@ def corpus(tmp_path_factory, reference):
 
 def config(corpus, root, budgets):
     return ScalingConfig(
-        corpus=str(corpus), root=str(root), budgets=budgets, model_sizes=[16000, 33000, 53000],
-        context_length=32, batch_size=4, eval_batches=2, min_steps=5, target_budget=1e11,
-        num_bootstrap=10, device="cpu",
+        corpus=str(corpus),
+        root=str(root),
+        budgets=budgets,
+        model_sizes=[16000, 33000, 53000],
+        context_length=32,
+        batch_size=4,
+        eval_batches=2,
+        min_steps=5,
+        target_budget=1e11,
+        num_bootstrap=10,
+        device="cpu",
     )
 
 
@@ -36,7 +44,8 @@ def test_scaling_flow_caches_runs_and_extends(prefect_harness, corpus, tmp_path)
     state = scaling_flow(config=config(corpus, tmp_path, [1e9, 2e9]), return_state=True)
     first = state.result()
     assert (first["runs"], first["trained"], first["cached"], first["failed"]) == (6, 6, 0, 0)
-    # progress per finished run (6 runs: a line each), the closing artifact with every run's training curve and the verdict
+    # progress per finished run (6 runs: a line each), the closing artifact with every run's
+    # training curve and the verdict
     assert_progress("scaling", flow_run_id=state.state_details.flow_run_id, total=6, every=1, unit="run")
     assert verdict_message(first["verdict"]) in latest_artifact("scaling-curves").data
     assert verdict_message(first["verdict"]) in latest_artifact("scaling-recommendation").data

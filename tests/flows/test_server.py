@@ -49,7 +49,11 @@ def test_deployment_entries_know_which_flows_exist(tmp_path):
         "  - {name: ghost, entrypoint: flows/ghost.py:ghost_flow}\n"
         "  - {name: wrong-func, entrypoint: flows/data.py:no_such_flow}\n"
     )
-    assert {e["name"]: e["exists"] for e in deployment_entries(f)} == {"data": True, "ghost": False, "wrong-func": False}
+    assert {e["name"]: e["exists"] for e in deployment_entries(f)} == {
+        "data": True,
+        "ghost": False,
+        "wrong-func": False,
+    }
 
 
 def test_the_auth_secret_is_generated_once_kept_0600_and_sent_only_to_our_api(tmp_path, monkeypatch):

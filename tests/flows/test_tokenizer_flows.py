@@ -33,7 +33,9 @@ def corpus(tmp_path_factory, reference):
 
 
 def test_flows_registered_and_configs_validate(tmp_path):
-    assert FLOWS["tokenizer"] == "flows.tokenizer:tokenizer_flow" and FLOWS["tokenize"] == "flows.tokenize:tokenize_flow"
+    assert (
+        FLOWS["tokenizer"] == "flows.tokenizer:tokenizer_flow" and FLOWS["tokenize"] == "flows.tokenize:tokenize_flow"
+    )
     assert config_model(load_flow("tokenizer")) is TokenizerConfig
     cfg = build_config(TokenizerConfig, "configs/tokenizer-demo.yaml", ["input=x", "vocab_size=2000"])
     assert cfg.vocab_size == 2000 and cfg.special_tokens == [EOT]
@@ -49,7 +51,9 @@ def test_flows_registered_and_configs_validate(tmp_path):
 
 def test_tokenizer_then_tokenize_flow(prefect_harness, corpus, tmp_path):
     root = str(tmp_path / "out")
-    tpath = tokenizer_flow(TokenizerConfig(input=corpus, root=root, vocab_size=1000, sample_bytes=5_000_000, heldout_fraction=0.05))
+    tpath = tokenizer_flow(
+        TokenizerConfig(input=corpus, root=root, vocab_size=1000, sample_bytes=5_000_000, heldout_fraction=0.05)
+    )
     tm = read_manifest(tpath)
     assert tm["stage"] == "tokenizer" and tm["summary"]["vocab_size"] == 1000
     assert (tmp_path / "out" / "tokenizer" / tm["fingerprint"] / "token_lengths.png").exists()
@@ -68,7 +72,10 @@ def test_tokenizer_then_tokenize_flow(prefect_harness, corpus, tmp_path):
 
     # Rerun: same fingerprint, nothing rewritten.
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "tokenize" / m["fingerprint"]).iterdir()}
-    assert tokenize_flow(TokenizeConfig(input=corpus, tokenizer=tok_dir + "/_manifest.json", root=root, val_fraction=0.1)) == path
+    assert (
+        tokenize_flow(TokenizeConfig(input=corpus, tokenizer=tok_dir + "/_manifest.json", root=root, val_fraction=0.1))
+        == path
+    )
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "tokenize" / m["fingerprint"]).iterdir()}
     assert before == after
 

@@ -34,7 +34,13 @@ def _members(data: bytes) -> list[bytes]:
 
 def seeds(kind: str) -> list[bytes]:
     cc = REFERENCE / "commoncrawl"
-    files = ["whirlwind.warc.gz", "whirlwind.warc.wet.gz", "whirlwind.warc.wat.gz", "block-sized-records.warc.gz", "warcfile.warc.gz"]
+    files = [
+        "whirlwind.warc.gz",
+        "whirlwind.warc.wet.gz",
+        "whirlwind.warc.wat.gz",
+        "block-sized-records.warc.gz",
+        "warcfile.warc.gz",
+    ]
     if kind == "warc":
         out = []
         for name in files:
@@ -51,8 +57,12 @@ def seeds(kind: str) -> list[bytes]:
         return out[:30]
     if kind == "tokenizer":
         fx = REFERENCE / "assignment1-basics/fixtures"
-        return [line.encode() for name in ("german.txt", "address.txt", "tinystories_sample.txt")
-                for line in (fx / name).read_text(encoding="utf-8").splitlines()[:10] if line.strip()]
+        return [
+            line.encode()
+            for name in ("german.txt", "address.txt", "tinystories_sample.txt")
+            for line in (fx / name).read_text(encoding="utf-8").splitlines()[:10]
+            if line.strip()
+        ]
     raise ValueError(f"kind {kind!r}: use warc, html or tokenizer")
 
 

@@ -1,6 +1,7 @@
 """atheris (libFuzzer) harness for the BPE tokenizer: round trips, fast path = Python path, decoding ids.
 
-    PYTHONPATH=. LMPIPE_REFERENCE=../shared/reference python tests/fuzz/atheris_tokenizer.py -max_total_time=60 -timeout=20
+    PYTHONPATH=. LMPIPE_REFERENCE=../shared/reference \
+        python tests/fuzz/atheris_tokenizer.py -max_total_time=60 -timeout=20
 
 Uses the GPT-2 vocab and merges of the CS336 fixtures (``$LMPIPE_REFERENCE``). Per input:
 ``decode(encode(s)) == s`` for the surrogate-free string the input spells, the tiktoken path and
@@ -18,7 +19,11 @@ with atheris.instrument_imports(include=["lm"]):
     from lm.tokenizer import Tokenizer
     from lm.tokenizer.gpt2 import EOT
 
-_FX = Path(os.environ.get("LMPIPE_REFERENCE", Path(__file__).resolve().parents[3] / "shared" / "reference")) / "assignment1-basics" / "fixtures"
+_FX = (
+    Path(os.environ.get("LMPIPE_REFERENCE", Path(__file__).resolve().parents[3] / "shared" / "reference"))
+    / "assignment1-basics"
+    / "fixtures"
+)
 FAST = Tokenizer.from_files(_FX / "gpt2_vocab.json", _FX / "gpt2_merges.txt", [EOT])
 SLOW = Tokenizer(FAST.vocab, FAST.merges, FAST.special_tokens, use_fast=False)
 assert FAST.fast_path is not None, FAST.fast_path_reason

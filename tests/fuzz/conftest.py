@@ -10,11 +10,30 @@ and a ``@reproduce_failure`` blob either way.
 
 from hypothesis import HealthCheck, settings
 
-_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much, HealthCheck.large_base_example]
+_SLOW_OK = [
+    HealthCheck.too_slow,
+    HealthCheck.data_too_large,
+    HealthCheck.filter_too_much,
+    HealthCheck.large_base_example,
+]
 
 # The per-example hang limit is fuzzkit.call_with_timeout's, not hypothesis' deadline:
 # timings on 2 shared cores vary too much for a deadline to be meaningful.
-settings.register_profile("fuzz-ci", derandomize=True, database=None, deadline=None, print_blob=True,
-                          suppress_health_check=_SLOW_OK, max_examples=100)
-settings.register_profile("fuzz-chaos", derandomize=False, database=None, deadline=None, print_blob=True,
-                          suppress_health_check=_SLOW_OK, max_examples=2000)
+settings.register_profile(
+    "fuzz-ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=_SLOW_OK,
+    max_examples=100,
+)
+settings.register_profile(
+    "fuzz-chaos",
+    derandomize=False,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=_SLOW_OK,
+    max_examples=2000,
+)

@@ -42,7 +42,7 @@ def call_with_timeout(fn, *args, timeout: float = WALL_LIMIT_S, **kwargs):
     def run():
         try:
             box["value"] = fn(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+        except BaseException as e:  # re-raised in the caller's thread
             box["error"] = e
 
     t = threading.Thread(target=run, daemon=True, name=f"fuzz-{getattr(fn, '__name__', 'call')}")

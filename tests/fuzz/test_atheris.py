@@ -28,18 +28,29 @@ def _seconds() -> int:
 
 @pytest.mark.parametrize("target", ["warc", "html", "tokenizer"])
 def test_atheris_harness_runs_clean(target, reference, tmp_path):
-    pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris==3.0.0; 3.1.0 is not on this index)")
+    pytest.importorskip(
+        "atheris", reason="atheris is not installed (pip install atheris==3.0.0; 3.1.0 is not on this index)"
+    )
     corpus, crashes = tmp_path / "corpus", tmp_path / "crashes"
     crashes.mkdir()
     env = {**os.environ, "LMPIPE_REFERENCE": str(reference), "PYTHONPATH": str(REPO)}
     assert write_seeds(target, corpus) > 0
     seconds = _seconds()
-    cmd = [sys.executable, str(HERE / f"atheris_{target}.py"), f"-max_total_time={seconds}", "-timeout=20",
-           "-rss_limit_mb=4096", f"-artifact_prefix={crashes}/", str(corpus)]
+    cmd = [
+        sys.executable,
+        str(HERE / f"atheris_{target}.py"),
+        f"-max_total_time={seconds}",
+        "-timeout=20",
+        "-rss_limit_mb=4096",
+        f"-artifact_prefix={crashes}/",
+        str(corpus),
+    ]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=seconds + 120)
     out = p.stdout + p.stderr
     found = sorted(c.name for c in crashes.iterdir())
-    assert p.returncode == 0 and not found, f"atheris_{target} exit {p.returncode}, crash inputs {found} in {crashes}:\n{out[-4000:]}"
+    assert p.returncode == 0 and not found, (
+        f"atheris_{target} exit {p.returncode}, crash inputs {found} in {crashes}:\n{out[-4000:]}"
+    )
     runs = [ln for ln in out.splitlines() if ln.startswith("Done ") and " runs in " in ln]
     assert runs and int(runs[-1].split()[1]) > 0, out[-2000:]
     print(f"atheris_{target}: {runs[-1]}")

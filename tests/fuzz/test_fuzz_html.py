@@ -21,23 +21,87 @@ from hypothesis import strategies as st
 
 from lm.data.extract import html_to_text, looks_binary
 
-CHARSETS = ["utf-8", "utf-16", "utf-16-le", "utf-32", "latin-1", "windows-1252", "windows-1251", "koi8-r", "shift_jis",
-            "euc-jp", "iso-2022-jp", "gb2312", "gb18030", "big5", "euc-kr", "iso-8859-7", "cp437", "utf-7", "bogus-charset"]
-TAGS = ["html", "head", "body", "div", "p", "span", "a", "b", "i", "table", "tr", "td", "ul", "li", "pre", "code", "br",
-        "img", "script", "style", "noscript", "textarea", "title", "meta", "iframe", "svg", "math", "template", "xmp",
-        "plaintext", "nav", "footer", "header", "h1", "form", "input", "select", "option", "x-custom"]
+CHARSETS = [
+    "utf-8",
+    "utf-16",
+    "utf-16-le",
+    "utf-32",
+    "latin-1",
+    "windows-1252",
+    "windows-1251",
+    "koi8-r",
+    "shift_jis",
+    "euc-jp",
+    "iso-2022-jp",
+    "gb2312",
+    "gb18030",
+    "big5",
+    "euc-kr",
+    "iso-8859-7",
+    "cp437",
+    "utf-7",
+    "bogus-charset",
+]
+TAGS = [
+    "html",
+    "head",
+    "body",
+    "div",
+    "p",
+    "span",
+    "a",
+    "b",
+    "i",
+    "table",
+    "tr",
+    "td",
+    "ul",
+    "li",
+    "pre",
+    "code",
+    "br",
+    "img",
+    "script",
+    "style",
+    "noscript",
+    "textarea",
+    "title",
+    "meta",
+    "iframe",
+    "svg",
+    "math",
+    "template",
+    "xmp",
+    "plaintext",
+    "nav",
+    "footer",
+    "header",
+    "h1",
+    "form",
+    "input",
+    "select",
+    "option",
+    "x-custom",
+]
 
 
 def _attr_value():
-    return st.one_of(st.text(max_size=30), st.integers(1, 300_000).map(lambda n: "x" * n), st.just('"'), st.just("'"),
-                     st.just("javascript:alert(1)"))
+    return st.one_of(
+        st.text(max_size=30),
+        st.integers(1, 300_000).map(lambda n: "x" * n),
+        st.just('"'),
+        st.just("'"),
+        st.just("javascript:alert(1)"),
+    )
 
 
 @st.composite
 def _element(draw, depth: int) -> str:
     tag = draw(st.sampled_from(TAGS))
-    attrs = "".join(f' {draw(st.sampled_from(["class", "id", "href", "style", "charset", "content", "x"]))}="{draw(_attr_value())}"'
-                    for _ in range(draw(st.integers(0, 2))))
+    attrs = "".join(
+        f' {draw(st.sampled_from(["class", "id", "href", "style", "charset", "content", "x"]))}="{draw(_attr_value())}"'
+        for _ in range(draw(st.integers(0, 2)))
+    )
     inner = "".join(draw(st.lists(_node(depth + 1), max_size=3))) if depth < 4 else draw(st.text(max_size=20))
     close = draw(st.sampled_from([f"</{tag}>", "", f"</{tag}", "</>", f"</{tag.upper()}>"]))
     return f"<{tag}{attrs}>{inner}{close}"
@@ -46,8 +110,28 @@ def _element(draw, depth: int) -> str:
 def _node(depth: int):
     return st.one_of(
         st.text(max_size=40),
-        st.sampled_from(["&amp;", "&#0;", "&#xD800;", "&#x110000;", "&#9999999999;", "&nbsp;", "&bogus;", "<!--", "-->",
-                         "<![CDATA[", "]]>", "<!DOCTYPE html>", "<?xml version='1.0'?>", "<", ">", "\x00", "\r", "\ufeff"]),
+        st.sampled_from(
+            [
+                "&amp;",
+                "&#0;",
+                "&#xD800;",
+                "&#x110000;",
+                "&#9999999999;",
+                "&nbsp;",
+                "&bogus;",
+                "<!--",
+                "-->",
+                "<![CDATA[",
+                "]]>",
+                "<!DOCTYPE html>",
+                "<?xml version='1.0'?>",
+                "<",
+                ">",
+                "\x00",
+                "\r",
+                "\ufeff",
+            ]
+        ),
         _element(depth),
     )
 
@@ -60,12 +144,29 @@ def html_pages(draw) -> bytes:
     if kind == "nested":
         n = draw(st.integers(1, 200_000))
         tag = draw(st.sampled_from(["div", "b", "table", "li", "p", "span"])).encode()
-        return b"<" + tag + b">" * 1 + (b"<" + tag + b">") * (n - 1) + b"deep" + (b"</" + tag + b">") * draw(st.integers(0, n))
+        return (
+            b"<"
+            + tag
+            + b">" * 1
+            + (b"<" + tag + b">") * (n - 1)
+            + b"deep"
+            + (b"</" + tag + b">") * draw(st.integers(0, n))
+        )
     if kind == "huge_attr":
-        return b'<a href="' + b"\xe2\x80\x8b" * draw(st.integers(1, 400_000)) + b'">t</a>' + draw(st.binary(max_size=50))
+        return (
+            b'<a href="' + b"\xe2\x80\x8b" * draw(st.integers(1, 400_000)) + b'">t</a>' + draw(st.binary(max_size=50))
+        )
     body = "".join(draw(st.lists(_node(0), max_size=6)))
     charset = draw(st.sampled_from(CHARSETS))
-    head = draw(st.sampled_from([f'<meta charset="{charset}">', f'<meta http-equiv="Content-Type" content="text/html; charset={charset}">', ""]))
+    head = draw(
+        st.sampled_from(
+            [
+                f'<meta charset="{charset}">',
+                f'<meta http-equiv="Content-Type" content="text/html; charset={charset}">',
+                "",
+            ]
+        )
+    )
     page = f"<html><head>{head}</head><body>{body}</body></html>"
     if kind == "declared":  # random bytes under a declared charset
         return page.encode("utf-8", "surrogatepass")[: draw(st.integers(0, 200))] + draw(st.binary(max_size=2048))
@@ -101,10 +202,22 @@ def test_paragraph_text_survives(words):
     assert para in text
 
 
-@pytest.mark.parametrize("html", [
-    b"", b"\x00", b"<", b"<!--", b"<script>", b"\xff\xfe", b"\xfe\xff\xd8\x00", b"<meta charset=utf-16>\xff\xfe\x00\xd8",
-    "<p>\ud800</p>".encode("utf-8", "surrogatepass"), b"<p>&#xD800;&#0;</p>", b"\x1b$B" + b"\xff" * 64,
-])
+@pytest.mark.parametrize(
+    "html",
+    [
+        b"",
+        b"\x00",
+        b"<",
+        b"<!--",
+        b"<script>",
+        b"\xff\xfe",
+        b"\xfe\xff\xd8\x00",
+        b"<meta charset=utf-16>\xff\xfe\x00\xd8",
+        "<p>\ud800</p>".encode("utf-8", "surrogatepass"),
+        b"<p>&#xD800;&#0;</p>",
+        b"\x1b$B" + b"\xff" * 64,
+    ],
+)
 def test_edge_inputs(html):
     _check(html)
 

@@ -29,9 +29,15 @@ from lm.tokenizer.tokenizer import sanitize
 # Any code point except surrogates; weighted toward what breaks things: ASCII, whitespace,
 # combining marks, emoji (4-byte UTF-8), private use and noncharacters.
 CODEPOINTS = st.characters(exclude_categories=["Cs"])
-SPECIAL_TEXT = st.sampled_from([EOT, "<|pad|>", "<|endoftext|><|endoftext|>", "<s>", "</s>", "\n\n", " ", "<|é|>", "🙂"])
-TEXTS = st.lists(st.one_of(st.text(CODEPOINTS, max_size=30), st.text(st.sampled_from(" \t\n\r\u00a0\u3000'sll"), max_size=6),
-                           SPECIAL_TEXT), max_size=12).map("".join)
+SPECIAL_TEXT = st.sampled_from(
+    [EOT, "<|pad|>", "<|endoftext|><|endoftext|>", "<s>", "</s>", "\n\n", " ", "<|é|>", "🙂"]
+)
+TEXTS = st.lists(
+    st.one_of(
+        st.text(CODEPOINTS, max_size=30), st.text(st.sampled_from(" \t\n\r\u00a0\u3000'sll"), max_size=6), SPECIAL_TEXT
+    ),
+    max_size=12,
+).map("".join)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +59,13 @@ def _train(tmp_path, text: str, num_merges: int, specials: list[str]) -> tuple[d
 
 def test_train_on_random_unicode(tmp_path):
     @fuzz_settings(ci_examples=40)
-    @given(text=TEXTS, extra=st.text(CODEPOINTS, min_size=1, max_size=200), num_merges=st.integers(0, 60),
-           specials=st.lists(SPECIAL_TEXT, max_size=3), probe=TEXTS)
+    @given(
+        text=TEXTS,
+        extra=st.text(CODEPOINTS, min_size=1, max_size=200),
+        num_merges=st.integers(0, 60),
+        specials=st.lists(SPECIAL_TEXT, max_size=3),
+        probe=TEXTS,
+    )
     def run(text, extra, num_merges, specials, probe):
         corpus = text + extra + text  # repeats give pairs worth merging
         vocab, merges = _train(tmp_path, corpus, num_merges, specials)
@@ -116,10 +127,18 @@ def test_decode_in_vocab_ids_replaces_invalid_utf8(gpt2_pair, ids):
 
 
 @fuzz_settings(ci_examples=100)
-@given(good=st.lists(st.integers(0, 255), max_size=10),
-       bad=st.one_of(st.integers(max_value=-1), st.integers(min_value=50258), st.floats(allow_nan=True), st.text(max_size=3),
-                     st.none(), st.just(3.0)),
-       at=st.integers(0, 10))
+@given(
+    good=st.lists(st.integers(0, 255), max_size=10),
+    bad=st.one_of(
+        st.integers(max_value=-1),
+        st.integers(min_value=50258),
+        st.floats(allow_nan=True),
+        st.text(max_size=3),
+        st.none(),
+        st.just(3.0),
+    ),
+    at=st.integers(0, 10),
+)
 def test_decode_rejects_ids_outside_the_vocab(gpt2_pair, good, bad, at):
     fast, _ = gpt2_pair
     ids = good[:at] + [bad] + good[at:]
@@ -150,7 +169,11 @@ def test_decode_accepts_numpy_integers(gpt2_pair):
     import numpy as np
 
     fast, _ = gpt2_pair
-    assert fast.decode(np.array([15496, 995], dtype=np.uint16).tolist()) == fast.decode(list(np.array([15496, 995], dtype=np.int64))) == "Hello world"
+    assert (
+        fast.decode(np.array([15496, 995], dtype=np.uint16).tolist())
+        == fast.decode(list(np.array([15496, 995], dtype=np.int64)))
+        == "Hello world"
+    )
 
 
 @pytest.mark.parametrize("text", ["A\U0003d000", "a\u0558b", "x\U00018d80\U00018d81 1\U0003fc3f"])

@@ -17,8 +17,22 @@ import pytest
 from fuzzkit import call_with_timeout, fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
-from warcfuzz import (KINDS, MAX_LINE, Stream, arc_records, check_accounted, corpus, damaged_gzip, gzip_members, iter_one,
-                      mangled, member_of, read_all, record_offset, warc_id)
+from warcfuzz import (
+    KINDS,
+    MAX_LINE,
+    Stream,
+    arc_records,
+    check_accounted,
+    corpus,
+    damaged_gzip,
+    gzip_members,
+    iter_one,
+    mangled,
+    member_of,
+    read_all,
+    record_offset,
+    warc_id,
+)
 
 from lm.data.warc import iter_file, iter_records
 
@@ -26,14 +40,20 @@ from lm.data.warc import iter_file, iter_records
 @pytest.mark.parametrize("mode", ["plain", "gzip"])
 def test_mangled_stream_is_accounted(reference, tmp_path, mode):
     @fuzz_settings(ci_examples=300)
-    @given(stream=mangled(reference), cuts=st.lists(st.integers(0, 1 << 20), max_size=4),
-           chunk_size=st.sampled_from([3, 64, 511, 4096, 65536]), data=st.data())
+    @given(
+        stream=mangled(reference),
+        cuts=st.lists(st.integers(0, 1 << 20), max_size=4),
+        chunk_size=st.sampled_from([3, 64, 511, 4096, 65536]),
+        data=st.data(),
+    )
     def run(stream, cuts, chunk_size, data):
         path = tmp_path / "in.warc"
         path.write_bytes(stream.data)
         recs = call_with_timeout(read_all, path)
         check_accounted(stream, recs)
-        if mode == "gzip" and not stream.data.startswith(b"\x1f\x8b"):  # (plain bytes that start like gzip are read as gzip)
+        if mode == "gzip" and not stream.data.startswith(
+            b"\x1f\x8b"
+        ):  # (plain bytes that start like gzip are read as gzip)
             # Member cuts: the record starts plus arbitrary points (records span members; empty members).
             n = len(stream.data)
             record_cuts = [record_offset(r) for r in recs]
@@ -48,8 +68,6 @@ def test_mangled_stream_is_accounted(reference, tmp_path, mode):
             assert got == want
 
     run()
-
-
 
 
 def test_damaged_gzip_never_passes_bad_data(reference, tmp_path):
@@ -77,7 +95,9 @@ def test_damaged_gzip_never_passes_bad_data(reference, tmp_path):
         originals = {(warc_id(iter_one(c)), iter_one(c).payload) for c in chunks}
         for r in recs:
             if r.error is None:
-                assert (warc_id(r), r.payload) in originals, f"record at {r.source} passed without error but its content is not an original record's"
+                assert (warc_id(r), r.payload) in originals, (
+                    f"record at {r.source} passed without error but its content is not an original record's"
+                )
 
         def shifted(p):  # new position of original byte p (an insertion at p lands before it)
             return p + sum(len(rep) - (b - a) for a, b, rep in kept if b <= p)
@@ -90,7 +110,9 @@ def test_damaged_gzip_never_passes_bad_data(reference, tmp_path):
             c = iter_one(chunks[k])
             delivered = any(record_offset(r) == n and r.error is None and warc_id(r) == warc_id(c) for r in recs)
             before = [r for r in recs if record_offset(r) <= n]
-            assert delivered or any(r.error for r in before), f"intact member at {n} neither delivered nor after a failed record"
+            assert delivered or any(r.error for r in before), (
+                f"intact member at {n} neither delivered nor after a failed record"
+            )
 
     run()
 
@@ -101,24 +123,31 @@ SLICE_FILES = ["whirlwind.warc.gz", "warcfile.warc.gz", "block-sized-records.war
 def test_slices_partition_the_records(reference):
     """Reading [start, end) slices (what a shard task does) gives exactly the records whose
     member starts in the slice, for any cut points: consecutive slices neither lose nor repeat."""
-    full = {name: [(record_offset(r), r.id) for r in iter_file(str(reference / "commoncrawl" / name))] for name in SLICE_FILES}
+    full = {
+        name: [(record_offset(r), r.id) for r in iter_file(str(reference / "commoncrawl" / name))]
+        for name in SLICE_FILES
+    }
 
     @fuzz_settings(ci_examples=60)
-    @given(name=st.sampled_from(SLICE_FILES), cuts=st.lists(st.integers(0, 600_000), max_size=5),
-           chunk_size=st.sampled_from([512, 4096, 65536]))
+    @given(
+        name=st.sampled_from(SLICE_FILES),
+        cuts=st.lists(st.integers(0, 600_000), max_size=5),
+        chunk_size=st.sampled_from([512, 4096, 65536]),
+    )
     def run(name, cuts, chunk_size):
         path = reference / "commoncrawl" / name
         size = path.stat().st_size
         points = [0, *sorted({c % (size + 1) for c in cuts}), size + 1]
         got = []
         for a, b in zip(points, points[1:]):
-            part = call_with_timeout(lambda: [(record_offset(r), r.id) for r in iter_file(str(path), start=a, end=b, chunk_size=chunk_size)])
+            part = call_with_timeout(
+                lambda: [(record_offset(r), r.id) for r in iter_file(str(path), start=a, end=b, chunk_size=chunk_size)]
+            )
             assert all(a <= off < b for off, _ in part), (a, b, part)
             got += part
         assert got == full[name]
 
     run()
-
 
 
 def test_mangled_arc_is_accounted(tmp_path):
@@ -195,8 +224,11 @@ def test_header_line_split_at_the_line_limit_is_one_line(tmp_path):
     records were failed (or mis-delimited)."""
     pad = b"X-Pad: " + b"A" * (MAX_LINE + 1 - 9) + b"\r\n"
     assert len(pad) == MAX_LINE + 1
-    rec = (b"WARC/1.0\r\nWARC-Type: resource\r\nWARC-Record-ID: <urn:uuid:1>\r\nContent-Length: 5\r\n" + pad
-           + b"WARC-Target-URI: http://x/\r\n\r\nhello\r\n\r\n")
+    rec = (
+        b"WARC/1.0\r\nWARC-Type: resource\r\nWARC-Record-ID: <urn:uuid:1>\r\nContent-Length: 5\r\n"
+        + pad
+        + b"WARC-Target-URI: http://x/\r\n\r\nhello\r\n\r\n"
+    )
     path = tmp_path / "long-line.warc"
     path.write_bytes(rec + rec.replace(b"uuid:1", b"uuid:2"))
     recs = read_all(path)

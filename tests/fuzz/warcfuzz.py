@@ -41,8 +41,14 @@ from lm.data.gzstream import MAX_LINE, MemberStream
 from lm.data.warc import iter_records, parse_stream
 
 KINDS = {"truncated_gzip", "truncated_record", "corrupt_gzip", "not_warc", "bad_header", "bad_content_length"}
-FILES = ["whirlwind.warc.gz", "whirlwind.warc.wet.gz", "whirlwind.warc.wat.gz", "block-sized-records.warc.gz",
-         "warcfile.warc.gz", "clueweb-quirk.warc.gz"]
+FILES = [
+    "whirlwind.warc.gz",
+    "whirlwind.warc.wet.gz",
+    "whirlwind.warc.wat.gz",
+    "block-sized-records.warc.gz",
+    "warcfile.warc.gz",
+    "clueweb-quirk.warc.gz",
+]
 MAX_RECORDS = 3  # consecutive records per example (keeps an example well under 400 KB)
 
 
@@ -123,6 +129,7 @@ class Stream:
 
     def intact(self, j: int) -> bool:
         s, _, e = self.records[j]
+
         # Untouched: no edit overlaps [s, e) or the newline before it (records start lines),
         # and no insertion inside it; bytes inserted just before it count only if they end a
         # line (else they join the record's first line).
@@ -147,14 +154,26 @@ def _positions(chunks: list[bytes]) -> list[int]:
 
 GARBAGE = st.one_of(
     st.binary(min_size=1, max_size=64),
-    st.sampled_from([b"WARC/1.0\r\n", b"WARC/1.0\r\n\r\n", b"\r\n\r\n", b"\n", b"\x00" * 16, b"\xff\xfe\xc3\x28\xa0\xa1",
-                     b"WARC/1.0\r\nContent-Length: 5\r\n\r\nhello\r\n\r\n", b"WARC/1.0\r\nContent-Length: -5\r\n\r\n",
-                     b"http://a.b/ 1.2.3.4 20240101000000 text/html 5\n", b"\x1f\x8b\x08\x00"]),
+    st.sampled_from(
+        [
+            b"WARC/1.0\r\n",
+            b"WARC/1.0\r\n\r\n",
+            b"\r\n\r\n",
+            b"\n",
+            b"\x00" * 16,
+            b"\xff\xfe\xc3\x28\xa0\xa1",
+            b"WARC/1.0\r\nContent-Length: 5\r\n\r\nhello\r\n\r\n",
+            b"WARC/1.0\r\nContent-Length: -5\r\n\r\n",
+            b"http://a.b/ 1.2.3.4 20240101000000 text/html 5\n",
+            b"\x1f\x8b\x08\x00",
+        ]
+    ),
     st.integers(1, 200_000).map(lambda n: b"A" * n),  # huge header line (MAX_LINE is 64 KiB)
 )
 CONTENT_LENGTHS = st.one_of(
-    st.sampled_from([b"-1", b"-99999", b"", b"abc", b"1e3", b"0x10", b"99999999999999999999999", b" 12 ", b"\xff\xfe",
-                     b"0", b"1"]),
+    st.sampled_from(
+        [b"-1", b"-99999", b"", b"abc", b"1e3", b"0x10", b"99999999999999999999999", b" 12 ", b"\xff\xfe", b"0", b"1"]
+    ),
     st.integers(0, 1 << 62).map(lambda n: str(n).encode()),
 )
 
@@ -178,8 +197,21 @@ def mangled(draw, reference: Path | None, fixed: list[bytes] | None = None) -> S
     pos = st.one_of(st.sampled_from(hot), st.integers(0, total))
     edits = []
     for _ in range(draw(st.integers(0, 4))):
-        kind = draw(st.sampled_from(["truncate", "flip", "insert", "delete", "content_length", "dup_header", "drop_header",
-                                     "header_bytes", "long_line"]))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "truncate",
+                    "flip",
+                    "insert",
+                    "delete",
+                    "content_length",
+                    "dup_header",
+                    "drop_header",
+                    "header_bytes",
+                    "long_line",
+                ]
+            )
+        )
         if kind == "truncate":
             edits.append((p := draw(pos), total, b""))
         elif kind == "flip":
@@ -259,7 +291,7 @@ def check_accounted(stream: Stream, recs: list) -> None:
     if not recs:
         assert not data.strip(), "a non-blank input produced no record at all"
         return
-    assert not data[: offsets[0]].strip(), f"bytes before the first record were skipped: {data[:offsets[0]][:80]!r}"
+    assert not data[: offsets[0]].strip(), f"bytes before the first record were skipped: {data[: offsets[0]][:80]!r}"
     ends = offsets[1:] + [len(data)]
     blocks = []  # (start, end) of each error-free record's block
     for r, s, nxt in zip(recs, offsets, ends):
@@ -273,7 +305,9 @@ def check_accounted(stream: Stream, recs: list) -> None:
             body = len(data) if nl < 0 else nl + 1
             end = body + int(r.headers["length"])
         assert end <= nxt, f"record at {s}: block ends at {end}, after the next record at {nxt}"
-        assert not data[end:nxt].strip(), f"record at {s}: non-blank bytes skipped after its block: {data[end:nxt][:80]!r}"
+        assert not data[end:nxt].strip(), (
+            f"record at {s}: non-blank bytes skipped after its block: {data[end:nxt][:80]!r}"
+        )
         blocks.append((body, end, s))
     for j, (s0, _, e0) in enumerate(stream.records):
         if not stream.intact(j) or stream.new_end(e0) > len(data):
@@ -286,10 +320,16 @@ def check_accounted(stream: Stream, recs: list) -> None:
             continue  # inside a failed record's range: counted as failed
         if offsets[k] == n:
             orig = iter_one(stream.chunks[j])
-            assert (warc_id(r), r.payload, r.record_type, r.url) == (warc_id(orig), orig.payload, orig.record_type, orig.url)
+            assert (warc_id(r), r.payload, r.record_type, r.url) == (
+                warc_id(orig),
+                orig.payload,
+                orig.record_type,
+                orig.url,
+            )
         else:  # inside an error-free record: only within the block its (damaged) Content-Length declares
             assert any(b <= n and e <= end for b, end, s in blocks if s == offsets[k]), (
-                f"intact record at {n} silently dropped inside the record at {offsets[k]}")
+                f"intact record at {n} silently dropped inside the record at {offsets[k]}"
+            )
 
 
 _ONE: dict[bytes, object] = {}
@@ -322,8 +362,6 @@ def member_of(spans: list[tuple[int, int]], p: int) -> int:
     return [off for start, off in spans if start <= p][-1]
 
 
-
-
 @st.composite
 def damaged_gzip(draw, reference: Path):
     files = corpus(reference)
@@ -336,7 +374,9 @@ def damaged_gzip(draw, reference: Path):
     edits = []
     for _ in range(draw(st.integers(1, 3))):
         kind = draw(st.sampled_from(["flip", "truncate", "insert", "dup_member", "empty_member", "padding"]))
-        hot = sorted({o + d for o in offsets + [len(raw)] for d in (0, 1, 2, 3, 4, 9, 10, -8, -4, -1)} & set(range(len(raw) + 1)))
+        hot = sorted(
+            {o + d for o in offsets + [len(raw)] for d in (0, 1, 2, 3, 4, 9, 10, -8, -4, -1)} & set(range(len(raw) + 1))
+        )
         p = draw(st.one_of(st.sampled_from(hot), st.integers(0, len(raw))))
         if kind == "flip" and p < len(raw):
             edits.append((p, p + 1, bytes([raw[p] ^ draw(st.integers(1, 255))])))
@@ -361,9 +401,10 @@ class GzCase:
 
     def __repr__(self) -> str:
         edits = [(a, b, rep[:40], len(rep)) for a, b, rep in self.edits]
-        return f"GzCase(members at {self.offsets} of sizes {[len(m) for m in self.members]}, heads={[c[:40] for c in self.chunks]}, edits={edits})"
-
-
+        return (
+            f"GzCase(members at {self.offsets} of sizes {[len(m) for m in self.members]}, "
+            f"heads={[c[:40] for c in self.chunks]}, edits={edits})"
+        )
 
 
 _ARC: list[bytes] = []
@@ -382,4 +423,3 @@ def arc_records() -> list[bytes]:
 
 def iter_file_plain(data: bytes) -> list:
     return list(parse_stream(MemberStream(io.BytesIO(data)), "x"))
-

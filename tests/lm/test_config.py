@@ -4,7 +4,6 @@ messages, partial models (named config + overrides) and stage@latest references.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import pytest
 from pydantic import Field, ValidationError
@@ -31,7 +30,7 @@ class Inner(Config):
 class Outer(Config):
     name: str = Field("x", description="name")
     inner: Inner = Field(default_factory=lambda: Inner(vocab_size=99), description="section")
-    maybe: Optional[Inner] = Field(None, description="optional section")
+    maybe: Inner | None = Field(None, description="optional section")
     note: str | None = Field("n", description="nullable")
 
 

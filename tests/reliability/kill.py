@@ -46,15 +46,29 @@ class KillResult:
     where: str  # what the condition saw when it fired ("" when not killed)
 
 
-def run_flow(flow: str, config: dict, cfg_path: Path, *, kill_when: Callable[[], str | None] | None = None,
-             env: dict[str, str] | None = None, timeout_s: float = 300.0, log_path: Path | None = None) -> KillResult:
+def run_flow(
+    flow: str,
+    config: dict,
+    cfg_path: Path,
+    *,
+    kill_when: Callable[[], str | None] | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 300.0,
+    log_path: Path | None = None,
+) -> KillResult:
     """Run ``flow`` with ``config`` in a new process group; SIGKILL the group as soon as
     ``kill_when()`` returns a truthy description. Returns what happened."""
     cfg_path.write_text(yaml.safe_dump(config))
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", flow, "--config", str(cfg_path)], cwd=REPO,
-                            env=env or flow_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", flow, "--config", str(cfg_path)],
+        cwd=REPO,
+        env=env or flow_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     where = ""
     try:
         while proc.poll() is None:
@@ -152,13 +166,25 @@ def landed_mid_stage(root: Path, stage: str) -> bool:
 
 # Fields of a marker or manifest that record when/how long, not what: left out of comparisons
 # (so are keys ending in _seconds or _time_s).
-TIMING_KEYS = {"seconds", "finished_at", "saved_at", "timings", "manifest_sha256", "marker_sha256", "meta_sha256", "_path",
-               "manifest_hmac", "marker_hmac"}  # signatures: each root has its own key
+TIMING_KEYS = {
+    "seconds",
+    "finished_at",
+    "saved_at",
+    "timings",
+    "manifest_sha256",
+    "marker_sha256",
+    "meta_sha256",
+    "_path",
+    "manifest_hmac",
+    "marker_hmac",
+}  # signatures: each root has its own key
 
 
 def _strip(obj):
     if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in TIMING_KEYS and not k.endswith(("_seconds", "_time_s"))}
+        return {
+            k: _strip(v) for k, v in obj.items() if k not in TIMING_KEYS and not k.endswith(("_seconds", "_time_s"))
+        }
     if isinstance(obj, list):
         return [_strip(v) for v in obj]
     return obj
@@ -192,7 +218,11 @@ def ids_of(manifest_path: str | Path, column: str = "id", kind: str = "shards") 
     """All values of ``column`` in a finished stage's shards (or rejects), in order."""
     from lm.data.shards import read_manifest, shard_paths
 
-    return [v for p in shard_paths(read_manifest(manifest_path), kind) for v in pq.read_table(p, columns=[column]).column(column).to_pylist()]
+    return [
+        v
+        for p in shard_paths(read_manifest(manifest_path), kind)
+        for v in pq.read_table(p, columns=[column]).column(column).to_pylist()
+    ]
 
 
 def first_differences(a, b, path: str = "", limit: int = 5) -> list[str]:

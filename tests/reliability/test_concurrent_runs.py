@@ -36,8 +36,14 @@ _WRITER = textwrap.dedent(f"""
 
 def _start(root: Path, tag: str, delay_s: float) -> subprocess.Popen:
     env = {**os.environ, "LMPIPE_TEST_SHARD_DELAY_S": str(delay_s)}
-    return subprocess.Popen([sys.executable, "-c", _WRITER, str(root), tag], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(root), tag],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_temporary(stage_dir: Path, proc: subprocess.Popen, timeout_s: float = 60) -> None:
@@ -57,11 +63,22 @@ def test_a_second_run_is_refused_naming_the_first_and_leaves_its_files_alone(tmp
     out2, err2 = second.communicate(timeout=120)
     out1, err1 = first.communicate(timeout=120)
     refused = second.returncode != 0 and "StageBusyError" in err2 and f"pid {first.pid}" in err2
-    ids = read_stage_table(read_manifest(stage.commit(num_shards=1))).column("id").to_pylist() if first.returncode == 0 else []
+    ids = (
+        read_stage_table(read_manifest(stage.commit(num_shards=1))).column("id").to_pylist()
+        if first.returncode == 0
+        else []
+    )
     ok = refused and first.returncode == 0 and ids == [f"first-{j}" for j in range(ROWS)]
-    leftovers = [p.name for p in stage.path.iterdir() if p.name.startswith(".")] + [p.name for p in (root / ".lmpipe-locks").glob("*.lock")]
-    chaos_record("a second run writes the same shard", "stage contract (two processes)", 1, int(ok and not leftovers),
-                 note="second refused naming the first's pid; first finished, its files intact")
+    leftovers = [p.name for p in stage.path.iterdir() if p.name.startswith(".")] + [
+        p.name for p in (root / ".lmpipe-locks").glob("*.lock")
+    ]
+    chaos_record(
+        "a second run writes the same shard",
+        "stage contract (two processes)",
+        1,
+        int(ok and not leftovers),
+        note="second refused naming the first's pid; first finished, its files intact",
+    )
     assert first.returncode == 0, err1
     assert refused, (second.returncode, err2[-2000:])
     assert "being written by another run" in err2 and "wait for it to finish" in err2.lower()
@@ -80,10 +97,16 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, chaos_record):
     _, err = rerun.communicate(timeout=120)
     ok = rerun.returncode == 0 and stage.shard_done(0)
     ids = read_stage_table(read_manifest(stage.commit(num_shards=1))).column("id").to_pylist() if ok else []
-    leftovers = [p.name for p in stage.path.iterdir() if p.name.startswith(".")] + [p.name for p in (root / ".lmpipe-locks").glob("*.lock")]
-    chaos_record("SIGKILL while holding a shard lock", "stage contract (two processes)", 1,
-                 int(ok and ids == [f"rerun-{j}" for j in range(ROWS)] and not leftovers),
-                 note="the next run takes the shard over at once; no temporaries or lock files left")
+    leftovers = [p.name for p in stage.path.iterdir() if p.name.startswith(".")] + [
+        p.name for p in (root / ".lmpipe-locks").glob("*.lock")
+    ]
+    chaos_record(
+        "SIGKILL while holding a shard lock",
+        "stage contract (two processes)",
+        1,
+        int(ok and ids == [f"rerun-{j}" for j in range(ROWS)] and not leftovers),
+        note="the next run takes the shard over at once; no temporaries or lock files left",
+    )
     assert rerun.returncode == 0, err[-2000:]
     assert ids == [f"rerun-{j}" for j in range(ROWS)]
     assert leftovers == []

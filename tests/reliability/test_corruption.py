@@ -15,26 +15,42 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 
 import pytest
 
 from flows.data import DataConfig, data_flow
 from lm.data.shards import ShardCorruptError, read_manifest, read_marker, read_stage_table
-from lm.tokenizer.stages import commit_tokenize, load_stage_tokenizer, tokenize_shard, tokenize_stage, train_tokenizer_stage
+from lm.model.transformer import TransformerLM
+from lm.tokenizer.stages import (
+    commit_tokenize,
+    load_stage_tokenizer,
+    tokenize_shard,
+    tokenize_stage,
+    train_tokenizer_stage,
+)
 from lm.tokenizer.tokenizer import Tokenizer
 from lm.train.checkpoint import CheckpointCorruptError, load_checkpoint
 from lm.train.data import TokenShards
 from lm.train.optim import AdamW
 from lm.train.trainer import TrainConfig, train
-from lm.model.transformer import TransformerLM
 
 # when a file was written, and its self-checksum (which covers the time); a checkpoint's
 # "rng" holds the process-global Python RNG, which other threads of this test process (Prefect's
 # client) also draw from: training does not use it, and the weights are compared byte for byte
-VOLATILE = {"timings", "manifest_sha256", "marker_sha256", "meta_sha256", "_path", "seconds", "finished_at", "saved_at", "rng",
-            "manifest_hmac", "marker_hmac"}  # signatures: each root has its own key
+VOLATILE = {
+    "timings",
+    "manifest_sha256",
+    "marker_sha256",
+    "meta_sha256",
+    "_path",
+    "seconds",
+    "finished_at",
+    "saved_at",
+    "rng",
+    "manifest_hmac",
+    "marker_hmac",
+}  # signatures: each root has its own key
 
 
 def damage(path: Path, mode: str, rng: random.Random) -> None:
@@ -63,7 +79,11 @@ def snapshot(d: Path) -> dict[str, object]:
     for p in sorted(d.rglob("*")):
         if p.is_file() and not p.name.startswith("."):
             rel = str(p.relative_to(d))
-            out[rel] = stable_json(p) if p.suffix == ".json" and p.name not in ("vocab.json", "tokenizer.json") else p.read_bytes()
+            out[rel] = (
+                stable_json(p)
+                if p.suffix == ".json" and p.name not in ("vocab.json", "tokenizer.json")
+                else p.read_bytes()
+            )
     return out
 
 
@@ -73,8 +93,12 @@ class Chain:
     def __init__(self, root: Path, reference: Path):
         self.root = root
         cc = reference / "commoncrawl"
-        self.data_cfg = DataConfig(sources=[str(cc / "warcfile.warc.gz"), str(cc / "whirlwind.warc.gz")],
-                                   root=str(root), max_workers=2, filters=None)
+        self.data_cfg = DataConfig(
+            sources=[str(cc / "warcfile.warc.gz"), str(cc / "whirlwind.warc.gz")],
+            root=str(root),
+            max_workers=2,
+            filters=None,
+        )
 
     def extract(self) -> Path:
         self.corpus = Path(data_flow(config=self.data_cfg)["extract"])
@@ -82,8 +106,16 @@ class Chain:
 
     def tokenizer(self) -> Path:
         # later stages read the extract manifest the first run returned (no flow run each time)
-        return Path(train_tokenizer_stage(self.root, self.corpus, vocab_size=300, special_tokens=["<|endoftext|>"],
-                                          sample_bytes=200_000, num_workers=1)).parent
+        return Path(
+            train_tokenizer_stage(
+                self.root,
+                self.corpus,
+                vocab_size=300,
+                special_tokens=["<|endoftext|>"],
+                sample_bytes=200_000,
+                num_workers=1,
+            )
+        ).parent
 
     def tokenize(self) -> Path:
         corpus, tdir = self.corpus, self.tokenizer()
@@ -98,9 +130,23 @@ class Chain:
 
     def train_cfg(self) -> TrainConfig:
         model = dict(vocab_size=300, context_length=16, d_model=16, num_layers=1, num_heads=2, d_ff=48)
-        return TrainConfig.model_validate(dict(
-            model=model, data=str(self.tokenize()), out_dir=str(self.root / "run"), batch_size=4, max_steps=12, lr=3e-3,
-            warmup_steps=2, eval_interval=12, eval_batches=1, checkpoint_interval=4, keep_last=3, log_interval=12, device="cpu"))
+        return TrainConfig.model_validate(
+            dict(
+                model=model,
+                data=str(self.tokenize()),
+                out_dir=str(self.root / "run"),
+                batch_size=4,
+                max_steps=12,
+                lr=3e-3,
+                warmup_steps=2,
+                eval_interval=12,
+                eval_batches=1,
+                checkpoint_interval=4,
+                keep_last=3,
+                log_interval=12,
+                device="cpu",
+            )
+        )
 
     def pretrain(self) -> Path:
         return Path(train(self.train_cfg())["checkpoint"])
@@ -148,8 +194,16 @@ def test_corruption_detected_and_recomputed(chain, kind, trials, chaos_record):
         for mode in ("flip", "truncate"):
             if kind == "parquet shard":
                 target = extract_dir / rng.choice(["part-00000.parquet", "part-00001.parquet", "rejects-00000.parquet"])
-                results.append(_trial(chain.extract, target, lambda: (read_stage_table(extract_dir), read_stage_table(extract_dir, "rejects")),
-                                      mode, rng, extract_dir))
+                results.append(
+                    _trial(
+                        chain.extract,
+                        target,
+                        lambda: (read_stage_table(extract_dir), read_stage_table(extract_dir, "rejects")),
+                        mode,
+                        rng,
+                        extract_dir,
+                    )
+                )
             elif kind == "stage manifest":
                 d = rng.choice([extract_dir, tokens_dir])
                 step = chain.extract if d == extract_dir else chain.tokenize
@@ -164,10 +218,13 @@ def test_corruption_detected_and_recomputed(chain, kind, trials, chaos_record):
                 def read(d=d, marker=marker):
                     (d / "_manifest.json").unlink(missing_ok=True)  # the run stopped before its commit
                     read_marker(marker)
+
                 results.append(_trial(step, marker, read, mode, rng, d))
             elif kind == "token shard":
                 target = rng.choice(sorted(tokens_dir.glob("train-*.bin")))
-                results.append(_trial(chain.tokenize, target, lambda: TokenShards(tokens_dir, "train"), mode, rng, tokens_dir))
+                results.append(
+                    _trial(chain.tokenize, target, lambda: TokenShards(tokens_dir, "train"), mode, rng, tokens_dir)
+                )
             elif kind == "tokenizer files":
                 target = tok_dir / rng.choice(["vocab.json", "merges.txt"])
                 results.append(_trial(chain.tokenizer, target, lambda: Tokenizer.load(tok_dir), mode, rng, tok_dir))
@@ -176,12 +233,19 @@ def test_corruption_detected_and_recomputed(chain, kind, trials, chaos_record):
                 target = final / rng.choice(["model.safetensors", "optimizer.safetensors", "meta.json"])
                 model = TransformerLM(chain.train_cfg().model)
                 optimizer = AdamW(model.parameters())  # what a resume reads: weights and optimizer state
-                results.append(_trial(chain.pretrain, target, lambda: load_checkpoint(final, model, optimizer), mode, rng, final))
+                results.append(
+                    _trial(chain.pretrain, target, lambda: load_checkpoint(final, model, optimizer), mode, rng, final)
+                )
                 if not final.with_name(final.name + ".corrupt").is_dir():  # kept for inspection, not deleted
                     results.append((False, f"damaged checkpoint {final} was not set aside as {final.name}.corrupt"))
         ok = all(r for r, _ in results)
         survived += ok
         notes += [n for r, n in results if not r]
-    chaos_record("flipped byte / truncation of a finished file", kind, trials, survived, note="; ".join(notes) or
-                 "detected on read by checksum; rerun recomputed identical output")
+    chaos_record(
+        "flipped byte / truncation of a finished file",
+        kind,
+        trials,
+        survived,
+        note="; ".join(notes) or "detected on read by checksum; rerun recomputed identical output",
+    )
     assert survived == trials, notes

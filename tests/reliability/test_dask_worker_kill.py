@@ -26,19 +26,24 @@ NUM_SHARDS = 5
 
 
 def _config(reference: Path, root: Path, runner: dict) -> DataConfig:
-    return DataConfig.model_validate({
-        "sources": [str(reference / CC / "warcfile.warc.gz")],
-        "root": str(root),
-        "extract": {"slice_bytes": 30_000},  # 5 shards
-        "filters": None,  # the fault is in the extract stage's tasks
-        "runner": runner,
-    })
+    return DataConfig.model_validate(
+        {
+            "sources": [str(reference / CC / "warcfile.warc.gz")],
+            "root": str(root),
+            "extract": {"slice_bytes": 30_000},  # 5 shards
+            "filters": None,  # the fault is in the extract stage's tasks
+            "runner": runner,
+        }
+    )
 
 
 def _stage(manifest: str) -> dict:
     m = read_manifest(manifest)
-    return {"sha256": [s.get("sha256") for s in m["shards"]], "counts": m["counts"],
-            "parquet": {p.name: p.read_bytes() for p in sorted(manifest_dir(m).glob("*.parquet"))}}
+    return {
+        "sha256": [s.get("sha256") for s in m["shards"]],
+        "counts": m["counts"],
+        "parquet": {p.name: p.read_bytes() for p in sorted(manifest_dir(m).glob("*.parquet"))},
+    }
 
 
 def _kill_a_busy_worker(client, pids: dict, killed: list, stop: threading.Event) -> None:
@@ -64,8 +69,16 @@ def test_dask_worker_killed_mid_shard(prefect_harness, reference, tmp_path, tria
 
     survived = lost = duplicated = 0
     notes = []
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      env={"LMPIPE_TEST_SHARD_STALL_S": str(STALL_S)}) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env={"LMPIPE_TEST_SHARD_STALL_S": str(STALL_S)},
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         for trial in range(trials):
             client.wait_for_workers(2, timeout=120)
             pids = client.run(os.getpid)  # worker address -> pid
@@ -75,7 +88,9 @@ def test_dask_worker_killed_mid_shard(prefect_harness, reference, tmp_path, tria
             watcher.start()
             root = tmp_path / f"trial-{trial}"
             try:
-                got = data_flow(config=_config(reference, root, {"kind": "dask", "address": cluster.scheduler_address}))["extract"]
+                got = data_flow(
+                    config=_config(reference, root, {"kind": "dask", "address": cluster.scheduler_address})
+                )["extract"]
             except Exception as e:  # a trial that does not survive is counted, then reported
                 notes.append(f"trial {trial}: flow failed: {type(e).__name__}: {e}"[:300])
                 continue
@@ -95,9 +110,19 @@ def test_dask_worker_killed_mid_shard(prefect_harness, reference, tmp_path, tria
             if runs >= 2 and exact:
                 survived += 1
             else:
-                notes.append(f"trial {trial}: killed pid {pid} running {key}; task processed {runs}x; output exact: {exact}")
+                notes.append(
+                    f"trial {trial}: killed pid {pid} running {key}; task processed {runs}x; output exact: {exact}"
+                )
 
-    chaos_record("SIGKILL Dask worker mid-shard", "extract", trials, survived, lost, duplicated,
-                 note="; ".join(notes) or f"rescheduled on the live worker, shards byte-identical ({NUM_SHARDS} shards, 2 workers)")
+    chaos_record(
+        "SIGKILL Dask worker mid-shard",
+        "extract",
+        trials,
+        survived,
+        lost,
+        duplicated,
+        note="; ".join(notes)
+        or f"rescheduled on the live worker, shards byte-identical ({NUM_SHARDS} shards, 2 workers)",
+    )
     assert survived == trials, notes
     assert lost == 0 and duplicated == 0

@@ -27,7 +27,13 @@ import pytest
 
 from flows.data import DataConfig, data_flow
 from lm.data.shards import DiskFullError, read_manifest
-from lm.tokenizer.stages import commit_tokenize, load_stage_tokenizer, tokenize_shard, tokenize_stage, train_tokenizer_stage
+from lm.tokenizer.stages import (
+    commit_tokenize,
+    load_stage_tokenizer,
+    tokenize_shard,
+    tokenize_stage,
+    train_tokenizer_stage,
+)
 from lm.train.trainer import TrainConfig, list_checkpoints, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,9 +43,14 @@ NAMES = ["warcfile.warc.gz", "clueweb-quirk.warc.gz"]
 @contextlib.contextmanager
 def tmpfs(path: Path, size: int):
     path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}); the RLIMIT_FSIZE test covers disk full")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}); "
+            "the RLIMIT_FSIZE test covers disk full"
+        )
     try:
         yield lambda new_size: subprocess.run(["mount", "-o", f"remount,size={new_size}", str(path)], check=True)
     finally:
@@ -70,7 +81,12 @@ def files_of(d: Path, suffixes=(".parquet", ".bin", ".safetensors")) -> dict[str
 
 def check_message(e: BaseException, root: Path) -> str | None:
     msg = str(e)
-    want = ["no space left on device while writing", str(root), "free on the filesystem", "free space or set root to a larger disk"]
+    want = [
+        "no space left on device while writing",
+        str(root),
+        "free on the filesystem",
+        "free space or set root to a larger disk",
+    ]
     missing = [w for w in want if w not in msg]
     return f"message lacks {missing}: {msg}" if missing else None
 
@@ -80,7 +96,7 @@ def check_message(e: BaseException, root: Path) -> str | None:
 
 def test_extract_stage_on_a_full_tmpfs(prefect_harness, reference, tmp_path, trials, chaos_record):
     sources = [str(reference / "commoncrawl" / n) for n in NAMES]
-    cfg = lambda root: DataConfig(sources=sources, root=str(root), max_workers=1, filters=None)  # noqa: E731
+    cfg = lambda root: DataConfig(sources=sources, root=str(root), max_workers=1, filters=None)
     want = Path(data_flow(config=cfg(tmp_path / "roomy"))["extract"]).parent
     need = sum(p.stat().st_size for p in want.iterdir())
     survived, notes = 0, []
@@ -103,9 +119,17 @@ def test_extract_stage_on_a_full_tmpfs(prefect_harness, reference, tmp_path, tri
             ok = not bad and not problems and not temps and same
             survived += ok
             if not ok:
-                notes.append(f"trial {trial} (tmpfs {size} B): {bad}; visible {problems}; temporaries {temps}; same after rerun {same}")
-    chaos_record("disk full (tmpfs) during write", "extract (Parquet shards)", trials, survived, note="; ".join(notes) or
-                 "DiskFullError names path + free space; nothing partial visible; rerun identical")
+                notes.append(
+                    f"trial {trial} (tmpfs {size} B): {bad}; visible "
+                    f"{problems}; temporaries {temps}; same after rerun {same}"
+                )
+    chaos_record(
+        "disk full (tmpfs) during write",
+        "extract (Parquet shards)",
+        trials,
+        survived,
+        note="; ".join(notes) or "DiskFullError names path + free space; nothing partial visible; rerun identical",
+    )
     assert survived == trials, notes
 
 
@@ -114,7 +138,11 @@ def test_tokenize_and_checkpoint_on_a_full_tmpfs(prefect_harness, reference, tmp
     sources = [str(reference / "commoncrawl" / n) for n in NAMES]
     roomy = tmp_path / "roomy"
     corpus = data_flow(config=DataConfig(sources=sources, root=str(roomy), max_workers=1, filters=None))["extract"]
-    tdir = Path(train_tokenizer_stage(roomy, corpus, vocab_size=300, special_tokens=["<|endoftext|>"], sample_bytes=100_000, num_workers=1)).parent
+    tdir = Path(
+        train_tokenizer_stage(
+            roomy, corpus, vocab_size=300, special_tokens=["<|endoftext|>"], sample_bytes=100_000, num_workers=1
+        )
+    ).parent
     tok = load_stage_tokenizer(tdir)
     n = len(read_manifest(corpus)["shards"])
 
@@ -141,9 +169,23 @@ def test_tokenize_and_checkpoint_on_a_full_tmpfs(prefect_harness, reference, tmp
             notes.append("tokenize: rerun differs from a run with room")
 
     model = dict(vocab_size=300, context_length=16, d_model=32, num_layers=1, num_heads=2, d_ff=96)
-    cfg = lambda out: TrainConfig.model_validate(dict(  # noqa: E731
-        model=model, data=str(want_tokens), out_dir=str(out), batch_size=4, max_steps=8, lr=3e-3, warmup_steps=2,
-        eval_interval=8, eval_batches=1, checkpoint_interval=4, keep_last=3, log_interval=8, device="cpu"))
+    cfg = lambda out: TrainConfig.model_validate(
+        dict(
+            model=model,
+            data=str(want_tokens),
+            out_dir=str(out),
+            batch_size=4,
+            max_steps=8,
+            lr=3e-3,
+            warmup_steps=2,
+            eval_interval=8,
+            eval_batches=1,
+            checkpoint_interval=4,
+            keep_last=3,
+            log_interval=8,
+            device="cpu",
+        )
+    )
     want_ck = Path(train(cfg(tmp_path / "run"))["checkpoint"])
     ck_bytes = sum(p.stat().st_size for p in want_ck.iterdir())
     out = tmp_path / "tmpfs-run"
@@ -159,8 +201,13 @@ def test_tokenize_and_checkpoint_on_a_full_tmpfs(prefect_harness, reference, tmp
         got = Path(train(cfg(out))["checkpoint"])  # resumes from step 4
         if files_of(got) != files_of(want_ck):
             notes.append("checkpoint: resumed run's final weights differ from a run with room")
-    chaos_record("disk full (tmpfs) during write", "tokenize + pretrain checkpoint", 1, int(not notes),
-                 note="; ".join(notes) or "DiskFullError; no partial shard/checkpoint; rerun identical")
+    chaos_record(
+        "disk full (tmpfs) during write",
+        "tokenize + pretrain checkpoint",
+        1,
+        int(not notes),
+        note="; ".join(notes) or "DiskFullError; no partial shard/checkpoint; rerun identical",
+    )
     assert not notes, notes
 
 
@@ -186,8 +233,13 @@ CHILD = textwrap.dedent("""
 
 
 def run_child(root: Path, sources: list[str], limit: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CHILD, str(root), ",".join(sources), str(limit)],
-                          capture_output=True, text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(root), ",".join(sources), str(limit)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_file_size_limit_unprivileged(reference, tmp_path, trials, chaos_record):
@@ -205,14 +257,30 @@ def test_file_size_limit_unprivileged(reference, tmp_path, trials, chaos_record)
         stage_dir = root / "extract" / want.name
         problems, temps = visible_state(stage_dir)
         msg = proc.stdout
-        bad = None if (proc.returncode == 7 and "file size limit exceeded while writing" in msg and str(root) in msg
-                       and "RLIMIT_FSIZE" in msg) else f"exit {proc.returncode}: {msg[-300:]} {proc.stderr[-300:]}"
+        bad = (
+            None
+            if (
+                proc.returncode == 7
+                and "file size limit exceeded while writing" in msg
+                and str(root) in msg
+                and "RLIMIT_FSIZE" in msg
+            )
+            else f"exit {proc.returncode}: {msg[-300:]} {proc.stderr[-300:]}"
+        )
         again = run_child(root, sources, 0)  # the limit lifted: the rerun finishes the stage
         same = again.returncode == 0 and files_of(stage_dir) == files_of(want)
         ok = not bad and not problems and not temps and same
         survived += ok
         if not ok:
-            notes.append(f"trial {trial} (limit {limit} B): {bad}; visible {problems}; temporaries {temps}; same after rerun {same}")
-    chaos_record("file size limit (RLIMIT_FSIZE) during write", "extract (Parquet shards, lm level)", trials, survived,
-                 note="; ".join(notes) or "DiskFullError (EFBIG); nothing partial visible; rerun identical")
+            notes.append(
+                f"trial {trial} (limit {limit} B): {bad}; visible "
+                f"{problems}; temporaries {temps}; same after rerun {same}"
+            )
+    chaos_record(
+        "file size limit (RLIMIT_FSIZE) during write",
+        "extract (Parquet shards, lm level)",
+        trials,
+        survived,
+        note="; ".join(notes) or "DiskFullError (EFBIG); nothing partial visible; rerun identical",
+    )
     assert survived == trials, notes

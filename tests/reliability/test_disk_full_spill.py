@@ -27,10 +27,20 @@ REPO = Path(__file__).resolve().parents[2]
 DOC_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string())])
 STEPS = {
     # step: (the call the child makes, the stage directory it writes)
-    "line_duplicates": ("S.line_duplicates_partition(root, S.ExactDedupConfig(memory_mb=0.05), inp, 1, 0); "
-                        "S.line_duplicates_finish(root, inp, 1)", "line_duplicates"),
-    "minhash_buckets": ("S.buckets_partition(root, S.MinHashConfig(memory_mb=0.05), inp, 1, 0); "
-                        "S.buckets_stage(root, S.MinHashConfig(), inp, 1).commit(num_shards=1)", "minhash_buckets"),
+    "line_duplicates": (
+        (
+            "S.line_duplicates_partition(root, S.ExactDedupConfig(memory_mb=0.05), inp, 1, 0); "
+            "S.line_duplicates_finish(root, inp, 1)"
+        ),
+        "line_duplicates",
+    ),
+    "minhash_buckets": (
+        (
+            "S.buckets_partition(root, S.MinHashConfig(memory_mb=0.05), inp, 1, 0); "
+            "S.buckets_stage(root, S.MinHashConfig(), inp, 1).commit(num_shards=1)"
+        ),
+        "minhash_buckets",
+    ),
 }
 CHILD = textwrap.dedent("""
     import resource, signal, sys
@@ -77,8 +87,13 @@ def step_input(step: str, root: Path) -> str:
 
 def run_child(step: str, root: Path, inp: str, limit: int) -> subprocess.CompletedProcess:
     code = CHILD.replace("{call}", STEPS[step][0])
-    return subprocess.run([sys.executable, "-c", code, str(root), inp, str(limit)], capture_output=True, text=True, cwd=REPO,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-c", code, str(root), inp, str(limit)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def outputs(stage_dir: Path) -> dict[str, bytes]:
@@ -101,16 +116,31 @@ def test_disk_full_during_a_spill(step, tmp_path, trials, chaos_record):
         proc = run_child(step, root, inp, limit)
         stage_dir = root / STEPS[step][1] / want.name
         names = sorted(p.name for p in stage_dir.iterdir()) if stage_dir.exists() else []
-        leftovers = [n for n in names if n.startswith(".") or n.endswith((".done.json", ".parquet")) or n == "_manifest.json"]
+        leftovers = [
+            n for n in names if n.startswith(".") or n.endswith((".done.json", ".parquet")) or n == "_manifest.json"
+        ]
         msg = proc.stdout
-        bad = None if (proc.returncode == 7 and "file size limit exceeded while writing" in msg and ".spill-" in msg
-                       and "RLIMIT_FSIZE" in msg) else f"exit {proc.returncode}: {msg[-300:]} {proc.stderr[-300:]}"
+        bad = (
+            None
+            if (
+                proc.returncode == 7
+                and "file size limit exceeded while writing" in msg
+                and ".spill-" in msg
+                and "RLIMIT_FSIZE" in msg
+            )
+            else f"exit {proc.returncode}: {msg[-300:]} {proc.stderr[-300:]}"
+        )
         again = run_child(step, root, inp, 0)
         same = again.returncode == 0 and outputs(stage_dir) == outputs(want)
         ok = not bad and not leftovers and same
         survived += ok
         if not ok:
             notes.append(f"trial {trial} (limit {limit} B): {bad}; left {leftovers}; same after rerun {same}")
-    chaos_record("file size limit (RLIMIT_FSIZE) during a spill", f"{step} (memory_mb=0.05)", trials, survived,
-                 note="; ".join(notes) or "DiskFullError names the spill file; nothing partial visible; rerun identical")
+    chaos_record(
+        "file size limit (RLIMIT_FSIZE) during a spill",
+        f"{step} (memory_mb=0.05)",
+        trials,
+        survived,
+        note="; ".join(notes) or "DiskFullError names the spill file; nothing partial visible; rerun identical",
+    )
     assert survived == trials, notes

@@ -61,20 +61,24 @@ def random_faults(rng: random.Random, size: int) -> list[str]:
     out = []
     for kind in rng.sample(["503", "stall", "reset", "close", "stallbody", "longlen"], rng.randint(1, 2)):
         n = rng.randrange(1, size)
-        out.append({
-            "503": "503",
-            "stall": f"stall:{TIMEOUT_S * 3}",  # no answer within the timeout
-            "reset": f"reset:{n}",
-            "close": f"close:{n}",
-            "stallbody": f"stallbody:{n}:{TIMEOUT_S * 3}",
-            "longlen": f"longlen:{rng.randint(1, 5000)}",
-        }[kind])
+        out.append(
+            {
+                "503": "503",
+                "stall": f"stall:{TIMEOUT_S * 3}",  # no answer within the timeout
+                "reset": f"reset:{n}",
+                "close": f"close:{n}",
+                "stallbody": f"stallbody:{n}:{TIMEOUT_S * 3}",
+                "longlen": f"longlen:{rng.randint(1, 5000)}",
+            }[kind]
+        )
     if rng.random() < 0.5:
         out.append(f"slow:{max(1, size // 8)}:0.01")
     return out
 
 
-def test_transient_faults_are_retried_and_resumed(prefect_harness, reference, tmp_path, trials, chaos_record, local_run, server):
+def test_transient_faults_are_retried_and_resumed(
+    prefect_harness, reference, tmp_path, trials, chaos_record, local_run, server
+):
     files = {n: (reference / "commoncrawl" / n).read_bytes() for n in NAMES}
     local = run(tmp_path / "local", local_run)
     urls = [server.add(f"/{n}", b) for n, b in files.items()]
@@ -103,34 +107,63 @@ def test_transient_faults_are_retried_and_resumed(prefect_harness, reference, tm
         resumed = {p for p, r in server.log if r and not r.startswith("bytes=0-")}
         # files whose transfer was actually cut after some bytes (the fault was used on a request)
         used = {n: fs[: len(fs) - len(server.faults[f"/{n}"])] for n, fs in plan.items()}
-        broken = {f"/{n}" for n, fs in used.items() if any(f.split(":")[0] in ("reset", "close", "stallbody", "longlen") for f in fs)}
-        refetched = [p for p in broken if [r for q, r in server.log if q == p].count(None)
-                     > 1 + sum(f == "503" or f.startswith("stall:") for f in used[p[1:]])]
+        broken = {
+            f"/{n}"
+            for n, fs in used.items()
+            if any(f.split(":")[0] in ("reset", "close", "stallbody", "longlen") for f in fs)
+        }
+        refetched = [
+            p
+            for p in broken
+            if [r for q, r in server.log if q == p].count(None)
+            > 1 + sum(f == "503" or f.startswith("stall:") for f in used[p[1:]])
+        ]
         same_bytes = [p.read_bytes() for p in shard_paths(got)] == clean_bytes
         # (a later fault may go unused: a mid-body fault on a Range request shorter than its
         # offset delivers everything, and no further request comes)
         first_used = all(server.faults[f"/{n}"] != fs for n, fs in plan.items())
-        ok = (same_bytes and got_rows == want_rows and accounted(m) and not m["counts"]["failed"]
-              and first_used and broken <= resumed and not refetched)
+        ok = (
+            same_bytes
+            and got_rows == want_rows
+            and accounted(m)
+            and not m["counts"]["failed"]
+            and first_used
+            and broken <= resumed
+            and not refetched
+        )
         survived += ok
         if not ok:
-            notes.append(f"trial {trial}: plan {plan}; same bytes {same_bytes}; unresumed {sorted(broken - resumed)}; "
-                         f"refetched {refetched}; faults left {left}; failed {m['counts']['failed']}")
-    chaos_record("HTTP 503/reset/close/stall/slow/short body", "extract (data flow over HTTP)", trials, survived,
-                 lost, duplicated, note="; ".join(notes) or "byte-identical shards; resumed with Range")
+            notes.append(
+                f"trial {trial}: plan {plan}; same bytes {same_bytes}; unresumed {sorted(broken - resumed)}; "
+                f"refetched {refetched}; faults left {left}; failed {m['counts']['failed']}"
+            )
+    chaos_record(
+        "HTTP 503/reset/close/stall/slow/short body",
+        "extract (data flow over HTTP)",
+        trials,
+        survived,
+        lost,
+        duplicated,
+        note="; ".join(notes) or "byte-identical shards; resumed with Range",
+    )
     assert survived == trials, notes
     assert lost == 0 and duplicated == 0
 
 
-def test_permanent_failure_is_reported_and_nothing_else_lost(prefect_harness, reference, tmp_path, chaos_record, local_run, server):
+def test_permanent_failure_is_reported_and_nothing_else_lost(
+    prefect_harness, reference, tmp_path, chaos_record, local_run, server
+):
     """A 404 and a file that keeps answering 503 beyond every retry (the client's and the
     task's): both counted with their URL; the other file's records are all kept."""
     good = reference / "commoncrawl" / "warcfile.warc.gz"
     good_url = server.add("/warcfile.warc.gz", good.read_bytes(), faults=["reset:5000"])
     gone_url = server.url + "/gone.warc.gz"
     # (retries + 1) requests per task attempt, 3 task attempts (TASK_RETRIES = 2)
-    dead_url = server.add("/dead.warc.gz", (reference / "commoncrawl" / "whirlwind.warc.gz").read_bytes(),
-                          faults=["503"] * (HTTP["retries"] + 1) * 3)
+    dead_url = server.add(
+        "/dead.warc.gz",
+        (reference / "commoncrawl" / "whirlwind.warc.gz").read_bytes(),
+        faults=["503"] * (HTTP["retries"] + 1) * 3,
+    )
     local = run(tmp_path / "local", [str(good)])
     got = run(tmp_path / "faulty", [good_url, gone_url, dead_url])
     m = read_manifest(got)
@@ -138,11 +171,22 @@ def test_permanent_failure_is_reported_and_nothing_else_lost(prefect_harness, re
     lost, duplicated = lost_and_duplicated(record_keys(want), record_keys(rows_without_source(got)))
     failed_urls = {f["id"]: f["kind"] for f in m["failed_ids"]}
     summary = _per_source_md(got)
-    ok = (m["counts"]["failed"] == {"source_not_found": 1, "source_error": 1}
-          and failed_urls == {gone_url: "source_not_found", dead_url: "source_error"}
-          and gone_url in summary and dead_url in summary and accounted(m))
-    chaos_record("HTTP 404 and 503 beyond retry budget", "extract (data flow over HTTP)", 1, int(ok), lost, duplicated,
-                 note="failed URLs in manifest failed_ids and summary; other sources complete")
+    ok = (
+        m["counts"]["failed"] == {"source_not_found": 1, "source_error": 1}
+        and failed_urls == {gone_url: "source_not_found", dead_url: "source_error"}
+        and gone_url in summary
+        and dead_url in summary
+        and accounted(m)
+    )
+    chaos_record(
+        "HTTP 404 and 503 beyond retry budget",
+        "extract (data flow over HTTP)",
+        1,
+        int(ok),
+        lost,
+        duplicated,
+        note="failed URLs in manifest failed_ids and summary; other sources complete",
+    )
     assert m["counts"]["failed"] == {"source_not_found": 1, "source_error": 1}
     assert failed_urls == {gone_url: "source_not_found", dead_url: "source_error"}
     assert gone_url in summary and dead_url in summary

@@ -35,15 +35,30 @@ from kill import REPO, diff_snapshots, flow_env, ids_of, stage_dirs, stage_snaps
 from lm.data.shards import accounted, read_manifest
 
 CC = "commoncrawl"
-STAGES = ["extract", "filters", "line_counts", "line_duplicates", "exact_dedup", "minhash_signatures", "minhash_buckets",
-          "minhash_clusters", "minhash"]
+STAGES = [
+    "extract",
+    "filters",
+    "line_counts",
+    "line_duplicates",
+    "exact_dedup",
+    "minhash_signatures",
+    "minhash_buckets",
+    "minhash_clusters",
+    "minhash",
+]
 # Model-based filters off: these tests are about Prefect, not about the funnel.
 LEAN = {"langid": {"enabled": False}, "rules": {"enabled": False}, "quality": {"enabled": False}}
 
 
 def _config(reference: Path, root: Path) -> dict:
-    return {"sources": [str(reference / CC / "warcfile.warc.gz"), str(reference / CC / "whirlwind.warc.gz")],
-            "root": str(root), "max_workers": 2, "num_samples": 1, "extract": {"slice_bytes": 50_000}, "filters": LEAN}
+    return {
+        "sources": [str(reference / CC / "warcfile.warc.gz"), str(reference / CC / "whirlwind.warc.gz")],
+        "root": str(root),
+        "max_workers": 2,
+        "num_samples": 1,
+        "extract": {"slice_bytes": 50_000},
+        "filters": LEAN,
+    }
 
 
 def _snapshots(root: Path) -> dict:
@@ -62,8 +77,10 @@ def _compare(root: Path, clean_root: Path) -> tuple[list[str], int, int, bool]:
     if final is None:
         return differ or ["minhash"], 0, 0, False
     clean_final = read_manifest(stage_dirs(clean_root, "minhash")[0])
-    lost, dup = lost_and_duplicated(ids_of(clean_final["_path"]) + ids_of(clean_final["_path"], kind="rejects"),
-                                    ids_of(final["_path"]) + ids_of(final["_path"], kind="rejects"))
+    lost, dup = lost_and_duplicated(
+        ids_of(clean_final["_path"]) + ids_of(clean_final["_path"], kind="rejects"),
+        ids_of(final["_path"]) + ids_of(final["_path"], kind="rejects"),
+    )
     ok = all(accounted(read_manifest(stage_dirs(root, s)[0])) for s in STAGES if stage_dirs(root, s))
     return differ, lost, dup, ok
 
@@ -92,10 +109,19 @@ def server(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("prefect-home")
     # Runs may set no env (the pool's template refuses it): the shard delay is the workers'.
-    lp = LocalPrefect(port=free_port(), pools={"cpu": "process"}, log_dir=home / "logs", files_port=0,
-                      allowed_roots=[tmp_path_factory.getbasetemp()],
-                      env={"PREFECT_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "1",
-                           "PREFECT_WORKER_PREFETCH_SECONDS": "1", "LMPIPE_TEST_SHARD_DELAY_S": "0.3"})
+    lp = LocalPrefect(
+        port=free_port(),
+        pools={"cpu": "process"},
+        log_dir=home / "logs",
+        files_port=0,
+        allowed_roots=[tmp_path_factory.getbasetemp()],
+        env={
+            "PREFECT_HOME": str(home),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+            "LMPIPE_TEST_SHARD_DELAY_S": "0.3",
+        },
+    )
     lp.start(timeout=180)
     try:
         deploy(lp.api, ["data"], env={"PREFECT_API_AUTH_STRING": lp.auth})
@@ -169,8 +195,9 @@ def _flow_run_killed_under_worker(server, clean_root, reference, tmp_path, trial
             rng = random.Random(seed)
             root = tmp_path / f"seed-{seed}"
             k = rng.randint(1, 3)  # extract shards finished before the kill (of 4)
-            run = run_deployment(name="data/data", parameters={"config": _config(reference, root)}, timeout=0,
-                                 as_subflow=False)
+            run = run_deployment(
+                name="data/data", parameters={"config": _config(reference, root)}, timeout=0, as_subflow=False
+            )
             deadline = time.monotonic() + 120
             while len(list(root.glob("extract/*/part-*.done.json"))) < k:
                 assert time.monotonic() < deadline, f"no extract shard finished; worker log in {server.log_dir}"
@@ -184,22 +211,42 @@ def _flow_run_killed_under_worker(server, clean_root, reference, tmp_path, trial
             # ("Flow run infrastructure exited ...") seconds later. A retry set between the two
             # is overwritten by the second (seen with Prefect 3.8.8), so retry after it.
             _wait_crash_reported_by_worker(client, run.id)
-            for presses in range(1, 4):  # "Retry" again if a late crash report overwrote it
+            # "Retry" again if a late crash report overwrote it (presses is read after the loop)
+            for presses in range(1, 4):  # noqa: B007
                 client.set_flow_run_state(run.id, AwaitingRetry(), force=True)  # what the UI's "Retry" does
-                if _wait_state(client, run.id, {"RUNNING", "COMPLETED", "FAILED", "CRASHED"}, timeout=60).type.value != "CRASHED":
+                if (
+                    _wait_state(client, run.id, {"RUNNING", "COMPLETED", "FAILED", "CRASHED"}, timeout=60).type.value
+                    != "CRASHED"
+                ):
                     break
             retries_needed.append(presses)
             final = _wait_state(client, run.id, {"COMPLETED", "FAILED", "CRASHED"}, timeout=180)
             differ, lo, du, acc = _compare(root, clean_root)
             lost, dup = lost + lo, dup + du
-            ok = bool(pids) and crashed.type.value == "CRASHED" and mid and final.type.value == "COMPLETED" and not differ and acc
+            ok = (
+                bool(pids)
+                and crashed.type.value == "CRASHED"
+                and mid
+                and final.type.value == "COMPLETED"
+                and not differ
+                and acc
+            )
             survived += ok
-            notes.append(f"killed {len(pids)} process(es) after {k} shard(s): {crashed.type.value}, retry {final.type.value}")
+            notes.append(
+                f"killed {len(pids)} process(es) after {k} shard(s): {crashed.type.value}, retry {final.type.value}"
+            )
             if not ok:
                 failures.append((seed, pids, crashed, mid, final, differ, acc))
-    chaos_record("SIGKILL flow-run process under a worker" + label, "data (deployment)", trials, survived, lost, dup,
-                 note=f"marked Crashed; UI-style retry (AwaitingRetry; presses per trial {retries_needed}) resumes; "
-                 "output == uninterrupted run")
+    chaos_record(
+        "SIGKILL flow-run process under a worker" + label,
+        "data (deployment)",
+        trials,
+        survived,
+        lost,
+        dup,
+        note=f"marked Crashed; UI-style retry (AwaitingRetry; presses per trial {retries_needed}) resumes; "
+        "output == uninterrupted run",
+    )
     assert survived == trials and lost == 0 and dup == 0, (failures, notes)
 
 
@@ -212,8 +259,13 @@ def test_task_raising_mid_shard_is_retried_by_prefect(prefect_harness, fault_ser
 
     data = (reference / CC / "warcfile.warc.gz").read_bytes()
     url = fault_server.add("/warcfile.warc.gz", data)
-    cfg = lambda root: {"sources": [url], "root": str(root), "max_workers": 1, "filters": None,  # noqa: E731
-                        "http": {"retries": 0, "backoff_s": 0.1}}
+    cfg = lambda root: {
+        "sources": [url],
+        "root": str(root),
+        "max_workers": 1,
+        "filters": None,
+        "http": {"retries": 0, "backoff_s": 0.1},
+    }
     clean = data_flow(config=DataConfig.model_validate(cfg(tmp_path / "clean")))
     fault_server.faults["/warcfile.warc.gz"] = [f"reset:{len(data) // 2}"]
     faulted = data_flow(config=DataConfig.model_validate(cfg(tmp_path / "faulted")))
@@ -222,12 +274,22 @@ def test_task_raising_mid_shard_is_retried_by_prefect(prefect_harness, fault_ser
 
         runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["extract-00000"])))
     attempts = max(r.run_count for r in runs)
-    want, got = stage_snapshot(Path(clean["extract"]).parent, root=tmp_path / "clean"), stage_snapshot(Path(faulted["extract"]).parent, root=tmp_path / "faulted")
+    want, got = (
+        stage_snapshot(Path(clean["extract"]).parent, root=tmp_path / "clean"),
+        stage_snapshot(Path(faulted["extract"]).parent, root=tmp_path / "faulted"),
+    )
     differ = diff_snapshots(want, got)
     lost, dup = lost_and_duplicated(ids_of(clean["extract"]), ids_of(faulted["extract"]))
     ok = attempts == 2 and not differ and accounted(read_manifest(faulted["extract"]))
-    chaos_record("task raises mid-shard (connection reset)", "extract", 1, int(ok), lost, dup,
-                 note=f"Prefect task retry: {attempts} attempts; shard == unfaulted run's")
+    chaos_record(
+        "task raises mid-shard (connection reset)",
+        "extract",
+        1,
+        int(ok),
+        lost,
+        dup,
+        note=f"Prefect task retry: {attempts} attempts; shard == unfaulted run's",
+    )
     assert ok and lost == 0 and dup == 0, (attempts, differ)
 
 
@@ -255,10 +317,18 @@ def _server_restarted(server, clean_root, reference, tmp_path, trials, chaos_rec
         cfg_path = tmp_path / f"seed-{seed}.yaml"
         cfg_path.write_text(yaml.safe_dump(_config(reference, root)))
         log = tmp_path / f"seed-{seed}.log"
-        env = flow_env({"PREFECT_API_URL": server.api, "PREFECT_API_AUTH_STRING": server.auth, "LMPIPE_TEST_SHARD_DELAY_S": "0.3"})
+        env = flow_env(
+            {"PREFECT_API_URL": server.api, "PREFECT_API_AUTH_STRING": server.auth, "LMPIPE_TEST_SHARD_DELAY_S": "0.3"}
+        )
         with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "data", "--config", str(cfg_path)], cwd=REPO,
-                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "flows.cli", "run", "data", "--config", str(cfg_path)],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             deadline = time.monotonic() + 120
             k = rng.randint(1, 3)
             while len(list(root.glob("extract/*/part-*.done.json"))) < k:
@@ -278,8 +348,13 @@ def _server_restarted(server, clean_root, reference, tmp_path, trials, chaos_rec
                 rc = proc.wait()
         how = "finished by itself" if rc == 0 else f"failed (exit {rc}); rerun"
         if rc != 0:
-            rerun = subprocess.run([sys.executable, "-m", "flows.cli", "run", "data", "--config", str(cfg_path)], cwd=REPO,
-                                   env=env, capture_output=True, timeout=300)
+            rerun = subprocess.run(
+                [sys.executable, "-m", "flows.cli", "run", "data", "--config", str(cfg_path)],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                timeout=300,
+            )
             how += " finished" if rerun.returncode == 0 else f" failed too (exit {rerun.returncode})"
         wait_healthy(server.api)
         differ, lo, du, acc = _compare(root, clean_root)
@@ -289,7 +364,14 @@ def _server_restarted(server, clean_root, reference, tmp_path, trials, chaos_rec
         outcomes.append(f"server down {down_s:.1f}s after {k} shard(s): {how}")
         if not ok:
             failures.append((seed, differ, acc, log.read_text()[-3000:]))
-    chaos_record("Prefect server SIGKILLed and restarted mid-run" + label, "data", trials, survived, lost, dup,
-                 note="; ".join(sorted(set(o.split(": ", 1)[1] for o in outcomes))))
+    chaos_record(
+        "Prefect server SIGKILLed and restarted mid-run" + label,
+        "data",
+        trials,
+        survived,
+        lost,
+        dup,
+        note="; ".join(sorted(set(o.split(": ", 1)[1] for o in outcomes))),
+    )
     print("\n".join(outcomes))
     assert survived == trials and lost == 0 and dup == 0, failures

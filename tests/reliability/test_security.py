@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import torch
 
 from lm.data.shards import Stage, validate_name
 
@@ -76,7 +75,9 @@ def _serializer_settings(tree: ast.AST) -> list[tuple[int, str]]:
             pairs = [(node.targets[0].slice, node.value)]
         for k, v in pairs:
             if _is_const_str(k, "PREFECT_RESULTS_DEFAULT_SERIALIZER") and not _is_const_str(v, "json"):
-                found.append((node.lineno, "PREFECT_RESULTS_DEFAULT_SERIALIZER must be \"json\" (anything else persists pickles)"))
+                found.append(
+                    (node.lineno, 'PREFECT_RESULTS_DEFAULT_SERIALIZER must be "json" (anything else persists pickles)')
+                )
     return found
 
 
@@ -99,9 +100,19 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[tuple[int, str]]:
             why = "pickle.Unpickler can run code"
         elif name == "torch.load" and not _is_const(_kw(node, "weights_only"), True):
             why = "torch.load without weights_only=True unpickles"
-        elif name in ("np.load", "numpy.load") and not _is_const(_kw(node, "allow_pickle"), False) and _kw(node, "allow_pickle") is not None:
+        elif (
+            name in ("np.load", "numpy.load")
+            and not _is_const(_kw(node, "allow_pickle"), False)
+            and _kw(node, "allow_pickle") is not None
+        ):
             why = "np.load(allow_pickle=...) unpickles object arrays"
-        elif name in ("yaml.unsafe_load", "yaml.full_load", "yaml.load_all", "yaml.full_load_all", "yaml.unsafe_load_all"):
+        elif name in (
+            "yaml.unsafe_load",
+            "yaml.full_load",
+            "yaml.load_all",
+            "yaml.full_load_all",
+            "yaml.unsafe_load_all",
+        ):
             why = f"{name} can construct arbitrary objects"
         elif name == "yaml.load":
             loader = _dotted(_kw(node, "Loader") or (node.args[1] if len(node.args) > 1 else ast.Constant(None)))
@@ -109,16 +120,21 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[tuple[int, str]]:
                 why = "yaml.load without Loader=yaml.SafeLoader"
         elif (head, attr) in SHELL_FUNCS:
             why = f"{name} runs a shell"
-        elif head == "subprocess" and attr in SUBPROCESS and _kw(node, "shell") is not None and not _is_const(_kw(node, "shell"), False):
+        elif (
+            head == "subprocess"
+            and attr in SUBPROCESS
+            and _kw(node, "shell") is not None
+            and not _is_const(_kw(node, "shell"), False)
+        ):
             why = f"subprocess.{attr}(shell=...) runs a shell"
         elif attr == "from_pretrained" and "Model" in head and not _is_const(_kw(node, "use_safetensors"), True):
             why = f"{name} without use_safetensors=True may unpickle pytorch_model.bin"
         elif attr == "result" and head.rpartition(".")[2].lower().endswith("state"):
             why = f"{name}(): a Prefect state's result is deserialized with the record's serializer (pickle by default)"
         elif _kw(node, "result_serializer") is not None and not _is_const_str(_kw(node, "result_serializer"), "json"):
-            why = "result_serializer other than \"json\" persists (and later loads) pickles"
+            why = 'result_serializer other than "json" persists (and later loads) pickles'
         elif _is_const(_kw(node, "persist_result"), True) and not _is_const_str(_kw(node, "result_serializer"), "json"):
-            why = "persist_result=True without result_serializer=\"json\" persists cloudpickle"
+            why = 'persist_result=True without result_serializer="json" persists cloudpickle'
         if why is None:
             continue
         if _allowed(lines, node.lineno):
@@ -139,56 +155,67 @@ def test_no_unsafe_loading_or_shell_in_the_code(chaos_record):
             files += 1
             for line, why in unsafe_calls(path.read_text(), str(path)):
                 problems.append(f"{path.relative_to(REPO)}:{line}: {why}")
-    chaos_record("unsafe load / eval / shell in code (AST scan)", "lm/ tasks/ flows/", 1, int(not problems),
-                 note="; ".join(problems[:5]) or f"{files} files: no pickle, torch.load w/o weights_only, eval, shell")
+    chaos_record(
+        "unsafe load / eval / shell in code (AST scan)",
+        "lm/ tasks/ flows/",
+        1,
+        int(not problems),
+        note="; ".join(problems[:5]) or f"{files} files: no pickle, torch.load w/o weights_only, eval, shell",
+    )
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("snippet", [
-    "import pickle\npickle.load(open('x', 'rb'))",
-    "import pickle\npickle.loads(data)",
-    "import cloudpickle\ncloudpickle.loads(b)",
-    "import dill\ndill.load(f)",
-    "import torch\ntorch.load('m.pt')",
-    "import torch\ntorch.load('m.pt', weights_only=False)",
-    "import numpy as np\nnp.load('a.npy', allow_pickle=True)",
-    "import yaml\nyaml.load(s)",
-    "import yaml\nyaml.load(s, Loader=yaml.Loader)",
-    "import yaml\nyaml.unsafe_load(s)",
-    "eval(user_input)",
-    "exec(code)",
-    "import subprocess\nsubprocess.run(f'ls {d}', shell=True)",
-    "import subprocess\nsubprocess.Popen(cmd, shell=flag)",
-    "import os\nos.system('rm -rf ' + d)",
-    "import os\nos.popen(cmd)",
-    "AutoModelForCausalLM.from_pretrained(path)",
-    "# security-ok:\neval(x)",  # an allowlist comment needs a reason
-    "run = run_deployment(name)\nrun.state.result()",
-    "state.result(raise_on_failure=False)",
-    "flow_state.result()",
-    "@flow(persist_result=True)\ndef f(): pass",
-    "@task(persist_result=True, result_serializer='pickle')\ndef f(): pass",
-    "@flow(result_serializer='compressed/pickle')\ndef f(): pass",
-    "env = {'PREFECT_RESULTS_DEFAULT_SERIALIZER': 'pickle'}",
-    "os.environ['PREFECT_RESULTS_DEFAULT_SERIALIZER'] = 'cloudpickle'",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "import pickle\npickle.load(open('x', 'rb'))",
+        "import pickle\npickle.loads(data)",
+        "import cloudpickle\ncloudpickle.loads(b)",
+        "import dill\ndill.load(f)",
+        "import torch\ntorch.load('m.pt')",
+        "import torch\ntorch.load('m.pt', weights_only=False)",
+        "import numpy as np\nnp.load('a.npy', allow_pickle=True)",
+        "import yaml\nyaml.load(s)",
+        "import yaml\nyaml.load(s, Loader=yaml.Loader)",
+        "import yaml\nyaml.unsafe_load(s)",
+        "eval(user_input)",
+        "exec(code)",
+        "import subprocess\nsubprocess.run(f'ls {d}', shell=True)",
+        "import subprocess\nsubprocess.Popen(cmd, shell=flag)",
+        "import os\nos.system('rm -rf ' + d)",
+        "import os\nos.popen(cmd)",
+        "AutoModelForCausalLM.from_pretrained(path)",
+        "# security-ok:\neval(x)",  # an allowlist comment needs a reason
+        "run = run_deployment(name)\nrun.state.result()",
+        "state.result(raise_on_failure=False)",
+        "flow_state.result()",
+        "@flow(persist_result=True)\ndef f(): pass",
+        "@task(persist_result=True, result_serializer='pickle')\ndef f(): pass",
+        "@flow(result_serializer='compressed/pickle')\ndef f(): pass",
+        "env = {'PREFECT_RESULTS_DEFAULT_SERIALIZER': 'pickle'}",
+        "os.environ['PREFECT_RESULTS_DEFAULT_SERIALIZER'] = 'cloudpickle'",
+    ],
+)
 def test_the_scan_catches(snippet):
     assert unsafe_calls(snippet), snippet
 
 
-@pytest.mark.parametrize("snippet", [
-    "import torch\ntorch.load('m.pt', weights_only=True)",
-    "import yaml\nyaml.safe_load(s)\nyaml.load(s, Loader=yaml.SafeLoader)",
-    "import numpy as np\nnp.load('a.npy')",
-    "import subprocess\nsubprocess.run(['ls', d], check=True)",
-    "model.eval()",
-    "AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)",
-    "AutoTokenizer.from_pretrained(path)",
-    "# security-ok: parses our own constant\neval('1 + 1')",
-    "@flow(persist_result=True, result_serializer='json')\ndef f(): pass",
-    "future.result()",
-    "env = {'PREFECT_RESULTS_DEFAULT_SERIALIZER': 'json'}",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "import torch\ntorch.load('m.pt', weights_only=True)",
+        "import yaml\nyaml.safe_load(s)\nyaml.load(s, Loader=yaml.SafeLoader)",
+        "import numpy as np\nnp.load('a.npy')",
+        "import subprocess\nsubprocess.run(['ls', d], check=True)",
+        "model.eval()",
+        "AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)",
+        "AutoTokenizer.from_pretrained(path)",
+        "# security-ok: parses our own constant\neval('1 + 1')",
+        "@flow(persist_result=True, result_serializer='json')\ndef f(): pass",
+        "future.result()",
+        "env = {'PREFECT_RESULTS_DEFAULT_SERIALIZER': 'json'}",
+    ],
+)
 def test_the_scan_allows(snippet):
     assert not unsafe_calls(snippet), snippet
 
@@ -221,8 +248,13 @@ def test_pickle_checkpoint_is_refused_not_loaded(tmp_path, chaos_record):
         refused = False
     except ValueError as e:
         refused = "pickle" in str(e) and "safetensors" in str(e)
-    chaos_record("booby-trapped pickle checkpoint", "checkpoint load", 1, int(refused and not sentinel.exists()),
-                 note="refused with a clear error; never unpickled")
+    chaos_record(
+        "booby-trapped pickle checkpoint",
+        "checkpoint load",
+        1,
+        int(refused and not sentinel.exists()),
+        note="refused with a clear error; never unpickled",
+    )
     assert refused and not sentinel.exists()
     with pytest.raises(ValueError, match=r"refusing to load .*model\.(pt|bin).*pickle.*safetensors"):
         load_model(ck)
@@ -270,7 +302,9 @@ def test_models_and_tokenizers_come_from_configured_paths(tmp_path, monkeypatch)
 # --------------------------------------------------------------------------- the artifact root
 
 
-@pytest.mark.parametrize("name", ["../x", "..", "a/../../b", "/etc", "a/b", "x\\..\\y", "", ".hidden", "UP", "a" * 65, "x\x00y"])
+@pytest.mark.parametrize(
+    "name", ["../x", "..", "a/../../b", "/etc", "a/b", "x\\..\\y", "", ".hidden", "UP", "a" * 65, "x\x00y"]
+)
 def test_stage_names_cannot_leave_the_root(tmp_path, name):
     with pytest.raises(ValueError, match="invalid stage name"):
         validate_name(name)
@@ -294,7 +328,13 @@ def test_flow_name_parameters_refuse_paths(flow, bad):
     model = cli.config_model(cli.load_flow(flow))
     for field in NAME_LIKE[flow]:
         ann = str(model.model_fields[field].annotation)
-        value = [bad] if ann.startswith("list") else {bad: {} if field == "stages" else "/tmp"} if ann.startswith("dict") else bad
+        value = (
+            [bad]
+            if ann.startswith("list")
+            else {bad: {} if field == "stages" else "/tmp"}
+            if ann.startswith("dict")
+            else bad
+        )
         with pytest.raises(ValueError, match=field):
             model.model_validate({field: value})
 
@@ -324,8 +364,13 @@ def test_symlinks_cannot_redirect_writes(tmp_path, chaos_record):
         w.count_in()
         w.write({"id": "a"})
     st2.commit()
-    chaos_record("symlinks planted in the stage tree", "stage contract", 1, int(victim.read_text() == "keep me" and not list(
-        p for p in outside.iterdir() if p != victim)), note="stage dir link refused; shard link replaced, not followed")
+    chaos_record(
+        "symlinks planted in the stage tree",
+        "stage contract",
+        1,
+        int(victim.read_text() == "keep me" and not list(p for p in outside.iterdir() if p != victim)),
+        note="stage dir link refused; shard link replaced, not followed",
+    )
     assert victim.read_text() == "keep me"
     assert not (st2.path / "part-00000.parquet").is_symlink() and st2.shard_done(0)
 
@@ -357,12 +402,19 @@ def _listening(port: int) -> set[str]:
 def test_source_urls_with_credentials_are_refused_before_work(prefect_harness, tmp_path, chaos_record):
     from flows.data import DataConfig, data_flow
 
-    cfg = DataConfig(sources=["https://alice:hunter2@data.example.org/crawl.warc.gz"], root=str(tmp_path / "out"), filters=None)
+    cfg = DataConfig(
+        sources=["https://alice:hunter2@data.example.org/crawl.warc.gz"], root=str(tmp_path / "out"), filters=None
+    )
     with pytest.raises(ValueError, match="carries credentials") as ei:
         data_flow(config=cfg)
     leaked = "hunter2" in str(ei.value) or "alice" in str(ei.value)
-    chaos_record("credentials in a source URL", "data flow config", 1, int(not leaked and not (tmp_path / "out").exists()),
-                 note="refused before work; secret not echoed")
+    chaos_record(
+        "credentials in a source URL",
+        "data flow config",
+        1,
+        int(not leaked and not (tmp_path / "out").exists()),
+        note="refused before work; secret not echoed",
+    )
     assert not leaked
     assert not (tmp_path / "out").exists()
 
@@ -384,7 +436,14 @@ def test_roots_outside_the_allowed_ones_are_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("LMPIPE_ALLOWED_ROOTS", f"{allowed}{os.pathsep}s3://team-bucket/lmpipe")
     for ok in (allowed, allowed / "new" / "dir", "s3://team-bucket/lmpipe/run1"):
         assert check_root(str(ok)) == str(ok)
-    for bad in (outside, allowed / ".." / "outside", allowed / "link" / "x", "/etc", "s3://team-bucket/other", "s3://team-bucket/lmpipe2"):
+    for bad in (
+        outside,
+        allowed / ".." / "outside",
+        allowed / "link" / "x",
+        "/etc",
+        "s3://team-bucket/other",
+        "s3://team-bucket/lmpipe2",
+    ):
         with pytest.raises(ValueError, match="outside the roots this server allows"):
             check_root(str(bad))
     with pytest.raises(ValueError, match="outside the roots this server allows"):

@@ -4,12 +4,13 @@ lost or duplicated, every input row accounted for (in = kept + rejected + failed
 
 Stages (in order): extract → filters (langid, pii, rules, quality, harmful in one pass) → line_counts
 (exact dedup's counting pass) → line_duplicates → exact_dedup → minhash_signatures →
-minhash_buckets → minhash_clusters → minhash. A trial is one seed: for each stage it targets, the seed draws a kill point (after k of the
-stage's shards finished plus a small delay, or a random delay after the run started writing
-the stage); the flow is started, killed there, started again and killed at the next stage's
-point, ..., then run to the end. In ``make test`` (2 seeds) each seed targets every other
-stage, so each stage is killed once; the soak test (``make chaos``) kills inside every stage
-for each of its seeds. A stage's report row counts the trials that targeted it.
+minhash_buckets → minhash_clusters → minhash. A trial is one seed: for each stage it targets,
+the seed draws a kill point (after k of the stage's shards finished plus a small delay, or a
+random delay after the run started writing the stage); the flow is started, killed there,
+started again and killed at the next stage's point, ..., then run to the end. In ``make test``
+(2 seeds) each seed targets every other stage, so each stage is killed once; the soak test
+(``make chaos``) kills inside every stage for each of its seeds. A stage's report row counts
+the trials that targeted it.
 """
 
 from __future__ import annotations
@@ -19,15 +20,34 @@ from pathlib import Path
 
 import pytest
 from chaos_report import lost_and_duplicated
-from kill import after_markers, after_start, landed_mid_stage, stage_complete, diff_snapshots, flow_env, ids_of, run_flow, stage_snapshot
+from kill import (
+    after_markers,
+    after_start,
+    diff_snapshots,
+    flow_env,
+    ids_of,
+    landed_mid_stage,
+    run_flow,
+    stage_complete,
+    stage_snapshot,
+)
 
 from lm.data.shards import accounted, read_manifest
 
 CC = "commoncrawl"
 FAULT = "SIGKILL flow process"
 # Every stage directory the data flow writes, in order (single-task stages included).
-STAGES = ["extract", "filters", "line_counts", "line_duplicates", "exact_dedup",
-          "minhash_signatures", "minhash_buckets", "minhash_clusters", "minhash"]
+STAGES = [
+    "extract",
+    "filters",
+    "line_counts",
+    "line_duplicates",
+    "exact_dedup",
+    "minhash_signatures",
+    "minhash_buckets",
+    "minhash_clusters",
+    "minhash",
+]
 SHARDS = 4  # extract slices of the input (and so shards of every per-shard stage after it)
 # Slow every shard's commit a little so a kill often lands between or inside shards.
 SHARD_DELAY_S = "0.1"
@@ -40,8 +60,12 @@ def _config(reference: Path, root: Path) -> dict:
         "max_workers": 2,
         "num_samples": 1,
         "extract": {"slice_bytes": 50_000},
-        "filters": {"langid": {"min_score": 0.3}, "rules": {"gopher_thresholds": {"min_words": 20}, "c4": False},
-                    "quality": {"min_score": 0.0}, "minhash": {"num_bucket_tasks": 2, "threshold": 0.5}},
+        "filters": {
+            "langid": {"min_score": 0.3},
+            "rules": {"gopher_thresholds": {"min_words": 20}, "c4": False},
+            "quality": {"min_score": 0.0},
+            "minhash": {"num_bucket_tasks": 2, "threshold": 0.5},
+        },
     }
 
 
@@ -91,8 +115,14 @@ def _sweep(seed: int, stages: list[str], kills_per_stage: int, reference: Path, 
     for stage in [s for s in stages for _ in range(kills_per_stage)]:
         if stage_complete(root, stage):
             continue  # an earlier kill landed after this stage had finished
-        r = run_flow("data", cfg, tmp / "cfg.yaml", kill_when=_kill_point(rng, root, stage, _shards(stage)), env=env,
-                     log_path=log)
+        r = run_flow(
+            "data",
+            cfg,
+            tmp / "cfg.yaml",
+            kill_when=_kill_point(rng, root, stage, _shards(stage)),
+            env=env,
+            log_path=log,
+        )
         if r.killed and landed_mid_stage(root, stage):
             landed[stage].append(r.where)
     final = run_flow("data", cfg, tmp / "cfg.yaml", env=env, log_path=log)
@@ -138,8 +168,15 @@ def _trials(plan: dict[int, list[str]], kills_per_stage, reference, tmp_path, cl
         assert not bad, f"seed {seed}: stages differ from the uninterrupted run: {bad}"
     for s in STAGES:
         r = results[s]
-        chaos_record(FAULT + label, s, r["trials"], r["ok"], r["lost"], r["dup"],
-                     note=f"{r['kills']} kill(s) landed mid-stage; rerun == uninterrupted run, byte for byte")
+        chaos_record(
+            FAULT + label,
+            s,
+            r["trials"],
+            r["ok"],
+            r["lost"],
+            r["dup"],
+            note=f"{r['kills']} kill(s) landed mid-stage; rerun == uninterrupted run, byte for byte",
+        )
     for s in STAGES:
         r = results[s]
         assert r["ok"] == r["trials"] and r["lost"] == 0 and r["dup"] == 0, (s, r["fail"])
@@ -148,10 +185,20 @@ def _trials(plan: dict[int, list[str]], kills_per_stage, reference, tmp_path, cl
 
 def test_sigkill_every_data_stage(reference_run, reference, tmp_path, trials, chaos_record):
     """Seed s kills inside every other stage (from stage s % 2), so 2 seeds cover each stage once."""
-    _trials({seed: STAGES[seed % 2 :: 2] for seed in range(trials)}, 1, reference, tmp_path, reference_run, chaos_record, "")
+    _trials(
+        {seed: STAGES[seed % 2 :: 2] for seed in range(trials)}, 1, reference, tmp_path, reference_run, chaos_record, ""
+    )
 
 
 @pytest.mark.soak
 def test_sigkill_every_data_stage_soak(reference_run, reference, tmp_path, trials, chaos_record):
     """Every seed kills inside every stage (other seeds, so other kill points, than above)."""
-    _trials({seed: STAGES for seed in range(100, 100 + trials)}, 1, reference, tmp_path, reference_run, chaos_record, " (soak)")
+    _trials(
+        {seed: STAGES for seed in range(100, 100 + trials)},
+        1,
+        reference,
+        tmp_path,
+        reference_run,
+        chaos_record,
+        " (soak)",
+    )

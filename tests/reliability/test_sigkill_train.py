@@ -32,7 +32,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from chaos_report import lost_and_duplicated
-from kill import after_markers, after_start, diff_snapshots, first_differences, flow_env, ids_of, run_flow, stage_complete, stage_dirs, stage_snapshot
+from kill import (
+    after_markers,
+    after_start,
+    diff_snapshots,
+    first_differences,
+    flow_env,
+    ids_of,
+    run_flow,
+    stage_complete,
+    stage_dirs,
+    stage_snapshot,
+)
 
 from lm.data.shards import Stage, accounted, read_manifest
 
@@ -48,7 +59,9 @@ ALIGN = {
 
 def _corpus(reference: Path, root: Path) -> str:
     """A 4-shard corpus stage of real English text (the CS336 corpus.en, by paragraph)."""
-    paras = [p.strip() for p in (reference / "assignment1-basics/fixtures/corpus.en").read_text().split("\n") if p.strip()]
+    paras = [
+        p.strip() for p in (reference / "assignment1-basics/fixtures/corpus.en").read_text().split("\n") if p.strip()
+    ]
     stage = Stage(root, "corpus", version="1", config={"fixture": "sigkill"})
     schema = pa.schema([("id", pa.string()), ("text", pa.string())])
     for i in range(4):
@@ -63,16 +76,51 @@ def _configs(reference: Path, root: Path, clean: dict[str, str]) -> dict[str, di
     """Each flow's config writing under ``root``; inputs from ``clean`` (stage → manifest)."""
     r = str(root)
     return {
-        "tokenizer": {"input": clean["corpus"], "root": r, "vocab_size": 700, "sample_bytes": 5_000_000, "heldout_fraction": 0.05},
-        "tokenize": {"input": clean["corpus"], "tokenizer": str(Path(clean.get("tokenizer", ".")).parent), "root": r, "val_fraction": 0.1,
-                     "num_threads": 1},
-        "scaling": {"text": str(reference / "assignment1-basics/fixtures/corpus.en"), "root": r, "budgets": [1e9, 2e9],
-                    "model_sizes": [16000, 33000, 53000], "context_length": 32, "batch_size": 4, "eval_batches": 2, "min_steps": 5,
-                    "target_budget": 1e11, "num_bootstrap": 10, "device": "cpu"},
-        "sft": {**ALIGN, "root": r, "model_manifest": clean.get("align-base"), "sft": {"num_steps": 20, "batch_size": 8, "eval_every": 10}},
-        "dpo": {**ALIGN, "root": r, "model_manifest": clean.get("sft"), "dpo": {"num_steps": 8, "batch_size": 4, "eval_every": 4}},
-        "grpo": {**ALIGN, "root": r, "model_manifest": clean.get("sft"),
-                 "grpo": {"num_steps": 4, "num_prompts_per_step": 2, "group_size": 4, "max_new_tokens": 4, "eval_every": 2}},
+        "tokenizer": {
+            "input": clean["corpus"],
+            "root": r,
+            "vocab_size": 700,
+            "sample_bytes": 5_000_000,
+            "heldout_fraction": 0.05,
+        },
+        "tokenize": {
+            "input": clean["corpus"],
+            "tokenizer": str(Path(clean.get("tokenizer", ".")).parent),
+            "root": r,
+            "val_fraction": 0.1,
+            "num_threads": 1,
+        },
+        "scaling": {
+            "text": str(reference / "assignment1-basics/fixtures/corpus.en"),
+            "root": r,
+            "budgets": [1e9, 2e9],
+            "model_sizes": [16000, 33000, 53000],
+            "context_length": 32,
+            "batch_size": 4,
+            "eval_batches": 2,
+            "min_steps": 5,
+            "target_budget": 1e11,
+            "num_bootstrap": 10,
+            "device": "cpu",
+        },
+        "sft": {
+            **ALIGN,
+            "root": r,
+            "model_manifest": clean.get("align-base"),
+            "sft": {"num_steps": 20, "batch_size": 8, "eval_every": 10},
+        },
+        "dpo": {
+            **ALIGN,
+            "root": r,
+            "model_manifest": clean.get("sft"),
+            "dpo": {"num_steps": 8, "batch_size": 4, "eval_every": 4},
+        },
+        "grpo": {
+            **ALIGN,
+            "root": r,
+            "model_manifest": clean.get("sft"),
+            "grpo": {"num_steps": 4, "num_prompts_per_step": 2, "group_size": 4, "max_new_tokens": 4, "eval_every": 2},
+        },
     }
 
 
@@ -98,7 +146,9 @@ def clean(prefect_harness, reference, tmp_path_factory):
         manifests[name] = _run_in_process(name, cfg)
         seconds[name] = time.monotonic() - t0
         if name == "sft":
-            manifests["align-base"] = next(i["path"] for i in read_manifest(manifests["sft"])["inputs"] if i["stage"] == "align-base")
+            manifests["align-base"] = next(
+                i["path"] for i in read_manifest(manifests["sft"])["inputs"] if i["stage"] == "align-base"
+            )
     return root, manifests, seconds
 
 
@@ -106,8 +156,9 @@ def _stage_files(root: Path, stage: str, roots: list[Path]) -> dict:
     (d,) = stage_dirs(root, stage)
     snap = stage_snapshot(d, root=roots[0])
     for other in roots[1:]:  # both roots read as <root>
-        snap = json.loads(json.dumps({k: v for k, v in snap.items() if not isinstance(v, bytes)}).replace(str(other), "<root>")) | {
-            k: v for k, v in snap.items() if isinstance(v, bytes)}
+        snap = json.loads(
+            json.dumps({k: v for k, v in snap.items() if not isinstance(v, bytes)}).replace(str(other), "<root>")
+        ) | {k: v for k, v in snap.items() if isinstance(v, bytes)}
     if stage == "scaling":  # the runs table has wall times: compare it without them
         table = pq.read_table(d / "part-00000.parquet")
         snap["part-00000.parquet"] = table.drop_columns(["wall_time_s"]).to_pylist()
@@ -185,8 +236,14 @@ def _trial(seed: int, name: str, reference: Path, tmp: Path, clean) -> dict:
     cfg = _configs(reference, root, manifests)[name]
     log = tmp / f"seed-{seed}-{name}.log"
     runs_before = None
-    r = run_flow(name, cfg, tmp / f"{name}.yaml", kill_when=_kill_point(rng, name, root, clean),
-                 env=flow_env({"LMPIPE_TEST_SHARD_DELAY_S": SHARD_DELAY_S}), log_path=log)
+    r = run_flow(
+        name,
+        cfg,
+        tmp / f"{name}.yaml",
+        kill_when=_kill_point(rng, name, root, clean),
+        env=flow_env({"LMPIPE_TEST_SHARD_DELAY_S": SHARD_DELAY_S}),
+        log_path=log,
+    )
     interrupted = r.killed and not stage_complete(root, name)
     if name == "scaling":  # finished runs must be reused as they are
         runs_before = {p: p.stat().st_mtime_ns for p in (root / "scaling-runs").glob("*/result.json")}
@@ -205,8 +262,14 @@ def _trial(seed: int, name: str, reference: Path, tmp: Path, clean) -> dict:
         lost, dup = lost_and_duplicated(want, got)
     elif name in ("sft", "dpo", "grpo"):  # held-out samples shard
         lost, dup = lost_and_duplicated(ids_of(manifests[name]), ids_of(manifest))
-    return {"interrupted": interrupted, "where": r.where, "diff": diff, "accounted": accounted(read_manifest(manifest)),
-            "lost": lost, "dup": dup}
+    return {
+        "interrupted": interrupted,
+        "where": r.where,
+        "diff": diff,
+        "accounted": accounted(read_manifest(manifest)),
+        "lost": lost,
+        "dup": dup,
+    }
 
 
 def _trials(plan: dict[int, list[str]], reference, tmp_path, clean, chaos_record, label=""):
@@ -217,10 +280,26 @@ def _trials(plan: dict[int, list[str]], reference, tmp_path, clean, chaos_record
     for name, rs in results.items():
         if rs:
             ok = sum(not r["diff"] and r["accounted"] and not r["lost"] and not r["dup"] for r in rs)
-            how = "rerun resumes at missing shards" if name == "tokenize" else (
-                "rerun reuses finished runs, retrains the killed one" if name == "scaling" else "rerun restarts the stage (no mid-stage checkpoint)")
-            chaos_record(FAULT + label, name, len(rs), ok, sum(r["lost"] for r in rs), sum(r["dup"] for r in rs),
-                         note=f"{sum(r['interrupted'] for r in rs)} kill(s) landed mid-stage; {how}; output == uninterrupted run")
+            how = (
+                "rerun resumes at missing shards"
+                if name == "tokenize"
+                else (
+                    "rerun reuses finished runs, retrains the killed one"
+                    if name == "scaling"
+                    else "rerun restarts the stage (no mid-stage checkpoint)"
+                )
+            )
+            chaos_record(
+                FAULT + label,
+                name,
+                len(rs),
+                ok,
+                sum(r["lost"] for r in rs),
+                sum(r["dup"] for r in rs),
+                note=(
+                    f"{sum(r['interrupted'] for r in rs)} kill(s) landed mid-stage; {how}; output == uninterrupted run"
+                ),
+            )
     for name, rs in results.items():
         for r in rs:
             assert not r["diff"] and r["accounted"] and not r["lost"] and not r["dup"], (name, r)

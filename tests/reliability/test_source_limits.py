@@ -23,6 +23,7 @@ from lm.data.ingest import ExtractConfig, extract_documents
 from lm.data.remote import HttpOptions
 from lm.data.warc import iter_records
 
+
 @pytest.fixture
 def fault_server():
     s = FaultServer()
@@ -43,11 +44,17 @@ def _encode(data: bytes, encoding: str) -> bytes:
 
 
 def _warc(url: str, body: bytes, encoding: str, rid: int = 1) -> bytes:
-    http = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: " + encoding.encode()
-            + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-    head = (f"WARC/1.1\r\nWARC-Type: response\r\nWARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-{rid:012d}>\r\n"
-            f"WARC-Target-URI: {url}\r\nContent-Type: application/http; msgtype=response\r\n"
-            f"Content-Length: {len(http)}\r\n\r\n").encode()
+    http = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: "
+        + encoding.encode()
+        + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    head = (
+        f"WARC/1.1\r\nWARC-Type: response\r\nWARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-{rid:012d}>\r\n"
+        f"WARC-Target-URI: {url}\r\nContent-Type: application/http; msgtype=response\r\n"
+        f"Content-Length: {len(http)}\r\n\r\n"
+    ).encode()
     return gzip.compress(head + http + b"\r\n\r\n", mtime=0)
 
 
@@ -57,12 +64,19 @@ def test_every_content_encoding_is_capped(fault_server, monkeypatch, chaos_recor
     bomb = _encode(b"\0" * BOMB, encoding)
     url = fault_server.add(f"/bomb-{encoding}.warc.gz", _warc("http://bomb.example/", bomb, encoding))
     (rec,) = list(iter_records(url, http=HttpOptions(retries=0)))
-    chaos_record(f"{encoding} compression bomb ({len(bomb)} bytes → {BOMB >> 20} MiB)", "WARC reader (HTTP)", 1,
-                 int(len(rec.payload) <= CAP), note=f"decoded body stops at the cap ({len(rec.payload):,} bytes)")
+    chaos_record(
+        f"{encoding} compression bomb ({len(bomb)} bytes → {BOMB >> 20} MiB)",
+        "WARC reader (HTTP)",
+        1,
+        int(len(rec.payload) <= CAP),
+        note=f"decoded body stops at the cap ({len(rec.payload):,} bytes)",
+    )
     assert 0 < len(rec.payload) <= CAP
     # a small body under the same encoding still decodes in full
     page = b"<html><body><p>" + b"hello world " * 200 + b"</p></body></html>"
-    url = fault_server.add(f"/page-{encoding}.warc.gz", _warc("http://page.example/", _encode(page, encoding), encoding))
+    url = fault_server.add(
+        f"/page-{encoding}.warc.gz", _warc("http://page.example/", _encode(page, encoding), encoding)
+    )
     (rec,) = list(iter_records(url, http=HttpOptions(retries=0)))
     assert rec.payload == page
 
@@ -76,8 +90,13 @@ def test_a_dripping_server_is_cut_off_at_the_source_deadline(fault_server, chaos
     elapsed = time.monotonic() - t0
     failed = [o for o in outcomes if o.status == "failed"]
     ok = elapsed < 6 and [o.why for o in failed] == ["source_deadline"]
-    chaos_record("server drips 1 byte / 50 ms", "WARC reader (HTTP)", 1, int(ok),
-                 note=f"stopped after {elapsed:.1f} s (deadline 1.5 s); the rest counted failed: source_deadline")
+    chaos_record(
+        "server drips 1 byte / 50 ms",
+        "WARC reader (HTTP)",
+        1,
+        int(ok),
+        note=f"stopped after {elapsed:.1f} s (deadline 1.5 s); the rest counted failed: source_deadline",
+    )
     assert elapsed < 6, elapsed
     assert [o.why for o in failed] == ["source_deadline"] and failed[0].row["source"].startswith(url)
     assert len(outcomes) < 3  # not every page arrived in time
@@ -89,7 +108,9 @@ def test_index_records_share_one_deadline(fault_server, tmp_path):
     fault_server.add("/crawl-data/drip.warc.gz", b"".join(members))
     fault_server.faults["/crawl-data/drip.warc.gz"] = ["slow:1:0.05"] * 4
     index = tmp_path / "hits.jsonl"
-    index.write_text("".join(f'{{"filename": "crawl-data/drip.warc.gz", "offset": {o}, "length": {n}}}\n' for o, n in offsets))
+    index.write_text(
+        "".join(f'{{"filename": "crawl-data/drip.warc.gz", "offset": {o}, "length": {n}}}\n' for o, n in offsets)
+    )
     opts = HttpOptions(retries=0, timeout_s=5, deadline_s=1.0)
     t0 = time.monotonic()
     recs = list(iter_records(f"index:{index}", http=opts, base_url=fault_server.url + "/"))

@@ -64,9 +64,24 @@ def tokens(reference, tmp_path_factory) -> Path:
 
 
 def _config(tokens: Path, run: Path) -> Path:
-    cfg = TrainConfig.model_validate(dict(
-        model=MODEL, data=str(tokens), out_dir=str(run), batch_size=8, max_steps=STEPS, lr=3e-3, warmup_steps=2,
-        eval_interval=8, eval_batches=2, checkpoint_interval=EVERY, keep_last=2, log_interval=100, device="cpu", seed=3))
+    cfg = TrainConfig.model_validate(
+        dict(
+            model=MODEL,
+            data=str(tokens),
+            out_dir=str(run),
+            batch_size=8,
+            max_steps=STEPS,
+            lr=3e-3,
+            warmup_steps=2,
+            eval_interval=8,
+            eval_batches=2,
+            checkpoint_interval=EVERY,
+            keep_last=2,
+            log_interval=100,
+            device="cpu",
+            seed=3,
+        )
+    )
     path = run.parent / f"{run.name}.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump()))
     return path
@@ -77,8 +92,14 @@ def _start(cfg_path: Path, fault: str | None = None) -> subprocess.Popen:
     env.pop("LMPIPE_FAULT_INJECT", None)
     if fault:
         env["LMPIPE_FAULT_INJECT"] = fault
-    return subprocess.Popen([sys.executable, "-m", "lm.train", "--config", str(cfg_path)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lm.train", "--config", str(cfg_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _run(cfg_path: Path, fault: str | None = None) -> tuple[int, str]:
@@ -93,7 +114,9 @@ def _rows(run: Path) -> list[dict]:
 
 def _losses(run: Path) -> tuple[list, list]:
     rows = _rows(run)
-    return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"], [(r["step"], r["val_loss"]) for r in rows if r["kind"] == "eval"]
+    return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"], [
+        (r["step"], r["val_loss"]) for r in rows if r["kind"] == "eval"
+    ]
 
 
 def _final_bytes(run: Path) -> tuple[bytes, bytes]:
@@ -123,7 +146,9 @@ def uninterrupted(tokens, tmp_path_factory):
     return _losses(run), _final_bytes(run)
 
 
-def test_sigkill_anywhere_resumes_to_identical_losses_and_weights(tokens, uninterrupted, tmp_path, trials, chaos_record):
+def test_sigkill_anywhere_resumes_to_identical_losses_and_weights(
+    tokens, uninterrupted, tmp_path, trials, chaos_record
+):
     want_losses, want_bytes = uninterrupted
     survived, lost, duplicated, notes = 0, 0, 0, []
     for trial in range(trials):
@@ -134,25 +159,39 @@ def test_sigkill_anywhere_resumes_to_identical_losses_and_weights(tokens, uninte
         rc1, out1 = _run(cfg, f"kill@{phase}:{at}")
         second = rng.randrange(at + 1, STEPS)
         if trial % 2 == 0:  # mid-step, after backward and before the update
-            rc2, out2 = _run(cfg, f"kill@backward:{second}")
+            rc2, _ = _run(cfg, f"kill@backward:{second}")
             how = f"backward:{second}"
         else:  # from outside, wherever the trainer happens to be
             logged = _kill_outside_at(cfg, run, second)
-            rc2, out2, how = -signal.SIGKILL, "", f"outside after step {logged}"
+            rc2, how = -signal.SIGKILL, f"outside after step {logged}"
         rc3, out3 = _run(cfg)
         got_losses = _losses(run)
         trained = [s for s, _ in got_losses[0]]
-        l, d = lost_and_duplicated(range(1, STEPS + 1), trained)
-        lost, duplicated = lost + l, duplicated + d
+        n_lost, n_dup = lost_and_duplicated(range(1, STEPS + 1), trained)
+        lost, duplicated = lost + n_lost, duplicated + n_dup
         leftovers = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
-        ok = (rc1 == -signal.SIGKILL and rc2 == -signal.SIGKILL and rc3 == 0 and "resumed from" in out3
-              and got_losses == want_losses and _final_bytes(run) == want_bytes and not leftovers)
+        ok = (
+            rc1 == -signal.SIGKILL
+            and rc2 == -signal.SIGKILL
+            and rc3 == 0
+            and "resumed from" in out3
+            and got_losses == want_losses
+            and _final_bytes(run) == want_bytes
+            and not leftovers
+        )
         survived += ok
         notes.append(f"{phase}:{at}+{how}")
         if not ok:
             print(f"trial {trial} ({notes[-1]}): rc {rc1} {rc2} {rc3}, leftovers {leftovers}\n{out3[-2000:]}")
-    chaos_record("SIGKILL in checkpoint write + mid-step, rerun", "pretrain", trials, survived, lost, duplicated,
-                 note="; ".join(notes) + "; checks: losses and final weights bit-identical")
+    chaos_record(
+        "SIGKILL in checkpoint write + mid-step, rerun",
+        "pretrain",
+        trials,
+        survived,
+        lost,
+        duplicated,
+        note="; ".join(notes) + "; checks: losses and final weights bit-identical",
+    )
     assert (survived, lost, duplicated) == (trials, 0, 0)
 
 
@@ -182,18 +221,32 @@ def test_injected_nan_stops_with_last_good_checkpoint(tokens, tmp_path, trials, 
         summary = json.loads((run / "summary.json").read_text())
         trained = [s for s, _ in _losses(run)[0]]
         last_row = _rows(run)[-1]
-        ok = (rc == EXIT_DIVERGED and summary["status"] == "diverged" and summary["diverged_step"] == k
-              and f"step {k}: " in out and "not finite" in out and last_row["kind"] == "diverged" and last_row["step"] == k
-              and max(trained) == (k - 1 if where == "loss" else k)
-              and not (run / "checkpoints" / f"step-{k:07d}").exists())
+        ok = (
+            rc == EXIT_DIVERGED
+            and summary["status"] == "diverged"
+            and summary["diverged_step"] == k
+            and f"step {k}: " in out
+            and "not finite" in out
+            and last_row["kind"] == "diverged"
+            and last_row["step"] == k
+            and max(trained) == (k - 1 if where == "loss" else k)
+            and not (run / "checkpoints" / f"step-{k:07d}").exists()
+        )
         if ok:
             _assert_last_good(run, k if where == "loss" else k)
         survived += ok
         notes.append(f"step {k}")
         if not ok:
             print(f"trial {trial} nan@{where}:{k}: rc {rc}\n{out[-2000:]}")
-    chaos_record(f"NaN injected in {'the loss' if where == 'loss' else 'weights after the update'}", "pretrain", trials, survived,
-                 note="at " + ", ".join(notes) + "; checks: exit 3 naming the step, no checkpoint of it, last good one loads finite")
+    chaos_record(
+        f"NaN injected in {'the loss' if where == 'loss' else 'weights after the update'}",
+        "pretrain",
+        trials,
+        survived,
+        note="at "
+        + ", ".join(notes)
+        + "; checks: exit 3 naming the step, no checkpoint of it, last good one loads finite",
+    )
     assert survived == trials
 
 
@@ -202,10 +255,27 @@ def test_pretrain_flow_names_the_diverged_step(prefect_harness, reference, tmp_p
     from flows.pretrain import pretrain_flow
     from tasks.pretrain import PretrainConfig
 
-    train = dict(model=MODEL, batch_size=8, max_steps=STEPS, lr=3e-3, warmup_steps=2, eval_interval=8, eval_batches=2,
-                 checkpoint_interval=EVERY, log_interval=100, device="cpu")
-    cfg = PretrainConfig(root=str(tmp_path), text_file=str(reference / "assignment1-basics/fixtures/corpus.en"),
-                         train=train, sample_prompts=["The "], sample_tokens=5, timeout_s=300, retries=0)
+    train = dict(
+        model=MODEL,
+        batch_size=8,
+        max_steps=STEPS,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_interval=8,
+        eval_batches=2,
+        checkpoint_interval=EVERY,
+        log_interval=100,
+        device="cpu",
+    )
+    cfg = PretrainConfig(
+        root=str(tmp_path),
+        text_file=str(reference / "assignment1-basics/fixtures/corpus.en"),
+        train=train,
+        sample_prompts=["The "],
+        sample_tokens=5,
+        timeout_s=300,
+        retries=0,
+    )
     monkeypatch.setenv("LMPIPE_FAULT_INJECT", "nan@loss:10")
     with pytest.raises(RuntimeError, match=r"training diverged at step 10 .*last good checkpoint .*step-0000008"):
         pretrain_flow(config=cfg)
@@ -225,17 +295,42 @@ def align_inputs(reference, tmp_path):
     from lm.train import save_checkpoint
 
     torch.manual_seed(0)
-    model = TransformerLM(ModelConfig(vocab_size=257, context_length=48, d_model=32, num_layers=1, num_heads=2, d_ff=64))
+    model = TransformerLM(
+        ModelConfig(vocab_size=257, context_length=48, d_model=32, num_layers=1, num_heads=2, d_ff=64)
+    )
     stage = Stage(tmp_path, "pretrain", version="test", config={})
     save_checkpoint(model, None, 0, stage.path / "checkpoint")
-    base = str(stage.commit(extra={"checkpoint": str(stage.path / "checkpoint"), "tokenizer": "bytes", "eot_id": 256,
-                                   "model_config": model.config.model_dump()}))
+    base = str(
+        stage.commit(
+            extra={
+                "checkpoint": str(stage.path / "checkpoint"),
+                "tokenizer": "bytes",
+                "eot_id": 256,
+                "model_config": model.config.model_dump(),
+            }
+        )
+    )
     a5 = reference / "assignment5-alignment"
-    gsm = AlignDataConfig(source="gsm8k", train_path=str(a5 / "data/gsm8k/train.jsonl"), eval_path=str(a5 / "data/gsm8k/test.jsonl"),
-                          num_train=8, num_eval=2, template="question_answer", prompts_dir=str(a5 / "prompts"))
+    gsm = AlignDataConfig(
+        source="gsm8k",
+        train_path=str(a5 / "data/gsm8k/train.jsonl"),
+        eval_path=str(a5 / "data/gsm8k/test.jsonl"),
+        num_train=8,
+        num_eval=2,
+        template="question_answer",
+        prompts_dir=str(a5 / "prompts"),
+    )
     data = {
-        "sft": build_align_data(tmp_path, AlignDataConfig(source="sft_jsonl", train_path=str(a5 / "fixtures/sft_sample.jsonl"),
-                                                          template="alpaca_sft", prompts_dir=str(a5 / "prompts")), "instruction"),
+        "sft": build_align_data(
+            tmp_path,
+            AlignDataConfig(
+                source="sft_jsonl",
+                train_path=str(a5 / "fixtures/sft_sample.jsonl"),
+                template="alpaca_sft",
+                prompts_dir=str(a5 / "prompts"),
+            ),
+            "instruction",
+        ),
         "dpo": build_align_data(tmp_path, gsm, "preference"),
         "grpo": build_align_data(tmp_path, gsm, "problem"),
     }
@@ -253,8 +348,13 @@ def _run_align(loop: str, root: Path, base: str, data: str):
         return run_sft(root, base, data, SFTConfig(num_steps=ALIGN_STEPS, batch_size=2, eval_every=2), opts)
     if loop == "dpo":
         return run_dpo(root, base, data, DPOConfig(num_steps=ALIGN_STEPS, batch_size=2, eval_every=2), opts)
-    return run_grpo(root, base, data, GRPOConfig(num_steps=ALIGN_STEPS, num_prompts_per_step=2, group_size=2, max_new_tokens=4,
-                                                 eval_every=2), opts.model_copy(update={"verifier": "arithmetic"}))
+    return run_grpo(
+        root,
+        base,
+        data,
+        GRPOConfig(num_steps=ALIGN_STEPS, num_prompts_per_step=2, group_size=2, max_new_tokens=4, eval_every=2),
+        opts.model_copy(update={"verifier": "arithmetic"}),
+    )
 
 
 @pytest.mark.parametrize("loop", ["sft", "dpo", "grpo"])
@@ -276,17 +376,34 @@ def test_alignment_nan_stops_before_any_checkpoint(align_inputs, tmp_path, trial
             stopped = ""
         except FloatingPointError as e:
             stopped = str(e)
-        nothing_written = not list(root.glob(f"{loop}/*/checkpoint")) and not list(root.glob(f"{loop}/*/_manifest.json"))
+        nothing_written = not list(root.glob(f"{loop}/*/checkpoint")) and not list(
+            root.glob(f"{loop}/*/_manifest.json")
+        )
         base_intact = (base_ckpt / "model.safetensors").read_bytes() == base_bytes
         rerun = read_manifest(_run_align(loop, root, base, data[loop]))  # the fault gone, the stage completes
         model = TransformerLM(ModelConfig(**rerun["model_config"]))
         load_checkpoint(rerun["checkpoint"], model)
-        ok = ("diverged" in stopped and named in stopped and nothing_written and base_intact
-              and all(torch.isfinite(p).all() for p in model.parameters()))
+        ok = (
+            "diverged" in stopped
+            and named in stopped
+            and nothing_written
+            and base_intact
+            and all(torch.isfinite(p).all() for p in model.parameters())
+        )
         survived += ok
         notes.append(f"{where}:{k}")
         if not ok:
-            print(f"trial {trial} nan@{where}:{k}: error {stopped!r}, nothing written {nothing_written}, base intact {base_intact}")
-    chaos_record(f"NaN injected in {loop.upper()}", loop, trials, survived,
-                 note="at " + ", ".join(notes) + "; checks: error names the step, no stage/checkpoint written, base model untouched, rerun completes")
+            print(
+                f"trial {trial} nan@{where}:{k}: error {stopped!r}, nothing "
+                f"written {nothing_written}, base intact {base_intact}"
+            )
+    chaos_record(
+        f"NaN injected in {loop.upper()}",
+        loop,
+        trials,
+        survived,
+        note="at "
+        + ", ".join(notes)
+        + "; checks: error names the step, no stage/checkpoint written, base model untouched, rerun completes",
+    )
     assert survived == trials

@@ -51,8 +51,10 @@ def test_local_paths_in_an_index_only_when_allowed(tmp_path, reference):
     assert rec.error is None and rec.url == "http://003338.cn/l41/481397.html"
 
 
-@pytest.mark.parametrize("filename", ["../../etc/passwd", "crawl-data/../../../x.warc.gz", "file:///etc/passwd",
-                                      "s3://bucket/x.warc.gz", "~/x.warc.gz"])
+@pytest.mark.parametrize(
+    "filename",
+    ["../../etc/passwd", "crawl-data/../../../x.warc.gz", "file:///etc/passwd", "s3://bucket/x.warc.gz", "~/x.warc.gz"],
+)
 def test_entries_that_leave_the_base_are_refused(tmp_path, filename):
     index = _index(tmp_path, filename)
     with pytest.raises(ValueError, match="line 1"):

@@ -16,7 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lm.data.shards import ShardCorruptError, Stage, describe, file_sha256, read_manifest, read_stage_table, write_marker
+from lm.data.shards import (
+    ShardCorruptError,
+    Stage,
+    describe,
+    file_sha256,
+    read_manifest,
+    read_stage_table,
+    write_marker,
+)
 
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string())])
 
@@ -39,11 +47,25 @@ def _outside(tmp_path):
 
 def _marker(index: int, secret, victim) -> dict:
     """A marker naming files outside the stage: the secret as its shard, the victim as its (empty) rejects."""
-    return {"index": index, "source": "planted",
-            "shard": {"name": f"../../../{secret.name}", "rows": 1, "bytes": secret.stat().st_size, "sha256": file_sha256(secret)},
-            "rejects": {"name": f"../../../{victim.name}", "rows": 0, "bytes": 0, "sha256": None},
-            "rows_in": 1, "kept": 1, "rejected": {}, "failed": {}, "failed_ids": [], "extra": {}, "seconds": 0.0,
-            "finished_at": "2020-01-01T00:00:00+00:00"}
+    return {
+        "index": index,
+        "source": "planted",
+        "shard": {
+            "name": f"../../../{secret.name}",
+            "rows": 1,
+            "bytes": secret.stat().st_size,
+            "sha256": file_sha256(secret),
+        },
+        "rejects": {"name": f"../../../{victim.name}", "rows": 0, "bytes": 0, "sha256": None},
+        "rows_in": 1,
+        "kept": 1,
+        "rejected": {},
+        "failed": {},
+        "failed_ids": [],
+        "extra": {},
+        "seconds": 0.0,
+        "finished_at": "2020-01-01T00:00:00+00:00",
+    }
 
 
 def _self_checksummed(body: dict, key: str) -> str:
@@ -150,7 +172,9 @@ def test_inspect_refuses_a_manifest_naming_files_outside_its_stage(tmp_path, sig
         st.manifest_path.write_text(_self_checksummed(body, "manifest_sha256"))
     with pytest.raises(ShardCorruptError, match="not a plain name|not trusted"):
         describe(st.path)
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "inspect", str(st.path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "inspect", str(st.path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0
     assert "SECRET ROW" not in proc.stdout + proc.stderr
     assert "not a plain name" in proc.stderr or "not trusted" in proc.stderr
@@ -159,8 +183,13 @@ def test_inspect_refuses_a_manifest_naming_files_outside_its_stage(tmp_path, sig
 def test_a_writer_cannot_list_a_file_outside_its_stage(tmp_path):
     st = Stage(tmp_path / "root", "extract", version="1", config={})
     with pytest.raises(ShardCorruptError, match="not a plain name"):
-        st.write_manifest(shards=[{"name": "/etc/passwd", "bytes": 1, "sha256": "0" * 64}],
-                          counts={"in": 0, "kept": 0, "rejected": {}, "failed": {}})
+        st.write_manifest(
+            shards=[{"name": "/etc/passwd", "bytes": 1, "sha256": "0" * 64}],
+            counts={"in": 0, "kept": 0, "rejected": {}, "failed": {}},
+        )
     with pytest.raises(ShardCorruptError, match="not a plain name"):
-        st.write_manifest(shards=[], counts={"in": 0, "kept": 0, "rejected": {}, "failed": {}},
-                          extra={"files_sha256": {"checkpoint/../../x": "0" * 64}})
+        st.write_manifest(
+            shards=[],
+            counts={"in": 0, "kept": 0, "rejected": {}, "failed": {}},
+            extra={"files_sha256": {"checkpoint/../../x": "0" * 64}},
+        )

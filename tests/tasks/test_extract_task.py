@@ -13,7 +13,11 @@ def test_shard_task_writes_marker_and_skips_when_done(prefect_harness, reference
     shards = plan_shards([str(reference / CC / "whirlwind.warc.gz")], cfg.slice_bytes)
     marker = extract_shard(str(tmp_path), cfg, plan_digest(shards), 0, shards[0])
     m = json.loads(Path(marker).read_text())
-    assert (m["rows_in"], m["kept"], m["rejected"]) == (4, 1, {"record_type_warcinfo": 1, "record_type_request": 1, "record_type_metadata": 1})
+    assert (m["rows_in"], m["kept"], m["rejected"]) == (
+        4,
+        1,
+        {"record_type_warcinfo": 1, "record_type_request": 1, "record_type_metadata": 1},
+    )
     mtime = (tmp_path / "extract").stat().st_mtime_ns
     before = Path(marker).read_text()
     assert extract_shard(str(tmp_path), cfg, plan_digest(shards), 0, shards[0]) == marker
@@ -36,9 +40,10 @@ def test_unreachable_source_is_retried_then_counted(prefect_harness, tmp_path, f
 def test_long_input_gets_a_progress_artifact(prefect_harness, reference, tmp_path, monkeypatch):
     import asyncio
 
-    import tasks.extract as te
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterTaskRunId
+
+    import tasks.extract as te
 
     monkeypatch.setattr(te, "PROGRESS_MIN_BYTES", 0)
     monkeypatch.setattr(te, "PROGRESS_EVERY_S", 0.0)
@@ -49,7 +54,9 @@ def test_long_input_gets_a_progress_artifact(prefect_harness, reference, tmp_pat
 
     async def _read():
         async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[task_run_id])))
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[task_run_id]))
+            )
 
     (art,) = [a for a in asyncio.run(_read()) if a.type == "progress"]
     assert art.data == 100.0 and "clueweb-quirk" in art.description

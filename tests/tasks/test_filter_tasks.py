@@ -9,8 +9,13 @@ from lm.data.shards import Stage, accounted, iter_rows, read_manifest
 from tasks.filters import filter_shard
 
 SCHEMA = pa.schema([("id", pa.string()), ("url", pa.string()), ("source", pa.string()), ("text", pa.string())])
-ONLY_GOPHER = {"langid": {"enabled": False}, "pii": {"enabled": False}, "quality": {"enabled": False},
-               "harmful": {"enabled": False}, "rules": {"c4": False, "bad_words": False}}
+ONLY_GOPHER = {
+    "langid": {"enabled": False},
+    "pii": {"enabled": False},
+    "quality": {"enabled": False},
+    "harmful": {"enabled": False},
+    "rules": {"c4": False, "bad_words": False},
+}
 
 
 def _input(root, texts):

@@ -42,8 +42,9 @@ def line_hash(line: str) -> int:
 
 def hash_lines(lines: Sequence[str]) -> np.ndarray:
     """uint64 hashes of ``lines`` (line endings ignored): blake2b, 8 bytes, little-endian."""
-    digests = b"".join([hashlib.blake2b(ln.rstrip("\r\n").encode("utf-8", "surrogatepass"), digest_size=8).digest()
-                        for ln in lines])
+    digests = b"".join(
+        [hashlib.blake2b(ln.rstrip("\r\n").encode("utf-8", "surrogatepass"), digest_size=8).digest() for ln in lines]
+    )
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
@@ -66,16 +67,24 @@ def line_hash_counts(texts: Iterable[str | None]) -> tuple[np.ndarray, np.ndarra
     return hashes, counts.astype(np.int64)
 
 
-def iter_duplicate_hashes(parts: Iterable[tuple[np.ndarray, np.ndarray]], *, memory_mb: float = DEFAULT_MEMORY_MB,
-                          spill_dir: str | os.PathLike | None = None, lo: int = 0, hi: int = KEY_SPACE) -> Iterator[np.ndarray]:
+def iter_duplicate_hashes(
+    parts: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    memory_mb: float = DEFAULT_MEMORY_MB,
+    spill_dir: str | os.PathLike | None = None,
+    lo: int = 0,
+    hi: int = KEY_SPACE,
+) -> Iterator[np.ndarray]:
     """Sum (hash, count) parts per hash and yield the hashes counted more than once, sorted,
     in ascending chunks. Only hashes in ``[lo, hi)`` are considered (a partition of the work).
 
     Memory stays within ``memory_mb``: past it the parts spill to ``spill_dir`` (a temporary
     directory when None) by hash range and are summed one range at a time.
     """
-    with tempfile.TemporaryDirectory(prefix="lmpipe-spill-", dir=spill_dir) as tmp, \
-            KeySpill(Path(tmp) / "counts", {"key": np.uint64, "count": np.int64}, group_budget(memory_mb), lo, hi) as spill:
+    with (
+        tempfile.TemporaryDirectory(prefix="lmpipe-spill-", dir=spill_dir) as tmp,
+        KeySpill(Path(tmp) / "counts", {"key": np.uint64, "count": np.int64}, group_budget(memory_mb), lo, hi) as spill,
+    ):
         for hashes, counts in parts:
             spill.add(key=hashes, count=counts)
         for group in spill.groups():
@@ -115,7 +124,10 @@ def _drop_batch(texts: Sequence[str | None], is_duplicate) -> tuple[list[str | N
     line_text = np.repeat(np.arange(len(texts)), np.diff(offsets))
     kept = np.bincount(line_text, weights=~dup, minlength=len(texts)).astype(np.int64)
     kept_offsets = np.concatenate([[0], np.cumsum(kept)])
-    out = [t if not isinstance(t, str) else "".join(kept_lines[kept_offsets[i]: kept_offsets[i + 1]]) for i, t in enumerate(texts)]
+    out = [
+        t if not isinstance(t, str) else "".join(kept_lines[kept_offsets[i] : kept_offsets[i + 1]])
+        for i, t in enumerate(texts)
+    ]
     return out, np.diff(offsets) - kept
 
 
@@ -142,8 +154,13 @@ def write_sorted_hashes(chunks: Iterable[np.ndarray], path: str | os.PathLike) -
     return n
 
 
-def exact_line_dedup(input_paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
-                     memory_mb: float = DEFAULT_MEMORY_MB, spill_dir: str | os.PathLike | None = None) -> list[Path]:
+def exact_line_dedup(
+    input_paths: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    memory_mb: float = DEFAULT_MEMORY_MB,
+    spill_dir: str | os.PathLike | None = None,
+) -> list[Path]:
     """Rewrite each text file into ``output_dir`` (same file name) without corpus-duplicate lines.
 
     Holds one file and at most ``memory_mb`` of hashes in memory; the rest spills to
@@ -167,14 +184,19 @@ def exact_line_dedup(input_paths: Sequence[str | os.PathLike], output_dir: str |
     work = Path(tempfile.mkdtemp(prefix="lmpipe-exact-", dir=spill_dir))
     try:
         dups_file = work / "duplicates.u64"
-        chunks = iter_duplicate_hashes((line_hash_counts([read(p)]) for p in paths), memory_mb=memory_mb, spill_dir=work)
+        chunks = iter_duplicate_hashes(
+            (line_hash_counts([read(p)]) for p in paths), memory_mb=memory_mb, spill_dir=work
+        )
         count = write_sorted_hashes(chunks, dups_file)
         budget = group_budget(memory_mb)
         written = []
         for p in paths:
             (text,), _ = drop_duplicate_lines([read(p)], lambda h: member_of_sorted_file(dups_file, count, h, budget))
             target = out / p.name
-            with reraise_disk_full(target), open(target, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+            with (
+                reraise_disk_full(target),
+                open(target, "w", encoding="utf-8", errors="surrogateescape", newline="") as f,
+            ):
                 f.write(text)
             written.append(target)
         return written

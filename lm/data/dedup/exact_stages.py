@@ -41,12 +41,19 @@ def line_counts_stage(root: str, docs: str) -> Stage:
 
 
 def line_duplicates_stage(root: str, counts: str, num_partitions: int) -> Stage:
-    return Stage(root, "line_duplicates", version=EXACT_VERSIONS["line_duplicates"], config={"num_partitions": num_partitions},
-                 inputs=[counts])
+    return Stage(
+        root,
+        "line_duplicates",
+        version=EXACT_VERSIONS["line_duplicates"],
+        config={"num_partitions": num_partitions},
+        inputs=[counts],
+    )
 
 
 def exact_dedup_stage(root: str, cfg: ExactDedupConfig, docs: str, duplicates: str) -> Stage:
-    return Stage(root, "exact_dedup", version=EXACT_VERSIONS["exact_dedup"], config=cfg.stage_config(), inputs=[docs, duplicates])
+    return Stage(
+        root, "exact_dedup", version=EXACT_VERSIONS["exact_dedup"], config=cfg.stage_config(), inputs=[docs, duplicates]
+    )
 
 
 def line_partitions(cfg: ExactDedupConfig, counts: str) -> int:
@@ -92,7 +99,9 @@ def line_duplicates_partition(root: str, cfg: ExactDedupConfig, counts: str, num
     lo, hi = key_ranges(num_partitions)[index]
     st.ensure_dir()
     with spill_dir(st.path, cfg.spill_dir, f"{index:05d}") as tmp, st.open_shard(index, schema=HASH_SCHEMA) as w:
-        for dups in iter_duplicate_hashes(_counts_in_range(counts, lo, hi), memory_mb=cfg.memory_mb, spill_dir=tmp, lo=lo, hi=hi):
+        for dups in iter_duplicate_hashes(
+            _counts_in_range(counts, lo, hi), memory_mb=cfg.memory_mb, spill_dir=tmp, lo=lo, hi=hi
+        ):
             w.count_in(len(dups))
             w.write_table(pa.table({"hash": dups}, schema=HASH_SCHEMA))
 
@@ -114,8 +123,10 @@ def line_duplicates_finish(root: str, counts: str, num_partitions: int) -> None:
                 total += len(values)
 
     entry = write_local_then_commit(st.path / LOOKUP_NAME, write)
-    st.commit(num_shards=num_partitions, extra={"lookup": {"name": LOOKUP_NAME, "count": total},
-                                                 "files_sha256": {LOOKUP_NAME: entry["sha256"]}})
+    st.commit(
+        num_shards=num_partitions,
+        extra={"lookup": {"name": LOOKUP_NAME, "count": total}, "files_sha256": {LOOKUP_NAME: entry["sha256"]}},
+    )
 
 
 def exact_dedup_shard(root: str, cfg: ExactDedupConfig, docs: str, duplicates: str, index: int) -> None:
@@ -132,8 +143,11 @@ def exact_dedup_shard(root: str, cfg: ExactDedupConfig, docs: str, duplicates: s
     new, dropped = drop_duplicate_lines(texts, lambda h: member_of_sorted_file(dups_file, lookup["count"], h, budget))
     has_text = np.array([isinstance(t, str) for t in texts], dtype=bool)
     empty = np.array([isinstance(t, str) and cfg.drop_empty and not t.strip() for t in new], dtype=bool)
-    out = table.set_column(table.schema.get_field_index("text"), table.schema.field("text"),
-                           pa.array(new, type=table.schema.field("text").type))
+    out = table.set_column(
+        table.schema.get_field_index("text"),
+        table.schema.field("text"),
+        pa.array(new, type=table.schema.field("text").type),
+    )
     rejected = ~has_text | empty
     reasons = np.where(has_text, "empty_after_line_dedup", "no_text")[rejected]
     kept = out.filter(pa.array(~rejected))

@@ -48,7 +48,10 @@ def validate_params(num_hashes: int, num_bands: int, ngrams: int, threshold: flo
     if num_hashes < 1:
         raise ValueError(f"num_hashes={num_hashes} must be >= 1")
     if num_bands < 1 or num_hashes % num_bands:
-        raise ValueError(f"num_bands={num_bands} must be >= 1 and divide num_hashes={num_hashes} (rows per band = num_hashes / num_bands)")
+        raise ValueError(
+            f"num_bands={num_bands} must be >= 1 and divide "
+            f"num_hashes={num_hashes} (rows per band = num_hashes / num_bands)"
+        )
     if ngrams < 1:
         raise ValueError(f"ngrams={ngrams} must be >= 1")
     if not 0.0 < threshold <= 1.0:
@@ -207,7 +210,9 @@ def _permutations(num_hashes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return raw[:num_hashes] | _U(1), raw[num_hashes:]
 
 
-def signatures(texts: Sequence[str | None], num_hashes: int, ngrams: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def signatures(
+    texts: Sequence[str | None], num_hashes: int, ngrams: int, seed: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """MinHash signatures uint32[len(texts), num_hashes] and shingle counts int64[len(texts)].
 
     A text without shingles has count 0 and an all-0xFFFFFFFF signature (it is never a candidate)."""
@@ -274,8 +279,9 @@ class Features:
 
     def index(self, ids: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(self.ids, ids)
-        assert len(ids) == 0 or (pos < len(self.ids)).all() and (self.ids[np.minimum(pos, len(self.ids) - 1)] == ids).all(), \
-            "a paired document has no features"
+        assert (
+            len(ids) == 0 or (pos < len(self.ids)).all() and (self.ids[np.minimum(pos, len(self.ids) - 1)] == ids).all()
+        ), "a paired document has no features"
         return pos
 
 
@@ -293,7 +299,9 @@ def similarity(fa: Features, a: np.ndarray, fb: Features, b: np.ndarray, max_ele
         out = np.empty(len(a))
         step = max(1, max_elements // max(1, fa.values.shape[1]))
         for p0 in range(0, len(a), step):
-            out[p0 : p0 + step] = (np.asarray(fa.values[ia[p0 : p0 + step]]) == np.asarray(fb.values[ib[p0 : p0 + step]])).mean(axis=1)
+            out[p0 : p0 + step] = (
+                np.asarray(fa.values[ia[p0 : p0 + step]]) == np.asarray(fb.values[ib[p0 : p0 + step]])
+            ).mean(axis=1)
         return out
     sa, la = fa.offsets[ia], fa.offsets[ia + 1] - fa.offsets[ia]
     sb, lb = fb.offsets[ib], fb.offsets[ib + 1] - fb.offsets[ib]
@@ -358,13 +366,21 @@ def _file_batches(paths: Sequence[Path], limit: int) -> Iterator[tuple[int, int]
         yield start, len(paths)
 
 
-def candidate_pairs(key_batches: Iterable[tuple[np.ndarray, np.ndarray]], num_docs: int, memory_mb: float,
-                    work: Path, lo: int = 0, hi: int = 1 << 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def candidate_pairs(
+    key_batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    num_docs: int,
+    memory_mb: float,
+    work: Path,
+    lo: int = 0,
+    hi: int = 1 << 64,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Distinct candidate pairs from (band keys, documents) batches, in ascending order of the
     first document, as chunks. Keys and pairs spill to ``work`` past ``memory_mb``."""
     budget = group_budget(memory_mb)
-    with KeySpill(work / "keys", {"key": _U, "doc": np.int64}, budget, lo, hi) as keys, \
-            KeySpill(work / "pairs", {"key": _U, "other": np.int64}, budget, 0, max(1, num_docs)) as pairs:
+    with (
+        KeySpill(work / "keys", {"key": _U, "doc": np.int64}, budget, lo, hi) as keys,
+        KeySpill(work / "pairs", {"key": _U, "other": np.int64}, budget, 0, max(1, num_docs)) as pairs,
+    ):
         for k, d in key_batches:
             keys.add(key=k, doc=d)
         for group in keys.groups():
@@ -416,7 +432,11 @@ def minhash_dedup(
         a = np.concatenate([p[0] for p in pairs]) if pairs else np.empty(0, np.int64)
         b = np.concatenate([p[1] for p in pairs]) if pairs else np.empty(0, np.int64)
         if verify == "signature":
-            sigs = np.memmap(sig_file, dtype=np.uint32, mode="r", shape=(len(paths), num_hashes)) if paths else np.empty((0, num_hashes), np.uint32)
+            sigs = (
+                np.memmap(sig_file, dtype=np.uint32, mode="r", shape=(len(paths), num_hashes))
+                if paths
+                else np.empty((0, num_hashes), np.uint32)
+            )
             feats = Features(np.arange(len(paths)), sigs)
         else:
             feats = _file_shingle_sets(paths, np.unique(np.concatenate([a, b])), ngrams, batch_bytes, work)
@@ -437,7 +457,9 @@ def minhash_dedup(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _file_shingle_sets(paths: Sequence[Path], needed: np.ndarray, ngrams: int, batch_bytes: int, work: Path) -> Features:
+def _file_shingle_sets(
+    paths: Sequence[Path], needed: np.ndarray, ngrams: int, batch_bytes: int, work: Path
+) -> Features:
     """Shingle sets of the files ``needed`` (ascending indices), values spilled to a memory map."""
     values_file = work / "sets.u64"
     offsets = [np.zeros(1, np.int64)]

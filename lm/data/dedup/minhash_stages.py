@@ -28,18 +28,41 @@ import numpy as np
 import pyarrow as pa
 
 from lm.data.dedup.config import MinHashConfig
-from lm.data.dedup.minhash import (Features, band_keys, candidate_pairs, clusters, shingle_sets, signatures, similarity,
-                                   unique_pairs)
+from lm.data.dedup.minhash import (
+    Features,
+    band_keys,
+    candidate_pairs,
+    clusters,
+    shingle_sets,
+    signatures,
+    similarity,
+    unique_pairs,
+)
 from lm.data.dedup.spill import KeySpill, group_budget
-from lm.data.dedup.stage_files import (arrays_done, input_shard, load_arrays, parquet_file, row_offsets, save_arrays,
-                                       spill_dir, text_bytes)
+from lm.data.dedup.stage_files import (
+    arrays_done,
+    input_shard,
+    load_arrays,
+    parquet_file,
+    row_offsets,
+    save_arrays,
+    spill_dir,
+    text_bytes,
+)
 from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard
 
 MINHASH_VERSIONS = {"minhash_signatures": "2", "minhash_buckets": "2", "minhash_clusters": "2", "minhash": "2"}
 PAIR_SCHEMA = pa.schema([(k, pa.int64()) for k in ("a_shard", "a_row", "b_shard", "b_row")])
 DROP_SCHEMA = pa.schema(
-    [("shard", pa.int64()), ("row", pa.int64()), ("id", pa.string()), ("duplicate_of_shard", pa.int64()),
-     ("duplicate_of_row", pa.int64()), ("duplicate_of_id", pa.string()), ("jaccard", pa.float64())]
+    [
+        ("shard", pa.int64()),
+        ("row", pa.int64()),
+        ("id", pa.string()),
+        ("duplicate_of_shard", pa.int64()),
+        ("duplicate_of_row", pa.int64()),
+        ("duplicate_of_id", pa.string()),
+        ("jaccard", pa.float64()),
+    ]
 )
 
 
@@ -53,8 +76,15 @@ def band_column(band: int) -> str:
 def signature_schema(num_hashes: int, num_bands: int) -> pa.Schema:
     """row, id, shingle count, the signature, and one uint64 column per band key (a bucket
     task reads only its bands' columns)."""
-    return pa.schema([("row", pa.int64()), ("id", pa.string()), ("shingles", pa.int64()),
-                      ("signature", pa.list_(pa.uint32(), num_hashes)), *[(band_column(b), pa.uint64()) for b in range(num_bands)]])
+    return pa.schema(
+        [
+            ("row", pa.int64()),
+            ("id", pa.string()),
+            ("shingles", pa.int64()),
+            ("signature", pa.list_(pa.uint32(), num_hashes)),
+            *[(band_column(b), pa.uint64()) for b in range(num_bands)],
+        ]
+    )
 
 
 def _signature_config(cfg: MinHashConfig) -> dict:
@@ -62,8 +92,13 @@ def _signature_config(cfg: MinHashConfig) -> dict:
 
 
 def signatures_stage(root: str, cfg: MinHashConfig, docs: str) -> Stage:
-    return Stage(root, "minhash_signatures", version=MINHASH_VERSIONS["minhash_signatures"], config=_signature_config(cfg),
-                 inputs=[docs])
+    return Stage(
+        root,
+        "minhash_signatures",
+        version=MINHASH_VERSIONS["minhash_signatures"],
+        config=_signature_config(cfg),
+        inputs=[docs],
+    )
 
 
 def bucket_tasks(cfg: MinHashConfig, signatures: str) -> int:
@@ -77,16 +112,26 @@ def bucket_tasks(cfg: MinHashConfig, signatures: str) -> int:
 
 def buckets_stage(root: str, cfg: MinHashConfig, signatures: str, num_tasks: int) -> Stage:
     config = {**_signature_config(cfg), "num_bucket_tasks": num_tasks}
-    return Stage(root, "minhash_buckets", version=MINHASH_VERSIONS["minhash_buckets"], config=config, inputs=[signatures])
+    return Stage(
+        root, "minhash_buckets", version=MINHASH_VERSIONS["minhash_buckets"], config=config, inputs=[signatures]
+    )
 
 
 def clusters_stage(root: str, cfg: MinHashConfig, buckets: str, docs: str) -> Stage:
     config = {"ngrams": cfg.ngrams, "threshold": cfg.threshold, "verify": cfg.verify}
-    return Stage(root, "minhash_clusters", version=MINHASH_VERSIONS["minhash_clusters"], config=config, inputs=[buckets, docs])
+    return Stage(
+        root, "minhash_clusters", version=MINHASH_VERSIONS["minhash_clusters"], config=config, inputs=[buckets, docs]
+    )
 
 
 def minhash_stage(root: str, cfg: MinHashConfig, docs: str, clusters_manifest: str) -> Stage:
-    return Stage(root, "minhash", version=MINHASH_VERSIONS["minhash"], config=cfg.stage_config(), inputs=[docs, clusters_manifest])
+    return Stage(
+        root,
+        "minhash",
+        version=MINHASH_VERSIONS["minhash"],
+        config=cfg.stage_config(),
+        inputs=[docs, clusters_manifest],
+    )
 
 
 def _signature_matrix(table: pa.Table, num_hashes: int) -> np.ndarray:
@@ -106,9 +151,16 @@ def signatures_shard(root: str, cfg: MinHashConfig, docs: str, index: int) -> No
     sig, count = signatures(table.column("text").to_pylist(), cfg.num_hashes, cfg.ngrams, cfg.seed)
     keys = band_keys(sig, cfg.num_bands)
     schema = signature_schema(cfg.num_hashes, cfg.num_bands)
-    out = pa.table({"row": np.arange(table.num_rows, dtype=np.int64), "id": table.column("id").cast(pa.string()),
-                    "shingles": count, "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), cfg.num_hashes),
-                    **{band_column(b): keys[:, b] for b in range(cfg.num_bands)}}, schema=schema)
+    out = pa.table(
+        {
+            "row": np.arange(table.num_rows, dtype=np.int64),
+            "id": table.column("id").cast(pa.string()),
+            "shingles": count,
+            "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), cfg.num_hashes),
+            **{band_column(b): keys[:, b] for b in range(cfg.num_bands)},
+        },
+        schema=schema,
+    )
     with st.open_shard(index, schema=schema, source=path) as w:
         w.count_in(table.num_rows)
         w.write_table(out)
@@ -150,7 +202,9 @@ def _work(st: Stage):
     return st.path / "work"
 
 
-def clusters_features_shard(root: str, cfg: MinHashConfig, docs: str, signatures: str, buckets: str, index: int) -> None:
+def clusters_features_shard(
+    root: str, cfg: MinHashConfig, docs: str, signatures: str, buckets: str, index: int
+) -> None:
     """What verification compares for the documents of shard ``index`` that are in a pair."""
     st = clusters_stage(root, cfg, buckets, docs)
     name = f"features-{index:05d}"
@@ -174,8 +228,9 @@ def _features(st: Stage, shard: int) -> Features:
     return Features(arrays["ids"], arrays["values"], arrays.get("offsets"))
 
 
-def clusters_verify_group(root: str, cfg: MinHashConfig, docs: str, signatures: str, buckets: str, num_groups: int,
-                          index: int) -> None:
+def clusters_verify_group(
+    root: str, cfg: MinHashConfig, docs: str, signatures: str, buckets: str, num_groups: int, index: int
+) -> None:
     """Verify the distinct candidate pairs whose first document's shard is ``index`` modulo
     ``num_groups``, one (shard, shard) block at a time; store those at or above the threshold."""
     st = clusters_stage(root, cfg, buckets, docs)
@@ -193,12 +248,21 @@ def clusters_verify_group(root: str, cfg: MinHashConfig, docs: str, signatures: 
             cache[shard] = _features(st, shard)
         return cache[shard]
 
-    with spill_dir(st.path, cfg.spill_dir, f"verify-{index:05d}") as tmp, \
-            KeySpill(tmp / "pairs", {"key": np.uint64, "other": np.int64}, group_budget(cfg.memory_mb), 0,
-                     max(1, int(offsets[-1]))) as spill:
+    with (
+        spill_dir(st.path, cfg.spill_dir, f"verify-{index:05d}") as tmp,
+        KeySpill(
+            tmp / "pairs",
+            {"key": np.uint64, "other": np.int64},
+            group_budget(cfg.memory_mb),
+            0,
+            max(1, int(offsets[-1])),
+        ) as spill,
+    ):
         for a_shard, a_row, b_shard, b_row in _iter_pairs(buckets):
             mine = a_shard % num_groups == index
-            spill.add(key=(offsets[a_shard[mine]] + a_row[mine]).astype(np.uint64), other=offsets[b_shard[mine]] + b_row[mine])
+            spill.add(
+                key=(offsets[a_shard[mine]] + a_row[mine]).astype(np.uint64), other=offsets[b_shard[mine]] + b_row[mine]
+            )
         for group in spill.groups():
             a, b = unique_pairs(group["key"].astype(np.int64), group["other"])
             candidates += len(a)
@@ -214,12 +278,20 @@ def clusters_verify_group(root: str, cfg: MinHashConfig, docs: str, signatures: 
                 kept_b.append(b[lo:hi][ok])
                 kept_j.append(j[ok])
     cache.clear()
-    cat = lambda parts, dtype: np.concatenate(parts) if parts else np.empty(0, dtype)  # noqa: E731
-    save_arrays(_work(st), name, a=cat(kept_a, np.int64), b=cat(kept_b, np.int64), j=cat(kept_j, np.float64),
-                candidates=np.array([candidates], dtype=np.int64))
+    cat = lambda parts, dtype: np.concatenate(parts) if parts else np.empty(0, dtype)
+    save_arrays(
+        _work(st),
+        name,
+        a=cat(kept_a, np.int64),
+        b=cat(kept_b, np.int64),
+        j=cat(kept_j, np.float64),
+        candidates=np.array([candidates], dtype=np.int64),
+    )
 
 
-def clusters_components(root: str, cfg: MinHashConfig, docs: str, signatures: str, buckets: str, num_groups: int) -> None:
+def clusters_components(
+    root: str, cfg: MinHashConfig, docs: str, signatures: str, buckets: str, num_groups: int
+) -> None:
     """Join the verified pairs into components and write, per input shard, the documents to drop."""
     st = clusters_stage(root, cfg, buckets, docs)
     n = len(read_manifest(docs)["shards"])
@@ -236,9 +308,18 @@ def clusters_components(root: str, cfg: MinHashConfig, docs: str, signatures: st
         if st.shard_done(shard):
             continue
         sel = np.flatnonzero(ds == shard)
-        table = pa.table([ds[sel], dropped[sel] - offsets[ds[sel]], pa.array([ids[x] for x in dropped[sel].tolist()], pa.string()),
-                          ks[sel], kept[sel] - offsets[ks[sel]], pa.array([ids[x] for x in kept[sel].tolist()], pa.string()),
-                          pa.array([round(x, 4) for x in best[sel].tolist()], pa.float64())], schema=DROP_SCHEMA)
+        table = pa.table(
+            [
+                ds[sel],
+                dropped[sel] - offsets[ds[sel]],
+                pa.array([ids[x] for x in dropped[sel].tolist()], pa.string()),
+                ks[sel],
+                kept[sel] - offsets[ks[sel]],
+                pa.array([ids[x] for x in kept[sel].tolist()], pa.string()),
+                pa.array([round(x, 4) for x in best[sel].tolist()], pa.float64()),
+            ],
+            schema=DROP_SCHEMA,
+        )
         with st.open_shard(shard, schema=DROP_SCHEMA) as w:
             w.count_in(table.num_rows)
             w.write_table(table)

@@ -63,8 +63,15 @@ class KeySpill:
     A group holds at most ``budget`` bytes unless a single key has more rows than that.
     """
 
-    def __init__(self, directory: str | os.PathLike, columns: Mapping[str, np.dtype | str], budget: int,
-                 lo: int = 0, hi: int = KEY_SPACE, fanout: int = 16):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        columns: Mapping[str, np.dtype | str],
+        budget: int,
+        lo: int = 0,
+        hi: int = KEY_SPACE,
+        fanout: int = 16,
+    ):
         if "key" not in columns:
             raise ValueError(f"KeySpill columns {list(columns)} must include 'key'")
         self.dir = Path(directory)
@@ -120,7 +127,7 @@ class KeySpill:
         for k, values in batch.items():
             values = values[order]
             for p in range(len(self.ranges)):
-                chunk = values[bounds[p]: bounds[p + 1]]
+                chunk = values[bounds[p] : bounds[p + 1]]
                 if len(chunk):
                     path = self._part_file(p, k)
                     with reraise_disk_full(path), open(path, "ab") as f:
@@ -143,7 +150,11 @@ class KeySpill:
             kmin, kmax = self._key_bounds(p, rows)
             if rows * self.row_bytes <= self.budget or kmin == kmax:
                 if kmin == kmax and rows * self.row_bytes > self.budget:
-                    _log.warning("one key has %d rows (%d MB): its group exceeds the memory budget", rows, rows * self.row_bytes // MiB)
+                    _log.warning(
+                        "one key has %d rows (%d MB): its group exceeds the memory budget",
+                        rows,
+                        rows * self.row_bytes // MiB,
+                    )
                 group = {k: np.fromfile(self._part_file(p, k), dtype=d) for k, d in self.columns.items()}
                 self._remove(p)
                 yield group
@@ -158,8 +169,10 @@ class KeySpill:
     def _read(self, part: int, rows: int) -> Iterator[dict[str, np.ndarray]]:
         step = max(1, self.budget // self.row_bytes)
         for start in range(0, rows, step):
-            yield {k: np.fromfile(self._part_file(part, k), dtype=d, count=step, offset=start * d.itemsize)
-                   for k, d in self.columns.items()}
+            yield {
+                k: np.fromfile(self._part_file(part, k), dtype=d, count=step, offset=start * d.itemsize)
+                for k, d in self.columns.items()
+            }
 
     def _key_bounds(self, part: int, rows: int) -> tuple[int, int]:
         lo, hi = None, None

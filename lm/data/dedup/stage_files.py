@@ -21,16 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lm.data.nospace import reraise_disk_full
 from lm.data.manifest import manifest_dir, read_manifest, read_shard
+from lm.data.nospace import reraise_disk_full
 from lm.data.stage_io import read_marker, write_marker
-from lm.data.storage import ShardCorruptError, file_sha256
-from lm.data.storage import RemotePath, commit_file, local_copy, local_scratch, tmp_name
+from lm.data.storage import RemotePath, ShardCorruptError, commit_file, file_sha256, local_copy, local_scratch, tmp_name
 
 
 def num_shards(manifest_path: str) -> int:
@@ -52,7 +50,9 @@ def parquet_file(path: Path | RemotePath, size: int | None) -> pq.ParquetFile:
     so P range tasks over S shards do not hash every shard P times."""
     actual = path.stat().st_size
     if size is not None and actual != size:
-        raise ShardCorruptError(f"shard {path} has {actual} bytes, {size} recorded in its manifest; rerun the stage that wrote it")
+        raise ShardCorruptError(
+            f"shard {path} has {actual} bytes, {size} recorded in its manifest; rerun the stage that wrote it"
+        )
     return pq.ParquetFile(path.open("rb") if isinstance(path, RemotePath) else path)
 
 
@@ -126,7 +126,9 @@ def arrays_done(work: Path | RemotePath, name: str) -> bool:
     """True when ``name``'s marker is intact and its files have the recorded sizes."""
     try:
         entries = read_marker(_marker(work, name))["arrays"]
-        return all((work / e["name"]).exists() and (work / e["name"]).stat().st_size == e["bytes"] for e in entries.values())
+        return all(
+            (work / e["name"]).exists() and (work / e["name"]).stat().st_size == e["bytes"] for e in entries.values()
+        )
     except (FileNotFoundError, ShardCorruptError, KeyError, TypeError):
         return False
 

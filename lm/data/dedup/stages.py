@@ -32,12 +32,31 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from lm.data.dedup.config import ExactDedupConfig, MinHashConfig
-from lm.data.dedup.exact_stages import (EXACT_VERSIONS, exact_dedup_shard, exact_dedup_stage, line_counts_shard,
-                                        line_counts_stage, line_duplicates_finish, line_duplicates_partition,
-                                        line_duplicates_stage, line_partitions)
-from lm.data.dedup.minhash_stages import (MINHASH_VERSIONS, bucket_tasks, buckets_partition, buckets_stage, clusters_components,
-                                          clusters_features_shard, clusters_stage, clusters_verify_group,
-                                          minhash_filter_shard, minhash_stage, signatures_shard, signatures_stage)
+from lm.data.dedup.exact_stages import (
+    EXACT_VERSIONS,
+    exact_dedup_shard,
+    exact_dedup_stage,
+    line_counts_shard,
+    line_counts_stage,
+    line_duplicates_finish,
+    line_duplicates_partition,
+    line_duplicates_stage,
+    line_partitions,
+)
+from lm.data.dedup.minhash_stages import (
+    MINHASH_VERSIONS,
+    bucket_tasks,
+    buckets_partition,
+    buckets_stage,
+    clusters_components,
+    clusters_features_shard,
+    clusters_stage,
+    clusters_verify_group,
+    minhash_filter_shard,
+    minhash_stage,
+    signatures_shard,
+    signatures_stage,
+)
 from lm.data.dedup.stage_files import num_shards, remove_tree
 
 MapCalls = Callable[[str, Callable[..., None], list[dict]], None]
@@ -63,7 +82,9 @@ def threads(num_workers: int) -> MapCalls:
     return run
 
 
-def _run(st, map_calls: MapCalls, steps: list[tuple[str, Callable[..., None], list[dict]]], num_shards: int | None) -> str:
+def _run(
+    st, map_calls: MapCalls, steps: list[tuple[str, Callable[..., None], list[dict]]], num_shards: int | None
+) -> str:
     """Run ``steps`` (label, step, calls) in order unless ``st`` is complete, then commit it
     (``num_shards`` None: the last step commits)."""
     if not st.is_complete():
@@ -79,49 +100,84 @@ def _check_stop(stop_after: str | None, names: tuple[str, ...]) -> None:
         raise ValueError(f"stop_after={stop_after!r} is not one of these stages: {', '.join(names)}")
 
 
-def run_exact_dedup(root: str, cfg: ExactDedupConfig, docs: str, map_calls: MapCalls = serial, stop_after: str | None = None) -> str:
+def run_exact_dedup(
+    root: str, cfg: ExactDedupConfig, docs: str, map_calls: MapCalls = serial, stop_after: str | None = None
+) -> str:
     """line_counts → line_duplicates → exact_dedup on the stage ``docs``; returns the manifest
     path of the last stage run (``stop_after`` names one to end with)."""
     _check_stop(stop_after, EXACT_STAGES)
     n = num_shards(docs)
-    counts = _run(line_counts_stage(root, docs), map_calls,
-                  [("line_counts", line_counts_shard, [dict(root=root, docs=docs, index=i) for i in range(n)])], n)
+    counts = _run(
+        line_counts_stage(root, docs),
+        map_calls,
+        [("line_counts", line_counts_shard, [dict(root=root, docs=docs, index=i) for i in range(n)])],
+        n,
+    )
     if stop_after == "line_counts":
         return counts
     parts = line_partitions(cfg, counts)
     fixed = dict(root=root, cfg=cfg, counts=counts, num_partitions=parts)
-    dups = _run(line_duplicates_stage(root, counts, parts), map_calls, [
-        ("line_duplicates", line_duplicates_partition, [dict(fixed, index=i) for i in range(parts)]),
-        ("line_duplicates_finish", line_duplicates_finish, [dict(root=root, counts=counts, num_partitions=parts)]),
-    ], None)
+    dups = _run(
+        line_duplicates_stage(root, counts, parts),
+        map_calls,
+        [
+            ("line_duplicates", line_duplicates_partition, [dict(fixed, index=i) for i in range(parts)]),
+            ("line_duplicates_finish", line_duplicates_finish, [dict(root=root, counts=counts, num_partitions=parts)]),
+        ],
+        None,
+    )
     if stop_after == "line_duplicates":
         return dups
     calls = [dict(root=root, cfg=cfg, docs=docs, duplicates=dups, index=i) for i in range(n)]
     return _run(exact_dedup_stage(root, cfg, docs, dups), map_calls, [("exact_dedup", exact_dedup_shard, calls)], n)
 
 
-def run_minhash(root: str, cfg: MinHashConfig, docs: str, map_calls: MapCalls = serial, stop_after: str | None = None) -> str:
+def run_minhash(
+    root: str, cfg: MinHashConfig, docs: str, map_calls: MapCalls = serial, stop_after: str | None = None
+) -> str:
     """minhash_signatures → minhash_buckets → minhash_clusters → minhash on the stage ``docs``;
     returns the manifest path of the deduplicated documents (or of ``stop_after``)."""
     _check_stop(stop_after, MINHASH_STAGES)
     n = num_shards(docs)
-    sigs = _run(signatures_stage(root, cfg, docs), map_calls,
-                [("minhash_signatures", signatures_shard, [dict(root=root, cfg=cfg, docs=docs, index=i) for i in range(n)])], n)
+    sigs = _run(
+        signatures_stage(root, cfg, docs),
+        map_calls,
+        [("minhash_signatures", signatures_shard, [dict(root=root, cfg=cfg, docs=docs, index=i) for i in range(n)])],
+        n,
+    )
     if stop_after == "minhash_signatures":
         return sigs
     tasks = bucket_tasks(cfg, sigs)
-    buckets = _run(buckets_stage(root, cfg, sigs, tasks), map_calls, [
-        ("minhash_buckets", buckets_partition, [dict(root=root, cfg=cfg, signatures=sigs, num_tasks=tasks, index=g)
-                                                for g in range(tasks)])], tasks)
+    buckets = _run(
+        buckets_stage(root, cfg, sigs, tasks),
+        map_calls,
+        [
+            (
+                "minhash_buckets",
+                buckets_partition,
+                [dict(root=root, cfg=cfg, signatures=sigs, num_tasks=tasks, index=g) for g in range(tasks)],
+            )
+        ],
+        tasks,
+    )
     if stop_after == "minhash_buckets":
         return buckets
     common, groups = dict(root=root, cfg=cfg, docs=docs, signatures=sigs, buckets=buckets), min(tasks, n)
     clusters_st = clusters_stage(root, cfg, buckets, docs)
-    clusters = _run(clusters_st, map_calls, [
-        ("minhash_features", clusters_features_shard, [dict(common, index=i) for i in range(n)]),
-        ("minhash_verify", clusters_verify_group, [dict(common, num_groups=groups, index=g) for g in range(groups)]),
-        ("minhash_components", clusters_components, [dict(common, num_groups=groups)]),
-    ], n)
+    clusters = _run(
+        clusters_st,
+        map_calls,
+        [
+            ("minhash_features", clusters_features_shard, [dict(common, index=i) for i in range(n)]),
+            (
+                "minhash_verify",
+                clusters_verify_group,
+                [dict(common, num_groups=groups, index=g) for g in range(groups)],
+            ),
+            ("minhash_components", clusters_components, [dict(common, num_groups=groups)]),
+        ],
+        n,
+    )
     remove_tree(clusters_st.path / "work")  # the steps' hand-over files: not part of the output
     if stop_after == "minhash_clusters":
         return clusters
@@ -130,9 +186,35 @@ def run_minhash(root: str, cfg: MinHashConfig, docs: str, map_calls: MapCalls = 
 
 
 __all__ = [
-    "EXACT_VERSIONS", "MINHASH_VERSIONS", "EXACT_STAGES", "MINHASH_STAGES", "STAGE_NAMES", "ExactDedupConfig", "MinHashConfig", "MapCalls", "serial", "threads",
-    "num_shards", "line_counts_stage", "line_duplicates_stage", "exact_dedup_stage", "line_partitions", "line_counts_shard",
-    "line_duplicates_partition", "line_duplicates_finish", "exact_dedup_shard", "run_exact_dedup", "signatures_stage",
-    "buckets_stage", "clusters_stage", "minhash_stage", "signatures_shard", "buckets_partition", "clusters_features_shard",
-    "clusters_verify_group", "clusters_components", "minhash_filter_shard", "run_minhash",
+    "EXACT_VERSIONS",
+    "MINHASH_VERSIONS",
+    "EXACT_STAGES",
+    "MINHASH_STAGES",
+    "STAGE_NAMES",
+    "ExactDedupConfig",
+    "MinHashConfig",
+    "MapCalls",
+    "serial",
+    "threads",
+    "num_shards",
+    "line_counts_stage",
+    "line_duplicates_stage",
+    "exact_dedup_stage",
+    "line_partitions",
+    "line_counts_shard",
+    "line_duplicates_partition",
+    "line_duplicates_finish",
+    "exact_dedup_shard",
+    "run_exact_dedup",
+    "signatures_stage",
+    "buckets_stage",
+    "clusters_stage",
+    "minhash_stage",
+    "signatures_shard",
+    "buckets_partition",
+    "clusters_features_shard",
+    "clusters_verify_group",
+    "clusters_components",
+    "minhash_filter_shard",
+    "run_minhash",
 ]

@@ -33,7 +33,6 @@ from functools import lru_cache
 from pydantic import BaseModel, Field, create_model
 
 from lm.config import Config
-
 from lm.data.filters.base import Doc, Filter, FilterConfig, ScoringFilter, check_filter_class, content_hash
 from lm.data.filters.harmful import HarmfulConfig, HarmfulFilter
 from lm.data.filters.langid import LangIdConfig, LanguageFilter
@@ -42,9 +41,27 @@ from lm.data.filters.quality import QualityConfig, QualityFilter
 from lm.data.filters.rules import C4Options, GopherThresholds, RulesConfig, RulesFilter
 
 __all__ = [
-    "FILTERS", "Doc", "Filter", "FilterConfig", "ScoringFilter", "content_hash", "register_filter", "get_filter",
-    "filters_config_model", "LanguageFilter", "PIIFilter", "RulesFilter", "QualityFilter", "HarmfulFilter",
-    "LangIdConfig", "PIIConfig", "RulesConfig", "GopherThresholds", "C4Options", "QualityConfig", "HarmfulConfig",
+    "FILTERS",
+    "Doc",
+    "Filter",
+    "FilterConfig",
+    "ScoringFilter",
+    "content_hash",
+    "register_filter",
+    "get_filter",
+    "filters_config_model",
+    "LanguageFilter",
+    "PIIFilter",
+    "RulesFilter",
+    "QualityFilter",
+    "HarmfulFilter",
+    "LangIdConfig",
+    "PIIConfig",
+    "RulesConfig",
+    "GopherThresholds",
+    "C4Options",
+    "QualityConfig",
+    "HarmfulConfig",
 ]
 
 # The chain, in order. A new filter: its module above, one entry here.
@@ -60,6 +77,7 @@ def register_filter(cls: type[Filter] | None = None, *, before: str | None = Non
     Usable as a decorator. Register before importing ``flows`` (their config models are built
     from the registry when imported); ``lm``-level runs (``lm.data.stages``) see it at once.
     """
+
     def add(c: type[Filter]) -> type[Filter]:
         check_filter_class(c)
         if any(f.name == c.name for f in FILTERS):
@@ -100,8 +118,14 @@ def filters_config_model() -> type[BaseModel]:
 @lru_cache(maxsize=8)
 def _config_model(filters: tuple[type[Filter], ...]) -> type[BaseModel]:
     fields = {f.name: (f.Config, Field(default_factory=f.Config, description=f.description)) for f in filters}
-    fields["materialize_each"] = (bool, Field(False, description="also write each filter's output as its own stage "
-                                               "(`<root>/<filter>/<fingerprint>/`) for inspection; off: one pass, one output"))
+    fields["materialize_each"] = (
+        bool,
+        Field(
+            False,
+            description="also write each filter's output as its own stage "
+            "(`<root>/<filter>/<fingerprint>/`) for inspection; off: one pass, one output",
+        ),
+    )
     model = create_model("FiltersConfig", __base__=_FiltersBase, __module__=__name__, **fields)
     model.__doc__ = "Which filters run, in this order, and their settings."
     return model

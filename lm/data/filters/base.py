@@ -133,7 +133,9 @@ def check_filter_class(cls: Any) -> None:
         raise TypeError(f"{cls!r} is not a subclass of lm.data.filters.Filter")
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
-        raise ValueError(f"filter {cls.__name__}: name {name!r} must be 1-32 characters of [a-z0-9_], starting with a letter")
+        raise ValueError(
+            f"filter {cls.__name__}: name {name!r} must be 1-32 characters of [a-z0-9_], starting with a letter"
+        )
     cfg = getattr(cls, "Config", None)
     if not (isinstance(cfg, type) and issubclass(cfg, FilterConfig)):
         raise TypeError(f"filter {name}: Config must subclass lm.data.filters.FilterConfig")
@@ -146,12 +148,13 @@ def check_filter_class(cls: Any) -> None:
         try:
             pa.type_for_alias(alias)
         except ValueError:
-            raise ValueError(f"filter {name}: column {col!r} has type {alias!r}; use an Arrow type name such as float64, string, bool") from None
+            raise ValueError(
+                f"filter {name}: column {col!r} has type {alias!r}; "
+                "use an Arrow type name such as float64, string, bool"
+            ) from None
     has_keep = cls.keep is not Filter.keep
     if has_keep == cls.is_transform():
         raise TypeError(f"filter {name}: define exactly one of keep(doc) -> (bool, reason) or transform(doc) -> counts")
-
-
 
 
 def check_model_file(path: str | None, kind: str | None = None) -> str | None:

@@ -12,7 +12,11 @@ from lm.data.langid import identify_language, lid_model_path
 
 
 class LangIdConfig(FilterConfig):
-    languages: list[str] = Field(["en"], max_length=256, description="language codes to keep (ISO 639 as lid.176 writes them: en, de, zh, …); empty keeps all")
+    languages: list[str] = Field(
+        ["en"],
+        max_length=256,
+        description="language codes to keep (ISO 639 as lid.176 writes them: en, de, zh, …); empty keeps all",
+    )
     min_score: float = Field(0.65, ge=0.0, le=1.0, description="minimum probability of the detected language")
 
 
@@ -35,7 +39,9 @@ class LanguageFilter(Filter):
         labels = sorted(lab.removeprefix("__label__") for lab in load_classifier(lid_model_path()).get_labels())
         for code in self.config.languages:
             if code not in labels:
-                raise ValueError(f"langid.languages: {code!r} is not a language of the model; {_did_you_mean(code, labels)}")
+                raise ValueError(
+                    f"langid.languages: {code!r} is not a language of the model; {_did_you_mean(code, labels)}"
+                )
 
     def keep(self, doc: Doc) -> tuple[bool, str | None]:
         lang, score = identify_language(doc["text"])
@@ -49,11 +55,36 @@ class LanguageFilter(Filter):
 
 # English names of the most common lid.176 languages, so "english" can point at "en".
 _NAMES = {
-    "english": "en", "german": "de", "french": "fr", "spanish": "es", "italian": "it", "portuguese": "pt",
-    "dutch": "nl", "russian": "ru", "chinese": "zh", "japanese": "ja", "korean": "ko", "arabic": "ar",
-    "hindi": "hi", "polish": "pl", "turkish": "tr", "swedish": "sv", "danish": "da", "norwegian": "no",
-    "finnish": "fi", "greek": "el", "czech": "cs", "hungarian": "hu", "romanian": "ro", "ukrainian": "uk",
-    "vietnamese": "vi", "indonesian": "id", "persian": "fa", "hebrew": "he", "thai": "th", "catalan": "ca",
+    "english": "en",
+    "german": "de",
+    "french": "fr",
+    "spanish": "es",
+    "italian": "it",
+    "portuguese": "pt",
+    "dutch": "nl",
+    "russian": "ru",
+    "chinese": "zh",
+    "japanese": "ja",
+    "korean": "ko",
+    "arabic": "ar",
+    "hindi": "hi",
+    "polish": "pl",
+    "turkish": "tr",
+    "swedish": "sv",
+    "danish": "da",
+    "norwegian": "no",
+    "finnish": "fi",
+    "greek": "el",
+    "czech": "cs",
+    "hungarian": "hu",
+    "romanian": "ro",
+    "ukrainian": "uk",
+    "vietnamese": "vi",
+    "indonesian": "id",
+    "persian": "fa",
+    "hebrew": "he",
+    "thai": "th",
+    "catalan": "ca",
 }
 
 

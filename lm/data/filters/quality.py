@@ -1,8 +1,9 @@
 """The fastText quality classifier: keep documents that read like reference text.
 
 The model call (``score``) is the only place a quality model is loaded and run; its result,
-``quality_score`` = P(wiki) (``lm.data.quality.quality_score``), is a column of kept and rejected documents and is cached per
-text and model, so changing ``min_score`` does not run the model again.
+``quality_score`` = P(wiki) (``lm.data.quality.quality_score``), is a column of kept and
+rejected documents and is cached per text and model, so changing ``min_score`` does not run
+the model again.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ from lm.data.default_classifiers import default_model_path, resolve_model
 from lm.data.filters.base import Doc, FilterConfig, ScoringFilter, model_path_type
 from lm.data.quality import quality_score
 
-
 QualityModelPath = model_path_type("quality")
 
 
 class QualityConfig(FilterConfig):
-    model_path: QualityModelPath = Field(None, description="fastText model with labels wiki/cc (or DCLM's hq/cc); empty = default model trained locally on first use")
+    model_path: QualityModelPath = Field(
+        None,
+        description=(
+            "fastText model with labels wiki/cc (or DCLM's hq/cc); empty = default model trained locally on first use"
+        ),
+    )
     min_score: float = Field(0.5, ge=0.0, le=1.0, description="keep documents with P(wiki) at least this")
+
 
 class QualityFilter(ScoringFilter):
     name = "quality"

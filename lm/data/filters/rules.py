@@ -19,7 +19,9 @@ class GopherThresholds(Config):
     max_words: int = Field(100_000, ge=1, le=10**9, description="most words")
     min_mean_word_length: float = Field(3.0, ge=0.0, description="smallest mean word length (characters)")
     max_mean_word_length: float = Field(10.0, gt=0.0, description="largest mean word length (characters)")
-    max_ellipsis_line_fraction: float = Field(0.3, ge=0.0, le=1.0, description="largest fraction of lines ending in '...'")
+    max_ellipsis_line_fraction: float = Field(
+        0.3, ge=0.0, le=1.0, description="largest fraction of lines ending in '...'"
+    )
     min_alpha_word_fraction: float = Field(0.8, ge=0.0, le=1.0, description="smallest fraction of words with a letter")
 
     @model_validator(mode="after")

@@ -56,7 +56,7 @@ class ScoreCache:
                     cols = [c for c in table.column_names if c != "text_hash"]
                     rows = zip(table.column("text_hash").to_pylist(), *(table.column(c).to_pylist() for c in cols))
                     self.known = {r[0]: dict(zip(cols, r[1:])) for r in rows}
-                except Exception as e:  # noqa: BLE001 - a damaged cache costs model time, never a wrong score
+                except Exception as e:  # a damaged cache costs model time, never a wrong score
                     _log.warning("score cache %s unreadable (%s): recomputing", self.path, e)
         return self.known
 
@@ -78,8 +78,12 @@ class ScoreCache:
             return
         items = sorted(self.known.items())
         cols = sorted({c for _, s in items for c in s})
-        table = pa.table({"text_hash": pa.array([h for h, _ in items], pa.binary(16)),
-                          **{c: pa.array([s.get(c) for _, s in items], pa.float64()) for c in cols}})
+        table = pa.table(
+            {
+                "text_hash": pa.array([h for h, _ in items], pa.binary(16)),
+                **{c: pa.array([s.get(c) for _, s in items], pa.float64()) for c in cols},
+            }
+        )
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         self.path.parent.mkdir(parents=True, exist_ok=True)

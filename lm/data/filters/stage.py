@@ -60,8 +60,12 @@ def plan_filters(settings=None) -> dict:
         f.check()
         f.prepare()
     identity = [
-        {"name": f.name, "version": f.version, "settings": f.config.settings(),
-         "files": {role: content_hash(path) for role, path in sorted(f.model_files().items())}}
+        {
+            "name": f.name,
+            "version": f.version,
+            "settings": f.config.settings(),
+            "files": {role: content_hash(path) for role, path in sorted(f.model_files().items())},
+        }
         for f in filters
     ]
     return {"settings": cfg.model_dump(mode="json"), "identity": identity, "materialize_each": cfg.materialize_each}
@@ -76,20 +80,27 @@ def materialized_stages(root, plan: Mapping, input_manifest) -> list[Stage]:
     if not plan["materialize_each"]:
         return []
     ident = plan["identity"]
-    return [Stage(root, f["name"], version=VERSION, config={"filters": ident[: i + 1]}, inputs=[input_manifest])
-            for i, f in enumerate(ident)]
+    return [
+        Stage(root, f["name"], version=VERSION, config={"filters": ident[: i + 1]}, inputs=[input_manifest])
+        for i, f in enumerate(ident)
+    ]
 
 
 def needs_run(root, plan: Mapping, input_manifest) -> bool:
-    return any(not st.is_complete() for st in [filter_stage(root, plan, input_manifest), *materialized_stages(root, plan, input_manifest)])
+    return any(
+        not st.is_complete()
+        for st in [filter_stage(root, plan, input_manifest), *materialized_stages(root, plan, input_manifest)]
+    )
 
 
 def _filters(plan: Mapping) -> list[Filter]:
     """The plan's filters, built here (a worker process), checked against what was fingerprinted."""
     filters = _config(plan["settings"]).enabled_filters()
     if [f.name for f in filters] != [i["name"] for i in plan["identity"]]:
-        raise RuntimeError(f"filters here {[f.name for f in filters]} differ from the plan's {[i['name'] for i in plan['identity']]}: "
-                           "register the same filters in every worker process")
+        raise RuntimeError(
+            f"filters here {[f.name for f in filters]} differ from the plan's {[i['name'] for i in plan['identity']]}: "
+            "register the same filters in every worker process"
+        )
     for f, ident in zip(filters, plan["identity"]):
         for role, path in f.model_files().items():
             try:
@@ -99,7 +110,9 @@ def _filters(plan: Mapping) -> list[Filter]:
             if here != ident["files"].get(role):
                 raise FileNotFoundError(
                     f"the {f.name} {role} here ({path}: {here}) is not the one the flow fingerprinted "
-                    f"({ident['files'].get(role)}); put $LMPIPE_CACHE on a shared filesystem, or give every worker the same file by absolute path")
+                    f"({ident['files'].get(role)}); put $LMPIPE_CACHE on a shared "
+                    "filesystem, or give every worker the same file by absolute path"
+                )
     return filters
 
 
@@ -129,13 +142,18 @@ def filter_shard(root, plan: Mapping, input_manifest, index: int) -> int:
     path = manifest_dir(m) / info["name"]
     table = read_shard(path, info.get("sha256"))
     filters = _filters(plan)
-    caches = {f.name: ScoreCache(root, f, ident["files"], info.get("sha256") or info["name"])
-              for f, ident in zip(filters, plan["identity"]) if isinstance(f, ScoringFilter)}
+    caches = {
+        f.name: ScoreCache(root, f, ident["files"], info.get("sha256") or info["name"])
+        for f, ident in zip(filters, plan["identity"])
+        if isinstance(f, ScoringFilter)
+    }
     schema = output_schema(read_shard_schema(path), filters)
     kept = 0
     with contextlib.ExitStack() as stack:
-        writers = [stack.enter_context(st.open_shard(index, schema=schema, source=str(path))) if do else None
-                   for st, do in zip(stages, todo)]
+        writers = [
+            stack.enter_context(st.open_shard(index, schema=schema, source=str(path))) if do else None
+            for st, do in zip(stages, todo)
+        ]
         chain = _Chain(filters, caches, writers[0], writers[1:] or [None] * len(filters))
         for batch in table.to_batches(max_chunksize=BATCH_ROWS):
             for row in batch.to_pylist():
@@ -167,7 +185,7 @@ class _Chain:
                 mat.count_in()
             try:
                 keep, rule, counts = self._apply(f, doc)
-            except Exception as e:  # noqa: BLE001 - a bad record never kills the shard
+            except Exception as e:  # a bad record never kills the shard
                 kind = f"{f.name}:{type(e).__name__}"
                 for w in (main, mat):
                     if w is not None:
@@ -215,8 +233,13 @@ def commit_filters(root, plan: Mapping, input_manifest, num_shards: int) -> str:
             st.commit(num_shards=num_shards)
     main = filter_stage(root, plan, input_manifest)
     if not main.is_complete():
-        main.commit(num_shards=num_shards, extra={"filters": [i["name"] for i in plan["identity"]],
-                                                  "materialized": {st.name: str(st.manifest_path) for st in mats}})
+        main.commit(
+            num_shards=num_shards,
+            extra={
+                "filters": [i["name"] for i in plan["identity"]],
+                "materialized": {st.name: str(st.manifest_path) for st in mats},
+            },
+        )
     return str(main.manifest_path)
 
 
@@ -227,14 +250,16 @@ def filter_counts(manifest: Mapping | str) -> list[dict]:
     c = m["counts"]
     out = []
     for name in m.get("filters", []):
-        own = {k[len(name) + 1:]: v for k, v in c.items() if k.startswith(f"{name}.")}
-        out.append({
-            "filter": name,
-            "in": own.pop("in", 0),
-            "kept": own.pop("kept", 0),
-            "rejected": {k[len(name) + 1:]: v for k, v in c["rejected"].items() if k.startswith(f"{name}:")},
-            "failed": {k[len(name) + 1:]: v for k, v in c["failed"].items() if k.startswith(f"{name}:")},
-            "text_bytes_kept": own.pop("text_bytes_kept", 0),
-            "counts": own,
-        })
+        own = {k[len(name) + 1 :]: v for k, v in c.items() if k.startswith(f"{name}.")}
+        out.append(
+            {
+                "filter": name,
+                "in": own.pop("in", 0),
+                "kept": own.pop("kept", 0),
+                "rejected": {k[len(name) + 1 :]: v for k, v in c["rejected"].items() if k.startswith(f"{name}:")},
+                "failed": {k[len(name) + 1 :]: v for k, v in c["failed"].items() if k.startswith(f"{name}:")},
+                "text_bytes_kept": own.pop("text_bytes_kept", 0),
+                "counts": own,
+            }
+        )
     return out

@@ -37,7 +37,7 @@ def flash_forward_torch(q, k, v, causal: bool = False, tile_q: int = TILE_Q, til
         i1 = min(i0 + tile_q, Tq)
         qi = qf[..., i0:i1, :]
         m = torch.full((*lead, i1 - i0), float("-inf"), device=q.device)
-        l = torch.zeros(*lead, i1 - i0, device=q.device)
+        l_i = torch.zeros(*lead, i1 - i0, device=q.device)
         acc = torch.zeros(*lead, i1 - i0, d, device=q.device)
         k_end = min(Tk, i1) if causal else Tk  # tiles wholly above the diagonal are skipped
         for j0 in range(0, k_end, tile_k):
@@ -48,11 +48,11 @@ def flash_forward_torch(q, k, v, causal: bool = False, tile_q: int = TILE_Q, til
             m_new = torch.maximum(m, s.amax(-1))
             p = torch.exp(s - m_new[..., None])
             alpha = torch.exp(m - m_new)  # rescales what was accumulated under the old max
-            l = alpha * l + p.sum(-1)
+            l_i = alpha * l_i + p.sum(-1)
             acc = alpha[..., None] * acc + p @ vf[..., j0:j1, :]
             m = m_new
-        o[..., i0:i1, :] = acc / l[..., None]
-        lse[..., i0:i1] = m + torch.log(l)
+        o[..., i0:i1, :] = acc / l_i[..., None]
+        lse[..., i0:i1] = m + torch.log(l_i)
     return o.to(q.dtype), lse
 
 

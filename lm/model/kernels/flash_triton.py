@@ -23,15 +23,35 @@ LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _fwd(Q, K, V, O, L, sqb, sqt, skb, skt, svb, svt, sob, sot, Tq, Tk, qk_scale,
-         CAUSAL: tl.constexpr, D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr):
+def _fwd(
+    Q,
+    K,
+    V,
+    Out,
+    L,
+    sqb,
+    sqt,
+    skb,
+    skt,
+    svb,
+    svt,
+    sob,
+    sot,
+    Tq,
+    Tk,
+    qk_scale,
+    CAUSAL: tl.constexpr,
+    D: tl.constexpr,
+    BQ: tl.constexpr,
+    BK: tl.constexpr,
+):
     qt = tl.program_id(0)
     bh = tl.program_id(1)
     offs_q = qt * BQ + tl.arange(0, BQ)
     offs_d = tl.arange(0, D)
     q = tl.load(Q + bh * sqb + offs_q[:, None] * sqt + offs_d[None, :], mask=offs_q[:, None] < Tq, other=0.0)
     m = tl.full([BQ], float("-inf"), dtype=tl.float32)
-    l = tl.zeros([BQ], dtype=tl.float32)
+    l_i = tl.zeros([BQ], dtype=tl.float32)
     acc = tl.zeros([BQ, D], dtype=tl.float32)
     hi = tl.minimum(Tk, (qt + 1) * BQ) if CAUSAL else Tk
     for start in range(0, hi, BK):
@@ -47,18 +67,43 @@ def _fwd(Q, K, V, O, L, sqb, sqt, skb, skt, svb, svt, sob, sot, Tq, Tk, qk_scale
         m_new = tl.maximum(m, tl.max(s, axis=1))
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m - m_new)
-        l = l * alpha + tl.sum(p, axis=1)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m = m_new
-    acc = acc / l[:, None]
+    acc = acc / l_i[:, None]
     qmask = offs_q < Tq
-    tl.store(O + bh * sob + offs_q[:, None] * sot + offs_d[None, :], acc.to(O.dtype.element_ty), mask=qmask[:, None])
-    tl.store(L + bh * Tq + offs_q, (m + tl.math.log2(l)) * 0.6931471805599453, mask=qmask)  # natural-log lse
+    tl.store(
+        Out + bh * sob + offs_q[:, None] * sot + offs_d[None, :], acc.to(Out.dtype.element_ty), mask=qmask[:, None]
+    )
+    tl.store(L + bh * Tq + offs_q, (m + tl.math.log2(l_i)) * 0.6931471805599453, mask=qmask)  # natural-log lse
 
 
 @triton.jit
-def _bwd_dkdv(Q, K, V, DO, L, Dl, DK, DV, sqb, sqt, skb, skt, svb, svt, sdob, sdot, Tq, Tk, sm_scale,
-              CAUSAL: tl.constexpr, D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr):
+def _bwd_dkdv(
+    Q,
+    K,
+    V,
+    DO,
+    L,
+    Dl,
+    DK,
+    DV,
+    sqb,
+    sqt,
+    skb,
+    skt,
+    svb,
+    svt,
+    sdob,
+    sdot,
+    Tq,
+    Tk,
+    sm_scale,
+    CAUSAL: tl.constexpr,
+    D: tl.constexpr,
+    BQ: tl.constexpr,
+    BK: tl.constexpr,
+):
     kt = tl.program_id(0)
     bh = tl.program_id(1)
     offs_k = kt * BK + tl.arange(0, BK)
@@ -85,13 +130,37 @@ def _bwd_dkdv(Q, K, V, DO, L, Dl, DK, DV, sqb, sqt, skb, skt, svb, svt, sdob, sd
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
-    tl.store(DK + bh * skb + offs_k[:, None] * skt + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=kmask)
+    tl.store(
+        DK + bh * skb + offs_k[:, None] * skt + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=kmask
+    )
     tl.store(DV + bh * svb + offs_k[:, None] * svt + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kmask)
 
 
 @triton.jit
-def _bwd_dq(Q, K, V, DO, L, Dl, DQ, sqb, sqt, skb, skt, svb, svt, sdob, sdot, Tq, Tk, sm_scale,
-            CAUSAL: tl.constexpr, D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr):
+def _bwd_dq(
+    Q,
+    K,
+    V,
+    DO,
+    L,
+    Dl,
+    DQ,
+    sqb,
+    sqt,
+    skb,
+    skt,
+    svb,
+    svt,
+    sdob,
+    sdot,
+    Tq,
+    Tk,
+    sm_scale,
+    CAUSAL: tl.constexpr,
+    D: tl.constexpr,
+    BQ: tl.constexpr,
+    BK: tl.constexpr,
+):
     qt = tl.program_id(0)
     bh = tl.program_id(1)
     offs_q = qt * BQ + tl.arange(0, BQ)
@@ -116,7 +185,9 @@ def _bwd_dq(Q, K, V, DO, L, Dl, DQ, sqb, sqt, skb, skt, svb, svt, sdob, sdot, Tq
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
-    tl.store(DQ + bh * sqb + offs_q[:, None] * sqt + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=qmask)
+    tl.store(
+        DQ + bh * sqb + offs_q[:, None] * sqt + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=qmask
+    )
 
 
 def _tiles(device: torch.device, d: int) -> tuple[int, int, int, int]:
@@ -143,8 +214,28 @@ def flash_forward_triton(q, k, v, causal: bool = False):
     lse = torch.empty(q3.shape[0], Tq, device=q.device, dtype=torch.float32)
     bq, bk, _, _ = _tiles(q.device, d)
     grid = (triton.cdiv(Tq, bq), q3.shape[0])
-    _fwd[grid](q3, k3, v3, o, lse, q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
-               o.stride(0), o.stride(1), Tq, Tk, LOG2E / math.sqrt(d), CAUSAL=causal, D=d, BQ=bq, BK=bk)
+    _fwd[grid](
+        q3,
+        k3,
+        v3,
+        o,
+        lse,
+        q3.stride(0),
+        q3.stride(1),
+        k3.stride(0),
+        k3.stride(1),
+        v3.stride(0),
+        v3.stride(1),
+        o.stride(0),
+        o.stride(1),
+        Tq,
+        Tk,
+        LOG2E / math.sqrt(d),
+        CAUSAL=causal,
+        D=d,
+        BQ=bq,
+        BK=bk,
+    )
     return o.view(*lead, Tq, d), lse.view(*lead, Tq)
 
 
@@ -156,9 +247,25 @@ def flash_backward_triton(q, k, v, o, lse, do, causal: bool = False):
     delta = (do3.float() * o3.float()).sum(-1)  # (B*H, Tq) = rowsum(dO ∘ O)
     dq, dk, dv = torch.empty_like(q3), torch.empty_like(k3), torch.empty_like(v3)
     _, _, bq, bk = _tiles(q.device, d)
-    args = (q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1), do3.stride(0), do3.stride(1), Tq, Tk, 1.0 / math.sqrt(d))
-    _bwd_dkdv[(triton.cdiv(Tk, bk), q3.shape[0])](q3, k3, v3, do3, lse3, delta, dk, dv, *args, CAUSAL=causal, D=d, BQ=bq, BK=bk)
-    _bwd_dq[(triton.cdiv(Tq, bq), q3.shape[0])](q3, k3, v3, do3, lse3, delta, dq, *args, CAUSAL=causal, D=d, BQ=bq, BK=bk)
+    args = (
+        q3.stride(0),
+        q3.stride(1),
+        k3.stride(0),
+        k3.stride(1),
+        v3.stride(0),
+        v3.stride(1),
+        do3.stride(0),
+        do3.stride(1),
+        Tq,
+        Tk,
+        1.0 / math.sqrt(d),
+    )
+    _bwd_dkdv[(triton.cdiv(Tk, bk), q3.shape[0])](
+        q3, k3, v3, do3, lse3, delta, dk, dv, *args, CAUSAL=causal, D=d, BQ=bq, BK=bk
+    )
+    _bwd_dq[(triton.cdiv(Tq, bq), q3.shape[0])](
+        q3, k3, v3, do3, lse3, delta, dq, *args, CAUSAL=causal, D=d, BQ=bq, BK=bk
+    )
     return dq.view(q.shape), dk.view(k.shape), dv.view(v.shape)
 
 
@@ -179,8 +286,15 @@ def _(q, k, v, causal):
 
 
 @torch.library.custom_op("lm::flash_attention_bwd", mutates_args=())
-def _bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
-            causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    do: torch.Tensor,
+    causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return flash_backward_triton(q, k, v, o, lse, do, causal)
 
 

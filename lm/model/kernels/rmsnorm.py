@@ -25,7 +25,9 @@ def _rmsnorm_fwd(X, W, Y, R, stride_x, stride_y, N, eps, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _rmsnorm_bwd(X, W, DY, R, DX, DW, stride_x, stride_dy, stride_dx, M, N, ROWS_PER: tl.constexpr, BLOCK: tl.constexpr):
+def _rmsnorm_bwd(
+    X, W, DY, R, DX, DW, stride_x, stride_dy, stride_dx, M, N, ROWS_PER: tl.constexpr, BLOCK: tl.constexpr
+):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
@@ -63,7 +65,9 @@ def _(x, weight, eps):
 
 
 @torch.library.custom_op("lm::rmsnorm_bwd", mutates_args=())
-def _bwd_op(x: torch.Tensor, weight: torch.Tensor, r: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _bwd_op(
+    x: torch.Tensor, weight: torch.Tensor, r: torch.Tensor, dy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     M, N = x2.shape
     dy2 = dy.reshape(-1, N).contiguous()
@@ -71,8 +75,21 @@ def _bwd_op(x: torch.Tensor, weight: torch.Tensor, r: torch.Tensor, dy: torch.Te
     rows_per = max(1, triton.cdiv(M, 256))  # ≤ 256 partial dw rows to sum
     programs = triton.cdiv(M, rows_per)
     dw_part = torch.empty(programs, N, device=x2.device, dtype=torch.float32)
-    _rmsnorm_bwd[(programs,)](x2, weight, dy2, r, dx, dw_part, x2.stride(0), dy2.stride(0), dx.stride(0), M, N,
-                              ROWS_PER=rows_per, BLOCK=triton.next_power_of_2(N))
+    _rmsnorm_bwd[(programs,)](
+        x2,
+        weight,
+        dy2,
+        r,
+        dx,
+        dw_part,
+        x2.stride(0),
+        dy2.stride(0),
+        dx.stride(0),
+        M,
+        N,
+        ROWS_PER=rows_per,
+        BLOCK=triton.next_power_of_2(N),
+    )
     return dx.view(x.shape), dw_part.sum(0).to(weight.dtype)
 
 

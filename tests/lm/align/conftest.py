@@ -1,4 +1,5 @@
-"""Fixtures for the alignment tests: the seeded inputs of the CS336 assignment-5 snapshot tests, rebuilt from their seeds.
+"""Fixtures for the alignment tests: the seeded inputs of the CS336 assignment-5 snapshot tests,
+rebuilt from their seeds.
 
 Each fixture there calls ``torch.manual_seed(42)`` before drawing its tensor, so each is
 reproducible alone: logits randn(2,10,100); masks rand_like(...) > 0.5; rewards rand(2,1);

@@ -26,11 +26,22 @@ def test_hf_model_sft_then_grpo(tmp_path):
     manifest = stage.commit(extra={"checkpoint": str(stage.path / "model"), "tokenizer": "bytes"})
     data = AlignDataConfig(num_train=100, num_eval=10)
     opts = StageOptions(max_new_tokens=4, num_samples=4, num_threads=1)
-    sft = run_sft(tmp_path, manifest, build_align_data(tmp_path, data, "instruction"), SFTConfig(num_steps=10, batch_size=8, lr=3e-3, eval_every=5), opts)
+    sft = run_sft(
+        tmp_path,
+        manifest,
+        build_align_data(tmp_path, data, "instruction"),
+        SFTConfig(num_steps=10, batch_size=8, lr=3e-3, eval_every=5),
+        opts,
+    )
     m = read_manifest(sft)
     assert m["metrics"]["nll_after"] < m["metrics"]["nll_before"]
     model, tok, _ = load_policy(sft)
     assert isinstance(model, transformers.GPT2LMHeadModel) and tok.eot_id == 256
-    grpo = run_grpo(tmp_path, sft, build_align_data(tmp_path, data, "problem"),
-                    GRPOConfig(num_steps=1, num_prompts_per_step=2, group_size=4, max_new_tokens=4, eval_every=1), opts)
+    grpo = run_grpo(
+        tmp_path,
+        sft,
+        build_align_data(tmp_path, data, "problem"),
+        GRPOConfig(num_steps=1, num_prompts_per_step=2, group_size=4, max_new_tokens=4, eval_every=1),
+        opts,
+    )
     assert read_manifest(grpo)["counts"]["rollouts"] == 8

@@ -28,7 +28,9 @@ def one_thread():
 def tiny_model(seed=0, ctx=16):
     torch.manual_seed(seed)
     tok = demo_tokenizer()
-    return TransformerLM(ModelConfig(vocab_size=tok.vocab_size, context_length=ctx, d_model=32, num_layers=1, num_heads=2, d_ff=64)), tok
+    return TransformerLM(
+        ModelConfig(vocab_size=tok.vocab_size, context_length=ctx, d_model=32, num_layers=1, num_heads=2, d_ff=64)
+    ), tok
 
 
 class NoCache(torch.nn.Module):
@@ -90,12 +92,16 @@ def test_generate_stops_at_stop_token():
 def test_sft_lowers_held_out_nll_and_counts_truncation():
     model, tok = tiny_model()
     train, evals = split_problems(300, 30, 2, 0)
-    hist = train_sft(model, tok, train, evals, SFTConfig(num_steps=40, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=20))
+    hist = train_sft(
+        model, tok, train, evals, SFTConfig(num_steps=40, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=20)
+    )
     assert hist["nll_after"] < hist["nll_before"] - 0.3, hist["eval_nll"]
     assert len(hist["loss"]) == 40 and hist["counts"] == {}
     # a context too small for prompt + answer: responses are truncated and counted
     small, _ = tiny_model(ctx=6)
-    hist = train_sft(small, tok, train[:8], [], SFTConfig(num_steps=2, batch_size=4, gradient_accumulation_steps=2, eval_every=1))
+    hist = train_sft(
+        small, tok, train[:8], [], SFTConfig(num_steps=2, batch_size=4, gradient_accumulation_steps=2, eval_every=1)
+    )
     assert hist["counts"]["truncated_responses"] > 0
     assert math.isfinite(hist["loss"][-1])
     with pytest.raises(ValueError, match="divisible"):
@@ -108,11 +114,13 @@ def test_dpo_raises_preference_accuracy_and_skips_identical():
     train, evals = split_problems(200, 40, 2, 0)
     # A preference an untrained model can learn and carry to held-out prompts: stop after the
     # answer rather than append a zero. (Right-vs-wrong sums need a model that can add: the demo.)
-    trip = lambda ps: [(p, a, a + "0") for p, a in ps]  # noqa: E731
+    trip = lambda ps: [(p, a, a + "0") for p, a in ps]
     tr = trip(train) + [("1+1=", "2", "2")]  # one pair with no preference
     # policy == reference: per-instance loss is exactly log 2
     assert per_instance_dpo_loss(model, ref, tok, 0.5, "1+1=", "2", "3").item() == pytest.approx(math.log(2), abs=1e-6)
-    hist = train_dpo(model, ref, tok, tr, trip(evals), DPOConfig(num_steps=10, batch_size=16, lr=3e-3, beta=0.5, eval_every=5))
+    hist = train_dpo(
+        model, ref, tok, tr, trip(evals), DPOConfig(num_steps=10, batch_size=16, lr=3e-3, beta=0.5, eval_every=5)
+    )
     assert hist["counts"]["skipped_identical"] == 1
     assert hist["eval_accuracy"][0] == 0.0  # margin is exactly 0 before training
     assert hist["eval_accuracy"][-1] == 1.0
@@ -131,9 +139,20 @@ def test_grpo_learns_a_simple_reward_and_counts_verifier_errors():
             raise ValueError("malformed ground truth")
         return {"reward": float(response.startswith("7")), "format_reward": 1.0}
 
-    before = evaluate_rewards(model, tok, problems[:16], starts_with_seven, max_new_tokens=2, temperature=1.0)["reward_mean"]
-    cfg = GRPOConfig(num_steps=12, num_prompts_per_step=8, group_size=8, lr=1e-2, max_new_tokens=2, eval_every=12,
-                     loss_type="grpo_clip", epochs_per_rollout=2, microbatch_size=32)
+    before = evaluate_rewards(model, tok, problems[:16], starts_with_seven, max_new_tokens=2, temperature=1.0)[
+        "reward_mean"
+    ]
+    cfg = GRPOConfig(
+        num_steps=12,
+        num_prompts_per_step=8,
+        group_size=8,
+        lr=1e-2,
+        max_new_tokens=2,
+        eval_every=12,
+        loss_type="grpo_clip",
+        epochs_per_rollout=2,
+        microbatch_size=32,
+    )
     hist = train_grpo(model, tok, problems + [("1+1=", "bad")], problems[:16], starts_with_seven, cfg)
     assert hist["train_reward"][-1] > 0.5 > before + 0.2, (before, hist["train_reward"])
     assert hist["eval_reward_after"] == 1.0
@@ -146,7 +165,14 @@ def test_grpo_learns_a_simple_reward_and_counts_verifier_errors():
 def test_grpo_all_equal_rewards_do_not_move_the_policy():
     model, tok = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = GRPOConfig(num_steps=2, num_prompts_per_step=2, group_size=4, max_new_tokens=3, loss_type="reinforce_with_baseline", eval_every=5)
+    cfg = GRPOConfig(
+        num_steps=2,
+        num_prompts_per_step=2,
+        group_size=4,
+        max_new_tokens=3,
+        loss_type="reinforce_with_baseline",
+        eval_every=5,
+    )
     hist = train_grpo(model, tok, [("1+2=", "3"), ("2+2=", "4")], [], lambda r, t: {"reward": 1.0}, cfg)
     assert hist["counts"]["zero_signal_groups"] == 4
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -170,5 +196,12 @@ def test_sft_stops_when_the_probe_reward_is_reached():
         calls.append(1)
         return 0.0 if len(calls) < 3 else 0.5  # before training, step 3, then step 6
 
-    hist = train_sft(model, tok, train, evals, SFTConfig(num_steps=50, batch_size=4, eval_every=3, stop_at_reward=0.4), probe_reward=probe)
+    hist = train_sft(
+        model,
+        tok,
+        train,
+        evals,
+        SFTConfig(num_steps=50, batch_size=4, eval_every=3, stop_at_reward=0.4),
+        probe_reward=probe,
+    )
     assert hist["stopped_at_step"] == 6 and len(hist["loss"]) == 6 and hist["probe_reward"] == [0.0, 0.0, 0.5]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lm.align.losses import (
-    compute_grpo_clip_loss,
     compute_group_normalized_rewards,
+    compute_grpo_clip_loss,
     compute_naive_policy_gradient_loss,
     compute_policy_gradient_loss,
     dpo_loss,
@@ -45,7 +45,7 @@ def test_entropy_by_hand():
 
 def test_group_rewards_by_hand():
     rewards = {"a": 1.0, "b": 0.0, "c": 0.5}
-    fn = lambda r, t: {"reward": rewards[r]}  # noqa: E731
+    fn = lambda r, t: {"reward": rewards[r]}
     adv, raw, meta = compute_group_normalized_rewards(fn, ["a", "b", "c", "c"], ["x"] * 4, 2, 1e-6, False)
     assert raw.tolist() == [1.0, 0.0, 0.5, 0.5]
     assert adv.tolist() == [0.5, -0.5, 0.0, 0.0]  # second group all equal: zero advantage
@@ -56,8 +56,10 @@ def test_group_rewards_by_hand():
 
 
 def test_group_rewards_all_equal_and_eps_zero_no_nan():
-    fn = lambda r, t: {"reward": 1.0}  # noqa: E731
-    adv, _, meta = compute_group_normalized_rewards(fn, ["a"] * 6, ["x"] * 6, 3, advantage_eps=0.0, normalize_by_std=True)
+    fn = lambda r, t: {"reward": 1.0}
+    adv, _, meta = compute_group_normalized_rewards(
+        fn, ["a"] * 6, ["x"] * 6, 3, advantage_eps=0.0, normalize_by_std=True
+    )
     assert adv.tolist() == [0.0] * 6
     assert meta["zero_signal_groups"] == 2
     # group of one: std undefined -> advantage 0
@@ -162,21 +164,33 @@ def test_snapshot_group_normalized_rewards(snapshots, hash_reward, by_std):
 
 def test_snapshot_policy_gradient_losses(snapshots, x):
     pl, rr, adv, old = x["policy_log_probs"], x["raw_rewards"], x["advantages"], x["old_log_probs"]
-    snapshots.check(compute_naive_policy_gradient_loss(rr, pl), snapshots.load("test_compute_naive_policy_gradient_loss")["array"])
+    snapshots.check(
+        compute_naive_policy_gradient_loss(rr, pl), snapshots.load("test_compute_naive_policy_gradient_loss")["array"]
+    )
     for loss_type in ("no_baseline", "reinforce_with_baseline"):
         got, _ = compute_policy_gradient_loss(pl, loss_type, rr, adv, old, 0.5)
         snapshots.check(got, snapshots.load(f"test_compute_policy_gradient_loss_{loss_type}")["array"])
     got, _ = compute_policy_gradient_loss(pl, "grpo_clip", rr, adv, old, 0.5)
     snapshots.check(got, snapshots.load("test_compute_policy_gradient_loss_grpo_clip")["array"])
     # the clip-range pair: 0.1 clips, 10.0 never does (the snapshot is the same for any range >= 1)
-    snapshots.check(compute_grpo_clip_loss(adv, pl, old, 0.1)[0], snapshots.load("test_compute_grpo_clip_loss_small_cliprange")["array"])
-    snapshots.check(compute_grpo_clip_loss(adv, pl, old, 10.0)[0], snapshots.load("test_compute_grpo_clip_loss_large_cliprange")["array"])
+    snapshots.check(
+        compute_grpo_clip_loss(adv, pl, old, 0.1)[0],
+        snapshots.load("test_compute_grpo_clip_loss_small_cliprange")["array"],
+    )
+    snapshots.check(
+        compute_grpo_clip_loss(adv, pl, old, 10.0)[0],
+        snapshots.load("test_compute_grpo_clip_loss_large_cliprange")["array"],
+    )
 
 
-@pytest.mark.parametrize("constant,name", [(1.0, "test_sft_microbatch_train_step"), (42.0, "test_sft_microbatch_train_step_normalize")])
+@pytest.mark.parametrize(
+    "constant,name", [(1.0, "test_sft_microbatch_train_step"), (42.0, "test_sft_microbatch_train_step_normalize")]
+)
 def test_snapshot_sft_microbatch_step(snapshots, x, constant, name):
     lp = x["policy_log_probs"].clone().requires_grad_()
-    loss, _ = sft_microbatch_train_step(lp, x["response_mask"], gradient_accumulation_steps=2, normalize_constant=constant)
+    loss, _ = sft_microbatch_train_step(
+        lp, x["response_mask"], gradient_accumulation_steps=2, normalize_constant=constant
+    )
     snap = snapshots.load(name)
     snapshots.check(loss, snap["loss"])
     snapshots.check(lp.grad, snap["policy_log_probs_grad"])
@@ -191,7 +205,9 @@ def test_snapshot_microbatch_steps_accumulate_over_10_steps(snapshots, x):
     snapshots.check(lp.grad, snap["policy_log_probs_grad"][-1])
     lp = x["policy_log_probs"].clone().requires_grad_()
     for _ in range(10):
-        loss, _ = grpo_microbatch_train_step(lp, x["response_mask"], 2, "grpo_clip", x["raw_rewards"], x["advantages"], x["old_log_probs"], 0.1)
+        loss, _ = grpo_microbatch_train_step(
+            lp, x["response_mask"], 2, "grpo_clip", x["raw_rewards"], x["advantages"], x["old_log_probs"], 0.1
+        )
     snap = snapshots.load("test_grpo_microbatch_train_step_grpo_clip_10_steps")
     snapshots.check(loss, snap["loss"][-1])
     snapshots.check(lp.grad, snap["policy_log_probs_grad"][-1], atol=1e-6)

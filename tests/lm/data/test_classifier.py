@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from lm.data.classifier import TrainResult, check_fasttext_file, load_classifier, train_classifier
+from lm.data.classifier import check_fasttext_file, load_classifier, train_classifier
 from lm.data.classifier_data import read_labeled
 from lm.data.default_classifiers import train_default_model
 from lm.data.harmful import classify_nsfw, classify_toxic

@@ -6,7 +6,14 @@ Dolma or DCLM ``.bin`` would meet."""
 
 import pytest
 
-from lm.data.classifier import evaluate_scores, load_classifier, positive_labels, positive_scores, roc_auc, train_classifier
+from lm.data.classifier import (
+    evaluate_scores,
+    load_classifier,
+    positive_labels,
+    positive_scores,
+    roc_auc,
+    train_classifier,
+)
 from lm.data.classifier_data import reference_texts
 from lm.data.fasttext_format import model_labels, relabel_model
 from lm.data.harmful import classify_nsfw, harmful_score
@@ -24,8 +31,12 @@ def _examples(pos: str, neg: str) -> list[tuple[str, str]]:
 def layouts(tmp_path_factory):
     d = tmp_path_factory.mktemp("layouts")
     out = {}
-    for name, pos, neg in [("dolma_nsfw", "nsfw", "non-nsfw"), ("dolma_toxic", "toxic", "non-toxic"),
-                           ("dclm", "hq", "cc"), ("custom", "bad", "good")]:
+    for name, pos, neg in [
+        ("dolma_nsfw", "nsfw", "non-nsfw"),
+        ("dolma_toxic", "toxic", "non-toxic"),
+        ("dclm", "hq", "cc"),
+        ("custom", "bad", "good"),
+    ]:
         # DCLM's positive class is the reference-like one: swap the roles for it.
         ex = _examples(neg, pos) if name == "dclm" else _examples(pos, neg)
         train_classifier(ex, d / f"{name}.bin", holdout=0.0, seed=0, epoch=10, lr=0.5, minn=3, maxn=5, dim=16)
@@ -42,11 +53,16 @@ def test_labels_read_from_the_file(layouts):
 def test_known_layouts_need_no_config(layouts):
     assert harmful_score("nsfw", "shut up you moron", layouts["dolma_nsfw"]) > 0.5
     assert harmful_score("toxic", "shut up you moron", layouts["dolma_toxic"]) > 0.5
-    assert harmful_score("toxic", "The import statement binds names in the local namespace.", layouts["dolma_toxic"]) < 0.5
+    assert (
+        harmful_score("toxic", "The import statement binds names in the local namespace.", layouts["dolma_toxic"]) < 0.5
+    )
     assert classify_nsfw("shut up you moron", layouts["dolma_nsfw"])[0] == "nsfw"
     # DCLM: P(hq) is the quality score.
     assert quality_score("you are a stupid idiot", layouts["dclm"]) < 0.5
-    assert quality_score("A module can contain executable statements as well as function definitions.", layouts["dclm"]) > 0.5
+    assert (
+        quality_score("A module can contain executable statements as well as function definitions.", layouts["dclm"])
+        > 0.5
+    )
 
 
 def test_any_label_model_by_config(layouts):
@@ -96,7 +112,10 @@ def test_evaluate_scores_exact():
     scores = [0.9, 0.8, 0.4, 0.7, 0.2, 0.1]
     gold = [True, True, True, False, False, False]
     m = evaluate_scores(scores, gold, 0.5, ("toxic", "non-toxic"))
-    assert m["confusion"] == {"gold toxic": {"toxic": 2, "non-toxic": 1}, "gold non-toxic": {"toxic": 1, "non-toxic": 2}}
+    assert m["confusion"] == {
+        "gold toxic": {"toxic": 2, "non-toxic": 1},
+        "gold non-toxic": {"toxic": 1, "non-toxic": 2},
+    }
     assert m["toxic"] == {"precision": 0.6667, "recall": 0.6667, "f1": 0.6667, "support": 3}
     assert m["auc"] == round(8 / 9, 4)  # 8 of the 9 (positive, negative) pairs are ordered right
     assert roc_auc([0.5, 0.5], [True, False]) == 0.5 and roc_auc([0.1], [True]) is None

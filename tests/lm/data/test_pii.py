@@ -15,10 +15,15 @@ def test_mask_emails_multiple():
 
 
 def test_mask_emails_existing_token_untouched():
-    text = "Some datasets use the string |||EMAIL_ADDRESS||| to represent masked PII. The instructors are pl@fakedomain.ai"
+    text = (
+        "Some datasets use the string |||EMAIL_ADDRESS||| to represent masked PII. The instructors are pl@fakedomain.ai"
+    )
     masked, n = mask_emails(text)
     assert n == 1
-    assert masked == "Some datasets use the string |||EMAIL_ADDRESS||| to represent masked PII. The instructors are |||EMAIL_ADDRESS|||"
+    assert masked == (
+        "Some datasets use the string |||EMAIL_ADDRESS||| to "
+        "represent masked PII. The instructors are |||EMAIL_ADDRESS|||"
+    )
 
 
 @pytest.mark.parametrize("number", ["2831823829", "(283)-182-3829", "(283) 182 3829", "283-182-3829"])
@@ -38,7 +43,10 @@ def test_ip_lookalikes_left_alone(text):
 
 def test_no_pii_and_empty():
     assert mask_phone_numbers("") == ("", 0)
-    assert mask_pii("In 1492 Columbus sailed 3000 miles.") == ("In 1492 Columbus sailed 3000 miles.", {"emails": 0, "phone_numbers": 0, "ips": 0})
+    assert mask_pii("In 1492 Columbus sailed 3000 miles.") == (
+        "In 1492 Columbus sailed 3000 miles.",
+        {"emails": 0, "phone_numbers": 0, "ips": 0},
+    )
 
 
 def test_mask_pii_all_kinds_counts():

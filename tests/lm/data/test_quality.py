@@ -1,5 +1,3 @@
-import pytest
-
 from lm.data import gopher_quality_ok
 from lm.data.quality import c4_clean, find_bad_word, gopher_reason, quality_features
 

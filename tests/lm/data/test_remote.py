@@ -80,7 +80,10 @@ def test_range_pointers_one_request_per_record(reference, fault_server):
     recs = list(iter_pointers(ptrs, http=FAST, base_url=fault_server.url + "/"))
     assert [r.payload for r in recs] == [local["940"].payload, local["12685"].payload]
     assert [r.source for r in recs] == [f"{url}:940", f"{url}:12685"]
-    assert fault_server.log == [("/crawl-data/x/warcfile.warc.gz", "bytes=940-11844"), ("/crawl-data/x/warcfile.warc.gz", "bytes=12685-31492")]
+    assert fault_server.log == [
+        ("/crawl-data/x/warcfile.warc.gz", "bytes=940-11844"),
+        ("/crawl-data/x/warcfile.warc.gz", "bytes=12685-31492"),
+    ]
 
 
 def test_connection_closed_mid_body_resumes_with_range(reference, fault_server):
@@ -135,13 +138,18 @@ def test_index_file_of_pointers(reference, fault_server, tmp_path):
     fault_server.add("/crawl-data/x/warcfile.warc.gz", path.read_bytes())
     index = tmp_path / "hits.cdxj"
     index.write_text(
-        '{"url": "http://003338.cn/l41/481397.html", "filename": "crawl-data/x/warcfile.warc.gz", "offset": "940", "length": "10905"}\n'
-        'ru,01spb)/company 20200804 {"filename": "crawl-data/x/warcfile.warc.gz", "offset": "12685", "length": "18808"}\n'
+        '{"url": "http://003338.cn/l41/481397.html", "filename": '
+        '"crawl-data/x/warcfile.warc.gz", "offset": "940", "length": "10905"}\n'
+        'ru,01spb)/company 20200804 {"filename": '
+        '"crawl-data/x/warcfile.warc.gz", "offset": "12685", "length": "18808"}\n'
         '{"filename": "crawl-data/x/gone.warc.gz", "offset": "0", "length": "100"}\n'
     )
     recs = list(iter_records(f"index:{index}", http=FAST, base_url=fault_server.url + "/"))
     assert [(r.url, r.error) for r in recs] == [
-        ("http://003338.cn/l41/481397.html", None), ("http://01spb.ru/company/", None), ("", "source_not_found")]
+        ("http://003338.cn/l41/481397.html", None),
+        ("http://01spb.ru/company/", None),
+        ("", "source_not_found"),
+    ]
     assert recs[2].source == fault_server.url + "/crawl-data/x/gone.warc.gz:0"
     with pytest.raises(FileNotFoundError, match="nope.cdxj"):
         expand_sources([f"index:{tmp_path / 'nope.cdxj'}"])

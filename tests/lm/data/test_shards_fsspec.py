@@ -13,8 +13,18 @@ import pyarrow as pa
 import pytest
 from moto_s3 import BUCKET, FAKE_SECRET, list_objects, moto_s3
 
-from lm.data.shards import (ShardCorruptError, Stage, atomic_write_json, describe, file_sha256, iter_rows,
-                            read_manifest, read_shard, read_stage_table, shard_paths)
+from lm.data.shards import (
+    ShardCorruptError,
+    Stage,
+    atomic_write_json,
+    describe,
+    file_sha256,
+    iter_rows,
+    read_manifest,
+    read_shard,
+    read_stage_table,
+    shard_paths,
+)
 from lm.data.storage import RemotePath, as_path, check_root, local_copy, redact
 
 REPO = Path(__file__).resolve().parents[3]
@@ -139,7 +149,9 @@ def test_killed_writer_leaves_no_visible_partial_shard(s3, when):
     proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, root, when], env=env, cwd=REPO, timeout=120)
     assert proc.returncode == -9
     st = Stage(root, "demo", version="1", config={"k": 1})
-    keys = {k: v for k, v in list_objects(s3, prefix=f"killed-{when}/").items() if not k.endswith("/.lmpipe-key")}  # the root's key
+    keys = {
+        k: v for k, v in list_objects(s3, prefix=f"killed-{when}/").items() if not k.endswith("/.lmpipe-key")
+    }  # the root's key
     visible = [k for k in keys if not k.rsplit("/", 1)[-1].startswith(".")]
     assert visible == [] and not st.shard_done(0) and not st.is_complete()
     if when == "before_copy":  # the hidden temporary key is there, and only it
@@ -154,7 +166,12 @@ def test_killed_writer_leaves_no_visible_partial_shard(s3, when):
             w.write({"id": str(j)})
     st.commit(num_shards=1)
     names = sorted(k.rsplit("/", 1)[-1] for k in list_objects(s3, prefix=f"killed-{when}/"))
-    assert names == [".lmpipe-key", "_manifest.json", "part-00000.done.json", "part-00000.parquet"]  # the root's signing key too
+    assert names == [
+        ".lmpipe-key",
+        "_manifest.json",
+        "part-00000.done.json",
+        "part-00000.parquet",
+    ]  # the root's signing key too
     assert read_stage_table(st.manifest_path).num_rows == 5000
 
 
@@ -174,14 +191,17 @@ def test_remote_token_shard_is_memory_mapped_from_the_sha256_cache(s3, tmp_path,
         np.memmap(p, dtype="<u2", mode="r")  # a URL never reaches a local-only API by accident
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("s4://bucket/x", r"unsupported scheme 's4'; use a local path or one of file://, memory://, s3://"),
-    ("s3:///x", "names no bucket"),
-    ("s3://AKIAXX:%s@bucket/x" % FAKE_SECRET, r"root 's3://\*\*\*@bucket/x' embeds credentials"),
-    ("s3://bucket/x?token=abc", "no query string"),
-    ("", "blank"),
-    ("gs://bucket/x", "install gcsfs"),  # a supported scheme whose package is not installed here
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("s4://bucket/x", r"unsupported scheme 's4'; use a local path or one of file://, memory://, s3://"),
+        ("s3:///x", "names no bucket"),
+        (f"s3://AKIAXX:{FAKE_SECRET}@bucket/x", r"root 's3://\*\*\*@bucket/x' embeds credentials"),
+        ("s3://bucket/x?token=abc", "no query string"),
+        ("", "blank"),
+        ("gs://bucket/x", "install gcsfs"),  # a supported scheme whose package is not installed here
+    ],
+)
 def test_bad_roots_fail_naming_the_value(bad, message):
     with pytest.raises(ValueError, match=message) as e:
         check_root(bad)

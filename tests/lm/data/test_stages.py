@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from funnel_inputs import make_extract  # tests/ is on sys.path
 from pydantic import Field
 
 import lm.data.filters as registry
@@ -19,7 +20,6 @@ from lm.data.filters.stage import filter_counts, plan_filters
 from lm.data.ingest import ExtractConfig, plan_shards
 from lm.data.shards import accounted, iter_rows, iter_stage_tables, read_manifest, read_stage_table
 from lm.data.stages import EmptyStageError, check_root_outside_sources, run_extract, run_filters
-from funnel_inputs import make_extract  # tests/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[3]
 CC = "commoncrawl"
@@ -51,12 +51,15 @@ from lm.data.stages import run_extract, run_filters
 from lm.data.filters.stage import filter_counts
 from lm.data.shards import read_manifest
 ex = run_extract({str(tmp_path)!r}, [{str(reference / CC / "warcfile.warc.gz")!r}])
-out = run_filters({str(tmp_path)!r}, ex, {{"quality": {{"model_path": {quality_model!r}, "min_score": 0.0}}, "harmful": {{"enabled": False}}}})
+funnel = {{"quality": {{"model_path": {quality_model!r}, "min_score": 0.0}}, "harmful": {{"enabled": False}}}}
+out = run_filters({str(tmp_path)!r}, ex, funnel)
 print(json.dumps({{"prefect": sorted(m for m in sys.modules if m.split(".")[0] == "prefect"),
                   "extract": read_manifest(ex)["counts"], "filters": filter_counts(out)}}))
 """
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["prefect"] == []
@@ -76,7 +79,7 @@ def test_one_pass_reasons_counts_and_columns(extract, quality_model):
     assert m["counts"]["in"] == read_manifest(ex)["counts"]["kept"]
     assert all(r.split(":", 1)[0] in {"langid", "rules", "quality"} for r in m["counts"]["rejected"])
     assert m["counts"]["rejected"]["langid:language_not_kept"] > 0  # the Chinese and Japanese pages
-    assert any(r.startswith("rules:gopher_") or r.startswith("rules:c4_") for r in m["counts"]["rejected"])
+    assert any(r.startswith(("rules:gopher_", "rules:c4_")) for r in m["counts"]["rejected"])
     per = filter_counts(m)
     assert [f["filter"] for f in per] == m["filters"] == ["langid", "pii", "rules", "quality"]
     assert per[0]["in"] == m["counts"]["in"] and per[-1]["kept"] == m["counts"]["kept"]
@@ -90,7 +93,9 @@ def test_one_pass_reasons_counts_and_columns(extract, quality_model):
     rejects = list(iter_rows(m, kind="rejects"))
     assert all(r["quality_score"] is not None for r in rejects if r["reason"].startswith("quality:"))
     assert all(r["quality_score"] is None for r in rejects if r["reason"].startswith("langid:"))
-    assert run_filters(root, ex, {"quality": {"model_path": quality_model, "min_score": 0.2}, **NO_HARMFUL}) == path  # skipped
+    assert (
+        run_filters(root, ex, {"quality": {"model_path": quality_model, "min_score": 0.2}, **NO_HARMFUL}) == path
+    )  # skipped
 
 
 def test_threshold_change_reuses_the_scores(extract, quality_model, monkeypatch, tmp_path):
@@ -104,14 +109,22 @@ def test_threshold_change_reuses_the_scores(extract, quality_model, monkeypatch,
         return real(text, path)
 
     monkeypatch.setattr(quality_filter, "quality_score", counting)
-    loose = run_filters(root, ex, {"rules": {"enabled": False}, "quality": {"model_path": quality_model, "min_score": 0.0}, **NO_HARMFUL})
+    loose = run_filters(
+        root,
+        ex,
+        {"rules": {"enabled": False}, "quality": {"model_path": quality_model, "min_score": 0.0}, **NO_HARMFUL},
+    )
     first = len(calls)
     # one model call per distinct text of a shard (wiki://1-copy repeats wiki://1)
     distinct = sum(len(set(t.column("text").to_pylist())) for t in iter_stage_tables(loose))
     assert first == distinct > 0 and read_manifest(loose)["counts"]["quality.in"] == first + 1
     scores = {r["id"]: r["quality_score"] for r in iter_rows(loose)}
     cut = sorted(scores.values())[len(scores) // 2]  # a threshold that keeps about half
-    strict = run_filters(root, ex, {"rules": {"enabled": False}, "quality": {"model_path": quality_model, "min_score": cut}, **NO_HARMFUL})
+    strict = run_filters(
+        root,
+        ex,
+        {"rules": {"enabled": False}, "quality": {"model_path": quality_model, "min_score": cut}, **NO_HARMFUL},
+    )
     assert strict != loose and len(calls) == first  # a new stage, and the model did not run again
     strict_rows = {r["id"]: r for r in [*iter_rows(strict), *iter_rows(strict, kind="rejects")]}
     assert {i: strict_rows[i]["quality_score"] for i in scores} == scores
@@ -122,7 +135,9 @@ def test_threshold_change_reuses_the_scores(extract, quality_model, monkeypatch,
     shutil.copy(quality_model, other)
     with open(other, "ab") as f:
         f.write(b"\0")  # same model, other content hash
-    run_filters(root, ex, {"rules": {"enabled": False}, "quality": {"model_path": str(other), "min_score": cut}, **NO_HARMFUL})
+    run_filters(
+        root, ex, {"rules": {"enabled": False}, "quality": {"model_path": str(other), "min_score": cut}, **NO_HARMFUL}
+    )
     assert len(calls) == 2 * first
 
 
@@ -199,7 +214,9 @@ def test_reject_all_warns_and_an_empty_output_fails(extract):
         run_filters(root, ex, {**NO_QUALITY, "rules": {"gopher_thresholds": {"min_words": 100_000}}})
     from lm.data.stages import check_output, stage_warnings
 
-    path = run_filters(root, ex, {**NO_QUALITY, "rules": {"gopher_thresholds": {"min_words": 100_000}}}, allow_empty=True)
+    path = run_filters(
+        root, ex, {**NO_QUALITY, "rules": {"gopher_thresholds": {"min_words": 100_000}}}, allow_empty=True
+    )
     assert read_manifest(path)["counts"]["kept"] == 0
     assert check_output(path, allow_empty=True) == stage_warnings(path) != []
     with pytest.raises(ValueError, match="did you mean 'en'"):

@@ -21,13 +21,24 @@ def members(path):
         end = len(data) - len(d.unused_data)
         head = body.split(b"\r\n\r\n", 1)[0].decode("latin-1")
         assert head.startswith("WARC/")
-        wtype = next(line.split(":", 1)[1].strip() for line in head.split("\r\n") if line.lower().startswith("warc-type:"))
+        wtype = next(
+            line.split(":", 1)[1].strip() for line in head.split("\r\n") if line.lower().startswith("warc-type:")
+        )
         out.append((pos, end - pos, wtype))
         pos = end
     return out
 
 
-@pytest.mark.parametrize("name", ["warcfile.warc.gz", "clueweb-quirk.warc.gz", "whirlwind.warc.gz", "block-sized-records.warc.gz", "whirlwind.warc.wet.gz"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "warcfile.warc.gz",
+        "clueweb-quirk.warc.gz",
+        "whirlwind.warc.gz",
+        "block-sized-records.warc.gz",
+        "whirlwind.warc.wet.gz",
+    ],
+)
 def test_every_record_read_at_its_member_offset(reference, name):
     path = reference / CC / name
     expected = members(path)
@@ -89,7 +100,7 @@ def test_plain_and_single_member_gzip(reference, tmp_path):
     plain.write_bytes(gzip.decompress(src.read_bytes()))
     one = tmp_path / "w1.warc.gz"
     one.write_bytes(gzip.compress(plain.read_bytes()))
-    key = lambda r: (r.headers["WARC-Record-ID"], r.payload)  # noqa: E731 - ids hash the location: they differ per file
+    key = lambda r: (r.headers["WARC-Record-ID"], r.payload)  # ids hash the location: they differ per file
     ref = [key(r) for r in iter_records(str(src))]
     assert [key(r) for r in iter_records(str(plain))] == ref
     assert [key(r) for r in iter_records(str(one))] == ref
@@ -179,13 +190,24 @@ def test_bad_content_length_is_flagged_and_reader_resyncs(reference, tmp_path):
 def test_split_http_chunked_and_gzip():
     body = gzip.compress(b"<p>hi</p>")
     chunked = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
-    block = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: gzip\r\nContent-Type: text/html\r\n\r\n" + chunked
+    block = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: gzip\r\nContent-Type: text/html\r\n\r\n"
+        + chunked
+    )
     status, headers, payload = split_http(block)
     assert (status, headers["Content-Type"], payload) == (200, "text/html", b"<p>hi</p>")
 
 
 def test_record_mime():
-    r = Record(id="x", url="u", source="s:0", record_type="response", content_type="Text/HTML; charset=utf-8", date="", payload=b"")
+    r = Record(
+        id="x",
+        url="u",
+        source="s:0",
+        record_type="response",
+        content_type="Text/HTML; charset=utf-8",
+        date="",
+        payload=b"",
+    )
     assert r.mime == "text/html"
 
 

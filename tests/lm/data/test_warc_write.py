@@ -8,7 +8,9 @@ def test_written_warc_reads_back_with_offsets_and_stable_bytes(tmp_path):
     site = tmp_path / "site"
     (site / "en").mkdir(parents=True)
     (site / "en" / "a.html").write_bytes(b"<html><body><p>Hello world.</p></body></html>")
-    (site / "en" / "b.html").write_text("<html><body><p>Gr\u00fc\u00dfe aus K\u00f6ln.</p></body></html>", encoding="utf-8")
+    (site / "en" / "b.html").write_text(
+        "<html><body><p>Gr\u00fc\u00dfe aus K\u00f6ln.</p></body></html>", encoding="utf-8"
+    )
     out = tmp_path / "pages.warc.gz"
     assert write_warc(out, html_folder_pages(site, "https://example.org/doc")) == 2
     records = list(iter_records(str(out)))

@@ -16,7 +16,9 @@ ALPHABET = "".join(chr(c) for c in range(32, 127)) + "\n’—–“”é°×÷�
 
 def model_for(tok, ctx=64, seed=0):
     torch.manual_seed(seed)
-    return TransformerLM(ModelConfig(vocab_size=tok.vocab_size, context_length=ctx, d_model=32, num_layers=1, num_heads=2, d_ff=64))
+    return TransformerLM(
+        ModelConfig(vocab_size=tok.vocab_size, context_length=ctx, d_model=32, num_layers=1, num_heads=2, d_ff=64)
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -30,7 +30,9 @@ def test_load_gsm8k(reference, tmp_path):
     assert len(rows) == 1319 and counts["rows"] == 1319
     assert rows[0]["answer"] == "18" and rows[0]["question"].startswith("Janet")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"question": "q", "answer": "#### 4"}\nnot json\n{"question": "q"}\n{"question": "q", "answer": "no marker"}\n')
+    bad.write_text(
+        '{"question": "q", "answer": "#### 4"}\nnot json\n{"question": "q"}\n{"question": "q", "answer": "no marker"}\n'
+    )
     rows, counts = load_gsm8k(bad)
     assert [r["answer"] for r in rows] == ["4"]
     assert counts["bad_json"] == 1 and counts["missing_field"] == 1 and counts["bad_answer"] == 1

@@ -10,7 +10,9 @@ from lm.model.generate import ByteTokenizer, generate, sample_next
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return TransformerLM(ModelConfig(vocab_size=61, context_length=40, d_model=32, num_layers=2, num_heads=4, d_ff=64)).eval()
+    return TransformerLM(
+        ModelConfig(vocab_size=61, context_length=40, d_model=32, num_layers=2, num_heads=4, d_ff=64)
+    ).eval()
 
 
 def test_cached_logits_equal_uncached(model):
@@ -27,7 +29,17 @@ def test_cached_generation_equals_uncached(model, temperature, top_p):
     outs = []
     for use_cache in (True, False):
         g = torch.Generator().manual_seed(7)
-        outs.append(generate(model, [1, 2, 3, 4], max_new_tokens=25, temperature=temperature, top_p=top_p, use_cache=use_cache, generator=g))
+        outs.append(
+            generate(
+                model,
+                [1, 2, 3, 4],
+                max_new_tokens=25,
+                temperature=temperature,
+                top_p=top_p,
+                use_cache=use_cache,
+                generator=g,
+            )
+        )
     assert outs[0] == outs[1] and len(outs[0]) == 25
 
 

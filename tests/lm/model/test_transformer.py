@@ -61,7 +61,17 @@ def _cfg(**kw):
 def test_state_dict_keys_follow_design():
     keys = set(TransformerLM(_cfg()).state_dict())
     for n in range(2):
-        for k in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.output_proj", "ln1", "ln2", "ffn.w1", "ffn.w2", "ffn.w3"):
+        for k in (
+            "attn.q_proj",
+            "attn.k_proj",
+            "attn.v_proj",
+            "attn.output_proj",
+            "ln1",
+            "ln2",
+            "ffn.w1",
+            "ffn.w2",
+            "ffn.w3",
+        ):
             assert f"layers.{n}.{k}.weight" in keys
     assert {"token_embeddings.weight", "ln_final.weight", "lm_head.weight"} <= keys
     assert len(keys) == 2 * 9 + 3

@@ -29,7 +29,9 @@ def test_counts_match_the_model(d_model, num_layers):
     matrices = sum(p.numel() for k, p in named.items() if ".attn." in k or ".ffn." in k)
     assert non_embedding_params(shape) == matrices
     assert num_params(shape, 257) == sum(p.numel() for p in named.values())
-    assert num_params(shape, 257, tie_embeddings=True) == sum(p.numel() for p in {id(p): p for p in _model(shape, tie=True).parameters()}.values())
+    assert num_params(shape, 257, tie_embeddings=True) == sum(
+        p.numel() for p in {id(p): p for p in _model(shape, tie=True).parameters()}.values()
+    )
     # the trainer's FLOPs count differs from ours only by the RMSNorm weights (6 FLOPs each)
     norms = (2 * num_layers + 1) * d_model
     assert model.flops_per_token() == flops_per_token(shape, 64, 257) + 6 * norms

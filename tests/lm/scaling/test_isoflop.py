@@ -72,8 +72,12 @@ def _independent_predictions(rows):
 
 def test_isoflops_curves_predictions(reference):
     rows = json.loads((reference / "assignment3-scaling/data/isoflops_curves.json").read_text())
-    fit = fit_isoflop([r["compute_budget"] for r in rows], [r["parameters"] for r in rows],
-                      [r["final_loss"] for r in rows], num_bootstrap=200)
+    fit = fit_isoflop(
+        [r["compute_budget"] for r in rows],
+        [r["parameters"] for r in rows],
+        [r["final_loss"] for r in rows],
+        num_bootstrap=200,
+    )
     expected = _independent_predictions(rows)
     for target, (n_opt, d_opt, loss) in expected.items():
         p = fit.predict(target)
@@ -91,7 +95,9 @@ def test_isoflops_curves_predictions(reference):
 def test_too_few_points_and_unbracketed_budgets_are_named_and_left_out():
     c, n, loss = synthetic()
     # budget 1e21: only its 2 largest models; budget 1e18: only models above the optimum
-    keep = ~((c == BUDGETS[-1]) & (n < 0.1 * BUDGETS[-1] ** 0.5 * 2)) & ~((c == BUDGETS[0]) & (n < 0.1 * BUDGETS[0] ** 0.5 * 1.2))
+    keep = ~((c == BUDGETS[-1]) & (n < 0.1 * BUDGETS[-1] ** 0.5 * 2)) & ~(
+        (c == BUDGETS[0]) & (n < 0.1 * BUDGETS[0] ** 0.5 * 1.2)
+    )
     with pytest.warns(UserWarning) as caught:
         fit = fit_isoflop(c[keep], n[keep], loss[keep], num_bootstrap=20)
     msgs = " ".join(str(w.message) for w in caught)

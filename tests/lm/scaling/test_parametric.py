@@ -6,7 +6,13 @@ import pytest
 from lm.scaling.parametric import fit_parametric, frontier, huber_objective, law_loss
 
 TRUE = np.array([1.69, 406.4, 410.7, 0.34, 0.28])  # Chinchilla's E, A, B, alpha, beta
-SMALL_GRID = {"alpha": [0.0, 0.5, 1.0], "beta": [0.0, 0.5, 1.0], "e": [-1.0, 0.0, 1.0], "a": [0.0, 5.0, 10.0], "b": [0.0, 5.0, 10.0]}
+SMALL_GRID = {
+    "alpha": [0.0, 0.5, 1.0],
+    "beta": [0.0, 0.5, 1.0],
+    "e": [-1.0, 0.0, 1.0],
+    "a": [0.0, 5.0, 10.0],
+    "b": [0.0, 5.0, 10.0],
+}
 
 
 def runs(noise: float, count: int = 60, seed: int = 1):

@@ -23,18 +23,41 @@ def synthetic_table(noise=0.003, seed=0):
             n = non_embedding_params(shape)
             d = tokens_for_budget(shape, budget, 64, 257)
             loss = float(law_loss(TRUE, n, d)) * math.exp(rng.normal(0, noise))
-            rows.append({"run_id": f"{budget:.0e}-{n}", "budget": budget, **shape.to_dict(), "params": n, "tokens": d,
-                         "compute": training_flops(shape, d, 64, 257), "final_train_loss": loss, "final_val_loss": loss,
-                         "status": "completed", "note": ""})
+            rows.append(
+                {
+                    "run_id": f"{budget:.0e}-{n}",
+                    "budget": budget,
+                    **shape.to_dict(),
+                    "params": n,
+                    "tokens": d,
+                    "compute": training_flops(shape, d, 64, 257),
+                    "final_train_loss": loss,
+                    "final_val_loss": loss,
+                    "status": "completed",
+                    "note": "",
+                }
+            )
     return rows
 
 
 def test_both_fits_and_the_recommendation_from_a_runs_table(tmp_path):
     rows = synthetic_table()
-    rows.append({**rows[0], "run_id": "bad1", "final_val_loss": math.nan, "final_train_loss": math.nan, "status": "diverged",
-                 "note": "loss went non-finite: excluded from the fits"})
-    rows.append({**rows[1], "run_id": "bad2", "final_val_loss": math.nan, "status": "failed", "note": "RuntimeError: boom"})
-    fits = fit_runs(rows, target_budget=1e16, context_length=64, vocab_size=257, aspect_ratio=32, num_bootstrap=40, num_starts=16)
+    rows.append(
+        {
+            **rows[0],
+            "run_id": "bad1",
+            "final_val_loss": math.nan,
+            "final_train_loss": math.nan,
+            "status": "diverged",
+            "note": "loss went non-finite: excluded from the fits",
+        }
+    )
+    rows.append(
+        {**rows[1], "run_id": "bad2", "final_val_loss": math.nan, "status": "failed", "note": "RuntimeError: boom"}
+    )
+    fits = fit_runs(
+        rows, target_budget=1e16, context_length=64, vocab_size=257, aspect_ratio=32, num_bootstrap=40, num_starts=16
+    )
     assert len(fits.used_runs) == len(BUDGETS) * len(SIZES)
     assert any(n.startswith("run bad1 (budget 1e+13, N=53,248) excluded: status diverged") for n in fits.notes)
     assert any("run bad2" in n and "RuntimeError: boom" in n for n in fits.notes)
@@ -42,8 +65,9 @@ def test_both_fits_and_the_recommendation_from_a_runs_table(tmp_path):
     assert fits.parametric.alpha == pytest.approx(0.34, abs=0.03)
     assert fits.parametric.beta == pytest.approx(0.28, abs=0.03)
     # approach 2 finds the same compute-optimal sizes as approach 3's frontier, inside the data
-    rec_in = fit_runs(rows, target_budget=3e13, context_length=64, vocab_size=257, aspect_ratio=32,
-                      num_bootstrap=40, num_starts=16).recommendation
+    rec_in = fit_runs(
+        rows, target_budget=3e13, context_length=64, vocab_size=257, aspect_ratio=32, num_bootstrap=40, num_starts=16
+    ).recommendation
     assert rec_in["isoflop"]["extrapolation"] is False
     assert rec_in["isoflop"]["n_opt"] == pytest.approx(rec_in["parametric"]["n_opt"], rel=0.25)
     rec = fits.recommendation
@@ -70,8 +94,15 @@ def test_a_table_that_cannot_be_fitted_says_why():
 
 
 def test_a_grid_that_brackets_a_minimum_is_a_result():
-    fits = fit_runs(synthetic_table(), target_budget=3e13, context_length=64, vocab_size=257, aspect_ratio=32,
-                    num_bootstrap=20, num_starts=16)
+    fits = fit_runs(
+        synthetic_table(),
+        target_budget=3e13,
+        context_length=64,
+        vocab_size=257,
+        aspect_ratio=32,
+        num_bootstrap=20,
+        num_starts=16,
+    )
     assert fits.verdict == {"isoflop": {"ok": True, "problems": []}, "parametric": {"ok": True, "problems": []}}
     assert all(b.used for b in fits.isoflop.budgets)  # every budget's profile has its minimum inside the grid
     md = recommendation_markdown(fits, fits.law_rows())
@@ -80,15 +111,27 @@ def test_a_grid_that_brackets_a_minimum_is_a_result():
     assert fits.to_json()["verdict"] == fits.verdict
     from lm.scaling.report import verdict_short
 
-    assert verdict_short(fits.to_json()).startswith(f"isoflop: N_opt {fits.recommendation['isoflop']['n_opt']:.3g}, D_opt ")
+    assert verdict_short(fits.to_json()).startswith(
+        f"isoflop: N_opt {fits.recommendation['isoflop']['n_opt']:.3g}, D_opt "
+    )
 
 
 def test_a_grid_that_brackets_no_minimum_is_not_presented_as_a_result():
     """Bigger models always worse (the pipeline demo's 62k-token sweep): no budget brackets a
     minimum, and the parametric fit runs off; neither may recommend anything."""
-    rows = [{**r, "final_val_loss": 2.0 + 0.1 * (math.log(r["params"] / SIZES[0]) + 1) ** 2 - 0.05 * math.log(r["budget"] / BUDGETS[0])}
-            for r in synthetic_table() if r["params"] <= 700_000]  # each profile's vertex at N ≈ SIZES[0]/e: below the grid
-    fits = fit_runs(rows, target_budget=1e14, context_length=64, vocab_size=257, aspect_ratio=32, num_bootstrap=10, num_starts=16)
+    rows = [
+        {
+            **r,
+            "final_val_loss": 2.0
+            + 0.1 * (math.log(r["params"] / SIZES[0]) + 1) ** 2
+            - 0.05 * math.log(r["budget"] / BUDGETS[0]),
+        }
+        for r in synthetic_table()
+        if r["params"] <= 700_000
+    ]  # each profile's vertex at N ≈ SIZES[0]/e: below the grid
+    fits = fit_runs(
+        rows, target_budget=1e14, context_length=64, vocab_size=257, aspect_ratio=32, num_bootstrap=10, num_starts=16
+    )
     assert fits.isoflop is None
     iso, par = fits.verdict["isoflop"], fits.verdict["parametric"]
     assert not iso["ok"] and "bracket" in iso["problems"][0] and "add smaller models" in iso["problems"][0]
@@ -100,7 +143,10 @@ def test_a_grid_that_brackets_no_minimum_is_not_presented_as_a_result():
     assert {r["trust"] for r in fits.law_rows()} == {"NOT A RESULT"}
     from lm.scaling.report import verdict_short
 
-    assert verdict_short(fits.to_json()) == "⚠ no scaling law: too few budgets bracket a minimum; parametric fit degenerate (laws.md)"
+    assert (
+        verdict_short(fits.to_json())
+        == "⚠ no scaling law: too few budgets bracket a minimum; parametric fit degenerate (laws.md)"
+    )
 
 
 def test_judge_names_each_degenerate_parameter():
@@ -110,14 +156,30 @@ def test_judge_names_each_degenerate_parameter():
     def fit(**kw):
         p = dict(E=1e-155, A=5.0, B=1e14, alpha=-3.5, beta=0.3)
         p.update(kw)
-        return ParametricFit(**p, objective=0.0, compute_range=(1.0, 2.0), boot=np.empty((0, 5)), confidence=0.95, num_starts=1)
+        return ParametricFit(
+            **p, objective=0.0, compute_range=(1.0, 2.0), boot=np.empty((0, 5)), confidence=0.95, num_starts=1
+        )
 
-    fits = SweepFits(None, fit(), [], notes=["isoflop fit not possible: IsoFLOP fit needs ≥ 2 budgets with a bracketed minimum, got 0 of 3"],
-                     recommendation={"parametric": {"n_opt": 1000.0}}, min_loss=2.0)
+    fits = SweepFits(
+        None,
+        fit(),
+        [],
+        notes=["isoflop fit not possible: IsoFLOP fit needs ≥ 2 budgets with a bracketed minimum, got 0 of 3"],
+        recommendation={"parametric": {"n_opt": 1000.0}},
+        min_loss=2.0,
+    )
     problems = " | ".join(judge(fits)["parametric"]["problems"])
-    for words in ("alpha=-3.5, beta=0.3 are not both positive", "E=1e-155: the irreducible loss ran down to its bound", "B=1e+14: a coefficient ran off",
-                  "sits at the lower edge of the frontier search"):
+    for words in (
+        "alpha=-3.5, beta=0.3 are not both positive",
+        "E=1e-155: the irreducible loss ran down to its bound",
+        "B=1e+14: a coefficient ran off",
+        "sits at the lower edge of the frontier search",
+    ):
         assert words in problems, (words, problems)
-    assert judge(fits)["isoflop"]["problems"] == ["no isoflop fit: IsoFLOP fit needs ≥ 2 budgets with a bracketed minimum, got 0 of 3"]
-    healthy = SweepFits(None, fit(E=1.7, B=410.0, alpha=0.34), [], recommendation={"parametric": {"n_opt": 5e5}}, min_loss=2.0)
+    assert judge(fits)["isoflop"]["problems"] == [
+        "no isoflop fit: IsoFLOP fit needs ≥ 2 budgets with a bracketed minimum, got 0 of 3"
+    ]
+    healthy = SweepFits(
+        None, fit(E=1.7, B=410.0, alpha=0.34), [], recommendation={"parametric": {"n_opt": 5e5}}, min_loss=2.0
+    )
     assert judge(healthy)["parametric"] == {"ok": True, "problems": []}

@@ -19,17 +19,24 @@ SCRIPT = textwrap.dedent("""
     ids = byte_tokens(Path(text).read_text())
     cut = int(len(ids) * 0.9)
     write_token_shards(root / "tokens", {"train": [ids[:cut]], "val": [ids[cut:]]}, vocab_size=257, eot_id=256)
-    cfg = ScalingConfig(corpus=str(root / "tokens"), root=str(root), budgets=[1e9, 2e9], model_sizes=[16000, 33000, 53000],
-                        context_length=32, batch_size=4, eval_batches=2, min_steps=5, target_budget=1e11, num_bootstrap=10, device="cpu")
+    cfg = ScalingConfig(corpus=str(root / "tokens"), root=str(root), budgets=[1e9, 2e9],
+                        model_sizes=[16000, 33000, 53000], context_length=32, batch_size=4, eval_batches=2,
+                        min_steps=5, target_budget=1e11, num_bootstrap=10, device="cpu")
     seen = []
     result = run_scaling(cfg, on_run=lambda row, done, total: seen.append([row["status"], done, total]))
-    print(json.dumps({"prefect": sorted(m for m in sys.modules if m.split(".")[0] == "prefect"), "result": result, "seen": seen}))
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] == "prefect")
+    print(json.dumps({"prefect": loaded, "result": result, "seen": seen}))
 """)
 
 
 def test_run_scaling_without_prefect(reference, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(reference / "assignment1-basics/fixtures/corpus.en"), str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(reference / "assignment1-basics/fixtures/corpus.en"), str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["prefect"] == []

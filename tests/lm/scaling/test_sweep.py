@@ -75,7 +75,9 @@ def test_a_diverged_run_is_cached_with_nan_losses_and_a_failed_run_is_not(corpus
 
     from lm.scaling.stage import execute_run
 
-    cfg = config(budgets=[1e9, 2e9], lr=1e8, lr_rule="constant", batch_size=4, context_length=32, min_steps=5, eval_batches=2)
+    cfg = config(
+        budgets=[1e9, 2e9], lr=1e8, lr_rule="constant", batch_size=4, context_length=32, min_steps=5, eval_batches=2
+    )
     run = plan_runs(cfg, corpus)[0][0]
     row = execute_run(run, corpus, root=tmp_path, device="cpu")
     assert row["status"] == "diverged" and math.isnan(row["final_train_loss"]) and math.isnan(row["final_val_loss"])
@@ -94,7 +96,11 @@ def test_auto_budgets_come_from_the_corpus_and_the_grid(corpus):
     cfg = config(budgets="auto", batch_size=4, context_length=32, min_steps=5)
     resolved, notes = resolve_budgets(cfg, corpus)
     budgets = resolved.budgets
-    assert len(budgets) == 3 and budgets == sorted(budgets) and budgets[1] / budgets[0] == pytest.approx(budgets[2] / budgets[1], rel=0.01)
+    assert (
+        len(budgets) == 3
+        and budgets == sorted(budgets)
+        and budgets[1] / budgets[0] == pytest.approx(budgets[2] / budgets[1], rel=0.01)
+    )
     assert f"({corpus['tokens']['train']:,} training tokens)" in notes[0]
     runs, skipped = plan_runs(resolved, corpus)
     assert skipped == [] and len(runs) == 9  # every model trains at every budget (≥ min_steps)
@@ -105,6 +111,9 @@ def test_auto_budgets_come_from_the_corpus_and_the_grid(corpus):
     # a tiny corpus leaves no window: the budgets still come, with a plain warning
     small = {**corpus, "tokens": {"train": 2_000, "val": 200}}
     _, small_notes = auto_budgets(cfg, small)
-    assert any("the corpus is small for this grid" in n and "expect overfitting and no bracketed minimum" in n for n in small_notes)
+    assert any(
+        "the corpus is small for this grid" in n and "expect overfitting and no bracketed minimum" in n
+        for n in small_notes
+    )
     with pytest.raises(ValueError, match="resolved against the corpus"):
         plan_runs(cfg, corpus)

@@ -32,7 +32,9 @@ def tiktoken_gpt2(fixtures):
 @pytest.fixture(scope="session")
 def gsm8k_text(reference) -> str:
     """~4 MB of real English (GSM8K train questions and answers)."""
-    rows = [json.loads(line) for line in (reference / "assignment5-alignment/data/gsm8k/train.jsonl").open(encoding="utf-8")]
+    rows = [
+        json.loads(line) for line in (reference / "assignment5-alignment/data/gsm8k/train.jsonl").open(encoding="utf-8")
+    ]
     return "\n\n".join(r["question"] + "\n" + r["answer"] for r in rows)
 
 
@@ -46,7 +48,12 @@ def build_corpus_stage(root: Path, reference: Path, num_shards: int = 3) -> Path
     fx = reference / "assignment1-basics" / "fixtures"
     docs = [d.strip() for d in (fx / "tinystories_sample.txt").read_text(encoding="utf-8").split(EOT) if d.strip()]
     docs += [(fx / "german.txt").read_text(encoding="utf-8"), (fx / "address.txt").read_text(encoding="utf-8")]
-    rows = [json.loads(line) for _, line in zip(range(300), (reference / "assignment5-alignment/data/gsm8k/train.jsonl").open(encoding="utf-8"))]
+    rows = [
+        json.loads(line)
+        for _, line in zip(
+            range(300), (reference / "assignment5-alignment/data/gsm8k/train.jsonl").open(encoding="utf-8")
+        )
+    ]
     docs += [r["question"] + "\n" + r["answer"] for r in rows]
     schema = pa.schema([("id", pa.string()), ("text", pa.string())])
     stage = Stage(root, "corpus", version="1", config={"fixture": "tokenizer-tests"})

@@ -15,7 +15,9 @@ def trained(fixtures) -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def sample(fixtures) -> str:
-    parts = [(fixtures / n).read_text(encoding="utf-8") for n in ("tinystories_sample.txt", "german.txt", "address.txt")]
+    parts = [
+        (fixtures / n).read_text(encoding="utf-8") for n in ("tinystories_sample.txt", "german.txt", "address.txt")
+    ]
     return "".join(parts) + " 🙃 Мама 東京  \n\n  tail  "
 
 

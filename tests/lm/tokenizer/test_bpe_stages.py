@@ -6,7 +6,14 @@ import pytest
 from lm.data.shards import describe, read_manifest, read_stage_table
 from lm.tokenizer import Tokenizer
 from lm.tokenizer.gpt2 import EOT
-from lm.tokenizer.stages import commit_tokenize, doc_fraction, token_dtype, tokenize_shard, tokenize_stage, train_tokenizer_stage
+from lm.tokenizer.stages import (
+    commit_tokenize,
+    doc_fraction,
+    token_dtype,
+    tokenize_shard,
+    tokenize_stage,
+    train_tokenizer_stage,
+)
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +22,9 @@ def corpus(tmp_path_factory, reference, corpus_builder):
 
 
 def test_tokenizer_stage_writes_dir_and_manifest(corpus, tmp_path):
-    path = train_tokenizer_stage(tmp_path, corpus, vocab_size=600, special_tokens=[EOT], sample_bytes=10_000_000, heldout_fraction=0.05)
+    path = train_tokenizer_stage(
+        tmp_path, corpus, vocab_size=600, special_tokens=[EOT], sample_bytes=10_000_000, heldout_fraction=0.05
+    )
     m = read_manifest(path)
     assert m["stage"] == "tokenizer" and m["shards"] == [] and path.parent.parent == tmp_path / "tokenizer"
     assert {"stage", "fingerprint", "config", "inputs", "shards", "counts"} <= set(m)
@@ -28,15 +37,28 @@ def test_tokenizer_stage_writes_dir_and_manifest(corpus, tmp_path):
     assert tok.vocab_size == 600 and tok.eot_id == 256
     assert 2.0 < m["summary"]["bytes_per_token"] < 8.0
     assert len(m["summary"]["first_merges"]) == 20
-    assert {p.name for p in path.parent.iterdir()} >= {"vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "tokenizer.tiktoken"}
+    assert {p.name for p in path.parent.iterdir()} >= {
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "tokenizer.json",
+        "tokenizer.tiktoken",
+    }
     # Same inputs, same config: skipped (the manifest is not rewritten).
     mtime = path.stat().st_mtime_ns
-    assert train_tokenizer_stage(tmp_path, corpus, vocab_size=600, special_tokens=[EOT], sample_bytes=10_000_000, heldout_fraction=0.05) == path
+    assert (
+        train_tokenizer_stage(
+            tmp_path, corpus, vocab_size=600, special_tokens=[EOT], sample_bytes=10_000_000, heldout_fraction=0.05
+        )
+        == path
+    )
     assert path.stat().st_mtime_ns == mtime
 
 
 def test_sample_budget_is_respected(corpus, tmp_path):
-    path = train_tokenizer_stage(tmp_path, corpus, vocab_size=300, special_tokens=[EOT], sample_bytes=30_000, heldout_fraction=0.0)
+    path = train_tokenizer_stage(
+        tmp_path, corpus, vocab_size=300, special_tokens=[EOT], sample_bytes=30_000, heldout_fraction=0.0
+    )
     c = read_manifest(path)["counts"]
     assert 30_000 <= c["sample_bytes"] < 30_000 + 3 * 5_000  # each shard stops after its ~10 KB share
     assert c["rejected"]["over_budget"] > 0 or c["in"] < 400

@@ -138,7 +138,9 @@ def test_encode_iterable_memory_is_flat_fast_path(fixtures, tmp_path):
     )
     out = {}
     for size in (2_000_000, 16_000_000):
-        res = subprocess.run([sys.executable, "-c", script, str(size)], capture_output=True, text=True, check=True, env=_env())
+        res = subprocess.run(
+            [sys.executable, "-c", script, str(size)], capture_output=True, text=True, check=True, env=_env()
+        )
         count, rss_kb = map(int, res.stdout.split())
         out[size] = (count, rss_kb)
     assert out[16_000_000][0] > 7 * out[2_000_000][0]
@@ -157,7 +159,10 @@ def _env():
 def test_fast_path_equals_python_on_large_real_text(reference, gsm8k_text, tmp_path):
     # A tokenizer of our own, trained on real text, then both paths on other real text.
     corpus = tmp_path / "alpaca.txt"
-    corpus.write_text((reference / "assignment5-alignment/data/alpaca_eval/alpaca_eval.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    corpus.write_text(
+        (reference / "assignment5-alignment/data/alpaca_eval/alpaca_eval.jsonl").read_text(encoding="utf-8"),
+        encoding="utf-8",
+    )
     vocab, merges = train_bpe(corpus, 3000, [EOT])
     fast = Tokenizer(vocab, merges, [EOT])
     slow = Tokenizer(vocab, merges, [EOT], use_fast=False)

@@ -14,7 +14,10 @@ from lm.tokenizer.train import _inverse_key, merge_words
 
 
 def _reference(fixtures):
-    merges = [tuple(decode_token(t) for t in line.rstrip("\n").split(" ")) for line in (fixtures / "train-bpe-reference-merges.txt").open(encoding="utf-8")]
+    merges = [
+        tuple(decode_token(t) for t in line.rstrip("\n").split(" "))
+        for line in (fixtures / "train-bpe-reference-merges.txt").open(encoding="utf-8")
+    ]
     vocab = json.loads((fixtures / "train-bpe-reference-vocab.json").read_text(encoding="utf-8"))
     return merges, {k.encode() if k == EOT else decode_token(k) for k in vocab}, set(vocab.values())
 
@@ -40,7 +43,10 @@ def test_vocab_layout_bytes_then_specials_then_merges(fixtures):
 
 def test_parallel_small_chunks_equal_single_chunk(fixtures, tmp_path):
     # Real text with non-ASCII, specials and odd whitespace, cut into many 4 KB chunks.
-    text = "".join((fixtures / n).read_text(encoding="utf-8") + EOT for n in ("tinystories_sample.txt", "german.txt", "address.txt", "corpus.en"))
+    text = "".join(
+        (fixtures / n).read_text(encoding="utf-8") + EOT
+        for n in ("tinystories_sample.txt", "german.txt", "address.txt", "corpus.en")
+    )
     path = tmp_path / "mixed.txt"
     path.write_text(text + "  \n\n   trailing  ", encoding="utf-8")
     bounds = chunk_boundaries(path, 4096, [EOT])
@@ -49,7 +55,10 @@ def test_parallel_small_chunks_equal_single_chunk(fixtures, tmp_path):
     parallel = train_bpe(path, 600, [EOT], num_workers=2, chunk_bytes=4096)
     assert parallel == serial
     # Without specials the cuts fall at whitespace; the counts must not change either.
-    assert count_pretokens(path, [], num_workers=2, chunk_bytes=2048)[0] == count_pretokens(path, [], num_workers=1, chunk_bytes=1 << 30)[0]
+    assert (
+        count_pretokens(path, [], num_workers=2, chunk_bytes=2048)[0]
+        == count_pretokens(path, [], num_workers=1, chunk_bytes=1 << 30)[0]
+    )
 
 
 def test_special_tokens_split_and_are_never_merged(tmp_path):

@@ -11,6 +11,7 @@ def byte_shards(reference, tmp_path_factory):
     ids = byte_tokens(text)
     cut = int(len(ids) * 0.9)
     out = tmp_path_factory.mktemp("tokens")
-    write_token_shards(out, {"train": [ids[: cut // 2], ids[cut // 2 : cut]], "val": [ids[cut:]]}, vocab_size=257, eot_id=256)
+    write_token_shards(
+        out, {"train": [ids[: cut // 2], ids[cut // 2 : cut]], "val": [ids[cut:]]}, vocab_size=257, eot_id=256
+    )
     return out
-

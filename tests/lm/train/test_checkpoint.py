@@ -10,7 +10,9 @@ from lm.train import AdamW, CheckpointCorruptError, cross_entropy, load_checkpoi
 
 
 def _cfg(**kw):
-    return ModelConfig(**{**dict(vocab_size=50, context_length=16, d_model=16, num_layers=1, num_heads=2, d_ff=32), **kw})
+    return ModelConfig(
+        **{**dict(vocab_size=50, context_length=16, d_model=16, num_layers=1, num_heads=2, d_ff=32), **kw}
+    )
 
 
 def _trained(cfg, steps=3):

@@ -1,8 +1,9 @@
 """Our DDP, ZeRO-1 and FSDP2 match single-process training (CPU, gloo, 2 processes).
 
 Each test spawns 2 ranks once and runs all its cases inside that process group (spawning
-costs seconds); a failing case names itself in the assertion message. The reference run is plain single-process training on the full batch; the
-parallel run gives each rank its half of the batch (or, for ZeRO-1 alone, the full batch).
+costs seconds); a failing case names itself in the assertion message. The reference run is
+plain single-process training on the full batch; the parallel run gives each rank its half of
+the batch (or, for ZeRO-1 alone, the full batch).
 """
 
 import copy
@@ -12,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from lm.train.dist_checkpoint import consolidated_state_dicts, load_consolidated_state_dicts
 from lm.train.distributed import (
     DDPBucketed,
     DDPIndividualParameters,
@@ -23,7 +25,6 @@ from lm.train.distributed import (
     run_local,
     wrap_model,
 )
-from lm.train.dist_checkpoint import consolidated_state_dicts, load_consolidated_state_dicts
 
 FIXTURES = "assignment2-systems/fixtures"
 
@@ -33,10 +34,12 @@ class MLP(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.layers = nn.ModuleList([
-            nn.Sequential(nn.Linear(10, 10, bias=False), nn.LayerNorm(10)),
-            nn.Sequential(nn.Linear(10, 50, bias=False), nn.ReLU()),
-        ])
+        self.layers = nn.ModuleList(
+            [
+                nn.Sequential(nn.Linear(10, 10, bias=False), nn.LayerNorm(10)),
+                nn.Sequential(nn.Linear(10, 50, bias=False), nn.ReLU()),
+            ]
+        )
         self.out = nn.Linear(50, 5, bias=False)
 
     def forward(self, x):  # (B, 10) -> (B, 5)
@@ -68,7 +71,7 @@ def _load(reference_dir):
 
 def _my_slice(env, data, labels):
     n = data.shape[0] // env.world_size
-    return data[env.rank * n:(env.rank + 1) * n], labels[env.rank * n:(env.rank + 1) * n]
+    return data[env.rank * n : (env.rank + 1) * n], labels[env.rank * n : (env.rank + 1) * n]
 
 
 def _train_step(model, opt, x, y):
@@ -132,7 +135,12 @@ def _ddp_worker(env, reference_dir):
     # LayerNorm's weight and bias (40 bytes each) share one; 0.01 MB holds the whole MLP
     # (3,480 bytes). Reverse order puts the output layer first.
     small, large = DDPBucketed(MLP(), 0.0001), DDPBucketed(MLP(), 0.01)
-    assert [[tuple(p.shape) for p in b.params] for b in small.buckets] == [[(5, 50)], [(50, 10)], [(10,), (10,)], [(10, 10)]]
+    assert [[tuple(p.shape) for p in b.params] for b in small.buckets] == [
+        [(5, 50)],
+        [(50, 10)],
+        [(10,), (10,)],
+        [(10, 10)],
+    ]
     assert len(large.buckets) == 1
     assert large.buckets[0].params[0] is large.module.out.weight
     assert len(DDPBucketed(TiedMLP(), 0.01).params) == 4  # fc1 = fc3, fc2, head weight + bias
@@ -233,8 +241,9 @@ def _fsdp_worker(env, reference_dir):
     torch.manual_seed(1)
     fresh = apply_fsdp(MLP(), param_dtype="fp32")
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.01)
-    load_consolidated_state_dicts(fresh, fresh_opt, copy.deepcopy(reference.state_dict()),
-                                  copy.deepcopy(ref_opt.state_dict()))
+    load_consolidated_state_dicts(
+        fresh, fresh_opt, copy.deepcopy(reference.state_dict()), copy.deepcopy(ref_opt.state_dict())
+    )
     _train_step(fresh, fresh_opt, x, y)
     _train_step(reference, ref_opt, data, labels)
     msd, _ = consolidated_state_dicts(fresh, fresh_opt)
@@ -266,8 +275,17 @@ def _lm_worker(env):
     from lm.model import ModelConfig, TransformerLM
     from lm.train import AdamW, cross_entropy
 
-    cfg = ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64,
-                      tie_embeddings=True, attention="reference", norm="torch")
+    cfg = ModelConfig(
+        vocab_size=64,
+        context_length=16,
+        d_model=32,
+        num_layers=2,
+        num_heads=4,
+        d_ff=64,
+        tie_embeddings=True,
+        attention="reference",
+        norm="torch",
+    )
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 64, (8, 17), generator=g)  # (B, T+1): the same global batch on every rank
     x, y = ids[:, :-1], ids[:, 1:]
@@ -292,7 +310,9 @@ def _lm_worker(env):
         if strategy == "fsdp" and env.rank != 0:
             continue  # FSDP gathers the full state on rank 0 only
         for k, v in reference.state_dict().items():
-            assert torch.allclose(msd[k], v, atol=1e-5), f"TransformerLM {strategy}: {k} differs by {(msd[k] - v).abs().max():.3g}"
+            assert torch.allclose(msd[k], v, atol=1e-5), (
+                f"TransformerLM {strategy}: {k} differs by {(msd[k] - v).abs().max():.3g}"
+            )
 
 
 def _sharded_worker(env, reference_dir):

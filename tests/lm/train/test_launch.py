@@ -51,9 +51,18 @@ def _wait_for_pids(marker: str, n: int, timeout_s: float = 10.0) -> set[int]:
 
 def test_single_node_and_multi_node_commands():
     cmd = torchrun_command(LaunchConfig(nproc_per_node=2), "lm.train", ["--config", "c.yaml"])
-    assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--max-restarts=0", "--local-ranks-filter=0",
-                       "--standalone",
-                       "-m", "lm.train", "--config", "c.yaml"]
+    assert cmd[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--max-restarts=0",
+        "--local-ranks-filter=0",
+        "--standalone",
+        "-m",
+        "lm.train",
+        "--config",
+        "c.yaml",
+    ]
     multi = LaunchConfig(nproc_per_node=8, nnodes="2", rdzv_endpoint="node0:29400", rdzv_id="run-42")
     cmd = torchrun_command(multi, "lm.train", [])
     assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=node0:29400", "--rdzv-id=run-42"} <= set(cmd)
@@ -70,8 +79,8 @@ def test_single_node_and_multi_node_commands():
 # their own (so killing the parent's process group alone would orphan them).
 TREE = textwrap.dedent("""
     import subprocess, sys, time
-    kids = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", sys.argv[1]], start_new_session=True)
-            for _ in range(2)]
+    sleep = [sys.executable, "-c", "import time; time.sleep(600)", sys.argv[1]]
+    kids = [subprocess.Popen(sleep, start_new_session=True) for _ in range(2)]
     print("workers up", flush=True)
     time.sleep(600)
 """)
@@ -131,9 +140,19 @@ def test_nonzero_exit_raises_with_the_log_tail():
 def test_torchrun_timeout_leaves_no_rank_alive(byte_shards, tmp_path):
     """Two real gloo ranks training; the timeout fires mid-run; afterwards nothing survives."""
     run = tmp_path / "run"
-    cfg = dict(model=dict(vocab_size=257, context_length=32, d_model=32, num_layers=1, num_heads=2, d_ff=96),
-               data=str(byte_shards), out_dir=str(run), batch_size=4, max_steps=100_000, lr=1e-3, log_interval=1,
-               eval_interval=100_000, checkpoint_interval=100_000, device="cpu", strategy="ddp")
+    cfg = dict(
+        model=dict(vocab_size=257, context_length=32, d_model=32, num_layers=1, num_heads=2, d_ff=96),
+        data=str(byte_shards),
+        out_dir=str(run),
+        batch_size=4,
+        max_steps=100_000,
+        lr=1e-3,
+        log_interval=1,
+        eval_interval=100_000,
+        checkpoint_interval=100_000,
+        device="cpu",
+        strategy="ddp",
+    )
     cfg_path = tmp_path / "train.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     marker = str(cfg_path)
@@ -153,6 +172,6 @@ def test_torchrun_timeout_leaves_no_rank_alive(byte_shards, tmp_path):
             run_torchrun(launch, ["--config", str(cfg_path)], on_line=on_line, cwd=str(REPO))
         if seen:
             break
-    assert len(seen) >= 3, f"torchrun and 2 ranks should have been training; log:\n" + "\n".join(lines[-20:])
+    assert len(seen) >= 3, "torchrun and 2 ranks should have been training; log:\n" + "\n".join(lines[-20:])
     assert _pids_with(marker) == set()
     assert sum("step 1/" in line for line in lines) == 1  # rank 0's log only

@@ -21,11 +21,18 @@ def test_mfu_is_model_flops_over_peak_of_all_ranks():
     assert throughput(tokens=100, seconds=2.0, flops_per_token=1e9, peak=None, world_size=1)["mfu"] is None
 
 
-@pytest.mark.parametrize("name, dtype, peak", [
-    ("NVIDIA H100 80GB HBM3", "bf16", 989.4e12), ("NVIDIA H100 PCIe", "bf16", 756e12), ("NVIDIA H200", "bf16", 989.4e12),
-    ("NVIDIA A100-SXM4-80GB", "bf16", 312e12), ("NVIDIA A100-SXM4-80GB", "tf32", 156e12), ("NVIDIA H100 NVL", "fp32", 60e12),
-    ("Some Future GPU", "bf16", None),
-])
+@pytest.mark.parametrize(
+    "name, dtype, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989.4e12),
+        ("NVIDIA H100 PCIe", "bf16", 756e12),
+        ("NVIDIA H200", "bf16", 989.4e12),
+        ("NVIDIA A100-SXM4-80GB", "bf16", 312e12),
+        ("NVIDIA A100-SXM4-80GB", "tf32", 156e12),
+        ("NVIDIA H100 NVL", "fp32", 60e12),
+        ("Some Future GPU", "bf16", None),
+    ],
+)
 def test_peak_flops_table(name, dtype, peak):
     assert peak_for_device_name(name, dtype) == peak
 

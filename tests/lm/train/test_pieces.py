@@ -11,7 +11,9 @@ def test_cross_entropy_matches_torch_and_survives_huge_logits():
     torch.manual_seed(0)
     logits = torch.randn(8, 5, 11)
     targets = torch.randint(0, 11, (8, 5))
-    torch.testing.assert_close(cross_entropy(logits, targets), torch.nn.functional.cross_entropy(logits.view(-1, 11), targets.view(-1)))
+    torch.testing.assert_close(
+        cross_entropy(logits, targets), torch.nn.functional.cross_entropy(logits.view(-1, 11), targets.view(-1))
+    )
     big = logits * 1000
     out = cross_entropy(big, targets)
     assert torch.isfinite(out)
@@ -43,8 +45,11 @@ def test_adamw_implementations_equal_the_for_loop_over_100_steps(impl, one_threa
 
     def train(impl):
         torch.manual_seed(0)  # a tied-embedding model: one tensor reached by two paths
-        model = TransformerLM(ModelConfig(vocab_size=97, context_length=16, d_model=32, num_layers=2, num_heads=2,
-                                          d_ff=64, tie_embeddings=True))
+        model = TransformerLM(
+            ModelConfig(
+                vocab_size=97, context_length=16, d_model=32, num_layers=2, num_heads=2, d_ff=64, tie_embeddings=True
+            )
+        )
         opt = AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, impl=impl)
         g = torch.Generator().manual_seed(1)
         for _ in range(100):
@@ -68,11 +73,33 @@ def test_adamw_matches_cs336_snapshot(reference):
 
 
 def test_cosine_schedule_matches_cs336_values():
-    expected = [0, 0.14285714285714285, 0.2857142857142857, 0.42857142857142855, 0.5714285714285714,
-                0.7142857142857143, 0.8571428571428571, 1.0, 0.9887175604818206, 0.9554359905560885,
-                0.9018241671106134, 0.8305704108364301, 0.7452476826029011, 0.6501344202803414,
-                0.55, 0.44986557971965857, 0.3547523173970989, 0.26942958916356996,
-                0.19817583288938662, 0.14456400944391146, 0.11128243951817937, 0.1, 0.1, 0.1, 0.1]
+    expected = [
+        0,
+        0.14285714285714285,
+        0.2857142857142857,
+        0.42857142857142855,
+        0.5714285714285714,
+        0.7142857142857143,
+        0.8571428571428571,
+        1.0,
+        0.9887175604818206,
+        0.9554359905560885,
+        0.9018241671106134,
+        0.8305704108364301,
+        0.7452476826029011,
+        0.6501344202803414,
+        0.55,
+        0.44986557971965857,
+        0.3547523173970989,
+        0.26942958916356996,
+        0.19817583288938662,
+        0.14456400944391146,
+        0.11128243951817937,
+        0.1,
+        0.1,
+        0.1,
+        0.1,
+    ]
     got = [cosine_lr(it, 1, 0.1, 7, 21) for it in range(25)]
     np.testing.assert_allclose(got, expected)
 
@@ -113,4 +140,6 @@ def test_cross_entropy_gradient_matches_torch():
     ours = torch.autograd.grad(cross_entropy(logits, targets) * 3.0, logits)[0]
     ref = torch.autograd.grad(torch.nn.functional.cross_entropy(logits.view(-1, 13), targets.view(-1)) * 3.0, logits)[0]
     torch.testing.assert_close(ours, ref)
-    assert torch.autograd.gradcheck(lambda x: cross_entropy(x, targets[:1, :3]), logits[:1, :3].detach().double().requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda x: cross_entropy(x, targets[:1, :3]), logits[:1, :3].detach().double().requires_grad_()
+    )

@@ -24,14 +24,29 @@ MODEL = dict(vocab_size=257, context_length=32, d_model=32, num_layers=1, num_he
 
 
 def _cfg(data, out, **kw):
-    base = dict(model=MODEL, data=str(data), out_dir=str(out), batch_size=8, max_steps=40, lr=3e-3, warmup_steps=4,
-                eval_interval=20, eval_batches=2, checkpoint_interval=10, keep_last=2, log_interval=20, device="cpu")
+    base = dict(
+        model=MODEL,
+        data=str(data),
+        out_dir=str(out),
+        batch_size=8,
+        max_steps=40,
+        lr=3e-3,
+        warmup_steps=4,
+        eval_interval=20,
+        eval_batches=2,
+        checkpoint_interval=10,
+        keep_last=2,
+        log_interval=20,
+        device="cpu",
+    )
     return TrainConfig.model_validate({**base, **kw})
 
 
 def _losses(run_dir):
     rows = [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"], [(r["step"], r["val_loss"]) for r in rows if r["kind"] == "eval"]
+    return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"], [
+        (r["step"], r["val_loss"]) for r in rows if r["kind"] == "eval"
+    ]
 
 
 def test_train_learns_and_writes_metrics_and_checkpoints(byte_shards, tmp_path, one_thread):
@@ -57,12 +72,20 @@ def test_train_learns_and_writes_metrics_and_checkpoints(byte_shards, tmp_path, 
 def _cli(cfg: TrainConfig, cfg_path: Path) -> subprocess.Popen:
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump()))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lm.train", "--config", str(cfg_path)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lm.train", "--config", str(cfg_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_kill_and_resume_gives_identical_losses(byte_shards, tmp_path):
-    kw = dict(max_steps=60, model={**MODEL, "d_model": 64, "context_length": 64, "d_ff": 192}, batch_size=16, keep_last=10)
+    kw = dict(
+        max_steps=60, model={**MODEL, "d_model": 64, "context_length": 64, "d_ff": 192}, batch_size=16, keep_last=10
+    )
     full = _cli(_cfg(byte_shards, tmp_path / "full", **kw), tmp_path / "full.yaml")
     out, _ = full.communicate(timeout=120)
     assert full.returncode == 0, out
@@ -90,8 +113,17 @@ def test_compiled_checkpointed_and_bf16_runs_train_like_eager(byte_shards, tmp_p
     kw = dict(max_steps=6, eval_interval=100, checkpoint_interval=100, model={**MODEL, "num_heads": 2, "d_model": 32})
     eager = train(_cfg(byte_shards, tmp_path / "eager", **kw))
     # aot_eager: dynamo + AOTAutograd trace forward and backward (fullgraph), without inductor's C++ build
-    compiled = train(_cfg(byte_shards, tmp_path / "compiled", compile=True, compile_backend="aot_eager",
-                          activation_checkpointing=True, optimizer_impl="for_loop", **kw))
+    compiled = train(
+        _cfg(
+            byte_shards,
+            tmp_path / "compiled",
+            compile=True,
+            compile_backend="aot_eager",
+            activation_checkpointing=True,
+            optimizer_impl="for_loop",
+            **kw,
+        )
+    )
     bf16 = train(_cfg(byte_shards, tmp_path / "bf16", dtype="bfloat16", **kw))
     want = [loss for _, loss in _losses(tmp_path / "eager")[0]]
     assert [loss for _, loss in _losses(tmp_path / "compiled")[0]] == pytest.approx(want, abs=1e-5)
@@ -135,8 +167,18 @@ def test_cli_takes_the_vocab_size_from_the_token_manifest(reference, tmp_path, c
 
     ids = np.frombuffer((reference / "assignment1-basics/fixtures/corpus.en").read_bytes()[:40_000], dtype=np.uint8)
     write_token_shards(tmp_path / "tok", {"train": [ids.astype(np.int64) * 11]}, vocab_size=3000, tokenizer="bpe-3000")
-    args = ["--config", str(REPO / "configs/pretrain-demo.yaml"), "--set", f"data={tmp_path / 'tok'}",
-            "--set", f"out_dir={tmp_path / 'run'}", "--set", "max_steps=2", "--set", "batch_size=2"]
+    args = [
+        "--config",
+        str(REPO / "configs/pretrain-demo.yaml"),
+        "--set",
+        f"data={tmp_path / 'tok'}",
+        "--set",
+        f"out_dir={tmp_path / 'run'}",
+        "--set",
+        "max_steps=2",
+        "--set",
+        "batch_size=2",
+    ]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["model_config"]["vocab_size"] == 3000
     assert main([*args, "--set", "model.vocab_size=257"]) == 2  # explicit and too small: a clear error, no traceback
@@ -149,19 +191,35 @@ def test_resume_with_changed_settings_is_refused_unless_allowed(byte_shards, tmp
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(_cfg(byte_shards, tmp_path / "run", max_steps=4, checkpoint_interval=2).model_dump()))
     assert main(["--config", str(cfg)]) == 0
-    changed = ["--set", "max_steps=6", "--set", "weight_decay=0.0", "--set", "beta2=0.99", "--set", "model.rope_theta=500"]
+    changed = [
+        "--set",
+        "max_steps=6",
+        "--set",
+        "weight_decay=0.0",
+        "--set",
+        "beta2=0.99",
+        "--set",
+        "model.rope_theta=500",
+    ]
     assert main(["--config", str(cfg), *changed]) == 2
     err = capsys.readouterr().err
     assert "refusing to resume" in err and "--allow-changed" in err
-    for line in ("weight_decay: 0.1 in the checkpoint, 0.0 now", "beta2: 0.95 in the checkpoint, 0.99 now",
-                 "model.rope_theta: 10000.0 in the checkpoint, 500.0 now"):
+    for line in (
+        "weight_decay: 0.1 in the checkpoint, 0.0 now",
+        "beta2: 0.95 in the checkpoint, 0.99 now",
+        "model.rope_theta: 10000.0 in the checkpoint, 500.0 now",
+    ):
         assert line in err
     assert "max_steps" not in err  # how long to train may change
     assert [p.name for p in list_checkpoints(tmp_path / "run")][-1] == "step-0000004"  # nothing trained
     assert main(["--config", str(cfg), *changed, "--allow-changed"]) == 0
     meta = json.loads((tmp_path / "run/checkpoints/step-0000006/meta.json").read_text())
-    assert meta["extra"]["changed_on_resume"] == [{"step": 4, "changed": {
-        "beta2": [0.95, 0.99], "model.rope_theta": [10000.0, 500.0], "weight_decay": [0.1, 0.0]}}]
+    assert meta["extra"]["changed_on_resume"] == [
+        {
+            "step": 4,
+            "changed": {"beta2": [0.95, 0.99], "model.rope_theta": [10000.0, 500.0], "weight_decay": [0.1, 0.0]},
+        }
+    ]
     assert meta["optimizer"]["param_groups"][0]["weight_decay"] == 0.0  # the new value applied, not the checkpoint's
     assert meta["train_config"]["model"]["rope_theta"] == 500.0
 

@@ -19,8 +19,21 @@ MODEL = dict(vocab_size=257, context_length=32, d_model=32, num_layers=2, num_he
 
 def _cfg(data, out, **kw):
     # cosine_steps fixed so a run cut at step 3 follows the same schedule as one that goes to 6
-    base = dict(model=MODEL, data=str(data), out_dir=str(out), batch_size=8, max_steps=6, cosine_steps=6, lr=3e-3,
-                warmup_steps=2, eval_interval=3, eval_batches=2, checkpoint_interval=3, log_interval=1, device="cpu")
+    base = dict(
+        model=MODEL,
+        data=str(data),
+        out_dir=str(out),
+        batch_size=8,
+        max_steps=6,
+        cosine_steps=6,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_interval=3,
+        eval_batches=2,
+        checkpoint_interval=3,
+        log_interval=1,
+        device="cpu",
+    )
     return TrainConfig.model_validate({**base, **kw})
 
 
@@ -29,8 +42,17 @@ def _torchrun(cfg: TrainConfig, nproc: int = 2) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg.model_dump()))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "lm.train", "--config", str(path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "lm.train",
+        "--config",
+        str(path),
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
@@ -71,4 +93,3 @@ def test_checkpoint_moves_from_two_ranks_to_one_and_back(byte_shards, tmp_path, 
     stdout = _torchrun(_cfg(byte_shards, out, strategy="fsdp"))
     assert "resumed from" in stdout
     _assert_close(_losses(out), reference_run, "none ×1 → fsdp ×2")
-

@@ -15,18 +15,23 @@ from lm.data.shards import accounted, iter_rows, manifest_dir, read_manifest
 
 REPO = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(REPO / "tests" / "flows"))
-from funnel_inputs import make_extract  # noqa: E402
+from funnel_inputs import make_extract
 
 MH = dict(num_hashes=100, num_bands=20, threshold=0.8, num_bucket_tasks=2)
 AUTO_TASKS = {k: v for k, v in MH.items() if k != "num_bucket_tasks"}
 # What the v1 stages (datasketch signatures, in-memory reductions) decided on this input.
-EXACT_REJECTS = {"wiki://1": "empty_after_line_dedup", "wiki://1-copy": "empty_after_line_dedup",
-                 "bad://empty": "empty_after_line_dedup"}
+EXACT_REJECTS = {
+    "wiki://1": "empty_after_line_dedup",
+    "wiki://1-copy": "empty_after_line_dedup",
+    "bad://empty": "empty_after_line_dedup",
+}
 NEAR_DUPLICATES = {"wiki://0-edited", "bad://huge-line", "fixture://rails_mit_license.txt"}
 
 
 def run_both(root: Path, extract: str, memory_mb: float = 512, **kw) -> tuple[str, str]:
-    exact = run_exact_dedup(str(root), ExactDedupConfig(memory_mb=memory_mb, num_partitions=kw.pop("num_partitions", None)), extract)
+    exact = run_exact_dedup(
+        str(root), ExactDedupConfig(memory_mb=memory_mb, num_partitions=kw.pop("num_partitions", None)), extract
+    )
     return exact, run_minhash(str(root), MinHashConfig(memory_mb=memory_mb, **MH, **kw), exact)
 
 
@@ -60,7 +65,9 @@ def test_runs_without_prefect_and_keeps_the_v1_decisions(reference, tmp_path):
         assert "prefect" not in sys.modules, "the dedup stages imported prefect"
         print(exact); print(final)
     """)
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(reference)], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), str(reference)], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     exact, final = proc.stdout.split()
     assert {r["url"]: r["reason"] for r in iter_rows(exact, kind="rejects")} == EXACT_REJECTS
@@ -121,7 +128,9 @@ def test_a_range_read_refuses_a_changed_file(reference, tmp_path):
     from lm.data.dedup.stages import line_duplicates_partition
     from lm.data.shards import ShardCorruptError
 
-    counts = run_exact_dedup(str(tmp_path), ExactDedupConfig(), make_extract(tmp_path, reference), stop_after="line_counts")
+    counts = run_exact_dedup(
+        str(tmp_path), ExactDedupConfig(), make_extract(tmp_path, reference), stop_after="line_counts"
+    )
     with open(Path(counts).parent / "part-00001.parquet", "ab") as f:
         f.write(b"junk")
     with pytest.raises(ShardCorruptError, match="part-00001.parquet"):

@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 
 from lm.data import minhash_dedup
-from lm.data.dedup.minhash import (Features, clusters, jaccard, normalize, shingle_hashes, shingle_sets, shingles,
-                                   signatures, similarity)
+from lm.data.dedup.minhash import (
+    Features,
+    clusters,
+    jaccard,
+    normalize,
+    shingle_hashes,
+    shingle_sets,
+    shingles,
+    signatures,
+    similarity,
+)
 
 
 def test_exact_duplicates(reference, tmp_path):
@@ -53,8 +62,27 @@ def _reference_normalize(text: str) -> str:
 
 def test_normalize_matches_its_definition_on_random_unicode():
     rng = random.Random(0)
-    alphabet = [chr(c) for c in [*range(0x250), *range(0x300, 0x370), *range(0x1C, 0x20), 0x85, 0xA0, 0x2028, 0x3000,
-                                 0x200B, 0xFEFF, 0x1E9E, 0x130, 0x4E00, 0x627, 0x664, 0x1F600, 0xFB01]]
+    alphabet = [
+        chr(c)
+        for c in [
+            *range(0x250),
+            *range(0x300, 0x370),
+            *range(0x1C, 0x20),
+            0x85,
+            0xA0,
+            0x2028,
+            0x3000,
+            0x200B,
+            0xFEFF,
+            0x1E9E,
+            0x130,
+            0x4E00,
+            0x627,
+            0x664,
+            0x1F600,
+            0xFB01,
+        ]
+    ]
     for _ in range(3000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         assert normalize(text) == _reference_normalize(text), repr(text)
@@ -62,15 +90,23 @@ def test_normalize_matches_its_definition_on_random_unicode():
 
 def test_shingle_hashes_are_the_shingles(reference):
     """Equal shingles hash equal, different shingles differ, one hash per window, across texts."""
-    texts = [(reference / "assignment4-data/fixtures/moby_extracted.txt").read_text()[:20000], "a b", "", None,
-             "Café, RÉSUMÉ naïve déjà vu x", "the same five word window " * 3]
+    texts = [
+        (reference / "assignment4-data/fixtures/moby_extracted.txt").read_text()[:20000],
+        "a b",
+        "",
+        None,
+        "Café, RÉSUMÉ naïve déjà vu x",
+        "the same five word window " * 3,
+    ]
     for n in (1, 3, 5):
         h, owner = shingle_hashes(texts, n)
         assert (np.diff(owner) >= 0).all()
         by_shingle: dict[str, int] = {}
         for i, text in enumerate(texts):
             words = normalize(text or "").split()
-            windows = [" ".join(words[k: k + n]) for k in range(len(words) - n + 1)] or ([" ".join(words)] if words else [])
+            windows = [" ".join(words[k : k + n]) for k in range(len(words) - n + 1)] or (
+                [" ".join(words)] if words else []
+            )
             mine = h[owner == i].tolist()
             assert len(mine) == len(windows)
             for w, x in zip(windows, mine):
@@ -81,13 +117,18 @@ def test_shingle_hashes_are_the_shingles(reference):
 def test_similarity_exact_and_estimated(reference):
     words = (reference / "assignment4-data/fixtures/high_quality_wiki_reference.txt").read_text().split()
     rng = random.Random(1)
-    docs = [" ".join(words[i: i + 200]) for i in range(0, 8000, 200)]
+    docs = [" ".join(words[i : i + 200]) for i in range(0, 8000, 200)]
     edited = [" ".join(w if rng.random() > 0.04 else "zzz" for w in d.split()) for d in docs]
     texts = docs + edited
     a, b = np.arange(len(docs)), np.arange(len(docs)) + len(docs)
     values, offsets = shingle_sets(texts, 5)
-    exact = similarity(Features(np.arange(len(texts)), values, offsets), a, Features(np.arange(len(texts)), values, offsets), b,
-                       max_elements=700)  # several chunks
+    exact = similarity(
+        Features(np.arange(len(texts)), values, offsets),
+        a,
+        Features(np.arange(len(texts)), values, offsets),
+        b,
+        max_elements=700,
+    )  # several chunks
     truth = [jaccard(shingles(x, 5), shingles(y, 5)) for x, y in zip(docs, edited)]
     assert exact.tolist() == truth
     sig, count = signatures(texts, 256, 5)
@@ -109,8 +150,12 @@ def test_bounded_memory_path_spills_and_decides_the_same(reference, tmp_path, ca
 
 def test_verify_by_signature(reference, tmp_path):
     inputs = sorted((reference / "assignment4-data/fixtures/documents_with_fuzzy_duplicates").iterdir())
-    kept = {p.name for p in minhash_dedup(inputs, tmp_path, num_hashes=500, num_bands=50, ngrams=5, threshold=0.8,
-                                          verify="signature")}
+    kept = {
+        p.name
+        for p in minhash_dedup(
+            inputs, tmp_path, num_hashes=500, num_bands=50, ngrams=5, threshold=0.8, verify="signature"
+        )
+    }
     assert "pytorch_license.txt" in kept and len(kept & {"rails_mit_license.txt", "react_mit_license.txt"}) == 1
     with pytest.raises(ValueError, match="verify"):
         minhash_dedup(inputs, tmp_path, num_hashes=500, num_bands=50, ngrams=5, threshold=0.8, verify="guess")
@@ -132,5 +177,7 @@ def test_bad_parameters(tmp_path, kw, field):
 def test_empty_documents_are_not_duplicates_of_each_other(tmp_path):
     for name in ("a.txt", "b.txt"):
         (tmp_path / name).write_text("")
-    kept = minhash_dedup([tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "out", num_hashes=20, num_bands=5, ngrams=2, threshold=0.8)
+    kept = minhash_dedup(
+        [tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "out", num_hashes=20, num_bands=5, ngrams=2, threshold=0.8
+    )
     assert len(kept) == 2

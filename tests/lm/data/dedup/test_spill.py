@@ -46,7 +46,10 @@ def test_narrow_key_ranges_split_again(tmp_path):
 
 
 def test_keys_outside_the_range_are_refused(tmp_path):
-    with KeySpill(tmp_path / "s", {"key": np.uint64}, 1024, lo=10, hi=20) as spill, pytest.raises(ValueError, match=r"\[10, 20\)"):
+    with (
+        KeySpill(tmp_path / "s", {"key": np.uint64}, 1024, lo=10, hi=20) as spill,
+        pytest.raises(ValueError, match=r"\[10, 20\)"),
+    ):
         spill.add(key=np.array([5], dtype=np.uint64))
 
 

@@ -15,7 +15,7 @@ from lm.model.transformer import scaled_dot_product_attention
 
 def _inputs(B=1, H=2, Tq=40, Tk=40, d=16, device="cpu", dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    make = lambda T: torch.randn(B, H, T, d, generator=g).to(device=device, dtype=dtype).requires_grad_()  # noqa: E731
+    make = lambda T: torch.randn(B, H, T, d, generator=g).to(device=device, dtype=dtype).requires_grad_()
     return make(Tq), make(Tk), make(Tk)
 
 
@@ -81,7 +81,18 @@ def test_flash_triton_on_gpu_bf16(causal):
         pytest.skip("needs a CUDA GPU")
     from lm.model.kernels.flash_triton import flash_attention_triton, flash_forward_triton
 
-    _check(flash_attention_triton, flash_forward_triton, causal, B=2, H=4, Tq=1000, Tk=1000, d=64, device="cuda", dtype=torch.bfloat16)
+    _check(
+        flash_attention_triton,
+        flash_forward_triton,
+        causal,
+        B=2,
+        H=4,
+        Tq=1000,
+        Tk=1000,
+        d=64,
+        device="cuda",
+        dtype=torch.bfloat16,
+    )
 
 
 @pytest.mark.parametrize("tiles, d, causal", [((128, 64, 64, 64), 64, True), ((128, 32, 64, 32), 128, False)])
