@@ -51,7 +51,7 @@ class TemporaryServer:
     def start(self, timeout: float) -> None:
         import prefect
 
-        from flows.server import die_with_parent, child_env, wait_healthy
+        from flows.server import child_env, die_with_parent, wait_healthy
 
         env = child_env(
             None,
@@ -64,9 +64,23 @@ class TemporaryServer:
         )
         env.pop("PREFECT_API_URL", None)
         env.pop("PREFECT_API_AUTH_STRING", None)
-        cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
-               "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-               "--log-level", "error", "--lifespan", "on"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(prefect.__module_path__.parent),
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
         self.proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
         wait_healthy(self.api, self.proc, timeout)
 

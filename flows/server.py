@@ -215,8 +215,15 @@ class LocalPrefect:
         # A new session = a new process group: killpg reaches the child's own children
         # (the worker's flow-run processes, the server's services), and the terminal's
         # Ctrl-C reaches only us, so we decide the order things stop in.
-        proc = subprocess.Popen(cmd, env=dict(env), cwd=REPO, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                start_new_session=True, preexec_fn=die_with_parent)
+        proc = subprocess.Popen(
+            cmd,
+            env=dict(env),
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
         self.procs[name] = proc
         return proc
 

@@ -83,7 +83,14 @@ def evaluate_rewards(
     """Decode each problem once (greedy by default) and score it: mean reward, format rate, samples."""
     prompts = [tokenizer.encode(p) for p, _ in problems]
     g = torch.Generator().manual_seed(seed)
-    ro = generate_rollouts(policy, prompts, max_new_tokens=max_new_tokens, stop_ids=[tokenizer.eot_id], temperature=temperature, generator=g)
+    ro = generate_rollouts(
+        policy,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        stop_ids=[tokenizer.eot_id],
+        temperature=temperature,
+        generator=g,
+    )
     texts = [tokenizer.decode(c) for c in ro.completions]
     scores, errors = score_responses(reward_fn, texts, [a for _, a in problems])
     n = max(len(scores), 1)
@@ -163,7 +170,14 @@ def rollout(
         loop.counts["truncated_prompts"] += sum(len(p) >= loop.ctx for p in prompt_ids)
         prompt_ids = [p[len(p) - (loop.ctx - 1) :] if len(p) >= loop.ctx else p for p in prompt_ids]
     truths = [a for _, a in picks for _ in range(cfg.group_size)]
-    ro = generate_rollouts(policy, prompt_ids, max_new_tokens=cfg.max_new_tokens, stop_ids=[eot], temperature=cfg.temperature, generator=loop.gen)
+    ro = generate_rollouts(
+        policy,
+        prompt_ids,
+        max_new_tokens=cfg.max_new_tokens,
+        stop_ids=[eot],
+        temperature=cfg.temperature,
+        generator=loop.gen,
+    )
     loop.counts.update(ro.counts)
     loop.counts["unfinished_responses"] += sum(not f for f in ro.finished)
     texts = [tokenizer.decode(c) for c in ro.completions]

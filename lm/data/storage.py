@@ -418,8 +418,10 @@ def local_copy(path: Path | RemotePath | str, sha256: str | None = None) -> Path
                 dst.write(block)
         digest = h.hexdigest()
         if sha256 is not None and digest != sha256:
-            raise ShardCorruptError(f"{p} does not match the checksum in its manifest (corrupted or changed "
-                                    "after the stage finished); delete the stage directory and rerun the stage")
+            raise ShardCorruptError(
+                f"{p} does not match the checksum in its manifest (corrupted or changed "
+                "after the stage finished); delete the stage directory and rerun the stage"
+            )
         cached = artifact_cache_dir() / digest[:2] / f"{digest}{p.suffix}"
         cached.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, cached)  # same content under the same name: a concurrent fetch is harmless

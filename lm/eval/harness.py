@@ -106,8 +106,15 @@ def evaluate_generation(
         if on_batch is not None:
             on_batch(graded, correct)
 
-    ro = generate_rollouts(model, [tokenizer.encode(p) for p in prompts], max_new_tokens=max_new_tokens, stop_ids=[tokenizer.eot_id],
-                  temperature=0.0, batch_size=batch_size, on_batch=grade)
+    ro = generate_rollouts(
+        model,
+        [tokenizer.encode(p) for p in prompts],
+        max_new_tokens=max_new_tokens,
+        stop_ids=[tokenizer.eot_id],
+        temperature=0.0,
+        batch_size=batch_size,
+        on_batch=grade,
+    )
     counts: Counter = Counter(ro.counts)
     for o, err in zip(out, errors):  # in row order: the counts read the same whatever order batches finish in
         if err:

@@ -253,7 +253,11 @@ class Tokenizer:
         """Encode treating special-token text as ordinary text (what the tokenize stage does)."""
         text = sanitize(text)
         fast = self.fast_path
-        return fast.encode_ordinary(text) if fast is not None and fast_path_ok(text) else self._encode_ordinary_python(text)
+        return (
+            fast.encode_ordinary(text)
+            if fast is not None and fast_path_ok(text)
+            else self._encode_ordinary_python(text)
+        )
 
     def encode(self, text: str) -> list[int]:
         """Encode ``text``; special tokens in it become their ids (longest match first)."""

@@ -8,12 +8,12 @@ Marked ``hf``: `make test` deselects it (transformers is not in the lock). Run i
 import pytest
 import torch
 
-pytestmark = pytest.mark.hf
-
 from lm.align.grpo import GRPOConfig
 from lm.align.sft import SFTConfig
 from lm.align.stages import AlignDataConfig, StageOptions, build_align_data, load_policy, run_grpo, run_sft
 from lm.data.shards import Stage, read_manifest
+
+pytestmark = pytest.mark.hf
 
 
 def test_hf_model_sft_then_grpo(tmp_path):

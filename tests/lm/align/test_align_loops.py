@@ -84,7 +84,13 @@ def test_generate_stops_at_stop_token():
             logits[:, 5:, tok.eot_id] = 1e4
             return logits
 
-    r = generate_rollouts(EotAfterTwo(model), [tok.encode("1+1="), tok.encode("12+1=")], max_new_tokens=5, stop_ids=[tok.eot_id], temperature=0)
+    r = generate_rollouts(
+        EotAfterTwo(model),
+        [tok.encode("1+1="), tok.encode("12+1=")],
+        max_new_tokens=5,
+        stop_ids=[tok.eot_id],
+        temperature=0,
+    )
     assert r.finished == [True, True]
     assert [len(c) for c in r.completions] == [2, 1]  # prompt 4 + 2 new = 6 tokens; prompt 5 + 1
 
