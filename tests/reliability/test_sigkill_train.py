@@ -89,6 +89,9 @@ def _configs(reference: Path, root: Path, clean: dict[str, str]) -> dict[str, di
             "root": r,
             "val_fraction": 0.1,
             "num_threads": 1,
+            # One shard at a time: "killed after k shards" then lands inside shard k+1 (each
+            # pauses SHARD_DELAY_S), not after the last of several shards finishing together.
+            "max_workers": 1,
         },
         "scaling": {
             "text": str(reference / "assignment1-basics/fixtures/corpus.en"),
