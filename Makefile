@@ -50,7 +50,7 @@ test: $(STAMP)
 	# Headless Chromium + ChromeDriver (Debian packages) for the real-browser UI test.
 	bash tests/e2e/install_browser.sh
 	home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
-	$(TEST_ENV) PREFECT_HOME=$$home $(PY) -m pytest -q -m "not gpu and not soak" tests
+	$(TEST_ENV) PREFECT_HOME=$$home $(PY) -m pytest -q -m "not gpu and not soak and not hf" tests
 
 # The fault-injection soak: more trials per fault, the `soak`-marked runs and long fuzzing
 # (hypothesis at 20x the examples, atheris 120 s per target); prints the

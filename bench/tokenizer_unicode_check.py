@@ -1,4 +1,4 @@
-"""Benchmark: the cost of the fast path's Unicode check (``_fast_ok``) next to tiktoken itself.
+"""Benchmark: the cost of the fast path's Unicode check (``fast_path_ok``) next to tiktoken itself.
 
     nice -n 10 python bench/tokenizer_unicode_check.py      # a few seconds
 
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from lm.tokenizer import Tokenizer
-from lm.tokenizer.tokenizer import _fast_ok, newer_unicode
+from lm.tokenizer.tokenizer import fast_path_ok, newer_unicode
 
 REFERENCE = Path(os.environ.get("LMPIPE_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
 
@@ -44,7 +44,7 @@ def main() -> None:
         chars = sum(map(len, docs)) / 1e6
         raw = best(lambda: fast.encode_ordinary_batch(docs, num_threads=1))
         ours = best(lambda: tok.encode_batch(docs, num_threads=1))
-        check = best(lambda: [_fast_ok(d) for d in docs])
+        check = best(lambda: [fast_path_ok(d) for d in docs])
         print(f"{name}: {chars:.2f} M chars | tiktoken {raw * 1e3:.1f} ms | Tokenizer.encode_batch {ours * 1e3:.1f} ms "
               f"| check alone {check * 1e3:.1f} ms ({check / raw:.1%} of tiktoken)")
 

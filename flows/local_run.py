@@ -51,7 +51,7 @@ class TemporaryServer:
     def start(self, timeout: float) -> None:
         import prefect
 
-        from flows.server import _die_with_parent, child_env, wait_healthy
+        from flows.server import die_with_parent, child_env, wait_healthy
 
         env = child_env(None, {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
                                "PREFECT_SERVER_API_AUTH_STRING": self.auth})
@@ -60,7 +60,7 @@ class TemporaryServer:
         cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
                "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
                "--log-level", "error", "--lifespan", "on"]
-        self.proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
         wait_healthy(self.api, self.proc, timeout)
 
     def stop(self) -> None:

@@ -101,7 +101,7 @@ def wait_healthy(api: str, proc: subprocess.Popen | None = None, timeout: float 
     raise TimeoutError(f"Prefect API at {api} not healthy after {timeout:.0f} s")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: get SIGTERM if lmpipe dies (even by SIGKILL), so a killed
     ``lmpipe server`` leaves no orphaned server or workers (Linux only; elsewhere a no-op)."""
     if sys.platform.startswith("linux"):
@@ -207,7 +207,7 @@ class LocalPrefect:
         # (the worker's flow-run processes, the server's services), and the terminal's
         # Ctrl-C reaches only us, so we decide the order things stop in.
         proc = subprocess.Popen(cmd, env=dict(env), cwd=REPO, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                start_new_session=True, preexec_fn=die_with_parent)
         self.procs[name] = proc
         return proc
 

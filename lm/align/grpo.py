@@ -32,7 +32,7 @@ from lm.align.guard import check_loss, check_weights
 from lm.align.losses import LossType, compute_group_normalized_rewards, grpo_microbatch_train_step
 from lm.align.ops import get_response_log_probs, masked_mean
 from lm.align.rewards import RewardFn, score_responses
-from lm.align.rollout import context_length, generate
+from lm.align.rollout import context_length, generate_rollouts
 from lm.config import Config
 
 Problem = tuple[str, str]  # (prompt, ground-truth answer)
@@ -64,7 +64,7 @@ def evaluate_rewards(policy, tokenizer, problems: Sequence[Problem], reward_fn: 
     """Decode each problem once (greedy by default) and score it: mean reward, format rate, samples."""
     prompts = [tokenizer.encode(p) for p, _ in problems]
     g = torch.Generator().manual_seed(seed)
-    ro = generate(policy, prompts, max_new_tokens=max_new_tokens, stop_ids=[tokenizer.eot_id], temperature=temperature, generator=g)
+    ro = generate_rollouts(policy, prompts, max_new_tokens=max_new_tokens, stop_ids=[tokenizer.eot_id], temperature=temperature, generator=g)
     texts = [tokenizer.decode(c) for c in ro.completions]
     scores, errors = score_responses(reward_fn, texts, [a for _, a in problems])
     n = max(len(scores), 1)
@@ -133,7 +133,7 @@ def rollout(policy, tokenizer, picks: Sequence[Problem], reward_fn: RewardFn, cf
         loop.counts["truncated_prompts"] += sum(len(p) >= loop.ctx for p in prompt_ids)
         prompt_ids = [p[len(p) - (loop.ctx - 1):] if len(p) >= loop.ctx else p for p in prompt_ids]
     truths = [a for _, a in picks for _ in range(cfg.group_size)]
-    ro = generate(policy, prompt_ids, max_new_tokens=cfg.max_new_tokens, stop_ids=[eot], temperature=cfg.temperature, generator=loop.gen)
+    ro = generate_rollouts(policy, prompt_ids, max_new_tokens=cfg.max_new_tokens, stop_ids=[eot], temperature=cfg.temperature, generator=loop.gen)
     loop.counts.update(ro.counts)
     loop.counts["unfinished_responses"] += sum(not f for f in ro.finished)
     texts = [tokenizer.decode(c) for c in ro.completions]

@@ -1,6 +1,6 @@
 """Sampling responses from a policy: batched, with a KV cache when the model has one.
 
-``generate`` takes token-id prompts and returns the sampled continuation of each (without
+``generate_rollouts`` takes token-id prompts and returns the sampled continuation of each (without
 the stop token). Prompts of equal length are decoded together in one batch (bucketing by
 length keeps RoPE positions exact without an attention mask); a model with ``new_cache``
 (our ``TransformerLM``) reuses keys/values, any other ``(B, T) -> logits`` module (a Hugging
@@ -38,7 +38,7 @@ def context_length(model) -> int | None:
 
 
 @torch.no_grad()
-def generate(
+def generate_rollouts(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
     *,

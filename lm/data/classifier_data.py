@@ -227,7 +227,7 @@ def docstring_texts(packages: Sequence[str] = DOCSTRING_PACKAGES, min_words: int
 _ESCAPE = re.compile(r"\\(?:x[0-9a-fA-F]{2}|n|u[0-9a-fA-F]{4})")
 
 
-def _unescape_comment(raw: str) -> str:
+def unescape_comment(raw: str) -> str:
     """A comment as the Kaggle files store it (quoted, ``\\n``/``\\xNN`` escapes of UTF-8 bytes) as text."""
     s = raw.strip()
     if len(s) >= 2 and s[0] == s[-1] == '"':
@@ -254,7 +254,7 @@ def insult_comments(split: str) -> list[tuple[str, bool]]:
     out = []
     with open(folder / INSULT_SPLITS[split], newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            text = _unescape_comment(row["Comment"])
+            text = unescape_comment(row["Comment"])
             if text and row["Insult"] in ("0", "1"):
                 out.append((text, row["Insult"] == "1"))
     return out

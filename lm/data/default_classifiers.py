@@ -190,7 +190,7 @@ def _heldout_crawl_paths() -> list[str]:
     return pywb_crawl_paths() if shared_crawl_paths() else []
 
 
-def _augment(examples: list[tuple[str, str]], seed: int) -> list[tuple[str, str]]:
+def augment(examples: list[tuple[str, str]], seed: int) -> list[tuple[str, str]]:
     """The examples plus one obfuscated copy of each (a different text only), all as the
     harmful classifiers read them (``deobfuscate``d: what is left of a disguise is masking)."""
     rng = random.Random(seed)
@@ -343,7 +343,7 @@ def _labels(kind: str) -> tuple[str, str]:
 def default_examples(kind: str, crawl_paths: Sequence[str] | None = None) -> list[tuple[str, str]]:
     """Training examples of the default ``kind`` model, obfuscated copies included for nsfw/toxic."""
     examples = training_set(kind, crawl_paths)
-    return examples if kind == "quality" else _augment(examples, seed=0)
+    return examples if kind == "quality" else augment(examples, seed=0)
 
 
 def train_default_model(kind: str, model_path: str | os.PathLike, crawl_paths: Sequence[str] | None = None,
@@ -352,7 +352,7 @@ def train_default_model(kind: str, model_path: str | os.PathLike, crawl_paths: S
 
     ``options`` override ``OPTIONS[kind]`` (``epoch``, ``lr``, ``word_ngrams``, ...)."""
     train = training_set(kind, crawl_paths)
-    examples = train if kind == "quality" else _augment(train, seed=0)
+    examples = train if kind == "quality" else augment(train, seed=0)
     result = train_classifier(examples, model_path, holdout=0.0, seed=seed, **{**OPTIONS[kind], **options})
     heldout = heldout_set(kind, crawl_paths)
     if heldout:

@@ -34,6 +34,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from lm.cache import cache_dir
+
 # Writable fsspec filesystems a root may name. Tested here: local paths, file://, memory://, s3://.
 SUPPORTED_SCHEMES = ("file", "memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "hdfs", "webhdfs", "sftp", "smb", "oss")
 _LOCAL_SCHEMES = ("", "file")
@@ -372,26 +374,26 @@ def local_scratch(prefix: str = "lmpipe-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
-def cache_dir() -> Path:
+def artifact_cache_dir() -> Path:
     """``$LMPIPE_CACHE/artifacts`` (default ``~/.cache/lmpipe/artifacts``): remote shards fetched
     for memory-mapping or streaming, one file per sha256."""
-    d = Path(os.environ.get("LMPIPE_CACHE", Path.home() / ".cache" / "lmpipe")) / "artifacts"
+    d = cache_dir() / "artifacts"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
 def local_copy(path: Path | RemotePath | str, sha256: str | None = None) -> Path:
     """A local file with ``path``'s content: ``path`` itself when local; for a remote file a
-    copy in :func:`cache_dir` named by its sha256 (verified after download; a cached copy whose
+    copy in :func:`artifact_cache_dir` named by its sha256 (verified after download; a cached copy whose
     name is the expected digest is reused). Raises ``ShardCorruptError`` on a mismatch."""
     p = as_path(path)
     if isinstance(p, Path):
         return p
     if sha256 is not None:
-        cached = cache_dir() / sha256[:2] / f"{sha256}{p.suffix}"
+        cached = artifact_cache_dir() / sha256[:2] / f"{sha256}{p.suffix}"
         if cached.exists():
             return cached
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache_dir()))  # same filesystem: os.replace works
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".fetch-", dir=artifact_cache_dir()))  # same filesystem: os.replace works
     try:
         tmp = tmp_dir / "data"
         h = hashlib.sha256()
@@ -403,7 +405,7 @@ def local_copy(path: Path | RemotePath | str, sha256: str | None = None) -> Path
         if sha256 is not None and digest != sha256:
             raise ShardCorruptError(f"{p} does not match the checksum in its manifest (corrupted or changed "
                                     "after the stage finished); delete the stage directory and rerun the stage")
-        cached = cache_dir() / digest[:2] / f"{digest}{p.suffix}"
+        cached = artifact_cache_dir() / digest[:2] / f"{digest}{p.suffix}"
         cached.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, cached)  # same content under the same name: a concurrent fetch is harmless
         return cached

@@ -22,7 +22,7 @@ import torch
 from lm.align.data import render
 from lm.align.ops import get_response_log_probs
 from lm.align.rewards import arithmetic_reward, gsm8k_reward
-from lm.align.rollout import generate
+from lm.align.rollout import generate_rollouts
 from lm.eval.parse import parse_gsm8k_response, parse_mmlu_response
 
 EVAL_SCHEMA = pa.schema(
@@ -95,7 +95,7 @@ def evaluate_generation(
         if on_batch is not None:
             on_batch(graded, correct)
 
-    ro = generate(model, [tokenizer.encode(p) for p in prompts], max_new_tokens=max_new_tokens, stop_ids=[tokenizer.eot_id],
+    ro = generate_rollouts(model, [tokenizer.encode(p) for p in prompts], max_new_tokens=max_new_tokens, stop_ids=[tokenizer.eot_id],
                   temperature=0.0, batch_size=batch_size, on_batch=grade)
     counts: Counter = Counter(ro.counts)
     for o, err in zip(out, errors):  # in row order: the counts read the same whatever order batches finish in

@@ -37,7 +37,8 @@ from lm.data.nospace import reraise_disk_full
 from lm.data.shards import Stage
 from lm.data.sinks import token_dtype, token_layout
 from lm.data.stage_io import MANIFEST_NAME
-from lm.data.storage import as_path, cache_dir, commit_file, file_sha256, local_scratch
+from lm.cache import cache_dir
+from lm.data.storage import as_path, commit_file, file_sha256, local_scratch
 from lm.tokenizer.export import export_hf_tokenizer_json, export_tiktoken_ranks
 from lm.tokenizer.gpt2 import EOT
 from lm.tokenizer.tokenizer import Tokenizer

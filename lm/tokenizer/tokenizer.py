@@ -59,7 +59,7 @@ def newer_unicode():
     return _newer_unicode
 
 
-def _fast_ok(text: str) -> bool:
+def fast_path_ok(text: str) -> bool:
     """True when tiktoken pre-tokenizes ``text`` exactly as ``_PRETOKEN_RE`` does."""
     if text.isascii():
         return True
@@ -231,7 +231,7 @@ class Tokenizer:
         """Encode treating special-token text as ordinary text (what the tokenize stage does)."""
         text = sanitize(text)
         fast = self.fast_path
-        return fast.encode_ordinary(text) if fast is not None and _fast_ok(text) else self._encode_ordinary_python(text)
+        return fast.encode_ordinary(text) if fast is not None and fast_path_ok(text) else self._encode_ordinary_python(text)
 
     def encode(self, text: str) -> list[int]:
         """Encode ``text``; special tokens in it become their ids (longest match first)."""
@@ -245,7 +245,7 @@ class Tokenizer:
             if special:
                 out.append(self.special_ids[seg])
             else:
-                out.extend(fast.encode_ordinary(seg) if _fast_ok(seg) else self._encode_ordinary_python(seg))
+                out.extend(fast.encode_ordinary(seg) if fast_path_ok(seg) else self._encode_ordinary_python(seg))
         return out
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 4) -> list[list[int]]:
@@ -254,7 +254,7 @@ class Tokenizer:
         if fast is None:
             return [self.encode_ordinary(t) for t in texts]
         texts = [sanitize(t) for t in texts]
-        ok = [_fast_ok(t) for t in texts]
+        ok = [fast_path_ok(t) for t in texts]
         out = fast.encode_ordinary_batch([t if k else "" for t, k in zip(texts, ok)], num_threads=num_threads)
         return [ids if k else self._encode_ordinary_python(t) for ids, t, k in zip(out, texts, ok)]
 

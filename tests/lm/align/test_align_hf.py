@@ -1,22 +1,23 @@
 """A local Hugging Face causal LM through the same stages (optional ``hf`` extra).
 
-Skipped when transformers is not installed. Run it with, e.g.:
+Marked ``hf``: `make test` deselects it (transformers is not in the lock). Run it with, e.g.:
     pip install --no-deps --target /tmp/hf transformers==5.23.0
-    PYTHONPATH=.:/tmp/hf python -m pytest tests/lm/align/test_align_hf.py
+    PYTHONPATH=.:/tmp/hf python -m pytest -m hf tests/lm/align/test_align_hf.py
 """
 
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.hf
 
-from lm.align.grpo import GRPOConfig  # noqa: E402
-from lm.align.sft import SFTConfig  # noqa: E402
-from lm.align.stages import AlignDataConfig, StageOptions, build_align_data, load_policy, run_grpo, run_sft  # noqa: E402
-from lm.data.shards import Stage, read_manifest  # noqa: E402
+from lm.align.grpo import GRPOConfig
+from lm.align.sft import SFTConfig
+from lm.align.stages import AlignDataConfig, StageOptions, build_align_data, load_policy, run_grpo, run_sft
+from lm.data.shards import Stage, read_manifest
 
 
 def test_hf_model_sft_then_grpo(tmp_path):
+    transformers = pytest.importorskip("transformers")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=257, n_positions=32, n_embd=32, n_layer=1, n_head=2)

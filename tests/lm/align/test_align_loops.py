@@ -11,7 +11,7 @@ from lm.align.dpo import DPOConfig, per_instance_dpo_loss, train_dpo
 from lm.align.grpo import GRPOConfig, evaluate_rewards, train_grpo
 from lm.align.ops import compute_entropy, get_response_log_probs
 from lm.align.rewards import arithmetic_reward
-from lm.align.rollout import generate
+from lm.align.rollout import generate_rollouts
 from lm.align.sft import SFTConfig, response_nll, train_sft
 from lm.model import ModelConfig, TransformerLM
 
@@ -56,19 +56,19 @@ def test_response_log_probs_match_manual():
 def test_generate_cache_equals_no_cache_and_counts():
     model, tok = tiny_model()
     prompts = [tok.encode("12+34="), tok.encode("5+6="), tok.encode("99+1=")]
-    a = generate(model, prompts, max_new_tokens=6, temperature=0)
-    b = generate(NoCache(model), prompts, max_new_tokens=6, temperature=0)
+    a = generate_rollouts(model, prompts, max_new_tokens=6, temperature=0)
+    b = generate_rollouts(NoCache(model), prompts, max_new_tokens=6, temperature=0)
     assert a.completions == b.completions and all(len(c) == 6 for c in a.completions)
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    s1 = generate(model, prompts, max_new_tokens=6, temperature=1.0, generator=g1)
-    s2 = generate(model, prompts, max_new_tokens=6, temperature=1.0, generator=g2)
+    s1 = generate_rollouts(model, prompts, max_new_tokens=6, temperature=1.0, generator=g1)
+    s2 = generate_rollouts(model, prompts, max_new_tokens=6, temperature=1.0, generator=g2)
     assert s1.completions == s2.completions
     # a prompt as long as the context keeps its tail; generation stops at the context
-    long = generate(model, [tok.encode("1" * 20)], max_new_tokens=5, temperature=0)
+    long = generate_rollouts(model, [tok.encode("1" * 20)], max_new_tokens=5, temperature=0)
     assert long.counts["truncated_prompts"] == 1 and long.counts["hit_context"] == 1
     assert len(long.completions[0]) == 1  # 15 prompt tokens kept + 1 new = context 16
     with pytest.raises(ValueError, match="empty"):
-        generate(model, [[]], max_new_tokens=2)
+        generate_rollouts(model, [[]], max_new_tokens=2)
 
 
 def test_generate_stops_at_stop_token():
@@ -82,7 +82,7 @@ def test_generate_stops_at_stop_token():
             logits[:, 5:, tok.eot_id] = 1e4
             return logits
 
-    r = generate(EotAfterTwo(model), [tok.encode("1+1="), tok.encode("12+1=")], max_new_tokens=5, stop_ids=[tok.eot_id], temperature=0)
+    r = generate_rollouts(EotAfterTwo(model), [tok.encode("1+1="), tok.encode("12+1=")], max_new_tokens=5, stop_ids=[tok.eot_id], temperature=0)
     assert r.finished == [True, True]
     assert [len(c) for c in r.completions] == [2, 1]  # prompt 4 + 2 new = 6 tokens; prompt 5 + 1
 

@@ -2,7 +2,8 @@
 
 import pyarrow as pa
 
-from lm.data.shards import ROW_GROUP_ROWS, Stage, read_manifest
+from lm.data.shards import Stage, read_manifest
+from lm.data.sinks import ROW_GROUP_ROWS
 
 SCHEMA = pa.schema([("id", pa.string()), ("n", pa.int64())])
 
