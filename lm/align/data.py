@@ -32,17 +32,27 @@ BUILTIN_TEMPLATES = {
 }
 
 
+def template_file(name_or_path: str, prompts_dir: str | os.PathLike | None = None) -> Path | None:
+    """The file ``load_template`` reads (None: a builtin, or not found): stages declare it as an input."""
+    if name_or_path in BUILTIN_TEMPLATES:
+        return None
+    p = Path(name_or_path)
+    if p.suffix == ".prompt" and p.exists():
+        return p
+    if prompts_dir is not None:
+        q = Path(prompts_dir) / f"{name_or_path}.prompt"
+        if q.exists():
+            return q
+    return None
+
+
 def load_template(name_or_path: str, prompts_dir: str | os.PathLike | None = None) -> str:
     """A template by builtin name, by file path, or as ``<prompts_dir>/<name>.prompt``."""
     if name_or_path in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[name_or_path]
-    p = Path(name_or_path)
-    if p.suffix == ".prompt" and p.exists():
-        return p.read_text()
-    if prompts_dir is not None:
-        q = Path(prompts_dir) / f"{name_or_path}.prompt"
-        if q.exists():
-            return q.read_text()
+    path = template_file(name_or_path, prompts_dir)
+    if path is not None:
+        return path.read_text()
     raise FileNotFoundError(
         f"template {name_or_path!r} not found: use one of {sorted(BUILTIN_TEMPLATES)}, a .prompt file, "
         f"or a name in prompts_dir ({prompts_dir})"

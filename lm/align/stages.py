@@ -29,7 +29,7 @@ import torch
 from pydantic import Field
 
 from lm.align import demo
-from lm.align.data import INSTRUCTION_SCHEMA, PREFERENCE_SCHEMA, PROBLEM_SCHEMA, load_template, render
+from lm.align.data import INSTRUCTION_SCHEMA, PREFERENCE_SCHEMA, PROBLEM_SCHEMA, load_template, render, template_file
 from lm.align.dpo import DPOConfig, train_dpo
 from lm.align.grpo import GRPOConfig, evaluate_rewards, train_grpo
 from lm.align.plots import plot_curves
@@ -179,9 +179,17 @@ def _rows(cfg: AlignDataConfig, kind: Kind) -> tuple[list[dict], list[dict]]:
     return [convert(r) for r in tr], [convert(r) for r in ev]
 
 
+def _declared(**paths) -> dict:
+    """Input files by role, declared to the Stage: their content enters the fingerprint. None or a
+    missing file is left out (the loader fails on it with its own message, after the argument checks)."""
+    return {role: p for role, p in paths.items() if p is not None and Path(p).is_file()}
+
+
 def build_align_data(root: str | Path, cfg: AlignDataConfig, kind: Kind) -> Path:
     """Write train (shard 0) and held-out (shard 1) rows of ``kind``; bad rows are rejected with a reason."""
-    stage = Stage(root, "align-data", version=VERSION, config={**cfg.model_dump(), "kind": kind})
+    files = _declared(template=template_file(cfg.template, cfg.prompts_dir),
+                      **({"train": cfg.train_path, "eval": cfg.eval_path} if cfg.source != "addition" else {}))
+    stage = Stage(root, "align-data", version=VERSION, config={**cfg.model_dump(), "kind": kind}, files=files)
     if stage.is_complete():
         return stage.manifest_path
     train, evals = _rows(cfg, kind)
@@ -562,6 +570,19 @@ def _eval_rows(cfg: EvalConfig, task: str) -> list[dict]:
     return [{"id": f"eval-{i}", "question": p, "answer": ans} for i, (p, ans) in enumerate(evals[: cfg.limit])]
 
 
+def _eval_files(cfg: EvalConfig) -> dict:
+    """The files the evaluate stage reads (its fingerprint covers their content): task data, template, perplexity text."""
+    files = _declared(perplexity=cfg.perplexity_path)
+    if "gsm8k" in cfg.tasks:
+        files |= _declared(gsm8k=cfg.gsm8k_path)
+    if "mmlu" in cfg.tasks and cfg.mmlu_path:
+        p = Path(cfg.mmlu_path)
+        files |= {f"mmlu/{f.name}": f for f in sorted(p.glob("*.csv"))} if p.is_dir() else {"mmlu": p}
+    if set(cfg.tasks) - {"arithmetic"}:
+        files |= _declared(template=template_file(cfg.template, cfg.prompts_dir))
+    return files
+
+
 def _perplexity_texts(path: str) -> list[str]:
     texts = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
@@ -587,7 +608,7 @@ def run_evaluate(root, model_manifest, cfg: EvalConfig, *, on_progress: OnProgre
 
     ``on_progress`` gets {"step": problems graded so far, "accuracy": of the current task} per generation batch.
     """
-    stage = Stage(root, "evaluate", version=VERSION, config=cfg.model_dump(), inputs=[model_manifest])
+    stage = Stage(root, "evaluate", version=VERSION, config=cfg.model_dump(), inputs=[model_manifest], files=_eval_files(cfg))
     if stage.is_complete():
         return stage.manifest_path
     model, tok, _ = load_policy(model_manifest)
