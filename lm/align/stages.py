@@ -187,8 +187,10 @@ def _declared(**paths) -> dict:
 
 def build_align_data(root: str | Path, cfg: AlignDataConfig, kind: Kind) -> Path:
     """Write train (shard 0) and held-out (shard 1) rows of ``kind``; bad rows are rejected with a reason."""
-    files = _declared(template=template_file(cfg.template, cfg.prompts_dir),
-                      **({"train": cfg.train_path, "eval": cfg.eval_path} if cfg.source != "addition" else {}))
+    files = _declared(
+        template=template_file(cfg.template, cfg.prompts_dir),
+        **({"train": cfg.train_path, "eval": cfg.eval_path} if cfg.source != "addition" else {}),
+    )
     stage = Stage(root, "align-data", version=VERSION, config={**cfg.model_dump(), "kind": kind}, files=files)
     if stage.is_complete():
         return stage.manifest_path
@@ -571,7 +573,8 @@ def _eval_rows(cfg: EvalConfig, task: str) -> list[dict]:
 
 
 def _eval_files(cfg: EvalConfig) -> dict:
-    """The files the evaluate stage reads (its fingerprint covers their content): task data, template, perplexity text."""
+    """The files the evaluate stage reads (its fingerprint covers their content): task data,
+    template, perplexity text."""
     files = _declared(perplexity=cfg.perplexity_path)
     if "gsm8k" in cfg.tasks:
         files |= _declared(gsm8k=cfg.gsm8k_path)
@@ -608,7 +611,9 @@ def run_evaluate(root, model_manifest, cfg: EvalConfig, *, on_progress: OnProgre
 
     ``on_progress`` gets {"step": problems graded so far, "accuracy": of the current task} per generation batch.
     """
-    stage = Stage(root, "evaluate", version=VERSION, config=cfg.model_dump(), inputs=[model_manifest], files=_eval_files(cfg))
+    stage = Stage(
+        root, "evaluate", version=VERSION, config=cfg.model_dump(), inputs=[model_manifest], files=_eval_files(cfg)
+    )
     if stage.is_complete():
         return stage.manifest_path
     model, tok, _ = load_policy(model_manifest)

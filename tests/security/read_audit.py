@@ -32,8 +32,12 @@ _lock = threading.Lock()
 
 # Readers lm/ calls with a path whose open happens below Python: (module, attribute, how to find the path).
 NATIVE_READERS = [
-    ("pyarrow.parquet", "read_table", 0), ("pyarrow.parquet", "read_schema", 0), ("pyarrow.parquet", "ParquetFile", 0),
-    ("fasttext", "load_model", 0), ("safetensors.torch", "load_file", 0), ("lm.train.checkpoint", "load_file", 0),
+    ("pyarrow.parquet", "read_table", 0),
+    ("pyarrow.parquet", "read_schema", 0),
+    ("pyarrow.parquet", "ParquetFile", 0),
+    ("fasttext", "load_model", 0),
+    ("safetensors.torch", "load_file", 0),
+    ("lm.train.checkpoint", "load_file", 0),
 ]
 
 
@@ -55,9 +59,11 @@ class Recorder:
         except (TypeError, ValueError):
             return
         writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-            isinstance(flags, int) and flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR))
+            isinstance(flags, int) and flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        )
         reading = not (isinstance(mode, str) and any(c in mode for c in "wax")) and not (
-            isinstance(flags, int) and flags & os.O_ACCMODE == os.O_WRONLY)
+            isinstance(flags, int) and flags & os.O_ACCMODE == os.O_WRONLY
+        )
         with _lock:
             if writing:
                 self.written.add(p)
@@ -143,12 +149,21 @@ def _wrap_native(module: str, attr: str, index: int) -> None:
             sys.audit("open", os.fspath(src), "r", 0)
 
     if isinstance(orig, type):
-        wrapped = type(orig.__name__, (orig,), {"__init__": lambda self, *a, **k: (note(a, k), orig.__init__(self, *a, **k))[1],
-                                                 "_read_audit": True, "__module__": orig.__module__})
+        wrapped = type(
+            orig.__name__,
+            (orig,),
+            {
+                "__init__": lambda self, *a, **k: (note(a, k), orig.__init__(self, *a, **k))[1],
+                "_read_audit": True,
+                "__module__": orig.__module__,
+            },
+        )
     else:
+
         def wrapped(*a, **k):
             note(a, k)
             return orig(*a, **k)
+
         wrapped._read_audit = True
     setattr(mod, attr, wrapped)
 
@@ -159,7 +174,7 @@ def install() -> None:
     if _hook_installed:
         return
     sys.addaudithook(_audit)  # cannot be removed: it does nothing while no recorder is active
-    os.environ = _RecordingEnviron(os.environ)
+    os.environ = _RecordingEnviron(os.environ)  # noqa: B003 (a recording view of the same environment)
     for module, attr, index in NATIVE_READERS:
         _wrap_native(module, attr, index)
     _hook_installed = True
@@ -182,7 +197,10 @@ class recording:
 
 def subprocess_env(log: str | os.PathLike) -> dict[str, str]:
     """Variables that make a child Python record its reads into ``log`` (``sitecustomize`` here)."""
-    return {LOG_ENV: str(log), "PYTHONPATH": os.pathsep.join([str(_HERE / "sitecustom"), os.environ.get("PYTHONPATH", "")])}
+    return {
+        LOG_ENV: str(log),
+        "PYTHONPATH": os.pathsep.join([str(_HERE / "sitecustom"), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def start_child() -> None:
@@ -198,7 +216,16 @@ def start_child() -> None:
         global _active
         _active = None
         with open(log, "a") as f:
-            f.write(json.dumps({"reads": sorted(rec.reads), "written": sorted(rec.written), "temp_dirs": sorted(rec.temp_dirs),
-                                "env": {k: sorted(v) for k, v in rec.env.items()}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "reads": sorted(rec.reads),
+                        "written": sorted(rec.written),
+                        "temp_dirs": sorted(rec.temp_dirs),
+                        "env": {k: sorted(v) for k, v in rec.env.items()},
+                    }
+                )
+                + "\n"
+            )
 
     atexit.register(dump)

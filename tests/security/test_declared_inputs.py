@@ -30,7 +30,6 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
 from read_audit import LOG_ENV, recording, subprocess_env  # tests/security is on sys.path (pytest rootdir import)
 
 import lm.data.shards as shards
@@ -68,7 +67,9 @@ ROOT_ALLOWED = {
     # lm.data.dedup.stage_files signs the markers of minhash_clusters/<fp>/work/ as if work/
     # were a stage directory, so their key is <root>/minhash_clusters/.lmpipe-key: trust, not content
     "minhash_clusters/.lmpipe-key": "the key of minhash_clusters' work/ markers (see above)",
-    "_cache/scores": "model scores cached per text, model content hash and filter version: outputs are identical without it",
+    "_cache/scores": (
+        "model scores cached per text, model content hash and filter version: outputs are identical without it"
+    ),
 }
 CACHE_ALLOWED = {
     "artifacts": "local copies of remote stage files, keyed and verified by the sha256 their manifest declares",
@@ -82,13 +83,27 @@ def _lm_env_names() -> frozenset[str]:
     names = set()
     for path in LM.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"[A-Z][A-Z0-9_]+", node.value):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and re.fullmatch(r"[A-Z][A-Z0-9_]+", node.value)
+            ):
                 names.add(node.value)
     return frozenset(names)
 
 
 def _system_dirs() -> list[Path]:
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values(), "/proc", "/dev", "/sys", "/etc", "/usr"}
+    dirs = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        *sysconfig.get_paths().values(),
+        "/proc",
+        "/dev",
+        "/sys",
+        "/etc",
+        "/usr",
+    }
     try:
         import matplotlib
 
@@ -117,7 +132,11 @@ def _hashes_in(value, out: set[str]) -> set[str]:
 
 def _lineage(manifest_path: str, seen: set[Path]) -> None:
     m = Manifest.read(manifest_path)
-    d = Path(os.path.realpath(m.path)).parent if Path(m.path).name == "_manifest.json" else Path(os.path.realpath(m.path))
+    d = (
+        Path(os.path.realpath(m.path)).parent
+        if Path(m.path).name == "_manifest.json"
+        else Path(os.path.realpath(m.path))
+    )
     if d in seen:
         return
     seen.add(d)
@@ -180,7 +199,9 @@ def _stage_call_sites() -> set[str]:
                 f = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
                 if isinstance(child, ast.Call):
                     callee = child.func
-                    if (isinstance(callee, ast.Name) and callee.id == "Stage") or (isinstance(callee, ast.Attribute) and callee.attr == "Stage"):
+                    if (isinstance(callee, ast.Name) and callee.id == "Stage") or (
+                        isinstance(callee, ast.Attribute) and callee.attr == "Stage"
+                    ):
                         found.add(f"{module}:{func}")
                 visit(child, f)
 
@@ -191,7 +212,9 @@ def _stage_call_sites() -> set[str]:
 def test_every_stage_definition_is_in_the_index():
     sites = _stage_call_sites()
     assert sites, "no Stage( call found in lm/: the search is broken"
-    assert sites - declaring_functions() == set(), "Stage( calls in functions lm/stages_index.py does not list: add the stage there"
+    assert sites - declaring_functions() == set(), (
+        "Stage( calls in functions lm/stages_index.py does not list: add the stage there"
+    )
     assert declaring_functions() - sites == set(), "lm/stages_index.py lists functions that no longer build a Stage"
 
 
@@ -281,8 +304,12 @@ def walk(reference, tmp_path_factory):
         return {s["location"]: "in the fingerprinted plan" for s in plan["shards"]}
 
     ex = w.step("extract", lambda: run_extract(root, sources), extract_plan)
-    settings = {"langid": {"languages": [], "min_score": 0.0}, "quality": {"model_path": quality, "min_score": 0.0},
-                "harmful": {"nsfw_model_path": nsfw, "nsfw_max_score": 1.0}, "materialize_each": True}
+    settings = {
+        "langid": {"languages": [], "min_score": 0.0},
+        "quality": {"model_path": quality, "min_score": 0.0},
+        "harmful": {"nsfw_model_path": nsfw, "nsfw_max_score": 1.0},
+        "materialize_each": True,
+    }
     filtered = w.step("filters", lambda: run_filters(root, ex, settings))
     exact = w.step("exact dedup", lambda: run_exact_dedup(str(root), ExactDedupConfig(num_partitions=2), filtered))
     near = w.step("minhash", lambda: run_minhash(str(root), MinHashConfig(num_hashes=32, num_bands=8), exact))
@@ -294,15 +321,35 @@ def _walk_models(w: Walk, root: Path, corpus: str, reference: Path, mp):
     from lm.align.dpo import DPOConfig
     from lm.align.grpo import GRPOConfig
     from lm.align.sft import SFTConfig
-    from lm.align.stages import (AlignDataConfig, BaseModelConfig, EvalConfig, StageOptions, build_align_data, make_demo_base,
-                                 run_dpo, run_evaluate, run_grpo, run_sft)
+    from lm.align.stages import (
+        AlignDataConfig,
+        BaseModelConfig,
+        EvalConfig,
+        StageOptions,
+        build_align_data,
+        make_demo_base,
+        run_dpo,
+        run_evaluate,
+        run_grpo,
+        run_sft,
+    )
     from lm.scaling.stage import run_scaling
     from lm.scaling.sweep import ScalingConfig
-    from lm.tokenizer.stages import commit_tokenize, load_stage_tokenizer, tokenize_shard, tokenize_stage, train_tokenizer_stage
+    from lm.tokenizer.stages import (
+        commit_tokenize,
+        load_stage_tokenizer,
+        tokenize_shard,
+        tokenize_stage,
+        train_tokenizer_stage,
+    )
     from lm.train.stage import PretrainConfig, byte_tokenize, run_pretrain
 
-    tok_manifest = w.step("tokenizer", lambda: train_tokenizer_stage(root, corpus, vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                                   sample_bytes=100_000, heldout_bytes=2_000))
+    tok_manifest = w.step(
+        "tokenizer",
+        lambda: train_tokenizer_stage(
+            root, corpus, vocab_size=300, special_tokens=["<|endoftext|>"], sample_bytes=100_000, heldout_bytes=2_000
+        ),
+    )
     tok_dir = Path(tok_manifest).parent
 
     def tokenize():
@@ -318,19 +365,46 @@ def _walk_models(w: Walk, root: Path, corpus: str, reference: Path, mp):
     for k, v in subprocess_env(log).items():
         mp.setenv(k, v)
     mp.setenv("OMP_NUM_THREADS", "1")
-    train = dict(model=dict(vocab_size="auto", context_length=32, d_model=32, num_layers=1, num_heads=2, d_ff=64),
-                 batch_size=4, max_steps=2, eval_interval=2, eval_batches=1, checkpoint_interval=2, device="cpu")
-    cfg = PretrainConfig(root=str(root), tokens=str(Path(tokens).parent), train=train, sample_prompts=["The "], sample_tokens=3,
-                         retries=0, timeout_s=300)
+    train = dict(
+        model=dict(vocab_size="auto", context_length=32, d_model=32, num_layers=1, num_heads=2, d_ff=64),
+        batch_size=4,
+        max_steps=2,
+        eval_interval=2,
+        eval_batches=1,
+        checkpoint_interval=2,
+        device="cpu",
+    )
+    cfg = PretrainConfig(
+        root=str(root),
+        tokens=str(Path(tokens).parent),
+        train=train,
+        sample_prompts=["The "],
+        sample_tokens=3,
+        retries=0,
+        timeout_s=300,
+    )
     pretrained = w.step("pretrain", lambda: run_pretrain(cfg, log=lambda line: None), child_log=log)
     mp.delenv(LOG_ENV)
 
     text = reference / "assignment1-basics/fixtures/corpus.en"
     byte_tokens = w.step("bytetokens", lambda: byte_tokenize(str(text), str(root), 0.1, log=lambda line: None))
-    scaling = ScalingConfig(corpus=str(Path(byte_tokens).parent), root=str(root), budgets=[1e9, 2e9], model_sizes=[16000, 33000, 53000],
-                            context_length=32, batch_size=4, eval_batches=1, min_steps=5, target_budget=1e11, num_bootstrap=5, device="cpu")
+    scaling = ScalingConfig(
+        corpus=str(Path(byte_tokens).parent),
+        root=str(root),
+        budgets=[1e9, 2e9],
+        model_sizes=[16000, 33000, 53000],
+        context_length=32,
+        batch_size=4,
+        eval_batches=1,
+        min_steps=5,
+        target_budget=1e11,
+        num_bootstrap=5,
+        device="cpu",
+    )
 
-    def runs(stages):  # each run's directory is named by its fingerprint (run config + corpus), listed in the stage config
+    def runs(
+        stages,
+    ):  # each run's directory is named by its fingerprint (run config + corpus), listed in the stage config
         return {str(root / "scaling-runs" / r.split(":")[0]): "a fingerprinted run" for r in stages[-1].config["runs"]}
 
     w.step("scaling", lambda: run_scaling(scaling), runs)
@@ -338,36 +412,75 @@ def _walk_models(w: Walk, root: Path, corpus: str, reference: Path, mp):
     a5 = reference / "assignment5-alignment"
     opts = StageOptions(verifier=None, max_new_tokens=3, num_samples=2, num_threads=1)
     addition = AlignDataConfig(num_train=16, num_eval=4)
-    w.step("align-base", lambda: make_demo_base(root, addition, BaseModelConfig(num_steps=2, batch_size=4, d_model=16, d_ff=32)))
-    sft_data = w.step("align-data sft_jsonl", lambda: build_align_data(root, AlignDataConfig(
-        source="sft_jsonl", train_path=str(a5 / "fixtures/sft_sample.jsonl"), template="alpaca_sft", prompts_dir=str(a5 / "prompts")),
-        "instruction"))
-    gsm = AlignDataConfig(source="gsm8k", train_path=str(a5 / "data/gsm8k/train.jsonl"), eval_path=str(a5 / "data/gsm8k/test.jsonl"),
-                          num_train=4, num_eval=2, template=str(a5 / "prompts/r1_zero.prompt"))
+    w.step(
+        "align-base",
+        lambda: make_demo_base(root, addition, BaseModelConfig(num_steps=2, batch_size=4, d_model=16, d_ff=32)),
+    )
+    sft_data = w.step(
+        "align-data sft_jsonl",
+        lambda: build_align_data(
+            root,
+            AlignDataConfig(
+                source="sft_jsonl",
+                train_path=str(a5 / "fixtures/sft_sample.jsonl"),
+                template="alpaca_sft",
+                prompts_dir=str(a5 / "prompts"),
+            ),
+            "instruction",
+        ),
+    )
+    gsm = AlignDataConfig(
+        source="gsm8k",
+        train_path=str(a5 / "data/gsm8k/train.jsonl"),
+        eval_path=str(a5 / "data/gsm8k/test.jsonl"),
+        num_train=4,
+        num_eval=2,
+        template=str(a5 / "prompts/r1_zero.prompt"),
+    )
     problems = w.step("align-data gsm8k", lambda: build_align_data(root, gsm, "problem"))
     prefs = w.step("align-data preference", lambda: build_align_data(root, addition, "preference"))
     w.step("sft", lambda: run_sft(root, pretrained, sft_data, SFTConfig(num_steps=1, batch_size=2, eval_every=1), opts))
     w.step("dpo", lambda: run_dpo(root, pretrained, prefs, DPOConfig(num_steps=1, batch_size=2, eval_every=1), opts))
-    w.step("grpo", lambda: run_grpo(root, pretrained, problems, GRPOConfig(num_steps=1, num_prompts_per_step=2, group_size=2,
-                                                                           max_new_tokens=3, eval_every=1),
-                                    opts.model_copy(update={"verifier": "r1_zero"})))
-    ev = EvalConfig(tasks=["arithmetic", "gsm8k", "mmlu"], gsm8k_path=str(a5 / "data/gsm8k/test.jsonl"), mmlu_path=str(a5 / "data/mmlu/dev"),
-                    limit=2, template="question_only", prompts_dir=str(a5 / "prompts"), max_new_tokens=3,
-                    perplexity_path=str(a5 / "fixtures/sft_sample.jsonl"), num_threads=1)
+    w.step(
+        "grpo",
+        lambda: run_grpo(
+            root,
+            pretrained,
+            problems,
+            GRPOConfig(num_steps=1, num_prompts_per_step=2, group_size=2, max_new_tokens=3, eval_every=1),
+            opts.model_copy(update={"verifier": "r1_zero"}),
+        ),
+    )
+    ev = EvalConfig(
+        tasks=["arithmetic", "gsm8k", "mmlu"],
+        gsm8k_path=str(a5 / "data/gsm8k/test.jsonl"),
+        mmlu_path=str(a5 / "data/mmlu/dev"),
+        limit=2,
+        template="question_only",
+        prompts_dir=str(a5 / "prompts"),
+        max_new_tokens=3,
+        perplexity_path=str(a5 / "fixtures/sft_sample.jsonl"),
+        num_threads=1,
+    )
     w.step("evaluate", lambda: run_evaluate(root, pretrained, ev))
     yield w
 
 
 def test_every_stage_reads_only_what_it_declares(walk):
     bad = {step: problems for step, problems in walk.results.items() if problems}
-    assert not bad, "undeclared reads (declare them in Stage(files=, env=) or allowlist them with a reason):\n" + json.dumps(bad, indent=1)
+    assert not bad, (
+        "undeclared reads (declare them in Stage(files=, env=) or allowlist them with a reason):\n"
+        + json.dumps(bad, indent=1)
+    )
 
 
 def test_the_walk_runs_every_listed_stage(walk):
     names = {n for n, _ in STAGES}
     filters = {"langid", "pii", "rules", "quality", "harmful"}
     assert filters & walk.names, "materialize_each built no per-filter stage"
-    assert names - {"<filter>"} - walk.names == set(), "stages in lm/stages_index.py the walk did not run: add them to the walk"
+    assert names - {"<filter>"} - walk.names == set(), (
+        "stages in lm/stages_index.py the walk did not run: add them to the walk"
+    )
     # the trainer subprocess was recorded too: it read the config the stage wrote for it
     assert any(p.endswith("/run/train.yaml") for p in walk.child_reads), sorted(walk.child_reads)[:20]
 
@@ -376,8 +489,13 @@ def test_the_walk_runs_every_listed_stage(walk):
 
 
 def _toy_stage(root: Path, model: Path, declare: bool):
-    st = shards.Stage(root, "toy", version="1", config={},
-                      **({"files": {"model": model}, "env": ["LMPIPE_TOY_MODE"]} if declare else {}))
+    st = shards.Stage(
+        root,
+        "toy",
+        version="1",
+        config={},
+        **({"files": {"model": model}, "env": ["LMPIPE_TOY_MODE"]} if declare else {}),
+    )
     model.read_bytes()
     os.environ.get("LMPIPE_TOY_MODE")
     return st
@@ -399,7 +517,9 @@ def test_an_undeclared_file_or_variable_is_caught(tmp_path, monkeypatch):
     other = tmp_path / "elsewhere" / "other.bin"
     other.write_bytes(b"other")
     with recording() as rec:
-        st = shards.Stage(tmp_path / "root", "toy", version="1", config={"model": hashlib.sha256(b"\x01\x02").hexdigest()[:16]})
+        st = shards.Stage(
+            tmp_path / "root", "toy", version="1", config={"model": hashlib.sha256(b"\x01\x02").hexdigest()[:16]}
+        )
         model.read_bytes()
         other.read_bytes()
     assert undeclared(rec, [st]) == [f"file {other}"]
