@@ -64,9 +64,6 @@ ENV_ALLOWED_PREFIXES = ("AWS_",)  # object-store credentials and endpoint: where
 ROOT_ALLOWED = {
     ".lmpipe-key": "the root's signing key (lm.data.stagekey): trust, not content",
     ".lmpipe-locks": "flock files between runs (lm.data.locks)",
-    # lm.data.dedup.stage_files signs the markers of minhash_clusters/<fp>/work/ as if work/
-    # were a stage directory, so their key is <root>/minhash_clusters/.lmpipe-key: trust, not content
-    "minhash_clusters/.lmpipe-key": "the key of minhash_clusters' work/ markers (see above)",
     "_cache/scores": (
         "model scores cached per text, model content hash and filter version: outputs are identical without it"
     ),

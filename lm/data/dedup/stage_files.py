@@ -93,7 +93,9 @@ def spill_dir(stage_path: Path | RemotePath, base: str | None, label: str) -> It
 
 
 def _marker(work: Path | RemotePath, name: str) -> Path | RemotePath:
-    return work / f"{name}.done.json"
+    # In the stage directory itself (``work`` is ``<stage dir>/work``), so it is signed with the
+    # root's key like every other marker (stagekey finds the root two levels above a marker).
+    return work.parent / f"work-{name}.done.json"
 
 
 def save_arrays(work: Path | RemotePath, name: str, **arrays: np.ndarray) -> None:

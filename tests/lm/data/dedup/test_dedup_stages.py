@@ -14,7 +14,7 @@ from lm.data.dedup.stages import STAGE_NAMES, ExactDedupConfig, MinHashConfig, r
 from lm.data.shards import accounted, iter_rows, manifest_dir, read_manifest
 
 REPO = Path(__file__).resolve().parents[4]
-sys.path.insert(0, str(REPO / "tests" / "flows"))
+sys.path.insert(0, str(REPO / "tests"))
 from funnel_inputs import make_extract
 
 MH = dict(num_hashes=100, num_bands=20, threshold=0.8, num_bucket_tasks=2)
@@ -55,7 +55,7 @@ def roomy(reference, tmp_path_factory):
 def test_runs_without_prefect_and_keeps_the_v1_decisions(reference, tmp_path):
     code = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(REPO / "tests" / "flows")!r})
+        sys.path.insert(0, {str(REPO / "tests")!r})
         from pathlib import Path
         from funnel_inputs import make_extract
         from lm.data.dedup.stages import ExactDedupConfig, MinHashConfig, run_exact_dedup, run_minhash
