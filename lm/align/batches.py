@@ -2,7 +2,7 @@
 and packed fixed-length examples.
 
 Works with any tokenizer that has ``encode(str) -> list[int]`` (our BPE ``Tokenizer``, a
-Hugging Face tokenizer through :class:`HFTokenizerAdapter`, the demo's byte tokenizer).
+Hugging Face tokenizer through :class:`lm.tokenizer.load.HFTokenizerAdapter`, the demo's byte tokenizer).
 Prompt and response are encoded separately and concatenated, so the mask boundary is exact
 even where a merge could have crossed it.
 """
@@ -145,23 +145,6 @@ def iterate_batches(
     for s in range(0, len(order), batch_size):
         chunk = [examples[i] for i in order[s : s + batch_size]]
         yield {k: torch.stack([c[k] for c in chunk]) for k in chunk[0]}
-
-
-class HFTokenizerAdapter:
-    """Gives a Hugging Face tokenizer our ``encode``/``decode``/``eot_id`` surface (no special tokens added)."""
-
-    def __init__(self, hf_tokenizer):
-        self.hf = hf_tokenizer
-        eos = hf_tokenizer.eos_token_id
-        pad = hf_tokenizer.pad_token_id
-        self.eot_id = eos if eos is not None else pad
-        self.pad_id = pad if pad is not None else eos
-
-    def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=False)
 
 
 def next_indices(order: list[int], rng: random.Random, num_items: int, n: int) -> list[int]:

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from lm.align.tokenizers import CharTokenizer
+from lm.tokenizer.load import CharTokenizer
 
 ALPHABET = "0123456789+="
 

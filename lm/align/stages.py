@@ -10,7 +10,7 @@
 
 A model manifest is any stage manifest with ``checkpoint`` (a checkpoint directory of
 ``lm.train.save_checkpoint``, or a Hugging Face model directory with the ``hf`` extra) and
-``tokenizer`` (a directory ``lm.align.tokenizers.load_tokenizer`` reads): the pretrain
+``tokenizer`` (a directory ``lm.tokenizer.load.load_tokenizer`` reads): the pretrain
 stage's, or one of these. Same inputs + config → same fingerprint → the stage is skipped.
 """
 
@@ -35,12 +35,12 @@ from lm.align.grpo import GRPOConfig, evaluate_rewards, train_grpo
 from lm.align.plots import plot_curves
 from lm.align.rewards import get_reward_fn
 from lm.align.sft import SFTConfig, train_sft
-from lm.align.tokenizers import load_tokenizer
 from lm.config import Config
 from lm.data.manifest import Manifest
 from lm.data.shards import Stage
 from lm.eval.datasets import load_gsm8k, load_mmlu, load_sft_jsonl
 from lm.eval.harness import EVAL_SCHEMA, evaluate_generation, perplexity
+from lm.tokenizer.load import load_tokenizer
 
 VERSION = "1"
 OnProgress = Callable[[dict], None]  # a progress hook: {"step": …, "loss": …} per step, {"phase": "…"} between phases

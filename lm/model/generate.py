@@ -1,7 +1,8 @@
 """Sampling from a TransformerLM: temperature, top-p, end-of-text stop, and a KV cache.
 
     from lm.model import load_model
-    from lm.model.generate import generate, load_tokenizer
+    from lm.model.generate import generate
+    from lm.tokenizer.load import load_tokenizer
     model = load_model("outputs/pretrain/<fp>/checkpoint")
     ids = generate(model, [1, 2, 3], max_new_tokens=50, temperature=0.8, top_p=0.95, eot_id=256)
 
@@ -20,7 +21,7 @@ import torch
 
 from lm.model import load_model
 from lm.model.transformer import TransformerLM
-from lm.train.data import byte_tokens
+from lm.tokenizer.load import load_tokenizer
 
 
 def sample_next(
@@ -77,36 +78,6 @@ def generate(
             break
     model.train(was_training)
     return out
-
-
-class ByteTokenizer:
-    """The 257-id byte-level vocabulary of byte-tokenized demos: bytes 0..255 and end-of-text 256."""
-
-    eot_id = 256
-    special = "<|endoftext|>"
-
-    def encode(self, text: str) -> list[int]:
-        return [int(i) for i in byte_tokens(text, self.special, self.eot_id)]
-
-    def decode(self, ids: list[int]) -> str:
-        parts, buf = [], bytearray()
-        for i in ids:
-            if i == self.eot_id:
-                parts.append(buf.decode("utf-8", errors="replace") + self.special)
-                buf = bytearray()
-            else:
-                buf.append(i)
-        return "".join(parts) + buf.decode("utf-8", errors="replace")
-
-
-def load_tokenizer(tokenizer: str | None):
-    """The tokenizer a checkpoint records: "bytes" → ByteTokenizer, a directory → lm.tokenizer.Tokenizer.load."""
-    if tokenizer in (None, "", "bytes"):
-        return ByteTokenizer()
-    from lm.tokenizer import Tokenizer  # the tokenizer stage's class
-    from lm.tokenizer.stages import local_tokenizer_dir  # a remote tokenizer dir: via the local cache
-
-    return Tokenizer.load(local_tokenizer_dir(tokenizer))
 
 
 def checkpoint_tokenizer(checkpoint_dir: str | Path) -> tuple[str | None, int | None]:

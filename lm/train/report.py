@@ -9,7 +9,8 @@ import torch
 
 from lm.data.shards import file_sha256
 from lm.model import load_model
-from lm.model.generate import checkpoint_tokenizer, generate_text, load_tokenizer
+from lm.model.generate import checkpoint_tokenizer, generate_text
+from lm.tokenizer.load import load_tokenizer
 from lm.train.data import TokenShards
 from lm.train.metrics import read_metrics
 

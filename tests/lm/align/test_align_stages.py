@@ -129,8 +129,8 @@ def test_grpo_dpo_and_evaluate_on_gsm8k_and_mmlu(reference, tmp_path, pretrained
 
 def test_our_bpe_tokenizer_through_load_tokenizer(reference, tmp_path):
     from lm.align.batches import tokenize_prompt_and_output
-    from lm.align.tokenizers import load_tokenizer
     from lm.tokenizer import Tokenizer, train_bpe
+    from lm.tokenizer.load import load_tokenizer
 
     vocab, merges = train_bpe(
         str(reference / "assignment1-basics/fixtures/tinystories_sample.txt"), 300, ["<|endoftext|>"]

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from lm.align.tokenizers import CharTokenizer
 from lm.eval.datasets import load_gsm8k, load_mmlu
 from lm.eval.harness import EVAL_SCHEMA, evaluate_generation, perplexity
 from lm.eval.parse import parse_gsm8k_response, parse_mmlu_response
 from lm.model import ModelConfig, TransformerLM
+from lm.tokenizer.load import CharTokenizer
 
 ALPHABET = "".join(chr(c) for c in range(32, 127)) + "\n’—–“”é°×÷½…€£"
 

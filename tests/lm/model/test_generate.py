@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lm.model import ModelConfig, TransformerLM
-from lm.model.generate import ByteTokenizer, generate, sample_next
+from lm.model.generate import generate, sample_next
+from lm.tokenizer.load import ByteTokenizer
 
 
 @pytest.fixture(scope="module")

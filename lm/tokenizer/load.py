@@ -1,13 +1,14 @@
-"""Load the tokenizer a checkpoint was trained with, whatever kind it is.
+"""Every tokenizer lmpipe trains or runs with, loaded by one function, :func:`load_tokenizer`.
 
-    "bytes" (or empty)            lm.model.generate.ByteTokenizer: bytes 0..255 + end-of-text 256
+    "bytes" (or empty)            ByteTokenizer: bytes 0..255 + end-of-text 256
                                   (what byte-tokenized pretraining records)
     <dir>/char_tokenizer.json     CharTokenizer: one id per character (the demo's arithmetic task)
-    <dir>/tokenizer.json          a Hugging Face tokenizer (optional ``hf`` extra)
-    anything else                 our BPE tokenizer, ``lm.tokenizer.Tokenizer.load(dir)``
+    <dir>/tokenizer.json          a Hugging Face tokenizer (optional ``hf`` extra), via HFTokenizerAdapter
+    anything else                 our BPE tokenizer, ``lm.tokenizer.Tokenizer.load(dir)``; a remote
+                                  directory (s3://…) is read through the local cache
 
-Every tokenizer used by lm.align has ``encode(str) -> list[int]``, ``decode(ids) -> str``
-and ``eot_id`` (the stop/padding token).
+Every one has ``encode(str) -> list[int]``, ``decode(ids) -> str`` and ``eot_id`` (the
+stop/padding token).
 """
 
 from __future__ import annotations
@@ -17,8 +18,32 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from lm.tokenizer.stages import local_tokenizer_dir
+from lm.tokenizer.tokenizer import Tokenizer
+from lm.train.data import byte_tokens
+
 CHAR_FILE = "char_tokenizer.json"
 EOT = "<|endoftext|>"
+
+
+class ByteTokenizer:
+    """The 257-id byte-level vocabulary of byte-tokenized demos: bytes 0..255 and end-of-text 256."""
+
+    eot_id = 256
+    special = "<|endoftext|>"
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in byte_tokens(text, self.special, self.eot_id)]
+
+    def decode(self, ids: list[int]) -> str:
+        parts, buf = [], bytearray()
+        for i in ids:
+            if i == self.eot_id:
+                parts.append(buf.decode("utf-8", errors="replace") + self.special)
+                buf = bytearray()
+            else:
+                buf.append(i)
+        return "".join(parts) + buf.decode("utf-8", errors="replace")
 
 
 class CharTokenizer:
@@ -56,6 +81,23 @@ class CharTokenizer:
         return cls(json.loads((Path(directory) / CHAR_FILE).read_text())["alphabet"])
 
 
+class HFTokenizerAdapter:
+    """Gives a Hugging Face tokenizer our ``encode``/``decode``/``eot_id`` surface (no special tokens added)."""
+
+    def __init__(self, hf_tokenizer):
+        self.hf = hf_tokenizer
+        eos = hf_tokenizer.eos_token_id
+        pad = hf_tokenizer.pad_token_id
+        self.eot_id = eos if eos is not None else pad
+        self.pad_id = pad if pad is not None else eos
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=False)
+
+
 def _is_lmpipe_bpe(d: Path) -> bool:
     try:
         return json.loads((d / "tokenizer_config.json").read_text()).get("format") == "lmpipe-bpe"
@@ -66,10 +108,8 @@ def _is_lmpipe_bpe(d: Path) -> bool:
 def load_tokenizer(directory: str | os.PathLike | None):
     """The tokenizer saved in ``directory`` (see the module docstring for the kinds)."""
     if directory in (None, "", "bytes"):
-        from lm.model.generate import ByteTokenizer
-
         return ByteTokenizer()
-    d = Path(directory)
+    d = local_tokenizer_dir(directory)  # a remote directory: a verified local copy
     if not d.is_dir():
         raise FileNotFoundError(f"tokenizer directory {d} does not exist")
     if (d / CHAR_FILE).exists():
@@ -79,13 +119,5 @@ def load_tokenizer(directory: str | os.PathLike | None):
     if not _is_lmpipe_bpe(d) and (d / "tokenizer.json").exists() and (d / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer  # optional hf extra
 
-        from lm.align.batches import HFTokenizerAdapter
-
         return HFTokenizerAdapter(AutoTokenizer.from_pretrained(str(d)))
-    try:
-        from lm.tokenizer import Tokenizer
-    except ImportError as e:
-        raise FileNotFoundError(
-            f"{d} holds no char or HF tokenizer, and lm.tokenizer.Tokenizer is unavailable ({e})"
-        ) from e
     return Tokenizer.load(d)
