@@ -9,6 +9,7 @@ import pickle
 import pytest
 
 from flows.pipeline import lineage_markdown, read_json_result, too_small
+from lm.data.stage_io import write_signed_json
 
 
 class _Trap:
@@ -75,11 +76,12 @@ def test_a_state_without_a_persisted_record_says_so(tmp_path):
 
 
 def _manifest(tmp_path, stage: str, counts: dict, **extra) -> str:
-    d = tmp_path / stage
-    d.mkdir()
-    (d / "_manifest.json").write_text(
-        json.dumps({"stage": stage, "fingerprint": "f" * 16, "shards": [], "counts": counts, **extra})
-    )
+    """A finished stage's manifest with these counts, signed with the root's key as stages sign theirs."""
+    d = tmp_path / stage / ("f" * 16)
+    d.mkdir(parents=True)
+    counts = {"in": 0, "kept": 0, "rejected": {}, "failed": {}, **counts}
+    body = {"stage": stage, "fingerprint": "f" * 16, "shards": [], "counts": counts, **extra}
+    write_signed_json(d / "_manifest.json", body, "manifest")
     return str(d / "_manifest.json")
 
 
