@@ -76,6 +76,7 @@ def test_a_corrupt_manifest_is_listed_never_latest(rules_root, tmp_path):
 
     copy = tmp_path / "rules"
     shutil.copytree(root / "rules", copy)
+    shutil.copy2(root / ".lmpipe-key", tmp_path / ".lmpipe-key")  # the copied root's signing key (mode 0600 kept)
     fp_new = read_manifest(newer)["fingerprint"]
     (copy / fp_new / "_manifest.json").write_text(
         (copy / fp_new / "_manifest.json").read_text().replace('"in"', '"IN"', 1)
