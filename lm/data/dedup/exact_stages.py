@@ -25,7 +25,7 @@ from lm.data.dedup.config import ExactDedupConfig
 from lm.data.dedup.exact import drop_duplicate_lines, iter_duplicate_hashes, line_hash_counts
 from lm.data.dedup.spill import group_budget, key_ranges, member_of_sorted_file
 from lm.data.dedup.stage_files import input_shard, parquet_file, spill_dir, text_bytes, write_local_then_commit
-from lm.data.shards import Stage, manifest_dir, read_manifest, read_marker
+from lm.data.shards import Stage, read_manifest, read_marker
 from lm.data.storage import local_copy
 
 ROWS_PER_PARTITION = 500_000  # (hash, count) rows per line_duplicates task when num_partitions is empty (8 MB)
@@ -60,7 +60,7 @@ def line_partitions(cfg: ExactDedupConfig, counts: str) -> int:
     """How many hash ranges the corpus-wide count is split into."""
     if cfg.num_partitions:
         return cfg.num_partitions
-    return max(1, math.ceil(read_manifest(counts)["counts"]["kept"] / ROWS_PER_PARTITION))
+    return max(1, math.ceil(read_manifest(counts).counts.kept / ROWS_PER_PARTITION))
 
 
 def line_counts_shard(root: str, docs: str, index: int) -> None:
@@ -79,8 +79,8 @@ def _counts_in_range(counts: str, lo: int, hi: int):
     """(hashes, counts) of every line_counts shard restricted to [lo, hi), one row group at a
     time; row groups whose hash range misses it are not read (shards are sorted by hash)."""
     m = read_manifest(counts)
-    for s in m["shards"]:
-        pf = parquet_file(manifest_dir(m) / s["name"], s.get("bytes"))
+    for i, s in enumerate(m.shards):
+        pf = parquet_file(m.shard_path(i), s.num_bytes)
         for g in range(pf.num_row_groups):
             stats = pf.metadata.row_group(g).column(0).statistics
             if stats is not None and stats.has_min_max and (stats.max < lo or stats.min >= hi):
@@ -135,10 +135,10 @@ def exact_dedup_shard(root: str, cfg: ExactDedupConfig, docs: str, duplicates: s
     if st.shard_done(index):
         return
     dm = read_manifest(duplicates)
-    lookup = dm["lookup"]
+    lookup = dm.extra["lookup"]
     table, path = input_shard(docs, index)
     texts = table.column("text").to_pylist()
-    dups_file = local_copy(manifest_dir(dm) / lookup["name"], dm["files_sha256"][lookup["name"]])
+    dups_file = local_copy(dm.file_path(lookup["name"]), dm.extra["files_sha256"][lookup["name"]])
     budget = group_budget(cfg.memory_mb)
     new, dropped = drop_duplicate_lines(texts, lambda h: member_of_sorted_file(dups_file, lookup["count"], h, budget))
     has_text = np.array([isinstance(t, str) for t in texts], dtype=bool)

@@ -49,7 +49,7 @@ from lm.data.dedup.stage_files import (
     spill_dir,
     text_bytes,
 )
-from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard
+from lm.data.shards import Stage, read_manifest
 
 MINHASH_VERSIONS = {"minhash_signatures": "2", "minhash_buckets": "2", "minhash_clusters": "2", "minhash": "2"}
 PAIR_SCHEMA = pa.schema([(k, pa.int64()) for k in ("a_shard", "a_row", "b_shard", "b_row")])
@@ -105,7 +105,7 @@ def bucket_tasks(cfg: MinHashConfig, signatures: str) -> int:
     """How many band groups the bucketing is split into (``num_bucket_tasks``, or by corpus size)."""
     if cfg.num_bucket_tasks:
         return min(cfg.num_bucket_tasks, cfg.num_bands)
-    needed = -(-read_manifest(signatures)["counts"]["kept"] * cfg.num_bands // KEYS_PER_TASK)
+    needed = -(-read_manifest(signatures).counts.kept * cfg.num_bands // KEYS_PER_TASK)
     # The smallest divisor of num_bands that is enough: every task gets as many bands.
     return next(d for d in range(1, cfg.num_bands + 1) if cfg.num_bands % d == 0 and d >= min(needed, cfg.num_bands))
 
@@ -176,8 +176,8 @@ def buckets_partition(root: str, cfg: MinHashConfig, signatures: str, num_tasks:
     bands = [band_column(b) for b in range(index, cfg.num_bands, num_tasks)]
 
     def keys():
-        for shard, s in enumerate(m["shards"]):
-            t = parquet_file(manifest_dir(m) / s["name"], s.get("bytes")).read(columns=["shingles", *bands])
+        for shard, s in enumerate(m.shards):
+            t = parquet_file(m.shard_path(shard), s.num_bytes).read(columns=["shingles", *bands])
             live = np.flatnonzero(t.column("shingles").to_numpy() > 0)
             for band in bands:
                 yield t.column(band).to_numpy()[live], live + offsets[shard]
@@ -193,8 +193,8 @@ def buckets_partition(root: str, cfg: MinHashConfig, signatures: str, num_tasks:
 def _iter_pairs(buckets: str):
     """(a_shard, a_row, b_shard, b_row) arrays of every candidate pair, a batch at a time."""
     m = read_manifest(buckets)
-    for s in m["shards"]:
-        for batch in parquet_file(manifest_dir(m) / s["name"], s.get("bytes")).iter_batches(batch_size=1 << 16):
+    for i, s in enumerate(m.shards):
+        for batch in parquet_file(m.shard_path(i), s.num_bytes).iter_batches(batch_size=1 << 16):
             yield tuple(batch.column(k).to_numpy() for k in PAIR_SCHEMA.names)
 
 
@@ -294,7 +294,7 @@ def clusters_components(
 ) -> None:
     """Join the verified pairs into components and write, per input shard, the documents to drop."""
     st = clusters_stage(root, cfg, buckets, docs)
-    n = len(read_manifest(docs)["shards"])
+    n = read_manifest(docs).num_shards
     if all(st.shard_done(i) for i in range(n)):
         return
     edges = [load_arrays(_work(st), f"edges-{g:05d}") for g in range(num_groups)]
@@ -345,8 +345,8 @@ def minhash_filter_shard(root: str, cfg: MinHashConfig, docs: str, clusters_mani
     if st.shard_done(index):
         return
     cm = read_manifest(clusters_manifest)
-    info = next(s for s in cm["shards"] if s["index"] == index)
-    drops = read_shard(manifest_dir(cm) / info["name"], info.get("sha256"), ["row"]).column("row").to_numpy()
+    i = next(i for i, s in enumerate(cm.shards) if s.index == index)
+    drops = cm.read_shard(i, ["row"]).column("row").to_numpy()
     table, path = input_shard(docs, index)
     dropped = np.zeros(table.num_rows, dtype=bool)
     dropped[drops] = True

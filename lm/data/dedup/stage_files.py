@@ -25,22 +25,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lm.data.manifest import manifest_dir, read_manifest, read_shard
+from lm.data.manifest import Manifest, read_manifest
 from lm.data.nospace import reraise_disk_full
 from lm.data.stage_io import read_marker, write_marker
 from lm.data.storage import RemotePath, ShardCorruptError, commit_file, file_sha256, local_copy, local_scratch, tmp_name
 
 
 def num_shards(manifest_path: str) -> int:
-    return len(read_manifest(manifest_path)["shards"])
+    return read_manifest(manifest_path).num_shards
 
 
 def input_shard(manifest_path: str, index: int, columns: list[str] | None = None) -> tuple[pa.Table, str]:
     """Shard ``index`` of a finished stage (checksum-verified) and its path."""
     m = read_manifest(manifest_path)
-    info = m["shards"][index]
-    path = manifest_dir(m) / info["name"]
-    return read_shard(path, info.get("sha256"), columns), str(path)
+    return m.read_shard(index, columns), str(m.shard_path(index))
 
 
 def parquet_file(path: Path | RemotePath, size: int | None) -> pq.ParquetFile:
@@ -56,9 +54,9 @@ def parquet_file(path: Path | RemotePath, size: int | None) -> pq.ParquetFile:
     return pq.ParquetFile(path.open("rb") if isinstance(path, RemotePath) else path)
 
 
-def row_offsets(manifest: dict) -> np.ndarray:
+def row_offsets(manifest: Manifest) -> np.ndarray:
     """First global document number of each shard, then the total: int64[num_shards + 1]."""
-    return np.concatenate([[0], np.cumsum([s["rows"] for s in manifest["shards"]])]).astype(np.int64)
+    return np.concatenate([[0], np.cumsum([s.num_rows for s in manifest.shards])]).astype(np.int64)
 
 
 def text_bytes(table: pa.Table) -> int:
