@@ -36,7 +36,7 @@ def _tracked(name: str, title: str, total: int, run, *args) -> str:
     with Progress(name, total) as progress:
         out = run(*args, on_progress=progress)
     m = read_manifest(out)
-    verdict = verdict_from_metrics(m.get("metrics", {}), m.get("counts", {}).get("kept"))
+    verdict = verdict_from_metrics(m.extra.get("metrics", {}), m.counts.kept)
     progress.finish(
         title,
         png=Path(out).parent / "curves.png",
@@ -100,9 +100,13 @@ def publish_training_stage(manifest_path: str, title: str) -> None:
 
     m = read_manifest(manifest_path)
     publish_stage(manifest_path, text_field=None)
-    metrics = m.get("metrics", {})
-    md = [f"# {title}", f"Checkpoint `{m.get('checkpoint', '-')}` · tokenizer `{m.get('tokenizer', '-')}`", ""]
-    verdict = verdict_from_metrics(metrics, m.get("counts", {}).get("kept"))
+    metrics = m.extra.get("metrics", {})
+    md = [
+        f"# {title}",
+        f"Checkpoint `{m.extra.get('checkpoint', '-')}` · tokenizer `{m.extra.get('tokenizer', '-')}`",
+        "",
+    ]
+    verdict = verdict_from_metrics(metrics, m.counts.kept)
     if verdict is not None:
         md += [f"> {verdict.message(title)}" if verdict.warn else verdict.message(title), ""]
     md.append(
@@ -114,11 +118,12 @@ def publish_training_stage(manifest_path: str, title: str) -> None:
             ]
         )
     )
-    if m.get("plot") and Path(m["plot"]).exists():
-        md.append(image_markdown(m["plot"], f"{m['stage']} curves"))
+    plot = m.extra.get("plot")
+    if plot and Path(plot).exists():
+        md.append(image_markdown(plot, f"{m.stage} curves"))
     rows = sample_rows(m, n=8, width=120)
     if rows:
         md += ["## Sample generations", markdown_table(rows)]
     create_markdown_artifact(
-        markdown="\n".join(md), key=artifact_key(m["stage"], "report"), description=f"{title}: metrics, curves, samples"
+        markdown="\n".join(md), key=artifact_key(m.stage, "report"), description=f"{title}: metrics, curves, samples"
     )

@@ -14,12 +14,11 @@ import json
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping
 from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from lm.data.shards import iter_stage_tables, manifest_dir, read_manifest
+from lm.data.shards import Manifest, read_manifest
 from lm.markdown import markdown_table
 
 
@@ -28,25 +27,21 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
 
 
-def counts_rows(manifest: Mapping) -> list[dict]:
-    c = manifest["counts"]
+def counts_rows(manifest: Manifest) -> list[dict]:
+    c, stage = manifest.counts, manifest.stage
     rows = [
-        {"stage": manifest["stage"], "count": "in", "value": c["in"]},
-        {"stage": manifest["stage"], "count": "kept", "value": c["kept"]},
+        {"stage": stage, "count": "in", "value": c.num_in},
+        {"stage": stage, "count": "kept", "value": c.kept},
     ]
-    rows += [{"stage": manifest["stage"], "count": f"rejected: {k}", "value": v} for k, v in c["rejected"].items()]
-    rows += [{"stage": manifest["stage"], "count": f"failed: {k}", "value": v} for k, v in c["failed"].items()]
-    rows += [
-        {"stage": manifest["stage"], "count": k, "value": v}
-        for k, v in c.items()
-        if k not in {"in", "kept", "rejected", "failed"} and isinstance(v, (int, float))
-    ]
+    rows += [{"stage": stage, "count": f"rejected: {k}", "value": v} for k, v in c.rejected.items()]
+    rows += [{"stage": stage, "count": f"failed: {k}", "value": v} for k, v in c.failed.items()]
+    rows += [{"stage": stage, "count": k, "value": v} for k, v in c.extra.items() if isinstance(v, (int, float))]
     return rows
 
 
-def sample_rows(manifest: Mapping, n: int = 3, kind: str = "shards", width: int = 400) -> list[dict]:
+def sample_rows(manifest: Manifest, n: int = 3, kind: str = "shards", width: int = 400) -> list[dict]:
     out: list[dict] = []
-    for table in iter_stage_tables(manifest, kind=kind):
+    for table in manifest.iter_tables(kind):
         for row in table.slice(0, n - len(out)).to_pylist():
             out.append({k: (v[:width] + "…" if isinstance(v, str) and len(v) > width else v) for k, v in row.items()})
         if len(out) >= n:
@@ -96,7 +91,7 @@ def publish_stage(
 ) -> None:
     """Publish the counts table and a markdown summary (with sample rows) of a finished stage."""
     m = read_manifest(manifest_path)
-    name = m["stage"]
+    name = m.stage
     create_table_artifact(
         table=counts_rows(m),
         key=artifact_key(name, "counts"),
@@ -104,16 +99,12 @@ def publish_stage(
     )
     md = [
         f"# {name}",
-        f"Fingerprint `{m['fingerprint']}` · directory {path_markdown(manifest_dir(m))} · {len(m['shards'])} shard(s)",
+        f"Fingerprint `{m.fingerprint}` · directory {path_markdown(m.dir)} · {m.num_shards} shard(s)",
         "",
         markdown_table(counts_rows(m)),
     ]
-    if m.get("inputs"):
-        md += (
-            ["**Inputs**", ""]
-            + [f"- {i['stage']} `{i['fingerprint']}` ({path_markdown(i['path'])})" for i in m["inputs"]]
-            + [""]
-        )
+    if m.inputs:
+        md += ["**Inputs**", ""] + [f"- {i.stage} `{i.fingerprint}` ({path_markdown(i.path)})" for i in m.inputs] + [""]
     rows = sample_rows(m, samples)
     if rows:
         md.append("## Sample rows\n")

@@ -64,6 +64,7 @@ class ShardInfo:
     split: str | None = None  # token shards: "train" / "val"
     num_tokens: int | None = None  # token shards
     source: str | None = None
+    num_docs: int | None = None  # token shards
 
     @classmethod
     def parse(cls, entry: object, where: str) -> ShardInfo:
@@ -78,6 +79,7 @@ class ShardInfo:
             split=entry.get("split"),
             num_tokens=entry.get("tokens"),
             source=entry.get("source"),
+            num_docs=entry.get("docs"),
         )
 
 

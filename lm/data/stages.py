@@ -25,13 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 from lm.data.filters.stage import commit_filters, filter_counts, filter_shard, filter_stage, needs_run, plan_filters
 from lm.data.ingest import DOC_SCHEMA, ExtractConfig, extract_documents, max_block_bytes, plan_shards, shard_label
 from lm.data.remote import CC_BASE_URL, INDEX_PREFIX, HttpOptions, RemoteError, expand_sources, is_url
-from lm.data.shards import DiskFullError, Stage, read_manifest, source_fingerprint
+from lm.data.shards import DiskFullError, Manifest, Stage, read_manifest, source_fingerprint
 from lm.data.warc import iter_file
 
 EXTRACT = "extract"
@@ -195,16 +195,16 @@ class EmptyStageError(RuntimeError):
     """A stage kept no document (and ``allow_empty`` was not set)."""
 
 
-def stage_warnings(manifest: Mapping | str) -> list[str]:
+def stage_warnings(manifest: Manifest | str | os.PathLike) -> list[str]:
     """Loud warnings for a finished stage: a filter (or a stage after extract) that rejected
     more than 99% of the documents it saw."""
-    m = read_manifest(manifest) if not isinstance(manifest, Mapping) else manifest
+    m = read_manifest(manifest)
     parts = (
         [(f"filter {f['filter']}", f["in"], f["kept"], f["rejected"]) for f in filter_counts(m)]
-        if m["stage"] == "filters"
+        if m.stage == "filters"
         else []
-        if m["stage"] == EXTRACT
-        else [(f"stage {m['stage']}", m["counts"]["in"], m["counts"]["kept"], m["counts"]["rejected"])]
+        if m.stage == EXTRACT
+        else [(f"stage {m.stage}", m.counts.num_in, m.counts.kept, m.counts.rejected)]
     )
     out = []
     for what, n_in, n_kept, rejected in parts:
@@ -217,15 +217,15 @@ def stage_warnings(manifest: Mapping | str) -> list[str]:
     return out
 
 
-def check_output(manifest: Mapping | str, allow_empty: bool = False) -> list[str]:
+def check_output(manifest: Manifest | str | os.PathLike, allow_empty: bool = False) -> list[str]:
     """Warnings for a finished stage (see :func:`stage_warnings`); raises EmptyStageError when
     it kept nothing, unless ``allow_empty``."""
-    m = read_manifest(manifest) if not isinstance(manifest, Mapping) else manifest
+    m = read_manifest(manifest)
     warnings = stage_warnings(m)
-    if not m["counts"]["kept"] and not allow_empty:
-        why = "; ".join(warnings) or f"counts {m['counts']}"
+    if not m.counts.kept and not allow_empty:
+        why = "; ".join(warnings) or f"counts {m.counts}"
         raise EmptyStageError(
-            f"stage {m['stage']} kept no document ({why}); its output is at {m['_path']}. "
+            f"stage {m.stage} kept no document ({why}); its output is at {m.path}. "
             "Check the settings (e.g. langid.languages takes codes such as en), "
             "or set allow_empty: true to continue with an empty output"
         )
@@ -260,7 +260,7 @@ def run_filters(root, input_manifest, settings=None, *, allow_empty: bool = Fals
     """The filter stage over every shard of ``input_manifest``; returns the manifest path.
     ``settings``: a dict or model of per-filter sections (see ``lm.data.filters``)."""
     plan = plan_filters(settings)
-    n = len(read_manifest(input_manifest)["shards"])
+    n = read_manifest(input_manifest).num_shards
     if needs_run(root, plan, input_manifest):
         for i in range(n):
             filter_shard(root, plan, input_manifest, i)

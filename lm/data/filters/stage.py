@@ -27,6 +27,7 @@ trained, settings checked) and hands to every shard task.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping
 
 import pyarrow as pa
@@ -35,7 +36,7 @@ from pydantic import BaseModel
 from lm.data import filters as registry
 from lm.data.filters.base import Filter, ScoringFilter, content_hash
 from lm.data.filters.scores import ScoreCache
-from lm.data.shards import Stage, manifest_dir, read_manifest, read_shard, read_shard_schema
+from lm.data.shards import Manifest, Stage, read_manifest, read_shard_schema
 
 STAGE = "filters"
 VERSION = "1"  # bump when the stage loop changes what it writes (a filter bumps its own `version`)
@@ -138,12 +139,11 @@ def filter_shard(root, plan: Mapping, input_manifest, index: int) -> int:
     if not any(todo):
         return -1
     m = read_manifest(input_manifest)
-    info = m["shards"][index]
-    path = manifest_dir(m) / info["name"]
-    table = read_shard(path, info.get("sha256"))
+    info, path = m.shards[index], m.shard_path(index)
+    table = m.read_shard(index)
     filters = _filters(plan)
     caches = {
-        f.name: ScoreCache(root, f, ident["files"], info.get("sha256") or info["name"])
+        f.name: ScoreCache(root, f, ident["files"], info.sha256 or info.name)
         for f, ident in zip(filters, plan["identity"])
         if isinstance(f, ScoringFilter)
     }
@@ -243,21 +243,21 @@ def commit_filters(root, plan: Mapping, input_manifest, num_shards: int) -> str:
     return str(main.manifest_path)
 
 
-def filter_counts(manifest: Mapping | str) -> list[dict]:
+def filter_counts(manifest: Manifest | str | os.PathLike) -> list[dict]:
     """Per filter of a ``filters`` manifest, in chain order: in, kept, rejected (by rule),
     failed (by error type), text_bytes_kept and the filter's own counts."""
-    m = read_manifest(manifest) if not isinstance(manifest, Mapping) else manifest
-    c = m["counts"]
+    m = read_manifest(manifest)
+    c = m.counts
     out = []
-    for name in m.get("filters", []):
-        own = {k[len(name) + 1 :]: v for k, v in c.items() if k.startswith(f"{name}.")}
+    for name in m.extra.get("filters", []):
+        own = {k[len(name) + 1 :]: v for k, v in c.extra.items() if k.startswith(f"{name}.")}
         out.append(
             {
                 "filter": name,
                 "in": own.pop("in", 0),
                 "kept": own.pop("kept", 0),
-                "rejected": {k[len(name) + 1 :]: v for k, v in c["rejected"].items() if k.startswith(f"{name}:")},
-                "failed": {k[len(name) + 1 :]: v for k, v in c["failed"].items() if k.startswith(f"{name}:")},
+                "rejected": {k[len(name) + 1 :]: v for k, v in c.rejected.items() if k.startswith(f"{name}:")},
+                "failed": {k[len(name) + 1 :]: v for k, v in c.failed.items() if k.startswith(f"{name}:")},
                 "text_bytes_kept": own.pop("text_bytes_kept", 0),
                 "counts": own,
             }
