@@ -220,9 +220,9 @@ def read_split(data_manifest: str | Path, split: str) -> list[dict]:
 def load_policy(model_manifest: str | Path):
     """(model, tokenizer, manifest) of a model manifest (see the module docstring)."""
     m = Manifest.read(model_manifest)
-    if not m.get("checkpoint"):
-        raise ValueError(f"manifest {m['_path']} has no 'checkpoint': pass a pretrain/sft/dpo/grpo/align-base manifest")
-    ckpt = Path(m["checkpoint"])
+    if not m.extra.get("checkpoint"):
+        raise ValueError(f"manifest {m.path} has no 'checkpoint': pass a pretrain/sft/dpo/grpo/align-base manifest")
+    ckpt = Path(m.extra["checkpoint"])
     if (ckpt / "meta.json").exists():
         from lm.model import load_model
 
@@ -236,10 +236,10 @@ def load_policy(model_manifest: str | Path):
         raise FileNotFoundError(
             f"{ckpt} is neither our checkpoint (meta.json) nor a Hugging Face model dir (config.json)"
         )
-    tok = load_tokenizer(m.get("tokenizer"))  # no tokenizer recorded = byte-level
+    tok = load_tokenizer(m.extra.get("tokenizer"))  # no tokenizer recorded = byte-level
     if getattr(tok, "eot_id", None) is None:
         raise ValueError(
-            f"tokenizer {m.get('tokenizer')} has no <|endoftext|> token: alignment needs it to end responses "
+            f"tokenizer {m.extra.get('tokenizer')} has no <|endoftext|> token: alignment needs it to end responses "
             "(train the tokenizer with special_tokens=['<|endoftext|>'])"
         )
     return model, tok, m
@@ -381,7 +381,7 @@ def _train_stage(
         after, r_after = _generate_scores(model, tok, prompts, refs, opts, say, "after")
     stage.ensure_dir()
     mcfg = save_policy(
-        model, stage.path / "checkpoint", len(hist.get("step", [])), {"stage": name, "upstream": upstream["_path"]}
+        model, stage.path / "checkpoint", len(hist.get("step", [])), {"stage": name, "upstream": str(upstream.path)}
     )
     plot_curves(stage.path / "curves.png", f"{name}", curves(hist))
     with stage.open_shard(0, schema=SAMPLE_SCHEMA, source="eval") as w:
@@ -414,7 +414,7 @@ def _train_stage(
         extra={
             "checkpoint": str(stage.path / "checkpoint"),
             "model_config": mcfg,
-            "tokenizer": upstream.get("tokenizer"),
+            "tokenizer": upstream.extra.get("tokenizer"),
             "metrics": metrics,
             "plot": str(stage.path / "curves.png"),
         },

@@ -20,7 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from lm.config import Config, StageRef
 from lm.data.shards import file_sha256, fingerprint, read_manifest
-from lm.data.storage import as_path, check_local_root, check_root
+from lm.data.storage import check_local_root, check_root
 from lm.scaling.flops import (
     ModelShape,
     flops_per_token,
@@ -199,22 +199,20 @@ def byte_corpus(text_path: str | Path, root: str | Path, val_fraction: float = 0
 def corpus_info(corpus: str | Path) -> dict:
     """Vocab size and identity of a token-shard directory; FileNotFoundError/ValueError if unusable."""
     m = read_manifest(corpus)
-    splits = {s.get("split", "train") for s in m["shards"]}
+    splits = {s.split or "train" for s in m.shards}
     if not {"train", "val"} <= splits:
         raise ValueError(f"corpus {corpus}: needs 'train' and 'val' shards for the fits, has splits {sorted(splits)}")
-    if not m.get("vocab_size"):
+    if not m.extra.get("vocab_size"):
         raise ValueError(f"corpus {corpus}: its manifest has no vocab_size")
-    path = as_path(m["_path"])  # a remote corpus is memory-mapped from the local cache by TokenShards
+    path = m.path  # a remote corpus is memory-mapped from the local cache by TokenShards
     return {
         "dir": str(path.parent),
         "manifest": str(path),
-        "vocab_size": int(m["vocab_size"]),
-        "tokens": {
-            sp: sum(s["tokens"] for s in m["shards"] if s.get("split", "train") == sp) for sp in ("train", "val")
-        },
+        "vocab_size": int(m.extra["vocab_size"]),
+        "tokens": {sp: sum(s.num_tokens for s in m.shards if (s.split or "train") == sp) for sp in ("train", "val")},
         # the stage fingerprint alone is not enough: hand-written corpora all say "manual";
         # the digest is of the content, not the signed file (its key is per root)
-        "fingerprint": f"{m['fingerprint']}:{m.content_digest()[:16]}",
+        "fingerprint": f"{m.fingerprint}:{m.content_digest()[:16]}",
     }
 
 

@@ -394,7 +394,7 @@ def verify_tokenizer_files(directory: str | os.PathLike) -> None:
     d = Path(directory)
     if not (d / MANIFEST_NAME).exists():
         return  # a tokenizer saved by hand (Tokenizer.save): nothing recorded to check against
-    for name, digest in (read_manifest(d / MANIFEST_NAME).get("files_sha256") or {}).items():
+    for name, digest in (read_manifest(d / MANIFEST_NAME).extra.get("files_sha256") or {}).items():
         path = d / name
         if not path.is_file() or file_sha256(path) != digest:
             raise ShardCorruptError(

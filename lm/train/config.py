@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from lm.config import Config
-from lm.data.shards import read_manifest
+from lm.data.shards import Manifest, read_manifest
 from lm.model.transformer import ModelConfig
 from lm.train.optim import AdamWImpl
 from lm.train.strategy import STRATEGIES
@@ -198,7 +198,7 @@ class TrainConfig(Config):
         return max(1, math.ceil(self.max_tokens / self.tokens_per_step))
 
 
-def resolve_vocab_size(cfg: TrainConfig, manifest: dict | None = None) -> TrainConfig:
+def resolve_vocab_size(cfg: TrainConfig, manifest: Manifest | None = None) -> TrainConfig:
     """``cfg`` with ``model.vocab_size`` taken from the token manifest when it is 'auto'.
 
     An explicit size smaller than the tokenizer's vocabulary is refused here, before any work,
@@ -207,8 +207,8 @@ def resolve_vocab_size(cfg: TrainConfig, manifest: dict | None = None) -> TrainC
         if not cfg.data:
             raise ValueError("data is not set: give the token-shard directory (its manifest gives the vocabulary size)")
         manifest = read_manifest(cfg.data)
-    have = manifest.get("vocab_size")
-    where = f"the token shards in {cfg.data or manifest.get('_path')} (tokenizer {manifest.get('tokenizer')!r})"
+    have = manifest.extra.get("vocab_size")
+    where = f"the token shards in {cfg.data or manifest.path} (tokenizer {manifest.extra.get('tokenizer')!r})"
     if cfg.model.vocab_size == "auto":
         if not isinstance(have, int) or have <= 0:
             raise ValueError(

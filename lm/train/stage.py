@@ -219,8 +219,8 @@ def finalize(config: PretrainConfig, tokens_manifest: str, summary: dict, log: L
     extra = {
         "checkpoint": summary["checkpoint"],
         "model_config": summary["model_config"],
-        "tokenizer": data.get("tokenizer"),
-        "eot_id": data.get("eot_id"),
+        "tokenizer": data.extra.get("tokenizer"),
+        "eot_id": data.extra.get("eot_id"),
         "final_train_loss": summary["final_train_loss"],
         "final_val_loss": summary["final_val_loss"],
         "unigram_entropy": entropy,
