@@ -23,7 +23,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from flows.runners import RunnerConfig, resolve_location, task_runner
 from lm.config import Config, StageRef
-from lm.data.shards import MANIFEST_NAME, manifest_dir, read_manifest
+from lm.data.shards import MANIFEST_NAME, read_manifest
 from lm.data.storage import as_path, check_root, local_copy
 from lm.tokenizer.stages import load_stage_tokenizer, local_tokenizer_dir, tokenize_stage
 from tasks.artifacts import artifact_key, counts_rows, markdown_table
@@ -72,26 +72,32 @@ class TokenizeConfig(Config):
 
 def tokenize_markdown(manifest_path: str | Path) -> str:
     m = read_manifest(manifest_path)
-    d = manifest_dir(m)
+    x = m.extra
     md = [
         (
-            f"# tokenize\nFingerprint `{m['fingerprint']}` · directory `{d}` · "
-            f"dtype `{m['dtype']}` · vocab {m['vocab_size']} · eot {m['eot_id']}"
+            f"# tokenize\nFingerprint `{m.fingerprint}` · directory `{m.dir}` · "
+            f"dtype `{x['dtype']}` · vocab {x['vocab_size']} · eot {x['eot_id']}"
         ),
-        f"Tokenizer: `{m['tokenizer']}`",
+        f"Tokenizer: `{x['tokenizer']}`",
         "",
         markdown_table(counts_rows(m)),
         "## Shards",
-        markdown_table([{k: s[k] for k in ("name", "split", "docs", "tokens", "bytes")} for s in m["shards"]]),
+        markdown_table(
+            [
+                {"name": s.name, "split": s.split, "docs": s.num_docs, "tokens": s.num_tokens, "bytes": s.num_bytes}
+                for s in m.shards
+            ]
+        ),
     ]
-    train = [s for s in m["shards"] if s["split"] == "train"]
+    train = [i for i, s in enumerate(m.shards) if s.split == "train"]
     if train:
         from lm.tokenizer import Tokenizer
 
         # A remote shard is memory-mapped from the local cache ($LMPIPE_CACHE, keyed by sha256).
-        ids = np.memmap(local_copy(d / train[0]["name"], train[0].get("sha256")), dtype=m["dtype"], mode="r")[:200]
-        text = Tokenizer.load(local_tokenizer_dir(m["tokenizer"])).decode(ids.tolist())
-        md += ["## First tokens of " + train[0]["name"], "> " + text.replace("\n", "\n> ")]
+        first = local_copy(m.shard_path(train[0]), m.shards[train[0]].sha256)  # a preview: no full hash
+        ids = np.memmap(first, dtype=x["dtype"], mode="r")[:200]
+        text = Tokenizer.load(local_tokenizer_dir(x["tokenizer"])).decode(ids.tolist())
+        md += ["## First tokens of " + m.shards[train[0]].name, "> " + text.replace("\n", "\n> ")]
     return "\n".join(md)
 
 
@@ -107,10 +113,10 @@ def tokenize_flow(config: TokenizeConfig) -> str:
     root, tok_dir = resolve_location(config.root), resolve_location(_tokenizer_dir(config.tokenizer))
     corpus = read_manifest(resolve_location(config.input))  # bad inputs fail before any work
     load_stage_tokenizer(tok_dir)
-    manifest_path = corpus["_path"]
+    manifest_path = str(corpus.path)
     stage = tokenize_stage(root, manifest_path, tok_dir, val_fraction=config.val_fraction, text_field=config.text_field)
     if not stage.is_complete():
-        n = len(corpus["shards"])
+        n = corpus.num_shards
         get_run_logger().info("tokenize: %d shard(s) on %s", n, config.runner.describe(config.max_workers))
         with task_runner(config.runner, config.max_workers) as runner:
             params = dict(
