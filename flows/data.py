@@ -40,10 +40,11 @@ from flows.runners import RunnerConfig, task_runner
 from lm.config import Config
 from lm.data.filters.stage import plan_filters
 from lm.data.ingest import ExtractConfig
+from lm.data.manifest import Manifest
 from lm.data.remote import CC_BASE_URL, INDEX_PREFIX, HttpOptions, expand_sources
 from lm.data.shards import read_manifest
 from lm.data.stages import check_root_outside_sources, extract_stage, plan_extract
-from lm.data.storage import as_path, check_root, resolve_root
+from lm.data.storage import check_root, resolve_root
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.extract import commit_extract, extract_shard
 
@@ -224,22 +225,20 @@ def _run_shards(runner: TaskRunner, config: DataConfig, root: str, plan: str, sh
         update_progress_artifact(progress, 100.0 * done / len(shards))
 
 
-def _counts_line(m: dict) -> str:
-    c = m["counts"]
-    rejected, failed = sum(c["rejected"].values()), sum(c["failed"].values())
-    return f"in {c['in']}, kept {c['kept']}, rejected {rejected} {c['rejected']}, failed {failed} {c['failed']}"
+def _counts_line(m: Manifest) -> str:
+    c = m.counts
+    return f"in {c.num_in}, kept {c.kept}, rejected {c.num_rejected} {c.rejected}, failed {c.num_failed} {c.failed}"
 
 
 def _per_source_md(manifest_path: str) -> str:
     """A per-shard table for the summary artifact: which input produced what."""
     m = read_manifest(manifest_path)
-    d = as_path(manifest_path).parent
     rows = []
-    for s in m["shards"]:
-        mk = json.loads((d / f"part-{s['index']:05d}.done.json").read_text())
+    for s in m.shards:
+        mk = json.loads((m.dir / f"part-{s.index:05d}.done.json").read_text())  # the shard's marker
         rows.append(
             {
-                "shard": s["index"],
+                "shard": s.index,
                 "source": mk["source"],
                 "in": mk["rows_in"],
                 "kept": mk["kept"],

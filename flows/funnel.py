@@ -35,6 +35,7 @@ from flows.runners import RunnerConfig, resolve_location, task_runner
 from lm.config import Config, StageRef
 from lm.data.dedup.stages import ExactDedupConfig, MinHashConfig, run_exact_dedup, run_minhash
 from lm.data.filters.stage import commit_filters, filter_counts, filter_stage, needs_run, plan_filters
+from lm.data.manifest import Manifest
 from lm.data.shards import atomic_write_json, iter_stage_tables, read_manifest
 from lm.data.stages import check_output, stage_warnings
 from lm.data.storage import RemotePath, as_path, check_root, commit_file, local_scratch
@@ -95,7 +96,7 @@ def run_funnel(
     docs = str(extract_manifest)
     if plan["identity"]:
         docs = stages["filters"] = _filters(runner, root, plan, docs)
-        materialized = read_manifest(docs).get("materialized") or {}
+        materialized = read_manifest(docs).extra.get("materialized") or {}
         warnings += finish_stage(docs, allow_empty, extra_md=per_filter_md(docs, materialized))
     if config.exact_dedup.enabled:
         docs = stages["exact_dedup"] = _exact_dedup(runner, root, config.exact_dedup, docs)
@@ -117,16 +118,16 @@ def finish_stage(manifest: str, allow_empty: bool, *, samples: int = 3, extra_md
     publish_stage(manifest, samples=samples, extra_md=(loud + "\n" if loud else "") + extra_md)
     m = read_manifest(manifest)
     for w in warnings:
-        log.warning("⚠ %s: %s", m["stage"], w)
+        log.warning("⚠ %s: %s", m.stage, w)
     if warnings:
         create_markdown_artifact(
-            markdown="# ⚠ Warnings\n\n" + "".join(f"- **{m['stage']}**: {w}\n" for w in warnings),
-            key=artifact_key("warnings", m["stage"]),
-            description=f"{m['stage']}: settings that reject nearly everything",
+            markdown="# ⚠ Warnings\n\n" + "".join(f"- **{m.stage}**: {w}\n" for w in warnings),
+            key=artifact_key("warnings", m.stage),
+            description=f"{m.stage}: settings that reject nearly everything",
         )
-    log.info("%s: %s", m["stage"], manifest)
+    log.info("%s: %s", m.stage, manifest)
     check_output(m, allow_empty)
-    return [f"{m['stage']}: {w}" for w in warnings]
+    return [f"{m.stage}: {w}" for w in warnings]
 
 
 def per_filter_md(manifest: str, materialized: dict[str, str] | None = None) -> str:
@@ -150,9 +151,9 @@ def per_filter_md(manifest: str, materialized: dict[str, str] | None = None) -> 
 # --------------------------------------------------------------------------- funnel report
 
 
-def text_bytes(manifest: dict) -> int:
-    if "text_bytes_kept" in manifest["counts"]:
-        return int(manifest["counts"]["text_bytes_kept"])
+def text_bytes(manifest: Manifest) -> int:
+    if "text_bytes_kept" in manifest.counts.extra:
+        return int(manifest.counts.extra["text_bytes_kept"])
     total = 0
     for table in iter_stage_tables(manifest, columns=["text"]):
         total += pc.sum(pc.binary_length(pc.cast(table.column("text"), "binary"))).as_py() or 0
@@ -175,11 +176,11 @@ def funnel_rows(extract_manifest: str, stages: dict[str, str]) -> list[dict]:
     """Documents and text bytes kept after each filter (from the filter stage's per-filter
     counts) and each later stage, against the input."""
     first = read_manifest(extract_manifest)
-    docs0, bytes0 = first["counts"]["kept"], text_bytes(first)
+    docs0, bytes0 = first.counts.kept, text_bytes(first)
     rows = [_row("input", docs0, bytes0, 0, 0, docs0, bytes0)]
     for name, path in stages.items():
         m = read_manifest(path)
-        if m["stage"] == "filters":
+        if m.stage == "filters":
             rows += [
                 _row(
                     f["filter"],
@@ -193,14 +194,14 @@ def funnel_rows(extract_manifest: str, stages: dict[str, str]) -> list[dict]:
                 for f in filter_counts(m)
             ]
         else:
-            c = m["counts"]
+            c = m.counts
             rows.append(
                 _row(
                     name,
-                    c["kept"],
+                    c.kept,
                     text_bytes(m),
-                    sum(c["rejected"].values()),
-                    sum(c["failed"].values()),
+                    c.num_rejected,
+                    c.num_failed,
                     docs0,
                     bytes0,
                 )
@@ -250,7 +251,7 @@ def publish_funnel(
 ) -> Path | RemotePath:
     rows = funnel_rows(extract_manifest, stages)
     final = read_manifest(list(stages.values())[-1] if stages else extract_manifest)
-    out = as_path(root) / "funnel" / final["fingerprint"]
+    out = as_path(root) / "funnel" / final.fingerprint
     out.mkdir(parents=True, exist_ok=True)
     samples = reject_samples(stages)
     per_filter = filter_counts(stages["filters"]) if "filters" in stages else []
