@@ -1,4 +1,4 @@
-"""Check that this interpreter's installed packages are exactly ``requirements/lock.txt``.
+"""Check that this interpreter's installed packages are exactly ``requirements/constraints.txt``.
 
     .venv/bin/python requirements/check_lock.py          # exit 1 and list every difference
 
@@ -14,7 +14,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-LOCK = Path(__file__).resolve().parent / "lock.txt"
+LOCK = Path(__file__).resolve().parent / "constraints.txt"
 # Installed by venv/pip themselves, or the project itself: not dependencies to pin.
 NOT_LOCKED = {"pip", "setuptools", "wheel", "lmpipe"}
 
