@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from flows.pipeline import PipelineConfig, StageSpec, lineage, pipeline_flow, plan
+from flows.lineage import lineage
+from flows.pipeline import PipelineConfig, StageSpec, pipeline_flow, plan
 from lm.data.shards import read_manifest
 from tests.e2e.helpers import LEAN_FILTERS, data_config
 

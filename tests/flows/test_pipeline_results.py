@@ -8,7 +8,8 @@ import pickle
 
 import pytest
 
-from flows.pipeline import lineage_markdown, read_json_result, too_small
+from flows.lineage import lineage_markdown, too_small
+from flows.pipeline import read_json_result
 from lm.data.stage_io import write_signed_json
 
 
