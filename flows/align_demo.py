@@ -21,11 +21,12 @@ from pydantic import Field, field_validator
 from lm.align.dpo import DPOConfig
 from lm.align.grpo import GRPOConfig
 from lm.align.sft import SFTConfig
-from lm.align.stages import AlignDataConfig, BaseModelConfig, EvalConfig, StageOptions
+from lm.align.stages import AlignDataConfig, BaseModelConfig, StageOptions
 from lm.align.verdict import chain_warnings, verdict_from_metrics
 from lm.config import Config
 from lm.data.shards import read_manifest
 from lm.data.storage import check_local_root
+from lm.eval.stage import EvalConfig
 from tasks.align import (
     align_data_task,
     demo_base_task,

@@ -12,10 +12,11 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field, field_validator
 
-from lm.align.stages import BaseModelConfig, EvalConfig
+from lm.align.stages import BaseModelConfig
 from lm.config import Config, StageRef
 from lm.data.shards import read_manifest
 from lm.data.storage import check_local_root
+from lm.eval.stage import EvalConfig
 from tasks.align import evaluate_task, model_manifest_or_demo
 from tasks.artifacts import artifact_key, markdown_table, publish_stage, sample_rows
 

@@ -35,7 +35,7 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("sft", "lm.align.stages:_train_stage"),
     ("dpo", "lm.align.stages:_train_stage"),
     ("grpo", "lm.align.stages:_train_stage"),
-    ("evaluate", "lm.align.stages:run_evaluate"),
+    ("evaluate", "lm.eval.stage:run_evaluate"),
 )
 
 

@@ -18,6 +18,7 @@ from lm.align.grpo import GRPOConfig
 from lm.align.sft import SFTConfig
 from lm.align.verdict import verdict_from_metrics
 from lm.data.shards import read_manifest
+from lm.eval.stage import EvalConfig, evaluate_size, run_evaluate
 from tasks.progress import Progress
 
 
@@ -62,9 +63,9 @@ def grpo_task(root: str, model_manifest: str, data_manifest: str, cfg: GRPOConfi
 
 
 @task(name="evaluate", retries=1)
-def evaluate_task(root: str, model_manifest: str, cfg: stages.EvalConfig) -> str:
-    with Progress("evaluate", stages.evaluate_size(cfg), unit="problem") as progress:
-        out = stages.run_evaluate(root, model_manifest, cfg, on_progress=progress)
+def evaluate_task(root: str, model_manifest: str, cfg: EvalConfig) -> str:
+    with Progress("evaluate", evaluate_size(cfg), unit="problem") as progress:
+        out = run_evaluate(root, model_manifest, cfg, on_progress=progress)
     metrics = read_manifest(out)["metrics"]
     progress.finish(
         "Evaluation",

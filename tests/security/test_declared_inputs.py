@@ -323,15 +323,14 @@ def _walk_models(w: Walk, root: Path, corpus: str, reference: Path, mp):
     from lm.align.stages import (
         AlignDataConfig,
         BaseModelConfig,
-        EvalConfig,
         StageOptions,
         build_align_data,
         make_demo_base,
         run_dpo,
-        run_evaluate,
         run_grpo,
         run_sft,
     )
+    from lm.eval.stage import EvalConfig, run_evaluate
     from lm.scaling.stage import run_scaling
     from lm.scaling.sweep import ScalingConfig
     from lm.tokenizer.stages import (

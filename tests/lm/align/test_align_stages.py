@@ -8,16 +8,15 @@ from lm.align.grpo import GRPOConfig
 from lm.align.sft import SFTConfig
 from lm.align.stages import (
     AlignDataConfig,
-    EvalConfig,
     StageOptions,
     build_align_data,
     read_split,
     run_dpo,
-    run_evaluate,
     run_grpo,
     run_sft,
 )
 from lm.data.shards import Stage, read_manifest, read_stage_table
+from lm.eval.stage import EvalConfig, run_evaluate
 from lm.model import ModelConfig, TransformerLM
 from lm.train import save_checkpoint
 
