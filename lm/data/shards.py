@@ -376,6 +376,7 @@ class Stage:
         """Write shard ``index`` (``layout``: the sinks, Parquet rows by default); it becomes
         visible (with its marker) only if the block succeeds."""
         self.ensure_dir()
+        stagekey.root_key(self.path, create=True)  # before any data: a disk too full for the key fails here
         with self.lock(f"shard-{index:05d}"):
             # A run killed mid-shard leaves hidden temporaries (its files and marker; local files or
             # remote keys). We hold the shard's lock: they are nobody's now.

@@ -32,6 +32,7 @@ import stat
 import uuid
 from pathlib import Path
 
+from lm.data.nospace import reraise_disk_full
 from lm.data.storage import RemotePath
 
 KEY_NAME = ".lmpipe-key"
@@ -103,18 +104,19 @@ def _create_local(path: Path) -> None:
     starting at once agree on the first key)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{KEY_NAME}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32).hex().encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+    with reraise_disk_full(path):  # a full disk here is a DiskFullError like any other stage write
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-    finally:
-        tmp.unlink(missing_ok=True)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32).hex().encode() + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _remote_key(path: RemotePath, create: bool) -> bytes | None:

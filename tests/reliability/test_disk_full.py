@@ -23,10 +23,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from flows.data import DataConfig, data_flow
-from lm.data.shards import DiskFullError, read_manifest
+from lm.data.shards import DiskFullError, Stage, read_manifest
+from lm.data.stagekey import KEY_NAME, root_key
 from lm.tokenizer.stages import (
     commit_tokenize,
     load_stage_tokenizer,
@@ -209,6 +211,31 @@ def test_tokenize_and_checkpoint_on_a_full_tmpfs(prefect_harness, reference, tmp
         note="; ".join(notes) or "DiskFullError; no partial shard/checkpoint; rerun identical",
     )
     assert not notes, notes
+
+
+def test_the_roots_key_on_a_full_tmpfs(tmp_path):
+    """The root's signing key is the first file a new root gets; a disk with no room for it
+    fails the shard before any data is written, with the same DiskFullError as every writer."""
+    root = tmp_path / "tmpfs-key"
+    with tmpfs(root, 8192) as remount:
+        with contextlib.suppress(OSError), open(root / "filler", "wb") as f:
+            while True:
+                f.write(b"x" * 4096)
+                f.flush()
+        stage = Stage(root, "extract", version="1", config={})
+        with pytest.raises(DiskFullError) as direct:  # as when a marker is the first file to be signed
+            root_key(stage.path, create=True)
+        assert check_message(direct.value, root) is None
+        with pytest.raises(DiskFullError) as ei, stage.open_shard(0, schema=pa.schema([("text", pa.string())])) as w:
+            w.write({"text": "never reaches the disk"})
+        assert check_message(ei.value, root) is None
+        assert str(root / KEY_NAME) in str(ei.value)
+        assert sorted(p.name for p in root.rglob("*") if p.is_file() and p.name != "filler") == []
+        (root / "filler").unlink()
+        remount(1 << 20)
+        with stage.open_shard(0, schema=pa.schema([("text", pa.string())])) as w:
+            w.write({"text": "room now"})
+        assert stage.shard_done(0) and (root / KEY_NAME).stat().st_size == 65
 
 
 # --------------------------------------------------------------------------- RLIMIT_FSIZE (unprivileged)
