@@ -32,6 +32,9 @@ MiB = 1 << 20
 KEY_SPACE = 1 << 64
 # A group is sorted in memory with an argsort and a gather per column: about 4x its bytes.
 SORT_OVERHEAD = 4
+# Rows kept in memory are also handed back a key range at a time once they pass this size, so
+# sorting them needs SORT_OVERHEAD x one range's bytes, not x all of them.
+SPLIT_BYTES = 4 * MiB
 _log = logging.getLogger(__name__)
 
 
@@ -136,10 +139,8 @@ class KeySpill:
 
     def groups(self) -> Iterator[dict[str, np.ndarray]]:
         if not self._spilled:
-            if self._buffer:
-                batch = {k: np.concatenate([b[k] for b in self._buffer]) for k in self.columns}
-                self._buffer, self._buffered = [], 0
-                yield batch
+            buffer, self._buffer, self._buffered = self._buffer, [], 0
+            yield from self._in_memory_groups(buffer)
             return
         self._flush()
         _log.info("spilled %d MB to %s", self.spilled_bytes // MiB, self.dir)
@@ -165,6 +166,19 @@ class KeySpill:
                     sub.add(**chunk)
                 self._remove(p)
                 yield from sub.groups()
+
+    def _in_memory_groups(self, buffer: list[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+        """The rows that never spilled: one group, or one per key range past SPLIT_BYTES."""
+        if sum(len(b["key"]) for b in buffer) * self.row_bytes <= SPLIT_BYTES:
+            if buffer:
+                yield {k: np.concatenate([b[k] for b in buffer]) for k in self.columns}
+            return
+        for lo, hi in self.ranges:
+            masks = [range_mask(b["key"], lo, hi) for b in buffer]
+            group = {k: np.concatenate([b[k][m] for b, m in zip(buffer, masks)]) for k in self.columns}
+            del masks
+            if len(group["key"]):
+                yield group
 
     def _read(self, part: int, rows: int) -> Iterator[dict[str, np.ndarray]]:
         step = max(1, self.budget // self.row_bytes)

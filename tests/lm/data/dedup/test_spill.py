@@ -4,7 +4,7 @@ ranges of at most the budget; lookups in a sorted file read it window by window.
 import numpy as np
 import pytest
 
-from lm.data.dedup.spill import KEY_SPACE, KeySpill, key_ranges, member_of_sorted_file
+from lm.data.dedup.spill import KEY_SPACE, SPLIT_BYTES, KeySpill, key_ranges, member_of_sorted_file
 
 
 def _collect(spill: KeySpill):
@@ -34,6 +34,25 @@ def test_every_row_comes_back_once_within_the_budget(tmp_path, budget):
         assert len(g["key"]) * 16 <= budget or len(np.unique(g["key"])) == 1
     assert (spilled > 0) == (budget < len(keys) * 16)
     assert not (tmp_path / "s").exists()  # spill files removed
+
+
+def test_rows_kept_in_memory_come_back_a_key_range_at_a_time(tmp_path):
+    """Past SPLIT_BYTES, unspilled rows are handed back per key range (each sorted on its own,
+    so sorting needs a fraction of the memory), every row once; below it, as one group."""
+    rng = np.random.default_rng(1)
+    n = SPLIT_BYTES // 16 * 3
+    keys = rng.integers(0, 2**64, size=n, dtype=np.uint64)
+    with KeySpill(tmp_path / "s", {"key": np.uint64, "v": np.int64}, 1 << 30) as spill:
+        for chunk in np.array_split(np.arange(n), 5):
+            spill.add(key=keys[chunk], v=chunk)
+        groups = _collect(spill)
+        assert spill.spilled_bytes == 0
+    assert len(groups) == 16 and max(len(g["key"]) for g in groups) < n // 8
+    got = np.concatenate([g["v"] for g in groups])
+    assert np.array_equal(np.sort(got), np.arange(n)) and all((keys[g["v"]] == g["key"]).all() for g in groups)
+    with KeySpill(tmp_path / "t", {"key": np.uint64, "v": np.int64}, 1 << 30) as small:
+        small.add(key=keys[:1000], v=np.arange(1000))
+        assert [len(g["key"]) for g in small.groups()] == [1000]
 
 
 def test_narrow_key_ranges_split_again(tmp_path):
