@@ -17,7 +17,6 @@ import base64
 import hashlib
 import json
 import os
-import random
 import shutil
 import time
 from pathlib import Path
@@ -74,21 +73,17 @@ def _b64(t: torch.Tensor) -> str:
 
 
 def rng_state() -> dict:
-    """Python, numpy-global, torch CPU (and CUDA) RNG states as JSON-able values."""
-    py = random.getstate()
-    state = {
-        "python": [py[0], list(py[1]), py[2]],
-        "torch_cpu": _b64(torch.get_rng_state()),
-    }
+    """Torch CPU (and CUDA) RNG states as JSON-able values. Not Python's global ``random``:
+    training never draws from it (its sampling has its own generators), and other code in the
+    process does (Prefect's threads), so its state would differ between identical runs."""
+    state = {"torch_cpu": _b64(torch.get_rng_state())}
     if torch.cuda.is_available():
         state["torch_cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    if "python" in state:
-        v, internal, gauss = state["python"]
-        random.setstate((v, tuple(internal), gauss))
+    """Restore what :func:`rng_state` recorded (a ``python`` entry of older checkpoints is ignored)."""
     if "torch_cpu" in state:
         torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_cpu"])), dtype=torch.uint8))
     if "torch_cuda" in state and torch.cuda.is_available():

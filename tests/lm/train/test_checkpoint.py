@@ -1,6 +1,7 @@
 """Checkpoints: round trip (weights, AdamW state, RNG), tied weights, mismatched shape, corruption."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -50,6 +51,24 @@ def test_round_trip_restores_weights_optimizer_and_rng(tmp_path, tie):
         assert m2.lm_head.weight is m2.token_embeddings.weight
     loaded = load_model(tmp_path / "ck")
     assert loaded.config == m.config and not loaded.training
+
+
+def test_the_meta_does_not_depend_on_pythons_global_random(tmp_path):
+    """Other code in the process (Prefect's threads) draws from Python's global ``random``:
+    two saves of the same state differ in nothing but the save time, whatever it drew."""
+    m, opt = _trained(_cfg())
+    metas = []
+    for i, seed in enumerate([1, 2]):
+        random.seed(seed)
+        torch.manual_seed(7)
+        save_checkpoint(m, opt, 3, tmp_path / f"ck{i}")
+        meta = json.loads((tmp_path / f"ck{i}" / "meta.json").read_text())
+        metas.append({k: v for k, v in meta.items() if k not in ("saved_at", "meta_sha256")})
+    assert metas[0] == metas[1] and "python" not in metas[0]["rng"]
+    random.seed(5)
+    before = random.getstate()
+    load_checkpoint(tmp_path / "ck0", TransformerLM(_cfg()), AdamW(m.parameters(), lr=1e-2))
+    assert random.getstate() == before  # loading leaves it alone too
 
 
 def test_different_shape_lists_mismatched_keys(tmp_path):
