@@ -4,8 +4,9 @@ compare with an uninterrupted run.
 Each stage runs as its own flow (``python -m flows.cli run <flow>``) in a subprocess that is
 killed at a seed-drawn point, then is rerun (in this process) to the end:
 
-- ``tokenizer`` (one task: sample, train BPE, save): killed a random time into training; the
-  rerun trains again from the start (there is nothing to resume inside one BPE training).
+- ``tokenizer`` (one task: sample, train BPE, save): killed at a random point between its
+  first file and its manifest; the rerun trains again from the start (there is nothing to
+  resume inside one BPE training).
 - ``tokenize`` (one task per corpus shard): killed after k shards (k from the seed) or a
   random delay after the run started writing; the rerun does only the missing shards.
 - ``scaling`` (one cached training run per (budget, size)): killed after k runs finished plus
@@ -50,6 +51,9 @@ from lm.data.shards import Stage, accounted, read_manifest
 FAULT = "SIGKILL flow process"
 STAGES = ["tokenizer", "tokenize", "scaling", "sft", "dpo", "grpo"]
 SHARD_DELAY_S = "0.1"
+# The tokenizer stage's two test pauses (before training, before the manifest) last this × 1
+# and × 2 seconds: its kill lands within them, whatever the load makes of the training time.
+TOKENIZER_DELAY_S = 1.0
 ALIGN = {
     "data": {"num_train": 200, "num_eval": 16},
     "base": {"num_steps": 5, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64},
@@ -197,10 +201,10 @@ def _kill_point(rng: random.Random, name: str, root: Path, clean) -> callable:
         k, per_run = rng.randint(0, runs - 1), seconds["scaling"] / runs
         return _after_results(root, k, rng.uniform(0.1, 0.7) * per_run)
     if name == "tokenizer":
-        # From the stage directory's creation to its manifest: sampling, BPE training (~0.2 s
-        # here), saving, plus the two test pauses (0.1 s before training, 0.2 s before the manifest).
-        busy = read_manifest(manifests[name])["timings"]["total_seconds"] + 0.3
-        return after_start(root, name, rng.uniform(0.0, 0.8) * busy)
+        # From the stage directory's creation to its manifest: sampling, the first pause, BPE
+        # training, the second pause, saving. A clock measured on the uninterrupted run can miss
+        # on a loaded machine (the stage finishes first); the pauses alone are 3 × TOKENIZER_DELAY_S.
+        return after_start(root, name, rng.uniform(0.0, 0.8) * 3 * TOKENIZER_DELAY_S)
     # sft / dpo / grpo: the stage directory appears only when training is over; time from the
     # moment the flow's data stage is ready, i.e. when training starts.
     return _after_stage_ready(root, "align-data", rng.uniform(0.05, 0.8) * seconds[name])
@@ -244,7 +248,7 @@ def _trial(seed: int, name: str, reference: Path, tmp: Path, clean) -> dict:
         cfg,
         tmp / f"{name}.yaml",
         kill_when=_kill_point(rng, name, root, clean),
-        env=flow_env({"LMPIPE_TEST_SHARD_DELAY_S": SHARD_DELAY_S}),
+        env=flow_env({"LMPIPE_TEST_SHARD_DELAY_S": str(TOKENIZER_DELAY_S) if name == "tokenizer" else SHARD_DELAY_S}),
         log_path=log,
     )
     interrupted = r.killed and not stage_complete(root, name)
