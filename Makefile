@@ -55,12 +55,16 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Lint first: a lint error fails before the (long) suite starts.
+# Lint first: a lint error fails before the (long) suite starts. The suite runs on
+# TEST_WORKERS processes (pytest-xdist; a test file stays on one worker, each worker has its
+# own Prefect home); TEST_WORKERS=0 runs it in this process. The 15 slowest tests are listed.
+TEST_WORKERS ?= 2
 test: $(STAMP) lint
 	# Headless Chromium + ChromeDriver (Debian packages) for the real-browser UI test.
 	bash tests/e2e/install_browser.sh
 	home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
-	$(TEST_ENV) PREFECT_HOME=$$home $(PY) -m pytest -q -m "not gpu and not soak and not hf" tests
+	$(TEST_ENV) PREFECT_HOME=$$home $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 \
+	  -m "not gpu and not soak and not hf" tests
 
 # The fault-injection soak: more trials per fault, the `soak`-marked runs and long fuzzing
 # (hypothesis at 20x the examples, atheris 120 s per target); prints the

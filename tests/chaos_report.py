@@ -77,11 +77,6 @@ def lost_and_duplicated(expected_ids, got_ids) -> tuple[int, int]:
     return lost, duplicated
 
 
-def recorded() -> list[Row]:
-    with _lock:
-        return list(_rows)
-
-
 def format_table(rows: list[Row]) -> str:
     header = ["fault", "stage", "trials", "survived", "records lost", "records duplicated", "note"]
     body = [[r.fault, r.stage, str(r.trials), str(r.survived), str(r.lost), str(r.duplicated), r.note] for r in rows]

@@ -1,7 +1,8 @@
-"""Fixtures for the fault-injection suite: trial count and the shared reliability report."""
+"""Fixtures for the fault-injection suite: trial count and the reliability report's recorder
+(tests/conftest.py prints the report)."""
 
 import pytest
-from chaos_report import chaos_trials, format_table, record, recorded  # tests/ is on sys.path (rootdir conftest)
+from chaos_report import chaos_trials, record  # tests/ is on sys.path (rootdir conftest)
 
 
 @pytest.fixture(scope="session")
@@ -18,9 +19,3 @@ def chaos_record():
     """
     return record
 
-
-def pytest_terminal_summary(terminalreporter):
-    rows = recorded()
-    if rows:
-        terminalreporter.write_sep("=", "reliability report")
-        terminalreporter.write_line(format_table(rows))
