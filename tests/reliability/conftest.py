@@ -18,4 +18,3 @@ def chaos_record():
     Call it before asserting, so a failed trial still appears in the report table.
     """
     return record
-
