@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lmpipe-installed
 # Every transitive dependency pinned (pip constraints); `make lock` regenerates it.
-LOCK := requirements/constraints.txt
+LOCK := constraints.txt
 
 # The environment tests and CI run with (see DESIGN.md).
 TEST_ENV := DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \

@@ -1,4 +1,4 @@
-"""Check that this interpreter's installed packages are exactly ``requirements/constraints.txt``.
+"""Check that this interpreter's installed packages are exactly ``constraints.txt`` (at the repository root).
 
     .venv/bin/python requirements/check_lock.py          # exit 1 and list every difference
 
@@ -14,7 +14,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-LOCK = Path(__file__).resolve().parent / "constraints.txt"
+LOCK = Path(__file__).resolve().parents[1] / "constraints.txt"
 # Installed by venv/pip themselves, or the project itself: not dependencies to pin.
 NOT_LOCKED = {"pip", "setuptools", "wheel", "lmpipe"}
 

@@ -1,4 +1,4 @@
-"""requirements/constraints.txt pins every dependency, and what pyproject.toml asks for agrees with it.
+"""constraints.txt pins every dependency, and what pyproject.toml asks for agrees with it.
 
 `make setup` installs with the lock as constraints and runs requirements/check_lock.py, which
 fails when the venv holds anything else; here, the lock itself is checked.
@@ -22,7 +22,7 @@ def test_every_requirement_of_lmpipe_and_its_tests_is_locked_at_an_allowed_versi
     for line in project["dependencies"] + project["optional-dependencies"]["test"]:
         req = Requirement(line)
         name = canonical(req.name)
-        assert name in pins, f"{req.name} is required but not in requirements/constraints.txt: run `make lock`"
+        assert name in pins, f"{req.name} is required but not in constraints.txt: run `make lock`"
         assert req.specifier.contains(pins[name], prereleases=True), (
             f"lock has {name}=={pins[name]}, pyproject wants {line}"
         )

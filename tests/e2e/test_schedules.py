@@ -1,7 +1,7 @@
 """Schedules on the real server: an interval schedule turned on through the API creates runs
 that a worker executes, and `lmpipe deploy` keeps what a person changed on a schedule.
 
-Before SQLAlchemy was pinned to 2.0.x (requirements/constraints.txt), prefect 3.8.8's scheduler
+Before SQLAlchemy was pinned to 2.0.x (constraints.txt), prefect 3.8.8's scheduler
 failed every loop with "Can't evaluate bulk DML statement" and no scheduled run ever existed.
 """
 
