@@ -2,8 +2,9 @@
 
 Reliability tests (tests/reliability/) call ``chaos_record(...)`` (a fixture from
 tests/reliability/conftest.py) *before* asserting, so a failing trial still shows up in the
-table. Rows go to a JSON-lines file when ``LMPIPE_CHAOS_REPORT`` is set (``make chaos`` sets
-it) and are always printed at the end of the pytest session.
+table. Rows go to the JSON-lines file ``LMPIPE_CHAOS_REPORT`` (``make chaos``: outputs/chaos.jsonl;
+otherwise tests/conftest.py makes a temporary one), which tests/conftest.py prints at the end
+of the pytest session, with the rows of every xdist worker.
 
 Run as a script to print the table of a report file; exit status 1 if any row lost or
 duplicated a record or did not survive every trial:
@@ -47,7 +48,6 @@ class Row:
         return self.survived == self.trials and self.lost == 0 and self.duplicated == 0
 
 
-_rows: list[Row] = []
 _lock = threading.Lock()
 
 
@@ -56,7 +56,6 @@ def record(
 ) -> Row:
     row = Row(fault, stage, int(trials), int(survived), int(lost), int(duplicated), note)
     with _lock:
-        _rows.append(row)
         path = os.environ.get("LMPIPE_CHAOS_REPORT")
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)

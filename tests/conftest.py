@@ -10,7 +10,8 @@ if worker := os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 worker
     os.environ["PREFECT_HOME"] = os.path.join(os.environ["PREFECT_HOME"], worker)
     os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
 # Fault trials record their rows in this file (workers inherit it), printed at the end.
-os.environ.setdefault("LMPIPE_CHAOS_REPORT", os.path.join(tempfile.mkdtemp(prefix="lmpipe-chaos-"), "chaos.jsonl"))
+if "LMPIPE_CHAOS_REPORT" not in os.environ:
+    os.environ["LMPIPE_CHAOS_REPORT"] = os.path.join(tempfile.mkdtemp(prefix="lmpipe-chaos-"), "chaos.jsonl")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

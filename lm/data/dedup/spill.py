@@ -139,8 +139,9 @@ class KeySpill:
 
     def groups(self) -> Iterator[dict[str, np.ndarray]]:
         if not self._spilled:
-            buffer, self._buffer, self._buffered = self._buffer, [], 0
-            yield from self._in_memory_groups(buffer)
+            buffer, buffered = self._buffer, self._buffered
+            self._buffer, self._buffered = [], 0
+            yield from self._in_memory_groups(buffer, buffered)
             return
         self._flush()
         _log.info("spilled %d MB to %s", self.spilled_bytes // MiB, self.dir)
@@ -167,9 +168,9 @@ class KeySpill:
                 self._remove(p)
                 yield from sub.groups()
 
-    def _in_memory_groups(self, buffer: list[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
-        """The rows that never spilled: one group, or one per key range past SPLIT_BYTES."""
-        if sum(len(b["key"]) for b in buffer) * self.row_bytes <= SPLIT_BYTES:
+    def _in_memory_groups(self, buffer: list[dict[str, np.ndarray]], nbytes: int) -> Iterator[dict[str, np.ndarray]]:
+        """The rows that never spilled (``nbytes`` of them): one group, or one per key range past SPLIT_BYTES."""
+        if nbytes <= SPLIT_BYTES:
             if buffer:
                 yield {k: np.concatenate([b[k] for b in buffer]) for k in self.columns}
             return
